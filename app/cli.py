@@ -1,0 +1,47 @@
+"""The ``mechscope`` command line.
+
+Each subcommand lives in its own module under ``app/commands/`` and exposes
+``register(subparsers)``; the module's parser calls ``set_defaults(func=run)`` where
+``run(args) -> int``. Every user-facing failure is a ``MechscopeError``: it is printed as one
+line on stderr and the exit status is 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from probes.errors import MechscopeError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import app.commands as commands
+
+    parser = argparse.ArgumentParser(prog="mechscope", description="Mechanistic-interpretability workbench.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"app.commands.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MechscopeError as exc:
+        print(f"mechscope: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mechscope: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Interventions as data; hooks only inside :func:`applied`.
+
+An intervention is a small frozen dataclass. It becomes TransformerLens forward hooks only
+inside ``with applied(model, [...]):``, which holds the model's lock for the whole block and
+removes every hook it added on exit — also when the block raises. Two threads (or two
+dashboard sessions) sharing a model therefore never run under each other's hooks.
+
+Every hook here works position-wise or on the current [query, key] block, so it gives the
+same result with or without a KV cache (checked in tests).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Literal, Protocol, Sequence
+
+import torch
+
+from probes.errors import InputError, check_range
+from probes.models import model_lock
+
+HookList = list[tuple[str, Callable]]
+
+
+class Intervention(Protocol):
+    def validate(self, model) -> None: ...
+
+    def hooks(self, model) -> HookList: ...
+
+    def describe(self) -> str: ...
+
+
+def _check_layer(model, layer: int) -> None:
+    check_range("layer", layer, model.cfg.n_layers)
+
+
+@dataclass(frozen=True)
+class HeadMask:
+    """Knock out one attention head.
+
+    ``mode="uniform"`` (default) is the retrieval-head papers' masking (Wu et al. 2024; Gema
+    et al. 2024): the head's pre-softmax scores are set to zero on every visible key, so it
+    attends uniformly over its causal context. ``mode="zero"`` zeroes the head's output z.
+    """
+
+    layer: int
+    head: int
+    mode: Literal["uniform", "zero"] = "uniform"
+
+    def validate(self, model) -> None:
+        _check_layer(model, self.layer)
+        check_range("head", self.head, model.cfg.n_heads)
+        if self.mode not in ("uniform", "zero"):
+            raise InputError(f"Head-mask mode must be 'uniform' or 'zero', not {self.mode!r}.")
+
+    def hooks(self, model) -> HookList:
+        h = self.head
+        if self.mode == "uniform":
+
+            def uniform(scores: torch.Tensor, hook) -> torch.Tensor:
+                out = scores.clone()
+                s = out[:, h]
+                out[:, h] = torch.where(torch.isfinite(s), torch.zeros_like(s), s)
+                return out
+
+            return [(f"blocks.{self.layer}.attn.hook_attn_scores", uniform)]
+
+        def zero(z: torch.Tensor, hook) -> torch.Tensor:
+            out = z.clone()
+            out[:, :, h] = 0.0
+            return out
+
+        return [(f"blocks.{self.layer}.attn.hook_z", zero)]
+
+    def describe(self) -> str:
+        return f"mask L{self.layer}H{self.head} ({self.mode})"
+
+
+@dataclass(frozen=True)
+class NeuronClamp:
+    """Set (``value``) or multiply (``scale``) one MLP neuron's activation at every position.
+
+    The neuron is a column of ``blocks.{layer}.mlp.hook_post`` — for gated MLPs that is the
+    product act(gate)·up, the input of W_out.
+    """
+
+    layer: int
+    neuron: int
+    value: float | None = None
+    scale: float | None = None
+
+    def validate(self, model) -> None:
+        _check_layer(model, self.layer)
+        check_range("neuron", self.neuron, model.cfg.d_mlp)
+        if (self.value is None) == (self.scale is None):
+            raise InputError("A neuron clamp takes exactly one of value= or scale=.")
+
+    def hooks(self, model) -> HookList:
+        n, value, scale = self.neuron, self.value, self.scale
+
+        def clamp(act: torch.Tensor, hook) -> torch.Tensor:
+            out = act.clone()
+            out[..., n] = value if value is not None else out[..., n] * scale
+            return out
+
+        return [(f"blocks.{self.layer}.mlp.hook_post", clamp)]
+
+    def describe(self) -> str:
+        how = f"= {self.value:g}" if self.value is not None else f"× {self.scale:g}"
+        return f"neuron L{self.layer}N{self.neuron} {how}"
+
+
+@dataclass(frozen=True)
+class SteeringVector:
+    """Add ``scale · vector`` to the residual stream at ``blocks.{layer}.hook_{point}``."""
+
+    layer: int
+    vector: tuple[float, ...]
+    scale: float = 1.0
+    point: Literal["resid_pre", "resid_mid", "resid_post"] = "resid_post"
+
+    @classmethod
+    def from_tensor(cls, layer: int, vector, scale: float = 1.0, point: str = "resid_post") -> "SteeringVector":
+        return cls(layer, tuple(float(x) for x in torch.as_tensor(vector).reshape(-1)), scale, point)  # type: ignore[arg-type]
+
+    def validate(self, model) -> None:
+        _check_layer(model, self.layer)
+        if len(self.vector) != model.cfg.d_model:
+            raise InputError(f"Steering vector has {len(self.vector)} dims; the model's d_model is {model.cfg.d_model}.")
+        if self.point not in ("resid_pre", "resid_mid", "resid_post"):
+            raise InputError(f"Unknown residual point {self.point!r}.")
+
+    def hooks(self, model) -> HookList:
+        vec = torch.tensor(self.vector, dtype=model.cfg.dtype, device=model.cfg.device) * self.scale
+
+        def steer(resid: torch.Tensor, hook) -> torch.Tensor:
+            return resid + vec.to(resid.dtype)
+
+        return [(f"blocks.{self.layer}.hook_{self.point}", steer)]
+
+    def describe(self) -> str:
+        return f"steer L{self.layer} {self.point} ×{self.scale:g}"
+
+
+@dataclass(frozen=True)
+class AttentionEdit:
+    """Edit post-softmax attention patterns of one layer with a user function.
+
+    ``fn(pattern, q_offset) -> pattern`` receives the [batch, heads, query, key] pattern of the
+    selected heads (all heads when ``heads`` is None) and the absolute position of the first
+    query (``key_len - query_len``; non-zero under a KV cache). Rows it returns should sum to 1.
+    """
+
+    layer: int
+    fn: Callable[[torch.Tensor, int], torch.Tensor] = field(compare=False)
+    heads: tuple[int, ...] | None = None
+    name: str = "edit"
+
+    def validate(self, model) -> None:
+        _check_layer(model, self.layer)
+        for h in self.heads or ():
+            check_range("head", h, model.cfg.n_heads)
+
+    def hooks(self, model) -> HookList:
+        heads = list(self.heads) if self.heads is not None else None
+        fn = self.fn
+
+        def edit(pattern: torch.Tensor, hook) -> torch.Tensor:
+            q_offset = pattern.shape[-1] - pattern.shape[-2]
+            if heads is None:
+                return fn(pattern, q_offset)
+            out = pattern.clone()
+            out[:, heads] = fn(pattern[:, heads], q_offset)
+            return out
+
+        return [(f"blocks.{self.layer}.attn.hook_pattern", edit)]
+
+    def describe(self) -> str:
+        return f"{self.name} L{self.layer}" + (f" heads {list(self.heads)}" if self.heads else "")
+
+
+def hooks_for(model, interventions: Iterable[Intervention]) -> HookList:
+    hooks: HookList = []
+    for iv in interventions:
+        iv.validate(model)
+        hooks.extend(iv.hooks(model))
+    return hooks
+
+
+@contextmanager
+def applied(
+    model, interventions: Sequence[Intervention] = (), extra_hooks: HookList = ()
+) -> Iterator[object]:
+    """Hold the model's lock and run the block with the interventions' hooks (and any
+    ``extra_hooks`` from the probe layer) attached; always detach them on exit."""
+    lock = model_lock(model)
+    with lock:
+        hooks = hooks_for(model, interventions) + list(extra_hooks)
+        with model.hooks(fwd_hooks=hooks, reset_hooks_end=True):
+            yield model
