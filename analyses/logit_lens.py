@@ -1,0 +1,172 @@
+"""Logit lens: every layer × position of one prompt decoded through the unembedding.
+
+nostalgebraist (2020); REFERENCES §9. The residual stream after block l
+(``blocks.l.hook_resid_post``) is decoded in one of two ways:
+
+* ``norm="final"`` (the usual logit lens): through the model's own final norm and
+  unembedding, ``unembed(ln_final(h_l))``. At the last layer this *is* the model's forward
+  pass, so its logits equal the model's (tested).
+* ``norm="raw"`` (LLM-Microscope's variant, Razzhigaev et al. 2025, arXiv 2502.15007): the
+  LM head applied directly, ``h_l · W_U + b_U``, without the final norm.
+
+Per layer and position: the top-k tokens and probabilities, the rank and probability of a
+chosen target token (default: the model's final top-1 at each position), the KL divergence
+KL(p_final ‖ p_l) to the final distribution, and per position the first layer at which the
+final answer is already the top-1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from probes.errors import InputError
+from probes.results import Result
+
+
+@dataclass(frozen=True)
+class LogitLensResult(Result):
+    """Arrays are [n_layers, n_pos] (top-k ones [n_layers, n_pos, k]); row l = after block l."""
+
+    tokens: list  # the prompt's tokens, readable
+    token_ids: list
+    top_ids: torch.Tensor
+    top_probs: torch.Tensor
+    top_tokens: np.ndarray  # readable labels of top_ids [L, T, k]
+    target_ids: list  # per position
+    target_tokens: list
+    target_rank: torch.Tensor  # 1 = top
+    target_prob: torch.Tensor
+    kl_to_final: torch.Tensor  # nats
+    first_top1_layer: list  # per position: first layer whose top-1 is the final top-1 (-1: never)
+
+    kind = "logit_lens"
+
+    def to_frame(self) -> pd.DataFrame:
+        L, T, _ = self.top_ids.shape
+        return pd.DataFrame({
+            "layer": np.repeat(np.arange(L), T),
+            "pos": np.tile(np.arange(T), L),
+            "input_token": self.tokens * L,
+            "top_token": self.top_tokens[:, :, 0].reshape(-1),
+            "top_prob": self.top_probs[:, :, 0].reshape(-1).numpy(),
+            "target_token": self.target_tokens * L,
+            "target_rank": self.target_rank.reshape(-1).numpy(),
+            "target_prob": self.target_prob.reshape(-1).numpy(),
+            "kl_to_final": self.kl_to_final.reshape(-1).numpy(),
+        })
+
+    def figures(self) -> dict:
+        import plotly.graph_objects as go
+
+        L, T, _ = self.top_ids.shape
+        xlab = [f"{i}:{t!r}" for i, t in enumerate(self.tokens)]
+        variant = "final norm + W_U" if self.params["norm"] == "final" else "raw W_U (LLM-Microscope)"
+        heat = go.Figure(go.Heatmap(
+            z=self.top_probs[:, :, 0].numpy(), x=xlab, y=list(range(L)), text=self.top_tokens[:, :, 0],
+            texttemplate="%{text}", colorscale="Blues", zmin=0, zmax=1, colorbar={"title": "p(top)"},
+            hovertemplate="layer %{y}, %{x}<br>top %{text} p=%{z:.3f}<extra></extra>"))
+        heat.update_layout(title=f"Logit lens ({variant}): top token and its probability",
+                           xaxis_title="position: input token", yaxis_title="layer", height=max(400, 22 * L))
+        pos = T - 1 if self.params.get("pos") is None else self.params["pos"]
+        traj = go.Figure()
+        traj.add_trace(go.Scatter(x=list(range(L)), y=self.target_prob[:, pos].numpy(), name="probability",
+                                  mode="lines+markers"))
+        traj.add_trace(go.Scatter(x=list(range(L)), y=self.target_rank[:, pos].numpy(), name="rank", yaxis="y2",
+                                  mode="lines+markers"))
+        traj.update_layout(title=f"Target {self.target_tokens[pos]!r} at position {pos} across layers",
+                           xaxis_title="layer", yaxis={"title": "probability"},
+                           yaxis2={"title": "rank", "overlaying": "y", "side": "right", "type": "log",
+                                   "autorange": "reversed"})
+        kl = go.Figure(go.Heatmap(z=self.kl_to_final.numpy(), x=xlab, y=list(range(L)), colorscale="Viridis",
+                                  colorbar={"title": "KL (nats)"}))
+        kl.update_layout(title="KL(final ‖ layer) per layer and position", xaxis_title="position",
+                         yaxis_title="layer")
+        return {"top_token_heatmap": heat, "target_trajectory": traj, "kl_to_final": kl}
+
+
+def decode_resid(model, resid: torch.Tensor, norm: Literal["final", "raw"] = "final") -> torch.Tensor:
+    """Logits for residual states [..., d_model]: ``unembed(ln_final(h))`` or raw ``h·W_U + b_U``."""
+    if norm == "final":
+        return model.unembed(model.ln_final(resid))
+    if norm == "raw":
+        return resid @ model.W_U + model.b_U
+    raise InputError(f"norm must be 'final' or 'raw', not {norm!r}.")
+
+
+def logit_lens(
+    model,
+    prompt,
+    target: str | int | None = None,
+    norm: Literal["final", "raw"] = "final",
+    k: int = 5,
+    pos: int | None = None,
+    prepend_bos: bool | None = None,
+) -> LogitLensResult:
+    """Decode every layer × position of ``prompt`` (text or token ids).
+
+    ``target``: a token (string that must be one token, or an id) whose rank/probability is
+    tracked at every position; default the model's final top-1 at each position. ``pos``
+    only picks the position the trajectory figure shows (default the last).
+    """
+    from probes.capture import run
+    from probes.tokens import encode, str_tokens
+
+    if norm not in ("final", "raw"):
+        raise InputError(f"norm must be 'final' or 'raw', not {norm!r}.")
+    V = model.cfg.d_vocab
+    if not 1 <= k <= V:
+        raise InputError(f"k must lie in 1..{V}.")
+    ids = encode(model, prompt, prepend_bos=prepend_bos) if isinstance(prompt, str) else torch.as_tensor(prompt).reshape(-1)
+    T = len(ids)
+    if pos is not None and not -T <= pos < T:
+        raise InputError(f"pos {pos} is out of range: the prompt has {T} tokens.")
+    pos = None if pos is None else pos % T
+    L = model.cfg.n_layers
+    names = [f"blocks.{layer}.hook_resid_post" for layer in range(L)]
+    out = run(model, [ids], capture=names)
+    resid = torch.stack([out.activations[n][0] for n in names])  # [L, T, d]
+    with torch.no_grad():
+        logp = torch.log_softmax(decode_resid(model, resid, norm).float(), dim=-1)  # [L, T, V]
+        final = torch.log_softmax(decode_resid(model, resid[-1:], "final").float(), dim=-1)[0]  # the model's own
+    final_top = final.argmax(-1)  # [T]
+    if target is None:
+        tgt = final_top
+    else:
+        tgt = torch.full((T,), _single_token(model, target), dtype=torch.long)
+    tp, ti = torch.topk(logp.exp(), k, dim=-1)
+    tlogp = logp.gather(-1, tgt[None, :, None].expand(L, T, 1))[..., 0]
+    rank = (logp > tlogp[..., None]).sum(-1) + 1
+    pf = final.exp()
+    kl = (pf[None] * (final[None] - logp)).sum(-1).clamp(min=0)
+    is_top = logp.argmax(-1) == final_top[None]  # [L, T]
+    first = [int(torch.nonzero(is_top[:, t])[0]) if is_top[:, t].any() else -1 for t in range(T)]
+    labels = str_tokens(model, ti.reshape(-1))
+    return LogitLensResult(
+        model_id=getattr(getattr(model, "mechscope_spec", None), "name", "custom"),
+        params={"prompt": prompt if isinstance(prompt, str) else None, "target": target, "norm": norm, "k": k,
+                "pos": pos, "prepend_bos": prepend_bos},
+        tokens=str_tokens(model, ids), token_ids=[int(i) for i in ids],
+        top_ids=ti.to(torch.int32), top_probs=tp, top_tokens=np.array(labels, dtype=object).reshape(L, T, k),
+        target_ids=[int(i) for i in tgt], target_tokens=str_tokens(model, tgt),
+        target_rank=rank.to(torch.int32), target_prob=tlogp.exp(), kl_to_final=kl, first_top1_layer=first,
+    )
+
+
+def _single_token(model, target: str | int) -> int:
+    from probes.errors import check_range
+
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        return check_range("target token id", int(target), model.cfg.d_vocab)
+    if not isinstance(target, str) or target == "":
+        raise InputError("The target must be a non-empty string or a token id.")
+    if model.tokenizer is None:
+        raise InputError("This model has no tokenizer: give the target as a token id.")
+    ids = model.tokenizer(target, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise InputError(f"The target {target!r} is {len(ids)} tokens; give a single token (e.g. with a leading space).")
+    return int(ids[0])

@@ -1,0 +1,211 @@
+"""Next-token distribution and single-head attention patterns for one prompt.
+
+The two views the dashboard opens with: what the model predicts after the prompt (top-k of
+the softmax over the final position's logits, optionally under interventions), and where
+one head of one layer attends (the post-softmax ``hook_pattern``, captured at that layer
+only, so the forward pass stops there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from probes import capture
+from probes.errors import InputError, check_range
+from probes.interventions import Intervention
+from probes.results import Result
+from probes.tokens import encode, str_tokens
+
+
+def _model_id(model) -> str:
+    spec = getattr(model, "mechscope_spec", None)
+    return spec.name if spec is not None else str(getattr(model.cfg, "model_name", "model"))
+
+
+def prompt_ids(model, prompt, prepend_bos: bool | None = None) -> torch.Tensor:
+    """1-D token ids of ``prompt`` (text under the model's BOS policy, or ids as given)."""
+    if isinstance(prompt, str):
+        return encode(model, prompt, prepend_bos=prepend_bos)
+    ids = torch.as_tensor(prompt, dtype=torch.long).reshape(-1)
+    if ids.numel() == 0:
+        raise InputError("The prompt is empty: enter some text.")
+    return ids
+
+
+@dataclass(frozen=True)
+class NextTokenResult(Result):
+    """Top-k of p(next token | prompt) at the prompt's last position."""
+
+    prompt_ids: np.ndarray  # [T] int64
+    prompt_tokens: list
+    top_ids: np.ndarray  # [k] int64, most probable first
+    top_tokens: list
+    top_probs: np.ndarray  # [k] float
+    top_logprobs: np.ndarray  # [k] float
+    entropy: float  # nats, of the full next-token distribution
+
+    kind = "next_token"
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "rank": np.arange(1, len(self.top_ids) + 1),
+                "token_id": np.asarray(self.top_ids, dtype=np.int64),
+                "token": list(self.top_tokens),
+                "prob": np.asarray(self.top_probs, dtype=float),
+                "logprob": np.asarray(self.top_logprobs, dtype=float),
+            }
+        )
+
+    def figures(self) -> dict:
+        import plotly.graph_objects as go
+
+        labels = [f"{i + 1}. {t!r}" for i, t in enumerate(self.top_tokens)]
+        fig = go.Figure(
+            go.Bar(
+                x=list(np.asarray(self.top_probs, dtype=float))[::-1],
+                y=labels[::-1],
+                orientation="h",
+                hovertemplate="%{y}<br>p = %{x:.4f}<extra></extra>",
+            )
+        )
+        fig.update_layout(
+            title=f"Top-{len(self.top_ids)} next tokens ({self.model_id})",
+            xaxis_title="probability",
+            yaxis_title="token",
+            height=max(260, 28 * len(labels) + 120),
+            margin=dict(l=10, r=10, t=50, b=40),
+        )
+        return {"top_k": fig}
+
+
+def next_token(
+    model,
+    prompt,
+    k: int = 10,
+    prepend_bos: bool | None = None,
+    interventions: Sequence[Intervention] = (),
+) -> NextTokenResult:
+    """The ``k`` most probable next tokens after ``prompt`` (text or ids).
+
+    One forward pass through :func:`probes.capture.run` (so interventions are applied under
+    the model's lock); probabilities are the softmax of the last position's logits.
+    """
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise InputError(f"k must be a positive integer, not {k!r}.")
+    ids = prompt_ids(model, prompt, prepend_bos)
+    k = min(k, model.cfg.d_vocab)
+    out = capture.run(model, [ids], return_logits=True, interventions=interventions)
+    logprobs = out.logits[0][-1].float().log_softmax(-1)
+    top = torch.topk(logprobs, k)
+    top_ids = top.indices.to(torch.long)
+    probs = logprobs.exp()
+    entropy = float(-(probs * logprobs).nan_to_num(0.0).sum())
+    return NextTokenResult(
+        model_id=_model_id(model),
+        params={
+            "prompt": prompt if isinstance(prompt, str) else [int(i) for i in ids],
+            "k": k,
+            "prepend_bos": prepend_bos,
+            "interventions": [iv.describe() for iv in interventions],
+        },
+        prompt_ids=ids.numpy().astype(np.int64),
+        prompt_tokens=str_tokens(model, ids),
+        top_ids=top_ids.numpy().astype(np.int64),
+        top_tokens=str_tokens(model, top_ids),
+        top_probs=top.values.exp().numpy().astype(np.float64),
+        top_logprobs=top.values.numpy().astype(np.float64),
+        entropy=entropy,
+    )
+
+
+@dataclass(frozen=True)
+class AttentionPatternResult(Result):
+    """One head's post-softmax attention pattern A[q, k] over the prompt."""
+
+    tokens: list
+    pattern: np.ndarray  # [T, T] float, rows sum to 1 over k <= q
+
+    kind = "attention_pattern"
+
+    @property
+    def layer(self) -> int:
+        return int(self.params["layer"])
+
+    @property
+    def head(self) -> int:
+        return int(self.params["head"])
+
+    def to_frame(self) -> pd.DataFrame:
+        t = len(self.tokens)
+        q, kk = np.tril_indices(t)
+        return pd.DataFrame(
+            {
+                "query_pos": q,
+                "key_pos": kk,
+                "query_token": [self.tokens[i] for i in q],
+                "key_token": [self.tokens[i] for i in kk],
+                "weight": np.asarray(self.pattern)[q, kk].astype(float),
+            }
+        )
+
+    def figures(self) -> dict:
+        import plotly.graph_objects as go
+
+        t = len(self.tokens)
+        pat = np.asarray(self.pattern, dtype=float).copy()
+        pat[np.triu_indices(t, 1)] = np.nan  # future keys are not visible: leave them blank
+        labels = [f"{i}:{tok!r}" for i, tok in enumerate(self.tokens)]
+        hover = [[f"q {labels[i]}<br>k {labels[j]}" for j in range(t)] for i in range(t)]
+        fig = go.Figure(
+            go.Heatmap(
+                z=pat,
+                x=list(range(t)),
+                y=list(range(t)),
+                colorscale="Blues",
+                zmin=0.0,
+                zmax=1.0,
+                customdata=hover,
+                hovertemplate="%{customdata}<br>weight %{z:.3f}<extra></extra>",
+                colorbar=dict(title="weight"),
+            )
+        )
+        ticks = dict(tickmode="array", tickvals=list(range(t)), ticktext=labels)
+        fig.update_layout(
+            title=f"Attention pattern, layer {self.layer} head {self.head} ({self.model_id})",
+            xaxis=dict(title="key", **ticks),
+            yaxis=dict(title="query", autorange="reversed", **ticks),
+            height=max(360, 18 * t + 160),
+            margin=dict(l=10, r=10, t=50, b=10),
+        )
+        return {"attention": fig}
+
+
+def attention_pattern(model, prompt, layer: int, head: int, prepend_bos: bool | None = None) -> AttentionPatternResult:
+    """Head ``head`` of layer ``layer``: ``blocks.{layer}.attn.hook_pattern`` over ``prompt``.
+
+    Only that hook is captured, so the forward pass stops after ``layer``. With grouped-query
+    attention TransformerLens expands the key/value heads, so ``head`` is a query head.
+    """
+    check_range("layer", layer, model.cfg.n_layers)
+    check_range("head", head, model.cfg.n_heads)
+    ids = prompt_ids(model, prompt, prepend_bos)
+    name = f"blocks.{layer}.attn.hook_pattern"
+    out = capture.run(model, [ids], capture=[name])
+    pattern = out.activations[name][0][head].float().numpy().astype(np.float64)
+    return AttentionPatternResult(
+        model_id=_model_id(model),
+        params={
+            "prompt": prompt if isinstance(prompt, str) else [int(i) for i in ids],
+            "layer": layer,
+            "head": head,
+            "prepend_bos": prepend_bos,
+        },
+        tokens=str_tokens(model, ids),
+        pattern=pattern,
+    )

@@ -1,0 +1,76 @@
+"""Playground.
+
+Baseline and intervened generations side by side; every registered intervention control
+(``app.interventions_ui``) is toggled live, and each baseline token shows how much the
+intervention changes its probability.
+"""
+
+import streamlit as st
+
+from analyses.playground import compare_generations
+from app import interventions_ui, ui
+from probes.decoding import Greedy, Sample
+
+st.title("Playground")
+model, spec = ui.sidebar_model()
+
+st.sidebar.subheader("Generation")
+if "pg_max_new" not in st.session_state:  # a default other pages (and tests) may preset
+    st.session_state["pg_max_new"] = 20
+max_new = st.sidebar.slider("Max new tokens", 1, 64, key="pg_max_new")
+how = st.sidebar.radio("Decoding", ["greedy", "sampling"], key="pg_decoding", horizontal=True)
+with ui.guard():
+    if how == "greedy":
+        strategy = Greedy()
+    else:
+        strategy = Sample(
+            temperature=st.sidebar.slider("Temperature", 0.05, 2.0, 1.0, 0.05, key="pg_temperature"),
+            top_k=st.sidebar.number_input("Top-k (0 = off)", min_value=0, value=50, step=1, key="pg_top_k") or None,
+            top_p=st.sidebar.slider("Top-p", 0.05, 1.0, 0.95, 0.05, key="pg_top_p"),
+            seed=int(st.sidebar.number_input("Seed", min_value=0, value=0, step=1, key="pg_seed")),
+        )
+
+prompt = ui.prompt_box(key="pg_prompt", default="Once upon a time, there was a little robot who")
+bos = ui.bos_toggle(spec, key="pg_bos")
+controls, outputs = st.columns([1, 2])
+with controls:
+    st.subheader("Interventions")
+    interventions, kv_policy = interventions_ui.render_controls(model)
+
+with outputs:
+    base_col, int_col = st.columns(2)
+    base_col.subheader("Baseline")
+    int_col.subheader("Intervened")
+    st.caption("Intervened: " + (", ".join(iv.describe() for iv in interventions) or "no interventions")
+               + f"; KV cache: {getattr(kv_policy, 'name', kv_policy)}")
+    slots = {"baseline": base_col.empty(), "intervened": int_col.empty()}
+
+key = (spec.name, prompt, bos, max_new, repr(strategy), repr(tuple(interventions)), repr(kv_policy))
+memo = st.session_state.get("pg_memo")
+if memo is not None and memo[0] == key:
+    result = memo[1]
+else:
+    streamed = {"baseline": "", "intervened": ""}
+
+    def on_token(which: str, tok: int, text: str) -> None:
+        streamed[which] += text
+        slots[which].markdown(f"**{ui.md_escape(prompt)}**{ui.md_escape(streamed[which])}▌")
+
+    with ui.guard(), st.spinner("Generating…"):
+        result = compare_generations(model, prompt, interventions, max_new, strategy, kv_policy,
+                                     prepend_bos=bos, on_token=on_token)
+    st.session_state["pg_memo"] = (key, result)
+
+slots["baseline"].markdown(f"**{ui.md_escape(prompt)}**{ui.md_escape(result.baseline_text)}")
+slots["intervened"].markdown(f"**{ui.md_escape(prompt)}**{ui.md_escape(result.intervened_text)}")
+
+st.subheader("Per-token probability change on the baseline continuation")
+d = result.delta_p
+ui.show_tokens(result.baseline_tokens, values=d, vmax=1.0,
+               caption="Colour: Δp = p(intervened) − p(baseline) of each baseline token, teacher-forced "
+                       "(blue: more likely under the intervention, red: less). Hover a token for its value.")
+fig_col, table_col = st.columns([3, 2])
+fig_col.plotly_chart(result.figures()["delta_p"], key="delta_p_chart")
+table = result.to_frame()
+table["token"] = [repr(t) for t in table["token"]]
+table_col.dataframe(table.drop(columns=["token_id"]), hide_index=True, key="delta_p_table")

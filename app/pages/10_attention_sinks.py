@@ -1,0 +1,161 @@
+"""Attention sinks.
+
+Gu et al.'s sink metric (α_k by layer × head, Sink_k^ε by k, with/without BOS and with the
+first token replaced), hidden sinks (ACT criterion), residual- and value-norm extremes by
+position, head dormancy by input domain, StreamingLLM's streaming perplexity, and ACT
+calibration. Every computation runs behind a button and is kept for the session.
+"""
+
+import streamlit as st
+
+from analyses.sinks import VARIANTS, attention_sinks
+from app import ui
+
+st.title("Attention sinks")
+model, spec = ui.sidebar_model()
+cfg = model.cfg
+
+
+def _memo(name: str, key, fn):
+    """Keep one result per section in the session, recomputed only when its key changes."""
+    slot = st.session_state.get(f"sinks_memo_{name}")
+    if slot is not None and slot[0] == key:
+        return slot[1]
+    res = fn()
+    st.session_state[f"sinks_memo_{name}"] = (key, res)
+    return res
+
+
+def _stored(name: str, key):
+    slot = st.session_state.get(f"sinks_memo_{name}")
+    return slot[1] if slot is not None and slot[0] == key else None
+
+
+def _progress_bar(label: str):
+    bar = st.progress(0.0, text=label)
+    return lambda d, t: bar.progress(min(d / max(t, 1), 1.0), text=f"{label} {d}/{t}")
+
+
+# ---------------------------------------------------------------------------------------
+st.header("Sink metric, hidden sinks, extreme tokens")
+c1, c2, c3, c4 = st.columns(4)
+text_set = c1.selectbox("Text set", ["mixed", "prose", "code", "numbers"], key="sk_text_set")
+n_texts = c2.number_input("Texts", 3, 288, 24, step=3, key="sk_n_texts")
+max_tokens = c3.number_input("First T tokens", 8, 512, 64, step=8, key="sk_T")
+k_max = c4.number_input("K (α_1..α_K)", 1, 64, 8, key="sk_K")
+c5, c6, c7 = st.columns([1, 2, 1])
+eps = c5.slider("ε", 0.05, 0.95, 0.3, 0.05, key="sk_eps")
+variants = c6.multiselect("First-token variants", list(VARIANTS), list(VARIANTS), key="sk_variants",
+                          help="no_bos: the text as-is; bos: BOS prepended; newline/space: first token replaced")
+dormant = c7.slider("Dormancy threshold", 0.5, 0.99, 0.9, 0.01, key="sk_dormant")
+
+key = (spec.name, text_set, int(n_texts), int(max_tokens), int(k_max), tuple(variants), float(dormant))
+if st.button("Compute sink metrics", key="sk_run", type="primary"):
+    prog = _progress_bar("Forward passes")
+    with ui.guard():
+        _memo("sinks", key, lambda: attention_sinks(model, text_set=text_set, n_texts=int(n_texts), max_tokens=int(max_tokens),
+                                                    k_max=int(k_max), eps=0.3, variants=variants or ["no_bos"],
+                                                    dormant_threshold=float(dormant), progress=prog))
+res = _stored("sinks", key)
+if res is None:
+    st.info("Choose the parameters and press **Compute sink metrics** (a few seconds per dozen texts on a CPU).")
+else:
+    with ui.guard():
+        rates = res.sink_rates(eps)
+    cols = st.columns(len(res.variants))
+    for col, v in zip(cols, res.variants):
+        r = rates[(rates.variant == v) & (rates.k == 1)]["sink_rate"].item()
+        col.metric(f"Sink_1^{eps:g} · {v}", f"{r:.1f}%")
+    tabs = st.tabs(["α by layer × head", "Sink_k by k", "Hidden sinks", "Extreme tokens", "Dormancy"])
+    with tabs[0]:
+        a, b = st.columns(2)
+        k = a.slider("k", 1, res.alpha.shape[-1], 1, key="sk_k_show")
+        v = b.selectbox("Variant", list(res.variants), key="sk_variant_show")
+        st.plotly_chart(res.figure_alpha(k, v), key="sk_alpha")
+    with tabs[1]:
+        st.plotly_chart(res.figure_sink_rates(eps), key="sk_rates")
+        st.dataframe(rates.pivot(index="k", columns="variant", values="sink_rate").round(2))
+    figs = res.figures()
+    with tabs[2]:
+        st.caption(f"A key is a sink when its mean received attention exceeds {res.params['sink_threshold']:g} "
+                   "(Yu et al. 2024); sinks after the first are hidden sinks. Primary variant: " + res.variants[0])
+        st.plotly_chart(figs["hidden_sinks_by_head"], key="sk_hidden_heads")
+        a, b = st.columns(2)
+        a.dataframe(res.hidden_by_class(), hide_index=True)
+        b.dataframe(res.token_table[res.token_table.sink_occurrences > 0].head(50), hide_index=True)
+        if "hidden_sink_tokens" in figs:
+            st.plotly_chart(figs["hidden_sink_tokens"], key="sk_hidden_tokens")
+        st.plotly_chart(figs["hidden_sink_positions"], key="sk_hidden_pos")
+    with tabs[3]:
+        if "residual_norm" in figs:
+            st.plotly_chart(figs["residual_norm"], key="sk_resid")
+            st.plotly_chart(figs["residual_norm_lines"], key="sk_resid_lines")
+            st.plotly_chart(figs["value_norm"], key="sk_value")
+            st.caption("Value norms are per KV head (hook_v)" + (" — query heads share them on this GQA model."
+                                                                  if res.params.get("value_norm_heads") == "kv" else "."))
+    with tabs[4]:
+        st.plotly_chart(figs["dormancy_by_domain"], key="sk_dormancy")
+        sw = res.switching_heads()
+        st.write(f"Heads dormant on most texts of one domain and active on most of another: {len(sw)}")
+        st.dataframe(sw, hide_index=True)
+
+# ---------------------------------------------------------------------------------------
+st.header("Streaming perplexity")
+st.caption("Full attention vs window-only vs sinks + window (StreamingLLM, real KV cache with positions re-assigned) "
+           "vs sliding-window recomputation, on the shipped long text.")
+d1, d2, d3, d4 = st.columns(4)
+n_tok = d1.number_input("Tokens of text", 64, 8192, 1024, step=64, key="sp_n")
+S = d2.number_input("S (sinks)", 0, 64, 4, key="sp_S")
+W = d3.number_input("W (window)", 1, 4096, 124, key="sp_W")
+every = d4.number_input("Recompute every", 1, 64, 8, key="sp_every")
+skey = (spec.name, int(n_tok), int(S), int(W), int(every))
+if st.button("Run streaming perplexity", key="sp_run"):
+    from analyses.streaming import streaming_perplexity
+
+    prog = _progress_bar("Streaming")
+    with ui.guard():
+        _memo("stream", skey, lambda: streaming_perplexity(model, n_tokens=int(n_tok), n_sink=int(S), window=int(W),
+                                                           recompute_every=int(every), progress=prog))
+sres = _stored("stream", skey)
+if sres is not None:
+    st.plotly_chart(sres.figures()["streaming_ppl"], key="sp_fig")
+    st.dataframe(sres.summary().round(3), hide_index=True)
+
+# ---------------------------------------------------------------------------------------
+st.header("ACT calibration")
+st.caption("Hidden-sink columns × β with the mass handed to the other keys (Yu et al. 2024). Heads: typed, or found by "
+           "greedy search on the calibration split; the effect is measured on held-out items with a bootstrap CI.")
+e1, e2, e3 = st.columns([2, 1, 1])
+heads_txt = e1.text_input("Heads (L:H, comma-separated; empty = search)", "", key="act_heads")
+beta = e2.slider("β", 0.0, 1.0, 0.4, 0.05, key="act_beta")
+max_c = e3.number_input("Search candidates", 1, cfg.n_layers * cfg.n_heads, min(9, cfg.n_layers * cfg.n_heads), key="act_max",
+                        help="each candidate costs a partial pass over the calibration split (~10–40 s on a 2-core CPU)")
+akey = (spec.name, heads_txt, float(beta), int(max_c))
+if st.button("Run ACT", key="act_run"):
+    from analyses.act import act_calibration
+    from probes.errors import InputError
+
+    prog = _progress_bar("ACT search")
+    with ui.guard():
+        heads = None
+        if heads_txt.strip():
+            heads = []
+            for part in heads_txt.split(","):
+                try:
+                    l, h = (int(x) for x in part.strip().split(":"))
+                except ValueError:
+                    raise InputError(f"Heads: {part.strip()!r} is not LAYER:HEAD.") from None
+                heads.append((l, h))
+        _memo("act", akey, lambda: act_calibration(model, heads, beta=float(beta), max_candidates=int(max_c), progress=prog))
+ares = _stored("act", akey)
+if ares is not None:
+    s = ares.summary
+    st.write(f"Heads: {', '.join(f'L{l}H{h}' for l, h in ares.heads) or 'none kept'}")
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Δ log p(answer)", f"{s['delta_logprob']:+.4f}",
+              help=f"95% CI [{s['delta_logprob_ci'][0]:+.4f}, {s['delta_logprob_ci'][1]:+.4f}]")
+    m2.metric("Accuracy", f"{s['accuracy_act']:.3f}", f"{s['delta_accuracy']:+.3f}")
+    m3.metric("Verdict", s["verdict"])
+    for name, fig in ares.figures().items():
+        st.plotly_chart(fig, key=f"act_{name}")
+    st.session_state["act_heads_for_playground"] = list(ares.heads)

@@ -1,0 +1,172 @@
+"""Streamlit AppTest of the dashboard: every discovered page, the next-token page and the Playground.
+
+AppTest runs the scripts in this process, so the model loaded by the session fixture (and
+``st.cache_resource``) is shared by every test here.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from app.ui import discover_pages, page_title, token_chips
+
+APP = Path(__file__).resolve().parents[1] / "app"
+HOME = APP / "Home.py"
+TIMEOUT = 180  # the first run may load the model
+
+
+def home_at(page: Path | None = None):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(HOME), default_timeout=TIMEOUT)
+    at.run()
+    if page is not None:
+        at.switch_page(str(page.relative_to(APP))).run()
+    return at
+
+
+def _no_problems(at):
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def _table_text(at) -> str:
+    return "\n".join(str(t.value) for t in at.table)
+
+
+# --- page discovery (no model) --------------------------------------------------------------
+
+
+def test_discover_pages_order_and_titles(tmp_path):
+    (tmp_path / "10_zeta.py").write_text('"""Zeta view.\n\nMore."""\nimport streamlit\n')
+    (tmp_path / "02_alpha.py").write_text('"""Ignored docstring."""\nTITLE = "Alpha page"\n')
+    (tmp_path / "03_plain.py").write_text("x = 1\n")
+    (tmp_path / "helper.py").write_text('"""Not a page."""\n')
+    (tmp_path / "1_bad.py").write_text('"""Not a page either."""\n')
+    pages = discover_pages(tmp_path)
+    assert [(p.order, p.slug, p.title) for p in pages] == [
+        (2, "alpha", "Alpha page"), (3, "plain", "Plain"), (10, "zeta", "Zeta view")]
+
+
+def test_real_pages_are_discovered():
+    pages = discover_pages()
+    slugs = [p.slug for p in pages]
+    assert slugs[:2] == ["next_token", "playground"]
+    assert page_title(APP / "pages" / "02_playground.py") == "Playground"
+
+
+def test_token_chips_escape_and_colour():
+    html = token_chips(["<b>", " a"], values=[0.5, -1.0], vmax=1.0)
+    assert "&lt;b&gt;" in html and "<b>" not in html.replace('<span', '')
+    assert "␣a" in html
+    assert "rgba(33,102,172" in html and "rgba(178,24,43" in html  # blue for +, red for −
+
+
+# --- every page, including those added later -------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("page", discover_pages(), ids=lambda p: p.path.name)
+def test_every_page_renders(smollm2, page):
+    at = home_at(page.path)
+    _no_problems(at)
+    assert at.title and at.title[0].value  # the page drew something of its own
+    model_select = at.sidebar.selectbox(key="model_select")
+    assert model_select.value == "smollm2-135m"  # the embedded default is preselected
+    assert "gemma-3-270m (not installed)" in model_select.options or _gemma_installed()
+
+
+def _gemma_installed() -> bool:
+    from probes.models import EMBEDDED
+
+    return EMBEDDED["gemma-3-270m"].installed()
+
+
+# --- next-token page -------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_next_token_page(smollm2):
+    at = home_at()  # the landing page is the next-token view
+    _no_problems(at)
+    assert at.title[0].value == "Next token"
+    table = at.table[0].value
+    assert table.iloc[0]["token"] == "' Paris'" and len(table) == 10
+    assert list(table["rank"]) == list(range(1, 11))
+    charts = at.get("plotly_chart")
+    assert len(charts) == 2  # top-k bars and the attention heatmap
+    chips = [m.value for m in at.markdown if "mechscope-token" in m.value]
+    assert chips and "␣France" in chips[0]
+
+    at.text_area(key="prompt").set_value("The capital of Italy is").run()
+    at.slider(key="top_k").set_value(3).run()
+    at.slider(key="attn_layer").set_value(29).run()
+    at.slider(key="attn_head").set_value(8).run()
+    _no_problems(at)
+    assert len(at.table[0].value) == 3
+    chips = [m.value for m in at.markdown if "mechscope-token" in m.value]
+    assert "␣Italy" in chips[0]
+    heat = [c for c in at.get("plotly_chart") if "layer 29 head 8" in c.proto.spec]
+    assert heat, "the heatmap follows the selected layer and head"
+
+
+# --- Playground ------------------------------------------------------------------------------
+
+
+def _playground(**state):
+    """The Playground with short generations (and any other session-state presets)."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(HOME), default_timeout=TIMEOUT)
+    at.run()
+    at.session_state["pg_max_new"] = 5
+    for k, v in state.items():
+        at.session_state[k] = v
+    return at.switch_page("pages/02_playground.py").run()
+
+
+@pytest.mark.integration
+def test_playground_toggles(smollm2):
+    at = _playground()
+    _no_problems(at)
+    assert [s.value for s in at.subheader][:3] == ["Interventions", "Baseline", "Intervened"]
+    frame = at.dataframe[0].value
+    assert len(frame) == 5
+    assert (frame["delta_p"].abs() < 1e-6).all()  # nothing switched on yet
+    texts = [m.value for m in at.markdown if m.value.startswith("**")]
+    assert len(texts) == 2 and texts[0] == texts[1]
+
+    # switch both built-in interventions on (their inputs are enabled only then), then set them
+    at.toggle(key="pg_mask_on").set_value(True)
+    at.toggle(key="pg_clamp_on").set_value(True)
+    at.run()
+    _no_problems(at)
+    at.number_input(key="pg_mask_layer").set_value(3)
+    at.number_input(key="pg_mask_head").set_value(2)
+    at.number_input(key="pg_clamp_layer").set_value(20)
+    at.number_input(key="pg_clamp_neuron").set_value(100)
+    at.number_input(key="pg_clamp_value").set_value(40.0)
+    at.run()
+    _no_problems(at)
+    caption = " ".join(c.value for c in at.caption)
+    assert "mask L3H2 (uniform)" in caption and "neuron L20N100 = 40" in caption
+    frame = at.dataframe[0].value
+    assert frame["delta_p"].abs().max() > 1e-3  # the clamp changes the baseline tokens' probabilities
+    assert len(at.get("plotly_chart")) == 1
+    chips = [m.value for m in at.markdown if "mechscope-token" in m.value]
+    assert chips and "rgba(" in chips[0]
+
+    at.radio(key="pg_decoding").set_value("sampling").run()
+    _no_problems(at)
+    assert at.slider(key="pg_temperature").value == 1.0
+
+
+@pytest.mark.integration
+def test_playground_clamp_preset_from_another_page(smollm2):
+    """Another page hands a neuron to the Playground through st.session_state."""
+    at = _playground(playground_clamp=(20, 100, 40.0))
+    _no_problems(at)
+    assert at.toggle(key="pg_clamp_on").value is True
+    assert at.number_input(key="pg_clamp_neuron").value == 100
+    assert "neuron L20N100 = 40" in " ".join(c.value for c in at.caption)
+    assert "playground_clamp" not in at.session_state  # consumed once

@@ -1,0 +1,211 @@
+"""Neuron decoding, search, taxonomy and clamp verification on tiny models wired by hand."""
+
+import pytest
+import torch
+
+from analyses.neurons import (
+    NeuronDecodeResult,
+    clamp_verification,
+    decode_directions,
+    decode_neurons,
+    neuron_activity,
+    neurons_for_token,
+    topk_both,
+    unembedding,
+)
+from probes.errors import InputError
+from probes.results import Result
+from tests.tiny import tiny_model
+
+T_PLANT, L_PLANT, N_PLANT = 13, 1, 5
+
+
+def planted_model():
+    """A tiny model whose neuron (1, 5) writes exactly token 13's unembedding direction, with
+    a non-trivial final-norm weight γ folded out (γ ⊙ w = 3·W_U[:, 13])."""
+    m = tiny_model(n_layers=2, d_model=32, d_mlp=64, d_vocab=50, seed=1)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        m.ln_final.w.copy_(0.5 + torch.rand(32, generator=g))
+        m.unembed.W_U[:, T_PLANT] *= 3  # a clearly dominant column, so its own direction wins
+        m.blocks[L_PLANT].mlp.W_out[N_PLANT] = 3 * m.unembed.W_U[:, T_PLANT] / m.ln_final.w
+    return m
+
+
+def test_topk_both_equals_torch_topk():
+    g = torch.Generator().manual_seed(0)
+    for V, block in [(1001, 16), (4096, 64), (50, 64)]:
+        x = torch.randn(37, V, generator=g)
+        tv, ti, bv, bi = topk_both(x, 7, block=block)
+        rv, ri = torch.topk(x, 7, dim=1)
+        qv, qi = torch.topk(x, 7, dim=1, largest=False)
+        assert torch.equal(tv, rv) and torch.equal(ti, ri)
+        assert torch.equal(bv, qv) and torch.equal(bi, qi)
+
+
+def test_decode_equals_full_product_any_chunking():
+    m = planted_model()
+    res = decode_neurons(m, k=4, chunk_size=7, softmax=True)
+    W = unembedding(m, "final")
+    full = torch.cat([m.blocks[i].mlp.W_out for i in range(2)]).detach() @ W  # [128, 50]
+    rv, ri = torch.topk(full, 4, dim=1)
+    assert torch.equal(res.top_ids.reshape(-1, 4).long(), ri)
+    assert torch.allclose(res.top_logits.reshape(-1, 4), rv, atol=1e-5)
+    bv, bi = torch.topk(full, 4, dim=1, largest=False)
+    assert torch.equal(res.bottom_ids.reshape(-1, 4).long(), bi)
+    p = torch.softmax(full, dim=1).max(dim=1).values
+    assert torch.allclose(res.top_prob.reshape(-1), p, atol=1e-6)
+
+
+def test_planted_neuron_decodes_to_its_token():
+    m = planted_model()
+    res = decode_neurons(m, k=5)
+    assert int(res.top_ids[L_PLANT, N_PLANT, 0]) == T_PLANT
+    # it is also the neuron that most promotes the token, found by the exact search
+    hits = neurons_for_token(m, T_PLANT, top=3)
+    assert (int(hits.loc[0, "layer"]), int(hits.loc[0, "neuron"])) == (L_PLANT, N_PLANT)
+    assert int(hits.loc[0, "rank_of_token"]) == 1
+    # the offline search over the stored top-k agrees
+    off = res.search(T_PLANT)
+    assert (int(off.loc[0, "layer"]), int(off.loc[0, "neuron"])) == (L_PLANT, N_PLANT)
+    card = res.card(L_PLANT, N_PLANT)
+    assert card.loc[0, "top_token"] == f"<{T_PLANT}>"
+
+
+def test_final_norm_gamma_is_what_makes_the_plant_decode():
+    """norm='final' folds γ in; the raw variant decodes W_U^T w, a different vector."""
+    m = planted_model()
+    w = m.blocks[L_PLANT].mlp.W_out[N_PLANT].detach()
+    raw = unembedding(m, "raw")
+    fin = unembedding(m, "final")
+    assert torch.allclose(w @ fin, 3 * m.unembed.W_U[:, T_PLANT].detach() @ m.unembed.W_U.detach(), atol=1e-4)
+    assert torch.allclose(w @ raw, w @ m.unembed.W_U.detach())
+
+
+def test_decode_result_roundtrip(tmp_path):
+    m = planted_model()
+    res = decode_neurons(m, k=3, layers=[1])
+    back = Result.load(res.save(tmp_path / "dec"))
+    assert isinstance(back, NeuronDecodeResult)
+    assert torch.equal(back.top_ids, res.top_ids) and back.top_prob is None
+    assert back.layers == [1]
+    with pytest.raises(InputError):
+        back.card(0, 0)
+
+
+def test_bad_input_messages():
+    m = planted_model()
+    with pytest.raises(InputError, match="layer"):
+        decode_neurons(m, layers=[2])
+    with pytest.raises(InputError, match="norm"):
+        decode_neurons(m, norm="nope")
+    with pytest.raises(InputError, match="token id"):
+        neurons_for_token(m, 50)
+    with pytest.raises(InputError, match="tokenizer"):
+        neurons_for_token(m, "dog")
+    with pytest.raises(InputError, match="empty"):
+        neuron_activity(m, texts=[])
+    with pytest.raises(InputError, match="neuron"):
+        clamp_verification(m, neurons=[(0, 64)], prompts=[[1, 2, 3]])
+
+
+def _silenced(rotary: bool, seed: int):
+    """One layer with attention silenced (W_O = 0): the MLP sees RMSNorm(resid) of the
+    token embedding (plus the learned position embedding when ``rotary`` is off)."""
+    m = tiny_model(n_layers=1, d_model=32, d_mlp=16, d_vocab=50, n_ctx=64, rotary=rotary, seed=seed)
+    with torch.no_grad():
+        m.blocks[0].attn.W_O.zero_()
+    return m
+
+
+def wired_token_model():
+    """Neuron 3 — token detector for token 7: gate = 20·u·x and up = u·x, with u the direction
+    of token 7's normalised embedding, so act ≈ 20·(u·x)² = 20·d·cos² for u·x > 0 and ≈ 0
+    otherwise: token 7 gives 20·d, every other token at most 20·d·cos_max². Neuron 4 — dead:
+    W_gate column 0, so silu(0)·up = 0 on every token. Returns (model, threshold between)."""
+    m = _silenced(rotary=True, seed=3)
+    d = 32
+    with torch.no_grad():
+        E = m.embed.W_E
+        x = E / E.pow(2).mean(-1, keepdim=True).sqrt()  # what ln2 (weight 1) makes of each token
+        u = x[7] / x[7].norm()
+        cos = (x @ u) / x.norm(dim=1)
+        assert float(cos[torch.arange(50) != 7].max()) < 0.8  # precondition of the wiring
+        mlp = m.blocks[0].mlp
+        mlp.W_gate[:, 3] = 20 * u
+        mlp.W_in[:, 3] = u
+        mlp.W_gate[:, 4] = 0
+    threshold = 20 * d * (1 + float(cos[torch.arange(50) != 7].max()) ** 2) / 2
+    return m, threshold
+
+
+def wired_position_model():
+    """Neuron 6 — positional: W_pos moves dimension 0 from −6 to +6 along the sequence and
+    holds dimension 1 at 6; token embeddings are zero there. up reads dim 0, gate 3·dim 1."""
+    m = _silenced(rotary=False, seed=4)
+    with torch.no_grad():
+        m.embed.W_E[:, :2] = 0
+        m.pos_embed.W_pos.zero_()
+        m.pos_embed.W_pos[:, 0] = torch.linspace(-1, 1, 64) * 6
+        m.pos_embed.W_pos[:, 1] = 6.0
+        mlp = m.blocks[0].mlp
+        mlp.W_gate[:, 6] = 0
+        mlp.W_gate[1, 6] = 3.0
+        mlp.W_in[:, 6] = 0
+        mlp.W_in[0, 6] = 1.0
+    return m
+
+
+def _random_texts(n=40, length=48, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 50, (length,), generator=g).tolist() for _ in range(n)]
+
+
+def test_taxonomy_token_detector_and_dead():
+    m, threshold = wired_token_model()
+    res = neuron_activity(m, texts=_random_texts(), threshold=threshold, max_types=64, max_positions=64)
+    names = res.CATEGORIES
+    cat = res.category[0]
+    assert names[int(cat[3])] == "token detector"
+    assert int(res.top_token_ids[0, 3, 0]) == 7
+    assert float(res.top_token_share[0, 3]) == 1.0 and float(res.top_token_coverage[0, 3]) == 1.0
+    assert names[int(cat[4])] == "dead" and float(res.max_act[0, 4]) == 0.0
+    counts = res.counts()
+    assert int(counts.loc[0, list(names)].sum()) == 16
+    assert int(counts.loc[0, "dead"]) >= 1 and int(counts.loc[0, "token detector"]) >= 1
+    det = res.neurons("token detector")
+    assert 3 in det["neuron"].tolist()
+
+
+def test_taxonomy_positional():
+    m = wired_position_model()
+    res = neuron_activity(m, texts=_random_texts(seed=3), threshold=2.0, max_types=64, max_positions=64)
+    assert res.CATEGORIES[int(res.category[0, 6])] == "positional"
+    assert float(res.eta2_pos[0, 6]) > 0.9 and float(res.eta2_token[0, 6]) < 0.2
+    # the mean activation by position rises along the sequence
+    prof = res.pos_mean[0, 6, :48]
+    assert float(prof[-1]) > 2.0 > float(prof[0])
+
+
+def test_clamp_raises_planted_token_probability():
+    m = planted_model()
+    prompts = [[1, 2, 3, 4], [10, 11], [20, 30, 40, 41, 42]]
+    res = clamp_verification(m, neurons=[(L_PLANT, N_PLANT)], prompts=prompts, value=30.0)
+    row = res.table.iloc[0]
+    assert int(row["top_id"]) == T_PLANT
+    assert row["p_after"] > row["p_before"] and res.fraction_up == 1.0
+    assert res.pair_fraction_up == 1.0 and row["top1_after"] == 1.0
+
+
+def test_decode_directions_rejects_bad_k():
+    with pytest.raises(InputError):
+        decode_directions(torch.randn(3, 4), torch.randn(4, 5), k=6)
+
+
+def test_cli_bad_input_is_one_line(capsys):
+    from app.cli import main
+
+    assert main(["neurons", "decode", "--neuron", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["mechscope: error: --neuron needs --layer."]
+    assert main(["neurons", "activity", "--neuron", "3"]) == 2
