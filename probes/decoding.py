@@ -233,6 +233,8 @@ def generate(
     prompt_ids = [int(t) for t in as_token_tensor(model, prompt)[0]]
     strat = resolve_strategy(strategy)
     policy = resolve_kv_policy(kv_policy)
+    if policy is not None and hasattr(policy, "validate"):
+        policy.validate(model)
     bounded = policy is not None and policy.max_cache_len is not None
     if not bounded and len(prompt_ids) + max_new_tokens > model.cfg.n_ctx:
         raise InputError(
@@ -285,3 +287,7 @@ def score_continuation(model, prompt, continuation: Sequence[int], interventions
     with applied(model, interventions), torch.no_grad():
         logits = model(ids)[0, len(prompt_ids) - 1 : -1].float()
     return logits.log_softmax(-1).gather(-1, torch.tensor(cont, device=logits.device)[:, None])[:, 0].cpu()
+
+
+# Bounded policies (sinks + window, window-only) register themselves on import.
+import probes.kv_policies  # noqa: E402,F401
