@@ -46,8 +46,20 @@ def check_cache_fits(model, policy) -> None:
         )
 
 
+class _BoundedPolicy:
+    """Shared by bounded policies: subclasses give ``max_cache_len`` and ``keep_index``."""
+
+    def validate(self, model) -> None:
+        check_cache_fits(model, self)
+
+    def trim(self, cache) -> None:
+        keep = self.keep_index(cache_len(cache))
+        if keep is not None:
+            keep_cache_positions(cache, keep)
+
+
 @dataclass(frozen=True)
-class SinkWindow:
+class SinkWindow(_BoundedPolicy):
     """Keep the first ``n_sink`` cache positions and the last ``window`` (StreamingLLM)."""
 
     n_sink: int = 4
@@ -71,20 +83,12 @@ class SinkWindow:
             return None
         return torch.cat([torch.arange(self.n_sink), torch.arange(length - self.window, length)])
 
-    def validate(self, model) -> None:
-        check_cache_fits(model, self)
-
-    def trim(self, cache) -> None:
-        keep = self.keep_index(cache_len(cache))
-        if keep is not None:
-            keep_cache_positions(cache, keep)
-
     def describe(self) -> str:
         return f"sinks {self.n_sink} + window {self.window}"
 
 
 @dataclass(frozen=True)
-class WindowOnly:
+class WindowOnly(_BoundedPolicy):
     """Keep only the ``window`` most recent cache positions (window attention baseline)."""
 
     window: int = 256
@@ -102,14 +106,6 @@ class WindowOnly:
         if length <= self.window:
             return None
         return torch.arange(length - self.window, length)
-
-    def validate(self, model) -> None:
-        check_cache_fits(model, self)
-
-    def trim(self, cache) -> None:
-        keep = self.keep_index(cache_len(cache))
-        if keep is not None:
-            keep_cache_positions(cache, keep)
 
     def describe(self) -> str:
         return f"window {self.window}"
