@@ -29,6 +29,7 @@ from probes.models import (
     _quiet_transformers,
     cache_root,
     converted_cache_dir,
+    hf_from_gguf,
     load_converted,
     save_converted,
     verify_sha256,
@@ -75,14 +76,9 @@ def assemble_gguf(directory: Path) -> Path:
 
 
 def _from_gguf(path: Path, device: str, dtype: torch.dtype):
-    if importlib.util.find_spec("gguf") is None:
-        raise MissingPackageError("Package gguf is not installed: pip install gguf")
     from transformer_lens import HookedTransformer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    tokenizer.padding_side = "right"
-    hf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    hf_model, tokenizer = hf_from_gguf(path)
     # transformers de-quantises GGUF tensors into ordinary float32 Linear weights but keeps a
     # ``quantization_config`` note, which makes TransformerLens refuse the model. The
     # weights are plain floats, so the note is dropped (checked just below).

@@ -498,8 +498,8 @@ def _load_smollm2(device: str, dtype: torch.dtype, gguf_path: Path | None = None
     return model
 
 
-def _smollm2_from_gguf(path: Path, device: str, dtype: torch.dtype):
-    """Read a (checked) SmolLM2 GGUF: de-quantise with transformers, convert to TransformerLens."""
+def hf_from_gguf(path: Path):
+    """A (sha256-checked) GGUF read by transformers: (float32 HF model, right-padding tokenizer)."""
     if importlib.util.find_spec("gguf") is None:
         raise MissingPackageError("Package gguf is not installed: pip install gguf")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -507,6 +507,12 @@ def _smollm2_from_gguf(path: Path, device: str, dtype: torch.dtype):
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     tokenizer.padding_side = "right"
     hf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    return hf_model, tokenizer
+
+
+def _smollm2_from_gguf(path: Path, device: str, dtype: torch.dtype):
+    """Read a (checked) SmolLM2 GGUF: de-quantise with transformers, convert to TransformerLens."""
+    hf_model, tokenizer = hf_from_gguf(path)
     model = hooked_from_hf_llama(hf_model, tokenizer, device=device, dtype=dtype)
     del hf_model
     return model
