@@ -10,7 +10,7 @@ import pytest
 
 from app.ui import discover_pages, page_title, token_chips
 
-APP = Path(__file__).resolve().parents[1] / "app"
+APP = Path(__file__).resolve().parents[2] / "app"
 HOME = APP / "Home.py"
 TIMEOUT = 180  # the first run may load the model
 

@@ -11,7 +11,7 @@ import torch
 from app.cli import main
 from probes.results import Result
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_models_table(capsys):

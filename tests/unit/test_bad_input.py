@@ -17,7 +17,7 @@ import probes.models as pm
 from app.cli import main
 from probes.errors import ChecksumError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HOME = ROOT / "app" / "Home.py"
 TIMEOUT = 180
 LONG_PROMPT = " hello" * 8300  # 8300 tokens > n_ctx 8192 of smollm2-135m

@@ -6,7 +6,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-PAGE = str(Path(__file__).resolve().parent.parent / "app" / "pages" / "20_logit_lens.py")
+PAGE = str(Path(__file__).resolve().parents[2] / "app" / "pages" / "20_logit_lens.py")
 
 
 def test_logit_lens_page(smollm2):
