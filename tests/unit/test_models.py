@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from probes import models
+from probes import models, smollm2
 from probes.errors import ChecksumError, InputError, ModelNotAvailableError, UnknownModelError
 from probes.tokens import bos_id, encode
 from tests.tiny import tiny_model
@@ -115,7 +115,7 @@ def test_smollm2_cache_logic_cold_warm_corrupt(tmp_path, monkeypatch):
     raises ChecksumError before anything is read or cached."""
     gguf = tmp_path / "fake.gguf"
     gguf.write_bytes(b"GGUF fake weights")
-    monkeypatch.setattr(models, "SMOLLM2_SHA256", models.sha256_file(gguf))
+    monkeypatch.setattr(smollm2, "SMOLLM2_SHA256", models.sha256_file(gguf))
     monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path / "cache"))
     built = []
 
@@ -123,14 +123,14 @@ def test_smollm2_cache_logic_cold_warm_corrupt(tmp_path, monkeypatch):
         built.append(path)
         return tiny_model(seed=len(built))
 
-    monkeypatch.setattr(models, "_smollm2_from_gguf", fake_build)
-    cold = models._load_smollm2("cpu", torch.float32, gguf_path=gguf)
+    monkeypatch.setattr(smollm2, "smollm2_from_gguf", fake_build)
+    cold = smollm2.load_smollm2(None, "cpu", torch.float32, gguf_path=gguf)
     assert len(built) == 1
-    cache_dir = models.converted_cache_dir("smollm2-135m", models.SMOLLM2_SHA256, torch.float32)
+    cache_dir = models.converted_cache_dir("smollm2-135m", smollm2.SMOLLM2_SHA256, torch.float32)
     assert (cache_dir / "meta.json").is_file()
 
     gguf.write_bytes(b"corrupt!")  # a warm load must not read the GGUF at all
-    warm = models._load_smollm2("cpu", torch.float32, gguf_path=gguf)
+    warm = smollm2.load_smollm2(None, "cpu", torch.float32, gguf_path=gguf)
     assert len(built) == 1
     for name, p in _params(cold).items():
         assert torch.equal(dict(warm.named_parameters())[name], p)
@@ -140,16 +140,16 @@ def test_smollm2_cache_logic_cold_warm_corrupt(tmp_path, monkeypatch):
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0x01
     weights.write_bytes(bytes(data))
-    rebuilt = models._load_smollm2("cpu", torch.float32, gguf_path=gguf)
+    rebuilt = smollm2.load_smollm2(None, "cpu", torch.float32, gguf_path=gguf)
     assert len(built) == 2  # corrupted cache → rebuilt from the GGUF, not an error
-    assert models.load_converted(cache_dir, models._cache_meta("smollm2-135m", models.SMOLLM2_SHA256, torch.float32),
+    assert models.load_converted(cache_dir, models.cache_meta("smollm2-135m", smollm2.SMOLLM2_SHA256, torch.float32),
                                  "cpu", torch.float32) is not None
     assert rebuilt is not None
 
     shutil.rmtree(cache_dir)
     gguf.write_bytes(b"GGUF fake weightz")
     with pytest.raises(ChecksumError):
-        models._load_smollm2("cpu", torch.float32, gguf_path=gguf)
+        smollm2.load_smollm2(None, "cpu", torch.float32, gguf_path=gguf)
     assert len(built) == 2 and not cache_dir.exists()
 
 
@@ -167,7 +167,7 @@ def test_cache_can_be_switched_off(monkeypatch):
 def hf_smollm2():
     from transformers import AutoModelForCausalLM
 
-    models._quiet_transformers()
+    models.quiet_transformers()
     path = models.smollm2_gguf_path()
     hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     return hf.eval()
@@ -230,7 +230,7 @@ def test_smollm2_checksum_mismatch(tmp_path, monkeypatch):
         f.seek(50_000_000)
         f.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(ChecksumError) as exc:
-        models._load_smollm2("cpu", torch.float32, gguf_path=bad)
+        smollm2.load_smollm2(None, "cpu", torch.float32, gguf_path=bad)
     assert "corrupted" in str(exc.value) and "\n" not in str(exc.value)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("model.safetensors"))
 
