@@ -81,9 +81,10 @@ def analysis(params_cls: type[P], kind: str | None = None):
     """Register ``fn(model, params, **runtime)`` as the analysis that consumes
     ``params_cls`` (registered under ``kind``, default ``params_cls.kind``).
 
-    The wrapped function accepts ``params`` (a ``params_cls`` or None for the defaults) and
-    keyword overrides of any parameter field (``fn(model, n_texts=8)``); other keywords
-    (``progress=``) pass through unchanged.
+    The wrapped function accepts ``params`` (a ``params_cls`` or None for the defaults),
+    positional values for the leading fields (``fn(model, "a prompt")``) and keyword
+    overrides of any field (``fn(model, n_texts=8)``); other keywords (``progress=``) pass
+    through unchanged to ``fn(model, params, **runtime)``.
     """
     k = kind or getattr(params_cls, "kind", None)
     if not k:
@@ -92,8 +93,24 @@ def analysis(params_cls: type[P], kind: str | None = None):
     field_names = {f.name for f in dataclasses.fields(params_cls)}
 
     def deco(fn):
+        fields = [f.name for f in dataclasses.fields(params_cls) if f.init]
+
         @functools.wraps(fn)
-        def wrapper(model, params: P | None = None, /, **kwargs):
+        def wrapper(model, *args, **kwargs):
+            params = None
+            if args and isinstance(args[0], params_cls):
+                params, args = args[0], args[1:]
+            elif args and args[0] is None:
+                args = args[1:]
+            if args:  # positional shortcuts for the leading fields: fn(model, prompt, layer, head)
+                if len(args) > len(fields):
+                    raise InputError(f"{fn.__name__} takes at most {len(fields)} positional parameters.")
+                for name, value in zip(fields, args):
+                    if name in kwargs:
+                        raise InputError(f"{fn.__name__} got {name!r} twice.")
+                    kwargs[name] = value
+            if "params" in kwargs:
+                params = kwargs.pop("params")
             overrides = {n: kwargs.pop(n) for n in list(kwargs) if n in field_names}
             if params is None:
                 params = params_cls(**overrides)
@@ -104,6 +121,7 @@ def analysis(params_cls: type[P], kind: str | None = None):
             return fn(model, params, **kwargs)
 
         wrapper.params_cls = params_cls
+        wrapper.kind = k
         ANALYSES[k] = wrapper
         return wrapper
 

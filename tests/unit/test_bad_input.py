@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import probes.models as pm
+import probes.smollm2 as psm
 from app.cli import main
 from probes.errors import ChecksumError
 
@@ -187,15 +188,15 @@ def corrupted(monkeypatch, corrupted_gguf, smollm2):
     """Point the loader at the corrupted copy, behind an empty load cache (the real model stays
     cached in the original, restored afterwards). Counts checksum verifications."""
     calls = []
-    real_verify = pm.verify_sha256
+    real_verify = psm.verify_sha256
 
     def counting_verify(path, expected):
         calls.append(Path(path))
         return real_verify(path, expected)
 
     monkeypatch.setenv("MECHSCOPE_CACHE", "off")  # a warm converted-weights cache would not read the GGUF
-    monkeypatch.setattr(pm, "smollm2_gguf_path", lambda: corrupted_gguf)
-    monkeypatch.setattr(pm, "verify_sha256", counting_verify)
+    monkeypatch.setattr(psm, "smollm2_gguf_path", lambda: corrupted_gguf)
+    monkeypatch.setattr(psm, "verify_sha256", counting_verify)
     monkeypatch.setattr(pm, "_load_cached", functools.lru_cache(maxsize=4)(pm._load_cached.__wrapped__))
     return calls
 

@@ -97,7 +97,7 @@ def test_next_token_writes_result(smollm2, tmp_path, capsys):
     assert {p.name for p in out.iterdir()} >= {"result.json", "table.csv", "top_k.html"}
     r = Result.load(out)
     assert r.top_tokens[0] == " Paris" and len(r.top_ids) == 5
-    assert r.params["prompt"] == "The capital of France is" and r.model_id == "smollm2-135m"
+    assert r.params.prompt == "The capital of France is" and r.model_id == "smollm2-135m"
     model = smollm2.model
     with torch.no_grad():  # an independent forward pass gives the same probabilities
         ref = model(torch.tensor([list(r.prompt_ids)]))[0, -1].float().softmax(-1)
@@ -133,4 +133,4 @@ def test_next_token_with_head_mask(smollm2, tmp_path, capsys):
     top = torch.topk(ref, 10)
     assert list(r.top_ids) == top.indices.tolist()
     np.testing.assert_allclose(r.top_probs, top.values.double().numpy(), rtol=1e-4)
-    assert r.params["interventions"] == ["mask L3H2 (zero)", "neuron L20N100 = 40"]
+    assert [iv.describe() for iv in r.params.interventions] == ["mask L3H2 (zero)", "neuron L20N100 = 40"]
