@@ -94,6 +94,10 @@ def analysis(params_cls: type[P], kind: str | None = None):
 
     def deco(fn):
         fields = [f.name for f in dataclasses.fields(params_cls) if f.init]
+        import inspect
+
+        sig = inspect.signature(fn).parameters
+        takes_progress = "progress" in sig or any(p.kind is p.VAR_KEYWORD for p in sig.values())
 
         @functools.wraps(fn)
         def wrapper(model, *args, **kwargs):
@@ -118,6 +122,8 @@ def analysis(params_cls: type[P], kind: str | None = None):
                 raise InputError(f"{fn.__name__} takes {params_cls.__name__}, not {type(params).__name__}.")
             elif overrides:
                 params = params.replace(**overrides)
+            if not takes_progress:  # quick analyses take no progress callback
+                kwargs.pop("progress", None)
             return fn(model, params, **kwargs)
 
         wrapper.params_cls = params_cls

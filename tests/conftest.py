@@ -5,6 +5,17 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+if os.environ.get("MECHSCOPE_TORCH_THREADS"):  # `make test` re-runs the fast tests on 1 thread
+    import torch
+
+    torch.set_num_threads(int(os.environ["MECHSCOPE_TORCH_THREADS"]))
+
+
+def pytest_report_header(config):
+    import torch
+
+    return f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+
 
 @pytest.fixture(scope="session")
 def smollm2():

@@ -1,10 +1,12 @@
 """The ``mechscope`` CLI: models, dashboard, next-token."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -134,3 +136,39 @@ def test_next_token_with_head_mask(smollm2, tmp_path, capsys):
     assert list(r.top_ids) == top.indices.tolist()
     np.testing.assert_allclose(r.top_probs, top.values.double().numpy(), rtol=1e-4)
     assert [iv.describe() for iv in r.params.interventions] == ["mask L3H2 (zero)", "neuron L20N100 = 40"]
+
+
+@pytest.mark.integration
+def test_rerun_reproduces_a_saved_result(smollm2, tmp_path, capsys):
+    out = tmp_path / "nt"
+    assert main(["next-token", "--prompt", "The capital of France is", "--k", "7", "--mask-head", "3:2:zero",
+                 "--out", str(out)]) == 0
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["type"] == "next_token"
+    ivs = doc["fields"]["params"]["$object"]["interventions"]
+    assert ivs == [{"kind": "head_mask", "family": "intervention", "layer": 3, "head": 2, "mode": "zero"}]
+    capsys.readouterr()
+    assert main(["rerun", str(out), "--out", str(tmp_path / "again")]) == 0
+    assert "tables equal" in capsys.readouterr().out
+    from analyses.catalog import load_result
+
+    a, b = load_result(out), load_result(tmp_path / "again")
+    assert a.params == b.params
+    pd.testing.assert_frame_equal(a.to_frame(), b.to_frame())
+    # nothing a saved folder holds names a network resource
+    for f in (tmp_path / "again").iterdir():
+        text = f.read_bytes().decode("utf-8", errors="replace")
+        assert "https://" not in text and "cdn" not in text, f.name
+
+
+def test_rerun_refuses_crafted_results(tmp_path, capsys):
+    folder = tmp_path / "crafted"
+    folder.mkdir()
+    for doc in ({"type": "os:system", "format": 2, "fields": {}},
+                {"type": "tests.unit.test_results:ToyResult", "format": 2, "fields": {}},
+                {"type": "next_token", "format": 2,
+                 "fields": {"model_id": "smollm2-135m", "params": {"$object": {"kind": "system", "family": "params"}}}}):
+        (folder / "result.json").write_text(json.dumps(doc))
+        assert main(["rerun", str(folder)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "Unknown" in err[0], err
