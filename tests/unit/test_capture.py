@@ -129,15 +129,3 @@ def test_no_hooks_left_behind(model):
     capture.run(model, _seqs([4]), capture=HOOKS)
     assert all(not hp._forward_hooks for hp in model.hook_dict.values())
 
-
-@pytest.mark.integration
-def test_smollm2_ragged_padding(smollm2):
-    model = smollm2.model
-    texts = ["The capital of France is", "Hello", "def f(x):\n    return x * 2"]
-    hooks = ["blocks.3.attn.hook_pattern", "blocks.5.hook_resid_post"]
-    batched = capture.run(model, texts, capture=hooks, batch_size=3, return_logits=True)
-    for i, text in enumerate(texts):
-        alone = capture.run(model, [text], capture=hooks, return_logits=True)
-        torch.testing.assert_close(batched.logits[i], alone.logits[0], rtol=1e-5, atol=1e-4)
-        for h in hooks:
-            torch.testing.assert_close(batched.activations[h][i], alone.activations[h][0], rtol=1e-5, atol=1e-4)

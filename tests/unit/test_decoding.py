@@ -175,22 +175,6 @@ def test_length_and_input_checks(gqa):
     assert generate(gqa, PROMPT, 0).new_tokens == ()
 
 
-@pytest.mark.integration
-def test_smollm2_cache_equivalence(smollm2):
-    model = smollm2.model
-    prompt = "The capital of France is"
-    g_cache, l_cache = _run(model, "full", n=8, prompt=prompt)
-    g_plain, l_plain = _run(model, None, n=8, prompt=prompt)
-    assert g_cache.new_tokens == g_plain.new_tokens
-    assert g_cache.text.startswith(" Paris")
-    ivs = [HeadMask(5, 2), NeuronClamp(10, 100, value=3.0)]
-    i_cache, li_cache = _run(model, "full", ivs, n=6, prompt=prompt)
-    i_plain, li_plain = _run(model, None, ivs, n=6, prompt=prompt)
-    assert i_cache.new_tokens == i_plain.new_tokens
-    for a, b in zip(li_cache, li_plain):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-
-
 def test_generate_rows_equals_separate_generations(tiny64):
     """Each row of one batched decode equals its own generate() call (float64: exact routes)."""
     from probes.decoding import generate_rows
@@ -230,3 +214,4 @@ def test_generate_reducers_see_every_step(tiny64):
     for step, offset, _, last_row in seen[1:]:
         q = offset
         np.testing.assert_allclose(last_row.numpy(), cache[name][0, :, q, : q + 1].numpy(), rtol=1e-9, atol=1e-12)
+

@@ -8,9 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from analyses.next_token import next_token
 from analyses.playground import PlaygroundResult, compare_generations
-from probes.decoding import Sample, generate, keep_cache_positions, cache_len
+from probes.decoding import Sample, cache_len, generate, keep_cache_positions
 from probes.errors import InputError
 from probes.interventions import HeadMask, NeuronClamp
 from probes.results import Result
@@ -125,18 +124,3 @@ def test_saved_comparison_reruns_to_equal_table(tiny, tmp_path):
     pd.testing.assert_frame_equal(again.to_frame(), r.to_frame())
     assert again.intervened_text == r.intervened_text
 
-
-@pytest.mark.integration
-def test_real_model_clamp_agrees_with_next_token(smollm2):
-    """Two independent routes to p(first baseline token | prompt, clamp): the playground's
-    teacher-forced score and next_token's softmax."""
-    model, _ = smollm2
-    clamp = NeuronClamp(20, 100, value=10.0)
-    r = compare_generations(model, "The capital of France is", [clamp], max_new_tokens=4)
-    assert abs(r.delta_p[0]) > 1e-3
-    assert r.baseline_tokens[0] == " Paris"
-    nt = next_token(model, "The capital of France is", k=1000, interventions=[clamp])
-    p_paris = float(nt.top_probs[list(nt.top_ids).index(r.baseline_ids[0])])
-    assert r.p_intervened[0] == pytest.approx(p_paris, rel=1e-4)
-    base = next_token(model, "The capital of France is", k=1)
-    assert r.p_base[0] == pytest.approx(float(base.top_probs[0]), rel=1e-4)
