@@ -8,23 +8,57 @@ only, so the forward pass stops there).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 
-from probes import capture
+from probes import capture, hooknames
 from probes.errors import InputError, check_range
-from probes.interventions import Intervention
-from probes.results import Result
+from probes.models import model_id
+from probes.results import Params, Result, analysis
 from probes.tokens import encode, str_tokens
 
+DEFAULT_PROMPT = "The capital of France is"
 
-def _model_id(model) -> str:
-    spec = getattr(model, "mechscope_spec", None)
-    return spec.name if spec is not None else str(getattr(model.cfg, "model_name", "model"))
+
+def _prompt_field(default: str = DEFAULT_PROMPT):
+    return field(default=default, metadata={"help": "the text (or token ids) to read"})
+
+
+def normalise_prompt(obj) -> None:
+    """Store a prompt given as a list of ids as a tuple (frozen, hashable, saved as data)."""
+    if not isinstance(obj.prompt, str):
+        object.__setattr__(obj, "prompt", tuple(int(i) for i in torch.as_tensor(obj.prompt).reshape(-1).tolist()))
+
+
+@dataclass(frozen=True)
+class NextTokenParams(Params):
+    kind: ClassVar[str] = "next_token"
+    prompt: str | tuple[int, ...] = _prompt_field()
+    k: int = field(default=10, metadata={"help": "how many tokens to list"})
+    prepend_bos: bool | None = field(default=None, metadata={"help": "prepend the model's BOS token (None: the model's policy)"})
+    interventions: tuple = field(default=(), metadata={"help": "interventions applied during the forward pass"})
+
+    def __post_init__(self):
+        normalise_prompt(self)
+        object.__setattr__(self, "interventions", tuple(self.interventions))
+        if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1:
+            raise InputError(f"k must be a positive integer, not {self.k!r}.")
+
+
+@dataclass(frozen=True)
+class AttentionPatternParams(Params):
+    kind: ClassVar[str] = "attention_pattern"
+    prompt: str | tuple[int, ...] = _prompt_field()
+    layer: int = field(default=0, metadata={"help": "layer"})
+    head: int = field(default=0, metadata={"help": "query head"})
+    prepend_bos: bool | None = field(default=None, metadata={"help": "prepend the model's BOS token (None: the model's policy)"})
+
+    def __post_init__(self):
+        normalise_prompt(self)
 
 
 def prompt_ids(model, prompt, prepend_bos: bool | None = None) -> torch.Tensor:
@@ -84,36 +118,24 @@ class NextTokenResult(Result):
         return {"top_k": fig}
 
 
-def next_token(
-    model,
-    prompt,
-    k: int = 10,
-    prepend_bos: bool | None = None,
-    interventions: Sequence[Intervention] = (),
-) -> NextTokenResult:
+@analysis(NextTokenParams)
+def next_token(model, params: NextTokenParams) -> NextTokenResult:
     """The ``k`` most probable next tokens after ``prompt`` (text or ids).
 
     One forward pass through :func:`probes.capture.run` (so interventions are applied under
     the model's lock); probabilities are the softmax of the last position's logits.
     """
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise InputError(f"k must be a positive integer, not {k!r}.")
-    ids = prompt_ids(model, prompt, prepend_bos)
-    k = min(k, model.cfg.d_vocab)
-    out = capture.run(model, [ids], return_logits=True, interventions=interventions)
+    ids = prompt_ids(model, params.prompt, params.prepend_bos)
+    k = min(params.k, model.cfg.d_vocab)
+    out = capture.run(model, [ids], return_logits=True, interventions=params.interventions)
     logprobs = out.logits[0][-1].float().log_softmax(-1)
     top = torch.topk(logprobs, k)
     top_ids = top.indices.to(torch.long)
     probs = logprobs.exp()
     entropy = float(-(probs * logprobs).nan_to_num(0.0).sum())
     return NextTokenResult(
-        model_id=_model_id(model),
-        params={
-            "prompt": prompt if isinstance(prompt, str) else [int(i) for i in ids],
-            "k": k,
-            "prepend_bos": prepend_bos,
-            "interventions": [iv.describe() for iv in interventions],
-        },
+        model_id=model_id(model),
+        params=params,
         prompt_ids=ids.numpy().astype(np.int64),
         prompt_tokens=str_tokens(model, ids),
         top_ids=top_ids.numpy().astype(np.int64),
@@ -135,11 +157,11 @@ class AttentionPatternResult(Result):
 
     @property
     def layer(self) -> int:
-        return int(self.params["layer"])
+        return int(self.params.layer)
 
     @property
     def head(self) -> int:
-        return int(self.params["head"])
+        return int(self.params.head)
 
     def to_frame(self) -> pd.DataFrame:
         t = len(self.tokens)
@@ -186,26 +208,23 @@ class AttentionPatternResult(Result):
         return {"attention": fig}
 
 
-def attention_pattern(model, prompt, layer: int, head: int, prepend_bos: bool | None = None) -> AttentionPatternResult:
+@analysis(AttentionPatternParams)
+def attention_pattern(model, params: AttentionPatternParams) -> AttentionPatternResult:
     """Head ``head`` of layer ``layer``: ``blocks.{layer}.attn.hook_pattern`` over ``prompt``.
 
     Only that hook is captured, so the forward pass stops after ``layer``. With grouped-query
     attention TransformerLens expands the key/value heads, so ``head`` is a query head.
     """
+    layer, head = params.layer, params.head
     check_range("layer", layer, model.cfg.n_layers)
     check_range("head", head, model.cfg.n_heads)
-    ids = prompt_ids(model, prompt, prepend_bos)
-    name = f"blocks.{layer}.attn.hook_pattern"
+    ids = prompt_ids(model, params.prompt, params.prepend_bos)
+    name = hooknames.name("pattern", layer)
     out = capture.run(model, [ids], capture=[name])
     pattern = out.activations[name][0][head].float().numpy().astype(np.float64)
     return AttentionPatternResult(
-        model_id=_model_id(model),
-        params={
-            "prompt": prompt if isinstance(prompt, str) else [int(i) for i in ids],
-            "layer": layer,
-            "head": head,
-            "prepend_bos": prepend_bos,
-        },
+        model_id=model_id(model),
+        params=params,
         tokens=str_tokens(model, ids),
         pattern=pattern,
     )

@@ -2,7 +2,11 @@
 
 ``compare_generations`` decodes the prompt twice with the same strategy (and the same seed
 when sampling): once plain (full KV cache, no interventions) and once with the
-interventions and the chosen KV-cache policy. To show *where* the intervention bites, the
+interventions and the chosen KV-cache policy. When both use the full cache and the strategy
+picks from the logits alone (greedy, sampling), the two continuations are decoded as two
+rows of ONE batched forward per step (:func:`probes.decoding.generate_rows`, interventions
+restricted to the intervened row), and the baseline continuation is then scored under both
+in one more batched pass; other combinations decode one after the other. To show *where* the intervention bites, the
 baseline continuation is then teacher-forced through both models, giving each baseline
 token its probability with and without the intervention (p_base, p_intervened, Δp).
 
@@ -15,25 +19,41 @@ the policy's own cache instead (``Forced`` below); with the full cache both rout
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, ClassVar, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
 
 import numpy as np
 import pandas as pd
+import torch
 
-from probes.decoding import FullCache, StepState, generate, resolve_kv_policy, resolve_strategy, score_continuation
+from probes.decoding import (
+    STRATEGIES,
+    FullCache,
+    Greedy,
+    StepState,
+    generate,
+    generate_rows,
+    resolve_kv_policy,
+    resolve_strategy,
+    score_continuation,
+)
 from probes.errors import InputError
-from probes.interventions import Intervention, hooks_for
-from probes.results import Result
+from probes.interventions import Rows, applied, hooks_for
+from probes.kv_policies import _Data
+from probes.models import model_id
+from probes.results import Params, Result, analysis
 from probes.tokens import str_tokens
 
-from analyses.next_token import _model_id, prompt_ids
+from analyses.next_token import normalise_prompt, prompt_ids
 
 TokenCallback = Callable[[str, int, str], None]  # (which: "baseline"|"intervened", token id, token text)
 
+DEFAULT_PROMPT = "Once upon a time, there was a little robot who"
 
+
+@STRATEGIES.register("forced")
 @dataclass(frozen=True)
-class Forced:
+class Forced(_Data):
     """A 'strategy' that replays given tokens, so ``generate`` reports their log-probs."""
 
     tokens: tuple[int, ...]
@@ -41,6 +61,26 @@ class Forced:
 
     def select(self, state: StepState) -> int:
         return int(self.tokens[state.step])
+
+
+@dataclass(frozen=True)
+class PlaygroundParams(Params):
+    kind: ClassVar[str] = "playground"
+    prompt: str | tuple[int, ...] = field(default=DEFAULT_PROMPT, metadata={"help": "the text to continue"})
+    interventions: tuple = field(default=(), metadata={"help": "interventions of the intervened run"})
+    max_new_tokens: int = field(default=20, metadata={"help": "tokens to generate"})
+    strategy: object = field(default=Greedy(), metadata={"help": "decoding strategy (a registered strategy)"})
+    kv_policy: object = field(default=FullCache(), metadata={"help": "KV-cache policy of the intervened run (None: no cache)"})
+    prepend_bos: bool | None = field(default=None, metadata={"help": "prepend the model's BOS token (None: the model's policy)"})
+
+    def __post_init__(self):
+        normalise_prompt(self)
+        object.__setattr__(self, "interventions", tuple(self.interventions))
+        object.__setattr__(self, "strategy", resolve_strategy(self.strategy))
+        object.__setattr__(self, "kv_policy", resolve_kv_policy(self.kv_policy))
+        n = self.max_new_tokens
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise InputError(f"max_new_tokens must be a positive integer, not {n!r}.")
 
 
 @dataclass(frozen=True)
@@ -101,48 +141,37 @@ class PlaygroundResult(Result):
         return {"delta_p": fig}
 
 
-def compare_generations(
-    model,
-    prompt,
-    interventions: Sequence[Intervention] = (),
-    max_new_tokens: int = 20,
-    strategy="greedy",
-    kv_policy="full",
-    prepend_bos: bool | None = None,
-    on_token: TokenCallback | None = None,
-) -> PlaygroundResult:
+@analysis(PlaygroundParams)
+def compare_generations(model, params: PlaygroundParams, on_token: TokenCallback | None = None) -> PlaygroundResult:
     """Generate baseline and intervened continuations of ``prompt`` and score the baseline
     continuation under both models (see the module docstring)."""
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}.")
-    ids = prompt_ids(model, prompt, prepend_bos)
-    strat = resolve_strategy(strategy)
-    policy = resolve_kv_policy(kv_policy)
-    interventions = tuple(interventions)
+    ids = prompt_ids(model, params.prompt, params.prepend_bos)
+    strat, policy, interventions = params.strategy, params.kv_policy, params.interventions
+    n_new = params.max_new_tokens
     hooks_for(model, interventions)  # validate every intervention before any decoding
 
     def stream(which: str):
         return None if on_token is None else (lambda tok, text: on_token(which, tok, text))
 
-    base = generate(model, ids, max_new_tokens, strat, (), "full", on_token=stream("baseline"))
-    inter = generate(model, ids, max_new_tokens, strat, interventions, policy, on_token=stream("intervened"))
-    cont = list(base.new_tokens)
-    p_base = np.exp(score_continuation(model, ids, cont).numpy().astype(np.float64))
-    if policy is None or isinstance(policy, FullCache):
-        lp_int = score_continuation(model, ids, cont, interventions).numpy()
+    full = isinstance(policy, FullCache)
+    batched = full and not hasattr(strat, "hooks") and not getattr(strat, "needs_model", False)
+    if batched:  # one forward per step for both continuations
+        names = ("baseline", "intervened")
+        cb = None if on_token is None else (lambda row, tok, text: on_token(names[row], tok, text))
+        base, inter = generate_rows(model, ids, [(), interventions], n_new, strat, policy, on_token=cb)
     else:
+        base = generate(model, ids, n_new, strat, (), "full", on_token=stream("baseline"))
+        inter = generate(model, ids, n_new, strat, interventions, policy, on_token=stream("intervened"))
+    cont = list(base.new_tokens)
+    if policy is None or full:
+        lp_base, lp_int = _score_both(model, ids, cont, interventions)
+    else:
+        lp_base = score_continuation(model, ids, cont).numpy()
         forced = generate(model, ids, len(cont), Forced(tuple(cont)), interventions, policy, stop_at_eos=False)
         lp_int = np.asarray(forced.logprobs)
     return PlaygroundResult(
-        model_id=_model_id(model),
-        params={
-            "prompt": prompt if isinstance(prompt, str) else [int(i) for i in ids],
-            "prepend_bos": prepend_bos,
-            "max_new_tokens": max_new_tokens,
-            "strategy": repr(strat),
-            "kv_policy": "none" if policy is None else repr(policy),
-            "interventions": [iv.describe() for iv in interventions],
-        },
+        model_id=model_id(model),
+        params=params,
         prompt_tokens=str_tokens(model, ids),
         baseline_ids=np.asarray(cont, dtype=np.int64),
         baseline_tokens=str_tokens(model, cont) if cont else [],
@@ -150,6 +179,20 @@ def compare_generations(
         intervened_ids=np.asarray(inter.new_tokens, dtype=np.int64),
         intervened_tokens=str_tokens(model, inter.new_tokens) if inter.new_tokens else [],
         intervened_text=inter.text,
-        p_base=p_base,
-        p_intervened=np.exp(lp_int.astype(np.float64)),
+        p_base=np.exp(np.asarray(lp_base, dtype=np.float64)),
+        p_intervened=np.exp(np.asarray(lp_int, dtype=np.float64)),
     )
+
+
+def _score_both(model, ids: torch.Tensor, cont: list[int], interventions) -> tuple[np.ndarray, np.ndarray]:
+    """log p(cont[t] | prompt, cont[:t]) without (row 0) and with (row 1) the interventions,
+    in one teacher-forced batched pass."""
+    if not cont:
+        return np.zeros(0), np.zeros(0)
+    prompt = [int(i) for i in ids]
+    seq = torch.tensor([prompt + cont] * 2, device=model.cfg.device)
+    with applied(model, [Rows(iv, (1,)) for iv in interventions]), torch.no_grad():
+        logits = model(seq)[:, len(prompt) - 1 : -1].float()
+    target = torch.tensor(cont, device=logits.device)[None, :, None].expand(2, -1, 1)
+    lp = logits.log_softmax(-1).gather(-1, target)[..., 0].cpu().numpy()
+    return lp[0], lp[1]

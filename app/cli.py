@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"app.commands.{info.name}")
-        module.register(sub)
+        if hasattr(module, "register"):  # helpers such as app.commands.common register nothing
+            module.register(sub)
     return parser
 
 

@@ -16,6 +16,12 @@ to the Playground (each preset is consumed once, and switches the control on):
   (mode ``"uniform"`` or ``"zero"``);
 * ``st.session_state["playground_kv_policy"] = key`` — a registered KV-policy widget key.
 
+Any page can also hand over arbitrary registered interventions and a decoding strategy as
+data: ``send_to_playground(interventions=[...], strategy=...)`` (stored as ``to_dict()``
+data, rebuilt through the registries, shown in a "Sent from another page" box with a
+switch). Decoding strategies have their own registry (``@strategy_widget``), drawn by
+``render_strategy``.
+
 Values are validated by the interventions themselves (one ``st.error`` line when out of
 range), so widget bounds only guide input.
 """
@@ -27,8 +33,12 @@ from typing import Callable
 
 import streamlit as st
 
+from app.specs import parse_heads
+from probes.errors import MechscopeError
 from probes.interventions import HeadMask, NeuronClamp
 
+SENT = "playground_sent"
+PRESET_STRATEGY = "playground_strategy"
 PRESET_CLAMP = "playground_clamp"
 PRESET_HEAD_MASK = "playground_head_mask"
 PRESET_KV_POLICY = "playground_kv_policy"
@@ -44,6 +54,72 @@ class Widget:
 
 INTERVENTION_WIDGETS: dict[str, Widget] = {}
 KV_POLICY_WIDGETS: dict[str, Widget] = {}
+STRATEGY_WIDGETS: dict[str, Widget] = {}
+
+
+def strategy_widget(key: str, label: str, order: int = 50):
+    """Register ``render(model) -> Strategy`` as a choice of the decoding selector."""
+
+    def deco(fn):
+        STRATEGY_WIDGETS[key] = Widget(key, label, fn, order)
+        return fn
+
+    return deco
+
+
+def send_to_playground(interventions=(), strategy=None, note: str = "") -> None:
+    """Hand registered interventions (and optionally a strategy) to the Playground as data."""
+    st.session_state[SENT] = {
+        "interventions": [iv.to_dict() for iv in interventions],
+        "strategy": strategy.to_dict() if strategy is not None else None,
+        "note": note,
+    }
+
+
+def _sent(model) -> list:
+    from probes.interventions import from_dict
+
+    sent = st.session_state.get(SENT)
+    if not sent or not sent.get("interventions"):
+        return []
+    try:
+        ivs = [from_dict(d) for d in sent["interventions"]]
+    except MechscopeError as exc:
+        st.error(f"Sent interventions: {exc}")
+        return []
+    with st.container(border=True):
+        on = st.toggle(f"Sent from another page: {len(ivs)} intervention(s)", value=True, key="pg_sent_on")
+        st.caption((sent.get("note") or "") + " — " + "; ".join(iv.describe() for iv in ivs[:12])
+                   + (" …" if len(ivs) > 12 else ""))
+        if st.button("Discard", key="pg_sent_discard"):
+            st.session_state.pop(SENT, None)
+            st.rerun()
+    return ivs if on else []
+
+
+def render_strategy(model):
+    """The decoding selector: returns the chosen strategy object."""
+    from probes.decoding import STRATEGIES
+
+    preset = st.session_state.pop(PRESET_STRATEGY, None)
+    sent = st.session_state.get(SENT) or {}
+    if sent.get("strategy") is not None:  # consumed once: it becomes a choice of the selector
+        st.session_state["pg_sent_strategy"] = sent["strategy"]
+        st.session_state[SENT] = {**sent, "strategy": None}
+        preset = "sent"
+    widgets = _ordered(STRATEGY_WIDGETS)
+    keys = [w.key for w in widgets]
+    if "pg_sent_strategy" in st.session_state:
+        keys = ["sent"] + keys
+    if preset in keys:
+        st.session_state["pg_strategy_choice"] = preset
+    choice = st.sidebar.selectbox("Decoding", keys, key="pg_strategy_choice",
+                                  format_func=lambda k: "sent from another page" if k == "sent" else STRATEGY_WIDGETS[k].label)
+    if choice == "sent":
+        strat = STRATEGIES.from_dict(st.session_state["pg_sent_strategy"])
+        st.sidebar.caption(repr(strat))
+        return strat
+    return STRATEGY_WIDGETS[choice].render(model)
 
 
 def intervention_widget(key: str, label: str, order: int = 50):
@@ -72,7 +148,7 @@ def _ordered(widgets: dict[str, Widget]) -> list[Widget]:
 
 def render_controls(model) -> tuple[list, object]:
     """Draw every registered control; return ``(interventions, kv_policy)``."""
-    interventions: list = []
+    interventions: list = list(_sent(model))
     for w in _ordered(INTERVENTION_WIDGETS):
         with st.container(border=True):
             interventions.extend(w.render(model) or [])
@@ -133,6 +209,26 @@ def _neuron_clamp(model) -> list:
     return [NeuronClamp(int(layer), int(neuron), value=float(value))] if on else []
 
 
+@strategy_widget("greedy", "greedy", order=0)
+def _greedy(model):
+    from probes.decoding import Greedy
+
+    return Greedy()
+
+
+@strategy_widget("sample", "sampling", order=10)
+def _sampling(model):
+    from probes.decoding import Sample
+
+    sb = st.sidebar
+    return Sample(
+        temperature=sb.slider("Temperature", 0.05, 2.0, 1.0, 0.05, key="pg_temperature"),
+        top_k=sb.number_input("Top-k (0 = off)", min_value=0, value=50, step=1, key="pg_top_k") or None,
+        top_p=sb.slider("Top-p", 0.05, 1.0, 0.95, 0.05, key="pg_top_p"),
+        seed=int(sb.number_input("Seed", min_value=0, value=0, step=1, key="pg_seed")),
+    )
+
+
 @kv_policy_widget("full", "Full cache", order=0)
 def _full_cache(model):
     st.caption("Keep every key and value (ordinary KV caching).")
@@ -179,16 +275,11 @@ def _act(model) -> list:
     beta = b.slider("β", 0.0, 1.0, key="pg_act_beta", step=0.05, disabled=not on)
     if not on:
         return []
-    heads = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        try:
-            l, h = (int(x) for x in part.split(":"))
-        except ValueError:
-            st.error(f"ACT heads: {part!r} is not LAYER:HEAD.")
-            return []
-        heads.append((l, h))
+    try:
+        heads = parse_heads(text)
+    except MechscopeError as exc:
+        st.error(f"ACT heads: {exc}")
+        return []
     if not heads:
         st.error("ACT calibration is on but no heads are given (e.g. 3:4, 10:2).")
         return []

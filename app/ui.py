@@ -197,3 +197,43 @@ def show_tokens(tokens, values=None, vmax: float | None = None, caption: str | N
     st.markdown(token_chips(tokens, values, vmax), unsafe_allow_html=True)
     if caption:
         st.caption(caption)
+
+
+# ---------------------------------------------------------------------------------------
+# Running analyses from pages: one memo and one progress bar for every page
+
+
+def st_progress(label: str = "Forward passes"):
+    """A ``progress(done, total)`` callback drawing an ``st.progress`` bar."""
+    bar = st.progress(0.0, text=label)
+
+    def cb(done: int, total: int) -> None:
+        bar.progress(min(done / max(total, 1), 1.0), text=f"{label} {done}/{total}")
+
+    return cb
+
+
+def memo_key(slot: str, params, model=None) -> tuple:
+    """What identifies a page result: the slot, the model and the (frozen, typed) Params."""
+    from probes.models import model_id
+
+    return (slot, model_id(model) if model is not None else None, repr(params))
+
+
+def stored(slot: str, params, model=None):
+    """The result kept for ``slot`` if it was computed with these parameters, else None."""
+    memo = st.session_state.get(f"memo_{slot}")
+    return memo[1] if memo is not None and memo[0] == memo_key(slot, params, model) else None
+
+
+def run_analysis(slot: str, fn, model, params, label: str = "Forward passes", **runtime):
+    """Run ``fn(model, params, progress=...)`` once per distinct parameters and keep the
+    Result in the session (errors shown as one ``st.error`` line; returns None then)."""
+    hit = stored(slot, params, model)
+    if hit is not None:
+        return hit
+    with guard():
+        result = fn(model, params, progress=st_progress(label), **runtime)
+        st.session_state[f"memo_{slot}"] = (memo_key(slot, params, model), result)
+        return result
+    return None

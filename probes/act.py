@@ -25,7 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
+from probes import hooknames
 from probes.errors import InputError, check_range
+from probes.interventions import INTERVENTIONS, Data
 
 
 def column_mean(pattern: torch.Tensor, q_offset: int = 0, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -77,8 +79,9 @@ def calibrate(
     return torch.where(ok, out, pattern)
 
 
+@INTERVENTIONS.register("act")
 @dataclass(frozen=True)
-class ACTCalibration:
+class ACTCalibration(Data):
     """Calibrate hidden sinks on ``heads`` of ``layer`` (an intervention for
     :func:`probes.interventions.applied`, ``generate``, ``capture.run``)."""
 
@@ -114,7 +117,7 @@ class ACTCalibration:
             out[:, heads] = calibrate(sub, hidden_sink_mask(mean, thr), beta)
             return out
 
-        return [(f"blocks.{self.layer}.attn.hook_pattern", act)]
+        return [(hooknames.name("pattern", self.layer), act)]
 
     def describe(self) -> str:
         return f"ACT L{self.layer} heads {list(self.heads)} β={self.beta:g}"

@@ -17,7 +17,6 @@ keep padding small, and the forward pass stops after the last layer anyone asked
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -25,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from probes.errors import InputError
+from probes.hooknames import Site, site
 from probes.interventions import Intervention, applied
 from probes.tokens import as_token_tensor, check_length
 
@@ -38,6 +38,8 @@ class Batch:
     tokens: torch.Tensor  # [B, T] long, right-padded with pad_id
     lengths: torch.Tensor  # [B]
     index: list[int]
+    q_offset: int = 0  # absolute position of the first query (non-zero under a KV cache)
+    step: int | None = None  # the decoding step (generation only; None for the prompt)
 
     @property
     def mask(self) -> torch.Tensor:
@@ -46,7 +48,7 @@ class Batch:
         return torch.arange(t, device=self.lengths.device)[None, :] < self.lengths[:, None]
 
 
-Reducer = Callable[[torch.Tensor, str, Batch], None]
+Reducer = Callable[[torch.Tensor, Site, Batch], None]  # site: the hook name, with .layer and .point
 
 
 @dataclass
@@ -55,17 +57,14 @@ class CaptureOutput:
     logits: list[torch.Tensor] | None = None  # per sequence [T, d_vocab], if asked for
 
 
-_LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
-
-
 def _stop_layer(model, names: Sequence[str]) -> int | None:
     """The smallest stop_at_layer that still runs every requested hook (None: run all)."""
     layers = []
     for n in names:
-        m = _LAYER_RE.match(n)
-        if m is None:
+        layer = site(n).layer
+        if layer is None:
             return None
-        layers.append(int(m.group(1)))
+        layers.append(layer)
     top = max(layers) + 1
     return None if top >= model.cfg.n_layers else top
 
@@ -122,12 +121,13 @@ def run(
 
     def make_hook(name: str):
         reducer = reducers.get(name)
+        where = site(name)
         keep = name in out.activations
 
         def hook(tensor: torch.Tensor, hook) -> None:
             batch = state["batch"]
             if reducer is not None:
-                reducer(tensor, name, batch)
+                reducer(tensor, where, batch)
             if keep:
                 store = out.activations[name]
                 for b, (i, n) in enumerate(zip(batch.index, batch.lengths.tolist())):

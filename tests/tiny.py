@@ -1,4 +1,8 @@
-"""Tiny randomly initialised HookedTransformers for unit tests (no tokenizer, no weights)."""
+"""Tiny randomly initialised HookedTransformers for unit tests (no tokenizer, no weights).
+
+Exactness tests (two routes that must agree) build them in float64 (``dtype=torch.float64``):
+float32 results differ in the last bits with batch shape, BLAS blocking and thread count.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ def tiny_model(
     rotary: bool = True,
     gated: bool = True,
     seed: int = 0,
+    dtype: torch.dtype = torch.float32,
 ) -> HookedTransformer:
     """A small llama-like model (RMSNorm, rotary, gated SiLU MLP; GQA if asked)."""
     cfg = HookedTransformerConfig(
@@ -39,7 +44,7 @@ def tiny_model(
         default_prepend_bos=False,
         seed=seed,
         device="cpu",
-        dtype=torch.float32,
+        dtype=dtype,
     )
     model = HookedTransformer(cfg, move_to_device=False)
     torch.manual_seed(seed)

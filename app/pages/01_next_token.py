@@ -6,8 +6,10 @@ attention pattern (layer and head selectable).
 
 import streamlit as st
 
-from analyses.next_token import attention_pattern, next_token
+from analyses.next_token import AttentionPatternParams, NextTokenParams, attention_pattern, next_token
 from app import ui
+
+DEFAULTS = NextTokenParams()
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -24,7 +26,7 @@ st.title("Next token")
 model, spec = ui.sidebar_model()
 prompt = ui.prompt_box()
 c1, c2 = st.columns([3, 1])
-k = c2.slider("Top k", 1, 50, 10, key="top_k")
+k = c2.slider("Top k", 1, 50, DEFAULTS.k, key="top_k")
 with c2:
     bos = ui.bos_toggle(spec)
 
@@ -48,8 +50,8 @@ with right:
 st.subheader("Attention pattern")
 cfg = model.cfg
 a, b = st.columns(2)
-layer = a.slider("Layer", 0, cfg.n_layers - 1, 0, key="attn_layer")
-head = b.slider("Head", 0, cfg.n_heads - 1, 0, key="attn_head")
+layer = a.slider("Layer", 0, cfg.n_layers - 1, AttentionPatternParams().layer, key="attn_layer")
+head = b.slider("Head", 0, cfg.n_heads - 1, AttentionPatternParams().head, key="attn_head")
 with ui.guard():
     attn = _attention(spec.name, prompt, layer, head, bos, model)
 st.plotly_chart(attn.figures()["attention"], key="attention_chart")

@@ -7,30 +7,22 @@ intervention changes its probability.
 
 import streamlit as st
 
-from analyses.playground import compare_generations
+from analyses.playground import PlaygroundParams, compare_generations
 from app import interventions_ui, ui
-from probes.decoding import Greedy, Sample
+
+DEFAULTS = PlaygroundParams()
 
 st.title("Playground")
 model, spec = ui.sidebar_model()
 
 st.sidebar.subheader("Generation")
 if "pg_max_new" not in st.session_state:  # a default other pages (and tests) may preset
-    st.session_state["pg_max_new"] = 20
+    st.session_state["pg_max_new"] = DEFAULTS.max_new_tokens
 max_new = st.sidebar.slider("Max new tokens", 1, 64, key="pg_max_new")
-how = st.sidebar.radio("Decoding", ["greedy", "sampling"], key="pg_decoding", horizontal=True)
 with ui.guard():
-    if how == "greedy":
-        strategy = Greedy()
-    else:
-        strategy = Sample(
-            temperature=st.sidebar.slider("Temperature", 0.05, 2.0, 1.0, 0.05, key="pg_temperature"),
-            top_k=st.sidebar.number_input("Top-k (0 = off)", min_value=0, value=50, step=1, key="pg_top_k") or None,
-            top_p=st.sidebar.slider("Top-p", 0.05, 1.0, 0.95, 0.05, key="pg_top_p"),
-            seed=int(st.sidebar.number_input("Seed", min_value=0, value=0, step=1, key="pg_seed")),
-        )
+    strategy = interventions_ui.render_strategy(model)
 
-prompt = ui.prompt_box(key="pg_prompt", default="Once upon a time, there was a little robot who")
+prompt = ui.prompt_box(key="pg_prompt", default=DEFAULTS.prompt)
 bos = ui.bos_toggle(spec, key="pg_bos")
 controls, outputs = st.columns([1, 2])
 with controls:
@@ -45,7 +37,10 @@ with outputs:
                + f"; KV cache: {getattr(kv_policy, 'name', kv_policy)}")
     slots = {"baseline": base_col.empty(), "intervened": int_col.empty()}
 
-key = (spec.name, prompt, bos, max_new, repr(strategy), repr(tuple(interventions)), repr(kv_policy))
+with ui.guard():
+    params = PlaygroundParams(prompt=prompt, interventions=tuple(interventions), max_new_tokens=max_new,
+                              strategy=strategy, kv_policy=kv_policy, prepend_bos=bos)
+key = (spec.name, repr(params))
 memo = st.session_state.get("pg_memo")
 if memo is not None and memo[0] == key:
     result = memo[1]
@@ -57,8 +52,7 @@ else:
         slots[which].markdown(f"**{ui.md_escape(prompt)}**{ui.md_escape(streamed[which])}▌")
 
     with ui.guard(), st.spinner("Generating…"):
-        result = compare_generations(model, prompt, interventions, max_new, strategy, kv_policy,
-                                     prepend_bos=bos, on_token=on_token)
+        result = compare_generations(model, params, on_token=on_token)
     st.session_state["pg_memo"] = (key, result)
 
 slots["baseline"].markdown(f"**{ui.md_escape(prompt)}**{ui.md_escape(result.baseline_text)}")

@@ -156,9 +156,25 @@ def test_playground_toggles(smollm2):
     chips = [m.value for m in at.markdown if "mechscope-token" in m.value]
     assert chips and "rgba(" in chips[0]
 
-    at.radio(key="pg_decoding").set_value("sampling").run()
+    at.selectbox(key="pg_strategy_choice").set_value("sample").run()
     _no_problems(at)
     assert at.slider(key="pg_temperature").value == 1.0
+
+
+@pytest.mark.integration
+def test_playground_receives_interventions_and_strategy_as_data(smollm2):
+    """A page sends registered interventions and a strategy as data; the Playground rebuilds
+    them through the registries and uses them."""
+    from probes.decoding import Sample
+    from probes.interventions import HeadMask, NeuronClamp
+
+    sent = {"interventions": [HeadMask(2, 1).to_dict(), NeuronClamp(20, 100, value=40.0).to_dict()],
+            "strategy": Sample(temperature=0.5, seed=7).to_dict(), "note": "from a test"}
+    at = _playground(playground_sent=sent)
+    _no_problems(at)
+    caption = " ".join(c.value for c in at.caption)
+    assert "mask L2H1 (uniform)" in caption and "neuron L20N100 = 40" in caption
+    assert at.selectbox(key="pg_strategy_choice").value == "sent"
 
 
 @pytest.mark.integration

@@ -1,15 +1,13 @@
 """The ``mechscope`` CLI: models, dashboard, next-token."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 from app.cli import main
-from probes.results import Result
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,49 +86,15 @@ def test_out_dir_guard(tmp_path, capsys):
     assert f.read_text() == "keep me" and (keep / "notes.txt").read_text() == "keep me too"
 
 
-@pytest.mark.integration
-def test_next_token_writes_result(smollm2, tmp_path, capsys):
-    out = tmp_path / "paris"
-    assert main(["next-token", "--prompt", "The capital of France is", "--k", "5", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "' Paris'" in printed.splitlines()[2]  # the first row of the table
-    assert {p.name for p in out.iterdir()} >= {"result.json", "table.csv", "top_k.html"}
-    r = Result.load(out)
-    assert r.top_tokens[0] == " Paris" and len(r.top_ids) == 5
-    assert r.params["prompt"] == "The capital of France is" and r.model_id == "smollm2-135m"
-    model = smollm2.model
-    with torch.no_grad():  # an independent forward pass gives the same probabilities
-        ref = model(torch.tensor([list(r.prompt_ids)]))[0, -1].float().softmax(-1)
-    top = torch.topk(ref, 5)
-    assert list(r.top_ids) == top.indices.tolist()
-    np.testing.assert_allclose(r.top_probs, top.values.double().numpy(), rtol=1e-4)
-    # rerunning into the same folder replaces the saved result
-    assert main(["next-token", "--prompt", "The capital of France is", "--k", "3", "--out", str(out)]) == 0
-    assert len(Result.load(out).top_ids) == 3
+def test_rerun_refuses_crafted_results(tmp_path, capsys):
+    folder = tmp_path / "crafted"
+    folder.mkdir()
+    for doc in ({"type": "os:system", "format": 2, "fields": {}},
+                {"type": "tests.unit.test_results:ToyResult", "format": 2, "fields": {}},
+                {"type": "next_token", "format": 2,
+                 "fields": {"model_id": "smollm2-135m", "params": {"$object": {"kind": "system", "family": "params"}}}}):
+        (folder / "result.json").write_text(json.dumps(doc))
+        assert main(["rerun", str(folder)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "Unknown" in err[0], err
 
-
-@pytest.mark.integration
-def test_next_token_with_head_mask(smollm2, tmp_path, capsys):
-    """--mask-head L:H:zero gives the distribution of a forward pass with that head's z zeroed."""
-    out = tmp_path / "masked"
-    assert main(["next-token", "--prompt", "The capital of France is", "--mask-head", "3:2:zero",
-                 "--clamp-neuron", "20:100=40", "--out", str(out)]) == 0
-    assert "mask L3H2 (zero), neuron L20N100 = 40" in capsys.readouterr().out
-    r = Result.load(out)
-
-    def zero_head(z, hook):
-        z[:, :, 2] = 0.0
-        return z
-
-    def clamp(act, hook):
-        act[..., 100] = 40.0
-        return act
-
-    model = smollm2.model
-    with torch.no_grad():
-        ref = model.run_with_hooks(torch.tensor([list(r.prompt_ids)]), fwd_hooks=[
-            ("blocks.3.attn.hook_z", zero_head), ("blocks.20.mlp.hook_post", clamp)])[0, -1].float().softmax(-1)
-    top = torch.topk(ref, 10)
-    assert list(r.top_ids) == top.indices.tolist()
-    np.testing.assert_allclose(r.top_probs, top.values.double().numpy(), rtol=1e-4)
-    assert r.params["interventions"] == ["mask L3H2 (zero)", "neuron L20N100 = 40"]

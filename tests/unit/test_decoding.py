@@ -3,6 +3,7 @@ is seeded and truncates as documented, streaming, EOS, length checks."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -174,17 +175,43 @@ def test_length_and_input_checks(gqa):
     assert generate(gqa, PROMPT, 0).new_tokens == ()
 
 
-@pytest.mark.integration
-def test_smollm2_cache_equivalence(smollm2):
-    model = smollm2.model
-    prompt = "The capital of France is"
-    g_cache, l_cache = _run(model, "full", n=8, prompt=prompt)
-    g_plain, l_plain = _run(model, None, n=8, prompt=prompt)
-    assert g_cache.new_tokens == g_plain.new_tokens
-    assert g_cache.text.startswith(" Paris")
-    ivs = [HeadMask(5, 2), NeuronClamp(10, 100, value=3.0)]
-    i_cache, li_cache = _run(model, "full", ivs, n=6, prompt=prompt)
-    i_plain, li_plain = _run(model, None, ivs, n=6, prompt=prompt)
-    assert i_cache.new_tokens == i_plain.new_tokens
-    for a, b in zip(li_cache, li_plain):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+def test_generate_rows_equals_separate_generations(tiny64):
+    """Each row of one batched decode equals its own generate() call (float64: exact routes)."""
+    from probes.decoding import generate_rows
+    from probes.interventions import HeadMask, NeuronClamp
+
+    prompt = [3, 14, 15, 9, 2, 6]
+    variants = [(), (NeuronClamp(0, 5, value=30.0),), (HeadMask(1, 2, "uniform"), NeuronClamp(1, 7, scale=-3.0))]
+    for strategy in ("greedy", Sample(temperature=0.9, top_k=20, seed=4)):
+        rows = generate_rows(tiny64, prompt, variants, 9, strategy)
+        for ivs, got in zip(variants, rows):
+            alone = generate(tiny64, prompt, 9, strategy, ivs)
+            assert got.new_tokens == alone.new_tokens
+            np.testing.assert_allclose(got.logprobs, alone.logprobs, rtol=1e-9, atol=1e-9)
+    assert len({r.new_tokens for r in generate_rows(tiny64, prompt, variants, 9)}) > 1  # the variants differ
+    assert all(not hp._forward_hooks for hp in tiny64.hook_dict.values())
+
+
+def test_generate_reducers_see_every_step(tiny64):
+    """Reducers run at the prefill and every decoding step, with the query's absolute position."""
+    from probes import hooknames
+
+    prompt = [3, 14, 15, 9, 2]
+    name = hooknames.name("pattern", 1)
+    seen = []
+
+    def reducer(pattern, site, batch):
+        assert site.layer == 1 and site.point == "pattern"
+        seen.append((batch.step, batch.q_offset, tuple(pattern.shape), pattern[0, :, -1].clone()))
+
+    gen = generate(tiny64, prompt, 4, reducers={name: reducer})
+    assert [s[0] for s in seen] == [None, 0, 1, 2]
+    assert [s[1] for s in seen] == [0, 5, 6, 7]
+    assert seen[0][2] == (1, 4, 5, 5) and seen[-1][2] == (1, 4, 1, 8)
+    # the last query row of each step equals a full forward over the text so far
+    full = prompt + list(gen.new_tokens)
+    _, cache = tiny64.run_with_cache(torch.tensor([full[:-1]]), names_filter=[name])
+    for step, offset, _, last_row in seen[1:]:
+        q = offset
+        np.testing.assert_allclose(last_row.numpy(), cache[name][0, :, q, : q + 1].numpy(), rtol=1e-9, atol=1e-12)
+

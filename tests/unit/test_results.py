@@ -18,6 +18,8 @@ from probes.results import Result
 
 @dataclasses.dataclass(frozen=True)
 class ToyResult(Result):
+    kind = "test_toy"
+
     scores: np.ndarray
     counts: np.ndarray
     acts: torch.Tensor
@@ -89,19 +91,38 @@ def test_frozen_views_and_html(tmp_path):
     assert pd.read_csv(out / "table.csv")["score"].tolist() == pytest.approx(r.scores.tolist())
 
 
+def test_saved_figures_are_offline(tmp_path):
+    """No saved file names a network resource: plotly.js sits in the folder, once."""
+    import re
+
+    out = _toy().save(tmp_path / "res", html=True)
+    js = out / "plotly.min.js"
+    assert js.is_file() and js.stat().st_size > 1_000_000
+    for page in ("scores.html", "acts_map.html"):
+        text = (out / page).read_text()
+        assert '<script src="plotly.min.js"></script>' in text and "Plotly.newPlot" in text
+    for f in out.iterdir():
+        text = f.read_bytes().decode("utf-8", errors="replace")
+        assert "https://" not in text and "cdn" not in text, f.name
+        # the only http:// left are XML namespace names (identifiers that are never fetched)
+        assert {m for m in re.findall(r"http://[^\s\"'`)<>]*", text) if not m.startswith("http://www.w3.org/")} == set(), f.name
+
+
 def test_load_refuses_foreign_types(tmp_path):
     r = _toy()
     out = r.save(tmp_path / "res")
     doc = json.loads((out / "result.json").read_text())
-    for bad in ("os:system", "subprocess:Popen", "builtins:eval"):
+    assert doc["type"] == "test_toy"
+    for bad in ("os:system", "subprocess:Popen", "builtins:eval", "os", "tests.unit.test_results:ToyResult"):
         (out / "result.json").write_text(json.dumps({**doc, "type": bad}))
-        with pytest.raises(InputError, match="foreign"):
+        with pytest.raises(InputError, match="Unknown result kind"):
             Result.load(out)
     text = json.dumps(doc)
-    assert '"$dataclass": "probes.interventions:HeadMask"' in text
-    (out / "result.json").write_text(text.replace("probes.interventions:HeadMask", "os:system"))
-    with pytest.raises(InputError, match="foreign"):
-        Result.load(out)
+    assert '"kind": "head_mask", "family": "intervention"' in text
+    for bad in ('"kind": "os", "family": "intervention"', '"kind": "system", "family": "intervention"'):
+        (out / "result.json").write_text(text.replace('"kind": "head_mask", "family": "intervention"', bad))
+        with pytest.raises(InputError, match="Unknown intervention"):
+            Result.load(out)
 
 
 def test_load_errors_are_one_line(tmp_path):
