@@ -44,7 +44,7 @@ class EvalStats:
 
     def add_recon(self, x: torch.Tensor, x_hat: torch.Tensor, acts: torch.Tensor) -> None:
         """x, x_hat [N, d_in]; acts [N, d_sae]."""
-        x64, xh64 = x.double(), x_hat.double()
+        x64, xh64, acts = x.detach().double(), x_hat.detach().double(), acts.detach()
         self.n_tokens += x.shape[0]
         fired = acts != 0
         self.l0_sum += float(fired.sum())

@@ -67,7 +67,9 @@ def manifest() -> dict:
 
 
 def shipped_names() -> list[str]:
-    return sorted(manifest()["saes"])
+    """Shipped SAE names, by model then layer."""
+    saes = manifest()["saes"]
+    return sorted(saes, key=lambda n: (n.split("/")[0], saes[n].get("layer", 0), n))
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[Path, dict[str, str] | Non
         sums = json.loads(sums_file.read_text()) if sums_file.exists() else None
         return path, sums
     if "/" in text and text.split("/")[0] in {n.split("/")[0] for n in shipped}:
-        layers = ", ".join(n.split("/", 1)[1] for n in sorted(shipped) if n.startswith(text.split("/")[0] + "/"))
+        layers = ", ".join(n.split("/", 1)[1] for n in shipped_names() if n.startswith(text.split("/")[0] + "/"))
         raise InputError(f"No shipped SAE {text!r}: available are {layers}.")
     raise InputError(f"Unknown SAE {text!r}: use a shipped name ({', '.join(sorted(shipped)) or 'none shipped'}), "
                      "a folder with cfg.json + sae_weights.safetensors, or sae-lens:<release>/<sae_id>.")

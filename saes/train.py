@@ -263,11 +263,11 @@ def load_model_for_training(gguf: Path | None, device: str):
 
         model, _ = load("smollm2-135m", device=device)
         return model
-    from probes import models
+    from probes.smollm2 import SMOLLM2_SHA256, smollm2_from_gguf
+    from probes.weights_cache import verify_sha256
 
-    models.verify_sha256(Path(gguf), models.SMOLLM2_SHA256)
-    loader = getattr(models, "_smollm2_from_gguf")
-    model = loader(Path(gguf), device, torch.float32)
+    verify_sha256(Path(gguf), SMOLLM2_SHA256)
+    model = smollm2_from_gguf(Path(gguf), device, torch.float32)
     model.eval()
     return model
 
