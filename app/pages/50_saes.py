@@ -1,0 +1,97 @@
+"""SAEs.
+
+Residual-stream sparse autoencoders (SAE-Lens TopK, trained on a lent H100): the eval table,
+a latent browser (top contexts, activation histogram, logit effects), text → latent heat,
+"which latents promote token X", steering into the Playground, and first-letter absorption.
+"""
+
+import pandas as pd
+import streamlit as st
+
+from app import ui
+from app.interventions_ui import send_to_playground
+from saes.absorption import AbsorptionParams, absorption
+from saes.features import SaeFeaturesParams, latents_for_token, latents_on_text, logit_effects, sae_features
+from saes.interventions import SaeClamp, SaeSteer, sae_for
+from saes.store import manifest, shipped_names
+
+st.title("SAEs")
+model, spec = ui.sidebar_model()
+names = shipped_names()
+if spec.name != "smollm2-135m" or not names:
+    st.info("The shipped SAEs are for smollm2-135m: pick it in the sidebar.")
+    st.stop()
+
+st.header("Shipped SAEs: held-out evals")
+m = manifest()
+rows = []
+for n in names:
+    e = m["saes"][n]
+    ev = e["eval_heldout"]
+    rows.append({"sae": n, "hook": e["hook_name"], "arch": e["architecture"], "d_sae": e["d_sae"], "L0": ev["l0"],
+                 "explained variance": ev["explained_variance"], "CE recovered (zero)": ev["ce_recovered_zero"],
+                 "CE recovered (mean)": ev["ce_recovered_mean"], "dead": ev["dead_fraction"], "dense": ev["dense_fraction"]})
+st.dataframe(pd.DataFrame(rows), hide_index=True)
+st.caption(f"{m['saes'][names[0]]['eval_heldout']['tokens']:,.0f} held-out tokens per SAE (data/sae_corpus.py); "
+           f"trained on {m['training']['tokens']:,} tokens. Targets: CE recovered ≥ 0.90, EV ≥ 0.85, L0 ≤ 64, dead ≤ 5%.")
+
+name = st.selectbox("SAE", names, index=min(2, len(names) - 1), key="sae_name")
+with ui.guard():
+    sae = sae_for(name, model=model)
+
+st.header("Latent browser")
+c1, c2 = st.columns(2)
+texts = c1.selectbox("Text set", ["mixed", "prose", "code", "numbers"], key="sae_texts")
+n_texts = c2.number_input("Texts", 8, 288, 48, key="sae_ntexts")
+params = SaeFeaturesParams(sae=name, texts=texts, n_texts=int(n_texts))
+feats = ui.stored("sae_features", params, model)
+if feats is None and st.button("Compute feature pages (one pass over the texts)", key="sae_go"):
+    feats = ui.run_analysis("sae_features", sae_features, model, params, label="Texts")
+if feats is not None:
+    st.plotly_chart(feats.figures()["density"], use_container_width=True)
+    c1, c2 = st.columns(2)
+    by = c1.radio("Pick latents by", ["top activation", "density"], horizontal=True, key="sae_by")
+    order = feats.to_frame().sort_values("top_act" if by == "top activation" else "density", ascending=False)
+    latent = int(c2.number_input("Latent", 0, sae.cfg.d_sae - 1, int(order.iloc[0]["latent"]), key="sae_latent"))
+    with ui.guard():
+        le = logit_effects(model, sae, [latent])
+        from probes.tokens import str_tokens
+
+        st.markdown("**Promotes:** " + ui.md_escape(" · ".join(repr(t) for t in str_tokens(model, le["top_ids"][0]))))
+        st.markdown("**Suppresses:** " + ui.md_escape(" · ".join(repr(t) for t in str_tokens(model, le["bottom_ids"][0]))))
+        st.plotly_chart(feats.latent_histogram(latent), use_container_width=True)
+        st.dataframe(feats.contexts(model, latent), hide_index=True)
+    c1, c2, c3 = st.columns(3)
+    how = c1.radio("Send to the Playground", ["steer", "clamp"], horizontal=True, key="sae_how")
+    value = c2.number_input("Value", -2000.0, 2000.0, float(min(2000.0, max(10.0, feats.max_act[latent]))), key="sae_value")
+    if c3.button("Send", key="sae_send"):
+        iv = SaeSteer(name, latent, float(value)) if how == "steer" else SaeClamp(name, latent, float(value))
+        send_to_playground([iv], note=f"{iv.describe()} (from the SAEs page)")
+        st.success("Sent: open the Playground.")
+
+st.header("Which latents fire on this text")
+text = ui.prompt_box("Text", key="sae_text", default="def add(a, b):\n    return a + b")
+with ui.guard():
+    toks, acts, table = latents_on_text(model, sae, text)
+    st.dataframe(table, hide_index=True)
+    if len(table):
+        pick = int(st.selectbox("Latent heat", table["latent"].tolist(), key="sae_heat"))
+        ui.show_tokens(toks, acts[:, pick].tolist(), caption=f"latent {pick}: activation per token")
+
+st.header("Which latents promote a token")
+tok = st.text_input("Token (mind the leading space)", " return", key="sae_tok")
+with ui.guard():
+    st.dataframe(latents_for_token(model, sae, tok), hide_index=True)
+
+st.header("Feature absorption (first letter)")
+n_words = st.number_input("Words", 200, 8000, 1500, key="sae_abs_n")
+aparams = AbsorptionParams(saes=(name,), n_words=int(n_words))
+ab = ui.stored("sae_absorption", aparams, model)
+if ab is None and st.button("Run the absorption eval", key="sae_abs_go"):
+    ab = ui.run_analysis("sae_absorption", absorption, model, aparams, label="Prompts")
+if ab is not None:
+    st.dataframe(ab.summary, hide_index=True)
+    st.plotly_chart(ab.figures()["absorption"], use_container_width=True)
+    st.dataframe(ab.table, hide_index=True)
+    if len(ab.examples):
+        st.dataframe(ab.examples, hide_index=True)

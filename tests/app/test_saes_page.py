@@ -1,0 +1,23 @@
+"""The SAEs page: eval table, feature pages on demand, text heat, token search (real model)."""
+
+from pathlib import Path
+
+import pytest
+
+APP = Path(__file__).resolve().parents[2] / "app"
+
+
+@pytest.mark.integration
+def test_saes_page_renders_and_computes_feature_pages(smollm2):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(APP / "Home.py"), default_timeout=300)
+    at.run()
+    at.switch_page("pages/50_saes.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.number_input(key="sae_ntexts").set_value(8).run()
+    at.button(key="sae_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert len(at.get("plotly_chart")) == 2  # density histogram + the latent's activation histogram
+    assert any("activation per token" in c.value for c in at.caption)
