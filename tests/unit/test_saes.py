@@ -247,3 +247,22 @@ def test_train_on_activations_learns_planted_dictionary():
     assert ev > 0.8
     with pytest.raises(InputError, match="acts"):
         train_on_activations(torch.zeros(5))
+
+
+def test_ce_losses_match_sae_lens_get_recons_loss(tiny_sae):
+    """Our streamed CE (clean / spliced / zero-ablated) equals SAE-Lens' reference
+    ``evals.get_recons_loss`` on the same batch when every position is spliced (skip=0)."""
+    from sae_lens.evals import get_recons_loss
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    from saes.evals import evaluate
+
+    model = tiny_model(d_model=32, n_heads=4, d_head=8)
+    sae = store.load_sae(tiny_sae)
+    toks = torch.randint(0, 50, (4, 12), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = get_recons_loss(sae, model, ActivationScaler(), toks, compute_kl=False, compute_ce_loss=True)
+    ours = evaluate(model, sae, toks, batch_size=4, skip=0)
+    assert ours["ce_clean"] == pytest.approx(float(ref["ce_loss_without_sae"].mean()), rel=1e-5)
+    assert ours["ce_sae"] == pytest.approx(float(ref["ce_loss_with_sae"].mean()), rel=1e-5)
+    assert ours["ce_zero"] == pytest.approx(float(ref["ce_loss_with_ablation"].mean()), rel=1e-5)
