@@ -284,3 +284,31 @@ def _act(model) -> list:
         st.error("ACT calibration is on but no heads are given (e.g. 3:4, 10:2).")
         return []
     return act_interventions(heads, float(beta))
+
+
+@intervention_widget("sae", "SAE latent (steer / clamp / splice)", order=30)
+def _sae(model) -> list:
+    from saes.interventions import SaeClamp, SaeSplice, SaeSteer
+    from saes.store import shipped_names
+
+    names = [n for n in shipped_names() if n.startswith("smollm2-135m/")]
+    if model.cfg.d_model != 576 or not names:
+        st.caption("SAE interventions: the shipped SAEs are for smollm2-135m.")
+        return []
+    _defaults(pg_sae_on=False, pg_sae_mode="steer", pg_sae_latent=0, pg_sae_value=20.0, pg_sae_error=False)
+    on = st.toggle("Edit an SAE latent", key="pg_sae_on")
+    a, b, c, d = st.columns([1.6, 1, 1, 1])
+    name = a.selectbox("SAE", names, key="pg_sae_name", disabled=not on)
+    mode = b.selectbox("Mode", ["steer", "clamp", "splice"], key="pg_sae_mode", disabled=not on,
+                       help="steer: add value × the latent's decoder direction; clamp: set the latent (error term "
+                            "kept); splice: replace the activation by the SAE reconstruction")
+    latent = c.number_input("Latent (0–4095)", min_value=0, max_value=4095, step=1, key="pg_sae_latent",
+                            disabled=not on or mode == "splice")
+    if mode == "splice":
+        error = d.checkbox("keep error term", key="pg_sae_error", disabled=not on)
+        return [SaeSplice(name, error_term=bool(error))] if on else []
+    value = d.number_input("Value", step=1.0, key="pg_sae_value", disabled=not on)
+    if not on:
+        return []
+    cls = SaeSteer if mode == "steer" else SaeClamp
+    return [cls(name, int(latent), float(value))]

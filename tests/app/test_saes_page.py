@@ -21,3 +21,17 @@ def test_saes_page_renders_and_computes_feature_pages(smollm2):
     assert not at.error, [e.value for e in at.error]
     assert len(at.get("plotly_chart")) == 2  # density histogram + the latent's activation histogram
     assert any("activation per token" in c.value for c in at.caption)
+
+
+@pytest.mark.integration
+def test_playground_sae_widget(smollm2):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(APP / "Home.py"), default_timeout=300)
+    at.run()
+    at.switch_page("pages/02_playground.py").run()
+    at.toggle(key="pg_sae_on").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.selectbox(key="pg_sae_mode").set_value("splice").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
