@@ -12,10 +12,18 @@ Per layer with an SAE:
 2. the letter's **main latent**: among latents whose decoder direction has cosine >= 0.025
    with the probe direction, the one whose mean activation most separates the letter's words
    from the others (a 1-sparse probe, as the paper's k-sparse probing with k = 1);
-3. **absorption** on test words the probe gets right: the main latent does not fire, and an
-   active latent whose decoder direction has cosine >= 0.025 with the letter's probe
-   direction carries at least 40 % of the positive projection of the SAE's active latents
-   onto that direction (``act_j · <d_j, p>``). Rate = absorbed / probe-correct words.
+3. on test words the probe classifies correctly, SAEBench's two scores
+   (``feature_absorption_calculator.py``; projections use each latent's unit decoder
+   direction, ``act_j · cos(d_j, p)``, against the activation's own probe projection ``x·p``):
+
+   * **full absorption**: the main latent does not fire, the latent with the largest
+     projection has cosine >= 0.025 with the probe, ``x·p > 0``, and that latent's projection
+     is >= 40 % of ``x·p``;
+   * **absorption fraction**: the share of ``x·p`` carried by up to 3 other latents with
+     cosine >= 0.1 (0 when the main latent already accounts for ``x·p`` or those latents
+     carry < 40 % of it; 1 when the main latent contributes nothing).
+
+   Rates per letter = mean over those words.
 """
 
 from __future__ import annotations
@@ -34,8 +42,11 @@ from probes.errors import InputError
 from probes.results import Params, Result, analysis
 
 LETTERS = string.ascii_lowercase
-COS_THRESHOLD = 0.025
+COS_THRESHOLD = 0.025  # full absorption: top latent vs probe
+FRACTION_COS_THRESHOLD = 0.1  # absorption fraction: candidate absorbers vs probe
 SHARE_THRESHOLD = 0.4
+MAX_ABSORBERS = 3
+EPS = 1e-8
 PREFIX = "tiger has the first letter: T\nmoon has the first letter: M\n"
 
 
@@ -67,6 +78,34 @@ class AbsorptionResult(Result):
         fig.update_layout(title="first-letter absorption rate per letter", barmode="group",
                           xaxis_title="letter", yaxis_title="absorption rate")
         return {"absorption": fig}
+
+
+def word_absorption(acts: torch.Tensor, cos: torch.Tensor, probe_proj: float, main: list[int],
+                    ) -> tuple[float, bool, int]:
+    """SAEBench's per-word scores: (absorption fraction, full absorption?, top latent).
+
+    ``acts`` [d_sae] SAE activations, ``cos`` [d_sae] cosine of each latent's decoder
+    direction with the unit probe direction, ``probe_proj`` = x·p, ``main`` the main latents.
+    """
+    proj = acts * cos
+    main_proj = float(proj[main].sum())
+    mask = torch.ones_like(proj, dtype=torch.bool)
+    mask[main] = False
+    mask &= (cos >= FRACTION_COS_THRESHOLD) & (proj > 0)
+    cand = proj[mask]
+    top_total = float(cand.topk(min(MAX_ABSORBERS, cand.numel())).values.sum()) if cand.numel() else 0.0
+    share = top_total / probe_proj if probe_proj != 0 else 0.0
+    if main_proj >= probe_proj or share < SHARE_THRESHOLD:
+        fraction = 0.0
+    elif main_proj <= 0.0:
+        fraction = 1.0
+    else:
+        absorbed = min(top_total, probe_proj - main_proj)
+        fraction = float(np.clip(absorbed / (absorbed + main_proj), 0.0, 1.0))
+    top = int(proj.argmax())
+    full = (bool((acts[main] < EPS).all()) and float(cos[top]) >= COS_THRESHOLD and probe_proj >= 0
+            and float(proj[top]) / probe_proj >= SHARE_THRESHOLD) if probe_proj > 0 else False
+    return fraction, full, top
 
 
 def vocab_words(model, n: int, seed: int = 0) -> list[tuple[int, str]]:
@@ -146,8 +185,6 @@ def absorption(model, params: AbsorptionParams, progress=None) -> AbsorptionResu
         dirs = torch.nn.functional.normalize(decoder_directions(sae), dim=1).cpu()  # [d_sae, d]
         cos = dirs @ P.T  # [d_sae, 26]
         f = sae.encode(x.to(sae.W_dec.device)).cpu()  # [N, d_sae]
-        raw_dirs = decoder_directions(sae).cpu()
-        proj = raw_dirs @ P.T  # per unit activation, projection on each letter direction
         for li, letter in enumerate(LETTERS):
             is_l = labels[tr] == li
             if is_l.sum() < 2:
@@ -157,33 +194,29 @@ def absorption(model, params: AbsorptionParams, progress=None) -> AbsorptionResu
             main = int(sep.argmax())
             test_l = te[labels[te] == li]
             correct = test_l[pred[test_l] == li]
-            absorbed = 0
+            fractions, n_full = [], 0
             for w in correct.tolist():
-                if f[w, main] > 0:
-                    continue
-                contrib = f[w] * proj[:, li]
-                pos = contrib.clamp(min=0)
-                total = float(pos.sum())
-                if total <= 0:
-                    continue
-                cand = torch.where(cos[:, li] >= COS_THRESHOLD, pos, torch.zeros_like(pos))
-                j = int(cand.argmax())
-                if float(cand[j]) >= SHARE_THRESHOLD * total:
-                    absorbed += 1
+                frac, full, top = word_absorption(f[w], cos[:, li], float(x[w] @ P[li]), [main])
+                fractions.append(frac)
+                if full:
+                    n_full += 1
                     if len(examples) < 400:
                         examples.append({"sae": name, "letter": letter, "word": words[w][1], "main_latent": main,
-                                         "absorbing_latent": j, "absorbing_cos": float(cos[j, li]),
-                                         "share": float(cand[j]) / total})
+                                         "absorbing_latent": top, "absorbing_cos": float(cos[top, li]),
+                                         "absorption_fraction": frac})
             n_correct = len(correct)
             rows.append({"sae": name, "letter": letter, "n_test": len(test_l),
                          "probe_accuracy": float((pred[test_l] == li).float().mean()) if len(test_l) else float("nan"),
                          "main_latent": main, "main_cos": float(cos[main, li]),
                          "main_recall": float((f[correct, main] > 0).float().mean()) if n_correct else float("nan"),
-                         "absorbed": absorbed, "absorption_rate": absorbed / n_correct if n_correct else float("nan")})
+                         "full_absorbed": n_full,
+                         "absorption_rate": n_full / n_correct if n_correct else float("nan"),
+                         "absorption_fraction": float(np.mean(fractions)) if fractions else float("nan")})
         t = pd.DataFrame([r for r in rows if r["sae"] == name])
         summary.append({"sae": name, "hook": sae.cfg.metadata.hook_name,
                         "probe_accuracy": float((pred[te] == labels[te]).float().mean()),
                         "mean_absorption_rate": float(t["absorption_rate"].mean()),
+                        "mean_absorption_fraction": float(t["absorption_fraction"].mean()),
                         "mean_main_recall": float(t["main_recall"].mean())})
     return AbsorptionResult(model_id=model_id(model), params=params, table=pd.DataFrame(rows),
                             examples=pd.DataFrame(examples), summary=pd.DataFrame(summary))

@@ -266,3 +266,22 @@ def test_ce_losses_match_sae_lens_get_recons_loss(tiny_sae):
     assert ours["ce_clean"] == pytest.approx(float(ref["ce_loss_without_sae"].mean()), rel=1e-5)
     assert ours["ce_sae"] == pytest.approx(float(ref["ce_loss_with_sae"].mean()), rel=1e-5)
     assert ours["ce_zero"] == pytest.approx(float(ref["ce_loss_with_ablation"].mean()), rel=1e-5)
+
+
+def test_word_absorption_scores_follow_saebench_definitions():
+    from saes.absorption import word_absorption
+
+    cos = torch.tensor([0.5, 0.3, 0.05, 0.9])
+    # main latent silent, latent 1 carries 1.5 of x·p = 3 (50 %): full absorption, fraction 1
+    frac, full, top = word_absorption(torch.tensor([0.0, 5.0, 1.0, 0.0]), cos, 3.0, [0])
+    assert (frac, full, top) == (1.0, True, 1)
+    # main fires (projection 1.0), latent 1 adds 1.5: fraction 1.5 / (1.5 + 1.0), not full
+    frac, full, _ = word_absorption(torch.tensor([2.0, 5.0, 0.0, 0.0]), cos, 3.0, [0])
+    assert frac == pytest.approx(0.6) and not full
+    # the main latent alone accounts for x·p: nothing absorbed
+    assert word_absorption(torch.tensor([10.0, 5.0, 0.0, 0.0]), cos, 3.0, [0])[:2] == (0.0, False)
+    # the other latents carry only 5 % of x·p: below the 40 % threshold
+    assert word_absorption(torch.tensor([0.0, 0.5, 0.0, 0.0]), cos, 3.0, [0])[:2] == (0.0, False)
+    # an aligned latent whose cosine is under 0.1 counts for full absorption only
+    frac, full, top = word_absorption(torch.tensor([0.0, 0.0, 40.0, 0.0]), cos, 3.0, [0])
+    assert (frac, full, top) == (0.0, True, 2)
