@@ -110,15 +110,12 @@ def word_absorption(acts: torch.Tensor, cos: torch.Tensor, probe_proj: float, ma
 
 def vocab_words(model, n: int, seed: int = 0) -> list[tuple[int, str]]:
     """(token id, word) of single-token lower-case words with a leading space."""
-    tok = model.tokenizer
-    if tok is None:
+    from probes.tokens import str_tokens
+
+    if model.tokenizer is None:
         raise InputError("Absorption needs a model with a tokenizer.")
     pat = re.compile(r"^ [a-z]{2,}$")
-    words = []
-    for i in range(model.cfg.d_vocab):
-        s = tok.decode([i])
-        if pat.match(s):
-            words.append((i, s[1:]))
+    words = [(i, s[1:]) for i, s in enumerate(str_tokens(model, range(model.cfg.d_vocab))) if pat.match(s)]
     random.Random(seed).shuffle(words)
     return words[:n]
 
