@@ -126,7 +126,7 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[Path, dict[str, str] | Non
     if "/" in text and text.split("/")[0] in {n.split("/")[0] for n in shipped}:
         layers = ", ".join(n.split("/", 1)[1] for n in shipped_names() if n.startswith(text.split("/")[0] + "/"))
         raise InputError(f"No shipped SAE {text!r}: available are {layers}.")
-    raise InputError(f"Unknown SAE {text!r}: use a shipped name ({', '.join(sorted(shipped)) or 'none shipped'}), "
+    raise InputError(f"Unknown SAE {text!r}: use a shipped name ({', '.join(shipped_names()) or 'none shipped'}), "
                      "a folder with cfg.json + sae_weights.safetensors, or sae-lens:<release>/<sae_id>.")
 
 

@@ -29,7 +29,7 @@ def register(sub) -> None:
 
     e = ns.add_parser("eval", help="L0, explained variance, CE loss recovered, dead/dense latents")
     e.add_argument("sae", nargs="?", default=None, help="SAE name or folder (default: every shipped SAE)")
-    e.add_argument("--rows", type=int, default=32, help="held-out corpus rows (256 tokens each)")
+    e.add_argument("--rows", type=int, default=32, help="held-out corpus rows (256 tokens each; dead-latent counts need ~500 rows)")
     e.add_argument("--texts", default=None, help="evaluate on a shipped text set instead of the held-out corpus")
     e.add_argument("--out", type=Path, default=None, help="write the table as CSV/JSON here")
     e.set_defaults(func=run_eval)
