@@ -76,3 +76,17 @@ def test_absorption_runs_and_reports_rates(smollm2):
     rates = r.table["absorption_rate"].dropna()
     assert ((rates >= 0) & (rates <= 1)).all()
     assert r.summary["probe_accuracy"].iloc[0] > 1 / 26 * 5  # far above chance
+
+
+def test_feature_result_saves_loads_and_reruns(smollm2, tmp_path):
+    from analyses.catalog import load_result
+    from saes.features import sae_features
+
+    r = sae_features(smollm2.model, sae="smollm2-135m/resid-L0", n_texts=3, max_tokens=32)
+    r.save(tmp_path / "f")
+    back = load_result(tmp_path / "f")
+    assert type(back).__name__ == "SaeFeaturesResult" and back.params == r.params
+    np.testing.assert_array_equal(back.top_values, r.top_values)
+    np.testing.assert_array_equal(back.hist, r.hist)
+    again = back.rerun(smollm2.model)
+    np.testing.assert_allclose(again.top_values, r.top_values, rtol=1e-5, atol=1e-5)
