@@ -156,16 +156,28 @@ def _load_pretrained(ident: str, device: str):
     if "/" not in ident:
         raise InputError("SAE-Lens pretrained SAEs are named sae-lens:<release>/<sae_id>.")
     release, sae_id = ident.split("/", 1)
+    from huggingface_hub import try_to_load_from_cache
     from sae_lens import SAE
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        raise InputError(f"Unknown SAE-Lens release {release!r} (see SAE-Lens' pretrained_saes.yaml).")
+    lookup = directory[release]
+    if sae_id not in lookup.saes_map:
+        raise InputError(f"SAE-Lens release {release!r} has no SAE {sae_id!r}.")
+    cached = try_to_load_from_cache(lookup.repo_id, f"{lookup.saes_map[sae_id]}/cfg.json")
+    if not isinstance(cached, str):  # not in the local cache: say so at once, no network retries
+        raise ModelNotAvailableError(
+            f"SAE-Lens release {release!r} / {sae_id!r} ({lookup.repo_id}) is not in the local Hugging Face "
+            "cache, and this machine cannot reach the hub: download it on a machine with network access "
+            "into the HF cache, or use a shipped SAE (smollm2-135m/resid-L…)."
+        )
     try:
         sae = SAE.from_pretrained(release, sae_id, device=device)
-    except Exception as exc:  # noqa: BLE001 - any hub/cache failure gets the one message below
+    except Exception as exc:  # noqa: BLE001 - a partial cache gets the one message below
         raise ModelNotAvailableError(
-            f"SAE-Lens release {release!r} / {sae_id!r} is not available offline ({type(exc).__name__}): "
-            "it needs the Hugging Face hub, which this machine cannot reach. Copy it into the local "
-            "HF cache, or use a shipped SAE (smollm2-135m/resid-L…)."
+            f"SAE-Lens release {release!r} / {sae_id!r} is only partly cached ({type(exc).__name__})."
         ) from None
     sae = sae[0] if isinstance(sae, tuple) else sae
     sae.eval()

@@ -285,3 +285,14 @@ def test_word_absorption_scores_follow_saebench_definitions():
     # an aligned latent whose cosine is under 0.1 counts for full absorption only
     frac, full, top = word_absorption(torch.tensor([0.0, 0.0, 40.0, 0.0]), cos, 3.0, [0])
     assert (frac, full, top) == (0.0, True, 2)
+
+
+def test_sae_lens_release_without_hub_gives_one_clear_message():
+    from probes.errors import ModelNotAvailableError
+
+    with pytest.raises(ModelNotAvailableError, match="cannot reach the hub"):
+        store.load_sae("sae-lens:gpt2-small-res-jb/blocks.0.hook_resid_pre")
+    with pytest.raises(InputError, match="Unknown SAE-Lens release"):
+        store.load_sae("sae-lens:no-such-release/x")
+    with pytest.raises(InputError, match="has no SAE"):
+        store.load_sae("sae-lens:gpt2-small-res-jb/no-such-id")
