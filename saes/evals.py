@@ -205,3 +205,89 @@ def table_row(name: str, s: dict) -> dict:
 
 
 __all__ = ["EvalStats", "evaluate", "recovered", "density_histogram", "meets_targets", "table_row", "asdict"]
+
+
+# ---------------------------------------------------------------------------------------
+# the eval table as an analysis (CLI ``mechscope sae eval``; saved, reloaded and re-run)
+
+from typing import ClassVar  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+from probes.results import Params, Result, analysis  # noqa: E402
+
+
+@dataclass(frozen=True)
+class SaeEvalParams(Params):
+    kind: ClassVar[str] = "sae_eval"
+    saes: tuple[str, ...] = field(default=(), metadata={"help": "SAE names (default: every shipped SAE)"})
+    rows: int = field(default=32, metadata={"help": "token rows to evaluate on"})
+    texts: str = field(default="", metadata={"help": "a shipped text set (128-token rows) instead of the held-out corpus"})
+    batch_size: int = 8
+
+    def __post_init__(self):
+        if self.rows < 1 or self.batch_size < 1:
+            raise InputError("rows and batch_size must be >= 1.")
+        if not isinstance(self.saes, tuple):
+            object.__setattr__(self, "saes", tuple(self.saes))
+
+
+@dataclass(frozen=True)
+class SaeEvalResult(Result):
+    kind: ClassVar[str] = "sae_eval"
+    table: pd.DataFrame
+    density: np.ndarray  # [n_saes, d_sae]
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.table
+
+    def figures(self) -> dict:
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        for name, d in zip(self.table["sae"], self.density):
+            counts, edges = density_histogram(d)
+            fig.add_trace(go.Scatter(x=(edges[:-1] + edges[1:]) / 2, y=counts, mode="lines", name=name))
+        fig.update_layout(title="latent density (log10 fraction of tokens; dead latents left out)",
+                          xaxis_title="log10 density", yaxis_title="latents")
+        return {"density": fig}
+
+
+def heldout_rows(n: int) -> np.ndarray:
+    """The first ``n`` rows of the SAE corpus' held-out split (built by data/sae_corpus.py)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "data" / "sae_corpus.py"
+    spec = importlib.util.spec_from_file_location("mechscope_sae_corpus", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return np.asarray(module.load_split("heldout")[:n])
+
+
+def text_rows(model, name: str, n: int, length: int = 128) -> np.ndarray:
+    from probes.datasets import load_texts
+    from probes.tokens import encode_batch
+
+    seqs = [s[:length].numpy() for s in encode_batch(model, load_texts(name)) if len(s) >= length]
+    if not seqs:
+        raise InputError(f"Text set {name!r} has no text of {length}+ tokens.")
+    return np.stack(seqs[:n])
+
+
+@analysis(SaeEvalParams)
+def sae_eval(model, params: SaeEvalParams, progress=None) -> SaeEvalResult:
+    """The eval table (one row per SAE) over held-out corpus rows or a shipped text set."""
+    from probes.models import model_id
+    from saes.store import load_sae, shipped_names
+
+    names = list(params.saes) or shipped_names()
+    rows = text_rows(model, params.texts, params.rows) if params.texts else heldout_rows(params.rows)
+    table, dens = [], []
+    for i, name in enumerate(names):
+        s = evaluate(model, load_sae(name), rows, batch_size=params.batch_size)
+        table.append({**table_row(name, s), **meets_targets(s)})
+        dens.append(s["density"])
+        if progress is not None:
+            progress(i + 1, len(names))
+    return SaeEvalResult(model_id=model_id(model), params=params, table=pd.DataFrame(table), density=np.stack(dens))

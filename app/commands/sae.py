@@ -31,7 +31,7 @@ def register(sub) -> None:
     e.add_argument("sae", nargs="?", default=None, help="SAE name or folder (default: every shipped SAE)")
     e.add_argument("--rows", type=int, default=32, help="held-out corpus rows (256 tokens each; dead-latent counts need ~500 rows)")
     e.add_argument("--texts", default=None, help="evaluate on a shipped text set instead of the held-out corpus")
-    e.add_argument("--out", type=Path, default=None, help="write the table as CSV/JSON here")
+    e.add_argument("--out", type=Path, default=None, help="directory to save the Result in")
     e.set_defaults(func=run_eval)
 
     f = ns.add_parser("features", help="feature pages: top contexts, density, logit effects")
@@ -80,47 +80,26 @@ def run_train(args: argparse.Namespace) -> int:
     return train_main(argv)
 
 
-def _eval_rows(model, args):
-    import numpy as np
-
-    if args.texts:
-        from probes.datasets import load_texts
-        from probes.tokens import encode_batch
-
-        seqs = [t[:128] for t in encode_batch(model, load_texts(args.texts)) if len(t) >= 128]
-        return np.stack([s.numpy() for s in seqs[: args.rows]])
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "data"))
-    from sae_corpus import load_split
-
-    return np.asarray(load_split("heldout")[: args.rows])
-
-
 def run_eval(args: argparse.Namespace) -> int:
-    import pandas as pd
     from tqdm import tqdm
 
     from probes.models import load
-    from saes.evals import evaluate, meets_targets, table_row
-    from saes.store import load_sae, shipped_names
+    from saes.evals import sae_eval
 
     model, _ = load()
-    rows = _eval_rows(model, args)
-    names = [args.sae] if args.sae else shipped_names()
-    table = []
-    for name in names:
-        sae = load_sae(name)
-        bar = tqdm(total=(len(rows) + 7) // 8, desc=name, leave=False)
-        s = evaluate(model, sae, rows, progress=lambda i, n: bar.update(1))
-        bar.close()
-        table.append({**table_row(name, s), **meets_targets(s)})
-    df = pd.DataFrame(table)
-    print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    bar = tqdm(desc="SAEs", leave=False)
+
+    def progress(done, total):
+        bar.total = total
+        bar.update(done - bar.n)
+
+    res = sae_eval(model, saes=(args.sae,) if args.sae else (), rows=args.rows, texts=args.texts or "",
+                   progress=progress)
+    bar.close()
+    print(res.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        df.to_csv(args.out / "sae_eval.csv", index=False)
-        (args.out / "sae_eval.json").write_text(json.dumps(table, indent=1, default=float))
+        res.save(args.out, html=True)
+        print(f"saved to {args.out}")
     return 0
 
 
