@@ -296,3 +296,15 @@ def test_sae_lens_release_without_hub_gives_one_clear_message():
         store.load_sae("sae-lens:no-such-release/x")
     with pytest.raises(InputError, match="has no SAE"):
         store.load_sae("sae-lens:gpt2-small-res-jb/no-such-id")
+
+
+def test_cli_sae_list_and_cpu_train_estimate(capsys, tmp_path):
+    from app.cli import main
+
+    assert main(["sae", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2-135m/resid-L29" in out and "blocks.29.hook_resid_post" in out
+    assert main(["sae", "train", "--device", "cpu", "--out", str(tmp_path / "t")]) == 0
+    out = capsys.readouterr().out
+    assert "6 SAEs × 20,000,000 tokens on cpu: about" in out and "--yes" in out
+    assert not (tmp_path / "t").exists()
