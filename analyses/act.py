@@ -1,10 +1,17 @@
 """ACT head search and held-out evaluation (Yu et al. 2024; REFERENCES §3).
 
-The reference keeps a head when calibrating it helps on a calibration set. Here the
-objective is the mean log p(correct answer | prompt) over the shipped task's ``calib``
-split, and the search is *greedy forward selection*: candidates are visited in layer
-order and a head is kept only if adding it to the heads kept so far raises the objective.
-To stay affordable on a CPU:
+Two head searches on the shipped task's ``calib`` split:
+
+* ``search="reference"`` (default) — the protocol of the reference code (GATECH-EIC/ACT):
+  every head of layers 2…L−2 is calibrated *alone* and kept when it raises the calibration
+  accuracy (argmax over each item's choices) above the uncalibrated model's. Heads with no
+  hidden sink on any calibration text are skipped: ACT is the identity on them, so their
+  accuracy equals the base accuracy and the reference would not keep them either.
+* ``search="greedy"`` — greedy forward selection on mean log p(correct answer | prompt):
+  candidates are visited in layer order and a head is kept only if adding it to the heads
+  kept so far raises the objective.
+
+To stay affordable on a CPU (both searches):
 
 * only heads that actually have hidden sinks on the calibration prompts are candidates
   (ACT is the identity on a head without them), optionally restricted to ``layers`` and
@@ -19,18 +26,21 @@ The effect is then measured on the ``heldout`` split: per item, Δ log p(answer)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Literal, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from probes import capture
+from probes import capture, hooknames
 from probes.act import act_interventions, column_mean, hidden_sink_mask
 from probes.errors import InputError
 from probes.interventions import applied
-from probes.results import Result
+from probes.models import model_id
+from probes.readout import logits_from_resid
+from probes.results import Params, Result, analysis
+from probes.tokens import text_ids
 
 
 @dataclass(frozen=True)
@@ -52,8 +62,9 @@ class ACTResult(Result):
         if not self.search.empty:
             s = self.search.copy()
             s["head_label"] = [f"L{l}H{h}" for l, h in zip(s["layer"], s["head"])]
-            figs["act_search"] = px.bar(s, x="head_label", y="gain", color="kept",
-                                        title="ACT search: gain in mean log p(answer) on the calibration split")
+            what = ("calibration accuracy, each head alone" if self.params.search == "reference" and self.params.heads is None
+                    else "mean log p(answer) on the calibration split")
+            figs["act_search"] = px.bar(s, x="head_label", y="gain", color="kept", title=f"ACT search: gain in {what}")
         d = self.heldout
         figs["act_heldout"] = px.histogram(d, x="delta_logprob", nbins=30,
                                            title=f"Held-out Δ log p(answer): mean {self.summary['delta_logprob']:+.3f} "
@@ -80,7 +91,7 @@ def _encode(model, pairs: Sequence[tuple[str, str]], batch_size: int) -> list[_E
             return [int(t) for t in x]
         if tok is None:
             raise InputError("ACT scoring of text needs a model with a tokenizer.")
-        return tok(x, add_special_tokens=False)["input_ids"]
+        return text_ids(model, x) if x.strip() else []
 
     rows = []
     for prompt, cont in pairs:
@@ -104,9 +115,7 @@ def _logprob_sums(model, enc: _Encoded, resid: torch.Tensor) -> np.ndarray:
     out = []
     for b in range(resid.shape[0]):
         x = resid[b, enc.pred_pos[b]][None]
-        if getattr(model, "ln_final", None) is not None:
-            x = model.ln_final(x)
-        lp = model.unembed(x)[0].float().log_softmax(-1)
+        lp = logits_from_resid(model, x)[0].float().log_softmax(-1)
         out.append(float(lp[torch.arange(len(enc.targets[b])), torch.tensor(enc.targets[b])].sum()))
     return np.array(out)
 
@@ -148,12 +157,12 @@ def hidden_sink_rates(model, prompts: Sequence[str], threshold: float = 0.1, bat
     L, H = model.cfg.n_layers, model.cfg.n_heads
     hits = np.zeros((L, H))
 
-    def red(pattern, name, batch):
-        layer = int(name.split(".")[1])
+    def red(pattern, site, batch):
         mean = column_mean(pattern, 0, batch.lengths)
-        hits[layer] += hidden_sink_mask(mean, threshold).any(-1).sum(0).cpu().numpy()
+        hits[site.layer] += hidden_sink_mask(mean, threshold).any(-1).sum(0).cpu().numpy()
 
-    capture.run(model, list(prompts), reducers={f"blocks.{l}.attn.hook_pattern": red for l in range(L)}, batch_size=batch_size)
+    capture.run(model, list(prompts), reducers={hooknames.name("pattern", l): red for l in range(L)},
+                batch_size=batch_size)
     return hits / max(len(prompts), 1)
 
 
@@ -221,11 +230,9 @@ def act_search(
     return selected, search
 
 
-def act_evaluate(model, items: Sequence[dict], heads: Sequence[tuple[int, int]], *, beta: float = 0.4,
-                 threshold: float = 0.1, batch_size: int = 60, n_boot: int = 2000, seed: int = 0):
-    """Per-item base vs ACT log p(answer) and choice accuracy, with paired bootstrap CIs."""
-    if not items:
-        raise InputError("The evaluation set is empty.")
+def _choice_pairs(items: Sequence[dict]):
+    """(prompt, choice) pairs of every item, the item each pair belongs to, and whether the
+    choice is the answer."""
     pairs, owner, is_answer = [], [], []
     for i, it in enumerate(items):
         choices = list(it.get("choices") or [it["answer"]])
@@ -235,10 +242,69 @@ def act_evaluate(model, items: Sequence[dict], heads: Sequence[tuple[int, int]],
             pairs.append((it["prompt"], c))
             owner.append(i)
             is_answer.append(c == it["answer"])
+    return pairs, np.array(owner), np.array(is_answer)
+
+
+def choice_accuracy(scores: np.ndarray, owner: np.ndarray, is_answer: np.ndarray) -> float:
+    """Fraction of items whose highest-scoring choice is the answer."""
+    hits = [bool(is_answer[owner == i][int(np.argmax(scores[owner == i]))]) for i in np.unique(owner)]
+    return float(np.mean(hits))
+
+
+def act_search_reference(
+    model,
+    calib: Sequence[dict],
+    *,
+    layers: Sequence[int] | None = None,
+    beta: float = 0.4,
+    threshold: float = 0.1,
+    batch_size: int = 60,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[tuple[int, int]], pd.DataFrame]:
+    """The reference's per-head search (module docstring): each head of ``layers``
+    (default 2…L−2) calibrated alone; kept when calibration accuracy rises."""
+    if not calib:
+        raise InputError("The calibration set is empty.")
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    layers = list(range(2, L - 1)) if layers is None else sorted(set(int(l) for l in layers))
+    for l in layers:
+        if not 0 <= l < L:
+            raise InputError(f"layer {l} is out of range: this model has {L} (valid 0..{L - 1}).")
+    pairs, owner, is_answer = _choice_pairs(calib)
+    rates = hidden_sink_rates(model, [p + c for p, c in pairs], threshold)
+    cands = [(l, h) for l in layers for h in range(H) if rates[l, h] > 0]
+    enc = _encode(model, pairs, batch_size)
+    base = score(model, enc, (), beta, threshold)
+    base_acc = choice_accuracy(base, owner, is_answer)
+    answer_rows = is_answer.astype(bool)
+    rows, selected, resid_layer, resids = [], [], None, None
+    for i, (l, h) in enumerate(cands):
+        if resid_layer != l:
+            resids = _resid_at(model, enc, l, [], beta, threshold)
+            resid_layer = l
+        s = score(model, enc, [(l, h)], beta, threshold, start=(l, resids))
+        acc = choice_accuracy(s, owner, is_answer)
+        kept = acc > base_acc
+        rows.append({"layer": l, "head": h, "hidden_sink_rate": float(rates[l, h]), "accuracy_base": base_acc,
+                     "accuracy_with": acc, "gain": acc - base_acc,
+                     "logprob_gain": float((s - base)[answer_rows].mean()), "kept": kept})
+        if kept:
+            selected.append((l, h))
+        if progress is not None:
+            progress(i + 1, len(cands))
+    cols = ["layer", "head", "hidden_sink_rate", "accuracy_base", "accuracy_with", "gain", "logprob_gain", "kept"]
+    return selected, pd.DataFrame(rows, columns=cols)
+
+
+def act_evaluate(model, items: Sequence[dict], heads: Sequence[tuple[int, int]], *, beta: float = 0.4,
+                 threshold: float = 0.1, batch_size: int = 60, n_boot: int = 2000, seed: int = 0):
+    """Per-item base vs ACT log p(answer) and choice accuracy, with paired bootstrap CIs."""
+    if not items:
+        raise InputError("The evaluation set is empty.")
+    pairs, owner, is_answer = _choice_pairs(items)
     enc = _encode(model, pairs, batch_size)
     base = score(model, enc, (), beta, threshold)
     act = score(model, enc, list(heads), beta, threshold) if heads else base.copy()
-    owner, is_answer = np.array(owner), np.array(is_answer)
     rows = []
     for i, it in enumerate(items):
         sel = owner == i
@@ -263,39 +329,54 @@ def act_evaluate(model, items: Sequence[dict], heads: Sequence[tuple[int, int]],
     return df, summary
 
 
-def act_calibration(
-    model,
-    heads: Sequence[tuple[int, int]] | None = None,
-    *,
-    task: str = "act_calibration",
-    layers: Sequence[int] | None = None,
-    beta: float = 0.4,
-    threshold: float = 0.1,
-    max_candidates: int | None = 30,
-    min_hidden_rate: float = 0.05,
-    n_boot: int = 2000,
-    seed: int = 0,
-    progress: Callable[[int, int], None] | None = None,
-) -> ACTResult:
+@dataclass(frozen=True)
+class ACTParams(Params):
+    """Parameters of :func:`act_calibration` (Yu et al.'s β = 0.4 and 0.1 sink threshold)."""
+
+    kind: ClassVar[str] = "act"
+    heads: tuple | None = field(default=None, metadata={"help": "calibrate these (layer, head) pairs; None: search"})
+    search: Literal["reference", "greedy"] = field(default="reference", metadata={
+        "help": "reference: each head of layers 2..L-2 alone, kept when calibration accuracy rises; greedy: forward selection"})
+    task: str = field(default="act_calibration", metadata={"help": "shipped task with calib/heldout splits"})
+    layers: tuple[int, ...] | None = field(default=None, metadata={"help": "restrict the search to these layers"})
+    beta: float = field(default=0.4, metadata={"help": "β, scale of hidden-sink columns"})
+    threshold: float = field(default=0.1, metadata={"help": "sink threshold on mean received attention"})
+    max_candidates: int | None = field(default=30, metadata={"help": "greedy search: candidate heads (most hidden sinks first)"})
+    min_hidden_rate: float = field(default=0.05, metadata={"help": "greedy search: minimum hidden-sink rate of a candidate"})
+    n_boot: int = field(default=2000, metadata={"help": "bootstrap resamples"})
+    seed: int = field(default=0, metadata={"help": "bootstrap seed"})
+
+    def __post_init__(self):
+        if self.heads is not None:
+            object.__setattr__(self, "heads", tuple((int(l), int(h)) for l, h in self.heads))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(l) for l in self.layers))
+        if self.search not in ("reference", "greedy"):
+            raise InputError(f"search must be 'reference' or 'greedy', not {self.search!r}.")
+        if not 0 <= self.beta <= 1:
+            raise InputError(f"beta must lie in [0, 1], not {self.beta!r}.")
+        if not 0 < self.threshold < 1:
+            raise InputError(f"The sink threshold must lie in (0, 1), not {self.threshold!r}.")
+
+
+@analysis(ACTParams)
+def act_calibration(model, params: ACTParams, progress: Callable[[int, int], None] | None = None) -> ACTResult:
     """Pick ACT heads (``heads`` given, or searched on the ``calib`` split) and measure the
     effect on the ``heldout`` split. Says plainly when it does not help (``summary["verdict"]``)."""
-    if not 0 <= beta <= 1:
-        raise InputError(f"beta must lie in [0, 1], not {beta!r}.")
-    if not 0 < threshold < 1:
-        raise InputError(f"The sink threshold must lie in (0, 1), not {threshold!r}.")
-    search = pd.DataFrame(columns=["layer", "head", "hidden_sink_rate", "score_before", "score_with", "gain", "kept"])
-    if heads is None:
-        heads, search = act_search(model, _load("calib", task), layers=layers, beta=beta, threshold=threshold,
-                                   max_candidates=max_candidates, min_hidden_rate=min_hidden_rate, progress=progress)
+    p = params
+    heads, beta, threshold, task = p.heads, p.beta, p.threshold, p.task
+    search = pd.DataFrame(columns=["layer", "head", "hidden_sink_rate", "gain", "kept"])
+    if heads is None and p.search == "reference":
+        heads, search = act_search_reference(model, _load("calib", task), layers=p.layers, beta=beta,
+                                             threshold=threshold, progress=progress)
+    elif heads is None:
+        heads, search = act_search(model, _load("calib", task), layers=p.layers, beta=beta, threshold=threshold,
+                                   max_candidates=p.max_candidates, min_hidden_rate=p.min_hidden_rate, progress=progress)
     else:
-        heads = [(int(l), int(h)) for l, h in heads]
+        heads = list(heads)
         for iv in act_interventions(heads, beta, threshold):
             iv.validate(model)
     heldout, summary = act_evaluate(model, _load("heldout", task), heads, beta=beta, threshold=threshold,
-                                    n_boot=n_boot, seed=seed)
-    spec = getattr(model, "mechscope_spec", None)
-    params = dict(task=task, beta=beta, threshold=threshold, layers=None if layers is None else list(layers),
-                  max_candidates=max_candidates, min_hidden_rate=min_hidden_rate, searched=search is not None and len(search) > 0,
-                  n_boot=n_boot, seed=seed)
-    return ACTResult(model_id=spec.name if spec else "custom", params=params, heads=tuple(tuple(x) for x in heads),
+                                    n_boot=p.n_boot, seed=p.seed)
+    return ACTResult(model_id=model_id(model), params=params, heads=tuple(tuple(x) for x in heads),
                      search=search, heldout=heldout, summary=summary)

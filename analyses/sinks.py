@@ -22,18 +22,19 @@ hand-built matrices.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from probes import capture
+from probes import capture, hooknames
 from probes.act import column_mean, hidden_sink_mask
 from probes.errors import InputError
-from probes.results import Result
-from probes.tokens import bos_id
+from probes.models import model_id
+from probes.results import Params, Result, analysis
+from probes.tokens import bos_id, single_token, str_tokens, text_ids
 
 VARIANTS = ("no_bos", "bos", "newline", "space")
 DOMAINS = ("prose", "code", "numbers")
@@ -84,22 +85,11 @@ def _text_ids(model, text) -> list[int]:
     if isinstance(text, str):
         if not text.strip():
             raise InputError("A text in the set is empty.")
-        if model.tokenizer is None:
-            raise InputError("This model has no tokenizer: pass token ids instead of text.")
-        return list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return text_ids(model, text)
     ids = [int(t) for t in torch.as_tensor(text).reshape(-1)]
     if ids and (max(ids) >= model.cfg.d_vocab or min(ids) < 0):
         raise InputError(f"Token ids must lie in 0..{model.cfg.d_vocab - 1}.")
     return ids
-
-
-def _single_token(model, s: str) -> int:
-    if model.tokenizer is None:
-        raise InputError(f"Replacing the first token by {s!r} needs a tokenizer.")
-    ids = model.tokenizer(s, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise InputError(f"{s!r} is not a single token for this model.")
-    return int(ids[0])
 
 
 def variant_ids(model, base: Sequence[int], variant: str, max_tokens: int) -> list[int]:
@@ -113,7 +103,9 @@ def variant_ids(model, base: Sequence[int], variant: str, max_tokens: int) -> li
             raise InputError("This model has no BOS token to prepend.")
         return [b] + base[: max_tokens - 1]
     if variant in ("newline", "space"):
-        tok = _single_token(model, "\n" if variant == "newline" else " ")
+        if model.tokenizer is None:
+            raise InputError(f"Replacing the first token by a {variant} needs a tokenizer.")
+        tok = single_token(model, "\n" if variant == "newline" else " ")
         return [tok] + base[1:max_tokens]
     raise InputError(f"Unknown first-token variant {variant!r}: choose from {', '.join(VARIANTS)}.")
 
@@ -151,12 +143,13 @@ class SinkResult(Result):
     token_table: pd.DataFrame  # hidden sinks by token
     resid_norm: np.ndarray | None  # [L, T] mean ||resid_post|| by position (primary variant)
     value_norm: np.ndarray | None  # [L, n_kv_heads, T] mean ||v|| by position
+    value_norm_heads: str = "query"  # "kv" on GQA models: value norms are per key/value head
 
     kind = "sinks"
 
     # -- derived views -------------------------------------------------------------------
     def sink_rates(self, eps: float | None = None) -> pd.DataFrame:
-        eps = self.params["eps"] if eps is None else eps
+        eps = self.params.eps if eps is None else eps
         rows = []
         for v, name in enumerate(self.variants):
             rates = sink_rate(self.alpha[v], eps)
@@ -176,7 +169,7 @@ class SinkResult(Result):
         return dormancy_score(self.alpha[0, :, :, :, 0], self.lengths[0])
 
     def dormancy_by_domain(self) -> pd.DataFrame:
-        thr = self.params["dormant_threshold"]
+        thr = self.params.dormant_threshold
         score = self.dormancy()
         rows = []
         for d in dict.fromkeys(self.domains.tolist()):
@@ -205,8 +198,11 @@ class SinkResult(Result):
         return pd.DataFrame(rows)
 
     def hidden_sink_positions(self) -> pd.DataFrame:
-        """Fraction of texts in which each position (≥ 2) is a hidden sink in ≥ 1 head."""
+        """Fraction of texts in which each position (≥ 2) is a hidden sink in ≥ 1 head (only
+        texts where ``min_queries`` queries see the position count)."""
         valid = self.token_ids >= 0
+        pos = np.arange(self.token_ids.shape[1])[None, :]
+        valid &= (np.asarray(self.lengths[0])[:, None] - pos) >= self.params.min_queries
         hit = (self.hidden_counts > 0) & valid
         n = valid.sum(0)
         return pd.DataFrame({"pos": np.arange(self.token_ids.shape[1]), "texts": n,
@@ -300,13 +296,40 @@ class SinkResult(Result):
             f.add_trace(go.Heatmap(z=m.values, x=[f"H{h}" for h in m.columns], y=list(m.index), zmin=0, zmax=1,
                                    colorscale="Greys", showscale=i == len(doms)), row=1, col=i)
         f.update_yaxes(autorange="reversed", title_text="layer", col=1)
-        f.update_layout(title=f"Dormant fraction of texts by domain (score > {self.params['dormant_threshold']:g})", height=600)
+        f.update_layout(title=f"Dormant fraction of texts by domain (score > {self.params.dormant_threshold:g})", height=600)
         figs["dormancy_by_domain"] = f
         return figs
 
 
 # ---------------------------------------------------------------------------------------
 # The analysis
+
+
+@dataclass(frozen=True)
+class SinkParams(Params):
+    """Parameters of :func:`attention_sinks` (defaults: Gu et al.'s ε = 0.3 on the first
+    T = 64 tokens; ACT's 0.1 sink threshold; 64 shipped texts, balanced over domains)."""
+
+    kind: ClassVar[str] = "sinks"
+    texts: object = field(default=None, metadata={"help": "custom texts (list, or dict domain → list); None: text_set"})
+    text_set: str = field(default="mixed", metadata={"help": "shipped text set: prose | code | numbers | mixed"})
+    n_texts: int | None = field(default=64, metadata={"help": "texts in all, taken evenly from the domains"})
+    max_tokens: int = field(default=64, metadata={"help": "first T tokens of each text"})
+    k_max: int = field(default=8, metadata={"help": "report α_k and Sink_k for k = 1..K"})
+    eps: float = field(default=0.3, metadata={"help": "ε of Sink_k^ε"})
+    variants: tuple[str, ...] = field(default=VARIANTS, metadata={"help": "first-token variants (the first is primary)"})
+    sink_threshold: float = field(default=0.1, metadata={"help": "ACT's hidden-sink threshold on mean received attention"})
+    min_queries: int = field(default=16, metadata={
+        "help": "a key can be a hidden sink only when at least this many queries see it"})
+    dormant_threshold: float = field(default=0.9, metadata={"help": "dormancy threshold"})
+    norms: bool = field(default=True, metadata={"help": "also residual and value norms by position"})
+    batch_size: int = field(default=16, metadata={"help": "texts per forward pass"})
+
+    def __post_init__(self):
+        object.__setattr__(self, "variants", tuple(self.variants))
+        t = self.texts
+        if t is not None and not isinstance(t, Mapping):
+            object.__setattr__(self, "texts", tuple(x if isinstance(x, str) else tuple(int(i) for i in x) for x in t))
 
 
 def _as_domains(texts) -> dict[str, list]:
@@ -319,29 +342,25 @@ def _as_domains(texts) -> dict[str, list]:
     return out
 
 
-def attention_sinks(
-    model,
-    texts=None,
-    *,
-    text_set: str = "mixed",
-    n_texts: int | None = 32,
-    max_tokens: int = 64,
-    k_max: int = 8,
-    eps: float = 0.3,
-    variants: Sequence[str] = VARIANTS,
-    sink_threshold: float = 0.1,
-    dormant_threshold: float = 0.9,
-    norms: bool = True,
-    batch_size: int = 16,
-    progress: bool | Callable[[int, int], None] = False,
-) -> SinkResult:
+@analysis(SinkParams)
+def attention_sinks(model, params: SinkParams, progress: bool | Callable[[int, int], None] = False) -> SinkResult:
     """Sink metric, hidden sinks, extreme tokens and dormancy over a text set.
 
     ``texts``: a list of texts (or token-id lists), or a dict domain → list; default: the
     shipped ``text_set`` ("mixed" = prose, code, numbers; ``n_texts`` in all). Each text is
     cut to its first ``max_tokens`` tokens and must have at least ``k_max`` of them. The
     first of ``variants`` is the *primary* one (hidden sinks, norms, dormancy).
+
+    Hidden sinks need ``min_queries`` queries per key (default 16): near the end of a text a
+    key's mean received attention averages over a handful of queries, so a late key would
+    pass ACT's 0.1 threshold by its position alone.
     """
+    p = params
+    texts, text_set, n_texts, max_tokens, k_max, eps = p.texts, p.text_set, p.n_texts, p.max_tokens, p.k_max, p.eps
+    variants, sink_threshold, dormant_threshold, norms = p.variants, p.sink_threshold, p.dormant_threshold, p.norms
+    batch_size, min_queries = p.batch_size, p.min_queries
+    if not isinstance(min_queries, int) or min_queries < 1:
+        raise InputError(f"min_queries must be a positive integer, not {min_queries!r}.")
     check_eps(eps)
     if not 0 < sink_threshold < 1:
         raise InputError(f"The hidden-sink threshold must lie in (0, 1), not {sink_threshold!r}.")
@@ -393,34 +412,35 @@ def attention_sinks(
         r_sum = np.zeros((L, T)); r_cnt = np.zeros(T)
         v_sum = np.zeros((L, G, T))
 
-        def on_pattern(pattern, name, batch, _v=v, _first=first, hc=hid_counts, hh=hid_heads):
-            layer = int(name.split(".")[1])
+        def on_pattern(pattern, site, batch, _v=v, _first=first, hc=hid_counts, hh=hid_heads):
+            layer = site.layer
             lens = batch.lengths
             full = bool((lens == pattern.shape[-1]).all())
             a = column_mean(pattern, 0, None if full else lens)  # [B, H, T]
             kk = min(k_max, a.shape[-1])
             alpha[_v, batch.index, layer, :, :kk] = a[..., :kk].float().cpu().numpy()
             if _first:
-                hidden = hidden_sink_mask(a, sink_threshold)  # [B, H, T]
+                seen = enough_queries(lens, a.shape[-1], min_queries)  # [B, T]
+                hidden = hidden_sink_mask(a, sink_threshold) & seen[:, None, :]  # [B, H, T]
                 hc[batch.index, : a.shape[-1]] += hidden.sum(1).int().cpu().numpy()
                 hh[layer] += hidden.sum((0, 2)).cpu().numpy()
 
-        def on_resid(x, name, batch):
-            layer = int(name.split(".")[1])
+        def on_resid(x, site, batch):
+            layer = site.layer
             m = batch.mask.to(x.dtype)
             r_sum[layer, : x.shape[1]] += (x.norm(dim=-1) * m).sum(0).cpu().numpy()
             if layer == 0:
                 r_cnt[: x.shape[1]] += m.sum(0).cpu().numpy()
 
-        def on_v(x, name, batch):
-            layer = int(name.split(".")[1])
+        def on_v(x, site, batch):
+            layer = site.layer
             m = batch.mask.to(x.dtype)[:, :, None]
             v_sum[layer, :, : x.shape[1]] += (x.norm(dim=-1) * m).sum(0).T.cpu().numpy()
 
-        reducers = {f"blocks.{l}.attn.hook_pattern": on_pattern for l in range(L)}
+        reducers = {hooknames.name("pattern", l): on_pattern for l in range(L)}
         if first and norms:
-            reducers.update({f"blocks.{l}.hook_resid_post": on_resid for l in range(L)})
-            reducers.update({f"blocks.{l}.attn.hook_v": on_v for l in range(L)})
+            reducers.update({hooknames.name("resid_post", l): on_resid for l in range(L)})
+            reducers.update({hooknames.name("v", l): on_v for l in range(L)})
         prog = progress
         if callable(progress):
             prog = lambda d, t, _o=done_before: progress(_o + d, total)  # noqa: E731
@@ -434,18 +454,17 @@ def attention_sinks(
                            resid_norm=(r_sum / np.maximum(r_cnt, 1)).astype(np.float32) if norms else None,
                            value_norm=(v_sum / np.maximum(r_cnt, 1)).astype(np.float32) if norms else None)
 
-    token_table = _token_table(model, primary["token_ids"], primary["hidden_counts"])
-    params = dict(text_set=text_set if texts is None else "custom", n_texts=N, max_tokens=max_tokens, k_max=k_max,
-                  eps=eps, variants=list(variants), sink_threshold=sink_threshold,
-                  dormant_threshold=dormant_threshold, norms=norms,
-                  value_norm_heads="kv" if G != H else "query")
-    return SinkResult(model_id=_model_id(model), params=params, variants=variants, alpha=alpha, lengths=lengths,
-                      domains=np.array(domains, dtype=object), **primary, token_table=token_table)
+    token_table = _token_table(model, primary["token_ids"], primary["hidden_counts"], lengths[0], min_queries)
+    return SinkResult(model_id=model_id(model), params=params, variants=variants, alpha=alpha, lengths=lengths,
+                      domains=np.array(domains, dtype=object), **primary, token_table=token_table,
+                      value_norm_heads="kv" if G != H else "query")
 
 
-def _model_id(model) -> str:
-    spec = getattr(model, "mechscope_spec", None)
-    return spec.name if spec is not None else getattr(model.cfg, "model_name", "custom")
+def enough_queries(lengths: torch.Tensor, n_keys: int, min_queries: int) -> torch.Tensor:
+    """[B, K] bool: key k (0-based) of row b is seen by ``lengths[b] − k`` queries; True
+    where that is at least ``min_queries``."""
+    k = torch.arange(n_keys, device=lengths.device)
+    return (lengths[:, None] - k[None, :]) >= min_queries
 
 
 def token_class(s: str) -> str:
@@ -461,13 +480,17 @@ def token_class(s: str) -> str:
     return "word"
 
 
-def _token_table(model, token_ids: np.ndarray, counts: np.ndarray) -> pd.DataFrame:
-    """Per distinct token (positions ≥ 2 only; the first is the ordinary sink): occurrences,
-    how many of them are hidden sinks in ≥ 1 head, that fraction, and mean heads per
+def _token_table(model, token_ids: np.ndarray, counts: np.ndarray, lengths=None, min_queries: int = 1) -> pd.DataFrame:
+    """Per distinct token (positions ≥ 2 only — the first is the ordinary sink — and only
+    where ``min_queries`` queries see the position, so the token could be judged):
+    occurrences, how many are hidden sinks in ≥ 1 head, that fraction, mean heads per
     occurrence; most frequent sinks first."""
     ids = token_ids[:, 1:]
     cnt = counts[:, 1:]
     valid = ids >= 0
+    if lengths is not None:
+        pos = np.arange(1, token_ids.shape[1])[None, :]
+        valid &= (np.asarray(lengths)[:, None] - pos) >= min_queries
     flat_ids, flat_cnt = ids[valid], cnt[valid]
     if flat_ids.size == 0:
         return pd.DataFrame(columns=["token_id", "token_repr", "class", "occurrences", "sink_occurrences",
@@ -484,6 +507,4 @@ def _token_table(model, token_ids: np.ndarray, counts: np.ndarray) -> pd.DataFra
 
 
 def _decode_tokens(model, ids: list[int]) -> list[str]:
-    if model.tokenizer is None:
-        return [f"<{i}>" for i in ids]
-    return [model.tokenizer.decode([int(i)]) for i in ids]
+    return str_tokens(model, ids) if model.tokenizer is not None else [f"<{i}>" for i in ids]

@@ -19,8 +19,8 @@ fills are identical under (b), (c), (d) and (a) (nothing is evicted), so (d) reu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,10 @@ import torch
 from probes.errors import InputError
 from probes.interventions import applied
 from probes.kv_policies import SinkWindow, WindowOnly, stream_logprobs
-from probes.results import Result
+from probes.models import model_id
+from probes.readout import logits_from_resid
+from probes.results import Params, Result, analysis
+from probes.tokens import text_ids
 
 POLICIES = ("full", "window", "sink_window", "recompute")
 
@@ -41,6 +44,9 @@ class StreamingResult(Result):
     policies: tuple
     nll: np.ndarray
     cache_size: int
+    source: str = "custom"  # the long text's name, or "custom"
+    n_scored: int = 0  # tokens actually scored (≤ n_tokens)
+    window_only_cache: int = 0  # the window-only baseline's cache (= S + W, equal memory)
 
     kind = "streaming_ppl"
 
@@ -81,27 +87,39 @@ class StreamingResult(Result):
         df = self.curves(max(16, self.cache_size // 4))
         fig = px.line(df, x="position", y="ppl", color="policy", log_y=True, markers=True,
                       title=f"Streaming perplexity by position (cache {self.cache_size} tokens; "
-                            f"S = {self.params['n_sink']}, W = {self.params['window']})")
+                            f"S = {self.params.n_sink}, W = {self.params.window})")
         fig.add_vline(x=self.cache_size, line_dash="dot", annotation_text="cache full")
         fig.update_layout(xaxis_title="token position", yaxis_title="perplexity (bin)")
         return {"streaming_ppl": fig}
 
 
-def streaming_perplexity(
-    model,
-    text: str | list[int] | None = None,
-    *,
-    long_text: str = "paradise_lost",
-    n_tokens: int = 2048,
-    n_sink: int = 4,
-    window: int = 252,
-    recompute_every: int = 8,
-    policies=POLICIES,
-    batch_size: int = 8,
-    progress: Callable[[int, int], None] | None = None,
-) -> StreamingResult:
+@dataclass(frozen=True)
+class StreamingParams(Params):
+    """Parameters of :func:`streaming_perplexity`. Defaults: StreamingLLM's S = 4 sinks and
+    a 256-token cache (W = 252), 2,048 tokens of the shipped long text."""
+
+    kind: ClassVar[str] = "streaming_ppl"
+    text: str | tuple[int, ...] | None = field(default=None, metadata={"help": "custom text or ids (None: long_text)"})
+    long_text: str = field(default="paradise_lost", metadata={"help": "shipped long text"})
+    n_tokens: int = field(default=2048, metadata={"help": "tokens of the text to score"})
+    n_sink: int = field(default=4, metadata={"help": "S, sink tokens kept"})
+    window: int = field(default=252, metadata={"help": "W, recent tokens kept"})
+    recompute_every: int = field(default=8, metadata={"help": "score every N-th position past the cache by recomputation"})
+    policies: tuple[str, ...] = field(default=POLICIES, metadata={"help": "policies to run"})
+    batch_size: int = field(default=8, metadata={"help": "windows per recomputation pass"})
+
+    def __post_init__(self):
+        object.__setattr__(self, "policies", tuple(self.policies))
+        if self.text is not None and not isinstance(self.text, str):
+            object.__setattr__(self, "text", tuple(int(t) for t in self.text))
+
+
+@analysis(StreamingParams)
+def streaming_perplexity(model, params: StreamingParams, progress: Callable[[int, int], None] | None = None) -> StreamingResult:
     """NLL of the first ``n_tokens`` tokens of ``text`` (default: the shipped long text)
     under the four policies. The cache holds C = ``n_sink`` + ``window`` tokens."""
+    text, long_text, n_tokens, n_sink, window = params.text, params.long_text, params.n_tokens, params.n_sink, params.window
+    recompute_every, policies, batch_size = params.recompute_every, params.policies, params.batch_size
     policies = tuple(policies)
     for p in policies:
         if p not in POLICIES:
@@ -117,9 +135,7 @@ def streaming_perplexity(
 
         text = datasets.load_long_text(long_text)
     if isinstance(text, str):
-        if not text.strip():
-            raise InputError("The text is empty.")
-        ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = text_ids(model, text)
     else:
         ids = [int(t) for t in text]
     ids = ids[:n_tokens]
@@ -164,16 +180,10 @@ def streaming_perplexity(
             for s in range(0, len(positions), batch_size):
                 chunk = positions[s : s + batch_size]
                 win = torch.stack([t_all[t - cap : t + 1] for t in chunk]).to(model.cfg.device)
-                resid = model(win, stop_at_layer=model.cfg.n_layers)[:, -1]  # last position only
-                if getattr(model, "ln_final", None) is not None:
-                    resid = model.ln_final(resid[:, None])[:, 0]
-                logits = model.unembed(resid[:, None])[:, 0].float()
+                resid = model(win, stop_at_layer=model.cfg.n_layers)[:, -1:]  # last position only
+                logits = logits_from_resid(model, resid)[:, 0].float()
                 lp = logits.log_softmax(-1).gather(-1, torch.tensor([ids[t + 1] for t in chunk], device=logits.device)[:, None])[:, 0]
                 nll[3, chunk] = -lp.double().cpu().numpy()
                 tick(len(chunk))
-    params = dict(text=source, n_tokens=n, n_sink=n_sink,
-                  window=window, recompute_every=recompute_every, policies=list(policies),
-                  window_only_cache=wo.window)
-    spec = getattr(model, "mechscope_spec", None)
-    return StreamingResult(model_id=spec.name if spec else "custom", params=params, policies=POLICIES,
-                           nll=nll.astype(np.float32), cache_size=cap)
+    return StreamingResult(model_id=model_id(model), params=params, policies=POLICIES, source=source, n_scored=n,
+                           window_only_cache=wo.window, nll=nll.astype(np.float32), cache_size=cap)

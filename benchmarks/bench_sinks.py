@@ -75,15 +75,15 @@ def sinks_section(res) -> list[str]:
     parts: list[str] = []
     p = res.params
     parts += ["### Sink metric on smollm2-135m (Gu et al.)", "",
-              f"{len(res.domains)} texts ({p['text_set']}: prose, code, numbers evenly), first {p['max_tokens']} tokens, "
-              f"ε = {p['eps']}; Sink_k^ε in % over texts × {res.alpha.shape[2]} layers × {res.alpha.shape[3]} query heads. "
+              f"{len(res.domains)} texts ({p.text_set}: prose, code, numbers evenly), first {p.max_tokens} tokens, "
+              f"ε = {p.eps}; Sink_k^ε in % over texts × {res.alpha.shape[2]} layers × {res.alpha.shape[3]} query heads. "
               "no_bos = as the model is used (no BOS); bos = <|im_start|> prepended; newline/space = first token replaced.", ""]
     rates = res.sink_rates().pivot(index="k", columns="variant", values="sink_rate")[list(res.variants)]
     parts.append(markdown_table(["k"] + list(res.variants),
                                 [[k] + [f"{v:.1f}" for v in row] for k, row in zip(rates.index, rates.values)]))
     cls = res.hidden_by_class()
     parts += ["", "Hidden sinks (ACT criterion, mean received attention > 0.1, not the first sink), by token class "
-              "(fraction of occurrences at positions ≥ 2 that are a hidden sink in ≥ 1 head):", "",
+              "(fraction of occurrences at positions ≥ 2, seen by ≥ min_queries queries, that are a hidden sink in ≥ 1 head):", "",
               markdown_table(("class", "occurrences", "hidden-sink fraction"),
                              [(r["class"], int(r.occurrences), f"{r.sink_fraction:.3f}") for _, r in cls.iterrows()]),
               "", f"Heads that switch between dormant and active across domains: {len(res.switching_heads())}.", ""]
@@ -94,8 +94,11 @@ def act_section(res) -> list[str]:
     parts: list[str] = []
     s = res.summary
     parts += ["### ACT calibration (Yu et al.)", "",
-              f"Greedy head search on the calib split (candidates: heads with hidden sinks on the prompts, "
-              f"up to {res.params['max_candidates']}; β = {res.params['beta']}), evaluated on {s['n_items']} held-out items. "
+              (f"Reference head search (each head of layers 2…L−2 with hidden sinks calibrated alone, kept when "
+               f"calibration accuracy rises; β = {res.params.beta})" if res.params.search == "reference" else
+               f"Greedy head search on the calib split (candidates: heads with hidden sinks on the prompts, "
+               f"up to {res.params.max_candidates}; β = {res.params.beta})")
+              + f", evaluated on {s['n_items']} held-out items. "
               f"Heads kept: {', '.join(f'L{l}H{h}' for l, h in res.heads) or 'none'}.", "",
               markdown_table(("metric", "base", "ACT", "Δ (95% bootstrap CI)"),
                              [("mean log p(answer)", f"{res.heldout.base_logprob.mean():.3f}",
@@ -186,9 +189,9 @@ def main(argv=None) -> int:
             how = f"{time.perf_counter() - t:.0f} s"
         p = res.params
         parts += ["### Streaming perplexity (StreamingLLM reproduction)", "",
-                  f"Text: {p['text']}, first {p['n_tokens']} tokens; cache C = S + W = {p['n_sink']} + {p['window']} = "
-                  f"{res.cache_size} (window-only keeps the last {p['window_only_cache']}); recomputation scores every "
-                  f"{p['recompute_every']}th position past the cache, over the previous C + 1 tokens ({how}).", ""]
+                  f"Text: {res.source}, first {res.n_scored} tokens; cache C = S + W = {p.n_sink} + {p.window} = "
+                  f"{res.cache_size} (window-only keeps the last {res.window_only_cache}); recomputation scores every "
+                  f"{p.recompute_every}th position past the cache, over the previous C + 1 tokens ({how}).", ""]
         sm = res.summary()
         parts.append(markdown_table(("policy", "ppl, all positions", "ppl, past the cache", "ppl, common subsample"),
                                     [(r.policy, f"{r.ppl_all:.2f} (n={r.n_all})", f"{r.ppl_past_cache:.2f} (n={r.n_past_cache})",

@@ -11,6 +11,7 @@ file, so a crafted document can name nothing else.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from typing import Any, Callable, TypeVar
 
@@ -118,7 +119,7 @@ def _coerce(value, hint):
     if hint is None or not isinstance(value, list):
         return value
     origin = typing.get_origin(hint)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(hint):
             if typing.get_origin(arg) is tuple or arg is tuple:
                 return _coerce(value, arg)

@@ -125,3 +125,13 @@ def decode(model, ids) -> str:
     if model.tokenizer is None:
         return " ".join(map(str, ids))
     return model.tokenizer.decode(ids)
+
+
+def text_ids(model, text: str) -> list[int]:
+    """Token ids of a text of any length, no BOS and no length check — for long texts that
+    the caller cuts to size (streaming, text sets)."""
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("The text is empty.")
+    if model.tokenizer is None:
+        raise InputError("This model has no tokenizer: pass token ids instead of text.")
+    return [int(i) for i in model.tokenizer(text, add_special_tokens=False)["input_ids"]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def _scalar_type(hint):
     """The argparse type for a field annotation (None: not a simple flag)."""
     origin = typing.get_origin(hint)
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin in (typing.Union, types.UnionType):
         return _scalar_type(args[0]) if len(args) == 1 else None
     if hint in (int, float, str, bool):
         return hint
@@ -70,7 +71,7 @@ def add_params(parser, params_cls, skip: typing.Iterable[str] = ()) -> None:
 def _strip_optional(hint):
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     origin = typing.get_origin(hint)
-    if (origin is typing.Union or str(origin) == "types.UnionType") and len(args) == 1:
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
         return args[0]
     return hint
 

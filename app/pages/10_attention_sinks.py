@@ -3,60 +3,47 @@
 Gu et al.'s sink metric (α_k by layer × head, Sink_k^ε by k, with/without BOS and with the
 first token replaced), hidden sinks (ACT criterion), residual- and value-norm extremes by
 position, head dormancy by input domain, StreamingLLM's streaming perplexity, and ACT
-calibration. Every computation runs behind a button and is kept for the session.
+calibration. Every computation runs behind a button and is kept for the session; widget
+defaults are the analyses' own (``SinkParams``, ``StreamingParams``, ``ACTParams``).
 """
 
 import streamlit as st
 
-from analyses.sinks import VARIANTS, attention_sinks
+from analyses.act import ACTParams, act_calibration
+from analyses.sinks import VARIANTS, SinkParams, attention_sinks
+from analyses.streaming import StreamingParams, streaming_perplexity
 from app import ui
+from app.specs import parse_heads
+
+SK, SP, AP = SinkParams(), StreamingParams(), ACTParams()
 
 st.title("Attention sinks")
 model, spec = ui.sidebar_model()
 cfg = model.cfg
 
 
-def _memo(name: str, key, fn):
-    """Keep one result per section in the session, recomputed only when its key changes."""
-    slot = st.session_state.get(f"sinks_memo_{name}")
-    if slot is not None and slot[0] == key:
-        return slot[1]
-    res = fn()
-    st.session_state[f"sinks_memo_{name}"] = (key, res)
-    return res
-
-
-def _stored(name: str, key):
-    slot = st.session_state.get(f"sinks_memo_{name}")
-    return slot[1] if slot is not None and slot[0] == key else None
-
-
-def _progress_bar(label: str):
-    bar = st.progress(0.0, text=label)
-    return lambda d, t: bar.progress(min(d / max(t, 1), 1.0), text=f"{label} {d}/{t}")
-
-
 # ---------------------------------------------------------------------------------------
 st.header("Sink metric, hidden sinks, extreme tokens")
 c1, c2, c3, c4 = st.columns(4)
 text_set = c1.selectbox("Text set", ["mixed", "prose", "code", "numbers"], key="sk_text_set")
-n_texts = c2.number_input("Texts", 3, 288, 24, step=3, key="sk_n_texts")
-max_tokens = c3.number_input("First T tokens", 8, 512, 64, step=8, key="sk_T")
-k_max = c4.number_input("K (α_1..α_K)", 1, 64, 8, key="sk_K")
-c5, c6, c7 = st.columns([1, 2, 1])
-eps = c5.slider("ε", 0.05, 0.95, 0.3, 0.05, key="sk_eps")
-variants = c6.multiselect("First-token variants", list(VARIANTS), list(VARIANTS), key="sk_variants",
+n_texts = c2.number_input("Texts", 3, 288, SK.n_texts, step=3, key="sk_n_texts")
+max_tokens = c3.number_input("First T tokens", 8, 512, SK.max_tokens, step=8, key="sk_T")
+k_max = c4.number_input("K (α_1..α_K)", 1, 64, SK.k_max, key="sk_K")
+c5, c6, c7, c8 = st.columns([1, 2, 1, 1])
+eps = c5.slider("ε", 0.05, 0.95, SK.eps, 0.05, key="sk_eps")
+variants = c6.multiselect("First-token variants", list(VARIANTS), list(SK.variants), key="sk_variants",
                           help="no_bos: the text as-is; bos: BOS prepended; newline/space: first token replaced")
-dormant = c7.slider("Dormancy threshold", 0.5, 0.99, 0.9, 0.01, key="sk_dormant")
+dormant = c7.slider("Dormancy threshold", 0.5, 0.99, SK.dormant_threshold, 0.01, key="sk_dormant")
+min_q = c8.number_input("Min. queries per key", 1, 512, SK.min_queries, key="sk_min_q",
+                        help="a key can be a hidden sink only when at least this many queries see it")
 
-key = (spec.name, text_set, int(n_texts), int(max_tokens), int(k_max), tuple(variants), float(dormant))
+with ui.guard():
+    sk_params = SinkParams(text_set=text_set, n_texts=int(n_texts), max_tokens=int(max_tokens), k_max=int(k_max),
+                           eps=float(eps), variants=tuple(variants) or ("no_bos",), dormant_threshold=float(dormant),
+                           min_queries=int(min_q))
 if st.button("Compute sink metrics", key="sk_run", type="primary"):
-    prog = _progress_bar("Forward passes")
-    with ui.guard():
-        _memo("sinks", key, lambda: attention_sinks(model, text_set=text_set, n_texts=int(n_texts), max_tokens=int(max_tokens),
-                                                    k_max=int(k_max), eps=0.3, variants=variants or ["no_bos"],
-                                                    dormant_threshold=float(dormant), progress=prog))
-res = _stored("sinks", key)
+    ui.run_analysis("sinks", attention_sinks, model, sk_params)
+res = ui.stored("sinks", sk_params, model)
 if res is None:
     st.info("Choose the parameters and press **Compute sink metrics** (a few seconds per dozen texts on a CPU).")
 else:
@@ -77,8 +64,10 @@ else:
         st.dataframe(rates.pivot(index="k", columns="variant", values="sink_rate").round(2))
     figs = res.figures()
     with tabs[2]:
-        st.caption(f"A key is a sink when its mean received attention exceeds {res.params['sink_threshold']:g} "
-                   "(Yu et al. 2024); sinks after the first are hidden sinks. Primary variant: " + res.variants[0])
+        st.caption(f"A key is a sink when its mean received attention exceeds {res.params.sink_threshold:g} "
+                   "(Yu et al. 2024); sinks after the first are hidden sinks. Only keys seen by at least "
+                   f"{res.params.min_queries} queries are judged: near the end of a text the column mean averages "
+                   "a handful of queries and would flag keys by position alone. Primary variant: " + res.variants[0])
         st.plotly_chart(figs["hidden_sinks_by_head"], key="sk_hidden_heads")
         a, b = st.columns(2)
         a.dataframe(res.hidden_by_class(), hide_index=True)
@@ -92,7 +81,7 @@ else:
             st.plotly_chart(figs["residual_norm_lines"], key="sk_resid_lines")
             st.plotly_chart(figs["value_norm"], key="sk_value")
             st.caption("Value norms are per KV head (hook_v)" + (" — query heads share them on this GQA model."
-                                                                  if res.params.get("value_norm_heads") == "kv" else "."))
+                                                                  if res.value_norm_heads == "kv" else "."))
     with tabs[4]:
         st.plotly_chart(figs["dormancy_by_domain"], key="sk_dormancy")
         sw = res.switching_heads()
@@ -104,50 +93,38 @@ st.header("Streaming perplexity")
 st.caption("Full attention vs window-only vs sinks + window (StreamingLLM, real KV cache with positions re-assigned) "
            "vs sliding-window recomputation, on the shipped long text.")
 d1, d2, d3, d4 = st.columns(4)
-n_tok = d1.number_input("Tokens of text", 64, 8192, 1024, step=64, key="sp_n")
-S = d2.number_input("S (sinks)", 0, 64, 4, key="sp_S")
-W = d3.number_input("W (window)", 1, 4096, 124, key="sp_W")
-every = d4.number_input("Recompute every", 1, 64, 8, key="sp_every")
-skey = (spec.name, int(n_tok), int(S), int(W), int(every))
+n_tok = d1.number_input("Tokens of text", 64, 8192, SP.n_tokens, step=64, key="sp_n")
+S = d2.number_input("S (sinks)", 0, 64, SP.n_sink, key="sp_S")
+W = d3.number_input("W (window)", 1, 4096, SP.window, key="sp_W")
+every = d4.number_input("Recompute every", 1, 64, SP.recompute_every, key="sp_every")
+with ui.guard():
+    sp_params = StreamingParams(n_tokens=int(n_tok), n_sink=int(S), window=int(W), recompute_every=int(every))
 if st.button("Run streaming perplexity", key="sp_run"):
-    from analyses.streaming import streaming_perplexity
-
-    prog = _progress_bar("Streaming")
-    with ui.guard():
-        _memo("stream", skey, lambda: streaming_perplexity(model, n_tokens=int(n_tok), n_sink=int(S), window=int(W),
-                                                           recompute_every=int(every), progress=prog))
-sres = _stored("stream", skey)
+    ui.run_analysis("stream", streaming_perplexity, model, sp_params, label="Streaming")
+sres = ui.stored("stream", sp_params, model)
 if sres is not None:
     st.plotly_chart(sres.figures()["streaming_ppl"], key="sp_fig")
     st.dataframe(sres.summary().round(3), hide_index=True)
 
 # ---------------------------------------------------------------------------------------
 st.header("ACT calibration")
-st.caption("Hidden-sink columns × β with the mass handed to the other keys (Yu et al. 2024). Heads: typed, or found by "
-           "greedy search on the calibration split; the effect is measured on held-out items with a bootstrap CI.")
-e1, e2, e3 = st.columns([2, 1, 1])
+st.caption("Hidden-sink columns × β with the mass handed to the other keys (Yu et al. 2024). Heads: typed, or searched "
+           "on the calibration split — the reference protocol (each head of layers 2…L−2 calibrated alone, kept when "
+           "calibration accuracy rises) or greedy forward selection; the effect is measured on held-out items with "
+           "a bootstrap CI.")
+e1, e2, e3, e4 = st.columns([2, 1, 1, 1])
 heads_txt = e1.text_input("Heads (L:H, comma-separated; empty = search)", "", key="act_heads")
-beta = e2.slider("β", 0.0, 1.0, 0.4, 0.05, key="act_beta")
-max_c = e3.number_input("Search candidates", 1, cfg.n_layers * cfg.n_heads, min(9, cfg.n_layers * cfg.n_heads), key="act_max",
-                        help="each candidate costs a partial pass over the calibration split (~10–40 s on a 2-core CPU)")
-akey = (spec.name, heads_txt, float(beta), int(max_c))
+beta = e2.slider("β", 0.0, 1.0, AP.beta, 0.05, key="act_beta")
+how = e3.selectbox("Search", ["reference", "greedy"], index=["reference", "greedy"].index(AP.search), key="act_search",
+                   help="reference: every head with hidden sinks in layers 2…L−2 (minutes on a 2-core CPU)")
+max_c = e4.number_input("Greedy candidates", 1, cfg.n_layers * cfg.n_heads, AP.max_candidates, key="act_max",
+                        help="greedy search only: each candidate costs a partial pass over the calibration split")
+with ui.guard():
+    act_params = ACTParams(heads=tuple(parse_heads(heads_txt)) or None, beta=float(beta), search=how,
+                           max_candidates=int(max_c))
 if st.button("Run ACT", key="act_run"):
-    from analyses.act import act_calibration
-    from probes.errors import InputError
-
-    prog = _progress_bar("ACT search")
-    with ui.guard():
-        heads = None
-        if heads_txt.strip():
-            heads = []
-            for part in heads_txt.split(","):
-                try:
-                    l, h = (int(x) for x in part.strip().split(":"))
-                except ValueError:
-                    raise InputError(f"Heads: {part.strip()!r} is not LAYER:HEAD.") from None
-                heads.append((l, h))
-        _memo("act", akey, lambda: act_calibration(model, heads, beta=float(beta), max_candidates=int(max_c), progress=prog))
-ares = _stored("act", akey)
+    ui.run_analysis("act", act_calibration, model, act_params, label="ACT search")
+ares = ui.stored("act", act_params, model)
 if ares is not None:
     s = ares.summary
     st.write(f"Heads: {', '.join(f'L{l}H{h}' for l, h in ares.heads) or 'none kept'}")

@@ -144,8 +144,36 @@ def test_act_result_roundtrip(tmp_path, tiny4):
     assert list(df.base_correct) == [bool(x) for x in df.base_correct]
     search = pd.DataFrame([{"layer": 1, "head": 0, "hidden_sink_rate": 1.0, "score_before": -2.0,
                             "score_with": -1.5, "gain": 0.5, "kept": True}])
-    res = ACTResult(model_id="tiny", params={"beta": 0.4}, heads=((1, 0),), search=search, heldout=df, summary=summary)
+    from analyses.act import ACTParams
+
+    res = ACTResult(model_id="tiny", params=ACTParams(search="greedy"), heads=((1, 0),), search=search, heldout=df,
+                    summary=summary)
     res.save(tmp_path / "act", html=True)
     back = Result.load(tmp_path / "act")
     assert back.heads == ((1, 0),) and back.summary["n_items"] == 2
     assert (tmp_path / "act" / "act_search.html").is_file()
+
+
+def test_reference_search_keeps_heads_that_raise_accuracy_alone(tiny4):
+    """The reference protocol: each candidate head calibrated alone, kept iff calibration
+    accuracy rises; checked against full (non-resumed) evaluations of each head alone."""
+    from analyses.act import act_evaluate, act_search_reference, hidden_sink_rates
+
+    g = torch.Generator().manual_seed(11)
+    items = []
+    for _ in range(12):
+        prompt = torch.randint(0, 50, (int(torch.randint(6, 14, (1,), generator=g)),), generator=g).tolist()
+        choices = [[int(c)] for c in torch.randperm(50, generator=g)[:3]]
+        items.append({"prompt": prompt, "answer": choices[0], "choices": choices})
+    layers = tuple(range(tiny4.cfg.n_layers))
+    heads, search = act_search_reference(tiny4, items, layers=layers, beta=0.1)
+    _, base = act_evaluate(tiny4, items, [], beta=0.1, n_boot=10)
+    rates = hidden_sink_rates(tiny4, [it["prompt"] + c for it in items for c in it["choices"]])
+    tried = {(r.layer, r.head) for r in search.itertuples()}
+    assert tried  # random tiny heads do have hidden sinks: the comparison below is not vacuous
+    assert tried == {(l, h) for l in layers for h in range(tiny4.cfg.n_heads) if rates[l, h] > 0}
+    for r in search.itertuples():
+        _, alone = act_evaluate(tiny4, items, [(r.layer, r.head)], beta=0.1, n_boot=10)
+        assert r.accuracy_with == alone["accuracy_act"] and r.accuracy_base == base["accuracy_base"]
+        assert r.kept == (alone["accuracy_act"] > base["accuracy_base"])
+    assert heads == [(r.layer, r.head) for r in search.itertuples() if r.kept]
