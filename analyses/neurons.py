@@ -24,25 +24,54 @@ the same for every neuron and is left out. Top tokens are what the neuron promot
 activation is positive; SiLU-gated activations can also be negative, when it promotes the
 bottom tokens.
 
-**The paper's up-projection variant.** For gated MLPs (Llama) the paper decodes the rows of
-the *up-projection* — the direction a neuron *reads* from the residual stream — through the
-LM head. ``direction="up"`` (``W_in[l][:, n]``) and ``direction="gate"`` do that here. The
-default ``direction="out"`` decodes what the neuron *writes* (``W_out[l][n]``), which is what
-clamping the neuron acts through; the two agree for neurons whose read and write directions
-are aligned, which is the paper's premise for labelling a neuron by its up-projection.
+**Two named methods** (every table and page says which one produced a label):
+
+* ``method="paper"`` — the paper's (arXiv 2501.02688): the *up-projection* column of a
+  neuron (``W_in[l][:, n]``, the direction it reads; for gated MLPs the "up" matrix, not the
+  gate, because the paper decodes Llama's ``up_proj``) through the LM head alone, no norm,
+  softmax over the vocabulary. The top token labels the neuron.
+* ``method="write"`` — what the neuron *writes* (``W_out[l][n]``) through the unembedding
+  with the final norm's γ folded in: the neuron's direct effect on the logits, and what a
+  clamp acts through.
+
+On SmolLM2-135M the two agree on the top-1 token for a small minority of neurons (measured
+by :func:`method_agreement`), so a label must name its method. ``norm``/``direction`` remain
+available for other combinations (``method="custom"``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Literal, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from probes import hooknames
 from probes.errors import InputError, check_range
-from probes.results import Result
+from probes.models import model_id as _model_id
+from probes.results import Params, Result, analysis
+from probes.tokens import text_ids
+
+METHODS = {"paper": ("up", "raw"), "write": ("out", "final")}  # method -> (direction, norm)
+
+
+def resolve_method(method: str, direction: str | None = None, norm: str | None = None) -> tuple[str, str]:
+    """(direction, norm) of a named decoding method; ``custom`` takes them as given."""
+    if method == "custom":
+        return direction or "out", norm or "final"
+    if method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)} or 'custom', not {method!r}.")
+    return METHODS[method]
+
+
+def method_label(method: str, direction: str, norm: str) -> str:
+    if method == "paper":
+        return "paper (up-projection → LM head, no norm)"
+    if method == "write":
+        return "write (W_out → final norm γ → unembedding)"
+    return f"custom ({direction} → {'final norm γ → ' if norm == 'final' else ''}unembedding)"
 
 Norm = Literal["final", "raw"]
 Direction = Literal["out", "up", "gate"]
@@ -232,6 +261,7 @@ class NeuronDecodeResult(Result):
     bottom_logits: torch.Tensor
     top_prob: torch.Tensor | None  # [n_layers, d_mlp] softmax p(top token), if asked for
     vocab: np.ndarray  # readable label of every token id (for search and tables offline)
+    method: str = ""  # which decoding produced the labels (method_label)
 
     kind = "neuron_decode"
 
@@ -303,17 +333,18 @@ class NeuronDecodeResult(Result):
 
     def to_frame(self) -> pd.DataFrame:
         """One row per neuron: its top-3 and bottom-3 tokens and top-token probability."""
-        L, N, _ = self.top_ids.shape
-        top = self.top_ids[:, :, :3].reshape(-1, 3).numpy()
-        bot = self.bottom_ids[:, :, :3].reshape(-1, 3).numpy()
+        L, N, k = self.top_ids.shape
+        top = self.top_ids[:, :, :3].reshape(L * N, -1).numpy()
+        bot = self.bottom_ids[:, :, :3].reshape(L * N, -1).numpy()
         voc = self.vocab
         return pd.DataFrame({
             "layer": np.repeat(np.asarray(self.layers), N),
             "neuron": np.tile(np.arange(N), L),
-            "margin": self.specialisation("margin").reshape(-1).numpy(),
+            "margin": self.specialisation("margin").reshape(-1).numpy() if k > 1 else np.full(L * N, np.nan),
             "top_tokens": [" | ".join(str(voc[i]) for i in row) for row in top],
             "top_logit": self.top_logits[:, :, 0].reshape(-1).numpy(),
             "bottom_tokens": [" | ".join(str(voc[i]) for i in row) for row in bot],
+            "method": self.method,
         })
 
     def figures(self) -> dict:
@@ -325,27 +356,41 @@ class NeuronDecodeResult(Result):
         for q in (50, 90, 99):
             fig.add_trace(go.Scatter(x=self.layers, y=np.percentile(p, q, axis=1), mode="lines+markers", name=f"p{q}"))
         label = "softmax p(top token)" if by == "prob" else "top-1 − top-2 logit"
-        fig.update_layout(title=f"How specialised neurons are, per layer: percentiles of {label}",
+        fig.update_layout(title=f"How specialised neurons are, per layer: percentiles of {label} — {self.method}",
                           xaxis_title="layer", yaxis_title=label)
         return {"specialisation_by_layer": fig}
 
 
-def decode_neurons(
-    model,
-    k: int = 10,
-    norm: Norm = "final",
-    direction: Direction = "out",
-    layers: Sequence[int] | None = None,
-    chunk_size: int = 1024,
-    softmax: bool = False,
-    progress: Callable[[int, int], None] | bool = False,
-) -> NeuronDecodeResult:
-    """Decode every MLP neuron of ``layers`` (default all) through the unembedding.
+@dataclass(frozen=True)
+class DecodeParams(Params):
+    kind: ClassVar[str] = "neuron_decode"
+    k: int = field(default=10, metadata={"help": "top and bottom tokens kept per neuron"})
+    method: str = field(default="write", metadata={"help": "paper | write | custom (see the module docstring)"})
+    norm: str | None = field(default=None, metadata={"help": "custom method: final | raw"})
+    direction: str | None = field(default=None, metadata={"help": "custom method: out | up | gate"})
+    layers: tuple[int, ...] | None = field(default=None, metadata={"help": "layers to decode (None: all)"})
+    chunk_size: int = field(default=1024, metadata={"help": "neurons per matrix product"})
+    softmax: bool = field(default=False, metadata={"help": "also the softmax probability of the top token"})
 
-    See the module docstring for what is decoded. Cost: one chunked [neurons × d_model] ×
-    [d_model × vocab] product plus a top-k and bottom-k per row; float32 on the model's
-    device.
+    def __post_init__(self):
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        if self.method != "custom" and (self.norm is not None or self.direction is not None):
+            d, n = METHODS.get(self.method, (None, None))
+            if (self.direction or d, self.norm or n) != (d, n):
+                raise InputError("norm/direction can only be chosen with method='custom'.")
+
+
+@analysis(DecodeParams)
+def decode_neurons(model, params: DecodeParams, progress: Callable[[int, int], None] | bool = False) -> NeuronDecodeResult:
+    """Decode every MLP neuron of ``layers`` (default all) through the unembedding, by the
+    named ``method`` (module docstring).
+
+    Cost: one chunked [neurons × d_model] × [d_model × vocab] product plus a top-k and
+    bottom-k per row; float32 on the model's device.
     """
+    k, layers, chunk_size, softmax = params.k, params.layers, params.chunk_size, params.softmax
+    direction, norm = resolve_method(params.method, params.direction, params.norm)
     _check_norm_direction(model, norm, direction)
     layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
     if not layers:
@@ -371,7 +416,8 @@ def decode_neurons(
     L = len(layers)
     return NeuronDecodeResult(
         model_id=_model_id(model),
-        params={"k": k, "norm": norm, "direction": direction, "layers": layers, "softmax": softmax},
+        params=params,
+        method=method_label(params.method, direction, norm),
         layers=layers,
         top_ids=out["top_ids"].reshape(L, N, k),
         top_logits=out["top_logits"].reshape(L, N, k),
@@ -382,9 +428,19 @@ def decode_neurons(
     )
 
 
-def _model_id(model) -> str:
-    spec = getattr(model, "mechscope_spec", None)
-    return spec.name if spec is not None else str(getattr(model.cfg, "model_name", "custom"))
+def method_agreement(model, layers: Sequence[int] | None = None, chunk_size: int = 1024) -> pd.DataFrame:
+    """Per layer: the fraction of neurons whose top-1 token is the same under the paper's
+    method and the write method (and over all layers, row ``layer == -1``)."""
+    layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
+    rows, same_all, n_all = [], 0, 0
+    for layer in layers:
+        a = decode_neurons(model, k=1, method="paper", layers=(layer,), chunk_size=chunk_size).top_ids[0, :, 0]
+        b = decode_neurons(model, k=1, method="write", layers=(layer,), chunk_size=chunk_size).top_ids[0, :, 0]
+        same = int((a == b).sum())
+        rows.append({"layer": layer, "neurons": len(a), "same_top1": same, "agreement": same / len(a)})
+        same_all, n_all = same_all + same, n_all + len(a)
+    rows.append({"layer": -1, "neurons": n_all, "same_top1": same_all, "agreement": same_all / max(n_all, 1)})
+    return pd.DataFrame(rows)
 
 
 def _vocab(model) -> np.ndarray:
@@ -415,7 +471,7 @@ def token_ids_for(model, token: str | int) -> list[int]:
         return token_ids_for(model, int(token))
     if model.tokenizer is None:
         raise InputError("This model has no tokenizer: give a token id.")
-    ids = model.tokenizer(token, add_special_tokens=False)["input_ids"]
+    ids = text_ids(model, token)
     if not ids:
         raise InputError(f"{token!r} tokenises to nothing: give another string.")
     unk = getattr(model.tokenizer, "unk_token_id", None)
@@ -424,22 +480,46 @@ def token_ids_for(model, token: str | int) -> list[int]:
     return list(ids)
 
 
-def neurons_for_token(
-    model,
-    token: str | int,
-    top: int = 20,
-    norm: Norm = "final",
-    direction: Direction = "out",
-    layers: Sequence[int] | None = None,
-) -> pd.DataFrame:
+@dataclass(frozen=True)
+class SearchParams(Params):
+    kind: ClassVar[str] = "neuron_search"
+    token: str | int = field(default=" dog", metadata={"help": "a token string (or id)"})
+    top: int = field(default=20, metadata={"help": "neurons to list"})
+    method: str = field(default="write", metadata={"help": "paper | write | custom"})
+    norm: str | None = field(default=None, metadata={"help": "custom method: final | raw"})
+    direction: str | None = field(default=None, metadata={"help": "custom method: out | up | gate"})
+    layers: tuple[int, ...] | None = field(default=None, metadata={"help": "layers to search (None: all)"})
+
+    def __post_init__(self):
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+
+
+@dataclass(frozen=True)
+class NeuronSearchResult(Result):
+    """The neurons that most promote a token, by the named decoding method."""
+
+    table: pd.DataFrame
+    method: str
+
+    kind = "neuron_search"
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.table
+
+
+@analysis(SearchParams)
+def neurons_for_token(model, params: SearchParams) -> NeuronSearchResult:
     """The ``top`` neurons with the largest decoded logit for ``token``.
 
-    Exact over all neurons: the column ``W_U[:, t]`` (γ folded in) times every neuron's
-    direction — one [neurons × d_model] mat-vec. A string that tokenises into several tokens
-    is scored by the mean logit over its tokens. Each row also gives the token's rank in
-    that neuron's full decoded vocabulary (1 = the neuron's top token) and the neuron's top
-    tokens.
+    Exact over all neurons: the column ``W_U[:, t]`` (γ folded in for the final norm) times
+    every neuron's direction — one [neurons × d_model] mat-vec. A string that tokenises into
+    several tokens is scored by the mean logit over its tokens. Each row also gives the
+    token's rank in that neuron's full decoded vocabulary (1 = the neuron's top token) and
+    the neuron's top tokens.
     """
+    token, top, layers = params.token, params.top, params.layers
+    direction, norm = resolve_method(params.method, params.direction, params.norm)
     _check_norm_direction(model, norm, direction)
     if top < 1:
         raise InputError("top must be at least 1.")
@@ -466,14 +546,17 @@ def neurons_for_token(
     N = model.cfg.d_mlp
     from probes.tokens import str_tokens
 
-    return pd.DataFrame({
+    label = method_label(params.method, direction, norm)
+    table = pd.DataFrame({
         "layer": [layers[int(i) // N] for i in idx],
         "neuron": [int(i) % N for i in idx],
         "logit": vals.numpy(),
         "rank_of_token": ranks.numpy(),
         "top_tokens": [" | ".join(str_tokens(model, row)) for row in tops],
         "query_tokens": [" | ".join(str_tokens(model, ids))] * len(idx),
+        "method": label,
     })
+    return NeuronSearchResult(model_id=_model_id(model), params=params, table=table, method=label)
 
 
 # ---------------------------------------------------------------------------------------
@@ -532,20 +615,29 @@ class MaxActivatingResult(Result):
         return {"activation_histogram": fig}
 
 
-def max_activating(
-    model,
-    layer: int,
-    neuron: int,
-    texts: str | Sequence[str] = "mixed",
-    k: int = 10,
-    window: int = 12,
-    max_tokens: int | None = 256,
-    max_texts: int | None = None,
-    batch_size: int = 8,
-    progress=False,
-) -> MaxActivatingResult:
+@dataclass(frozen=True)
+class MaxActParams(Params):
+    kind: ClassVar[str] = "max_activating"
+    layer: int = field(default=0, metadata={"help": "layer"})
+    neuron: int = field(default=0, metadata={"help": "neuron"})
+    texts: object = field(default="mixed", metadata={"help": "shipped text set, or a list of texts"})
+    k: int = field(default=10, metadata={"help": "contexts to keep"})
+    window: int = field(default=12, metadata={"help": "tokens of context before the token"})
+    max_tokens: int | None = field(default=256, metadata={"help": "first tokens of each text"})
+    max_texts: int | None = field(default=None, metadata={"help": "texts to use (None: all)"})
+    batch_size: int = field(default=8, metadata={"help": "texts per forward pass"})
+
+    def __post_init__(self):
+        if not isinstance(self.texts, str):
+            object.__setattr__(self, "texts", tuple(self.texts))
+
+
+@analysis(MaxActParams)
+def max_activating(model, params: MaxActParams, progress=False) -> MaxActivatingResult:
     """Top-``k`` (text, position, activation) of one neuron over a text set, with ``window``
     tokens of context before the token (⟦marked⟧) and three after. Keeps one float per token."""
+    layer, neuron, texts, k, window = params.layer, params.neuron, params.texts, params.k, params.window
+    max_tokens, max_texts, batch_size = params.max_tokens, params.max_texts, params.batch_size
     check_range("layer", layer, model.cfg.n_layers)
     check_range("neuron", neuron, model.cfg.d_mlp)
     if k < 1 or window < 0:
@@ -560,7 +652,7 @@ def max_activating(
         for b, (i, n) in enumerate(zip(batch.index, batch.lengths.tolist())):
             acts[i] = t[b, :n, neuron].detach().float().cpu()
 
-    run(model, seqs, reducers={f"blocks.{layer}.mlp.hook_post": reduce}, batch_size=batch_size, progress=progress)
+    run(model, seqs, reducers={hooknames.name("mlp_post", layer): reduce}, batch_size=batch_size, progress=progress)
     flat = torch.cat(acts)  # type: ignore[arg-type]
     where = [(i, p) for i, a in enumerate(acts) for p in range(len(a))]  # type: ignore[arg-type]
     order = torch.topk(flat, min(k, len(flat))).indices.tolist()
@@ -573,8 +665,7 @@ def max_activating(
                      "activation": float(flat[f]), "context": _context(model, seqs[i], p, window)})
     return MaxActivatingResult(
         model_id=_model_id(model),
-        params={"layer": layer, "neuron": neuron, "k": k, "window": window, "max_tokens": max_tokens,
-                "n_texts": len(seqs), "texts": texts if isinstance(texts, str) else None, "max_texts": max_texts},
+        params=params,
         layer=layer, neuron=neuron, contexts=pd.DataFrame(rows), activations=flat.numpy(),
     )
 
@@ -590,7 +681,8 @@ class NeuronActivityResult(Result):
     layers: list
     n_tokens: int
     max_act: torch.Tensor
-    fire_rate: torch.Tensor  # fraction of tokens with activation > threshold
+    min_act: torch.Tensor  # most negative activation seen
+    fire_rate: torch.Tensor  # fraction of tokens with |activation| > threshold
     top_token_ids: torch.Tensor  # [L, N, n_top] the token types it fires on most (-1: none)
     top_token_share: torch.Tensor  # share of its firings that come from those n_top types
     top_token_coverage: torch.Tensor  # fraction of the top type's occurrences on which it fires
@@ -619,6 +711,7 @@ class NeuronActivityResult(Result):
         return pd.DataFrame({
             "layer": [self.layers[int(i)] for i in li], "neuron": ni.numpy(),
             "fire_rate": self.fire_rate[li, ni].numpy(), "max_act": self.max_act[li, ni].numpy(),
+            "min_act": self.min_act[li, ni].numpy(),
             "top_tokens": [" | ".join(str(self.vocab[int(t)]) for t in self.top_token_ids[a, b] if t >= 0)
                            for a, b in zip(li.tolist(), ni.tolist())],
             "top_token_share": self.top_token_share[li, ni].numpy(),
@@ -636,35 +729,44 @@ class NeuronActivityResult(Result):
         for name in self.CATEGORIES[1:]:
             fig.add_trace(go.Bar(x=c["layer"], y=c[name], name=name))
         fig.update_layout(barmode="group", title=f"Neuron types per layer over {self.n_tokens} tokens "
-                          f"(threshold {self.params['threshold']:g})", xaxis_title="layer", yaxis_title="neurons")
+                          f"(|activation| > {self.params.threshold:g})", xaxis_title="layer", yaxis_title="neurons")
         return {"taxonomy_by_layer": fig}
 
 
-def neuron_activity(
-    model,
-    texts: str | Sequence[str] = "mixed",
-    threshold: float = 0.5,
-    layers: Sequence[int] | None = None,
-    n_top_types: int = 3,
-    token_share: float = 0.8,
-    min_coverage: float = 0.5,
-    min_fires: int = 5,
-    positional_r2: float = 0.5,
-    positional_ratio: float = 2.0,
-    max_types: int = 512,
-    max_positions: int = 128,
-    max_tokens: int | None = 256,
-    max_texts: int | None = None,
-    batch_size: int = 8,
-    progress=False,
-) -> NeuronActivityResult:
+@dataclass(frozen=True)
+class ActivityParams(Params):
+    kind: ClassVar[str] = "neuron_activity"
+    texts: object = field(default="mixed", metadata={"help": "shipped text set, or a list of texts"})
+    threshold: float = field(default=0.5, metadata={"help": "a neuron fires where |activation| exceeds this"})
+    layers: tuple[int, ...] | None = field(default=None, metadata={"help": "layers (None: all)"})
+    n_top_types: int = field(default=3, metadata={"help": "token types that may explain a detector"})
+    token_share: float = field(default=0.8, metadata={"help": "share of firings from the top types"})
+    min_coverage: float = field(default=0.5, metadata={"help": "fraction of the top type's occurrences it fires on"})
+    min_fires: int = field(default=5, metadata={"help": "firings needed to call a detector"})
+    positional_r2: float = field(default=0.5, metadata={"help": "η² of position for a positional neuron"})
+    positional_ratio: float = field(default=2.0, metadata={"help": "η²(position) / η²(token) for a positional neuron"})
+    max_types: int = field(default=512, metadata={"help": "most frequent token types told apart"})
+    max_positions: int = field(default=128, metadata={"help": "position buckets"})
+    max_tokens: int | None = field(default=256, metadata={"help": "first tokens of each text"})
+    max_texts: int | None = field(default=None, metadata={"help": "texts to use (None: all)"})
+    batch_size: int = field(default=8, metadata={"help": "texts per forward pass"})
+
+    def __post_init__(self):
+        if not isinstance(self.texts, str):
+            object.__setattr__(self, "texts", tuple(self.texts))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+
+
+@analysis(ActivityParams)
+def neuron_activity(model, params: ActivityParams, progress=False) -> NeuronActivityResult:
     """Streaming activity statistics and a taxonomy after Voita et al. 2023.
 
-    A neuron *fires* on a token when its ``mlp.hook_post`` activation exceeds ``threshold``.
-    Voita et al. study ReLU models, where "activates" means > 0; a SiLU-gated activation
-    silu(gate)·up is almost never exactly 0, so a small positive threshold stands in for it
-    (default 0.5; it is a parameter because activation scales differ between models and
-    layers).
+    A neuron *fires* on a token when its ``mlp.hook_post`` activation is far from zero:
+    ``|activation| > threshold``. Voita et al. study ReLU models, where "activates" means
+    > 0; a SiLU-gated activation silu(gate)·up takes either sign (the up projection has no
+    sign constraint) and is almost never exactly 0, so a neuron that only ever goes strongly
+    negative is active, not dead, and the threshold (default 0.5) is on the magnitude.
 
     * **dead**: never fires over the text set.
     * **token detector**: fires at least ``min_fires`` times; at least ``token_share`` of its
@@ -680,6 +782,10 @@ def neuron_activity(
     State is O(layers × neurons × (types + positions)), never the activations themselves.
     Unigram token detectors only: n-gram detectors are not separated here.
     """
+    p = params
+    texts, threshold, layers, n_top_types, token_share = p.texts, p.threshold, p.layers, p.n_top_types, p.token_share
+    min_coverage, min_fires, positional_r2, positional_ratio = p.min_coverage, p.min_fires, p.positional_r2, p.positional_ratio
+    max_types, max_positions, max_tokens, max_texts, batch_size = p.max_types, p.max_positions, p.max_tokens, p.max_texts, p.batch_size
     layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
     for layer in layers:
         check_range("layer", layer, model.cfg.n_layers)
@@ -703,6 +809,7 @@ def neuron_activity(
     L = len(layers)
     st = {
         "max": torch.full((L, N), -float("inf")),
+        "min": torch.full((L, N), float("inf")),
         "fires": torch.zeros(L, N, dtype=torch.float64),
         "sum": torch.zeros(L, N, dtype=torch.float64),
         "sumsq": torch.zeros(L, N, dtype=torch.float64),
@@ -712,15 +819,16 @@ def neuron_activity(
     }
     index = {layer: i for i, layer in enumerate(layers)}
 
-    def reduce(t: torch.Tensor, name: str, batch) -> None:
-        li = index[int(name.split(".")[1])]
+    def reduce(t: torch.Tensor, site, batch) -> None:
+        li = index[site.layer]
         mask = batch.mask
         acts = t[mask].detach().float().cpu()  # [M, N] real tokens only
         toks = batch.tokens[mask].cpu()
         pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)[mask].cpu().clamp(max=P - 1)
         tidx = type_of[toks]
-        fires = (acts > threshold).float()
+        fires = (acts.abs() > threshold).float()  # either sign: SiLU(gate)·up is signed
         st["max"][li] = torch.maximum(st["max"][li], acts.amax(0))
+        st["min"][li] = torch.minimum(st["min"][li], acts.amin(0))
         st["fires"][li] += fires.sum(0, dtype=torch.float64)
         a64 = acts.double()
         st["sum"][li] += a64.sum(0)
@@ -731,7 +839,7 @@ def neuron_activity(
 
     from probes.capture import run
 
-    run(model, seqs, reducers={f"blocks.{layer}.mlp.hook_post": reduce for layer in layers},
+    run(model, seqs, reducers={hooknames.name("mlp_post", layer): reduce for layer in layers},
         batch_size=batch_size, progress=progress, desc="neuron activity")
 
     n = float(len(all_ids))
@@ -760,12 +868,8 @@ def neuron_activity(
     category[dead] = 1
     return NeuronActivityResult(
         model_id=_model_id(model),
-        params={"texts": texts if isinstance(texts, str) else None, "n_texts": len(seqs), "threshold": threshold,
-                "layers": layers, "n_top_types": n_top_types, "token_share": token_share,
-                "min_coverage": min_coverage, "min_fires": min_fires, "positional_r2": positional_r2,
-                "positional_ratio": positional_ratio, "max_types": max_types, "max_positions": max_positions,
-                "max_tokens": max_tokens, "max_texts": max_texts},
-        layers=layers, n_tokens=int(n), max_act=st["max"], fire_rate=(fires / n),
+        params=params,
+        layers=layers, n_tokens=int(n), max_act=st["max"], min_act=st["min"], fire_rate=(fires / n),
         top_token_ids=top_ids.to(torch.int32), top_token_share=share, top_token_coverage=coverage,
         eta2_token=eta_tok, eta2_pos=eta_pos,
         pos_mean=(st["pos_sum"] / n_pos.clamp(min=1)[None, :, None]).permute(0, 2, 1).float(),
@@ -790,12 +894,16 @@ NEUTRAL_PROMPTS = [
 
 @dataclass(frozen=True)
 class ClampVerificationResult(Result):
-    """Per neuron: clamp value, mean p(top token) before/after over the prompts, and Δ."""
+    """Per neuron: clamp value, mean p(label token) before/after over the prompts, Δp, and
+    the same Δp for control neurons (random neurons of the same layer, same value)."""
 
     table: pd.DataFrame
-    fraction_up: float  # neurons whose mean Δp > 0
+    fraction_up: float  # neurons whose mean Δp exceeds min_delta_p
     median_delta: float  # median over neurons of the mean Δp
-    pair_fraction_up: float  # (neuron, prompt) pairs with Δp > 0
+    pair_fraction_up: float  # (neuron, prompt) pairs with Δp > min_delta_p
+    effect_over_control: float  # mean over neurons of (Δp − mean control Δp)
+    effect_ci: tuple  # 95% bootstrap CI of effect_over_control (resampling neurons)
+    method: str = ""
 
     kind = "clamp_verification"
 
@@ -807,84 +915,123 @@ class ClampVerificationResult(Result):
 
         t = self.table
         labels = [f"L{a}N{b} {c!r}" for a, b, c in zip(t["layer"], t["neuron"], t["top_token"])]
-        fig = go.Figure(go.Bar(x=labels, y=t["delta_p"]))
-        fig.update_layout(title=f"Δ p(decoded top token) when clamped: {100 * self.fraction_up:.0f}% up, "
-                          f"median Δ {self.median_delta:.3g}", xaxis_title="neuron", yaxis_title="Δp (mean over prompts)")
+        fig = go.Figure([go.Bar(x=labels, y=t["delta_p"], name="clamped neuron"),
+                         go.Bar(x=labels, y=t["control_delta_p"], name="control (random neurons, same layer)")])
+        lo, hi = self.effect_ci
+        fig.update_layout(barmode="group", title=f"Δ p(label token) when clamped — labels: {self.method}; "
+                          f"effect over control {self.effect_over_control:+.3g} [{lo:+.3g}, {hi:+.3g}]",
+                          xaxis_title="neuron", yaxis_title="Δp (mean over prompts)")
         return {"clamp_delta": fig}
 
 
-def clamp_verification(
-    model,
-    decoded: NeuronDecodeResult | None = None,
-    n: int = 20,
-    neurons: Sequence[tuple[int, int]] | None = None,
-    prompts: Sequence[str] = tuple(NEUTRAL_PROMPTS),
-    value: float | None = None,
-    factor: float = 10.0,
-    min_value: float = 5.0,
-    by: str = "margin",
-    min_layer: int | None = None,
-) -> ClampVerificationResult:
-    """Clamp each of the ``n`` most specialised neurons of ``decoded`` (or the given
-    ``(layer, neuron)`` pairs) at every position and measure, at the last position of each
-    neutral prompt, the change in probability of the neuron's decoded top token.
+@dataclass(frozen=True)
+class ClampParams(Params):
+    kind: ClassVar[str] = "clamp_verification"
+    n: int = field(default=20, metadata={"help": "most specialised neurons to verify"})
+    neurons: tuple | None = field(default=None, metadata={"help": "verify these (layer, neuron) pairs instead"})
+    method: str = field(default="paper", metadata={"help": "labelling method whose labels are verified: paper | write"})
+    prompts: tuple[str, ...] = field(default=tuple(NEUTRAL_PROMPTS), metadata={"help": "neutral prompts"})
+    value: float | None = field(default=None, metadata={"help": "clamp value (None: factor × peak |activation|)"})
+    factor: float = field(default=10.0, metadata={"help": "clamp = factor × the neuron's peak |activation|"})
+    min_value: float = field(default=5.0, metadata={"help": "smallest clamp value"})
+    by: str = field(default="margin", metadata={"help": "specialisation measure: margin | prob"})
+    min_layer: int | None = field(default=None, metadata={"help": "only neurons of this layer and later"})
+    n_controls: int = field(default=5, metadata={"help": "random control neurons (same layer, same value) per neuron"})
+    min_delta_p: float = field(default=0.001, metadata={"help": "a label 'rose' only when Δp exceeds this"})
+    seed: int = field(default=0, metadata={"help": "seed of the control draw and the bootstrap"})
 
-    The clamp value is ``value`` if given, else ``max(min_value, factor × the neuron's
-    largest |activation| on the prompts)`` — a large value, as the paper clamps. Returns the
-    fraction of neurons whose mean Δp > 0 and the median mean Δp.
+    def __post_init__(self):
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+        if self.neurons is not None:
+            object.__setattr__(self, "neurons", tuple((int(a), int(b)) for a, b in self.neurons))
+        if self.method not in METHODS:
+            raise InputError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}.")
+        if self.n_controls < 0:
+            raise InputError("n_controls must be >= 0.")
+
+
+@analysis(ClampParams)
+def clamp_verification(model, params: ClampParams, decoded: NeuronDecodeResult | None = None) -> ClampVerificationResult:
+    """Does clamping a neuron raise the probability of the token that labels it?
+
+    Labels come from ``method`` (default the paper's up-projection decoding, arXiv
+    2501.02688). Each of the ``n`` most specialised neurons (or the given pairs) is clamped
+    at every position, and at the last position of each neutral prompt the change of
+    p(label token) is measured. The same clamp applied to ``n_controls`` random neurons of
+    the same layer gives the control Δp for that token: the effect over control (with a
+    bootstrap CI over neurons) separates "this neuron promotes its label" from "any large
+    clamp in this layer moves this token". A label counts as risen only when its Δp exceeds
+    ``min_delta_p``.
     """
     from probes.capture import run
     from probes.interventions import NeuronClamp
 
-    prompts = [p for p in prompts if (p.strip() if isinstance(p, str) else len(p) > 0)]
+    p = params
+    prompts = [q for q in p.prompts if (q.strip() if isinstance(q, str) else len(q) > 0)]
     if not prompts:
         raise InputError("No prompts given for the clamp verification.")
-    if neurons is None:
+    direction, norm = METHODS[p.method]
+    if p.neurons is None:
+        layers_sel = None if p.min_layer is None else tuple(range(p.min_layer, model.cfg.n_layers))
         if decoded is None:
-            decoded = decode_neurons(model, k=2, layers=None if min_layer is None else range(min_layer, model.cfg.n_layers))
-        spec = decoded.specialised(n, min_layer=min_layer, by=by)
+            decoded = decode_neurons(model, k=2, method=p.method, layers=layers_sel)
+        spec = decoded.specialised(p.n, min_layer=p.min_layer, by=p.by)
         pairs = list(zip(spec["layer"].tolist(), spec["neuron"].tolist()))
         targets = spec["top_id"].tolist()
     else:
-        pairs = [(int(a), int(b)) for a, b in neurons]
+        pairs = list(p.neurons)
         for a, b in pairs:
             check_range("layer", a, model.cfg.n_layers)
             check_range("neuron", b, model.cfg.d_mlp)
-        W = unembedding(model, "final")
-        targets = [int(torch.argmax(neuron_directions(model, a)[b] @ W)) for a, b in pairs]
+        W = unembedding(model, norm)
+        targets = [int(torch.argmax(neuron_directions(model, a, direction)[b] @ W)) for a, b in pairs]
     if not pairs:
         raise InputError("No neurons to verify.")
     layers = sorted({a for a, _ in pairs})
     peak: dict[int, torch.Tensor] = {}
 
-    def reduce(t, name, batch):
-        li = int(name.split(".")[1])
+    def reduce(t, site, batch):
         a = t[batch.mask].detach().abs().amax(0).float().cpu()
-        peak[li] = torch.maximum(peak.get(li, a), a)
+        peak[site.layer] = torch.maximum(peak.get(site.layer, a), a)
 
-    base = run(model, prompts, reducers={f"blocks.{a}.mlp.hook_post": reduce for a in layers},
+    base = run(model, prompts, reducers={hooknames.name("mlp_post", a): reduce for a in layers},
                return_logits=True, batch_size=len(prompts))
     p0 = torch.stack([torch.softmax(lg[-1].float(), -1) for lg in base.logits])  # [P, V]
+
+    def clamped(layer: int, neuron: int, v: float) -> torch.Tensor:
+        out = run(model, prompts, return_logits=True, batch_size=len(prompts),
+                  interventions=[NeuronClamp(layer, neuron, value=v)])
+        return torch.stack([torch.softmax(lg[-1].float(), -1) for lg in out.logits])
+
+    rng = np.random.default_rng(p.seed)
     rows = []
     pair_up = 0
     for (layer, neuron), tgt in zip(pairs, targets):
-        v = float(value) if value is not None else max(min_value, factor * float(peak[layer][neuron]))
-        out = run(model, prompts, return_logits=True, batch_size=len(prompts),
-                  interventions=[NeuronClamp(layer, neuron, value=v)])
-        p1 = torch.stack([torch.softmax(lg[-1].float(), -1) for lg in out.logits])
+        v = float(p.value) if p.value is not None else max(p.min_value, p.factor * float(peak[layer][neuron]))
+        p1 = clamped(layer, neuron, v)
         d = p1[:, tgt] - p0[:, tgt]
-        pair_up += int((d > 0).sum())
+        others = [int(x) for x in rng.choice(np.setdiff1d(np.arange(model.cfg.d_mlp), [neuron]), p.n_controls,
+                                               replace=False)] if p.n_controls else []
+        ctrl = [float((clamped(layer, c, v)[:, tgt] - p0[:, tgt]).mean()) for c in others]
+        pair_up += int((d > p.min_delta_p).sum())
+        control = float(np.mean(ctrl)) if ctrl else 0.0
         rows.append({"layer": layer, "neuron": neuron, "top_token": str_token(model, tgt), "top_id": tgt,
                      "clamp_value": v, "p_before": float(p0[:, tgt].mean()), "p_after": float(p1[:, tgt].mean()),
-                     "delta_p": float(d.mean()), "prompts_up": float((d > 0).float().mean()),
+                     "delta_p": float(d.mean()), "control_delta_p": control, "over_control": float(d.mean()) - control,
+                     "control_neurons": ",".join(map(str, others)),
+                     "prompts_up": float((d > p.min_delta_p).float().mean()),
                      "top1_after": float((p1.argmax(-1) == tgt).float().mean())})
     table = pd.DataFrame(rows)
+    from analyses.act import bootstrap_ci
+
+    over = table["over_control"].to_numpy()
+    ci = bootstrap_ci(over, seed=p.seed) if len(over) > 1 else (float(over[0]), float(over[0]))
     return ClampVerificationResult(
-        model_id=_model_id(model),
-        params={"n": len(pairs), "prompts": list(prompts), "value": value, "factor": factor, "min_value": min_value,
-                "by": by, "min_layer": min_layer},
-        table=table, fraction_up=float((table["delta_p"] > 0).mean()),
+        model_id=_model_id(model), params=params, table=table,
+        fraction_up=float((table["delta_p"] > p.min_delta_p).mean()),
         median_delta=float(table["delta_p"].median()), pair_fraction_up=pair_up / (len(pairs) * len(prompts)),
+        effect_over_control=float(over.mean()), effect_ci=tuple(ci),
+        method=method_label(p.method, direction, norm),
     )
 
 

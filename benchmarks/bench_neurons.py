@@ -9,11 +9,13 @@
    ``benchmarks.common.measure``; torch allocations are invisible to tracemalloc, RSS is
    not). Also shown: the decode with the softmax probability of each top token.
 2. **Search latency**: ``neurons_for_token(model, " dog")`` over all neurons (median of 5).
-3. **Clamp verification** (arXiv 2501.02688): the 20 most specialised neurons (largest
-   top-1 − top-2 logit margin) clamped to max(5, 10 × their largest |activation| on eight
-   neutral prompts); Δp of the decoded top token at the last position. And the "dog
-   neuron" demonstration: the neuron that most promotes " dog", clamped during greedy
-   generation from neutral prompts.
+3. **Labels and their verification**: top-1 agreement of the paper's method (up-projection
+   → LM head) and the write method (W_out → final norm → unembedding) over all neurons;
+   clamp verification of the 20 most specialised neurons *by each method* (largest top-1 −
+   top-2 logit margin), clamped to max(5, 10 × their largest |activation| on eight neutral
+   prompts), Δp of the label token at the last position against 5 random control neurons
+   of the same layer clamped to the same value. And the "dog neuron" demonstration: the
+   neuron that most promotes " dog", clamped during greedy generation from neutral prompts.
 4. The **GPU** numbers come from ``benchmarks/gpu_neuron_decode.py`` run on the lent GPU;
    its JSON (``benchmarks/gpu_neuron_decode.json``) is folded into the section if present.
 
@@ -80,7 +82,7 @@ def dog_demo(model):
     from probes.decoding import generate
     from probes.interventions import NeuronClamp
 
-    hits = neurons_for_token(model, " dog", top=3)
+    hits = neurons_for_token(model, " dog", top=3).table
     layer, neuron = int(hits.loc[0, "layer"]), int(hits.loc[0, "neuron"])
     rows = []
     for prompt in ["My favourite animal is the", "Yesterday I saw a", "Here is a short story:"]:
@@ -171,24 +173,37 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_clamp:
         from analyses.neurons import clamp_verification, decode_neurons
 
-        decoded = decode_neurons(model, k=2)
-        cv = clamp_verification(model, decoded, n=20)
-        print(cv.table.to_string(), flush=True)
+        from analyses.neurons import method_agreement
+
+        agree = method_agreement(model)
+        tot_agree = agree[agree.layer == -1].iloc[0]
+        lines += ["", "### Neuron labels: the paper's method vs the write direction", "",
+                  f"Top-1 decoded token of all {int(tot_agree.neurons):,} neurons under `method=\"paper\"` "
+                  "(up-projection column → LM head, no norm, arXiv 2501.02688) and `method=\"write\"` (W_out row → "
+                  f"final norm γ → unembedding): **same token for {int(tot_agree.same_top1)} neurons "
+                  f"({100 * tot_agree.agreement:.2f}%)**. Per layer: "
+                  + ", ".join(f"L{int(r.layer)} {100 * r.agreement:.1f}%" for r in agree[agree.layer >= 0].itertuples())
+                  + ". Every label in the workbench names its method."]
+        for method in ("paper", "write"):
+            cv = clamp_verification(model, n=20, method=method)
+            print(cv.table.to_string(), flush=True)
+            t = cv.table
+            lo, hi = cv.effect_ci
+            crow = [(f"L{a}N{b}", _cell(repr(c)), f"{v:.1f}", f"{p0:.4f}", f"{p1:.4f}", f"{d:+.4f}", f"{ctl:+.4f}")
+                    for a, b, c, v, p0, p1, d, ctl in zip(t["layer"], t["neuron"], t["top_token"], t["clamp_value"],
+                                                          t["p_before"], t["p_after"], t["delta_p"], t["control_delta_p"])]
+            lines += ["", f"### Clamp verification of {cv.method} labels on smollm2-135m", "",
+                      f"The 20 most specialised neurons by this method (largest top-1 − top-2 decoded logit), each "
+                      "clamped at every position to max(5, 10 × its largest |activation| on the eight neutral prompts of "
+                      "`analyses.neurons.NEUTRAL_PROMPTS`); p of its label token at the last position, mean over the "
+                      f"prompts; control = 5 random neurons of the same layer clamped to the same value. **Δp above "
+                      f"{cv.params.min_delta_p:g} for {100 * cv.fraction_up:.0f}% of the neurons** "
+                      f"({100 * cv.pair_fraction_up:.0f}% of neuron × prompt pairs); median Δp {cv.median_delta:+.4f}; "
+                      f"**effect over control {cv.effect_over_control:+.4f}, 95% bootstrap CI [{lo:+.4f}, {hi:+.4f}]**.", "",
+                      markdown_table(["neuron", "label", "clamp value", "p before", "p after", "Δp", "control Δp"], crow)]
         hits, (dl, dn), demo = dog_demo(model)
         dcard = decode_neurons(model, k=8, layers=[dl]).card(dl, dn)
-        t = cv.table
-        crow = [(f"L{a}N{b}", _cell(repr(c)), f"{v:.1f}", f"{p0:.4f}", f"{p1:.4f}", f"{d:+.4f}")
-                for a, b, c, v, p0, p1, d in zip(t["layer"], t["neuron"], t["top_token"], t["clamp_value"],
-                                                  t["p_before"], t["p_after"], t["delta_p"])]
-        lines += ["", "### Clamp verification (arXiv 2501.02688) on smollm2-135m", "",
-                  "The 20 most specialised neurons (largest top-1 − top-2 decoded logit), each clamped at every "
-                  "position to max(5, 10 × its largest |activation| on the eight neutral prompts of "
-                  "`analyses.neurons.NEUTRAL_PROMPTS`); p of its decoded top token at the last position, mean "
-                  f"over the prompts. **p rose for {100 * cv.fraction_up:.0f}% of the neurons** "
-                  f"({100 * cv.pair_fraction_up:.0f}% of neuron × prompt pairs); **median Δp {cv.median_delta:+.4f}**. "
-                  "Most of these neurons decode to sub-word or punctuation tokens (the margin criterion "
-                  "favours them), not to topical words.", "",
-                  markdown_table(["neuron", "top token", "clamp value", "p before", "p after", "Δp"], crow), "",
+        lines += ["",
                   f"**Dog neuron.** The neuron that most promotes ' dog' (`neurons_for_token`) is L{dl}N{dn}; "
                   f"its decoded top tokens: {', '.join(repr(x) for x in dcard['top_token'])}. It exists in "
                   "smollm2-135m (last layer). Greedy continuations, without and with the neuron clamped:", "",
@@ -206,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 for r in det.itertuples()]
         lines += ["", "### Neuron taxonomy (Voita et al.) on smollm2-135m", "",
                   f"`neuron_activity` over the first 48 texts of the `mixed` set ({tres.n_tokens:,} tokens, "
-                  f"{t_tax:.0f} s on this machine), default thresholds (fires when activation > 0.5; token "
+                  f"{t_tax:.0f} s on this machine), default thresholds (fires when |activation| > 0.5 — SiLU(gate)·up is signed; token "
                   "detector: ≥ 5 firings, ≥ 80% of them on ≤ 3 token types, firing on ≥ 50% of the top type's "
                   "occurrences; positional: η²(position) ≥ 0.5 and ≥ 2 × η²(token)). Of "
                   f"{int(tot.sum()):,} neurons: **{int(tot['dead'])} dead, {int(tot['token detector'])} token "

@@ -130,7 +130,7 @@ def decode(model, ids) -> str:
 def text_ids(model, text: str) -> list[int]:
     """Token ids of a text of any length, no BOS and no length check — for long texts that
     the caller cuts to size (streaming, text sets)."""
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str) or text == "":
         raise InputError("The text is empty.")
     if model.tokenizer is None:
         raise InputError("This model has no tokenizer: pass token ids instead of text.")

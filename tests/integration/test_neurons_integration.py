@@ -34,7 +34,7 @@ def _doglike(s: str) -> bool:
 def test_search_dog_finds_a_dog_neuron(smollm2, decoded):
     from analyses.neurons import neurons_for_token
 
-    hits = neurons_for_token(smollm2.model, " dog", top=5)
+    hits = neurons_for_token(smollm2.model, " dog", top=5).table
     layer, neuron = int(hits.loc[0, "layer"]), int(hits.loc[0, "neuron"])
     card = decoded.card(layer, neuron)
     assert sum(_doglike(t) for t in card["top_token"]) >= 3  # a dog neuron exists: verified, not assumed
@@ -48,12 +48,15 @@ def test_search_dog_finds_a_dog_neuron(smollm2, decoded):
 def test_clamping_the_dog_neuron_raises_its_token(smollm2):
     from analyses.neurons import clamp_verification, neurons_for_token
 
-    hits = neurons_for_token(smollm2.model, " dog", top=1)
+    hits = neurons_for_token(smollm2.model, " dog", top=1).table
     pair = (int(hits.loc[0, "layer"]), int(hits.loc[0, "neuron"]))
-    res = clamp_verification(smollm2.model, neurons=[pair], prompts=["I think that", "Here is a short story:", "The"])
+    res = clamp_verification(smollm2.model, neurons=[pair], prompts=["I think that", "Here is a short story:", "The"],
+                             method="write", n_controls=3, value=100.0)
     row = res.table.iloc[0]
     assert _doglike(row["top_token"])
-    assert row["p_after"] > row["p_before"] and res.pair_fraction_up == 1.0
+    # above the stated minimum, and far above what clamping random neurons of that layer does
+    assert row["delta_p"] > res.params.min_delta_p and res.pair_fraction_up == 1.0
+    assert row["delta_p"] > 100 * max(row["control_delta_p"], 1e-9)
 
 
 def test_bad_input_on_real_model(smollm2):

@@ -8,6 +8,7 @@ from analyses.neurons import (
     clamp_verification,
     decode_directions,
     decode_neurons,
+    method_agreement,
     neuron_activity,
     neurons_for_token,
     topk_both,
@@ -62,9 +63,9 @@ def test_planted_neuron_decodes_to_its_token():
     res = decode_neurons(m, k=5)
     assert int(res.top_ids[L_PLANT, N_PLANT, 0]) == T_PLANT
     # it is also the neuron that most promotes the token, found by the exact search
-    hits = neurons_for_token(m, T_PLANT, top=3)
+    hits = neurons_for_token(m, T_PLANT, top=3).to_frame()
     assert (int(hits.loc[0, "layer"]), int(hits.loc[0, "neuron"])) == (L_PLANT, N_PLANT)
-    assert int(hits.loc[0, "rank_of_token"]) == 1
+    assert int(hits.loc[0, "rank_of_token"]) == 1 and hits.loc[0, "method"].startswith("write")
     # the offline search over the stored top-k agrees
     off = res.search(T_PLANT)
     assert (int(off.loc[0, "layer"]), int(off.loc[0, "neuron"])) == (L_PLANT, N_PLANT)
@@ -72,14 +73,47 @@ def test_planted_neuron_decodes_to_its_token():
     assert card.loc[0, "top_token"] == f"<{T_PLANT}>"
 
 
-def test_final_norm_gamma_is_what_makes_the_plant_decode():
-    """norm='final' folds γ in; the raw variant decodes W_U^T w, a different vector."""
-    m = planted_model()
-    w = m.blocks[L_PLANT].mlp.W_out[N_PLANT].detach()
-    raw = unembedding(m, "raw")
-    fin = unembedding(m, "final")
-    assert torch.allclose(w @ fin, 3 * m.unembed.W_U[:, T_PLANT].detach() @ m.unembed.W_U.detach(), atol=1e-4)
-    assert torch.allclose(w @ raw, w @ m.unembed.W_U.detach())
+def _axis_model():
+    """W_U is the identity on the first 32 tokens (token t ↔ residual axis t, tokens ≥ 32
+    unreachable), the final norm's γ is 0.5 + t/32 on axis t; neuron (0, 2) writes 2·e_3 and
+    reads (up-projection) e_9; neuron (0, 4) writes 4·e_20 and reads e_20."""
+    m = tiny_model(n_layers=1, d_model=32, d_mlp=8, d_vocab=50, seed=2, dtype=torch.float64)
+    with torch.no_grad():
+        m.unembed.W_U.zero_()
+        m.unembed.W_U[:, :32] = torch.eye(32, dtype=torch.float64)
+        m.ln_final.w.copy_(0.5 + torch.arange(32, dtype=torch.float64) / 32)
+        mlp = m.blocks[0].mlp
+        mlp.W_out.zero_()
+        mlp.W_in.zero_()
+        mlp.W_out[2, 3] = 2.0
+        mlp.W_in[9, 2] = 1.0
+        mlp.W_out[4, 20] = 4.0
+        mlp.W_in[20, 4] = 1.0
+    return m
+
+
+def test_methods_decode_what_they_say_values_by_hand():
+    """write = W_Uᵀ(γ ⊙ W_out[n]); paper = W_Uᵀ W_in[:, n] with no norm — on axis-aligned
+    weights the top logits are known by hand: write 2·γ_3 = 2·(0.5 + 3/32) on token 3,
+    raw LM head 2 on token 3, paper 1 on token 9."""
+    m = _axis_model()
+    write = decode_neurons(m, k=2, method="write")
+    raw = decode_neurons(m, k=2, method="custom", direction="out", norm="raw")
+    paper = decode_neurons(m, k=2, method="paper")
+    assert int(write.top_ids[0, 2, 0]) == 3 and int(raw.top_ids[0, 2, 0]) == 3 and int(paper.top_ids[0, 2, 0]) == 9
+    assert float(write.top_logits[0, 2, 0]) == pytest.approx(2 * (0.5 + 3 / 32), rel=1e-6)
+    assert float(raw.top_logits[0, 2, 0]) == pytest.approx(2.0, rel=1e-6)
+    assert float(paper.top_logits[0, 2, 0]) == pytest.approx(1.0, rel=1e-6)
+    assert float(write.top_logits[0, 4, 0]) == pytest.approx(4 * (0.5 + 20 / 32), rel=1e-6)
+    assert "paper" in paper.method and "write" in write.method
+    assert set(paper.to_frame()["method"]) == {paper.method}
+    agree = method_agreement(m)
+    row = agree[agree.layer == 0].iloc[0]
+    # neuron 4 agrees (token 20 both ways); neuron 2 does not (3 vs 9); the zero neurons tie at token 0
+    top_p, top_w = paper.top_ids[0, :, 0], write.top_ids[0, :, 0]
+    assert int(row.same_top1) == int((top_p == top_w).sum()) and int(top_p[4]) == int(top_w[4]) == 20
+    with pytest.raises(InputError, match="custom"):
+        decode_neurons(m, method="paper", norm="final")
 
 
 def test_decode_result_roundtrip(tmp_path):
@@ -97,8 +131,8 @@ def test_bad_input_messages():
     m = planted_model()
     with pytest.raises(InputError, match="layer"):
         decode_neurons(m, layers=[2])
-    with pytest.raises(InputError, match="norm"):
-        decode_neurons(m, norm="nope")
+    with pytest.raises(InputError, match="method"):
+        decode_neurons(m, method="nope")
     with pytest.raises(InputError, match="token id"):
         neurons_for_token(m, 50)
     with pytest.raises(InputError, match="tokenizer"):
@@ -187,14 +221,56 @@ def test_taxonomy_positional():
     assert float(prof[-1]) > 2.0 > float(prof[0])
 
 
-def test_clamp_raises_planted_token_probability():
-    m = planted_model()
-    prompts = [[1, 2, 3, 4], [10, 11], [20, 30, 40, 41, 42]]
-    res = clamp_verification(m, neurons=[(L_PLANT, N_PLANT)], prompts=prompts, value=30.0)
-    row = res.table.iloc[0]
-    assert int(row["top_id"]) == T_PLANT
-    assert row["p_after"] > row["p_before"] and res.fraction_up == 1.0
-    assert res.pair_fraction_up == 1.0 and row["top1_after"] == 1.0
+def test_negative_only_neuron_is_not_dead():
+    """SiLU(gate)·up is signed: gate = 20·u and up = −u make neuron 3 fire only strongly
+    *negative* (≈ −20·d·cos²) on token 7. |activation| > threshold counts that as firing, so
+    the neuron is a token detector, not dead; a neuron at exactly 0 everywhere is dead."""
+    m, threshold = wired_token_model()
+    with torch.no_grad():
+        m.blocks[0].mlp.W_in[:, 3] *= -1
+    res = neuron_activity(m, texts=_random_texts(), threshold=threshold, max_types=64, max_positions=64)
+    assert float(res.max_act[0, 3]) < threshold and float(res.min_act[0, 3]) < -threshold
+    assert res.CATEGORIES[int(res.category[0, 3])] == "token detector" and int(res.top_token_ids[0, 3, 0]) == 7
+    assert res.CATEGORIES[int(res.category[0, 4])] == "dead"
+
+
+def test_clamp_verification_separates_a_true_label_from_a_false_one():
+    """Paper-method labels are verified against controls. Neuron (0, 2) reads token 9's
+    direction but writes token 3's: its label (9) does not rise more than random clamps
+    raise it. Neuron (0, 4) reads and writes token 20: its label rises far above control."""
+    m = _axis_model()
+    with torch.no_grad():
+        m.blocks[0].mlp.W_out[2].zero_()
+        m.blocks[0].mlp.W_out[2, 3] = 5.0  # a strong write elsewhere
+        m.blocks[0].mlp.W_out[4].zero_()
+        m.blocks[0].mlp.W_out[4, 20] = 5.0
+    prompts = [[1, 2, 3, 4], [10, 11], [20, 30, 35, 36, 37]]
+    res = clamp_verification(m, neurons=[(0, 2), (0, 4)], prompts=prompts, value=30.0, n_controls=3)
+    t = res.table.set_index("neuron")
+    assert int(t.loc[2, "top_id"]) == 9 and int(t.loc[4, "top_id"]) == 20  # paper-method labels
+    assert t.loc[4, "over_control"] > 0.5 and t.loc[4, "delta_p"] > res.params.min_delta_p
+    assert abs(t.loc[2, "over_control"]) < 0.05 and t.loc[2, "delta_p"] < 0.05
+    assert res.fraction_up == 0.5 and "paper" in res.method
+    assert len(t.loc[4, "control_neurons"].split(",")) == 3
+    lo, hi = res.effect_ci
+    assert lo <= res.effect_over_control <= hi
+
+
+def test_neuron_results_rerun_to_equal_tables(tmp_path):
+    import pandas as pd
+
+    m = _axis_model()
+    results = [decode_neurons(m, k=3, method="paper"), neurons_for_token(m, 20, top=3),
+               neuron_activity(m, texts=_random_texts(n=4, length=10), max_types=16, max_positions=16),
+               clamp_verification(m, neurons=[(0, 4)], prompts=[[1, 2, 3]], value=10.0, n_controls=2)]
+    from analyses.neurons import max_activating
+
+    results.append(max_activating(m, 0, 4, texts=_random_texts(n=3, length=8), k=3))
+    for r in results:
+        r.save(tmp_path / r.kind)
+        back = Result.load(tmp_path / r.kind)
+        assert back.params == r.params
+        pd.testing.assert_frame_equal(back.rerun(m).to_frame(), r.to_frame())
 
 
 def test_decode_directions_rejects_bad_k():
