@@ -55,7 +55,7 @@ def test_clamping_the_dog_neuron_raises_its_token(smollm2):
     row = res.table.iloc[0]
     assert _doglike(row["top_token"])
     # above the stated minimum, and far above what clamping random neurons of that layer does
-    assert row["delta_p"] > res.params.min_delta_p and res.pair_fraction_up == 1.0
+    assert row["delta_p"] > res.params.min_delta_p and res.fraction_up == 1.0  # mean over the 3 prompts
     assert row["delta_p"] > 100 * max(row["control_delta_p"], 1e-9)
 
 
