@@ -17,15 +17,19 @@ final answer is already the top-1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
+from probes import hooknames
 from probes.errors import InputError
-from probes.results import Result
+from probes.models import model_id
+from probes.readout import logits_from_resid
+from probes.results import Params, Result, analysis
+from probes.tokens import text_ids
 
 
 @dataclass(frozen=True)
@@ -65,14 +69,14 @@ class LogitLensResult(Result):
 
         L, T, _ = self.top_ids.shape
         xlab = [f"{i}:{t!r}" for i, t in enumerate(self.tokens)]
-        variant = "final norm + W_U" if self.params["norm"] == "final" else "raw W_U (LLM-Microscope)"
+        variant = "final norm + W_U" if self.params.norm == "final" else "raw W_U (LLM-Microscope)"
         heat = go.Figure(go.Heatmap(
             z=self.top_probs[:, :, 0].numpy(), x=xlab, y=list(range(L)), text=self.top_tokens[:, :, 0],
             texttemplate="%{text}", colorscale="Blues", zmin=0, zmax=1, colorbar={"title": "p(top)"},
             hovertemplate="layer %{y}, %{x}<br>top %{text} p=%{z:.3f}<extra></extra>"))
         heat.update_layout(title=f"Logit lens ({variant}): top token and its probability",
                            xaxis_title="position: input token", yaxis_title="layer", height=max(400, 22 * L))
-        pos = T - 1 if self.params.get("pos") is None else self.params["pos"]
+        pos = T - 1 if self.params.pos is None else self.params.pos % T
         traj = go.Figure()
         traj.add_trace(go.Scatter(x=list(range(L)), y=self.target_prob[:, pos].numpy(), name="probability",
                                   mode="lines+markers"))
@@ -90,29 +94,39 @@ class LogitLensResult(Result):
 
 
 def decode_resid(model, resid: torch.Tensor, norm: Literal["final", "raw"] = "final") -> torch.Tensor:
-    """Logits for residual states [..., d_model]: ``unembed(ln_final(h))`` or raw ``h·W_U + b_U``."""
-    if norm == "final":
-        return model.unembed(model.ln_final(resid))
-    if norm == "raw":
-        return resid @ model.W_U + model.b_U
-    raise InputError(f"norm must be 'final' or 'raw', not {norm!r}.")
+    """Logits for residual states [..., d_model] (:func:`probes.readout.logits_from_resid`)."""
+    if norm not in ("final", "raw"):
+        raise InputError(f"norm must be 'final' or 'raw', not {norm!r}.")
+    return logits_from_resid(model, resid, final_norm=norm == "final")
 
 
-def logit_lens(
-    model,
-    prompt,
-    target: str | int | None = None,
-    norm: Literal["final", "raw"] = "final",
-    k: int = 5,
-    pos: int | None = None,
-    prepend_bos: bool | None = None,
-) -> LogitLensResult:
+@dataclass(frozen=True)
+class LogitLensParams(Params):
+    kind: ClassVar[str] = "logit_lens"
+    prompt: str | tuple[int, ...] = field(default="The capital of France is", metadata={"help": "the text to decode"})
+    target: str | int | None = field(default=None, metadata={"help": "a single token to track (None: the final top-1)"})
+    norm: Literal["final", "raw"] = field(default="final", metadata={
+        "help": "final: final norm + unembedding (logit lens); raw: LM head without the norm (LLM-Microscope)"})
+    k: int = field(default=5, metadata={"help": "top tokens per cell"})
+    pos: int | None = field(default=None, metadata={"help": "position the trajectory figure shows (None: last)"})
+    prepend_bos: bool | None = field(default=None, metadata={"help": "prepend the model's BOS token (None: the model's policy)"})
+
+    def __post_init__(self):
+        if not isinstance(self.prompt, str):
+            object.__setattr__(self, "prompt", tuple(int(i) for i in torch.as_tensor(self.prompt).reshape(-1).tolist()))
+        if self.norm not in ("final", "raw"):
+            raise InputError(f"norm must be 'final' or 'raw', not {self.norm!r}.")
+
+
+@analysis(LogitLensParams)
+def logit_lens(model, params: LogitLensParams) -> LogitLensResult:
     """Decode every layer × position of ``prompt`` (text or token ids).
 
     ``target``: a token (string that must be one token, or an id) whose rank/probability is
     tracked at every position; default the model's final top-1 at each position. ``pos``
     only picks the position the trajectory figure shows (default the last).
     """
+    prompt, target, norm, k, pos, prepend_bos = params.prompt, params.target, params.norm, params.k, params.pos, params.prepend_bos
     from probes.capture import run
     from probes.tokens import encode, str_tokens
 
@@ -127,7 +141,7 @@ def logit_lens(
         raise InputError(f"pos {pos} is out of range: the prompt has {T} tokens.")
     pos = None if pos is None else pos % T
     L = model.cfg.n_layers
-    names = [f"blocks.{layer}.hook_resid_post" for layer in range(L)]
+    names = [hooknames.name("resid_post", layer) for layer in range(L)]
     out = run(model, [ids], capture=names)
     resid = torch.stack([out.activations[n][0] for n in names])  # [L, T, d]
     with torch.no_grad():
@@ -147,9 +161,8 @@ def logit_lens(
     first = [int(torch.nonzero(is_top[:, t])[0]) if is_top[:, t].any() else -1 for t in range(T)]
     labels = str_tokens(model, ti.reshape(-1))
     return LogitLensResult(
-        model_id=getattr(getattr(model, "mechscope_spec", None), "name", "custom"),
-        params={"prompt": prompt if isinstance(prompt, str) else None, "target": target, "norm": norm, "k": k,
-                "pos": pos, "prepend_bos": prepend_bos},
+        model_id=model_id(model),
+        params=params,
         tokens=str_tokens(model, ids), token_ids=[int(i) for i in ids],
         top_ids=ti.to(torch.int32), top_probs=tp, top_tokens=np.array(labels, dtype=object).reshape(L, T, k),
         target_ids=[int(i) for i in tgt], target_tokens=str_tokens(model, tgt),
@@ -158,15 +171,15 @@ def logit_lens(
 
 
 def _single_token(model, target: str | int) -> int:
-    from probes.errors import check_range
-
     if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        from probes.errors import check_range
+
         return check_range("target token id", int(target), model.cfg.d_vocab)
     if not isinstance(target, str) or target == "":
         raise InputError("The target must be a non-empty string or a token id.")
     if model.tokenizer is None:
         raise InputError("This model has no tokenizer: give the target as a token id.")
-    ids = model.tokenizer(target, add_special_tokens=False)["input_ids"]
+    ids = text_ids(model, target)
     if len(ids) != 1:
         raise InputError(f"The target {target!r} is {len(ids)} tokens; give a single token (e.g. with a leading space).")
-    return int(ids[0])
+    return ids[0]

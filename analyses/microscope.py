@@ -12,27 +12,41 @@ final norm applied; here every state is pre-norm), over every real token of the 
   Σ_i (E_i^l)² = 1 − linearity_l. High values mark the tokens whose update is least linear
   (the paper finds punctuation and stop words).
 * :func:`anisotropy` — largest eigenvalue / sum of eigenvalues of the centred covariance.
-* :func:`twonn_dimension` — TwoNN intrinsic dimension (Facco et al. 2017): μ_i = r2/r1, the
-  ratio of each point's second to first nearest-neighbour distance. ``method="mle"``
-  (default): d = N / Σ log μ_i. ``method="fit"``: Facco's linear fit through the origin of
-  −log(1 − F_emp(μ)) against log μ, discarding the largest 10% of μ. (The LLM-Microscope
-  notebook fits on the smallest fifth of μ instead; both estimate the same d.) Duplicate
-  points are merged first (a duplicate has r1 = 0, and its neighbours r1 = r2).
+* :func:`twonn_dimension` — TwoNN intrinsic dimension (Facco et al. 2017) from μ_i = r2/r1,
+  the ratio of each point's second to first nearest-neighbour distance.
+  ``method="reference"`` (default) is LLM-Microscope's estimator: states centred and divided
+  by their mean norm; points with μ ≤ 1 (duplicates, ties) are set aside but still count in
+  the empirical CDF F_i = (rank among all N points)/N; d is the slope through the origin of
+  −log(1 − F) against log μ over only the smallest fifth of the remaining μ (its
+  ``reduction_factor`` 5). ``method="mle"``: d = n / Σ log μ_i over distinct points.
+  ``method="fit"``: Facco's fit through the origin discarding the largest 10% of μ. The three
+  give different numbers on the same states; the table says which one it used.
+* :func:`contextualisation` — the paper's contextualisation score of a layer: how much of a
+  token's state is explained by the *previous* tokens' states, measured as the linearity
+  score (same centring, normalisation and least squares) between each token's state and the
+  mean of the states before it in its text.
+
+Rows follow the reference: the embedding output, the state after every block, and the
+final *normed* state (what HF returns as the last hidden state). The pre-norm state after
+the last block is kept as an extra, labelled row.
 """
 
 from __future__ import annotations
 
 import string
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Literal, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from probes import hooknames
 from probes.errors import InputError
-from probes.results import Result
+from probes.models import model_id
+from probes.readout import final_norm
+from probes.results import Params, Result, analysis
 
 
 @contextmanager
@@ -92,33 +106,108 @@ def anisotropy(X: torch.Tensor) -> float:
     return float(ev[-1] / tr) if tr > 0 else float("nan")
 
 
-def twonn_dimension(X, method: Literal["mle", "fit"] = "mle", discard: float = 0.1) -> float:
-    """TwoNN intrinsic dimension of the points X [n, d] (see the module docstring)."""
+TWONN_METHODS = ("reference", "mle", "fit")
+
+
+def twonn_ratios(X) -> np.ndarray:
+    """μ = r2/r1 of every point of X [n, d] (float64; r1 = 0 gives μ = 0: a duplicate)."""
     from sklearn.neighbors import NearestNeighbors
 
     X = np.asarray(X.detach().cpu().double() if isinstance(X, torch.Tensor) else X, dtype=np.float64)
     if X.ndim != 2 or X.shape[0] < 3:
         raise InputError("TwoNN needs at least three points in a [n, d] array.")
-    X = np.unique(X, axis=0)  # duplicates would give r1 = 0 (and their neighbours r1 = r2)
-    if X.shape[0] < 3:
-        raise InputError("TwoNN: too few distinct points.")
+    if not np.isfinite(X).all():
+        raise InputError("TwoNN: the states contain NaN or infinite values.")
     dist, _ = NearestNeighbors(n_neighbors=3).fit(X).kneighbors(X)
+    # kneighbors returns the point itself first unless a duplicate ties with it: either way
+    # column 0 is at distance 0, columns 1 and 2 are the two nearest others
     r1, r2 = dist[:, 1], dist[:, 2]
-    mu = r2 / r1
-    if len(mu) < 3:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(r1 > 1e-8, r2 / np.where(r1 > 1e-8, r1, 1.0), 0.0)
+
+
+def twonn_from_ratios(mu, method: str = "reference", reduction_factor: int = 5, discard: float = 0.1) -> float:
+    """The TwoNN estimate from the ratios μ (see the module docstring for the methods)."""
+    mu = np.sort(np.asarray(mu, dtype=np.float64))
+    if method == "reference":
+        eps = 1e-8
+        set_aside = int((mu <= 1 + eps).sum())
+        kept = mu[set_aside:]
+        n, total = len(kept), len(mu)
+        use = min(n // reduction_factor, n - 1)
+        if use < 1:
+            raise InputError("TwoNN: too few points with distinct neighbours for the reference fit.")
+        F = (np.arange(1, n + 1) + set_aside) / total
+        x, y = np.log(kept[:use]), -np.log(1 - F[:use])
+        return float((x * y).sum() / (x * x).sum())
+    kept = mu[mu > 1]
+    if len(kept) < 3:
         raise InputError("TwoNN: too few distinct points.")
-    logmu = np.log(mu)
+    logmu = np.log(kept)
     if method == "mle":
-        s = logmu.sum()
-        return float(len(mu) / s) if s > 0 else float("inf")
-    if method != "fit":
-        raise InputError(f"TwoNN method must be 'mle' or 'fit', not {method!r}.")
-    order = np.sort(logmu)
-    n = len(order)
-    F = np.arange(1, n + 1) / n
-    keep = int(np.floor(n * (1 - discard)))
-    x, y = order[:keep], -np.log(1 - F[:keep])
-    return float((x * y).sum() / (x * x).sum())
+        return float(len(kept) / logmu.sum())
+    if method == "fit":
+        n = len(logmu)
+        F = np.arange(1, n + 1) / n
+        keep = int(np.floor(n * (1 - discard)))
+        x, y = logmu[:keep], -np.log(1 - F[:keep])
+        return float((x * y).sum() / (x * x).sum())
+    raise InputError(f"TwoNN method must be one of {', '.join(TWONN_METHODS)}, not {method!r}.")
+
+
+def twonn_dimension(X, method: str = "reference", reduction_factor: int = 5, discard: float = 0.1) -> float:
+    """TwoNN intrinsic dimension of the points X [n, d] (see the module docstring).
+
+    ``reference`` centres X and divides by the mean norm first (as LLM-Microscope does: the
+    ratios do not change, the 1e-8 duplicate threshold then applies on a fixed scale);
+    ``mle`` and ``fit`` merge duplicate points (r1 = 0) and set ties (μ = 1) aside.
+    """
+    if method not in TWONN_METHODS:
+        raise InputError(f"TwoNN method must be one of {', '.join(TWONN_METHODS)}, not {method!r}.")
+    X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X).double()
+    if method == "reference":
+        X = X - X.mean(dim=0, keepdim=True)
+        X = X / X.norm(dim=1).mean().clamp(min=1e-300)
+    else:
+        X = torch.from_numpy(np.unique(X.numpy(), axis=0))
+    return twonn_from_ratios(twonn_ratios(X), method, reduction_factor, discard)
+
+
+def contextualisation(states: torch.Tensor, embeds: torch.Tensor, lengths: Sequence[int]) -> tuple[float, torch.Tensor]:
+    """Linear contextual-memory proxy of one layer: how well each token's state [n, d]
+    linearly recovers the mean *input embedding* of the tokens before it in its text.
+
+    The paper (arXiv 2502.15007) scores C_i = −log P(prefix | e_i) with a trained decoder
+    (layer pooling, an MLP and a copy of the model); this is the closest closed-form
+    analogue: least squares fitted on the even-numbered texts, scored on the odd ones.
+    Returns (held-out R², per-token reconstruction error ‖ŷ − y‖/‖y‖ for every token with a
+    past; NaN for first tokens). Higher R² = more of the prefix is in the state.
+    """
+    X_rows, Y_rows, owner, where, start = [], [], [], [], 0
+    for t, n in enumerate(lengths):
+        if n >= 2:
+            e = embeds[start : start + n].double()
+            past = e.cumsum(0)[:-1] / torch.arange(1, n, dtype=e.dtype)[:, None]  # mean embedding of tokens < i
+            X_rows.append(states[start + 1 : start + n].double())
+            Y_rows.append(past)
+            owner += [t % 2] * (n - 1)
+            where += list(range(start + 1, start + n))
+        start += n
+    if not X_rows:
+        raise InputError("Contextualisation needs texts of at least two tokens.")
+    X, Y, owner = torch.cat(X_rows), torch.cat(Y_rows), torch.tensor(owner)
+    fit, test = owner == 0, owner == 1
+    if int(fit.sum()) < 2 or int(test.sum()) < 1:
+        raise InputError("Contextualisation needs at least two texts (fitted on even, scored on odd ones).")
+    mx, my = X[fit].mean(0, keepdim=True), Y[fit].mean(0, keepdim=True)
+    with _lapack_threads():
+        A = torch.linalg.lstsq(X[fit] - mx, Y[fit] - my, driver="gelsd").solution
+    pred = (X - mx) @ A + my
+    resid = (pred - Y)[test]
+    r2 = 1.0 - float(resid.pow(2).sum() / (Y[test] - Y[test].mean(0, keepdim=True)).pow(2).sum())
+    err = torch.full((states.shape[0],), float("nan"), dtype=torch.float64)
+    err[torch.tensor(where)] = (pred - Y).norm(dim=1) / Y.norm(dim=1).clamp(min=1e-12)
+    return r2, err.float()
 
 
 _STOP = set("""a an the and or but if of to in on at by for with from as is are was were be been it its
@@ -142,15 +231,40 @@ def token_class(tok: str) -> str:
 
 
 @dataclass(frozen=True)
-class MicroscopeResult(Result):
-    """Per-layer metrics (index 0 = embeddings, l+1 = after block l) and per-token
-    nonlinearity (column l = the transformation by block l)."""
+class MicroscopeParams(Params):
+    """Parameters of :func:`microscope`. Defaults follow LLM-Microscope: the first 4,096
+    tokens, the reference TwoNN estimator on all of them."""
 
-    linearity: np.ndarray  # [n_layers]      state l → l+1
-    anisotropy: np.ndarray  # [n_layers + 1]
-    intrinsic_dim: np.ndarray  # [n_layers + 1]
-    nonlinearity: torch.Tensor  # [n_tokens, n_layers]
-    tokens: pd.DataFrame  # one row per token: text, pos, token, token_id, class, mean nonlinearity
+    kind: ClassVar[str] = "microscope"
+    texts: object = field(default="mixed", metadata={"help": "shipped text set, or a list of texts"})
+    max_tokens: int = field(default=4096, metadata={"help": "tokens in all (texts in order, cut to fit)"})
+    max_tokens_per_text: int = field(default=256, metadata={"help": "first tokens of each text"})
+    id_points: int = field(default=4096, metadata={"help": "TwoNN on the first this many tokens"})
+    id_method: Literal["reference", "mle", "fit"] = field(default="reference", metadata={
+        "help": "TwoNN estimator: reference (LLM-Microscope's) | mle | fit"})
+    batch_size: int = field(default=8, metadata={"help": "texts per forward pass"})
+
+    def __post_init__(self):
+        if not isinstance(self.texts, str):
+            object.__setattr__(self, "texts", tuple(self.texts))
+        if self.id_method not in TWONN_METHODS:
+            raise InputError(f"TwoNN method must be one of {', '.join(TWONN_METHODS)}, not {self.id_method!r}.")
+
+
+@dataclass(frozen=True)
+class MicroscopeResult(Result):
+    """Per-state metrics, rows as the reference: ``embed``, ``after block l`` (l < L−1),
+    ``final (normed)`` — the last block's output through the final norm — and the extra
+    labelled row ``after block L−1 (pre-norm)``; per-token nonlinearity (column l = the
+    transformation from row l to row l+1 of the reference rows)."""
+
+    states: tuple  # row labels
+    linearity: np.ndarray  # [n_rows − 1] state r → r+1 (nan on the extra row)
+    anisotropy: np.ndarray  # [n_rows]
+    intrinsic_dim: np.ndarray  # [n_rows]
+    contextualisation: np.ndarray  # [n_rows] held-out R² of the linear prefix-memory proxy
+    nonlinearity: torch.Tensor  # [n_tokens, n_reference_rows − 1]
+    tokens: pd.DataFrame  # one row per token: text, pos, token, token_id, class, nonlinearity, context error
 
     kind = "microscope"
 
@@ -165,29 +279,29 @@ class MicroscopeResult(Result):
                 .sort_values("mean", ascending=False).reset_index())
 
     def to_frame(self) -> pd.DataFrame:
-        n = len(self.linearity)
         return pd.DataFrame({
-            "state": ["embed"] + [f"after block {i}" for i in range(n)],
+            "state": list(self.states),
             "linearity_to_next": list(self.linearity) + [np.nan],
             "anisotropy": self.anisotropy,
             "intrinsic_dim": self.intrinsic_dim,
+            "id_method": self.params.id_method,
+            "contextualisation_r2": self.contextualisation,
         })
 
     def figures(self) -> dict:
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
-        n = len(self.linearity)
-        fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
-                            subplot_titles=("Linearity score of block l (state l → l+1)",
-                                            "Anisotropy of the state after block l (−1 = embeddings)",
-                                            f"Intrinsic dimension (TwoNN, {self.params['id_method']})"))
-        fig.add_trace(go.Scatter(x=list(range(n)), y=self.linearity, mode="lines+markers", name="linearity"), 1, 1)
-        xs = list(range(-1, n))
+        xs = list(self.states)
+        fig = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.05,
+                            subplot_titles=("Linearity score (state → next state)", "Anisotropy",
+                                            f"Intrinsic dimension (TwoNN, {self.params.id_method})",
+                                            "Contextualisation (held-out R², linear prefix-memory proxy)"))
+        fig.add_trace(go.Scatter(x=xs[:-1], y=self.linearity, mode="lines+markers", name="linearity"), 1, 1)
         fig.add_trace(go.Scatter(x=xs, y=self.anisotropy, mode="lines+markers", name="anisotropy"), 2, 1)
         fig.add_trace(go.Scatter(x=xs, y=self.intrinsic_dim, mode="lines+markers", name="TwoNN ID"), 3, 1)
-        fig.update_layout(height=750, showlegend=False, title=f"LLM-Microscope metrics over {len(self.tokens)} tokens")
-        fig.update_xaxes(title_text="layer", row=3, col=1)
+        fig.add_trace(go.Scatter(x=xs, y=self.contextualisation, mode="lines+markers", name="contextualisation"), 4, 1)
+        fig.update_layout(height=950, showlegend=False, title=f"LLM-Microscope metrics over {len(self.tokens)} tokens")
         c = self.by_class()
         bar = go.Figure(go.Bar(x=c["token_class"], y=c["mean"], text=c["count"], texttemplate="n=%{text}"))
         bar.update_layout(title="Mean per-token nonlinearity by token class (LLM-Microscope)",
@@ -198,61 +312,67 @@ class MicroscopeResult(Result):
         return {"layer_metrics": fig, "nonlinearity_by_class": bar, "most_nonlinear_tokens": top}
 
 
-def microscope(
-    model,
-    texts: str | Sequence[str] = "mixed",
-    max_tokens: int = 4096,
-    max_tokens_per_text: int = 256,
-    id_points: int = 2000,
-    id_method: Literal["mle", "fit"] = "mle",
-    seed: int = 0,
-    batch_size: int = 8,
-    progress=False,
-) -> MicroscopeResult:
-    """Linearity, anisotropy, TwoNN dimension per layer and per-token nonlinearity over a text
-    set, truncated to ``max_tokens`` tokens in all (texts cut to ``max_tokens_per_text``).
-    TwoNN runs on a random subset of ``id_points`` tokens per layer (seeded)."""
+def _twonn_or_nan(x: torch.Tensor, method: str) -> float:
+    """TwoNN of one state; NaN where too few points have distinct neighbours (a tiny
+    vocabulary's embedding row is mostly duplicates)."""
+    try:
+        return twonn_dimension(x, method=method)
+    except InputError:
+        return float("nan")
+
+
+@analysis(MicroscopeParams)
+def microscope(model, params: MicroscopeParams, progress=False) -> MicroscopeResult:
+    """Linearity, anisotropy, TwoNN dimension and contextualisation per state, and per-token
+    nonlinearity, over a text set truncated to ``max_tokens`` tokens in all (texts cut to
+    ``max_tokens_per_text``). TwoNN runs on the first ``id_points`` tokens."""
     from analyses.neurons import _encode_texts, resolve_texts
     from probes.capture import run
     from probes.tokens import str_tokens
 
-    texts_list = resolve_texts(texts)
+    p = params
+    texts_list = resolve_texts(p.texts)
     seqs, total = [], 0
-    for s in _encode_texts(model, texts_list, max_tokens_per_text):
-        if total >= max_tokens:
+    for s_ in _encode_texts(model, texts_list, p.max_tokens_per_text):
+        if total >= p.max_tokens:
             break
-        s = s[: max_tokens - total]
-        seqs.append(s)
-        total += len(s)
+        s_ = s_[: p.max_tokens - total]
+        seqs.append(s_)
+        total += len(s_)
     d = model.cfg.d_model
     if total <= d:
         raise InputError(f"The text set gives {total} tokens; the linear fit needs more than d_model = {d}.")
     L = model.cfg.n_layers
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(L)]
-    out = run(model, seqs, capture=names, batch_size=batch_size, progress=progress, desc="microscope")
-    states = [torch.cat(out.activations[n]).float() for n in names]  # each [n_tokens, d]
+    names = [hooknames.name("resid_pre", 0)] + [hooknames.name("resid_post", i) for i in range(L)]
+    out = run(model, seqs, capture=names, batch_size=p.batch_size, progress=progress, desc="microscope")
+    raw = [torch.cat(out.activations[n]).float() for n in names]  # each [n_tokens, d]
     del out
-    residuals = [_fit(states[i], states[i + 1])[1] for i in range(L)]
-    lin = np.array([float(1.0 - R.pow(2).sum()) for R in residuals])
+    with torch.no_grad():
+        normed = final_norm(model, raw[-1][None])[0].float()
+    # reference rows: embeddings, after blocks 0..L−2, the final normed state; extra: pre-norm last block
+    states = raw[:-1] + [normed, raw[-1]]
+    labels = ("embed",) + tuple(f"after block {i}" for i in range(L - 1)) + ("final (normed)", f"after block {L - 1} (pre-norm)")
+    ref = len(states) - 1  # reference rows
+    residuals = [_fit(states[i], states[i + 1])[1] for i in range(ref - 1)]
+    lin = np.array([float(1.0 - R.pow(2).sum()) for R in residuals] + [np.nan])
     E = torch.stack([R.norm(dim=1).float() for R in residuals], dim=1)
     del residuals
-    ani = np.array([anisotropy(s) for s in states])
-    g = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(total, generator=g)[: min(id_points, total)]
-    ids = np.array([twonn_dimension(s[pick], method=id_method) for s in states])
+    ani = np.array([anisotropy(x) for x in states])
+    k = min(p.id_points, total)
+    ids = np.array([_twonn_or_nan(x[:k], p.id_method) for x in states])
+    lengths = [len(q) for q in seqs]
+    ctx = [contextualisation(x, states[0], lengths) for x in states]
     all_ids = torch.cat(seqs)
     toks = str_tokens(model, all_ids)
     frame = pd.DataFrame({
-        "text": np.concatenate([np.full(len(s), i) for i, s in enumerate(seqs)]),
-        "pos": np.concatenate([np.arange(len(s)) for s in seqs]),
+        "text": np.concatenate([np.full(len(q), i) for i, q in enumerate(seqs)]),
+        "pos": np.concatenate([np.arange(len(q)) for q in seqs]),
         "token": toks, "token_id": all_ids.numpy(),
         "token_class": [token_class(t) for t in toks],
         "nonlinearity": E.mean(dim=1).numpy(),
+        "context_error": torch.stack([c[1] for c in ctx[1:ref]], dim=1).mean(dim=1).numpy(),
     })
     return MicroscopeResult(
-        model_id=getattr(getattr(model, "mechscope_spec", None), "name", "custom"),
-        params={"texts": texts if isinstance(texts, str) else None, "n_texts": len(seqs), "max_tokens": max_tokens,
-                "max_tokens_per_text": max_tokens_per_text, "id_points": id_points, "id_method": id_method,
-                "seed": seed, "n_tokens": total},
-        linearity=lin, anisotropy=ani, intrinsic_dim=ids, nonlinearity=E, tokens=frame,
+        model_id=model_id(model), params=params, states=labels, linearity=lin, anisotropy=ani,
+        intrinsic_dim=ids, contextualisation=np.array([c[0] for c in ctx]), nonlinearity=E, tokens=frame,
     )

@@ -2,15 +2,18 @@
 
 Every layer × position of a prompt decoded through the final norm and the unembedding (or
 LLM-Microscope's raw variant), a target token's trajectory across layers, and the
-LLM-Microscope layer metrics (linearity, anisotropy, intrinsic dimension, per-token
-nonlinearity) over a text set.
+LLM-Microscope metrics (linearity, anisotropy, TwoNN intrinsic dimension — the reference
+estimator by default —, a contextualisation proxy, per-token nonlinearity) over a text set.
+Widget defaults are ``LogitLensParams`` and ``MicroscopeParams``.
 """
 
 import streamlit as st
 
-from analyses.logit_lens import logit_lens
-from analyses.microscope import microscope
+from analyses.logit_lens import LogitLensParams, logit_lens
+from analyses.microscope import TWONN_METHODS, MicroscopeParams, microscope
 from app import ui
+
+LL, MP = LogitLensParams(), MicroscopeParams()
 
 st.title("Logit lens")
 model, spec = ui.sidebar_model()
@@ -18,7 +21,7 @@ model, spec = ui.sidebar_model()
 
 @st.cache_data(show_spinner="Decoding every layer…", max_entries=16)
 def _lens(model_name: str, prompt: str, target, norm: str, k: int):
-    return logit_lens(model, prompt, target=target or None, norm=norm, k=k)
+    return logit_lens(model, LogitLensParams(prompt=prompt, target=target or None, norm=norm, k=k))
 
 
 prompt = ui.prompt_box(key="ll_prompt")
@@ -26,7 +29,7 @@ c1, c2, c3 = st.columns([2, 2, 1])
 target = c1.text_input("Target token (one token, e.g. ' Paris'; empty = the final top-1)", "", key="ll_target")
 norm = c2.radio("Decode through", ["final", "raw"], horizontal=True, key="ll_norm",
                 format_func=lambda n: "final norm + W_U (logit lens)" if n == "final" else "raw W_U (LLM-Microscope)")
-k = c3.number_input("Top k", 1, 20, 5, key="ll_k")
+k = c3.number_input("Top k", 1, 20, LL.k, key="ll_k")
 with ui.guard():
     res = _lens(spec.name, prompt, target, norm, int(k))
 last = len(res.tokens) - 1
@@ -45,20 +48,21 @@ with st.expander("Table"):
 st.header("LLM-Microscope: linearity, anisotropy, intrinsic dimension")
 c1, c2, c3 = st.columns(3)
 text_set = c1.selectbox("Text set", ["mixed", "prose", "code", "numbers"], key="ll_texts")
-max_tokens = c2.number_input("Tokens", 600, 16384, 2048, step=256, key="ll_max_tokens")
-id_method = c3.radio("TwoNN estimator", ["mle", "fit"], horizontal=True, key="ll_id")
-mkey = (spec.name, text_set, int(max_tokens), id_method)
+max_tokens = c2.number_input("Tokens", 600, 16384, MP.max_tokens, step=256, key="ll_max_tokens")
+id_method = c3.radio("TwoNN estimator", list(TWONN_METHODS), index=list(TWONN_METHODS).index(MP.id_method),
+                     horizontal=True, key="ll_id",
+                     help="reference: LLM-Microscope's (smallest fifth of μ, ties kept in the CDF); mle; fit (Facco)")
+with ui.guard():
+    mp = MicroscopeParams(texts=text_set, max_tokens=int(max_tokens), id_method=id_method)
 if st.button("Compute the layer metrics", key="ll_micro_run", type="primary"):
-    bar = st.progress(0.0, text="Forward passes")
-    with ui.guard():
-        st.session_state["ll_micro"] = (mkey, microscope(
-            model, texts=text_set, max_tokens=int(max_tokens), id_method=id_method,
-            progress=lambda d, t: bar.progress(min(d / max(t, 1), 1.0), text=f"Forward passes {d}/{t}")))
-slot = st.session_state.get("ll_micro")
-if slot is None or slot[0] != mkey:
+    ui.run_analysis("ll_micro", microscope, model, mp)
+mres = ui.stored("ll_micro", mp, model)
+if mres is None:
     st.info("Press **Compute the layer metrics** (tens of seconds on a CPU).")
 else:
-    mres = slot[1]
+    st.caption("Rows as in LLM-Microscope: embeddings, the state after each block, the final *normed* state; the "
+               "pre-norm output of the last block is an extra, labelled row. Contextualisation is a linear proxy "
+               "(held-out R² of recovering the mean past embedding), not the paper's trained prefix decoder.")
     mf = mres.figures()
     st.plotly_chart(mf["layer_metrics"], key="ll_layer_metrics")
     a, b = st.columns(2)

@@ -12,16 +12,16 @@ IDS = [3, 17, 4, 29, 8, 11, 40, 2]
 
 
 def test_last_layer_equals_model_logits():
-    m = tiny_model(n_layers=3, seed=2)
+    m = tiny_model(n_layers=3, seed=2, dtype=torch.float64)
     out = run(m, [IDS], capture=["blocks.2.hook_resid_post"], return_logits=True)
     logits = out.logits[0]
     resid = out.activations["blocks.2.hook_resid_post"][0]
     with torch.no_grad():
-        assert torch.equal(decode_resid(m, resid[None], "final")[0], logits)
+        torch.testing.assert_close(decode_resid(m, resid[None], "final")[0], logits, rtol=1e-12, atol=1e-12)
     res = logit_lens(m, IDS, k=3)
-    p = torch.softmax(logits.float(), -1)
+    p = torch.softmax(logits.float(), -1).float()
     assert torch.equal(res.top_ids[-1, :, 0].long(), logits.argmax(-1))
-    assert torch.allclose(res.top_probs[-1], torch.topk(p, 3, dim=-1).values, atol=1e-6)
+    assert torch.allclose(res.top_probs[-1], torch.topk(p, 3, dim=-1).values, atol=1e-6)  # float32 output
     assert torch.allclose(res.kl_to_final[-1], torch.zeros(len(IDS)), atol=1e-6)
     assert (res.target_rank[-1] == 1).all()
     # first_top1_layer: the first layer whose argmax is the final argmax
@@ -31,17 +31,44 @@ def test_last_layer_equals_model_logits():
         assert all(int(tops[l]) != int(tops[-1]) for l in range(first))
 
 
-def test_raw_variant_skips_the_final_norm():
-    m = tiny_model(n_layers=2, seed=4)
+def test_raw_and_final_readouts_values_by_hand():
+    """Axis-aligned weights: W_U = identity on the first 32 tokens and γ_i = 1 + i. A state
+    h = 2·e_5 + 1.5·e_9 (d = 32, RMSNorm eps ε) decodes raw to logits 2 and 1.5 on tokens 5
+    and 9; through the final norm to γ_i·h_i / rms(h) = 12/rms and 15/rms, with
+    rms(h) = sqrt((4 + 2.25)/32 + ε)."""
+    m = tiny_model(n_layers=1, d_model=32, d_vocab=40, seed=1, dtype=torch.float64)
     with torch.no_grad():
-        m.ln_final.w.mul_(3.0)  # a non-trivial final-norm weight
-    res_raw = logit_lens(m, IDS, norm="raw", k=2)
-    res_fin = logit_lens(m, IDS, norm="final", k=2)
-    out = run(m, [IDS], capture=["blocks.0.hook_resid_post"])
-    h = out.activations["blocks.0.hook_resid_post"][0]
-    raw = torch.log_softmax(h @ m.W_U + m.b_U, -1).detach()
-    assert torch.allclose(res_raw.top_probs[0], torch.topk(raw.exp(), 2, -1).values, atol=1e-6)
-    assert not torch.allclose(res_raw.top_probs, res_fin.top_probs)
+        m.unembed.W_U.zero_()
+        m.unembed.W_U[:, :32] = torch.eye(32, dtype=torch.float64)
+        m.unembed.b_U.zero_()
+        m.ln_final.w.copy_(1.0 + torch.arange(32, dtype=torch.float64))
+    h = torch.zeros(32, dtype=torch.float64)
+    h[5], h[9] = 2.0, 1.5
+    rms = (6.25 / 32 + m.cfg.eps) ** 0.5
+    with torch.no_grad():
+        raw, fin = decode_resid(m, h, "raw"), decode_resid(m, h, "final")
+    assert float(raw[5]) == pytest.approx(2.0, rel=1e-12) and float(raw[9]) == pytest.approx(1.5, rel=1e-12)
+    assert float(fin[5]) == pytest.approx(12 / rms, rel=1e-9) and float(fin[9]) == pytest.approx(15 / rms, rel=1e-9)
+    # the orders differ: raw ranks token 5 first, the final norm's γ ranks token 9 first
+    assert int(raw.argmax()) == 5 and int(fin.argmax()) == 9
+
+
+def test_generic_loader_keeps_gamma_out_of_the_unembedding(monkeypatch):
+    """Models from the TransformerLens path load unprocessed (from_pretrained_no_processing),
+    so γ is not folded into W_U and "raw" stays raw."""
+    import transformer_lens
+
+    from probes import models
+
+    calls = []
+    monkeypatch.setattr(models, "_hf_cached", lambda name: True)
+    monkeypatch.setattr(models, "_official_tl_name", lambda name: "gpt2")
+    monkeypatch.setattr(transformer_lens.HookedTransformer, "from_pretrained_no_processing",
+                        classmethod(lambda cls, name, **kw: calls.append(("no_processing", name)) or "model"))
+    monkeypatch.setattr(transformer_lens.HookedTransformer, "from_pretrained",
+                        classmethod(lambda cls, name, **kw: calls.append(("processed", name)) or "model"))
+    out = models.load_transformer_lens(models.ModelSpec("gpt2", "test", "test", 0, True, None), "cpu", torch.float32)
+    assert out == "model" and calls == [("no_processing", "gpt2")]
 
 
 def test_target_token_and_bad_input():
