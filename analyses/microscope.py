@@ -1,9 +1,9 @@
 """LLM-Microscope layer metrics over a text set (Razzhigaev et al. 2025, arXiv 2502.15007;
 reference code AIRI-Institute/LLM-Microscope; REFERENCES §10).
 
-States: the embeddings (``blocks.0.hook_resid_pre``) and the residual stream after every block
-(``blocks.l.hook_resid_post``, *before* the final norm — HF's last hidden state has the
-final norm applied; here every state is pre-norm), over every real token of the text set.
+States, as the reference's HF ``hidden_states``: the embeddings (``blocks.0.hook_resid_pre``),
+the residual stream after blocks 0 … L−2 (``hook_resid_post``) and the final normed state
+ln_final(h after block L−1); plus one extra, labelled row: after block L−1 before the norm.
 
 * :func:`linearity_score` — X = h_l, Y = h_{l+1}; centre both, scale each to unit Frobenius
   norm; A = least squares; score = 1 − ‖XA − Y‖²_F ("Your Transformer is Secretly Linear").
@@ -13,26 +13,29 @@ final norm applied; here every state is pre-norm), over every real token of the 
   (the paper finds punctuation and stop words).
 * :func:`anisotropy` — largest eigenvalue / sum of eigenvalues of the centred covariance.
 * :func:`twonn_dimension` — TwoNN intrinsic dimension (Facco et al. 2017): μ_i = r2/r1, the
-  ratio of each point's second to first nearest-neighbour distance. ``method="mle"``
-  (default): d = N / Σ log μ_i. ``method="fit"``: Facco's linear fit through the origin of
-  −log(1 − F_emp(μ)) against log μ, discarding the largest 10% of μ. (The LLM-Microscope
-  notebook fits on the smallest fifth of μ instead; both estimate the same d.) Duplicate
-  points are merged first (a duplicate has r1 = 0, and its neighbours r1 = r2).
+  ratio of each point's second to first nearest-neighbour distance. ``method="reference"``
+  (default, LLM-Microscope's estimator): centre, divide by the mean norm, set points with
+  μ ≤ 1 aside (still counted in the empirical CDF), fit −log(1 − F) = d·log μ through the
+  origin on the smallest 20% of μ; over the first ``id_points`` (4,096) tokens.
+  ``method="mle"``: d = N / Σ log μ_i (duplicates merged). ``method="fit"``: Facco's fit
+  discarding the largest 10% of μ. On real LM states the three differ a lot (the
+  reference's fit on the smallest μ reads the local, small-scale dimension).
 """
 
 from __future__ import annotations
 
 import string
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Literal, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
 from probes.errors import InputError
-from probes.results import Result
+from probes.models import model_id
+from probes.results import Params, Result, analysis
 
 
 @contextmanager
@@ -92,27 +95,82 @@ def anisotropy(X: torch.Tensor) -> float:
     return float(ev[-1] / tr) if tr > 0 else float("nan")
 
 
-def twonn_dimension(X, method: Literal["mle", "fit"] = "mle", discard: float = 0.1) -> float:
-    """TwoNN intrinsic dimension of the points X [n, d] (see the module docstring)."""
-    from sklearn.neighbors import NearestNeighbors
+TWONN_REDUCTION = 5  # LLM-Microscope fits on the smallest 1/5 of the μ ratios
+_DUP_EPS = 1e-8  # r1 below this (after scaling by the mean norm) marks a duplicate point
 
+
+def _two_nn(X: torch.Tensor, chunk: int = 1024, cand: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """r1, r2 (first and second nearest-neighbour distances, self excluded) of each row of X
+    (float64). Candidates come from the Gram-matrix form of the distances; their distances are
+    then recomputed exactly as ‖x_i − x_j‖ (the Gram form leaves ~1e-8 of rounding on
+    duplicates, which would hide them)."""
+    n = X.shape[0]
+    sq = (X * X).sum(1)
+    r1, r2 = torch.empty(n, dtype=X.dtype), torch.empty(n, dtype=X.dtype)
+    c = min(cand, n - 1)
+    for a in range(0, n, chunk):
+        b = min(a + chunk, n)
+        d2 = sq[a:b, None] + sq[None, :] - 2 * X[a:b] @ X.T
+        d2[torch.arange(b - a), torch.arange(a, b)] = float("inf")
+        idx = torch.topk(d2, c, dim=1, largest=False).indices  # [m, c]
+        exact = (X[idx] - X[a:b, None, :]).norm(dim=2)  # [m, c]
+        exact = torch.sort(exact, dim=1).values
+        r1[a:b], r2[a:b] = exact[:, 0], exact[:, 1]
+    return r1, r2
+
+
+def twonn_mu(X) -> np.ndarray:
+    """μ_i = r2/r1 for every point of X [n, d] after centring and dividing by the mean norm
+    (float64); μ = −1 marks a duplicate point (r1 below 1e-8)."""
+    X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X.detach().cpu()).double()
+    if X.ndim != 2 or X.shape[0] < 3:
+        raise InputError("TwoNN needs at least three points in a [n, d] array.")
+    X = X - X.mean(dim=0, keepdim=True)
+    scale = X.norm(dim=1).mean()
+    if scale > 0:
+        X = X / scale
+    with _lapack_threads():
+        r1, r2 = _two_nn(X)
+    bad = r1 < _DUP_EPS
+    mu = torch.where(bad, torch.full_like(r1, -1.0), r2 / torch.where(bad, torch.ones_like(r1), r1))
+    return mu.numpy()
+
+
+def twonn_dimension(X, method: Literal["reference", "mle", "fit"] = "reference", discard: float = 0.1) -> float:
+    """TwoNN intrinsic dimension of the points X [n, d] (see the module docstring).
+
+    ``"reference"`` (LLM-Microscope's estimator, the default): states centred and divided by
+    their mean norm; points with μ ≤ 1 (duplicates, ties) set aside but still counted in the
+    empirical CDF F_i = (m + i)/N; fit −log(1 − F) = d·log μ through the origin on the
+    smallest ⌊n/5⌋ of the remaining n ratios. ``"mle"``: d = N / Σ log μ_i after merging
+    duplicate points (Facco et al.'s maximum-likelihood form). ``"fit"``: Facco's fit through
+    the origin discarding the largest ``discard`` fraction of μ (duplicates merged).
+    """
+    if method == "reference":
+        mu = np.sort(twonn_mu(X))
+        N = len(mu)
+        m = int((mu <= 1 + _DUP_EPS).sum())
+        mu = mu[m:]
+        n = len(mu)
+        k = min(n // TWONN_REDUCTION, n - 1)
+        if k < 1:  # (almost) all points are duplicates: no fit (the reference gives 0/0 = nan)
+            return float("nan")
+        F = (m + np.arange(1, n + 1)) / N
+        x, y = np.log(mu[:k]), -np.log(1 - F[:k])
+        return float((x * y).sum() / (x * x).sum())
+    if method not in ("mle", "fit"):
+        raise InputError(f"TwoNN method must be 'reference', 'mle' or 'fit', not {method!r}.")
     X = np.asarray(X.detach().cpu().double() if isinstance(X, torch.Tensor) else X, dtype=np.float64)
     if X.ndim != 2 or X.shape[0] < 3:
         raise InputError("TwoNN needs at least three points in a [n, d] array.")
     X = np.unique(X, axis=0)  # duplicates would give r1 = 0 (and their neighbours r1 = r2)
     if X.shape[0] < 3:
         raise InputError("TwoNN: too few distinct points.")
-    dist, _ = NearestNeighbors(n_neighbors=3).fit(X).kneighbors(X)
-    r1, r2 = dist[:, 1], dist[:, 2]
-    mu = r2 / r1
-    if len(mu) < 3:
-        raise InputError("TwoNN: too few distinct points.")
-    logmu = np.log(mu)
+    mu = twonn_mu(X)
+    logmu = np.log(np.where(mu > 0, mu, 1.0))
     if method == "mle":
         s = logmu.sum()
         return float(len(mu) / s) if s > 0 else float("inf")
-    if method != "fit":
-        raise InputError(f"TwoNN method must be 'mle' or 'fit', not {method!r}.")
     order = np.sort(logmu)
     n = len(order)
     F = np.arange(1, n + 1) / n
@@ -141,15 +199,54 @@ def token_class(tok: str) -> str:
     return "other"
 
 
+def _normalise_texts(obj) -> None:
+    t = obj.texts
+    if isinstance(t, str):
+        return
+    out = []
+    for x in t:
+        out.append(x if isinstance(x, str) else tuple(int(i) for i in torch.as_tensor(x).reshape(-1).tolist()))
+    object.__setattr__(obj, "texts", tuple(out))
+
+
+@dataclass(frozen=True)
+class MicroscopeParams(Params):
+    kind: ClassVar[str] = "microscope"
+    texts: str | tuple = field(default="mixed", metadata={"help": "text set name (probes.datasets) or the texts themselves"})
+    max_tokens: int = field(default=4096, metadata={"help": "tokens used in all (the reference uses 4,096)"})
+    max_tokens_per_text: int = field(default=256, metadata={"help": "each text cut to this many tokens"})
+    id_points: int = field(default=4096, metadata={"help": "TwoNN on the first this-many tokens"})
+    id_method: Literal["reference", "mle", "fit"] = field(default="reference", metadata={
+        "help": "TwoNN estimator: reference (LLM-Microscope: smallest 20%% of mu), mle or fit"})
+    batch_size: int = field(default=8, metadata={"help": "texts per forward pass"})
+
+    def __post_init__(self):
+        _normalise_texts(self)
+        if self.id_method not in ("reference", "mle", "fit"):
+            raise InputError(f"id_method must be 'reference', 'mle' or 'fit', not {self.id_method!r}.")
+        for name in ("max_tokens", "max_tokens_per_text", "id_points", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise InputError(f"{name} must be a positive integer, not {v!r}.")
+
+
 @dataclass(frozen=True)
 class MicroscopeResult(Result):
-    """Per-layer metrics (index 0 = embeddings, l+1 = after block l) and per-token
-    nonlinearity (column l = the transformation by block l)."""
+    """Per-state metrics and per-token nonlinearity.
 
-    linearity: np.ndarray  # [n_layers]      state l → l+1
-    anisotropy: np.ndarray  # [n_layers + 1]
-    intrinsic_dim: np.ndarray  # [n_layers + 1]
-    nonlinearity: torch.Tensor  # [n_tokens, n_layers]
+    States (rows of :meth:`to_frame`), as the reference's HF ``hidden_states``: ``embed``,
+    ``after block 0`` … ``after block L−2``, ``final norm`` (= ln_final(after block L−1));
+    plus one extra row not in the reference, ``after block L−1 (pre-norm)``, placed before
+    ``final norm``. Linearity and nonlinearity are over consecutive *reference* states
+    (L transitions; the last is after block L−2 → final norm, as in the reference)."""
+
+    states: list  # state labels, len S = L + 2
+    in_reference: list  # bool per state
+    linearity: np.ndarray  # [L] reference transition j: ref state j → j+1
+    anisotropy: np.ndarray  # [S]
+    intrinsic_dim: np.ndarray  # [S] the chosen estimator
+    intrinsic_dim_mle: np.ndarray  # [S] always the MLE too, for comparison
+    nonlinearity: torch.Tensor  # [n_tokens, L]
     tokens: pd.DataFrame  # one row per token: text, pos, token, token_id, class, mean nonlinearity
 
     kind = "microscope"
@@ -165,12 +262,17 @@ class MicroscopeResult(Result):
                 .sort_values("mean", ascending=False).reset_index())
 
     def to_frame(self) -> pd.DataFrame:
-        n = len(self.linearity)
+        ref_rows = [i for i, r in enumerate(self.in_reference) if r]
+        lin = np.full(len(self.states), np.nan)
+        for j, i in enumerate(ref_rows[:-1]):
+            lin[i] = self.linearity[j]
         return pd.DataFrame({
-            "state": ["embed"] + [f"after block {i}" for i in range(n)],
-            "linearity_to_next": list(self.linearity) + [np.nan],
+            "state": self.states,
+            "in_reference": self.in_reference,
+            "linearity_to_next": lin,
             "anisotropy": self.anisotropy,
             "intrinsic_dim": self.intrinsic_dim,
+            "intrinsic_dim_mle": self.intrinsic_dim_mle,
         })
 
     def figures(self) -> dict:
@@ -178,16 +280,18 @@ class MicroscopeResult(Result):
         from plotly.subplots import make_subplots
 
         n = len(self.linearity)
-        fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
-                            subplot_titles=("Linearity score of block l (state l → l+1)",
-                                            "Anisotropy of the state after block l (−1 = embeddings)",
-                                            f"Intrinsic dimension (TwoNN, {self.params['id_method']})"))
+        fig = make_subplots(rows=3, cols=1, vertical_spacing=0.08,
+                            subplot_titles=("Linearity of reference transition j (state j → j+1)",
+                                            "Anisotropy per state",
+                                            f"Intrinsic dimension (TwoNN, {self.params.id_method}; dotted: MLE)"))
         fig.add_trace(go.Scatter(x=list(range(n)), y=self.linearity, mode="lines+markers", name="linearity"), 1, 1)
-        xs = list(range(-1, n))
+        xs = list(self.states)
         fig.add_trace(go.Scatter(x=xs, y=self.anisotropy, mode="lines+markers", name="anisotropy"), 2, 1)
         fig.add_trace(go.Scatter(x=xs, y=self.intrinsic_dim, mode="lines+markers", name="TwoNN ID"), 3, 1)
-        fig.update_layout(height=750, showlegend=False, title=f"LLM-Microscope metrics over {len(self.tokens)} tokens")
-        fig.update_xaxes(title_text="layer", row=3, col=1)
+        fig.add_trace(go.Scatter(x=xs, y=self.intrinsic_dim_mle, mode="lines", line={"dash": "dot"},
+                                 name="TwoNN MLE"), 3, 1)
+        fig.update_layout(height=850, showlegend=False,
+                          title=f"LLM-Microscope metrics over {len(self.tokens)} tokens ({self.model_id})")
         c = self.by_class()
         bar = go.Figure(go.Bar(x=c["token_class"], y=c["mean"], text=c["count"], texttemplate="n=%{text}"))
         bar.update_layout(title="Mean per-token nonlinearity by token class (LLM-Microscope)",
@@ -198,48 +302,61 @@ class MicroscopeResult(Result):
         return {"layer_metrics": fig, "nonlinearity_by_class": bar, "most_nonlinear_tokens": top}
 
 
-def microscope(
-    model,
-    texts: str | Sequence[str] = "mixed",
-    max_tokens: int = 4096,
-    max_tokens_per_text: int = 256,
-    id_points: int = 2000,
-    id_method: Literal["mle", "fit"] = "mle",
-    seed: int = 0,
-    batch_size: int = 8,
-    progress=False,
-) -> MicroscopeResult:
-    """Linearity, anisotropy, TwoNN dimension per layer and per-token nonlinearity over a text
-    set, truncated to ``max_tokens`` tokens in all (texts cut to ``max_tokens_per_text``).
-    TwoNN runs on a random subset of ``id_points`` tokens per layer (seeded)."""
-    from analyses.neurons import _encode_texts, resolve_texts
+def _encode(model, texts, max_tokens_per_text: int) -> list[torch.Tensor]:
+    from probes.datasets import load_texts
+    from probes.tokens import as_token_tensor, encode_batch
+
+    items = list(load_texts(texts)) if isinstance(texts, str) else list(texts)
+    seqs = []
+    for t in items:
+        if isinstance(t, str):
+            if t.strip():
+                seqs.extend(encode_batch(model, [t], max_tokens=max_tokens_per_text, truncate=True))
+        elif len(t):
+            seqs.append(as_token_tensor(model, list(t))[0][:max_tokens_per_text])
+    if not seqs:
+        raise InputError("The text set is empty: give at least one non-empty text.")
+    return seqs
+
+
+@analysis(MicroscopeParams)
+def microscope(model, params: MicroscopeParams, *, progress=False) -> MicroscopeResult:
+    """Linearity, anisotropy, TwoNN dimension per state and per-token nonlinearity over a
+    text set, truncated to ``max_tokens`` tokens in all (texts cut to ``max_tokens_per_text``).
+    TwoNN runs on the first ``id_points`` tokens (the reference uses the first 4,096)."""
+    from probes import hooknames
     from probes.capture import run
+    from probes.readout import final_norm
     from probes.tokens import str_tokens
 
-    texts_list = resolve_texts(texts)
     seqs, total = [], 0
-    for s in _encode_texts(model, texts_list, max_tokens_per_text):
-        if total >= max_tokens:
+    for s in _encode(model, params.texts, params.max_tokens_per_text):
+        if total >= params.max_tokens:
             break
-        s = s[: max_tokens - total]
+        s = s[: params.max_tokens - total]
         seqs.append(s)
         total += len(s)
     d = model.cfg.d_model
     if total <= d:
         raise InputError(f"The text set gives {total} tokens; the linear fit needs more than d_model = {d}.")
     L = model.cfg.n_layers
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(L)]
-    out = run(model, seqs, capture=names, batch_size=batch_size, progress=progress, desc="microscope")
+    names = [hooknames.name("resid_pre", 0)] + [hooknames.name("resid_post", i) for i in range(L)]
+    out = run(model, seqs, capture=names, batch_size=params.batch_size, progress=progress, desc="microscope")
     states = [torch.cat(out.activations[n]).float() for n in names]  # each [n_tokens, d]
     del out
-    residuals = [_fit(states[i], states[i + 1])[1] for i in range(L)]
+    with torch.no_grad():
+        states.append(final_norm(model, states[-1]).float())
+    labels = ["embed"] + [f"after block {i}" for i in range(L - 1)] + [f"after block {L - 1} (pre-norm)", "final norm"]
+    in_ref = [True] * L + [False, True]
+    ref = [s for s, r in zip(states, in_ref) if r]
+    residuals = [_fit(ref[i], ref[i + 1])[1] for i in range(L)]
     lin = np.array([float(1.0 - R.pow(2).sum()) for R in residuals])
     E = torch.stack([R.norm(dim=1).float() for R in residuals], dim=1)
     del residuals
     ani = np.array([anisotropy(s) for s in states])
-    g = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(total, generator=g)[: min(id_points, total)]
-    ids = np.array([twonn_dimension(s[pick], method=id_method) for s in states])
+    k = min(params.id_points, total)
+    ids = np.array([twonn_dimension(s[:k], method=params.id_method) for s in states])
+    ids_mle = ids if params.id_method == "mle" else np.array([twonn_dimension(s[:k], method="mle") for s in states])
     all_ids = torch.cat(seqs)
     toks = str_tokens(model, all_ids)
     frame = pd.DataFrame({
@@ -250,9 +367,6 @@ def microscope(
         "nonlinearity": E.mean(dim=1).numpy(),
     })
     return MicroscopeResult(
-        model_id=getattr(getattr(model, "mechscope_spec", None), "name", "custom"),
-        params={"texts": texts if isinstance(texts, str) else None, "n_texts": len(seqs), "max_tokens": max_tokens,
-                "max_tokens_per_text": max_tokens_per_text, "id_points": id_points, "id_method": id_method,
-                "seed": seed, "n_tokens": total},
-        linearity=lin, anisotropy=ani, intrinsic_dim=ids, nonlinearity=E, tokens=frame,
+        model_id=model_id(model), params=params, states=labels, in_reference=in_ref,
+        linearity=lin, anisotropy=ani, intrinsic_dim=ids, intrinsic_dim_mle=ids_mle, nonlinearity=E, tokens=frame,
     )

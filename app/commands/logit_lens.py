@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
         model, spec = load(args.model or DEFAULT_MODEL)
         res = microscope(model, texts=args.texts, max_tokens=args.max_tokens, progress=True)
-        print(f"{spec.name}: {res.params['n_tokens']} tokens from {res.params['n_texts']} texts")
+        print(f"{spec.name}: {len(res.tokens)} tokens from {res.tokens['text'].nunique()} texts")
         print(res.to_frame().to_string(index=False, float_format=lambda x: f"{x:.4f}"))
         print("\nnonlinearity by token class:")
         print(res.by_class().to_string(index=False, float_format=lambda x: f"{x:.4g}"))
