@@ -17,15 +17,41 @@ final answer is already the top-1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
+from analyses.next_token import DEFAULT_PROMPT, normalise_prompt, prompt_ids
+from probes import hooknames
 from probes.errors import InputError
-from probes.results import Result
+from probes.models import model_id
+from probes.readout import logits_from_resid
+from probes.results import Params, Result, analysis
+
+
+@dataclass(frozen=True)
+class LogitLensParams(Params):
+    kind: ClassVar[str] = "logit_lens"
+    prompt: str | tuple[int, ...] = field(default=DEFAULT_PROMPT, metadata={"help": "the text (or token ids) to decode"})
+    target: str | int | None = field(default=None, metadata={
+        "help": "a single token (or id) to track across layers (None: the final top-1 at each position)"})
+    norm: Literal["final", "raw"] = field(default="final", metadata={
+        "help": "final: final norm + W_U (logit lens); raw: W_U without the norm (LLM-Microscope)"})
+    k: int = field(default=5, metadata={"help": "top tokens per cell"})
+    pos: int | None = field(default=None, metadata={"help": "position the trajectory figure shows (None: the last)"})
+    prepend_bos: bool | None = field(default=None, metadata={"help": "prepend the model's BOS token (None: the model's policy)"})
+
+    def __post_init__(self):
+        normalise_prompt(self)
+        if self.norm not in ("final", "raw"):
+            raise InputError(f"norm must be 'final' or 'raw', not {self.norm!r}.")
+        if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1:
+            raise InputError(f"k must be a positive integer, not {self.k!r}.")
+        if isinstance(self.target, str) and self.target == "":
+            object.__setattr__(self, "target", None)
 
 
 @dataclass(frozen=True)
@@ -65,14 +91,14 @@ class LogitLensResult(Result):
 
         L, T, _ = self.top_ids.shape
         xlab = [f"{i}:{t!r}" for i, t in enumerate(self.tokens)]
-        variant = "final norm + W_U" if self.params["norm"] == "final" else "raw W_U (LLM-Microscope)"
+        variant = "final norm + W_U" if self.params.norm == "final" else "raw W_U (LLM-Microscope)"
         heat = go.Figure(go.Heatmap(
             z=self.top_probs[:, :, 0].numpy(), x=xlab, y=list(range(L)), text=self.top_tokens[:, :, 0],
             texttemplate="%{text}", colorscale="Blues", zmin=0, zmax=1, colorbar={"title": "p(top)"},
             hovertemplate="layer %{y}, %{x}<br>top %{text} p=%{z:.3f}<extra></extra>"))
         heat.update_layout(title=f"Logit lens ({variant}): top token and its probability",
                            xaxis_title="position: input token", yaxis_title="layer", height=max(400, 22 * L))
-        pos = T - 1 if self.params.get("pos") is None else self.params["pos"]
+        pos = T - 1 if self.params.pos is None else self.params.pos % T
         traj = go.Figure()
         traj.add_trace(go.Scatter(x=list(range(L)), y=self.target_prob[:, pos].numpy(), name="probability",
                                   mode="lines+markers"))
@@ -90,23 +116,14 @@ class LogitLensResult(Result):
 
 
 def decode_resid(model, resid: torch.Tensor, norm: Literal["final", "raw"] = "final") -> torch.Tensor:
-    """Logits for residual states [..., d_model]: ``unembed(ln_final(h))`` or raw ``h·W_U + b_U``."""
-    if norm == "final":
-        return model.unembed(model.ln_final(resid))
-    if norm == "raw":
-        return resid @ model.W_U + model.b_U
-    raise InputError(f"norm must be 'final' or 'raw', not {norm!r}.")
+    """Alias of :func:`probes.readout.logits_from_resid` with the lens' ``norm`` names."""
+    if norm not in ("final", "raw"):
+        raise InputError(f"norm must be 'final' or 'raw', not {norm!r}.")
+    return logits_from_resid(model, resid, final_norm=norm == "final")
 
 
-def logit_lens(
-    model,
-    prompt,
-    target: str | int | None = None,
-    norm: Literal["final", "raw"] = "final",
-    k: int = 5,
-    pos: int | None = None,
-    prepend_bos: bool | None = None,
-) -> LogitLensResult:
+@analysis(LogitLensParams)
+def logit_lens(model, params: LogitLensParams) -> LogitLensResult:
     """Decode every layer × position of ``prompt`` (text or token ids).
 
     ``target``: a token (string that must be one token, or an id) whose rank/probability is
@@ -114,30 +131,26 @@ def logit_lens(
     only picks the position the trajectory figure shows (default the last).
     """
     from probes.capture import run
-    from probes.tokens import encode, str_tokens
+    from probes.tokens import single_token, str_tokens
 
-    if norm not in ("final", "raw"):
-        raise InputError(f"norm must be 'final' or 'raw', not {norm!r}.")
+    norm, k, pos = params.norm, params.k, params.pos
     V = model.cfg.d_vocab
     if not 1 <= k <= V:
         raise InputError(f"k must lie in 1..{V}.")
-    ids = encode(model, prompt, prepend_bos=prepend_bos) if isinstance(prompt, str) else torch.as_tensor(prompt).reshape(-1)
+    ids = prompt_ids(model, params.prompt, params.prepend_bos)
     T = len(ids)
     if pos is not None and not -T <= pos < T:
         raise InputError(f"pos {pos} is out of range: the prompt has {T} tokens.")
-    pos = None if pos is None else pos % T
     L = model.cfg.n_layers
-    names = [f"blocks.{layer}.hook_resid_post" for layer in range(L)]
+    names = [hooknames.name("resid_post", layer) for layer in range(L)]
+    tgt_id = None if params.target is None else single_token(model, params.target)
     out = run(model, [ids], capture=names)
     resid = torch.stack([out.activations[n][0] for n in names])  # [L, T, d]
     with torch.no_grad():
-        logp = torch.log_softmax(decode_resid(model, resid, norm).float(), dim=-1)  # [L, T, V]
-        final = torch.log_softmax(decode_resid(model, resid[-1:], "final").float(), dim=-1)[0]  # the model's own
+        logp = torch.log_softmax(logits_from_resid(model, resid, final_norm=norm == "final").float(), dim=-1)
+        final = torch.log_softmax(logits_from_resid(model, resid[-1:], final_norm=True).float(), dim=-1)[0]
     final_top = final.argmax(-1)  # [T]
-    if target is None:
-        tgt = final_top
-    else:
-        tgt = torch.full((T,), _single_token(model, target), dtype=torch.long)
+    tgt = final_top if tgt_id is None else torch.full((T,), tgt_id, dtype=torch.long)
     tp, ti = torch.topk(logp.exp(), k, dim=-1)
     tlogp = logp.gather(-1, tgt[None, :, None].expand(L, T, 1))[..., 0]
     rank = (logp > tlogp[..., None]).sum(-1) + 1
@@ -147,26 +160,9 @@ def logit_lens(
     first = [int(torch.nonzero(is_top[:, t])[0]) if is_top[:, t].any() else -1 for t in range(T)]
     labels = str_tokens(model, ti.reshape(-1))
     return LogitLensResult(
-        model_id=getattr(getattr(model, "mechscope_spec", None), "name", "custom"),
-        params={"prompt": prompt if isinstance(prompt, str) else None, "target": target, "norm": norm, "k": k,
-                "pos": pos, "prepend_bos": prepend_bos},
+        model_id=model_id(model), params=params,
         tokens=str_tokens(model, ids), token_ids=[int(i) for i in ids],
         top_ids=ti.to(torch.int32), top_probs=tp, top_tokens=np.array(labels, dtype=object).reshape(L, T, k),
         target_ids=[int(i) for i in tgt], target_tokens=str_tokens(model, tgt),
         target_rank=rank.to(torch.int32), target_prob=tlogp.exp(), kl_to_final=kl, first_top1_layer=first,
     )
-
-
-def _single_token(model, target: str | int) -> int:
-    from probes.errors import check_range
-
-    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
-        return check_range("target token id", int(target), model.cfg.d_vocab)
-    if not isinstance(target, str) or target == "":
-        raise InputError("The target must be a non-empty string or a token id.")
-    if model.tokenizer is None:
-        raise InputError("This model has no tokenizer: give the target as a token id.")
-    ids = model.tokenizer(target, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise InputError(f"The target {target!r} is {len(ids)} tokens; give a single token (e.g. with a leading space).")
-    return int(ids[0])
