@@ -5,6 +5,8 @@ defaults come from :class:`analyses.logit_lens.LogitLensParams` and
 
 from __future__ import annotations
 
+import argparse
+
 from app.commands.common import (
     add_model_out,
     add_params,
@@ -29,6 +31,12 @@ def register(sub) -> None:
     p.add_argument("--prompt", default=None, help="the text to decode (logit lens)")
     p.add_argument("--target", default=None, help="a single token to track across layers (default: the final top-1)")
     add_params(p, LogitLensParams, skip=("prompt", "target"))
+    if not any(a.dest == "pos" for a in p._actions):  # optional fields the generic helper may skip
+        p.add_argument("--pos", type=int, default=LogitLensParams.pos,
+                       help="position the trajectory figure shows (default: the last)")
+    if not any(a.dest == "prepend_bos" for a in p._actions):
+        p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=LogitLensParams.prepend_bos,
+                       help="prepend the model's BOS token (default: the model's policy)")
     p.add_argument("--microscope", action="store_true", help="LLM-Microscope metrics over --texts instead")
     p.add_argument("--texts", default=MicroscopeParams.texts, help=f"text set name for --microscope (default {MicroscopeParams.texts})")
     add_params(p, MicroscopeParams, skip=("texts",))

@@ -1,13 +1,17 @@
 """Logit lens on a tiny model: the last layer is the model's own forward pass."""
 
-import pytest
-import torch
-
 import math
 
 import pandas as pd
+import pytest
+import torch
 
-from analyses.logit_lens import LogitLensParams, LogitLensResult, decode_resid, logit_lens
+from analyses.logit_lens import (
+    LogitLensParams,
+    LogitLensResult,
+    decode_resid,
+    logit_lens,
+)
 from probes.capture import run
 from probes.errors import InputError
 from probes.results import Result
