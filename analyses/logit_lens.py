@@ -24,12 +24,34 @@ import numpy as np
 import pandas as pd
 import torch
 
+from analyses.next_token import DEFAULT_PROMPT, normalise_prompt, prompt_ids
 from probes import hooknames
 from probes.errors import InputError
 from probes.models import model_id
 from probes.readout import logits_from_resid
 from probes.results import Params, Result, analysis
-from probes.tokens import text_ids
+
+
+@dataclass(frozen=True)
+class LogitLensParams(Params):
+    kind: ClassVar[str] = "logit_lens"
+    prompt: str | tuple[int, ...] = field(default=DEFAULT_PROMPT, metadata={"help": "the text (or token ids) to decode"})
+    target: str | int | None = field(default=None, metadata={
+        "help": "a single token (or id) to track across layers (None: the final top-1 at each position)"})
+    norm: Literal["final", "raw"] = field(default="final", metadata={
+        "help": "final: final norm + W_U (logit lens); raw: W_U without the norm (LLM-Microscope)"})
+    k: int = field(default=5, metadata={"help": "top tokens per cell"})
+    pos: int | None = field(default=None, metadata={"help": "position the trajectory figure shows (None: the last)"})
+    prepend_bos: bool | None = field(default=None, metadata={"help": "prepend the model's BOS token (None: the model's policy)"})
+
+    def __post_init__(self):
+        normalise_prompt(self)
+        if self.norm not in ("final", "raw"):
+            raise InputError(f"norm must be 'final' or 'raw', not {self.norm!r}.")
+        if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1:
+            raise InputError(f"k must be a positive integer, not {self.k!r}.")
+        if isinstance(self.target, str) and self.target == "":
+            object.__setattr__(self, "target", None)
 
 
 @dataclass(frozen=True)
@@ -94,28 +116,10 @@ class LogitLensResult(Result):
 
 
 def decode_resid(model, resid: torch.Tensor, norm: Literal["final", "raw"] = "final") -> torch.Tensor:
-    """Logits for residual states [..., d_model] (:func:`probes.readout.logits_from_resid`)."""
+    """Alias of :func:`probes.readout.logits_from_resid` with the lens' ``norm`` names."""
     if norm not in ("final", "raw"):
         raise InputError(f"norm must be 'final' or 'raw', not {norm!r}.")
     return logits_from_resid(model, resid, final_norm=norm == "final")
-
-
-@dataclass(frozen=True)
-class LogitLensParams(Params):
-    kind: ClassVar[str] = "logit_lens"
-    prompt: str | tuple[int, ...] = field(default="The capital of France is", metadata={"help": "the text to decode"})
-    target: str | int | None = field(default=None, metadata={"help": "a single token to track (None: the final top-1)"})
-    norm: Literal["final", "raw"] = field(default="final", metadata={
-        "help": "final: final norm + unembedding (logit lens); raw: LM head without the norm (LLM-Microscope)"})
-    k: int = field(default=5, metadata={"help": "top tokens per cell"})
-    pos: int | None = field(default=None, metadata={"help": "position the trajectory figure shows (None: last)"})
-    prepend_bos: bool | None = field(default=None, metadata={"help": "prepend the model's BOS token (None: the model's policy)"})
-
-    def __post_init__(self):
-        if not isinstance(self.prompt, str):
-            object.__setattr__(self, "prompt", tuple(int(i) for i in torch.as_tensor(self.prompt).reshape(-1).tolist()))
-        if self.norm not in ("final", "raw"):
-            raise InputError(f"norm must be 'final' or 'raw', not {self.norm!r}.")
 
 
 @analysis(LogitLensParams)
@@ -128,30 +132,26 @@ def logit_lens(model, params: LogitLensParams) -> LogitLensResult:
     """
     prompt, target, norm, k, pos, prepend_bos = params.prompt, params.target, params.norm, params.k, params.pos, params.prepend_bos
     from probes.capture import run
-    from probes.tokens import encode, str_tokens
+    from probes.tokens import single_token, str_tokens
 
-    if norm not in ("final", "raw"):
-        raise InputError(f"norm must be 'final' or 'raw', not {norm!r}.")
+    norm, k, pos = params.norm, params.k, params.pos
     V = model.cfg.d_vocab
     if not 1 <= k <= V:
         raise InputError(f"k must lie in 1..{V}.")
-    ids = encode(model, prompt, prepend_bos=prepend_bos) if isinstance(prompt, str) else torch.as_tensor(prompt).reshape(-1)
+    ids = prompt_ids(model, params.prompt, params.prepend_bos)
     T = len(ids)
     if pos is not None and not -T <= pos < T:
         raise InputError(f"pos {pos} is out of range: the prompt has {T} tokens.")
-    pos = None if pos is None else pos % T
     L = model.cfg.n_layers
     names = [hooknames.name("resid_post", layer) for layer in range(L)]
+    tgt_id = None if params.target is None else single_token(model, params.target)
     out = run(model, [ids], capture=names)
     resid = torch.stack([out.activations[n][0] for n in names])  # [L, T, d]
     with torch.no_grad():
-        logp = torch.log_softmax(decode_resid(model, resid, norm).float(), dim=-1)  # [L, T, V]
-        final = torch.log_softmax(decode_resid(model, resid[-1:], "final").float(), dim=-1)[0]  # the model's own
+        logp = torch.log_softmax(logits_from_resid(model, resid, final_norm=norm == "final").float(), dim=-1)
+        final = torch.log_softmax(logits_from_resid(model, resid[-1:], final_norm=True).float(), dim=-1)[0]
     final_top = final.argmax(-1)  # [T]
-    if target is None:
-        tgt = final_top
-    else:
-        tgt = torch.full((T,), _single_token(model, target), dtype=torch.long)
+    tgt = final_top if tgt_id is None else torch.full((T,), tgt_id, dtype=torch.long)
     tp, ti = torch.topk(logp.exp(), k, dim=-1)
     tlogp = logp.gather(-1, tgt[None, :, None].expand(L, T, 1))[..., 0]
     rank = (logp > tlogp[..., None]).sum(-1) + 1
@@ -161,25 +161,9 @@ def logit_lens(model, params: LogitLensParams) -> LogitLensResult:
     first = [int(torch.nonzero(is_top[:, t])[0]) if is_top[:, t].any() else -1 for t in range(T)]
     labels = str_tokens(model, ti.reshape(-1))
     return LogitLensResult(
-        model_id=model_id(model),
-        params=params,
+        model_id=model_id(model), params=params,
         tokens=str_tokens(model, ids), token_ids=[int(i) for i in ids],
         top_ids=ti.to(torch.int32), top_probs=tp, top_tokens=np.array(labels, dtype=object).reshape(L, T, k),
         target_ids=[int(i) for i in tgt], target_tokens=str_tokens(model, tgt),
         target_rank=rank.to(torch.int32), target_prob=tlogp.exp(), kl_to_final=kl, first_top1_layer=first,
     )
-
-
-def _single_token(model, target: str | int) -> int:
-    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
-        from probes.errors import check_range
-
-        return check_range("target token id", int(target), model.cfg.d_vocab)
-    if not isinstance(target, str) or target == "":
-        raise InputError("The target must be a non-empty string or a token id.")
-    if model.tokenizer is None:
-        raise InputError("This model has no tokenizer: give the target as a token id.")
-    ids = text_ids(model, target)
-    if len(ids) != 1:
-        raise InputError(f"The target {target!r} is {len(ids)} tokens; give a single token (e.g. with a leading space).")
-    return ids[0]

@@ -1,9 +1,9 @@
 """LLM-Microscope layer metrics over a text set (Razzhigaev et al. 2025, arXiv 2502.15007;
 reference code AIRI-Institute/LLM-Microscope; REFERENCES §10).
 
-States: the embeddings (``blocks.0.hook_resid_pre``) and the residual stream after every block
-(``blocks.l.hook_resid_post``, *before* the final norm — HF's last hidden state has the
-final norm applied; here every state is pre-norm), over every real token of the text set.
+States, as the reference's HF ``hidden_states``: the embeddings (``blocks.0.hook_resid_pre``),
+the residual stream after blocks 0 … L−2 (``hook_resid_post``) and the final normed state
+ln_final(h after block L−1); plus one extra, labelled row: after block L−1 before the norm.
 
 * :func:`linearity_score` — X = h_l, Y = h_{l+1}; centre both, scale each to unit Frobenius
   norm; A = least squares; score = 1 − ‖XA − Y‖²_F ("Your Transformer is Secretly Linear").
@@ -12,23 +12,14 @@ final norm applied; here every state is pre-norm), over every real token of the 
   Σ_i (E_i^l)² = 1 − linearity_l. High values mark the tokens whose update is least linear
   (the paper finds punctuation and stop words).
 * :func:`anisotropy` — largest eigenvalue / sum of eigenvalues of the centred covariance.
-* :func:`twonn_dimension` — TwoNN intrinsic dimension (Facco et al. 2017) from μ_i = r2/r1,
-  the ratio of each point's second to first nearest-neighbour distance.
-  ``method="reference"`` (default) is LLM-Microscope's estimator: states centred and divided
-  by their mean norm; points with μ ≤ 1 (duplicates, ties) are set aside but still count in
-  the empirical CDF F_i = (rank among all N points)/N; d is the slope through the origin of
-  −log(1 − F) against log μ over only the smallest fifth of the remaining μ (its
-  ``reduction_factor`` 5). ``method="mle"``: d = n / Σ log μ_i over distinct points.
-  ``method="fit"``: Facco's fit through the origin discarding the largest 10% of μ. The three
-  give different numbers on the same states; the table says which one it used.
-* :func:`contextualisation` — the paper's contextualisation score of a layer: how much of a
-  token's state is explained by the *previous* tokens' states, measured as the linearity
-  score (same centring, normalisation and least squares) between each token's state and the
-  mean of the states before it in its text.
-
-Rows follow the reference: the embedding output, the state after every block, and the
-final *normed* state (what HF returns as the last hidden state). The pre-norm state after
-the last block is kept as an extra, labelled row.
+* :func:`twonn_dimension` — TwoNN intrinsic dimension (Facco et al. 2017): μ_i = r2/r1, the
+  ratio of each point's second to first nearest-neighbour distance. ``method="reference"``
+  (default, LLM-Microscope's estimator): centre, divide by the mean norm, set points with
+  μ ≤ 1 aside (still counted in the empirical CDF), fit −log(1 − F) = d·log μ through the
+  origin on the smallest 20% of μ; over the first ``id_points`` (4,096) tokens.
+  ``method="mle"``: d = N / Σ log μ_i (duplicates merged). ``method="fit"``: Facco's fit
+  discarding the largest 10% of μ. On real LM states the three differ a lot (the
+  reference's fit on the smallest μ reads the local, small-scale dimension).
 """
 
 from __future__ import annotations
@@ -36,7 +27,7 @@ from __future__ import annotations
 import string
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Sequence
+from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -45,7 +36,6 @@ import torch
 from probes import hooknames
 from probes.errors import InputError
 from probes.models import model_id
-from probes.readout import final_norm
 from probes.results import Params, Result, analysis
 
 
@@ -106,108 +96,88 @@ def anisotropy(X: torch.Tensor) -> float:
     return float(ev[-1] / tr) if tr > 0 else float("nan")
 
 
-TWONN_METHODS = ("reference", "mle", "fit")
+TWONN_REDUCTION = 5  # LLM-Microscope fits on the smallest 1/5 of the μ ratios
+_DUP_EPS = 1e-8  # r1 below this (after scaling by the mean norm) marks a duplicate point
 
 
-def twonn_ratios(X) -> np.ndarray:
-    """μ = r2/r1 of every point of X [n, d] (float64; r1 = 0 gives μ = 0: a duplicate)."""
-    from sklearn.neighbors import NearestNeighbors
+def _two_nn(X: torch.Tensor, chunk: int = 1024, cand: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """r1, r2 (first and second nearest-neighbour distances, self excluded) of each row of X
+    (float64). Candidates come from the Gram-matrix form of the distances; their distances are
+    then recomputed exactly as ‖x_i − x_j‖ (the Gram form leaves ~1e-8 of rounding on
+    duplicates, which would hide them)."""
+    n = X.shape[0]
+    sq = (X * X).sum(1)
+    r1, r2 = torch.empty(n, dtype=X.dtype), torch.empty(n, dtype=X.dtype)
+    c = min(cand, n - 1)
+    for a in range(0, n, chunk):
+        b = min(a + chunk, n)
+        d2 = sq[a:b, None] + sq[None, :] - 2 * X[a:b] @ X.T
+        d2[torch.arange(b - a), torch.arange(a, b)] = float("inf")
+        idx = torch.topk(d2, c, dim=1, largest=False).indices  # [m, c]
+        exact = (X[idx] - X[a:b, None, :]).norm(dim=2)  # [m, c]
+        exact = torch.sort(exact, dim=1).values
+        r1[a:b], r2[a:b] = exact[:, 0], exact[:, 1]
+    return r1, r2
 
+
+def twonn_mu(X) -> np.ndarray:
+    """μ_i = r2/r1 for every point of X [n, d] after centring and dividing by the mean norm
+    (float64); μ = −1 marks a duplicate point (r1 below 1e-8)."""
+    X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X.detach().cpu()).double()
+    if X.ndim != 2 or X.shape[0] < 3:
+        raise InputError("TwoNN needs at least three points in a [n, d] array.")
+    X = X - X.mean(dim=0, keepdim=True)
+    scale = X.norm(dim=1).mean()
+    if scale > 0:
+        X = X / scale
+    with _lapack_threads():
+        r1, r2 = _two_nn(X)
+    bad = r1 < _DUP_EPS
+    mu = torch.where(bad, torch.full_like(r1, -1.0), r2 / torch.where(bad, torch.ones_like(r1), r1))
+    return mu.numpy()
+
+
+def twonn_dimension(X, method: Literal["reference", "mle", "fit"] = "reference", discard: float = 0.1) -> float:
+    """TwoNN intrinsic dimension of the points X [n, d] (see the module docstring).
+
+    ``"reference"`` (LLM-Microscope's estimator, the default): states centred and divided by
+    their mean norm; points with μ ≤ 1 (duplicates, ties) set aside but still counted in the
+    empirical CDF F_i = (m + i)/N; fit −log(1 − F) = d·log μ through the origin on the
+    smallest ⌊n/5⌋ of the remaining n ratios. ``"mle"``: d = N / Σ log μ_i after merging
+    duplicate points (Facco et al.'s maximum-likelihood form). ``"fit"``: Facco's fit through
+    the origin discarding the largest ``discard`` fraction of μ (duplicates merged).
+    """
+    if method == "reference":
+        mu = np.sort(twonn_mu(X))
+        N = len(mu)
+        m = int((mu <= 1 + _DUP_EPS).sum())
+        mu = mu[m:]
+        n = len(mu)
+        k = min(n // TWONN_REDUCTION, n - 1)
+        if k < 1:  # (almost) all points are duplicates: no fit (the reference gives 0/0 = nan)
+            return float("nan")
+        F = (m + np.arange(1, n + 1)) / N
+        x, y = np.log(mu[:k]), -np.log(1 - F[:k])
+        return float((x * y).sum() / (x * x).sum())
+    if method not in ("mle", "fit"):
+        raise InputError(f"TwoNN method must be 'reference', 'mle' or 'fit', not {method!r}.")
     X = np.asarray(X.detach().cpu().double() if isinstance(X, torch.Tensor) else X, dtype=np.float64)
     if X.ndim != 2 or X.shape[0] < 3:
         raise InputError("TwoNN needs at least three points in a [n, d] array.")
-    if not np.isfinite(X).all():
-        raise InputError("TwoNN: the states contain NaN or infinite values.")
-    dist, _ = NearestNeighbors(n_neighbors=3).fit(X).kneighbors(X)
-    # kneighbors returns the point itself first unless a duplicate ties with it: either way
-    # column 0 is at distance 0, columns 1 and 2 are the two nearest others
-    r1, r2 = dist[:, 1], dist[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(r1 > 1e-8, r2 / np.where(r1 > 1e-8, r1, 1.0), 0.0)
-
-
-def twonn_from_ratios(mu, method: str = "reference", reduction_factor: int = 5, discard: float = 0.1) -> float:
-    """The TwoNN estimate from the ratios μ (see the module docstring for the methods)."""
-    mu = np.sort(np.asarray(mu, dtype=np.float64))
-    if method == "reference":
-        eps = 1e-8
-        set_aside = int((mu <= 1 + eps).sum())
-        kept = mu[set_aside:]
-        n, total = len(kept), len(mu)
-        use = min(n // reduction_factor, n - 1)
-        if use < 1:
-            raise InputError("TwoNN: too few points with distinct neighbours for the reference fit.")
-        F = (np.arange(1, n + 1) + set_aside) / total
-        x, y = np.log(kept[:use]), -np.log(1 - F[:use])
-        return float((x * y).sum() / (x * x).sum())
-    kept = mu[mu > 1]
-    if len(kept) < 3:
+    X = np.unique(X, axis=0)  # duplicates would give r1 = 0 (and their neighbours r1 = r2)
+    if X.shape[0] < 3:
         raise InputError("TwoNN: too few distinct points.")
-    logmu = np.log(kept)
+    mu = twonn_mu(X)
+    logmu = np.log(np.where(mu > 0, mu, 1.0))
     if method == "mle":
-        return float(len(kept) / logmu.sum())
-    if method == "fit":
-        n = len(logmu)
-        F = np.arange(1, n + 1) / n
-        keep = int(np.floor(n * (1 - discard)))
-        x, y = logmu[:keep], -np.log(1 - F[:keep])
-        return float((x * y).sum() / (x * x).sum())
-    raise InputError(f"TwoNN method must be one of {', '.join(TWONN_METHODS)}, not {method!r}.")
-
-
-def twonn_dimension(X, method: str = "reference", reduction_factor: int = 5, discard: float = 0.1) -> float:
-    """TwoNN intrinsic dimension of the points X [n, d] (see the module docstring).
-
-    ``reference`` centres X and divides by the mean norm first (as LLM-Microscope does: the
-    ratios do not change, the 1e-8 duplicate threshold then applies on a fixed scale);
-    ``mle`` and ``fit`` merge duplicate points (r1 = 0) and set ties (μ = 1) aside.
-    """
-    if method not in TWONN_METHODS:
-        raise InputError(f"TwoNN method must be one of {', '.join(TWONN_METHODS)}, not {method!r}.")
-    X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X).double()
-    if method == "reference":
-        X = X - X.mean(dim=0, keepdim=True)
-        X = X / X.norm(dim=1).mean().clamp(min=1e-300)
-    else:
-        X = torch.from_numpy(np.unique(X.numpy(), axis=0))
-    return twonn_from_ratios(twonn_ratios(X), method, reduction_factor, discard)
-
-
-def contextualisation(states: torch.Tensor, embeds: torch.Tensor, lengths: Sequence[int]) -> tuple[float, torch.Tensor]:
-    """Linear contextual-memory proxy of one layer: how well each token's state [n, d]
-    linearly recovers the mean *input embedding* of the tokens before it in its text.
-
-    The paper (arXiv 2502.15007) scores C_i = −log P(prefix | e_i) with a trained decoder
-    (layer pooling, an MLP and a copy of the model); this is the closest closed-form
-    analogue: least squares fitted on the even-numbered texts, scored on the odd ones.
-    Returns (held-out R², per-token reconstruction error ‖ŷ − y‖/‖y‖ for every token with a
-    past; NaN for first tokens). Higher R² = more of the prefix is in the state.
-    """
-    X_rows, Y_rows, owner, where, start = [], [], [], [], 0
-    for t, n in enumerate(lengths):
-        if n >= 2:
-            e = embeds[start : start + n].double()
-            past = e.cumsum(0)[:-1] / torch.arange(1, n, dtype=e.dtype)[:, None]  # mean embedding of tokens < i
-            X_rows.append(states[start + 1 : start + n].double())
-            Y_rows.append(past)
-            owner += [t % 2] * (n - 1)
-            where += list(range(start + 1, start + n))
-        start += n
-    if not X_rows:
-        raise InputError("Contextualisation needs texts of at least two tokens.")
-    X, Y, owner = torch.cat(X_rows), torch.cat(Y_rows), torch.tensor(owner)
-    fit, test = owner == 0, owner == 1
-    if int(fit.sum()) < 2 or int(test.sum()) < 1:
-        raise InputError("Contextualisation needs at least two texts (fitted on even, scored on odd ones).")
-    mx, my = X[fit].mean(0, keepdim=True), Y[fit].mean(0, keepdim=True)
-    with _lapack_threads():
-        A = torch.linalg.lstsq(X[fit] - mx, Y[fit] - my, driver="gelsd").solution
-    pred = (X - mx) @ A + my
-    resid = (pred - Y)[test]
-    r2 = 1.0 - float(resid.pow(2).sum() / (Y[test] - Y[test].mean(0, keepdim=True)).pow(2).sum())
-    err = torch.full((states.shape[0],), float("nan"), dtype=torch.float64)
-    err[torch.tensor(where)] = (pred - Y).norm(dim=1) / Y.norm(dim=1).clamp(min=1e-12)
-    return r2, err.float()
+        s = logmu.sum()
+        return float(len(mu) / s) if s > 0 else float("inf")
+    order = np.sort(logmu)
+    n = len(order)
+    F = np.arange(1, n + 1) / n
+    keep = int(np.floor(n * (1 - discard)))
+    x, y = order[:keep], -np.log(1 - F[:keep])
+    return float((x * y).sum() / (x * x).sum())
 
 
 _STOP = set("""a an the and or but if of to in on at by for with from as is are was were be been it its
@@ -230,41 +200,55 @@ def token_class(tok: str) -> str:
     return "other"
 
 
+def _normalise_texts(obj) -> None:
+    t = obj.texts
+    if isinstance(t, str):
+        return
+    out = []
+    for x in t:
+        out.append(x if isinstance(x, str) else tuple(int(i) for i in torch.as_tensor(x).reshape(-1).tolist()))
+    object.__setattr__(obj, "texts", tuple(out))
+
+
 @dataclass(frozen=True)
 class MicroscopeParams(Params):
-    """Parameters of :func:`microscope`. Defaults follow LLM-Microscope: the first 4,096
-    tokens, the reference TwoNN estimator on all of them."""
-
     kind: ClassVar[str] = "microscope"
-    texts: object = field(default="mixed", metadata={"help": "shipped text set, or a list of texts"})
-    max_tokens: int = field(default=4096, metadata={"help": "tokens in all (texts in order, cut to fit)"})
-    max_tokens_per_text: int = field(default=256, metadata={"help": "first tokens of each text"})
-    id_points: int = field(default=4096, metadata={"help": "TwoNN on the first this many tokens"})
+    texts: str | tuple = field(default="mixed", metadata={"help": "text set name (probes.datasets) or the texts themselves"})
+    max_tokens: int = field(default=4096, metadata={"help": "tokens used in all (the reference uses 4,096)"})
+    max_tokens_per_text: int = field(default=256, metadata={"help": "each text cut to this many tokens"})
+    id_points: int = field(default=4096, metadata={"help": "TwoNN on the first this-many tokens"})
     id_method: Literal["reference", "mle", "fit"] = field(default="reference", metadata={
-        "help": "TwoNN estimator: reference (LLM-Microscope's) | mle | fit"})
+        "help": "TwoNN estimator: reference (LLM-Microscope: smallest 20%% of mu), mle or fit"})
     batch_size: int = field(default=8, metadata={"help": "texts per forward pass"})
 
     def __post_init__(self):
-        if not isinstance(self.texts, str):
-            object.__setattr__(self, "texts", tuple(self.texts))
-        if self.id_method not in TWONN_METHODS:
-            raise InputError(f"TwoNN method must be one of {', '.join(TWONN_METHODS)}, not {self.id_method!r}.")
+        _normalise_texts(self)
+        if self.id_method not in ("reference", "mle", "fit"):
+            raise InputError(f"id_method must be 'reference', 'mle' or 'fit', not {self.id_method!r}.")
+        for name in ("max_tokens", "max_tokens_per_text", "id_points", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise InputError(f"{name} must be a positive integer, not {v!r}.")
 
 
 @dataclass(frozen=True)
 class MicroscopeResult(Result):
-    """Per-state metrics, rows as the reference: ``embed``, ``after block l`` (l < L−1),
-    ``final (normed)`` — the last block's output through the final norm — and the extra
-    labelled row ``after block L−1 (pre-norm)``; per-token nonlinearity (column l = the
-    transformation from row l to row l+1 of the reference rows)."""
+    """Per-state metrics and per-token nonlinearity.
 
-    states: tuple  # row labels
-    linearity: np.ndarray  # [n_rows − 1] state r → r+1 (nan on the extra row)
-    anisotropy: np.ndarray  # [n_rows]
-    intrinsic_dim: np.ndarray  # [n_rows]
-    contextualisation: np.ndarray  # [n_rows] held-out R² of the linear prefix-memory proxy
-    nonlinearity: torch.Tensor  # [n_tokens, n_reference_rows − 1]
-    tokens: pd.DataFrame  # one row per token: text, pos, token, token_id, class, nonlinearity, context error
+    States (rows of :meth:`to_frame`), as the reference's HF ``hidden_states``: ``embed``,
+    ``after block 0`` … ``after block L−2``, ``final norm`` (= ln_final(after block L−1));
+    plus one extra row not in the reference, ``after block L−1 (pre-norm)``, placed before
+    ``final norm``. Linearity and nonlinearity are over consecutive *reference* states
+    (L transitions; the last is after block L−2 → final norm, as in the reference)."""
+
+    states: list  # state labels, len S = L + 2
+    in_reference: list  # bool per state
+    linearity: np.ndarray  # [L] reference transition j: ref state j → j+1
+    anisotropy: np.ndarray  # [S]
+    intrinsic_dim: np.ndarray  # [S] the chosen estimator
+    intrinsic_dim_mle: np.ndarray  # [S] always the MLE too, for comparison
+    nonlinearity: torch.Tensor  # [n_tokens, L]
+    tokens: pd.DataFrame  # one row per token: text, pos, token, token_id, class, mean nonlinearity
 
     kind = "microscope"
 
@@ -279,29 +263,36 @@ class MicroscopeResult(Result):
                 .sort_values("mean", ascending=False).reset_index())
 
     def to_frame(self) -> pd.DataFrame:
+        ref_rows = [i for i, r in enumerate(self.in_reference) if r]
+        lin = np.full(len(self.states), np.nan)
+        for j, i in enumerate(ref_rows[:-1]):
+            lin[i] = self.linearity[j]
         return pd.DataFrame({
-            "state": list(self.states),
-            "linearity_to_next": list(self.linearity) + [np.nan],
+            "state": self.states,
+            "in_reference": self.in_reference,
+            "linearity_to_next": lin,
             "anisotropy": self.anisotropy,
             "intrinsic_dim": self.intrinsic_dim,
-            "id_method": self.params.id_method,
-            "contextualisation_r2": self.contextualisation,
+            "intrinsic_dim_mle": self.intrinsic_dim_mle,
         })
 
     def figures(self) -> dict:
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
+        n = len(self.linearity)
+        fig = make_subplots(rows=3, cols=1, vertical_spacing=0.08,
+                            subplot_titles=("Linearity of reference transition j (state j → j+1)",
+                                            "Anisotropy per state",
+                                            f"Intrinsic dimension (TwoNN, {self.params.id_method}; dotted: MLE)"))
+        fig.add_trace(go.Scatter(x=list(range(n)), y=self.linearity, mode="lines+markers", name="linearity"), 1, 1)
         xs = list(self.states)
-        fig = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.05,
-                            subplot_titles=("Linearity score (state → next state)", "Anisotropy",
-                                            f"Intrinsic dimension (TwoNN, {self.params.id_method})",
-                                            "Contextualisation (held-out R², linear prefix-memory proxy)"))
-        fig.add_trace(go.Scatter(x=xs[:-1], y=self.linearity, mode="lines+markers", name="linearity"), 1, 1)
         fig.add_trace(go.Scatter(x=xs, y=self.anisotropy, mode="lines+markers", name="anisotropy"), 2, 1)
         fig.add_trace(go.Scatter(x=xs, y=self.intrinsic_dim, mode="lines+markers", name="TwoNN ID"), 3, 1)
-        fig.add_trace(go.Scatter(x=xs, y=self.contextualisation, mode="lines+markers", name="contextualisation"), 4, 1)
-        fig.update_layout(height=950, showlegend=False, title=f"LLM-Microscope metrics over {len(self.tokens)} tokens")
+        fig.add_trace(go.Scatter(x=xs, y=self.intrinsic_dim_mle, mode="lines", line={"dash": "dot"},
+                                 name="TwoNN MLE"), 3, 1)
+        fig.update_layout(height=850, showlegend=False,
+                          title=f"LLM-Microscope metrics over {len(self.tokens)} tokens ({self.model_id})")
         c = self.by_class()
         bar = go.Figure(go.Bar(x=c["token_class"], y=c["mean"], text=c["count"], texttemplate="n=%{text}"))
         bar.update_layout(title="Mean per-token nonlinearity by token class (LLM-Microscope)",
@@ -312,56 +303,61 @@ class MicroscopeResult(Result):
         return {"layer_metrics": fig, "nonlinearity_by_class": bar, "most_nonlinear_tokens": top}
 
 
-def _twonn_or_nan(x: torch.Tensor, method: str) -> float:
-    """TwoNN of one state; NaN where too few points have distinct neighbours (a tiny
-    vocabulary's embedding row is mostly duplicates)."""
-    try:
-        return twonn_dimension(x, method=method)
-    except InputError:
-        return float("nan")
+def _encode(model, texts, max_tokens_per_text: int) -> list[torch.Tensor]:
+    from probes.datasets import load_texts
+    from probes.tokens import as_token_tensor, encode_batch
+
+    items = list(load_texts(texts)) if isinstance(texts, str) else list(texts)
+    seqs = []
+    for t in items:
+        if isinstance(t, str):
+            if t.strip():
+                seqs.extend(encode_batch(model, [t], max_tokens=max_tokens_per_text, truncate=True))
+        elif len(t):
+            seqs.append(as_token_tensor(model, list(t))[0][:max_tokens_per_text])
+    if not seqs:
+        raise InputError("The text set is empty: give at least one non-empty text.")
+    return seqs
 
 
 @analysis(MicroscopeParams)
-def microscope(model, params: MicroscopeParams, progress=False) -> MicroscopeResult:
-    """Linearity, anisotropy, TwoNN dimension and contextualisation per state, and per-token
-    nonlinearity, over a text set truncated to ``max_tokens`` tokens in all (texts cut to
-    ``max_tokens_per_text``). TwoNN runs on the first ``id_points`` tokens."""
-    from analyses.neurons import _encode_texts, resolve_texts
+def microscope(model, params: MicroscopeParams, *, progress=False) -> MicroscopeResult:
+    """Linearity, anisotropy, TwoNN dimension per state and per-token nonlinearity over a
+    text set, truncated to ``max_tokens`` tokens in all (texts cut to ``max_tokens_per_text``).
+    TwoNN runs on the first ``id_points`` tokens (the reference uses the first 4,096)."""
+    from probes import hooknames
     from probes.capture import run
+    from probes.readout import final_norm
     from probes.tokens import str_tokens
 
-    p = params
-    texts_list = resolve_texts(p.texts)
     seqs, total = [], 0
-    for s_ in _encode_texts(model, texts_list, p.max_tokens_per_text):
-        if total >= p.max_tokens:
+    for s in _encode(model, params.texts, params.max_tokens_per_text):
+        if total >= params.max_tokens:
             break
-        s_ = s_[: p.max_tokens - total]
-        seqs.append(s_)
-        total += len(s_)
+        s = s[: params.max_tokens - total]
+        seqs.append(s)
+        total += len(s)
     d = model.cfg.d_model
     if total <= d:
         raise InputError(f"The text set gives {total} tokens; the linear fit needs more than d_model = {d}.")
     L = model.cfg.n_layers
     names = [hooknames.name("resid_pre", 0)] + [hooknames.name("resid_post", i) for i in range(L)]
-    out = run(model, seqs, capture=names, batch_size=p.batch_size, progress=progress, desc="microscope")
-    raw = [torch.cat(out.activations[n]).float() for n in names]  # each [n_tokens, d]
+    out = run(model, seqs, capture=names, batch_size=params.batch_size, progress=progress, desc="microscope")
+    states = [torch.cat(out.activations[n]).float() for n in names]  # each [n_tokens, d]
     del out
     with torch.no_grad():
-        normed = final_norm(model, raw[-1][None])[0].float()
-    # reference rows: embeddings, after blocks 0..L−2, the final normed state; extra: pre-norm last block
-    states = raw[:-1] + [normed, raw[-1]]
-    labels = ("embed",) + tuple(f"after block {i}" for i in range(L - 1)) + ("final (normed)", f"after block {L - 1} (pre-norm)")
-    ref = len(states) - 1  # reference rows
-    residuals = [_fit(states[i], states[i + 1])[1] for i in range(ref - 1)]
-    lin = np.array([float(1.0 - R.pow(2).sum()) for R in residuals] + [np.nan])
+        states.append(final_norm(model, states[-1]).float())
+    labels = ["embed"] + [f"after block {i}" for i in range(L - 1)] + [f"after block {L - 1} (pre-norm)", "final norm"]
+    in_ref = [True] * L + [False, True]
+    ref = [s for s, r in zip(states, in_ref) if r]
+    residuals = [_fit(ref[i], ref[i + 1])[1] for i in range(L)]
+    lin = np.array([float(1.0 - R.pow(2).sum()) for R in residuals])
     E = torch.stack([R.norm(dim=1).float() for R in residuals], dim=1)
     del residuals
-    ani = np.array([anisotropy(x) for x in states])
-    k = min(p.id_points, total)
-    ids = np.array([_twonn_or_nan(x[:k], p.id_method) for x in states])
-    lengths = [len(q) for q in seqs]
-    ctx = [contextualisation(x, states[0], lengths) for x in states]
+    ani = np.array([anisotropy(s) for s in states])
+    k = min(params.id_points, total)
+    ids = np.array([twonn_dimension(s[:k], method=params.id_method) for s in states])
+    ids_mle = ids if params.id_method == "mle" else np.array([twonn_dimension(s[:k], method="mle") for s in states])
     all_ids = torch.cat(seqs)
     toks = str_tokens(model, all_ids)
     frame = pd.DataFrame({
@@ -373,6 +369,6 @@ def microscope(model, params: MicroscopeParams, progress=False) -> MicroscopeRes
         "context_error": torch.stack([c[1] for c in ctx[1:ref]], dim=1).mean(dim=1).numpy(),
     })
     return MicroscopeResult(
-        model_id=model_id(model), params=params, states=labels, linearity=lin, anisotropy=ani,
-        intrinsic_dim=ids, contextualisation=np.array([c[0] for c in ctx]), nonlinearity=E, tokens=frame,
+        model_id=model_id(model), params=params, states=labels, in_reference=in_ref,
+        linearity=lin, anisotropy=ani, intrinsic_dim=ids, intrinsic_dim_mle=ids_mle, nonlinearity=E, tokens=frame,
     )

@@ -17,4 +17,5 @@ def test_logit_lens_page(smollm2):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Final top-1 at the last position"] == "' Paris'"
     at.text_input(key="ll_target").set_value(" Pariss").run()
-    assert [e.value for e in at.error] == ["The target ' Pariss' is 2 tokens; give a single token (e.g. with a leading space)."]
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith("' Pariss' is 2 tokens")

@@ -31,26 +31,34 @@ def test_paris_and_the_layer_it_appears(smollm2):
 
 
 def test_microscope_metrics_on_real_text(smollm2):
-    from analyses.microscope import microscope, twonn_dimension
+    from analyses.microscope import linearity_score, microscope
     from probes.capture import run
     from probes.readout import final_norm
+    from tests.unit.test_microscope import reference_twonn
 
     model = smollm2.model
     res = microscope(model, texts="mixed", max_tokens=800, max_tokens_per_text=100, id_points=800)
     L = model.cfg.n_layers
-    # reference rows (embed, after blocks 0..L-2, final normed) + the labelled pre-norm extra row
-    assert len(res.states) == L + 2 and res.states[L] == "final (normed)" and "pre-norm" in res.states[-1]
-    assert res.linearity.shape == (L + 1,) and np.isnan(res.linearity[-1])
-    assert np.all(res.linearity[:-1] <= 1 + 1e-9) and np.all(res.linearity[:-1] > 0)
+    assert res.linearity.shape == (L,) and res.anisotropy.shape == (L + 2,)
+    assert res.states[0] == "embed" and res.states[-1] == "final norm" and res.in_reference[-2] is False
+    assert np.all(res.linearity <= 1 + 1e-9) and np.all(res.linearity > 0)
     assert np.all((res.anisotropy > 0) & (res.anisotropy <= 1))
-    assert np.all(np.isfinite(res.intrinsic_dim)) and np.all(res.intrinsic_dim > 0)
+    assert np.all(np.isfinite(res.intrinsic_dim[1:])) and np.all(res.intrinsic_dim[1:] > 0)
     assert set(res.by_class()["token_class"]) <= {"punctuation", "stop word", "number", "space", "other"}
-    # the final normed row is really ln_final of the last block's output (recomputed here)
-    seqs_out = run(model, ["The capital of France is Paris."], capture=[f"blocks.{L - 1}.hook_resid_post"])
-    h = seqs_out.activations[f"blocks.{L - 1}.hook_resid_post"][0]
+    # the same states, captured independently: the last reference transition ends at ln_final(h),
+    # and TwoNN equals LLM-Microscope's algorithm (re-implemented in the unit tests)
+    seqs, total = [], 0
+    from analyses.microscope import _encode
+    for s in _encode(model, "mixed", 100):
+        if total >= 800:
+            break
+        seqs.append(s[: 800 - total])
+        total += len(seqs[-1])
+    names = ["blocks.27.hook_resid_post", "blocks.28.hook_resid_post", "blocks.29.hook_resid_post"]
+    out = run(model, seqs, capture=names)
+    h27, h28, h29 = (torch.cat(out.activations[n]).float() for n in names)
     with torch.no_grad():
-        normed = final_norm(model, h)
-    assert not torch.allclose(normed, h)  # the row differs from the pre-norm one
-    # TwoNN per row is the reference estimator on the first id_points tokens
-    assert res.params.id_method == "reference" and res.params.id_points == 800
-    assert np.isfinite(twonn_dimension(torch.randn(300, 8), "reference"))
+        normed = final_norm(model, h29).float()
+    assert res.linearity[-1] == pytest.approx(linearity_score(h28, normed), abs=1e-4)
+    for row, h in ((28, h27), (30, h29), (31, normed)):
+        assert res.intrinsic_dim[row] == pytest.approx(reference_twonn(h), rel=1e-6)

@@ -1,11 +1,20 @@
 """Logit lens on a tiny model: the last layer is the model's own forward pass."""
 
+import math
+
+import pandas as pd
 import pytest
 import torch
 
-from analyses.logit_lens import decode_resid, logit_lens
+from analyses.logit_lens import (
+    LogitLensParams,
+    LogitLensResult,
+    decode_resid,
+    logit_lens,
+)
 from probes.capture import run
 from probes.errors import InputError
+from probes.results import Result
 from tests.tiny import tiny_model
 
 IDS = [3, 17, 4, 29, 8, 11, 40, 2]
@@ -31,44 +40,74 @@ def test_last_layer_equals_model_logits():
         assert all(int(tops[l]) != int(tops[-1]) for l in range(first))
 
 
-def test_raw_and_final_readouts_values_by_hand():
-    """Axis-aligned weights: W_U = identity on the first 32 tokens and γ_i = 1 + i. A state
-    h = 2·e_5 + 1.5·e_9 (d = 32, RMSNorm eps ε) decodes raw to logits 2 and 1.5 on tokens 5
-    and 9; through the final norm to γ_i·h_i / rms(h) = 12/rms and 15/rms, with
-    rms(h) = sqrt((4 + 2.25)/32 + ε)."""
-    m = tiny_model(n_layers=1, d_model=32, d_vocab=40, seed=1, dtype=torch.float64)
+def _wired_model():
+    """Blocks write nothing (W_O = W_out = 0), so every resid_post is the token's embedding;
+    token 5 embeds as h = (1, 2, 0, …); W_U = [I | 0], b_U = 0; final-norm γ = (10, 1, 1, …)."""
+    m = tiny_model(n_layers=2, seed=4, dtype=torch.float64)
     with torch.no_grad():
-        m.unembed.W_U.zero_()
-        m.unembed.W_U[:, :32] = torch.eye(32, dtype=torch.float64)
-        m.unembed.b_U.zero_()
-        m.ln_final.w.copy_(1.0 + torch.arange(32, dtype=torch.float64))
-    h = torch.zeros(32, dtype=torch.float64)
-    h[5], h[9] = 2.0, 1.5
-    rms = (6.25 / 32 + m.cfg.eps) ** 0.5
-    with torch.no_grad():
-        raw, fin = decode_resid(m, h, "raw"), decode_resid(m, h, "final")
-    assert float(raw[5]) == pytest.approx(2.0, rel=1e-12) and float(raw[9]) == pytest.approx(1.5, rel=1e-12)
-    assert float(fin[5]) == pytest.approx(12 / rms, rel=1e-9) and float(fin[9]) == pytest.approx(15 / rms, rel=1e-9)
-    # the orders differ: raw ranks token 5 first, the final norm's γ ranks token 9 first
-    assert int(raw.argmax()) == 5 and int(fin.argmax()) == 9
+        for blk in m.blocks:
+            blk.attn.W_O.zero_(); blk.attn.b_O.zero_()
+            blk.mlp.W_out.zero_(); blk.mlp.b_out.zero_()
+        m.W_E.zero_()
+        m.W_E[5, 0], m.W_E[5, 1] = 1.0, 2.0
+        m.W_U.zero_()
+        m.W_U[:, : m.cfg.d_model] = torch.eye(m.cfg.d_model, dtype=torch.float64)
+        m.b_U.zero_()
+        m.ln_final.w.fill_(1.0)
+        m.ln_final.w[0] = 10.0
+    return m
 
 
-def test_generic_loader_keeps_gamma_out_of_the_unembedding(monkeypatch):
-    """Models from the TransformerLens path load unprocessed (from_pretrained_no_processing),
-    so γ is not folded into W_U and "raw" stays raw."""
+def test_raw_and_final_lens_differ_by_the_gamma_effect_computed_by_hand():
+    m = _wired_model()
+    V, d, eps = m.cfg.d_vocab, m.cfg.d_model, m.cfg.eps
+    raw = logit_lens(m, [5], norm="raw", k=2)
+    fin = logit_lens(m, [5], norm="final", k=2)
+    # raw: logits (1, 2, 0 × 48) → top token 1 with p = e² / (e + e² + 48), then token 0
+    p_raw = math.e**2 / (math.e + math.e**2 + (V - 2))
+    assert raw.top_ids[:, 0, 0].tolist() == [1, 1] and raw.top_ids[:, 0, 1].tolist() == [0, 0]
+    assert float(raw.top_probs[0, 0, 0]) == pytest.approx(p_raw, rel=1e-6)  # the lens computes softmax in float32
+    # final: h / rms(h) ⊙ γ with rms = √(5/d + eps): logits (10/rms, 2/rms, 0 …) → token 0 wins
+    rms = math.sqrt(5 / d + eps)
+    p_fin = 1 / (1 + math.exp(-8 / rms) + (V - 2) * math.exp(-10 / rms))
+    assert fin.top_ids[:, 0, 0].tolist() == [0, 0]
+    assert float(fin.top_probs[1, 0, 0]) == pytest.approx(p_fin, rel=1e-6)  # the lens computes softmax in float32
+    # the tracked target (final top-1 = token 0) under the raw lens: p = e / (e + e² + 48), rank 2
+    assert float(raw.target_prob[0, 0]) == pytest.approx(math.e / (math.e + math.e**2 + V - 2), rel=1e-6)  # the lens computes softmax in float32
+    assert int(raw.target_rank[0, 0]) == 2 and raw.first_top1_layer == [-1]
+
+
+def test_transformer_lens_loader_loads_unprocessed(monkeypatch):
+    """probes.models.load_transformer_lens must call from_pretrained_no_processing (no γ folding)."""
     import transformer_lens
 
     from probes import models
 
     calls = []
+
+    def no_processing(name, **kw):
+        calls.append(("no_processing", name))
+        return "model"
+
+    def processed(*a, **kw):
+        raise AssertionError("from_pretrained (processing) must not be used")
+
+    monkeypatch.setattr(transformer_lens.HookedTransformer, "from_pretrained_no_processing", staticmethod(no_processing))
+    monkeypatch.setattr(transformer_lens.HookedTransformer, "from_pretrained", staticmethod(processed))
     monkeypatch.setattr(models, "_hf_cached", lambda name: True)
-    monkeypatch.setattr(models, "_official_tl_name", lambda name: "gpt2")
-    monkeypatch.setattr(transformer_lens.HookedTransformer, "from_pretrained_no_processing",
-                        classmethod(lambda cls, name, **kw: calls.append(("no_processing", name)) or "model"))
-    monkeypatch.setattr(transformer_lens.HookedTransformer, "from_pretrained",
-                        classmethod(lambda cls, name, **kw: calls.append(("processed", name)) or "model"))
-    out = models.load_transformer_lens(models.ModelSpec("gpt2", "test", "test", 0, True, None), "cpu", torch.float32)
-    assert out == "model" and calls == [("no_processing", "gpt2")]
+    spec = models.ModelSpec(name="gpt2", source="test", licence="MIT", n_ctx=1024, prepend_bos=True, bos_token=None)
+    out = models.load_transformer_lens(spec, "cpu", torch.float32)
+    assert out == "model" and len(calls) == 1 and calls[0][0] == "no_processing"
+
+
+def test_params_save_load_rerun(tmp_path):
+    m = tiny_model(n_layers=2, seed=4)
+    res = logit_lens(m, IDS, k=3, target=9)
+    assert isinstance(res.params, LogitLensParams) and res.params.prompt == tuple(IDS)
+    back = Result.load(res.save(tmp_path / "r"))
+    assert isinstance(back, LogitLensResult) and back.params == res.params
+    pd.testing.assert_frame_equal(back.rerun(m).to_frame(), res.to_frame())
+    assert logit_lens(m, LogitLensParams(prompt=tuple(IDS), k=3, target=9)).to_frame().equals(res.to_frame())
 
 
 def test_target_token_and_bad_input():

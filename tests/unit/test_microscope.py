@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from analyses.microscope import (
+    MicroscopeParams,
+    MicroscopeResult,
     anisotropy,
     contextualisation,
     linearity_score,
@@ -17,7 +19,79 @@ from analyses.microscope import (
     twonn_from_ratios,
 )
 from probes.errors import InputError
+from probes.results import Result
 from tests.tiny import tiny_model
+
+
+def reference_twonn(emb: torch.Tensor, reduction_factor: int = 5) -> float:
+    """LLM-Microscope's TwoNN, re-implemented independently from its algorithm (AIRI-Institute
+    LLM-Microscope ``intrinsic_dimension``): brute-force distances per point, kthvalue r1/r2,
+    r1 < eps marked bad (μ = −1), sort, drop μ ≤ 1 + eps but keep them in F, fit through the
+    origin on the first min(n // 5, n − 1) points."""
+    eps = 1e-8
+    e = emb.to(torch.float64)
+    e = e - e.mean(dim=0, keepdim=True)
+    e = e / e.norm(dim=1).mean()
+    r1, r2 = [], []
+    for i in range(len(e)):
+        dd = torch.cat([(e[:i] - e[i]).norm(dim=1), (e[i + 1:] - e[i]).norm(dim=1)])
+        r1.append(torch.kthvalue(dd, 1)[0])
+        r2.append(torch.kthvalue(dd, 2)[0])
+    r1, r2 = torch.stack(r1), torch.stack(r2)
+    bad = r1 < eps
+    mu = r2 / torch.where(bad, torch.ones_like(r1), r1)
+    mu[bad] = -1
+    mu, _ = torch.sort(mu)
+    useless = int((mu <= 1 + eps).sum())
+    mu = mu[useless:]
+    n = mu.shape[0]
+    f = torch.arange(1 + useless, n + 1 + useless, dtype=torch.float64) / (n + useless)
+    k = min(n // reduction_factor, n - 1)
+    x, y = torch.log(mu)[:k], -torch.log(1 - f)[:k]
+    return float((x * y).sum() / (x * x).sum())
+
+
+def _triplet_cloud(cs, duplicates: bool) -> np.ndarray:
+    """Far-apart 1-D clusters in R^3: a triplet at 0, 1, 1 + c for each c (μ = 1 + c, c and
+    (1 + c)/c), an equidistant triple 0, 1, 2 (μ = 2, 1, 2) and optionally a duplicated point."""
+    pts, off = [], 0.0
+    for c in cs:
+        pts += [off, off + 1, off + 1 + c]
+        off += 1000.0
+    pts += [off, off + 1, off + 2]
+    off += 1000.0
+    if duplicates:
+        pts += [off, off]
+    P = np.zeros((len(pts), 3))
+    P[:, 0] = pts
+    return P
+
+
+def test_twonn_reference_and_mle_differ_as_derived_by_hand():
+    cs = [20, 30, 40, 50, 60]
+    # N = 20 points: 15 from the triplets, 3 equidistant, 2 duplicates. Set aside (μ ≤ 1): the two
+    # duplicates (r1 = 0) and the middle of the equidistant triple (μ = 1): m = 3, n = 17 left,
+    # ⌊17/5⌋ = 3 smallest kept: μ = 61/60, 51/50, 41/40 at F = 4/20, 5/20, 6/20.
+    x = np.log([61 / 60, 51 / 50, 41 / 40])
+    y = -np.log(1 - np.array([4, 5, 6]) / 20)
+    expected_ref = (x * y).sum() / (x * x).sum()  # ≈ 14.27
+    P = _triplet_cloud(cs, duplicates=True)
+    assert twonn_dimension(P) == pytest.approx(expected_ref, rel=1e-9)
+    assert twonn_dimension(P, method="reference") == pytest.approx(14.2677, rel=1e-4)
+    assert reference_twonn(torch.as_tensor(P)) == pytest.approx(expected_ref, rel=1e-9)
+    # MLE without duplicates: N = 18 over Σ log μ = Σ_c 2 log(1 + c) + 2 log 2 (middle point: log 1)
+    Q = _triplet_cloud(cs, duplicates=False)
+    expected_mle = 18 / (2 * np.log(21 * 31 * 41 * 51 * 61) + 2 * np.log(2))  # ≈ 0.4755
+    assert twonn_dimension(Q, method="mle") == pytest.approx(expected_mle, rel=1e-9)
+    assert twonn_dimension(Q, method="mle") < 0.1 * twonn_dimension(Q)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_twonn_matches_reference_algorithm_on_random_clouds(seed):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(400, 8, generator=g) @ torch.randn(8, 30, generator=g) + 3.0
+    X = torch.cat([X, X[:7]])  # some duplicates too
+    assert twonn_dimension(X) == pytest.approx(reference_twonn(X), rel=1e-9)
 
 
 def test_linearity_of_exact_linear_pair_is_one():
@@ -35,17 +109,25 @@ def test_linearity_of_unrelated_pair_is_low_and_errors_add_up():
     s = linearity_score(X, Y)
     # E[explained fraction] for independent Gaussians is d/(n-1) ≈ 0.01
     assert s < 0.03
-    # a hand-derived middle case: Y = X·A + noise with Var(noise) = Var(XA) on every
-    # coordinate; after centring and scaling, half the variance of Y is linear in X
-    A = torch.linalg.qr(torch.randn(20, 20, generator=g))[0]  # orthogonal: Var(XA) = 1 per coordinate
-    Y2 = X @ A + torch.randn(2000, 20, generator=g)
-    assert linearity_score(X, Y2) == pytest.approx(0.5, abs=0.03)
-    # per-token nonlinearity of the exact linear part is ~0, of pure noise tokens is large
-    E = token_nonlinearity(X, X @ A)
-    assert float(E.max()) < 1e-6
     # a nonlinear map: Y = X², partly linear at most
     s2 = linearity_score(X, X**2 + 0.1 * X)
     assert s2 < 0.1
+
+
+def test_token_nonlinearity_of_a_hand_built_quadratic():
+    # x = (−1, 0, 1), y = x²: centred y = (1, −2, 1)/3 is orthogonal to x, so A = 0 and
+    # E_i = |ỹ_i| = |y_i − ȳ| / ‖y − ȳ‖ = (1, 2, 1)/√6; linearity = 0.
+    X = torch.tensor([[-1.0], [0.0], [1.0]], dtype=torch.float64)
+    Y = X**2
+    E = token_nonlinearity(X, Y)
+    assert torch.allclose(E.double(), torch.tensor([1, 2, 1], dtype=torch.float64) / 6**0.5, atol=1e-6)
+    assert linearity_score(X, Y) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_anisotropy_of_known_covariance():
+    # points ±3 e1 and ±1 e2: centred covariance ∝ diag(18, 2) → anisotropy 18 / 20 = 0.9
+    X = torch.tensor([[3.0, 0, 5], [-3.0, 0, 5], [0, 1.0, 5], [0, -1.0, 5]], dtype=torch.float64)
+    assert anisotropy(X) == pytest.approx(0.9, rel=1e-12)
 
 
 def test_anisotropy_isotropic_and_rank_one():
@@ -121,10 +203,9 @@ def test_twonn_drops_duplicates_and_rejects_tiny_input():
     rng = np.random.default_rng(3)
     P = _embed(rng.uniform(size=(1500, 2)), 10, 4)
     dup = np.concatenate([P, P[:200]])  # duplicates would give r1 = 0
-    assert math.isfinite(twonn_dimension(dup, "mle"))
-    assert twonn_dimension(dup, "mle") == twonn_dimension(P, "mle")  # merged
-    # the reference keeps duplicates in the CDF (set aside, not merged): a different number
-    assert math.isfinite(twonn_dimension(dup)) and twonn_dimension(dup) != twonn_dimension(P)
+    assert math.isfinite(twonn_dimension(dup, method="mle"))
+    assert twonn_dimension(dup, method="mle") == pytest.approx(twonn_dimension(P, method="mle"), rel=1e-12)
+    assert math.isfinite(twonn_dimension(dup))
     with pytest.raises(InputError):
         twonn_dimension(np.zeros((2, 3)))
 
@@ -136,47 +217,41 @@ def test_token_class():
     assert token_class(" house") == "other"
 
 
-def test_contextualisation_proxy_on_a_planted_prefix_memory():
-    """States that carry the mean of the past embeddings exactly give R² = 1 on held-out
-    texts; states of pure noise give R² ≤ ~0."""
-    g = torch.Generator().manual_seed(4)
-    lengths = [30] * 8
-    E = torch.randn(240, 6, generator=g, dtype=torch.float64)
-    memory, start = torch.zeros(240, 6, dtype=torch.float64), 0
-    for n in lengths:
-        e = E[start : start + n]
-        memory[start + 1 : start + n] = e.cumsum(0)[:-1] / torch.arange(1, n, dtype=torch.float64)[:, None]
-        start += n
-    M = torch.randn(6, 6, generator=g, dtype=torch.float64)
-    r2, err = contextualisation(memory @ M, E, lengths)  # an invertible linear code of the memory
-    assert r2 == pytest.approx(1.0, abs=1e-9)
-    assert torch.isnan(err[0]) and float(err[1:30].max()) < 1e-6
-    r2_noise, _ = contextualisation(torch.randn(240, 6, generator=g, dtype=torch.float64), E, lengths)
-    assert r2_noise < 0.1
-
-
 def test_microscope_on_tiny_model(tmp_path):
-    import pandas as pd
-
-    from probes.results import Result
-
     m = tiny_model(n_layers=2, d_model=16, d_vocab=50, seed=0)
     g = torch.Generator().manual_seed(0)
     texts = [torch.randint(0, 50, (40,), generator=g).tolist() for _ in range(10)]
     res = microscope(m, texts=texts, max_tokens=300, id_points=300)
-    # reference rows: embed, after block 0, final (normed); extra labelled row: pre-norm last block
-    assert res.states == ("embed", "after block 0", "final (normed)", "after block 1 (pre-norm)")
-    assert res.anisotropy.shape == (4,) and res.intrinsic_dim.shape == (4,) and res.contextualisation.shape == (4,)
-    assert res.linearity.shape == (3,) and np.isnan(res.linearity[-1])
-    assert np.all((res.linearity[:-1] <= 1 + 1e-9) & (res.linearity[:-1] > 0))
+    assert isinstance(res.params, MicroscopeParams) and res.params.id_method == "reference"
+    # rows as the reference's hidden_states (embed, after block 0, final norm) + the labelled extra row
+    assert res.states == ["embed", "after block 0", "after block 1 (pre-norm)", "final norm"]
+    assert res.in_reference == [True, True, False, True]
+    assert res.linearity.shape == (2,) and res.anisotropy.shape == (4,) and res.intrinsic_dim.shape == (4,)
+    assert np.all((res.linearity <= 1 + 1e-9) & (res.linearity > 0))
     assert res.nonlinearity.shape == (300, 2)
-    # the final normed row is ln_final of the pre-norm row: RMSNorm is scale-free per token,
-    # so their anisotropies differ but a linear map relates them exactly only up to per-token scale
-    assert res.to_frame()["id_method"].iloc[0] == "reference"
-    res.save(tmp_path / "mic")
-    back = Result.load(tmp_path / "mic")
-    pd.testing.assert_frame_equal(back.rerun(m).to_frame(), res.to_frame())
+    assert len(res.tokens) == 300
+    # the final-norm row is ln_final of the pre-norm row; the last reference transition uses it
+    from probes.capture import run
+    from probes.readout import final_norm
+    seqs = [torch.tensor(t[:256]) for t in texts][:8]
+    acts = run(m, seqs[:7] + [seqs[7][:20]], capture=["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"])
+    h0 = torch.cat(acts.activations["blocks.0.hook_resid_post"]).float()
+    h1 = torch.cat(acts.activations["blocks.1.hook_resid_post"]).float()
+    with torch.no_grad():
+        normed = final_norm(m, h1).float()
+    assert res.linearity[1] == pytest.approx(linearity_score(h0, normed), abs=1e-6)
+    assert res.anisotropy[3] == pytest.approx(anisotropy(normed), abs=1e-6)
+    assert res.anisotropy[2] == pytest.approx(anisotropy(h1), abs=1e-6)
+    # saved and re-run: equal tables
+    back = Result.load(res.save(tmp_path / "r"))
+    assert isinstance(back, MicroscopeResult) and back.params == res.params
+    again = back.rerun(m)
+    import pandas as pd
+    pd.testing.assert_frame_equal(again.to_frame(), res.to_frame())
+    pd.testing.assert_frame_equal(again.tokens, res.tokens)
     with pytest.raises(InputError, match="d_model"):
         microscope(m, texts=[[1, 2, 3]])
     with pytest.raises(InputError, match="empty"):
         microscope(m, texts=[])
+    with pytest.raises(InputError, match="id_method"):
+        MicroscopeParams(id_method="bogus")
