@@ -130,7 +130,6 @@ def logit_lens(model, params: LogitLensParams) -> LogitLensResult:
     tracked at every position; default the model's final top-1 at each position. ``pos``
     only picks the position the trajectory figure shows (default the last).
     """
-    prompt, target, norm, k, pos, prepend_bos = params.prompt, params.target, params.norm, params.k, params.pos, params.prepend_bos
     from probes.capture import run
     from probes.tokens import single_token, str_tokens
 

@@ -33,7 +33,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probes import hooknames
 from probes.errors import InputError
 from probes.models import model_id
 from probes.results import Params, Result, analysis
@@ -361,12 +360,11 @@ def microscope(model, params: MicroscopeParams, *, progress=False) -> Microscope
     all_ids = torch.cat(seqs)
     toks = str_tokens(model, all_ids)
     frame = pd.DataFrame({
-        "text": np.concatenate([np.full(len(q), i) for i, q in enumerate(seqs)]),
-        "pos": np.concatenate([np.arange(len(q)) for q in seqs]),
+        "text": np.concatenate([np.full(len(s), i) for i, s in enumerate(seqs)]),
+        "pos": np.concatenate([np.arange(len(s)) for s in seqs]),
         "token": toks, "token_id": all_ids.numpy(),
         "token_class": [token_class(t) for t in toks],
         "nonlinearity": E.mean(dim=1).numpy(),
-        "context_error": torch.stack([c[1] for c in ctx[1:ref]], dim=1).mean(dim=1).numpy(),
     })
     return MicroscopeResult(
         model_id=model_id(model), params=params, states=labels, in_reference=in_ref,

@@ -18,8 +18,6 @@ MICRO = MicroscopeParams()
 ID_LABELS = {"reference": "LLM-Microscope (reference: fit on the smallest 20% of μ)",
              "mle": "MLE (N / Σ log μ)", "fit": "Facco fit (largest 10% of μ dropped)"}
 
-LL, MP = LogitLensParams(), MicroscopeParams()
-
 st.title("Logit lens")
 model, spec = ui.sidebar_model()
 

@@ -21,16 +21,16 @@ IDS = [3, 17, 4, 29, 8, 11, 40, 2]
 
 
 def test_last_layer_equals_model_logits():
-    m = tiny_model(n_layers=3, seed=2, dtype=torch.float64)
+    m = tiny_model(n_layers=3, seed=2)
     out = run(m, [IDS], capture=["blocks.2.hook_resid_post"], return_logits=True)
     logits = out.logits[0]
     resid = out.activations["blocks.2.hook_resid_post"][0]
     with torch.no_grad():
-        torch.testing.assert_close(decode_resid(m, resid[None], "final")[0], logits, rtol=1e-12, atol=1e-12)
+        assert torch.equal(decode_resid(m, resid[None], "final")[0], logits)
     res = logit_lens(m, IDS, k=3)
-    p = torch.softmax(logits.float(), -1).float()
+    p = torch.softmax(logits.float(), -1)
     assert torch.equal(res.top_ids[-1, :, 0].long(), logits.argmax(-1))
-    assert torch.allclose(res.top_probs[-1], torch.topk(p, 3, dim=-1).values, atol=1e-6)  # float32 output
+    assert torch.allclose(res.top_probs[-1], torch.topk(p, 3, dim=-1).values, atol=1e-6)
     assert torch.allclose(res.kl_to_final[-1], torch.zeros(len(IDS)), atol=1e-6)
     assert (res.target_rank[-1] == 1).all()
     # first_top1_layer: the first layer whose argmax is the final argmax

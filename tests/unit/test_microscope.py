@@ -10,13 +10,11 @@ from analyses.microscope import (
     MicroscopeParams,
     MicroscopeResult,
     anisotropy,
-    contextualisation,
     linearity_score,
     microscope,
     token_class,
     token_nonlinearity,
     twonn_dimension,
-    twonn_from_ratios,
 )
 from probes.errors import InputError
 from probes.results import Result
@@ -160,43 +158,6 @@ def test_twonn_recovers_plane_and_sphere(method):
     # effects bias TwoNN by a few percent, so ±10% separates 2 from 3 with a wide margin.
     assert twonn_dimension(plane, method=method) == pytest.approx(2.0, rel=0.1)
     assert twonn_dimension(sphere, method=method) == pytest.approx(3.0, rel=0.1)
-
-
-def test_twonn_estimators_from_ratios_by_hand():
-    """Twelve ratios: two ties (μ = 1, a duplicate and an equidistant pair) and log μ =
-    0.1, 0.2, …, 1.0. Reference: the ties are set aside but stay in the CDF (N = 12); the
-    fit uses the smallest 10 // 5 = 2 remaining: x = (0.1, 0.2), F = (3/12, 4/12),
-    y = (ln 4/3, ln 3/2), d = (0.1 ln 4/3 + 0.2 ln 3/2) / 0.05 = 2.1972. MLE over the ten
-    distinct ratios: 10 / Σ log μ = 10 / 5.5 = 1.8182."""
-    mu = np.r_[1.0, 1.0, np.exp(np.arange(1, 11) / 10)][::-1]  # order must not matter
-    ref = (0.1 * math.log(4 / 3) + 0.2 * math.log(3 / 2)) / 0.05
-    assert twonn_from_ratios(mu, "reference") == pytest.approx(ref, rel=1e-12)
-    assert ref == pytest.approx(2.197224, abs=1e-6)
-    assert twonn_from_ratios(mu, "mle") == pytest.approx(10 / 5.5, rel=1e-12)
-    with pytest.raises(InputError, match="TwoNN method"):
-        twonn_from_ratios(mu, "median")
-
-
-def test_twonn_reference_matches_an_independent_brute_force():
-    """The reference estimator against a direct transcription of LLM-Microscope's steps
-    (brute-force pairwise distances in torch, written independently of the sklearn route)."""
-    rng = np.random.default_rng(7)
-    X = torch.from_numpy(_embed(rng.normal(size=(600, 5)), 12, 3) * 3.0 + 1.0)
-    Z = X - X.mean(0, keepdim=True)
-    Z = Z / Z.norm(dim=1).mean()
-    D = torch.cdist(Z, Z)
-    D.fill_diagonal_(float("inf"))
-    two = D.topk(2, dim=1, largest=False).values
-    mu = torch.sort(two[:, 1] / two[:, 0]).values
-    keep = mu[(mu > 1 + 1e-8)]
-    set_aside, n = len(mu) - len(keep), len(keep)
-    F = (torch.arange(1, n + 1) + set_aside).double() / len(mu)
-    use = min(n // 5, n - 1)
-    x, y = torch.log(keep[:use]), -torch.log(1 - F[:use])
-    brute = float((x * y).sum() / (x * x).sum())
-    assert twonn_dimension(X, method="reference") == pytest.approx(brute, rel=1e-9)
-    # on this 5-dimensional cloud the three estimators differ
-    assert abs(twonn_dimension(X, "reference") - twonn_dimension(X, "mle")) > 0.05
 
 
 def test_twonn_drops_duplicates_and_rejects_tiny_input():
