@@ -61,7 +61,9 @@ def test_save_and_load_converted_round_trip(tmp_path):
     for name, p in _params(model).items():
         assert torch.equal(dict(loaded.named_parameters())[name], p), name
     tokens = torch.tensor([[1, 5, 7, 9, 2]])
-    torch.testing.assert_close(loaded(tokens), model(tokens), rtol=0, atol=0)
+    # identical weights (checked bit for bit above); the forward may take other BLAS kernels for
+    # the memory-mapped tensors, so outputs agree to float32 rounding, not bit for bit
+    torch.testing.assert_close(loaded(tokens), model(tokens), rtol=1e-5, atol=1e-5)
     doc = json.loads((tmp_path / "c" / "meta.json").read_text())
     assert doc["files"]["model.safetensors"] == models.sha256_file(tmp_path / "c" / "model.safetensors")
 
