@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from probes.errors import InputError
+from probes.errors import InputError, check_range
 
 
 def spec_of(model):
@@ -135,3 +135,44 @@ def text_ids(model, text: str) -> list[int]:
     if model.tokenizer is None:
         raise InputError("This model has no tokenizer: pass token ids instead of text.")
     return [int(i) for i in model.tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+
+def str_token(model, i: int) -> str:
+    """The text of one token id."""
+    return str_tokens(model, [int(i)])[0]
+
+
+def vocab_strings(model):
+    """numpy object array [d_vocab]: every token's text (``<id>`` where the tokenizer has
+    none, or for tokenizer-less models)."""
+    import numpy as np
+
+    V = model.cfg.d_vocab
+    tok = model.tokenizer
+    if tok is None:
+        return np.array([f"<{i}>" for i in range(V)], dtype=object)
+    pieces = tok.convert_ids_to_tokens(list(range(min(V, len(tok)))))
+    out = [tok.convert_tokens_to_string([p]) if p is not None else f"<{i}>" for i, p in enumerate(pieces)]
+    out += [f"<{i}>" for i in range(len(out), V)]
+    return np.array(out, dtype=object)
+
+
+def token_ids(model, token) -> list[int]:
+    """Token ids for a token id (range-checked) or a non-empty string (tokenised without BOS;
+    may be several tokens). Refuses strings with text the tokenizer does not know."""
+    if hasattr(token, "__index__") and not isinstance(token, (str, bool)):  # int, numpy integer
+        check_range("token id", int(token), model.cfg.d_vocab)
+        return [int(token)]
+    if not isinstance(token, str) or token == "":
+        raise InputError("Give a token: a non-empty string or a token id.")
+    if model.tokenizer is None:
+        if token.strip() == token and token.isdigit():
+            return token_ids(model, int(token))
+        raise InputError("This model has no tokenizer: give a token id.")
+    ids = text_ids(model, token)
+    if not ids:
+        raise InputError(f"{token!r} tokenises to nothing: give another string.")
+    unk = getattr(model.tokenizer, "unk_token_id", None)
+    if unk is not None and unk in ids:
+        raise InputError(f"{token!r} contains text the tokenizer does not know.")
+    return ids

@@ -47,7 +47,7 @@ def _cases():
         "neuron_activity": ActivityParams(texts=TEXTS, layers=(0, 29), max_types=64),
         "clamp_verification": ClampParams(neurons=((29, 808),), prompts=("The", "I think that"), value=40.0,
                                           n_controls=2, method="write"),
-        "sae_eval": SaeEvalParams(saes=("smollm2-135m/resid-L12",), rows=2),
+        "sae_eval": SaeEvalParams(saes=("smollm2-135m/resid-L12",), rows=2, texts="mixed"),
         "sae_features": SaeFeaturesParams(sae="smollm2-135m/resid-L12", n_texts=3, k=2, max_tokens=32),
         "sae_steer_verify": SteerVerifyParams(sae="smollm2-135m/resid-L12", n=2),
         "sae_absorption": AbsorptionParams(saes=("smollm2-135m/resid-L12",), n_words=120),

@@ -1,0 +1,126 @@
+"""What every neuron analysis shares: the named labelling methods, neuron directions, the
+unembedding with or without the final norm's γ, and text-set helpers."""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+
+from probes.datasets import load_texts
+from probes.errors import InputError, check_range
+from probes.tokens import str_token, str_tokens  # noqa: F401  (str_token re-exported)
+
+METHODS = {"paper": ("up", "raw"), "write": ("out", "final")}  # method -> (direction, norm)
+
+
+def resolve_method(method: str, direction: str | None = None, norm: str | None = None) -> tuple[str, str]:
+    """(direction, norm) of a named decoding method; ``custom`` takes them as given."""
+    if method == "custom":
+        return direction or "out", norm or "final"
+    if method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)} or 'custom', not {method!r}.")
+    return METHODS[method]
+
+
+def method_label(method: str, direction: str, norm: str) -> str:
+    if method == "paper":
+        return "paper (up-projection → LM head, no norm)"
+    if method == "write":
+        return "write (W_out → final norm γ → unembedding)"
+    return f"custom ({direction} → {'final norm γ → ' if norm == 'final' else ''}unembedding)"
+
+
+Norm = Literal["final", "raw"]
+Direction = Literal["out", "up", "gate"]
+
+
+def resolve_texts(texts: str | Sequence) -> list:
+    """A text set by name (``probes.datasets.load_texts``) or as a list of texts (or token-id
+    sequences, for models without a tokenizer); never empty."""
+    if isinstance(texts, str):
+        out = list(load_texts(texts))
+    else:
+        out = [t for t in texts if (t.strip() if isinstance(t, str) else len(t) > 0)]
+    if not out:
+        raise InputError("The text set is empty: give at least one non-empty text.")
+    return out
+
+
+
+
+def check_norm_direction(model, norm: str, direction: str) -> None:
+    if norm not in ("final", "raw"):
+        raise InputError(f"norm must be 'final' or 'raw', not {norm!r}.")
+    if direction not in ("out", "up", "gate"):
+        raise InputError(f"direction must be 'out', 'up' or 'gate', not {direction!r}.")
+    if direction == "gate" and not model.cfg.gated_mlp:
+        raise InputError("direction='gate' needs a gated MLP; this model's MLP is not gated.")
+
+
+def neuron_directions(model, layer: int, direction: Direction = "out") -> torch.Tensor:
+    """[d_mlp, d_model] float32: the vector each neuron of ``layer`` writes (``out``) or
+    reads (``up`` = W_in column, ``gate`` = W_gate column)."""
+    check_range("layer", layer, model.cfg.n_layers)
+    blk = model.blocks[layer].mlp
+    if direction == "out":
+        w = blk.W_out
+    elif direction == "up":
+        w = blk.W_in.T
+    else:
+        w = blk.W_gate.T
+    return w.detach().float()
+
+
+def final_gamma(model) -> torch.Tensor | None:
+    w = getattr(getattr(model, "ln_final", None), "w", None)
+    return None if w is None else w.detach().float()
+
+
+def layer_matvec(model, layer: int, direction: str, v: torch.Tensor) -> torch.Tensor:
+    """[d_mlp]: every neuron direction of ``layer`` dotted with ``v`` (no copies)."""
+    mlp = model.blocks[layer].mlp
+    if direction == "out":
+        return mlp.W_out.detach().float() @ v
+    W = mlp.W_in if direction == "up" else mlp.W_gate
+    return v @ W.detach().float()
+
+
+def unembedding(model, norm: Norm = "final") -> torch.Tensor:
+    """[d_model, d_vocab] float32: W_U, with the final norm's weight γ folded in for
+    ``norm="final"`` (rows scaled by γ). Bias-free, see the module docstring."""
+    W = model.W_U.detach().float()
+    if norm == "final":
+        ln = getattr(model, "ln_final", None)
+        w = getattr(ln, "w", None)
+        if w is not None:
+            W = W * w.detach().float()[:, None]
+    return W.contiguous()
+
+
+
+def encode_texts(model, texts: Sequence, max_tokens: int | None) -> list[torch.Tensor]:
+    """Token tensors of a text list (or token-id sequences), each cut to ``max_tokens``."""
+    from probes.tokens import as_token_tensor, encode
+
+    seqs = []
+    for t in texts:
+        if isinstance(t, str):
+            if not t.strip():
+                continue
+            ids = encode(model, t)
+        else:
+            ids = as_token_tensor(model, t)[0]
+        seqs.append(ids[: max_tokens or None])
+    if not seqs:
+        raise InputError("The text set is empty: no text produced any tokens.")
+    return seqs
+
+
+def context(model, ids: torch.Tensor, pos: int, window: int) -> str:
+    """``window`` tokens before position ``pos``, the token in ⟦ ⟧, and three after."""
+    lo = max(0, pos - window)
+    before = "".join(str_tokens(model, ids[lo:pos]))
+    after = "".join(str_tokens(model, ids[pos + 1 : pos + 4]))
+    tok = "".join(str_tokens(model, ids[pos : pos + 1]))
+    return f"{'…' if lo > 0 else ''}{before}⟦{tok}⟧{after}"

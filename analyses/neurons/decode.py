@@ -1,0 +1,300 @@
+"""Every MLP neuron read through the unembedding (Davies et al. 2025, arXiv 2501.02688), by a
+named method; the agreement between the two methods."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from analyses.neurons.common import (
+    METHODS,
+    check_norm_direction,
+    method_label,
+    neuron_directions,
+    resolve_method,
+    unembedding,
+)
+from probes.errors import InputError, check_range
+from probes.models import model_id
+from probes.results import Params, Result, analysis
+from probes.tokens import vocab_strings
+
+
+def topk_both(logits: torch.Tensor, k: int, block: int = 64):
+    """Top-``k`` (descending) and bottom-``k`` (ascending) of each row of ``logits``.
+
+    Same values as two ``torch.topk`` calls, about 3× cheaper on CPU for long rows: rows are
+    cut into blocks of ``block``; one max and one min per block (fast, vectorised
+    reductions); the top-k entries of a row lie in its k blocks with the largest maxima (any
+    entry outside them is beaten by those k maxima), so an exact top-k over those k·block
+    candidates (plus the ragged tail) finishes the job. Ties may pick different ids of
+    equal value.
+    """
+    n, V = logits.shape
+    nb = V // block
+    if nb <= k:  # short rows: nothing to gain
+        tv, ti = torch.topk(logits, k, dim=1)
+        bv, bi = torch.topk(logits, k, dim=1, largest=False)
+        return tv, ti, bv, bi
+    body = logits[:, : nb * block].view(n, nb, block) if logits.is_contiguous() else logits[:, : nb * block].reshape(n, nb, block)
+    offs = torch.arange(block, device=logits.device)
+    tail_ids = torch.arange(nb * block, V, device=logits.device).expand(n, -1)
+    res = []
+    for largest in (True, False):
+        red = body.amax(2) if largest else body.amin(2)
+        blocks = torch.topk(red, k, dim=1, largest=largest).indices  # [n, k]
+        ids = (blocks[:, :, None] * block + offs).reshape(n, -1)
+        if V > nb * block:
+            ids = torch.cat([ids, tail_ids], dim=1)
+        cand = torch.gather(logits, 1, ids)
+        v, j = torch.topk(cand, k, dim=1, largest=largest)
+        res += [v, torch.gather(ids, 1, j)]
+    return res[0], res[1], res[2], res[3]
+
+
+def decode_directions(
+    directions: torch.Tensor,
+    W: torch.Tensor,
+    k: int = 10,
+    chunk_size: int = 1024,
+    softmax: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Top/bottom-``k`` of ``directions @ W`` row by row, in chunks of ``chunk_size`` rows.
+
+    Returns ``top_ids``/``top_logits``/``bottom_ids``/``bottom_logits`` [n, k] (top
+    descending, bottom ascending) and, with ``softmax=True``, ``top_prob`` [n] = the softmax
+    probability of the top token (one exp over every logit: about +35% time on CPU). One
+    [chunk, vocab] buffer is reused: peak extra memory ≈ chunk·vocab·4 bytes.
+    """
+    n, d = directions.shape
+    V = W.shape[1]
+    if not 1 <= k <= V:
+        raise InputError(f"k must lie in 1..{V}.")
+    dev, dt = W.device, W.dtype
+    out = {
+        "top_ids": torch.empty(n, k, dtype=torch.int32),
+        "top_logits": torch.empty(n, k, dtype=torch.float32),
+        "bottom_ids": torch.empty(n, k, dtype=torch.int32),
+        "bottom_logits": torch.empty(n, k, dtype=torch.float32),
+    }
+    if softmax:
+        out["top_prob"] = torch.empty(n, dtype=torch.float32)
+    buf = torch.empty(min(chunk_size, n), V, dtype=dt, device=dev)
+    with torch.no_grad():
+        for start in range(0, n, chunk_size):
+            stop = min(start + chunk_size, n)
+            logits = buf[: stop - start]
+            torch.matmul(directions[start:stop].to(dev, dt), W, out=logits)
+            tv, ti, bv, bi = topk_both(logits, k)
+            out["top_ids"][start:stop] = ti.to(torch.int32).cpu()
+            out["top_logits"][start:stop] = tv.float().cpu()
+            out["bottom_ids"][start:stop] = bi.to(torch.int32).cpu()
+            out["bottom_logits"][start:stop] = bv.float().cpu()
+            if softmax:  # the buffer is scratch now: exp in place
+                z = logits.sub_(tv[:, :1]).exp_().sum(dim=1, dtype=torch.float64)
+                out["top_prob"][start:stop] = (1.0 / z).float().cpu()
+            if progress is not None:
+                progress(stop, n)
+    return out
+
+
+
+
+
+
+@dataclass(frozen=True)
+class NeuronDecodeResult(Result):
+    """Top/bottom-k decoded tokens of every MLP neuron: arrays are [n_layers, d_mlp, k]."""
+
+    layers: list
+    top_ids: torch.Tensor
+    top_logits: torch.Tensor
+    bottom_ids: torch.Tensor
+    bottom_logits: torch.Tensor
+    top_prob: torch.Tensor | None  # [n_layers, d_mlp] softmax p(top token), if asked for
+    vocab: np.ndarray  # readable label of every token id (for search and tables offline)
+    method: str = ""  # which decoding produced the labels (method_label)
+
+    kind = "neuron_decode"
+
+    def token(self, i: int) -> str:
+        return str(self.vocab[int(i)])
+
+    def card(self, layer: int, neuron: int) -> pd.DataFrame:
+        """The decoded tokens of one neuron: rank, top token/logit, bottom token/logit."""
+        li = self._layer_index(layer)
+        check_range("neuron", neuron, self.top_ids.shape[1])
+        k = self.top_ids.shape[2]
+        return pd.DataFrame({
+            "rank": np.arange(1, k + 1),
+            "top_token": [self.token(i) for i in self.top_ids[li, neuron]],
+            "top_logit": self.top_logits[li, neuron].numpy(),
+            "bottom_token": [self.token(i) for i in self.bottom_ids[li, neuron]],
+            "bottom_logit": self.bottom_logits[li, neuron].numpy(),
+        })
+
+    def _layer_index(self, layer: int) -> int:
+        if layer not in self.layers:
+            raise InputError(f"layer {layer!r} was not decoded (decoded layers: {self.layers[0]}..{self.layers[-1]}).")
+        return self.layers.index(layer)
+
+    def search(self, token_id: int, top: int = 20) -> pd.DataFrame:
+        """Neurons whose stored top-k contains ``token_id``, by that token's logit (offline
+        search over the stored result; :func:`neurons_for_token` ranks all neurons exactly)."""
+        check_range("token id", int(token_id), len(self.vocab))
+        hit = self.top_ids == int(token_id)  # [L, N, k]
+        li, ni, ri = torch.nonzero(hit, as_tuple=True)
+        logits = self.top_logits[li, ni, ri]
+        order = torch.argsort(logits, descending=True)[:top]
+        return pd.DataFrame({
+            "layer": [self.layers[int(i)] for i in li[order]],
+            "neuron": ni[order].numpy(),
+            "rank_in_neuron": (ri[order] + 1).numpy(),
+            "logit": logits[order].numpy(),
+            "top_tokens": [" | ".join(self.token(t) for t in self.top_ids[li[o], ni[o], :5]) for o in order],
+        })
+
+    def specialisation(self, by: str = "margin") -> torch.Tensor:
+        """[n_layers, d_mlp] how much a neuron singles out its top token: ``margin`` = top-1
+        minus top-2 logit (= log p1/p2 under the softmax), or ``prob`` = softmax p(top)."""
+        if by == "prob":
+            if self.top_prob is None:
+                raise InputError("This result has no softmax probabilities: decode with softmax=True.")
+            return self.top_prob
+        if by != "margin":
+            raise InputError(f"Specialisation is 'margin' or 'prob', not {by!r}.")
+        return self.top_logits[:, :, 0] - self.top_logits[:, :, 1]
+
+    def specialised(self, n: int = 20, min_layer: int | None = None, by: str = "margin") -> pd.DataFrame:
+        """The ``n`` most specialised neurons (see :meth:`specialisation`)."""
+        p = self.specialisation(by).clone()
+        if min_layer is not None:
+            for i, layer in enumerate(self.layers):
+                if layer < min_layer:
+                    p[i] = -1
+        flat = torch.topk(p.reshape(-1), min(n, p.numel())).indices
+        N = p.shape[1]
+        rows = []
+        for f in flat.tolist():
+            li, ni = divmod(f, N)
+            rows.append({"layer": self.layers[li], "neuron": ni, "top_token": self.token(self.top_ids[li, ni, 0]),
+                         "top_id": int(self.top_ids[li, ni, 0]),
+                         "margin": float(self.top_logits[li, ni, 0] - self.top_logits[li, ni, 1]),
+                         "top_prob": float(self.top_prob[li, ni]) if self.top_prob is not None else float("nan")})
+        return pd.DataFrame(rows)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per neuron: its top-3 and bottom-3 tokens and top-token probability."""
+        L, N, k = self.top_ids.shape
+        top = self.top_ids[:, :, :3].reshape(L * N, -1).numpy()
+        bot = self.bottom_ids[:, :, :3].reshape(L * N, -1).numpy()
+        voc = self.vocab
+        return pd.DataFrame({
+            "layer": np.repeat(np.asarray(self.layers), N),
+            "neuron": np.tile(np.arange(N), L),
+            "margin": self.specialisation("margin").reshape(-1).numpy() if k > 1 else np.full(L * N, np.nan),
+            "top_tokens": [" | ".join(str(voc[i]) for i in row) for row in top],
+            "top_logit": self.top_logits[:, :, 0].reshape(-1).numpy(),
+            "bottom_tokens": [" | ".join(str(voc[i]) for i in row) for row in bot],
+            "method": self.method,
+        })
+
+    def figures(self) -> dict:
+        import plotly.graph_objects as go
+
+        by = "prob" if self.top_prob is not None else "margin"
+        p = self.specialisation(by).numpy()
+        fig = go.Figure()
+        for q in (50, 90, 99):
+            fig.add_trace(go.Scatter(x=self.layers, y=np.percentile(p, q, axis=1), mode="lines+markers", name=f"p{q}"))
+        label = "softmax p(top token)" if by == "prob" else "top-1 − top-2 logit"
+        fig.update_layout(title=f"How specialised neurons are, per layer: percentiles of {label} — {self.method}",
+                          xaxis_title="layer", yaxis_title=label)
+        return {"specialisation_by_layer": fig}
+
+
+@dataclass(frozen=True)
+class DecodeParams(Params):
+    kind: ClassVar[str] = "neuron_decode"
+    k: int = field(default=10, metadata={"help": "top and bottom tokens kept per neuron"})
+    method: str = field(default="write", metadata={"help": "paper | write | custom (see the module docstring)"})
+    norm: str | None = field(default=None, metadata={"help": "custom method: final | raw"})
+    direction: str | None = field(default=None, metadata={"help": "custom method: out | up | gate"})
+    layers: tuple[int, ...] | None = field(default=None, metadata={"help": "layers to decode (None: all)"})
+    chunk_size: int = field(default=1024, metadata={"help": "neurons per matrix product"})
+    softmax: bool = field(default=False, metadata={"help": "also the softmax probability of the top token"})
+
+    def __post_init__(self):
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        if self.method != "custom" and (self.norm is not None or self.direction is not None):
+            d, n = METHODS.get(self.method, (None, None))
+            if (self.direction or d, self.norm or n) != (d, n):
+                raise InputError("norm/direction can only be chosen with method='custom'.")
+
+
+@analysis(DecodeParams)
+def decode_neurons(model, params: DecodeParams, progress: Callable[[int, int], None] | bool = False) -> NeuronDecodeResult:
+    """Decode every MLP neuron of ``layers`` (default all) through the unembedding, by the
+    named ``method`` (module docstring).
+
+    Cost: one chunked [neurons × d_model] × [d_model × vocab] product plus a top-k and
+    bottom-k per row; float32 on the model's device.
+    """
+    k, layers, chunk_size, softmax = params.k, params.layers, params.chunk_size, params.softmax
+    direction, norm = resolve_method(params.method, params.direction, params.norm)
+    check_norm_direction(model, norm, direction)
+    layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
+    if not layers:
+        raise InputError("No layers to decode.")
+    for layer in layers:
+        check_range("layer", layer, model.cfg.n_layers)
+    if chunk_size < 1:
+        raise InputError("chunk_size must be at least 1.")
+    W = unembedding(model, norm)
+    dirs = torch.cat([neuron_directions(model, layer, direction) for layer in layers])
+    N = model.cfg.d_mlp
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(dirs), desc="decode neurons", leave=False)
+        cb = lambda done, total: bar.update(done - bar.n)  # noqa: E731
+    else:
+        cb = progress or None
+    out = decode_directions(dirs, W, k=k, chunk_size=chunk_size, softmax=softmax, progress=cb)
+    if bar is not None:
+        bar.close()
+    L = len(layers)
+    return NeuronDecodeResult(
+        model_id=model_id(model),
+        params=params,
+        method=method_label(params.method, direction, norm),
+        layers=layers,
+        top_ids=out["top_ids"].reshape(L, N, k),
+        top_logits=out["top_logits"].reshape(L, N, k),
+        bottom_ids=out["bottom_ids"].reshape(L, N, k),
+        bottom_logits=out["bottom_logits"].reshape(L, N, k),
+        top_prob=out["top_prob"].reshape(L, N) if softmax else None,
+        vocab=vocab_strings(model),
+    )
+
+
+def method_agreement(model, layers: Sequence[int] | None = None, chunk_size: int = 1024) -> pd.DataFrame:
+    """Per layer: the fraction of neurons whose top-1 token is the same under the paper's
+    method and the write method (and over all layers, row ``layer == -1``)."""
+    layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
+    rows, same_all, n_all = [], 0, 0
+    for layer in layers:
+        a = decode_neurons(model, k=1, method="paper", layers=(layer,), chunk_size=chunk_size).top_ids[0, :, 0]
+        b = decode_neurons(model, k=1, method="write", layers=(layer,), chunk_size=chunk_size).top_ids[0, :, 0]
+        same = int((a == b).sum())
+        rows.append({"layer": layer, "neurons": len(a), "same_top1": same, "agreement": same / len(a)})
+        same_all, n_all = same_all + same, n_all + len(a)
+    rows.append({"layer": -1, "neurons": n_all, "same_top1": same_all, "agreement": same_all / max(n_all, 1)})
+    return pd.DataFrame(rows)
