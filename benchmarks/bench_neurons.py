@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                                  [tuple(_cell(repr(x)) for x in r) for r in demo])]
         tres, counts, det, t_tax = taxonomy_summary(model, 48)
         tot = counts.drop(columns=["layer"]).sum()
-        per_layer = ", ".join(f"L{r['layer']}: {r['dead']}/{r['token detector']}/{r['positional']}"
+        per_layer = ", ".join(f"L{r['layer']}: {r['dead']}/{r['token detector']}/{r['n-gram detector']}/{r['positional']}"
                               for r in counts.to_dict("records"))
         def toks(layer, neuron):
             ids = tres.top_token_ids[tres.layers.index(layer), neuron]
@@ -223,9 +223,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"`neuron_activity` over the first 48 texts of the `mixed` set ({tres.n_tokens:,} tokens, "
                   f"{t_tax:.0f} s on this machine), default thresholds (fires when |activation| > 0.5 — SiLU(gate)·up is signed; token "
                   "detector: ≥ 5 firings, ≥ 80% of them on ≤ 3 token types, firing on ≥ 50% of the top type's "
-                  "occurrences; positional: η²(position) ≥ 0.5 and ≥ 2 × η²(token)). Of "
-                  f"{int(tot.sum()):,} neurons: **{int(tot['dead'])} dead, {int(tot['token detector'])} token "
-                  f"detectors, {int(tot['positional'])} positional**. Per layer (dead/token detector/positional): "
+                  "occurrences; n-gram (bigram) detector: the same rules over (previous, current) token pairs, "
+                  "firing on < 50% of the top pair's current token alone; positional: η²(position) ≥ 0.5 and "
+                  f"≥ 2 × η²(token)). Of {int(tot.sum()):,} neurons: **{int(tot['dead'])} dead, "
+                  f"{int(tot['token detector'])} token detectors, {int(tot['n-gram detector'])} n-gram detectors, "
+                  f"{int(tot['positional'])} positional**. Per layer (dead/token/n-gram/positional): "
                   f"{per_layer}.", ""]
         if len(drow):
             lines += ["Most frequently firing token detectors:", "",

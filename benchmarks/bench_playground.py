@@ -26,7 +26,7 @@ from benchmarks.common import machine_info, markdown_table, measure, ratio, writ
 SECTION = "Playground comparison (issue 7)"
 
 
-def bench(model, rounds: int, new_tokens: int) -> list[list[str]]:
+def bench(model, rounds: int, new_tokens: int, device: str | None = None) -> list[list[str]]:
     from analyses.playground import compare_generations
     from probes.decoding import generate, score_continuation
     from probes.interventions import HeadMask, NeuronClamp
@@ -47,7 +47,7 @@ def bench(model, rounds: int, new_tokens: int) -> list[list[str]]:
         "(c) compare_generations (batched rows)": lambda: compare_generations(
             model, prompt, ivs, max_new_tokens=new_tokens),
     }
-    res = measure(variants, rounds=rounds, warmup=1)
+    res = measure(variants, rounds=rounds, warmup=1, device=device)
     unit = res["(a) one plain generate"]
     rows = [[name, f"{m.time * 1e3:.0f}", f"{ratio(m.time, unit.time):.2f}", f"{m.peak_mb:.0f}"]
             for name, m in res.items()]
@@ -61,17 +61,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--out", default=None, help="write the section to this markdown file instead of RESULTS.md")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     from probes.models import load
 
-    model = load("smollm2-135m").model
+    model = load("smollm2-135m", device=args.device).model
     started = time.strftime("%Y-%m-%d %H:%M")
-    rows = bench(model, args.rounds, args.new_tokens)
+    rows = bench(model, args.rounds, args.new_tokens, None if args.device == "cpu" else args.device)
     body = "\n".join([
         f"Run {started}: `python -m benchmarks.bench_playground --rounds {args.rounds}"
-        + (f" --threads {args.threads}" if args.threads else "") + f" --new-tokens {args.new_tokens}`.",
+        + (f" --threads {args.threads}" if args.threads else "") + f" --new-tokens {args.new_tokens}"
+        + (f" --device {args.device}" if args.device != "cpu" else "") + "`.",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in machine_info().items()) + ".",
         "",
         f"Baseline + intervened continuations ({args.new_tokens} greedy tokens after 32, full KV cache, "
@@ -79,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
         markdown_table(["variant", "ms", "× (a)", "peak extra MB"], rows),
     ])
-    if args.no_write:
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).write_text(f"### {SECTION}: {args.device}\n\n{body}\n")
+    elif args.no_write:
         print(body)
     else:
         write_section(SECTION, body)

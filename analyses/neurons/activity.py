@@ -101,7 +101,7 @@ class NeuronActivityResult(Result):
     """Per-neuron activity statistics over a text set and the Voita et al. taxonomy.
 
     Arrays are [n_layers, d_mlp]. ``category``: 0 = ordinary, 1 = dead, 2 = token detector,
-    3 = positional (see :func:`neuron_activity` for the rules).
+    3 = positional, 4 = n-gram detector (see :func:`neuron_activity` for the rules).
     """
 
     layers: list
@@ -117,15 +117,19 @@ class NeuronActivityResult(Result):
     pos_mean: torch.Tensor  # [L, N, P] mean activation per position bucket
     category: torch.Tensor
     vocab: np.ndarray
+    top_bigrams: torch.Tensor | None = None  # [L, N, n_top, 2] (previous, current) token ids (-1: none)
+    bigram_share: torch.Tensor | None = None  # share of its firings from those bigram types
+    bigram_coverage: torch.Tensor | None = None  # fraction of the top bigram's occurrences it fires on
+    unigram_coverage: torch.Tensor | None = None  # ... of the occurrences of that bigram's current token
 
     kind = "neuron_activity"
-    CATEGORIES = ("ordinary", "dead", "token detector", "positional")
+    CATEGORIES = ("ordinary", "dead", "token detector", "positional", "n-gram detector")
 
     def counts(self) -> pd.DataFrame:
         """Per layer: how many neurons fall in each category."""
         rows = []
         for i, layer in enumerate(self.layers):
-            c = torch.bincount(self.category[i].long(), minlength=4)
+            c = torch.bincount(self.category[i].long(), minlength=len(self.CATEGORIES))
             rows.append({"layer": layer, **{name: int(c[j]) for j, name in enumerate(self.CATEGORIES)}})
         return pd.DataFrame(rows)
 
@@ -134,7 +138,7 @@ class NeuronActivityResult(Result):
             raise InputError(f"Unknown category {category!r}: one of {', '.join(self.CATEGORIES)}.")
         c = self.CATEGORIES.index(category)
         li, ni = torch.nonzero(self.category == c, as_tuple=True)
-        return pd.DataFrame({
+        table = pd.DataFrame({
             "layer": [self.layers[int(i)] for i in li], "neuron": ni.numpy(),
             "fire_rate": self.fire_rate[li, ni].numpy(), "max_act": self.max_act[li, ni].numpy(),
             "min_act": self.min_act[li, ni].numpy(),
@@ -143,6 +147,13 @@ class NeuronActivityResult(Result):
             "top_token_share": self.top_token_share[li, ni].numpy(),
             "eta2_pos": self.eta2_pos[li, ni].numpy(), "eta2_token": self.eta2_token[li, ni].numpy(),
         })
+        if self.top_bigrams is not None:
+            table["top_bigrams"] = [" | ".join(f"{self.vocab[int(a)]}{self.vocab[int(b)]}" for a, b in self.top_bigrams[i, j] if b >= 0)
+                                    for i, j in zip(li.tolist(), ni.tolist())]
+            table["bigram_share"] = self.bigram_share[li, ni].numpy()
+            table["bigram_coverage"] = self.bigram_coverage[li, ni].numpy()
+            table["unigram_coverage"] = self.unigram_coverage[li, ni].numpy()
+        return table
 
     def to_frame(self) -> pd.DataFrame:
         return self.counts()
@@ -172,6 +183,7 @@ class ActivityParams(Params):
     positional_r2: float = field(default=0.5, metadata={"help": "η² of position for a positional neuron"})
     positional_ratio: float = field(default=2.0, metadata={"help": "η²(position) / η²(token) for a positional neuron"})
     max_types: int = field(default=512, metadata={"help": "most frequent token types told apart"})
+    max_bigrams: int = field(default=512, metadata={"help": "most frequent bigram types told apart (n-gram detectors)"})
     max_positions: int = field(default=128, metadata={"help": "position buckets"})
     max_tokens: int | None = field(default=256, metadata={"help": "first tokens of each text"})
     max_texts: int | None = field(default=None, metadata={"help": "texts to use (None: all)"})
@@ -205,8 +217,14 @@ def neuron_activity(model, params: ActivityParams, progress=False) -> NeuronActi
       share the last) and at least ``positional_ratio`` × what the token type explains.
       Voita et al. measure this with mutual information; η² is the variance analogue.
 
-    State is O(layers × neurons × (types + positions)), never the activations themselves.
-    Unigram token detectors only: n-gram detectors are not separated here.
+    * **n-gram detector** (bigrams): not a token detector; fires at least ``min_fires`` times,
+      at least ``token_share`` of its firings come from its ``n_top_types`` most frequent
+      (previous, current) token pairs, it fires on at least ``min_coverage`` of the
+      occurrences of its top pair, but on *less* than ``min_coverage`` of the occurrences of
+      that pair's current token — the preceding token is needed, as in Voita et al.'s n-gram
+      neurons. Only the ``max_bigrams`` most frequent pairs are told apart.
+
+    State is O(layers × neurons × (types + bigrams + positions)), never the activations.
     """
     p = params
     texts, threshold, layers, n_top_types, token_share = p.texts, p.threshold, p.layers, p.n_top_types, p.token_share
@@ -227,6 +245,19 @@ def neuron_activity(model, params: ActivityParams, progress=False) -> NeuronActi
     type_of = torch.full((model.cfg.d_vocab,), U, dtype=torch.long)  # U = the "other" bucket
     type_of[tracked] = torch.arange(U)
     n_type = torch.bincount(type_of[all_ids], minlength=U + 1).double()
+    V = model.cfg.d_vocab
+    bigrams = torch.cat([torch.cat([torch.tensor([-1]), q[:-1] * V + q[1:]]) for q in (x.long() for x in seqs)])
+    buniq, bfreq = torch.unique(bigrams[bigrams >= 0], return_counts=True)
+    bkeep = torch.sort(buniq[torch.argsort(bfreq, descending=True)[:max(int(p.max_bigrams), 0)]]).values
+    B = len(bkeep)
+
+    def bigram_type(ids: torch.Tensor) -> torch.Tensor:  # bigram code -> 0..B-1, or B ("other")
+        if B == 0:
+            return torch.full_like(ids, B)
+        j = torch.searchsorted(bkeep, ids).clamp(max=B - 1)
+        return torch.where(bkeep[j] == ids, j, torch.full_like(j, B))
+
+    n_bigram = torch.bincount(bigram_type(bigrams), minlength=B + 1).double()
     P = max_positions
     pos_all = torch.cat([torch.arange(len(s)).clamp(max=P - 1) for s in seqs])
     n_pos = torch.bincount(pos_all, minlength=P).double()
@@ -242,6 +273,7 @@ def neuron_activity(model, params: ActivityParams, progress=False) -> NeuronActi
         "type_fires": torch.zeros(L, U + 1, N),
         "type_sum": torch.zeros(L, U + 1, N),
         "pos_sum": torch.zeros(L, P, N),
+        "bigram_fires": torch.zeros(L, B + 1, N),
     }
     index = {layer: i for i, layer in enumerate(layers)}
 
@@ -250,6 +282,8 @@ def neuron_activity(model, params: ActivityParams, progress=False) -> NeuronActi
         mask = batch.mask
         acts = t[mask].detach().float().cpu()  # [M, N] real tokens only
         toks = batch.tokens[mask].cpu()
+        prev = torch.cat([torch.full_like(batch.tokens[:, :1], -1), batch.tokens[:, :-1]], 1)[mask].cpu().long()
+        bidx = bigram_type(torch.where(prev >= 0, prev * V + toks.long(), torch.full_like(prev, -1)))
         pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)[mask].cpu().clamp(max=P - 1)
         tidx = type_of[toks]
         fires = (acts.abs() > threshold).float()  # either sign: SiLU(gate)·up is signed
@@ -262,6 +296,7 @@ def neuron_activity(model, params: ActivityParams, progress=False) -> NeuronActi
         st["type_fires"][li].index_add_(0, tidx, fires)
         st["type_sum"][li].index_add_(0, tidx, acts)
         st["pos_sum"][li].index_add_(0, pos, acts)
+        st["bigram_fires"][li].index_add_(0, bidx, fires)
 
     from probes.capture import run
 
@@ -288,8 +323,26 @@ def neuron_activity(model, params: ActivityParams, progress=False) -> NeuronActi
     dead = fires == 0
     detector = ~dead & (fires >= min_fires) & (share >= token_share) & (coverage >= min_coverage)
     positional = ~dead & ~detector & (eta_pos >= positional_r2) & (eta_pos >= positional_ratio * eta_tok)
+    kb = min(n_top_types, B)
+    if kb:
+        bcnt, bt = torch.topk(st["bigram_fires"][:, :B], kb, dim=1)  # [L, kb, N]
+        bshare = bcnt.sum(1) / fires.clamp(min=1)
+        bcov = bcnt[:, 0] / n_bigram[bt[:, 0]].float()
+        codes = bkeep[bt]  # [L, kb, N]
+        cur_type = type_of[codes[:, 0] % V]  # the top pair's current token, as a tracked type (U: untracked)
+        cur_fires = torch.gather(st["type_fires"], 1, cur_type[:, None, :]).squeeze(1)
+        ucov = torch.where(cur_type < U, cur_fires / n_type[cur_type].float(), torch.ones_like(bcov))
+        pairs = torch.stack([codes // V, codes % V], -1).permute(0, 2, 1, 3)  # [L, N, kb, 2]
+        pairs = torch.where((bcnt > 0).permute(0, 2, 1)[..., None], pairs, torch.full_like(pairs, -1))
+    else:
+        bshare = bcov = torch.zeros(L, N)
+        ucov = torch.ones(L, N)
+        pairs = torch.full((L, N, 1, 2), -1, dtype=torch.long)
+    ngram = (~dead & ~detector & (fires >= min_fires) & (bshare >= token_share) & (bcov >= min_coverage)
+             & (ucov < min_coverage))
     category = torch.zeros(L, N, dtype=torch.int8)
     category[positional] = 3
+    category[ngram] = 4
     category[detector] = 2
     category[dead] = 1
     return NeuronActivityResult(
@@ -300,4 +353,6 @@ def neuron_activity(model, params: ActivityParams, progress=False) -> NeuronActi
         eta2_token=eta_tok, eta2_pos=eta_pos,
         pos_mean=(st["pos_sum"] / n_pos.clamp(min=1)[None, :, None]).permute(0, 2, 1).float(),
         category=category, vocab=vocab_strings(model),
+        top_bigrams=pairs.to(torch.int32), bigram_share=bshare.float(), bigram_coverage=bcov.float(),
+        unigram_coverage=ucov.float(),
     )

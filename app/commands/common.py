@@ -17,6 +17,7 @@ def add_model_out(parser, out_required: bool = True) -> None:
     parser.add_argument("--model", default=None, help="model name (default: the embedded smollm2-135m)")
     parser.add_argument("--out", type=Path, required=out_required, default=None,
                         help="directory to save the Result in (result.json, arrays, table.csv, figures)")
+    parser.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda, cuda:1, ...)")
 
 
 def _flag(name: str) -> str:
@@ -99,7 +100,13 @@ def params_from_args(params_cls, args, **extra):
 def load_model(args):
     from probes.models import DEFAULT_MODEL, load
 
-    return load(getattr(args, "model", None) or DEFAULT_MODEL).model
+    device = getattr(args, "device", None) or "cpu"
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device}: no CUDA device is available here.")
+    return load(getattr(args, "model", None) or DEFAULT_MODEL, device=device).model
 
 
 def check_out_dir(out: Path | None) -> None:

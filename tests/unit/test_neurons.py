@@ -234,6 +234,58 @@ def test_negative_only_neuron_is_not_dead():
     assert res.CATEGORIES[int(res.category[0, 4])] == "dead"
 
 
+def _planted_activity_model(texts):
+    """A one-layer tiny model whose MLP activations are replaced by a planted rule of the
+    tokens (read back from the embedding, which equals W_E[token] exactly): neuron 0 = 3 on
+    the pair (5, 7) only; neuron 1 = 3 on every 7 (a token detector); all others 0."""
+    m = tiny_model(n_layers=1, d_model=32, d_mlp=16, d_vocab=50, n_ctx=64, seed=6)
+    seen = {}
+
+    def read_tokens(x, hook):
+        seen["tok"] = (x[..., None, :] == m.embed.W_E).all(-1).float().argmax(-1)
+        return x
+
+    def plant(act, hook):
+        tok = seen["tok"]
+        prev = torch.cat([torch.full_like(tok[:, :1], -1), tok[:, :-1]], 1)
+        out = torch.zeros_like(act)
+        out[..., 0] = 3.0 * ((prev == 5) & (tok == 7))
+        out[..., 1] = 3.0 * (tok == 7)
+        return out
+
+    m.add_perma_hook("hook_embed", read_tokens)
+    m.add_perma_hook("blocks.0.mlp.hook_post", plant)
+    return m
+
+
+def test_ngram_detector_needs_the_previous_token():
+    """Token 7 occurs 100 times, 40 of them after 5. Neuron 0 fires on every pair (5, 7): it
+    covers its pair fully but only 40 % of token 7's occurrences (< min_coverage 0.5), so the
+    preceding token is needed — an n-gram detector. Neuron 1 fires on every 7: a token
+    detector. The others never fire: dead."""
+    g = torch.Generator().manual_seed(8)
+    texts = []
+    for i in range(20):
+        t = torch.randint(10, 50, (48,), generator=g).tolist()  # tokens 0..9 never occur at random
+        for j, pos in enumerate((4, 14, 24, 34, 44)):
+            if j < 2:
+                t[pos - 1], t[pos] = 5, 7  # 2 pairs (5, 7) per text: 40 in all
+            else:
+                t[pos - 1], t[pos] = 3, 7  # 3 lone 7s per text (after 3): 60 in all
+        texts.append(t)
+    m = _planted_activity_model(texts)
+    res = neuron_activity(m, texts=texts, threshold=1.0, max_types=64, max_bigrams=64, max_positions=64)
+    names = res.CATEGORIES
+    assert names[int(res.category[0, 0])] == "n-gram detector"
+    assert res.top_bigrams[0, 0, 0].tolist() == [5, 7]
+    assert float(res.bigram_share[0, 0]) == 1.0 and float(res.bigram_coverage[0, 0]) == 1.0
+    assert abs(float(res.unigram_coverage[0, 0]) - 0.4) < 1e-6  # 40 of token 7's 100 occurrences
+    assert names[int(res.category[0, 1])] == "token detector"  # fires on every 7: the token suffices
+    assert names[int(res.category[0, 2])] == "dead"
+    table = res.neurons("n-gram detector")
+    assert table["neuron"].tolist() == [0] and table["top_bigrams"].tolist()[0].startswith("<5><7>")
+
+
 def test_clamp_verification_separates_a_true_label_from_a_false_one():
     """Paper-method labels are verified against controls. Neuron (0, 2) reads token 9's
     direction but writes token 3's: its label (9) does not rise more than random clamps
