@@ -9,6 +9,7 @@ over a text set. Widget defaults come from the analyses' Params.
 import streamlit as st
 
 from analyses.logit_lens import LogitLensParams, logit_lens
+from analyses.contextualisation import ContextParams, contextualisation
 from analyses.microscope import MicroscopeParams, microscope
 from app import ui
 from probes.datasets import text_sets
@@ -69,3 +70,27 @@ else:
     a.plotly_chart(mf["nonlinearity_by_class"], key="ll_by_class")
     b.plotly_chart(mf["most_nonlinear_tokens"], key="ll_top_tokens")
     st.dataframe(mres.to_frame(), hide_index=True)
+
+st.header("LLM-Microscope: contextualisation")
+st.caption("How much of its prefix a token's states hold: a linear adapter maps the token's states at every layer to "
+           "one input embedding of the frozen model, which must then reconstruct the k preceding tokens (teacher "
+           "forced). Score = held-out reconstruction loss (nats; lower = more context); gain = loss of a state-free "
+           "control embedding − loss. Texts are split between training and scoring.")
+CTX = ContextParams()
+c1, c2, c3 = st.columns(3)
+ctx_set = c1.selectbox("Text set", sets, index=sets.index(CTX.texts) if CTX.texts in sets else 0, key="ll_ctx_texts")
+ctx_k = c2.number_input("Prefix tokens k", 1, 32, CTX.prefix, key="ll_ctx_k")
+ctx_steps = c3.number_input("Training steps", 10, 5000, CTX.steps, step=50, key="ll_ctx_steps")
+with ui.guard():
+    cparams = ContextParams(texts=ctx_set, prefix=int(ctx_k), steps=int(ctx_steps))
+cres = ui.stored("contextualisation", cparams, model)
+if st.button("Train the adapter and score", key="ll_ctx_run"):
+    cres = ui.run_analysis("contextualisation", contextualisation, model, cparams, label="Adapter training")
+if cres is None:
+    st.info("Press **Train the adapter and score** (a few minutes on a CPU at the defaults; seconds on a GPU).")
+else:
+    cf = cres.figures()
+    a, b = st.columns(2)
+    a.plotly_chart(cf["loss_by_distance"], key="ll_ctx_curve")
+    b.plotly_chart(cf["loss_by_class"], key="ll_ctx_class")
+    st.dataframe(cres.to_frame(), hide_index=True)

@@ -17,6 +17,7 @@ TEXTS = ("The old house stood at the end of the lane, its windows dark and its g
 
 def _cases():
     from analyses.act import ACTParams
+    from analyses.contextualisation import ContextParams
     from analyses.logit_lens import LogitLensParams
     from analyses.microscope import MicroscopeParams
     from analyses.neurons import ActivityParams, ClampParams, DecodeParams, MaxActParams, SearchParams
@@ -40,6 +41,7 @@ def _cases():
         "streaming_ppl": StreamingParams(n_tokens=48, n_sink=2, window=14, recompute_every=4),
         "act": ACTParams(heads=((10, 2),)),
         "logit_lens": LogitLensParams(prompt="The capital of France is", target=" Paris", k=3),
+        "contextualisation": ContextParams(texts=TEXTS * 2, prefix=2, steps=3, max_train=32, max_eval=16, batch_size=16),
         "microscope": MicroscopeParams(texts=TEXTS * 6, max_tokens=700, id_points=700),
         "neuron_decode": DecodeParams(k=3, method="paper", layers=(29,)),
         "neuron_search": SearchParams(token=" dog", top=5),
