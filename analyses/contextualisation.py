@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analyses.microscope import token_class
+from analyses.microscope import encode_text_set, token_class
 from probes import hooknames
 from probes.errors import InputError
 from probes.models import model_id
@@ -124,21 +124,6 @@ def _frozen(model):
             p.requires_grad_(flag)
 
 
-def _encode(model, texts, max_tokens: int) -> list[torch.Tensor]:
-    from probes.datasets import load_texts
-    from probes.tokens import as_token_tensor, encode_batch
-
-    items = list(load_texts(texts)) if isinstance(texts, str) else list(texts)
-    out = []
-    for t in items:
-        if isinstance(t, str):
-            if t.strip():
-                out.extend(encode_batch(model, [t], max_tokens=max_tokens, truncate=True))
-        elif len(t):
-            out.append(as_token_tensor(model, list(t))[0][:max_tokens])
-    return [s.cpu() for s in out]
-
-
 def _states(model, seqs, picks) -> torch.Tensor:
     """[n, L+1, d] float32: the embedding row and every block's output at the picked
     (text, position) pairs."""
@@ -189,7 +174,7 @@ def contextualisation(model, params: ContextParams, progress=None) -> ContextRes
     the reconstruction loss (see the module docstring)."""
     p = params
     k = p.prefix
-    seqs = _encode(model, p.texts, p.max_tokens_per_text)
+    seqs = [x.cpu() for x in encode_text_set(model, p.texts, p.max_tokens_per_text)]
     usable = [i for i, s in enumerate(seqs) if len(s) >= k]
     if len(usable) < 2:
         raise InputError(f"Need at least 2 texts of ≥ {k} tokens (prefix) to train and score; got {len(usable)}.")

@@ -302,7 +302,9 @@ class MicroscopeResult(Result):
         return {"layer_metrics": fig, "nonlinearity_by_class": bar, "most_nonlinear_tokens": top}
 
 
-def _encode(model, texts, max_tokens_per_text: int) -> list[torch.Tensor]:
+def encode_text_set(model, texts, max_tokens_per_text: int) -> list[torch.Tensor]:
+    """Token tensors of a text set (by name) or of given texts / token-id sequences, each
+    cut to ``max_tokens_per_text``; empty texts skipped, an empty result refused."""
     from probes.datasets import load_texts
     from probes.tokens import as_token_tensor, encode_batch
 
@@ -330,7 +332,7 @@ def microscope(model, params: MicroscopeParams, *, progress=False) -> Microscope
     from probes.tokens import str_tokens
 
     seqs, total = [], 0
-    for s in _encode(model, params.texts, params.max_tokens_per_text):
+    for s in encode_text_set(model, params.texts, params.max_tokens_per_text):
         if total >= params.max_tokens:
             break
         s = s[: params.max_tokens - total]
