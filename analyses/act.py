@@ -175,13 +175,13 @@ def bootstrap_ci(x: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float 
     return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
 
 
-def _load(split: str, task: str):
+def _load(split: str, task: str, max_items: int | None = None):
     from probes import datasets
 
     items = datasets.load_task(task, split=split)
     if not items:
         raise InputError(f"The task {task!r} has no {split!r} items.")
-    return items
+    return items[:max_items]
 
 
 def act_search(
@@ -344,6 +344,7 @@ class ACTParams(Params):
     max_candidates: int | None = field(default=30, metadata={"help": "greedy search: candidate heads (most hidden sinks first)"})
     min_hidden_rate: float = field(default=0.05, metadata={"help": "greedy search: minimum hidden-sink rate of a candidate"})
     n_boot: int = field(default=2000, metadata={"help": "bootstrap resamples"})
+    max_items: int | None = field(default=None, metadata={"help": "first N items of each split (None: all)"})
     seed: int = field(default=0, metadata={"help": "bootstrap seed"})
 
     def __post_init__(self):
@@ -357,6 +358,8 @@ class ACTParams(Params):
             raise InputError(f"beta must lie in [0, 1], not {self.beta!r}.")
         if not 0 < self.threshold < 1:
             raise InputError(f"The sink threshold must lie in (0, 1), not {self.threshold!r}.")
+        if self.max_items is not None and self.max_items < 2:
+            raise InputError("max_items must be at least 2 (or None for all items).")
 
 
 @analysis(ACTParams)
@@ -367,16 +370,16 @@ def act_calibration(model, params: ACTParams, progress: Callable[[int, int], Non
     heads, beta, threshold, task = p.heads, p.beta, p.threshold, p.task
     search = pd.DataFrame(columns=["layer", "head", "hidden_sink_rate", "gain", "kept"])
     if heads is None and p.search == "reference":
-        heads, search = act_search_reference(model, _load("calib", task), layers=p.layers, beta=beta,
+        heads, search = act_search_reference(model, _load("calib", task, p.max_items), layers=p.layers, beta=beta,
                                              threshold=threshold, progress=progress)
     elif heads is None:
-        heads, search = act_search(model, _load("calib", task), layers=p.layers, beta=beta, threshold=threshold,
+        heads, search = act_search(model, _load("calib", task, p.max_items), layers=p.layers, beta=beta, threshold=threshold,
                                    max_candidates=p.max_candidates, min_hidden_rate=p.min_hidden_rate, progress=progress)
     else:
         heads = list(heads)
         for iv in act_interventions(heads, beta, threshold):
             iv.validate(model)
-    heldout, summary = act_evaluate(model, _load("heldout", task), heads, beta=beta, threshold=threshold,
+    heldout, summary = act_evaluate(model, _load("heldout", task, p.max_items), heads, beta=beta, threshold=threshold,
                                     n_boot=p.n_boot, seed=p.seed)
     return ACTResult(model_id=model_id(model), params=params, heads=tuple(tuple(x) for x in heads),
                      search=search, heldout=heldout, summary=summary)
