@@ -83,7 +83,7 @@ def sinks_section(res) -> list[str]:
                                 [[k] + [f"{v:.1f}" for v in row] for k, row in zip(rates.index, rates.values)]))
     cls = res.hidden_by_class()
     parts += ["", "Hidden sinks (ACT criterion, mean received attention > 0.1, not the first sink), by token class "
-              "(fraction of occurrences at positions ≥ 2, seen by ≥ min_queries queries, that are a hidden sink in ≥ 1 head):", "",
+              f"(fraction of occurrences at positions ≥ 2, seen by ≥ {p.min_queries} queries, that are a hidden sink in ≥ 1 head):", "",
               markdown_table(("class", "occurrences", "hidden-sink fraction"),
                              [(r["class"], int(r.occurrences), f"{r.sink_fraction:.3f}") for _, r in cls.iterrows()]),
               "", f"Heads that switch between dormant and active across domains: {len(res.switching_heads())}.", ""]

@@ -148,7 +148,7 @@ class NeuronActivityResult(Result):
             "eta2_pos": self.eta2_pos[li, ni].numpy(), "eta2_token": self.eta2_token[li, ni].numpy(),
         })
         if self.top_bigrams is not None:
-            table["top_bigrams"] = [" | ".join(f"{self.vocab[int(a)]}{self.vocab[int(b)]}" for a, b in self.top_bigrams[i, j] if b >= 0)
+            table["top_bigrams"] = [" | ".join(f"{self.vocab[int(a)]!r}+{self.vocab[int(b)]!r}" for a, b in self.top_bigrams[i, j] if b >= 0)
                                     for i, j in zip(li.tolist(), ni.tolist())]
             table["bigram_share"] = self.bigram_share[li, ni].numpy()
             table["bigram_coverage"] = self.bigram_coverage[li, ni].numpy()

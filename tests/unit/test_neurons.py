@@ -283,7 +283,7 @@ def test_ngram_detector_needs_the_previous_token():
     assert names[int(res.category[0, 1])] == "token detector"  # fires on every 7: the token suffices
     assert names[int(res.category[0, 2])] == "dead"
     table = res.neurons("n-gram detector")
-    assert table["neuron"].tolist() == [0] and table["top_bigrams"].tolist()[0].startswith("<5><7>")
+    assert table["neuron"].tolist() == [0] and table["top_bigrams"].tolist()[0].startswith("'<5>'+'<7>'")
 
 
 def test_clamp_verification_separates_a_true_label_from_a_false_one():
