@@ -208,6 +208,7 @@ def generate(
     on_token: Callable[[int, str], None] | None = None,
     stop_at_eos: bool = True,
     reducers: dict | None = None,
+    stop_tokens: Sequence[int] = (),
 ) -> Generation:
     """Generate up to ``max_new_tokens`` after ``prompt`` (text or token ids).
 
@@ -216,6 +217,7 @@ def generate(
     ``reducers`` are called at every forward pass with a :class:`probes.capture.Batch` whose
     ``step`` is None during the prompt and the decoding step after it, and whose
     ``q_offset`` is the absolute position of the first query the pass holds (under a cache).
+    ``stop_tokens``: ids that end the generation once emitted (kept in the output, like EOS).
     """
     if max_new_tokens < 0:
         raise InputError("max_new_tokens must be >= 0.")
@@ -238,6 +240,7 @@ def generate(
     stepper = _Stepper(model, policy)
     extra += _reducer_hooks(model, reducers, stepper)
     scratch: dict = {}
+    stops = frozenset(int(t) for t in stop_tokens)
     with applied(model, interventions, extra_hooks=extra), torch.no_grad():
         if max_new_tokens:
             logits = stepper.feed([prompt_ids])[0]
@@ -249,7 +252,7 @@ def generate(
             logprobs.append(float(logits.log_softmax(-1)[tok]))
             if on_token is not None:
                 on_token(tok, str_tokens(model, [tok])[0])
-            if stop_at_eos and eos is not None and tok == eos:
+            if (stop_at_eos and eos is not None and tok == eos) or tok in stops:
                 break
             if step + 1 < max_new_tokens:
                 stepper.step = step
