@@ -337,9 +337,10 @@ def retrieval_heads(model, params: RetrievalParams, progress: Callable[[int, int
 
 @dataclass(frozen=True)
 class MaskingParams(GridParams):
-    """Parameters of :func:`retrieval_masking`. ``heads``: retrieval heads, best first
-    (empty: detect them on the same grid first); random heads are drawn from the others
-    (those scoring ≤ threshold when detected here)."""
+    """Parameters of :func:`retrieval_masking`. ``heads``: retrieval heads, best first, at
+    least max(ks) of them (empty: detect them on the same grid first); random heads are
+    drawn from the heads not in ``heads`` (when detected here: those scoring ≤ threshold,
+    outside the top max(ks))."""
 
     kind: ClassVar[str] = "retrieval_masking"
     ks: tuple[int, ...] = field(default=(0, 2, 5, 10, 20, 40), metadata={"help": "numbers of heads to mask"})
@@ -427,8 +428,8 @@ def retrieval_masking(model, params: MaskingParams, progress: Callable[[int, int
         det = retrieval_heads(model, RetrievalParams(**{f: getattr(params, f) for f in GridParams.__dataclass_fields__},
                                                      threshold=params.threshold, proxy_seqs=0))
         ranked = det.top(n_heads)
-        above = set(det.retrieval_heads())
-        pool = [(l, h) for l, h in ranked if (l, h) not in above]
+        taken = set(det.retrieval_heads()) | set(ranked[: max(params.ks, default=0)])
+        pool = [(l, h) for l, h in ranked if (l, h) not in taken]
     kmax = max(params.ks)
     if kmax > len(ranked):
         raise InputError(f"k = {kmax} is larger than the {len(ranked)} ranked heads given.")
