@@ -312,3 +312,15 @@ def _sae(model) -> list:
         return []
     cls = SaeSteer if mode == "steer" else SaeClamp
     return [cls(name, int(latent), float(value))]
+
+
+@strategy_widget("decore", "DeCoRe (retrieval heads masked)", order=40)
+def _decore(model):
+    from probes.decore import DeCoRe
+
+    sb = st.sidebar
+    heads = sb.text_input("Retrieval heads (L:H, …)", "", key="pg_decore_heads",
+                          help="the masked model masks these heads (uniform attention); see the Retrieval heads page")
+    entropy_guided = sb.toggle("Entropy-guided α", True, key="pg_decore_entropy")
+    alpha = None if entropy_guided else float(sb.slider("α", 0.0, 2.0, 0.5, 0.05, key="pg_decore_alpha"))
+    return DeCoRe(tuple(parse_heads(heads)), alpha=alpha)

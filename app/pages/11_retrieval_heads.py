@@ -84,6 +84,12 @@ else:
         interventions_ui.send_to_playground(interventions=[HeadMask(l, h) for l, h in top],
                                             note=f"top-{int(k)} retrieval heads masked (uniform attention)")
         st.switch_page("pages/02_playground.py")
+    if st.button("Decode with DeCoRe on these heads in the Playground", key="rh_send_decore"):
+        from probes.decore import DeCoRe
+
+        interventions_ui.send_to_playground(strategy=DeCoRe(tuple(top)),
+                                            note=f"DeCoRe (entropy-guided α) contrasting the top-{int(k)} retrieval heads")
+        st.switch_page("pages/02_playground.py")
 
     st.header("Causal check: masking curves")
     d1, d2 = st.columns(2)
