@@ -24,7 +24,10 @@ RESULTS.md. Threads: 1 on CPU (shared 2-core dev box).
 GPU (lent H200), the command for the lead::
 
     PYTHONUNBUFFERED=1 python -m benchmarks.bench_retrieval --device cuda --full-grid --no-baseline \\
-        --baseline-tests 3 --out gpu_retrieval.md
+        --baseline-tests 3 --masking --masking-lengths 1000,2000,4000 --out gpu_retrieval.md
+
+``--masking`` adds the causal check on the detected ranking (``retrieval_masking``: top-k
+heads vs k random heads outside the top max(k), ``--seeds`` draws, k in ``--ks``).
 """
 
 from __future__ import annotations
@@ -121,7 +124,31 @@ def run(args) -> str:
                  f"fast {L * H * 8} B (one int64 per head) + one layer's pattern while that layer runs"])
     body = (f"Machine: {info.get('cpu')}, {info.get('cores')} cores, torch threads {torch.get_num_threads()}, "
             f"device {args.device}; model {args.model}.\n\n" + markdown_table(["quantity", "value"], rows) + "\n")
+    order = sorted(((l, h) for l in range(L) for h in range(H)), key=lambda lh: (-head[lh], lh))
+    body += "\nTop heads: " + ", ".join(f"L{l}H{h} {head[l, h]:.3f}" for l, h in order[:12]) + "\n"
+    if args.masking:
+        body += masking(model, grid, order, args)
     return body
+
+
+def masking(model, grid, order, args) -> str:
+    """The causal check on the detected ranking: top-k retrieval heads vs k random heads
+    outside the top max(k), ``--seeds`` draws, on the NIAH grid of ``--masking-lengths``."""
+    from analyses.retrieval import MaskingParams, retrieval_masking
+
+    ks = tuple(args.ks)
+    lengths = tuple(args.masking_lengths) if args.masking_lengths else grid.lengths
+    mp = MaskingParams(lengths=lengths, depths=grid.depths, needles=grid.needles, max_new_tokens=grid.max_new_tokens,
+                       ks=ks, seeds=args.seeds, heads=tuple(order[: max(ks)]))
+    t0 = time.perf_counter()
+    res = retrieval_masking(model, mp, progress=(lambda d, t: print(f"masking {d}/{t}", flush=True)) if args.verbose else None)
+    s = res.summary()
+    rows = [[int(r.k), r.which, f"{r['mean']:.3f}", "" if np.isnan(r['std']) else f"{r['std']:.3f}",
+             f"{r['min']:.3f}–{r['max']:.3f}", int(r.n)] for _, r in s.iterrows()]
+    n_tests = len(lengths) * len(grid.depths) * len(grid.needles)
+    return (f"\nMasking curves ({n_tests} NIAH tests per configuration, lengths {', '.join(map(str, lengths))}; "
+            f"{time.perf_counter() - t0:.0f} s):\n\n"
+            + markdown_table(["k", "heads masked", "accuracy mean", "std", "min–max", "draws"], rows) + "\n")
 
 
 def main(argv=None) -> int:
@@ -136,6 +163,11 @@ def main(argv=None) -> int:
     ap.add_argument("--full-grid", action="store_true", help="3 needles × 20 lengths up to n_ctx × 10 depths")
     ap.add_argument("--no-baseline", dest="baseline", action="store_false", help="fast scan only")
     ap.add_argument("--baseline-tests", type=int, default=0, help="with --no-baseline: still run the baseline on N tests")
+    ap.add_argument("--masking", action="store_true", help="also run the masking curves on the detected ranking")
+    ap.add_argument("--ks", type=lambda s: [int(x) for x in s.split(",")], default=[0, 2, 5, 10, 20, 40])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--masking-lengths", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                    help="context lengths for the masking grid (default: the detection grid's)")
     ap.add_argument("--out", default=None, help="write the markdown section to this file")
     ap.add_argument("--results", action="store_true", help="also write the section into benchmarks/RESULTS.md")
     ap.add_argument("--verbose", action="store_true")
