@@ -45,7 +45,7 @@ from probes.errors import InputError, check_range
 from probes.interventions import Intervention
 from probes.models import model_id
 from probes.results import Params, Result, analysis, record
-from probes.tokens import bos_id, default_prepend_bos
+from probes.tokens import bos_id, default_prepend_bos, text_ids
 
 QUESTION = "\nBased on the content of the book, Question: {question}\nAnswer:"
 BOOK_OPEN, BOOK_CLOSE = "<book>", "</book>"
@@ -89,23 +89,25 @@ def rouge1_recall(reference: str, response: str) -> float:
 
 
 def _ids(model, text: str) -> list[int]:
-    if not text:
-        return []
-    return [int(i) for i in model.tokenizer(text, add_special_tokens=False)["input_ids"]]
+    return text_ids(model, text) if text else []
 
 
 @functools.lru_cache(maxsize=4)
-def _haystack_cached(tokenizer_key: int, tokenizer, name: str) -> tuple[int, ...]:
+def _haystack_cached(model, name: str, digest: str) -> tuple[int, ...]:
     from probes import datasets
 
     text = datasets.load_long_text(name)
-    return tuple(int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"])
+    return tuple(_ids(model, text))
 
 
 def haystack_ids(model, name: str = "paradise_lost") -> tuple[int, ...]:
+    """The long text's token ids (no BOS), tokenised once per model and file content."""
+    from probes import datasets
+
     if model.tokenizer is None:
         raise InputError("NIAH needs a model with a tokenizer.")
-    return _haystack_cached(id(model.tokenizer), model.tokenizer, name)
+    text = datasets.load_long_text(name)  # checksum-verified on every call
+    return _haystack_cached(model, name, str(hash(text)))
 
 
 @functools.lru_cache(maxsize=4)
