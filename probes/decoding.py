@@ -44,6 +44,7 @@ from probes.kv_policies import (  # noqa: F401  (the cache helpers live with the
     resolve_kv_policy,
 )
 from probes.serial import Registry
+from probes import razor as _razor  # noqa: F401,E402  (registers the "razor" KV policy)
 from probes.tokens import as_token_tensor, str_tokens
 
 #: decoding strategies by kind ("greedy", "sample", ...)
@@ -235,6 +236,8 @@ def generate(
     eos = getattr(model.tokenizer, "eos_token_id", None) if model.tokenizer is not None else None
     generator = torch.Generator().manual_seed(int(getattr(strat, "seed", 0)))
     extra: HookList = list(strat.hooks(model)) if hasattr(strat, "hooks") else []
+    if policy is not None and hasattr(policy, "hooks"):  # head-aware policies (probes.razor) mask by hooks
+        extra += list(policy.hooks(model))
     new: list[int] = []
     logprobs: list[float] = []
     stepper = _Stepper(model, policy)
@@ -313,7 +316,8 @@ def generate_rows(
     logprobs: list[list[float]] = [[] for _ in range(rows)]
     done = [False] * rows
     stepper = _Stepper(model, policy, rows)
-    with applied(model, wrapped), torch.no_grad():
+    policy_hooks: HookList = list(policy.hooks(model)) if policy is not None and hasattr(policy, "hooks") else []
+    with applied(model, wrapped, extra_hooks=policy_hooks), torch.no_grad():
         if max_new_tokens:
             logits = stepper.feed([prompt_ids] * rows)
         for step in range(max_new_tokens):
