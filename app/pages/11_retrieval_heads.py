@@ -90,6 +90,11 @@ else:
         interventions_ui.send_to_playground(strategy=DeCoRe(tuple(top)),
                                             note=f"DeCoRe (entropy-guided α) contrasting the top-{int(k)} retrieval heads")
         st.switch_page("pages/02_playground.py")
+    if st.button("Keep only these heads' full KV (RazorAttention) in the Playground", key="rh_send_razor"):
+        st.session_state["razor_heads_for_playground"] = [tuple(x) for x in top]
+        st.session_state.pop("pg_rz_heads", None)
+        st.session_state[interventions_ui.PRESET_KV_POLICY] = "razor"
+        st.switch_page("pages/02_playground.py")
 
     st.header("Causal check: masking curves")
     d1, d2 = st.columns(2)
