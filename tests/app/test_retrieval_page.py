@@ -32,6 +32,19 @@ def test_retrieval_page_detects_and_sends(smollm2):
     assert not at.exception, [e.value for e in at.exception]
     sent = at.session_state["playground_sent"]
     assert len(sent["interventions"]) == 3 and all(iv["kind"] == "head_mask" for iv in sent["interventions"])
+    # RazorAttention: the top heads keep their full KV cache in the Playground's KV selector
+    at.switch_page("pages/11_retrieval_heads.py").run()
+    for key, value in (("rh_lengths", "120"), ("rh_depths", "0.5"), ("rh_needles", "1")):
+        at.text_input(key=key).set_value(value)
+    at.number_input(key="rh_max_new").set_value(8)
+    at.number_input(key="rh_proxy").set_value(2).run()  # the stored result shows again, no re-run
+    at.number_input(key="rh_send_k").set_value(3)
+    at.button(key="rh_send_razor").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert len(at.session_state["razor_heads_for_playground"]) == 3
+    assert at.session_state["pg_kv_choice"] == "razor"
+    assert at.text_input(key="pg_rz_heads").value.count(":") == 3
     # bad input -> one clear line
     at.switch_page("pages/11_retrieval_heads.py").run()
     at.text_input(key="rh_depths").set_value("1.5").run()
