@@ -312,3 +312,45 @@ def _sae(model) -> list:
         return []
     cls = SaeSteer if mode == "steer" else SaeClamp
     return [cls(name, int(latent), float(value))]
+
+
+@strategy_widget("decore", "DeCoRe (retrieval heads masked)", order=40)
+def _decore(model):
+    from probes.decore import DeCoRe
+
+    sb = st.sidebar
+    heads = sb.text_input("Retrieval heads (L:H, …)", "", key="pg_decore_heads",
+                          help="the masked model masks these heads (uniform attention); see the Retrieval heads page")
+    entropy_guided = sb.toggle("Entropy-guided α", True, key="pg_decore_entropy")
+    alpha = None if entropy_guided else float(sb.slider("α", 0.0, 2.0, 0.5, 0.05, key="pg_decore_alpha"))
+    return DeCoRe(tuple(parse_heads(heads)), alpha=alpha)
+
+
+# ---------------------------------------------------------------------------------------
+# Retrieval heads (issue 8): RazorAttention head-aware KV cache
+
+
+@kv_policy_widget("razor", "RazorAttention (retrieval heads keep full KV)", order=30)
+def _razor(model):
+    from probes.razor import RazorAttention
+
+    found = st.session_state.get("razor_heads_for_playground")  # set by the Retrieval heads page
+    _defaults(pg_rz_heads=", ".join(f"{l}:{h}" for l, h in found) if found else "", pg_rz_sinks=4,
+              pg_rz_window=60, pg_rz_comp=True)
+    text = st.text_input("Retrieval heads (L:H query heads, comma-separated)", key="pg_rz_heads",
+                         help="their KV heads keep the whole cache (GQA: the KV head of each query head)")
+    a, b = st.columns(2)
+    s = a.number_input("S (sink tokens)", min_value=0, step=1, key="pg_rz_sinks")
+    w = b.number_input("W (recent tokens)", min_value=0, step=1, key="pg_rz_window")
+    comp = st.toggle("Compensation token (mean of the dropped keys and values)", key="pg_rz_comp")
+    try:
+        policy = RazorAttention(tuple(parse_heads(text)), n_sink=int(s), window=int(w), compensation=comp,
+                                head_kind="query")
+        policy.validate(model)
+    except MechscopeError as exc:
+        st.error(f"RazorAttention: {exc} (using the full cache)")
+        return "full"
+    st.caption(f"Other KV heads keep S + W{' + 1' if comp else ''} entries (by masking; positions unchanged). "
+               f"KV memory kept at {model.cfg.n_ctx} tokens: {policy.kv_fraction(model, model.cfg.n_ctx):.1%}.")
+    return policy
+

@@ -44,6 +44,7 @@ from probes.kv_policies import (  # noqa: F401  (the cache helpers live with the
     resolve_kv_policy,
 )
 from probes.serial import Registry
+from probes import razor as _razor  # noqa: F401,E402  (registers the "razor" KV policy)
 from probes.tokens import as_token_tensor, str_tokens
 
 #: decoding strategies by kind ("greedy", "sample", ...)
@@ -208,6 +209,7 @@ def generate(
     on_token: Callable[[int, str], None] | None = None,
     stop_at_eos: bool = True,
     reducers: dict | None = None,
+    stop_tokens: Sequence[int] = (),
 ) -> Generation:
     """Generate up to ``max_new_tokens`` after ``prompt`` (text or token ids).
 
@@ -216,6 +218,7 @@ def generate(
     ``reducers`` are called at every forward pass with a :class:`probes.capture.Batch` whose
     ``step`` is None during the prompt and the decoding step after it, and whose
     ``q_offset`` is the absolute position of the first query the pass holds (under a cache).
+    ``stop_tokens``: ids that end the generation once emitted (kept in the output, like EOS).
     """
     if max_new_tokens < 0:
         raise InputError("max_new_tokens must be >= 0.")
@@ -233,11 +236,14 @@ def generate(
     eos = getattr(model.tokenizer, "eos_token_id", None) if model.tokenizer is not None else None
     generator = torch.Generator().manual_seed(int(getattr(strat, "seed", 0)))
     extra: HookList = list(strat.hooks(model)) if hasattr(strat, "hooks") else []
+    if policy is not None and hasattr(policy, "hooks"):  # head-aware policies (probes.razor) mask by hooks
+        extra += list(policy.hooks(model))
     new: list[int] = []
     logprobs: list[float] = []
     stepper = _Stepper(model, policy)
     extra += _reducer_hooks(model, reducers, stepper)
     scratch: dict = {}
+    stops = frozenset(int(t) for t in stop_tokens)
     with applied(model, interventions, extra_hooks=extra), torch.no_grad():
         if max_new_tokens:
             logits = stepper.feed([prompt_ids])[0]
@@ -249,7 +255,7 @@ def generate(
             logprobs.append(float(logits.log_softmax(-1)[tok]))
             if on_token is not None:
                 on_token(tok, str_tokens(model, [tok])[0])
-            if stop_at_eos and eos is not None and tok == eos:
+            if (stop_at_eos and eos is not None and tok == eos) or tok in stops:
                 break
             if step + 1 < max_new_tokens:
                 stepper.step = step
@@ -310,7 +316,8 @@ def generate_rows(
     logprobs: list[list[float]] = [[] for _ in range(rows)]
     done = [False] * rows
     stepper = _Stepper(model, policy, rows)
-    with applied(model, wrapped), torch.no_grad():
+    policy_hooks: HookList = list(policy.hooks(model)) if policy is not None and hasattr(policy, "hooks") else []
+    with applied(model, wrapped, extra_hooks=policy_hooks), torch.no_grad():
         if max_new_tokens:
             logits = stepper.feed([prompt_ids] * rows)
         for step in range(max_new_tokens):

@@ -54,3 +54,38 @@ def tiny_model(
                 p.normal_(0, 0.5 / p.shape[-1] ** 0.5 * 4)
     model.eval()
     return model
+
+
+def copy_model(d_vocab: int = 20, n_ctx: int = 32, offset: int = 10, dtype: torch.dtype = torch.float32) -> HookedTransformer:
+    """A 1-layer, 2-head attention-only model wired by hand to copy.
+
+    Residual = [token one-hot (d_vocab) | position one-hot (n_ctx)]. Head 0's query at
+    position p matches only the key at p − ``offset`` (score 30 there, 0 elsewhere) and
+    writes 10 × that key's token one-hot; head 1 has zero weights (uniform attention, no
+    output). The unembedding reads the token part, so the model predicts the token
+    ``offset`` positions back: greedy decoding after a prompt of length P re-emits
+    prompt[P − 1 − offset], prompt[P − offset], … — head 0 is a perfect copying head.
+    """
+    d_model = d_vocab + n_ctx
+    cfg = HookedTransformerConfig(
+        n_layers=1, d_model=d_model, n_heads=2, d_head=n_ctx, d_vocab=d_vocab, n_ctx=n_ctx, attn_only=True,
+        normalization_type=None, positional_embedding_type="standard", default_prepend_bos=False,
+        device="cpu", dtype=dtype, act_fn="relu", d_mlp=4,
+    )
+    model = HookedTransformer(cfg, move_to_device=False)
+    a = (30.0 * n_ctx ** 0.5) ** 0.5  # q·k / sqrt(d_head) = 30 on the matching key
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.embed.W_E[torch.arange(d_vocab), torch.arange(d_vocab)] = 1.0
+        model.pos_embed.W_pos[torch.arange(n_ctx), d_vocab + torch.arange(n_ctx)] = 1.0
+        attn = model.blocks[0].attn
+        for p in range(n_ctx):
+            attn.W_Q[0, d_vocab + p, p] = a
+            if p + offset < n_ctx:
+                attn.W_K[0, d_vocab + p, p + offset] = a
+        attn.W_V[0, torch.arange(d_vocab), torch.arange(d_vocab)] = 1.0
+        attn.W_O[0, torch.arange(d_vocab), torch.arange(d_vocab)] = 10.0
+        model.unembed.W_U[torch.arange(d_vocab), torch.arange(d_vocab)] = 1.0
+    model.eval()
+    return model

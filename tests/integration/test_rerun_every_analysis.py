@@ -53,6 +53,20 @@ def _cases():
         "sae_features": SaeFeaturesParams(sae="smollm2-135m/resid-L12", n_texts=3, k=2, max_tokens=32),
         "sae_steer_verify": SteerVerifyParams(sae="smollm2-135m/resid-L12", n=2),
         "sae_absorption": AbsorptionParams(saes=("smollm2-135m/resid-L12",), n_words=120),
+        **_retrieval_cases(),
+    }
+
+
+def _retrieval_cases():
+    from analyses.niah import NiahParams
+    from analyses.retrieval import MaskingParams, RetrievalParams
+    from probes.interventions import HeadMask
+
+    grid = dict(lengths=(120,), depths=(0.5,), needles=(1,), max_new_tokens=6)
+    return {
+        "niah": NiahParams(**grid, interventions=(HeadMask(5, 1),)),
+        "retrieval_heads": RetrievalParams(**grid, proxy_seqs=2),
+        "retrieval_masking": MaskingParams(**grid, ks=(0, 1), seeds=1, heads=((5, 1),)),
     }
 
 

@@ -1,0 +1,111 @@
+"""``mechscope retrieval-heads``, ``mechscope niah`` and ``mechscope retrieval-masking``
+(issue 8): retrieval-head detection (Wu et al. 2024), NIAH accuracy (optionally with heads
+masked) and the causal masking curves, each saved as a re-runnable Result. Ctrl-C stops a
+long run and saves the tests finished so far (the Result says ``complete: false``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, progress, save_result
+from app.specs import parse_heads
+from probes.errors import InputError
+
+
+def register(sub) -> None:
+    from analyses.niah import NiahParams
+    from analyses.retrieval import MaskingParams, RetrievalParams
+
+    p = sub.add_parser("retrieval-heads", help="retrieval score of every head over a needle-in-a-haystack grid",
+                       description="Wu et al.'s retrieval score: greedy NIAH answers, top-1 attended position per "
+                                   "head at each step, copy credit 1/|needle|, counted tests only (ROUGE-1 recall "
+                                   "> 0.5); heads > 0.1 are retrieval heads. Also an induction-score proxy.")
+    add_model_out(p)
+    add_params(p, RetrievalParams)
+    p.set_defaults(func=run_detect)
+
+    n = sub.add_parser("niah", help="needle-in-a-haystack accuracy over lengths × depths (heads masked on request)",
+                       description="Greedy NIAH accuracy (ROUGE-1 recall > 0.5) on the shipped needles and long text.")
+    add_model_out(n)
+    add_params(n, NiahParams, skip=("interventions",))
+    n.add_argument("--mask", action="append", default=[], metavar="L:H", help="mask this head (uniform attention)")
+    n.add_argument("--mask-top", type=int, default=0, metavar="K", help="mask the top K heads of --heads-from")
+    n.add_argument("--heads-from", type=Path, default=None, help="a saved retrieval-heads result")
+    n.set_defaults(func=run_niah)
+
+    m = sub.add_parser("retrieval-masking", help="NIAH accuracy with top-k retrieval heads vs k random heads masked",
+                       description="The causal check: mask the top-k retrieval heads (uniform attention) against k "
+                                   "random non-retrieval heads (several seeds), k over a range.")
+    add_model_out(m)
+    add_params(m, MaskingParams, skip=("heads",))
+    m.add_argument("--heads-from", type=Path, default=None,
+                   help="a saved retrieval-heads result (default: detect on the same grid first)")
+    m.set_defaults(func=run_masking)
+
+
+def _ranked_from(path: Path | None) -> list[tuple[int, int]]:
+    if path is None:
+        return []
+    from analyses.catalog import load_result
+    from analyses.retrieval import RetrievalResult
+
+    res = load_result(path)
+    if not isinstance(res, RetrievalResult):
+        raise InputError(f"{path} holds a {res.kind} result, not retrieval-heads.")
+    return [(l, h) for l, h, _ in res.ranked()]
+
+
+def _note_partial(res) -> None:
+    if not res.complete:
+        print("interrupted: saving the tests finished so far (complete = false)")
+
+
+def run_detect(args) -> int:
+    from analyses.retrieval import RetrievalParams, retrieval_heads
+
+    check_out_dir(args.out)
+    params = params_from_args(RetrievalParams, args)
+    res = retrieval_heads(load_model(args), params, progress=progress("NIAH tests"))
+    _note_partial(res)
+    s = res.summary()
+    print(f"{s['counted']} of {s['tests']} tests counted ({s['prompt_format']} prompt); "
+          f"{s['n_above']} heads ({100 * s['fraction_above']:.1f}%) score > {params.threshold:g}")
+    print("top heads: " + ", ".join(f"L{l}H{h} {v:.3f}" for l, h, v in res.ranked()[:10]))
+    if "spearman_induction" in s:
+        print(f"Spearman(retrieval, induction proxy) = {s['spearman_induction']:.3f}")
+    save_result(res, args.out)
+    return 0
+
+
+def run_niah(args) -> int:
+    from analyses.niah import NiahParams, niah
+    from probes.interventions import HeadMask
+
+    check_out_dir(args.out)
+    heads = parse_heads(args.mask)
+    if args.mask_top:
+        ranked = _ranked_from(args.heads_from)
+        if not ranked:
+            raise InputError("--mask-top needs --heads-from (a saved retrieval-heads result).")
+        if args.mask_top > len(ranked):
+            raise InputError(f"--mask-top {args.mask_top} is larger than the number of heads ({len(ranked)}).")
+        heads += ranked[: args.mask_top]
+    params = params_from_args(NiahParams, args, interventions=tuple(HeadMask(l, h) for l, h in heads))
+    res = niah(load_model(args), params, progress=progress("NIAH tests"))
+    _note_partial(res)
+    print(f"NIAH accuracy {res.accuracy:.3f} over {len(res.tests)} tests ({res.prompt_format} prompt)")
+    save_result(res, args.out)
+    return 0
+
+
+def run_masking(args) -> int:
+    from analyses.retrieval import MaskingParams, retrieval_masking
+
+    check_out_dir(args.out)
+    ranked = _ranked_from(args.heads_from)[: max(args.ks, default=0)]  # random heads: the others
+    params = params_from_args(MaskingParams, args, heads=tuple(ranked))
+    res = retrieval_masking(load_model(args), params, progress=progress("masking"))
+    _note_partial(res)
+    print(res.summary().round(3).to_string(index=False))
+    save_result(res, args.out)
+    return 0
