@@ -42,7 +42,7 @@ def _cases():
         "act": ACTParams(heads=((10, 2),), max_items=12, n_boot=200),
         "logit_lens": LogitLensParams(prompt="The capital of France is", target=" Paris", k=3),
         "contextualisation": ContextParams(texts=TEXTS * 2, prefix=2, steps=3, max_train=32, max_eval=16, batch_size=16),
-        "microscope": MicroscopeParams(texts=TEXTS * 3, max_tokens=400, id_points=400),
+        "microscope": MicroscopeParams(texts=TEXTS * 6, max_tokens=640, id_points=300),
         "neuron_decode": DecodeParams(k=3, method="paper", layers=(29,)),
         "neuron_search": SearchParams(token=" dog", top=5),
         "max_activating": MaxActParams(layer=29, neuron=808, texts=TEXTS, k=3),
