@@ -1,0 +1,665 @@
+"""Isotropy of representations: IsoScore and its rivals on every layer (REFERENCES §13–14).
+
+Scores of a point cloud X (N points × n dimensions):
+
+* **IsoScore** (Rudman et al. 2022): the eigenvalues of X's covariance (the variances of the
+  points projected on their principal components), rescaled to norm √n; defect
+  δ = ||v̂ − 1|| / √(2(n − √n)); IsoScore = ((n − δ²(n − √n))² − n) / (n(n − 1)) ∈ [0, 1].
+  Equal to the pip package ``isoscore`` 2.0.1 (whose input is points × dimensions; 1.x took
+  dimensions × points) to 1e-6 — tested. It uses the singular values of the covariance,
+  i.e. the absolute eigenvalues; so do we.
+* **IsoScore*** (Rudman & Eickhoff 2023): the same on the shrunk covariance
+  (1 − ζ)·C + ζ·C0. The package's advice is C0 = I when no larger sample is at hand;
+  ``c0="identity"`` is that. Our default ``c0="scaled_identity"`` is (tr C / n)·I — the same
+  target scaled to the cloud, so IsoScore* keeps IsoScore's invariance to a global rescaling
+  (with C0 = I a residual stream of norm ~100 would hardly be shrunk at all). A matrix may be
+  given too (e.g. the covariance of a larger sample). ζ = 0.2 by default (our choice).
+* **Average cosine** of seeded random pairs (i ≠ j), or of all distinct pairs.
+* **Partition score** (Mu & Viswanath 2018): min_u Z(u) / max_u Z(u), Z(u) = Σ_x exp(uᵀx),
+  u over the eigenvectors of XᵀX (uncentred) — the *columns* of ``eigh``'s matrix. An
+  eigenvector's sign is arbitrary (LAPACK's choice), so u runs over ±u_i (both are unit
+  eigenvectors); Z is computed as a log-sum-exp (residual streams overflow exp).
+* **Self-similarity / Su & Collier isotropy** (§14): mean cosine between the token
+  representations of one sequence (all pairs i ≠ j), averaged over sequences; isotropy =
+  1 − that. Computed exactly from Σ_i x̂_i: Σ_{i≠j} cos = ||Σ x̂||² − T.
+* **Outlier dimensions**: dimensions whose variance exceeds ``multiple`` × the average
+  variance (Rudman et al. 2023 use 5×), and those whose |mean| exceeds ``multiple`` × the
+  average |mean|, with their indices.
+
+Streaming (:class:`CloudStats`): the analysis never holds a layer's activation cloud. Inside
+the hook each batch is folded into a per-layer sum and sum of outer products (shifted by the
+first batch's mean, to avoid cancellation with the huge means of residual streams), O(d²)
+per layer, on the model's device. The per-batch product is float32 by default
+(``cov_dtype``), summed in float64; ``cov_dtype="float64"`` makes it exact. Average cosine,
+the partition score's Z(u) and the 2-D PCA are computed on a seeded sample of ``n_sample``
+tokens per layer (the same tokens at every layer).
+
+Per-head outputs: a head's output is z_h W_O^h, a linear map of its d_head-dim z, so the
+analysis accumulates z's statistics (d_head² per head) and maps them exactly:
+C_out = W_O^hᵀ C_z W_O^h, mean_out = μ_z W_O^h, cos between outputs through W_O^h W_O^hᵀ.
+A head's output spans at most d_head dimensions of d_model, so its IsoScore is at most
+(d_head − 1)/(d_model − 1); ``isoscore_z`` (in the head's own z space) is reported beside it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from probes import capture, hooknames
+from probes.errors import InputError, check_range
+from probes.models import model_id
+from probes.results import Params, Result, analysis
+from probes.tokens import str_tokens, text_ids
+
+C0_CHOICES = ("scaled_identity", "identity")
+SCORES = ("isoscore", "isoscore_star", "avg_cosine", "partition", "self_similarity", "isotropy_su")
+
+# ---------------------------------------------------------------------------------------
+# Pure scores
+
+
+def _points(points, name: str = "points") -> torch.Tensor:
+    x = torch.as_tensor(points).detach()
+    if x.ndim != 2:
+        raise InputError(f"{name} must be a 2-D array of points × dimensions, not shape {tuple(x.shape)}.")
+    if x.shape[0] < 2:
+        raise InputError(f"{name} needs at least 2 points (got {x.shape[0]}).")
+    if x.shape[1] < 2:
+        raise InputError(f"{name} needs at least 2 dimensions (got {x.shape[1]}).")
+    if not x.is_floating_point():
+        x = x.double()
+    if not torch.isfinite(x).all():
+        raise InputError(f"{name} contains NaN or infinite values.")
+    return x
+
+
+def covariance(points) -> torch.Tensor:
+    """Sample covariance (N − 1 denominator) of points [N, n], in float64."""
+    x = _points(points).double()
+    xc = x - x.mean(0)
+    return xc.T @ xc / (x.shape[0] - 1)
+
+
+def isoscore_from_eigenvalues(eigenvalues) -> float:
+    """IsoScore from the covariance's eigenvalues (the variances along the principal axes)."""
+    v = torch.as_tensor(eigenvalues, dtype=torch.float64).abs().reshape(-1)
+    n = v.numel()
+    if n < 2:
+        raise InputError("IsoScore needs at least 2 dimensions.")
+    norm = torch.linalg.vector_norm(v)
+    if not torch.isfinite(norm) or norm == 0:
+        raise InputError("The point cloud has no variance (all points equal): IsoScore is undefined.")
+    v_hat = v * math.sqrt(n) / norm
+    delta = torch.linalg.vector_norm(v_hat - 1) / math.sqrt(2 * (n - math.sqrt(n)))
+    score = ((n - delta**2 * (n - math.sqrt(n))) ** 2 - n) / (n * (n - 1))
+    return float(score)
+
+
+def _check_cov(cov) -> torch.Tensor:
+    c = torch.as_tensor(cov).detach().to(torch.float64)
+    if c.ndim != 2 or c.shape[0] != c.shape[1]:
+        raise InputError(f"A covariance must be a square matrix, not shape {tuple(c.shape)}.")
+    if not torch.isfinite(c).all():
+        raise InputError("The covariance contains NaN or infinite values.")
+    return c
+
+
+def isoscore_from_cov(cov) -> float:
+    c = _check_cov(cov)
+    return isoscore_from_eigenvalues(torch.linalg.eigvalsh((c + c.T) / 2))
+
+
+def isoscore(points) -> float:
+    """IsoScore of points [N, n] (Rudman et al. 2022)."""
+    return isoscore_from_cov(covariance(points))
+
+
+def shrunk_cov(cov, zeta: float = 0.2, c0="scaled_identity") -> torch.Tensor:
+    """(1 − ζ)·C + ζ·C0 with C0 = "scaled_identity" ((tr C/n)·I), "identity" or a matrix."""
+    c = _check_cov(cov)
+    zeta = check_zeta(zeta)
+    n = c.shape[0]
+    if isinstance(c0, str):
+        if c0 == "identity":
+            target = torch.eye(n, dtype=torch.float64, device=c.device)
+        elif c0 == "scaled_identity":
+            target = torch.eye(n, dtype=torch.float64, device=c.device) * (torch.trace(c) / n)
+        else:
+            raise InputError(f"Unknown C0 {c0!r}: choose from {', '.join(C0_CHOICES)} or give a matrix.")
+    else:
+        target = _check_cov(c0).to(c.device)
+        if target.shape != c.shape:
+            raise InputError(f"C0 has shape {tuple(target.shape)}, the covariance {tuple(c.shape)}.")
+    return (1 - zeta) * c + zeta * target
+
+
+def check_zeta(zeta) -> float:
+    if isinstance(zeta, bool) or not isinstance(zeta, (int, float)) or not 0 <= zeta <= 1:
+        raise InputError(f"ζ (zeta) must lie in [0, 1], not {zeta!r}.")
+    return float(zeta)
+
+
+def isoscore_star(points, zeta: float = 0.2, c0="scaled_identity") -> float:
+    """IsoScore* (Rudman & Eickhoff 2023): IsoScore of (1 − ζ)·C + ζ·C0."""
+    return isoscore_from_cov(shrunk_cov(covariance(points), zeta, c0))
+
+
+def average_cosine(points, n_pairs: int | None = 10_000, seed: int = 0) -> float:
+    """Mean cosine similarity of ``n_pairs`` seeded random pairs of distinct points (None:
+    every distinct pair, exactly). Zero vectors count as cosine 0."""
+    x = _points(points).double()
+    xh = x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    n = x.shape[0]
+    if n_pairs is None:
+        s = xh.sum(0)
+        diag = (xh.norm(dim=1) ** 2).sum()
+        return float((s @ s - diag) / (n * (n - 1)))
+    if n_pairs < 1:
+        raise InputError("n_pairs must be at least 1.")
+    g = torch.Generator().manual_seed(int(seed))
+    i = torch.randint(n, (n_pairs,), generator=g)
+    j = torch.randint(n - 1, (n_pairs,), generator=g)
+    j = j + (j >= i).long()  # distinct from i, uniform over the others
+    xh = xh.cpu()
+    return float((xh[i] * xh[j]).sum(1).mean())
+
+
+def partition_score(points, second_moment=None) -> float:
+    """Mu & Viswanath's I(X) = min_u Z(u) / max_u Z(u), Z(u) = Σ_x exp(uᵀx), u over ±the
+    eigenvectors of XᵀX (``second_moment``: XᵀX of a larger set the points sample, if known)."""
+    x = _points(points).double()
+    m = x.T @ x if second_moment is None else _check_cov(second_moment).to(x.device)
+    _, vecs = torch.linalg.eigh((m + m.T) / 2)  # eigenvectors are the COLUMNS
+    proj = x @ vecs  # [N, n]: uᵀx for every point and eigenvector
+    log_z = torch.cat([torch.logsumexp(proj, 0), torch.logsumexp(-proj, 0)])
+    return float(torch.exp(log_z.min() - log_z.max()))
+
+
+def mean_pair_cosine(x: torch.Tensor) -> float:
+    """Mean cosine over the pairs i ≠ j of one sequence's states x [T, d] (T ≥ 2)."""
+    x = _points(x, "a sequence").double()
+    xh = x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    s = xh.sum(0)
+    t = x.shape[0]
+    return float((s @ s - (xh * xh).sum()) / (t * (t - 1)))
+
+
+def self_similarity(sequences: Sequence) -> float:
+    """Mean over sequences of the within-sequence mean pair cosine (Su & Collier 2022;
+    their isotropy is 1 − this). Sequences shorter than 2 tokens are refused."""
+    if not len(sequences):
+        raise InputError("No sequences were given.")
+    return float(np.mean([mean_pair_cosine(s) for s in sequences]))
+
+
+def check_multiple(multiple) -> float:
+    if isinstance(multiple, bool) or not isinstance(multiple, (int, float)) or not multiple > 1:
+        raise InputError(f"The outlier multiple must be a number > 1, not {multiple!r}.")
+    return float(multiple)
+
+
+def outlier_dimensions(variance, mean=None, multiple: float = 5.0) -> pd.DataFrame:
+    """Dimensions whose variance exceeds ``multiple`` × the average variance, or whose |mean|
+    exceeds ``multiple`` × the average |mean|: one row per such dimension, largest first."""
+    multiple = check_multiple(multiple)
+    var = np.asarray(variance, dtype=np.float64).reshape(-1)
+    mu = np.zeros_like(var) if mean is None else np.abs(np.asarray(mean, dtype=np.float64).reshape(-1))
+    if var.size != mu.size:
+        raise InputError("variance and mean must have one value per dimension.")
+    if not (np.isfinite(var).all() and np.isfinite(mu).all()):
+        raise InputError("The variances or means contain NaN or infinite values.")
+    vr = var / var.mean() if var.mean() > 0 else np.zeros_like(var)
+    mr = mu / mu.mean() if mu.mean() > 0 else np.zeros_like(mu)
+    hit = (vr > multiple) | (mr > multiple)
+    idx = np.flatnonzero(hit)
+    df = pd.DataFrame({"dim": idx, "variance": var[idx], "variance_ratio": vr[idx],
+                       "abs_mean": mu[idx], "mean_ratio": mr[idx],
+                       "by_variance": vr[idx] > multiple, "by_mean": mr[idx] > multiple})
+    return df.sort_values(["variance_ratio", "mean_ratio"], ascending=False).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Streaming statistics
+
+
+class CloudStats:
+    """Running mean and covariance of G clouds at once (points arrive as [m, G, d]).
+
+    Sums are taken around a shift K (the first batch's mean), in float64:
+    s = Σ(x − K), M = Σ(x − K)(x − K)ᵀ. ``dtype`` is the dtype of each batch's product
+    (float32: fast, ~1e-7 relative per batch; float64: exact)."""
+
+    def __init__(self, dtype: torch.dtype = torch.float32):
+        self.dtype = dtype
+        self.n = 0
+        self.shift = self.s = self.m = None
+
+    def add(self, x: torch.Tensor) -> None:
+        if x.ndim == 2:
+            x = x[:, None, :]
+        if x.shape[0] == 0:
+            return
+        if self.shift is None:
+            self.shift = x.detach().double().mean(0).to(self.dtype).double()  # [G, d], exact in dtype
+            g, d = self.shift.shape
+            self.s = torch.zeros(g, d, dtype=torch.float64, device=x.device)
+            self.m = torch.zeros(g, d, d, dtype=torch.float64, device=x.device)
+        xc = x.detach().to(self.dtype) - self.shift.to(self.dtype)
+        self.s += xc.sum(0, dtype=torch.float64) if self.dtype != torch.float64 else xc.sum(0)
+        self.m += torch.einsum("ngd,nge->gde", xc, xc).double()
+        self.n += x.shape[0]
+
+    def mean(self) -> torch.Tensor:
+        return self.shift + self.s / self.n
+
+    def cov(self) -> torch.Tensor:
+        """[G, d, d], N − 1 denominator."""
+        if self.n < 2:
+            raise InputError(f"A covariance needs at least 2 points (got {self.n}).")
+        ds = self.s / self.n
+        return (self.m - self.n * ds[:, :, None] * ds[:, None, :]) / (self.n - 1)
+
+    def second_moment(self) -> torch.Tensor:
+        """Σ x xᵀ (uncentred), [G, d, d]."""
+        k, s = self.shift, self.s
+        return self.m + k[:, :, None] * s[:, None, :] + s[:, :, None] * k[:, None, :] + self.n * k[:, :, None] * k[:, None, :]
+
+
+def _unit_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ over real positions of x/||x||: x [B, T, ..., d], mask [B, T] → [B, ..., d]."""
+    xh = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    m = mask.reshape(mask.shape + (1,) * (x.ndim - 2)).to(xh.dtype)
+    return (xh * m).sum(1)
+
+
+# ---------------------------------------------------------------------------------------
+# Result
+
+
+@dataclass(frozen=True)
+class IsotropyResult(Result):
+    """Scores per cloud (residual stream at every depth, every head's output, W_E, W_U)."""
+
+    scores: pd.DataFrame  # one row per cloud
+    clouds: tuple  # names of the rows of spectrum / dim_var / dim_mean
+    spectrum: np.ndarray  # [C, d] covariance eigenvalues, descending
+    dim_var: np.ndarray  # [C, d] per-dimension variance
+    dim_mean: np.ndarray  # [C, d] per-dimension mean
+    pca: np.ndarray  # [L+1, S, 2] sampled tokens projected on each depth's top-2 principal axes
+    sample_class: np.ndarray  # [S] token class of each sampled token (object)
+    sample_token: np.ndarray  # [S] token string (object)
+    n_tokens: int = 0
+    n_texts: int = 0
+
+    kind = "isotropy"
+
+    def resid(self) -> pd.DataFrame:
+        return self.scores[self.scores["cloud"] == "resid"].reset_index(drop=True)
+
+    def heads(self) -> pd.DataFrame:
+        return self.scores[self.scores["cloud"] == "head"].reset_index(drop=True)
+
+    def weights(self) -> pd.DataFrame:
+        return self.scores[self.scores["cloud"].isin(["W_E", "W_U"])].reset_index(drop=True)
+
+    def _cloud(self, name) -> int:
+        if isinstance(name, (int, np.integer)) and not isinstance(name, bool):
+            n_depth = sum(1 for c in self.clouds if c not in ("W_E", "W_U"))
+            check_range("depth", int(name), n_depth)
+            return int(name)
+        if name not in self.clouds:
+            raise InputError(f"No cloud {name!r}: choose a depth 0..{len(self.clouds) - 3} or one of "
+                             f"{', '.join(map(str, self.clouds))}.")
+        return list(self.clouds).index(name)
+
+    def outliers(self, cloud=0, multiple: float | None = None) -> pd.DataFrame:
+        i = self._cloud(cloud)
+        return outlier_dimensions(self.dim_var[i], self.dim_mean[i], self.params.outlier_multiple if multiple is None else multiple)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.scores
+
+    # -- figures -------------------------------------------------------------------------
+    def figure_curves(self):
+        import plotly.express as px
+
+        df = self.resid().melt(id_vars=["depth"], value_vars=list(SCORES), var_name="score", value_name="value")
+        fig = px.line(df, x="depth", y="value", color="score", markers=True,
+                      title="Isotropy of the residual stream by depth (0 = embeddings, l = after block l−1)")
+        fig.update_layout(yaxis_title="score", xaxis_title="depth")
+        return fig
+
+    def figure_heads(self, score: str = "isoscore"):
+        import plotly.graph_objects as go
+
+        h = self.heads()
+        if h.empty:
+            return go.Figure().update_layout(title="No per-head scores (heads=False)")
+        if score not in h.columns:
+            raise InputError(f"No score {score!r}; choose from {', '.join(c for c in h.columns if c in SCORES + ('isoscore_z',))}.")
+        m = h.pivot(index="layer", columns="head", values=score)
+        fig = go.Figure(go.Heatmap(z=m.values, x=[f"H{c}" for c in m.columns], y=list(m.index), colorscale="Viridis",
+                                   colorbar={"title": score}))
+        fig.update_layout(title=f"Per-head output {score}", xaxis_title="head", yaxis_title="layer",
+                          yaxis={"autorange": "reversed"})
+        return fig
+
+    def figure_spectrum(self, cloud=None):
+        import plotly.graph_objects as go
+
+        i = self._cloud(len([c for c in self.clouds if c not in ("W_E", "W_U")]) - 1 if cloud is None else cloud)
+        ev = self.spectrum[i]
+        out = self.outliers(i)
+        fig = go.Figure(go.Scatter(x=np.arange(1, ev.size + 1), y=np.clip(ev, 1e-12, None), mode="lines", name="eigenvalue"))
+        fig.update_layout(title=f"Covariance spectrum of {self.clouds[i]} ({len(out)} outlier dimensions: "
+                                f"{', '.join(map(str, out['dim'].head(8).tolist()))})",
+                          xaxis_title="principal component", yaxis_title="variance", yaxis_type="log")
+        return fig
+
+    def figure_outliers(self, cloud=None):
+        import plotly.graph_objects as go
+
+        i = self._cloud(len([c for c in self.clouds if c not in ("W_E", "W_U")]) - 1 if cloud is None else cloud)
+        var = self.dim_var[i]
+        ratio = var / var.mean()
+        fig = go.Figure(go.Bar(x=np.arange(var.size), y=ratio, name="variance / mean variance"))
+        fig.add_hline(y=self.params.outlier_multiple, line_dash="dot", annotation_text=f"{self.params.outlier_multiple:g}×")
+        fig.update_layout(title=f"Per-dimension variance of {self.clouds[i]} (× the average)", xaxis_title="dimension",
+                          yaxis_title="variance ratio", yaxis_type="log")
+        return fig
+
+    def figure_pca(self, depth: int | None = None):
+        import plotly.express as px
+
+        depth = self.pca.shape[0] - 1 if depth is None else depth
+        check_range("depth", depth, self.pca.shape[0])
+        xy = self.pca[depth]
+        df = pd.DataFrame({"PC1": xy[:, 0], "PC2": xy[:, 1], "class": self.sample_class, "token": self.sample_token})
+        return px.scatter(df, x="PC1", y="PC2", color="class", hover_data=["token"], opacity=0.6,
+                          title=f"{self.clouds[depth]}: sampled tokens on the top-2 principal axes")
+
+    def figure_weights(self):
+        import plotly.express as px
+
+        w = self.weights().melt(id_vars=["cloud"], value_vars=list(SCORES[:4]), var_name="score", value_name="value")
+        return px.bar(w, x="score", y="value", color="cloud", barmode="group", title="Token embeddings W_E and unembedding W_U")
+
+    def figures(self) -> dict:
+        figs = {"curves": self.figure_curves(), "spectrum": self.figure_spectrum(), "outliers": self.figure_outliers(),
+                "pca": self.figure_pca()}
+        if not self.heads().empty:
+            figs["heads"] = self.figure_heads()
+        if not self.weights().empty:
+            figs["weights"] = self.figure_weights()
+        return figs
+
+
+# ---------------------------------------------------------------------------------------
+# The analysis
+
+
+@dataclass(frozen=True)
+class IsotropyParams(Params):
+    """Parameters of :func:`isotropy`."""
+
+    kind: ClassVar[str] = "isotropy"
+    text_set: str = field(default="mixed", metadata={"help": "shipped text set (prose, code, numbers or mixed)"})
+    n_texts: int = field(default=24, metadata={"help": "texts to use"})
+    max_tokens: int = field(default=128, metadata={"help": "tokens per text"})
+    texts: tuple[str, ...] | None = field(default=None, metadata={"help": "custom texts (instead of the text set)"})
+    heads: bool = field(default=True, metadata={"help": "score every head's output"})
+    weights: bool = field(default=True, metadata={"help": "score W_E and W_U"})
+    n_sample: int = field(default=1000, metadata={"help": "sampled tokens per layer (average cosine, partition, PCA)"})
+    n_pairs: int = field(default=10_000, metadata={"help": "random pairs for the average cosine"})
+    zeta: float = field(default=0.2, metadata={"help": "IsoScore* shrinkage ζ"})
+    c0: str = field(default="scaled_identity", metadata={"help": "IsoScore* target C0: scaled_identity or identity"})
+    outlier_multiple: float = field(default=5.0, metadata={"help": "outlier: variance or |mean| > this × the average"})
+    cov_dtype: str = field(default="float32", metadata={"help": "dtype of each batch's covariance product (float32/float64)"})
+    seed: int = field(default=0, metadata={"help": "seed of the token sample and the random pairs"})
+    batch_size: int = field(default=8, metadata={"help": "texts per forward pass"})
+
+    def __post_init__(self):
+        if self.texts is not None:
+            object.__setattr__(self, "texts", tuple(self.texts))
+        check_zeta(self.zeta)
+        check_multiple(self.outlier_multiple)
+        if self.c0 not in C0_CHOICES:
+            raise InputError(f"Unknown C0 {self.c0!r}: choose from {', '.join(C0_CHOICES)}.")
+        if self.cov_dtype not in ("float32", "float64"):
+            raise InputError("cov_dtype must be float32 or float64.")
+        for name in ("n_texts", "max_tokens", "n_sample", "n_pairs", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (2 if name in ("max_tokens", "n_sample") else 1):
+                raise InputError(f"{name} must be an integer >= {2 if name in ('max_tokens', 'n_sample') else 1}, not {v!r}.")
+
+
+def texts_for(params) -> list[str]:
+    if params.texts is not None:
+        texts = list(params.texts)
+    else:
+        from analyses.sinks import load_text_set
+
+        sets = load_text_set(params.text_set, params.n_texts)
+        texts = [t for ts in sets.values() for t in ts]
+    if not texts:
+        raise InputError("No texts to score.")
+    return texts
+
+
+def encode_texts(model, texts, max_tokens: int) -> list[list[int]]:
+    seqs = []
+    for t in texts:
+        if isinstance(t, str) and not t.strip():
+            raise InputError("A text in the set is empty.")
+        ids = text_ids(model, t)[:max_tokens] if isinstance(t, str) else [int(i) for i in t][:max_tokens]
+        if len(ids) < 2:
+            raise InputError("Every text needs at least 2 tokens (within-sequence similarity compares token pairs).")
+        seqs.append(ids)
+    return seqs
+
+
+def sample_slots(lengths: Sequence[int], n_sample: int, seed: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """A seeded sample of min(n_sample, total) token positions: {text index: (positions, slots)}."""
+    total = int(sum(lengths))
+    g = torch.Generator().manual_seed(int(seed))
+    pick = torch.randperm(total, generator=g)[: min(n_sample, total)].sort().values
+    offsets = np.cumsum([0] + list(lengths))
+    out: dict[int, tuple[list, list]] = {}
+    for slot, flat in enumerate(pick.tolist()):
+        i = int(np.searchsorted(offsets, flat, side="right") - 1)
+        out.setdefault(i, ([], []))
+        out[i][0].append(flat - int(offsets[i]))
+        out[i][1].append(slot)
+    return {i: (torch.tensor(p), torch.tensor(s)) for i, (p, s) in out.items()}
+
+
+class _SiteState:
+    """Streaming state of one hook site: G clouds of dimension d."""
+
+    def __init__(self, n_seq: int, n_sample: int, dtype: torch.dtype, gram: torch.Tensor | None = None):
+        self.stats = CloudStats(dtype)
+        self.selfsim = None  # [n_seq, G] mean within-sequence cosine
+        self.n_seq, self.n_sample = n_seq, n_sample
+        self.sample = None  # [S, G, d] float32
+        self.gram = gram  # [G, d, d]: cosines measured through W W^T (head outputs) if given
+
+    def add(self, x: torch.Tensor, batch, picks) -> None:
+        """x [B, T, G, d] (padded); fold the batch in."""
+        mask = batch.mask
+        real = x[mask]  # [m, G, d]
+        self.stats.add(real)
+        if self.selfsim is None:
+            self.selfsim = torch.full((self.n_seq, x.shape[2]), float("nan"), dtype=torch.float64)
+            self.sample = torch.zeros(self.n_sample, x.shape[2], x.shape[3], dtype=torch.float32)
+        xd = x.double()
+        if self.gram is None:
+            s = _unit_sum(xd, mask)  # [B, G, d]
+            ss = (s * s).sum(-1)
+        else:  # cosines of x W: ||xW||² = x (W W^T) x^T
+            g = self.gram
+            norms = torch.einsum("btgd,gde,btge->btg", xd, g, xd).clamp_min(0).sqrt().clamp_min(1e-30)
+            s = ((xd / norms[..., None]) * mask[:, :, None, None].to(xd.dtype)).sum(1)  # [B, G, d]
+            ss = torch.einsum("bgd,gde,bge->bg", s, g, s)
+        t = batch.lengths.to(ss.device).double()[:, None]
+        mean_cos = (ss - t) / (t * (t - 1))
+        for b, i in enumerate(batch.index):
+            self.selfsim[i] = mean_cos[b].cpu()
+            if i in picks:
+                pos, slots = picks[i]
+                self.sample[slots] = x[b, pos.to(x.device)].float().cpu()
+
+
+def _scores(cov, mean, second, sample, selfsim, params, seed) -> dict:
+    ev = torch.linalg.eigvalsh((cov + cov.T) / 2).flip(0)
+    var = torch.diagonal(cov)
+    row = {
+        "isoscore": isoscore_from_eigenvalues(ev),
+        "isoscore_star": isoscore_from_cov(shrunk_cov(cov, params.zeta, params.c0)),
+        "avg_cosine": average_cosine(sample, params.n_pairs, seed) if sample is not None else float("nan"),
+        "partition": partition_score(sample, second) if sample is not None else float("nan"),
+        "self_similarity": selfsim,
+        "isotropy_su": 1 - selfsim,
+    }
+    out = outlier_dimensions(var.cpu().numpy(), mean.cpu().numpy(), params.outlier_multiple)
+    row["n_outlier_var"] = int(out["by_variance"].sum())
+    row["n_outlier_mean"] = int(out["by_mean"].sum())
+    row["outlier_dims"] = ",".join(map(str, sorted(out["dim"].tolist())[:32]))
+    return row, ev
+
+
+def weight_clouds(model) -> dict[str, torch.Tensor]:
+    """W_E rows (one point per token) and W_U columns (one point per token)."""
+    return {"W_E": model.W_E.detach(), "W_U": model.W_U.detach().T}
+
+
+@analysis(IsotropyParams)
+def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None] | None = None) -> IsotropyResult:
+    """Every isotropy score for the residual stream at every depth (embeddings, then after each
+    block), every head's output, W_E and W_U, streamed over a text set."""
+    texts = texts_for(params)
+    seqs = encode_texts(model, texts, params.max_tokens)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    dtype = torch.float64 if params.cov_dtype == "float64" else torch.float32
+    lengths = [len(s) for s in seqs]
+    picks = sample_slots(lengths, params.n_sample, params.seed)
+    n_s = min(params.n_sample, sum(lengths))
+    resid_sites = [hooknames.name("resid_pre", 0)] + [hooknames.name("resid_post", l) for l in range(L)]
+    states = {s: _SiteState(len(seqs), n_s, dtype) for s in resid_sites}
+    w_o = model.W_O.detach()  # [L, H, d_head, d_model]
+    if params.heads:
+        for l in range(L):
+            w = w_o[l].double()
+            states[hooknames.name("z", l)] = _SiteState(len(seqs), n_s, dtype, gram=w @ w.transpose(1, 2))
+
+    def reducer(t, where, batch):
+        x = t if t.ndim == 4 else t[:, :, None, :]
+        states[where].add(x, batch, picks)
+
+    capture.run(model, seqs, reducers={s: reducer for s in states}, batch_size=params.batch_size, progress=progress)
+
+    rows, clouds, spectra, dvar, dmean, pca = [], [], [], [], [], []
+    for depth, s in enumerate(resid_sites):
+        st = states[s]
+        cov, mean, second = st.stats.cov()[0], st.stats.mean()[0], st.stats.second_moment()[0]
+        sample = st.sample[:, 0].double().to(cov.device)
+        row, ev = _scores(cov, mean, second, sample, float(np.nanmean(st.selfsim[:, 0].numpy())), params, params.seed)
+        rows.append({"cloud": "resid", "depth": depth, "layer": hooknames.site(s).layer, "head": -1, "site": s,
+                     "n_points": st.stats.n, **row})
+        clouds.append("embeddings" if depth == 0 else f"after block {depth - 1}")
+        spectra.append(ev.cpu().numpy())
+        dvar.append(torch.diagonal(cov).cpu().numpy())
+        dmean.append(mean.cpu().numpy())
+        _, vecs = torch.linalg.eigh(cov)
+        top2 = vecs[:, -2:].flip(1)
+        pca.append(((sample - mean) @ top2).cpu().numpy())
+    if params.heads:
+        for l in range(L):
+            st = states[hooknames.name("z", l)]
+            cov_z, mean_z, n = st.stats.cov(), st.stats.mean(), st.stats.n
+            for h in range(H):
+                w = w_o[l, h].double().to(cov_z.device)  # [d_head, d_model]
+                cov = w.T @ cov_z[h] @ w
+                mean = mean_z[h] @ w
+                sample = st.sample[:, h].double().to(w.device) @ w
+                second = w.T @ st.stats.second_moment()[h] @ w
+                row, _ = _scores(cov, mean, second, sample, float(np.nanmean(st.selfsim[:, h].numpy())), params,
+                                 params.seed)
+                row["isoscore_z"] = isoscore_from_cov(cov_z[h])
+                rows.append({"cloud": "head", "depth": l + 1, "layer": l, "head": h, "site": hooknames.name("z", l),
+                             "n_points": n, **row})
+    if params.weights:
+        for name, x in weight_clouds(model).items():
+            x = x.double()
+            cov = covariance(x)
+            g = torch.Generator().manual_seed(params.seed)
+            idx = torch.randperm(x.shape[0], generator=g)[:n_s]
+            row, ev = _scores(cov, x.mean(0), x.T @ x, x[idx.to(x.device)], float("nan"), params, params.seed)
+            row["partition"] = partition_score(x)  # every token: no sampling needed
+            rows.append({"cloud": name, "depth": -1, "layer": -1, "head": -1, "site": name, "n_points": x.shape[0], **row})
+            clouds.append(name)
+            spectra.append(ev.cpu().numpy())
+            dvar.append(torch.diagonal(cov).cpu().numpy())
+            dmean.append(x.mean(0).cpu().numpy())
+
+    # the sampled tokens' labels
+    tok = np.empty(n_s, dtype=object)
+    cls = np.empty(n_s, dtype=object)
+    from analyses.sinks import token_class
+
+    for i, (pos, slots) in picks.items():
+        ids = [seqs[i][p] for p in pos.tolist()]
+        strs = str_tokens(model, ids) if model.tokenizer is not None else [str(t) for t in ids]
+        for p, sl, s in zip(pos.tolist(), slots.tolist(), strs):
+            tok[sl] = s
+            cls[sl] = "first token" if p == 0 else token_class(s)
+    return IsotropyResult(
+        model_id=model_id(model), params=params, scores=pd.DataFrame(rows), clouds=tuple(clouds),
+        spectrum=np.stack(spectra), dim_var=np.stack(dvar), dim_mean=np.stack(dmean),
+        pca=np.stack(pca).astype(np.float32), sample_class=cls, sample_token=tok,
+        n_tokens=int(sum(lengths)), n_texts=len(seqs),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Rudman et al.'s sanity clouds
+
+
+def rudman_clouds(n: int = 10, n_points: int = 5000, seed: int = 0) -> dict[str, np.ndarray]:
+    """The clouds of Rudman et al. 2022's tests, in n dimensions: an isotropic Gaussian, all
+    variance in one dimension, k of n dimensions used equally (k = n/2), the isotropic cloud
+    shifted far from the origin, and rescaled (all ×100; one dimension ×10)."""
+    g = np.random.default_rng(seed)
+    iso = g.standard_normal((n_points, n))
+    one = np.zeros((n_points, n))
+    one[:, 0] = g.standard_normal(n_points)
+    k = n // 2
+    half = np.zeros((n_points, n))
+    half[:, :k] = g.standard_normal((n_points, k))
+    shifted = iso + 20.0
+    scaled = iso * 100.0
+    stretched = iso.copy()
+    stretched[:, 0] *= 10
+    return {"isotropic": iso, "one dimension": one, f"{k} of {n} dimensions": half, "isotropic + 20": shifted,
+            "isotropic × 100": scaled, "dimension 0 × 10": stretched}
+
+
+def rudman_table(n: int = 10, n_points: int = 5000, seed: int = 0) -> pd.DataFrame:
+    rows = []
+    for name, x in rudman_clouds(n, n_points, seed).items():
+        rows.append({"cloud": name, "isoscore": isoscore(x), "isoscore_star": isoscore_star(x),
+                     "avg_cosine": average_cosine(x, None), "partition": partition_score(x)})
+    return pd.DataFrame(rows)
+
+
+def figure_rudman(n: int = 10, n_points: int = 5000, seed: int = 0):
+    import plotly.express as px
+
+    df = rudman_table(n, n_points, seed).melt(id_vars=["cloud"], var_name="score", value_name="value")
+    return px.bar(df, x="cloud", y="value", color="score", barmode="group",
+                  title=f"Rudman et al.'s sanity clouds ({n} dimensions): only IsoScore ignores the mean and the scale")
