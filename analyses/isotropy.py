@@ -43,8 +43,10 @@ A head's output spans at most d_head dimensions of d_model, so its IsoScore is a
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, ClassVar, Sequence
 
 import numpy as np
@@ -52,6 +54,7 @@ import pandas as pd
 import torch
 
 from probes import capture, hooknames
+from probes.covariance import CloudStats  # noqa: F401  (re-exported)
 from probes.errors import InputError, check_range
 from probes.models import model_id
 from probes.results import Params, Result, analysis
@@ -226,49 +229,6 @@ def outlier_dimensions(variance, mean=None, multiple: float = 5.0) -> pd.DataFra
 
 # ---------------------------------------------------------------------------------------
 # Streaming statistics
-
-
-class CloudStats:
-    """Running mean and covariance of G clouds at once (points arrive as [m, G, d]).
-
-    Sums are taken around a shift K (the first batch's mean), in float64:
-    s = Σ(x − K), M = Σ(x − K)(x − K)ᵀ. ``dtype`` is the dtype of each batch's product
-    (float32: fast, ~1e-7 relative per batch; float64: exact)."""
-
-    def __init__(self, dtype: torch.dtype = torch.float32):
-        self.dtype = dtype
-        self.n = 0
-        self.shift = self.s = self.m = None
-
-    def add(self, x: torch.Tensor) -> None:
-        if x.ndim == 2:
-            x = x[:, None, :]
-        if x.shape[0] == 0:
-            return
-        if self.shift is None:
-            self.shift = x.detach().double().mean(0).to(self.dtype).double()  # [G, d], exact in dtype
-            g, d = self.shift.shape
-            self.s = torch.zeros(g, d, dtype=torch.float64, device=x.device)
-            self.m = torch.zeros(g, d, d, dtype=torch.float64, device=x.device)
-        xc = x.detach().to(self.dtype) - self.shift.to(self.dtype)
-        self.s += xc.sum(0, dtype=torch.float64) if self.dtype != torch.float64 else xc.sum(0)
-        self.m += torch.einsum("ngd,nge->gde", xc, xc).double()
-        self.n += x.shape[0]
-
-    def mean(self) -> torch.Tensor:
-        return self.shift + self.s / self.n
-
-    def cov(self) -> torch.Tensor:
-        """[G, d, d], N − 1 denominator."""
-        if self.n < 2:
-            raise InputError(f"A covariance needs at least 2 points (got {self.n}).")
-        ds = self.s / self.n
-        return (self.m - self.n * ds[:, :, None] * ds[:, None, :]) / (self.n - 1)
-
-    def second_moment(self) -> torch.Tensor:
-        """Σ x xᵀ (uncentred), [G, d, d]."""
-        k, s = self.shift, self.s
-        return self.m + k[:, :, None] * s[:, None, :] + s[:, :, None] * k[:, None, :] + self.n * k[:, :, None] * k[:, None, :]
 
 
 def _unit_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -607,17 +567,7 @@ def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None]
             dvar.append(torch.diagonal(cov).cpu().numpy())
             dmean.append(x.mean(0).cpu().numpy())
 
-    # the sampled tokens' labels
-    tok = np.empty(n_s, dtype=object)
-    cls = np.empty(n_s, dtype=object)
-    from analyses.sinks import token_class
-
-    for i, (pos, slots) in picks.items():
-        ids = [seqs[i][p] for p in pos.tolist()]
-        strs = str_tokens(model, ids) if model.tokenizer is not None else [str(t) for t in ids]
-        for p, sl, s in zip(pos.tolist(), slots.tolist(), strs):
-            tok[sl] = s
-            cls[sl] = "first token" if p == 0 else token_class(s)
+    tok, cls = _sample_labels(model, seqs, picks, n_s)
     return IsotropyResult(
         model_id=model_id(model), params=params, scores=pd.DataFrame(rows), clouds=tuple(clouds),
         spectrum=np.stack(spectra), dim_var=np.stack(dvar), dim_mean=np.stack(dmean),
@@ -663,3 +613,239 @@ def figure_rudman(n: int = 10, n_points: int = 5000, seed: int = 0):
     df = rudman_table(n, n_points, seed).melt(id_vars=["cloud"], var_name="score", value_name="value")
     return px.bar(df, x="cloud", y="value", color="score", barmode="group",
                   title=f"Rudman et al.'s sanity clouds ({n} dimensions): only IsoScore ignores the mean and the scale")
+
+
+# ---------------------------------------------------------------------------------------
+# Whitening (REFERENCES §15): fitted on one text set, applied to another
+
+
+@functools.lru_cache(maxsize=4)
+def _corpus_counts(mid: str, model) -> tuple[np.ndarray, int]:
+    from probes import datasets
+
+    counts = np.zeros(model.cfg.d_vocab, dtype=np.int64)
+    texts = [t for s in datasets.text_sets() if s != "mixed" for t in datasets.load_texts(s)]
+    texts += [datasets.load_long_text(n) for n in datasets.long_texts()]
+    for t in texts:
+        np.add.at(counts, np.asarray(text_ids(model, t), dtype=np.int64), 1)
+    return counts, int(counts.sum())
+
+
+def corpus_frequencies(model) -> np.ndarray:
+    """p(w): each token's relative frequency in the shipped corpus (every text set and long
+    text under ``data/``), tokenised by ``model``'s tokenizer."""
+    counts, total = _corpus_counts(model_id(model), model)
+    return counts / max(total, 1)
+
+
+def zipf_weights(seqs: Sequence[Sequence[int]], freq: np.ndarray) -> list[torch.Tensor]:
+    """Per-token weights p(w) / count_fit(w): every type in the fitting set weighs its corpus
+    frequency in total, however often the fitting texts use it."""
+    flat = np.concatenate([np.asarray(s) for s in seqs])
+    fit_counts = np.bincount(flat, minlength=freq.size)
+    w = freq / np.maximum(fit_counts, 1)
+    if w[flat].sum() == 0:
+        raise InputError("None of the fitting set's tokens occurs in the shipped corpus: Zipfian weights are all 0.")
+    return [torch.tensor(w[np.asarray(s)]) for s in seqs]
+
+
+@dataclass(frozen=True)
+class WhiteningResult(Result):
+    """Every score before and after each whitening, on the fitting set and the held-out set."""
+
+    scores: pd.DataFrame  # rows: set × method
+    site: str
+    removed_dims: tuple
+    pca: np.ndarray  # [methods+1, S, 2] held-out sample, top-2 principal axes after each transform
+    sample_class: np.ndarray
+    artefacts: dict  # method -> {"path", "sha256"} when saved
+
+    kind = "whitening"
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.scores
+
+    def figure_scores(self):
+        import plotly.express as px
+
+        df = self.scores.melt(id_vars=["set", "method"], value_vars=["isoscore", "isoscore_star", "avg_cosine",
+                                                                     "partition", "isotropy_su"],
+                              var_name="score", value_name="value")
+        return px.bar(df, x="score", y="value", color="method", barmode="group", facet_row="set",
+                      title=f"Whitening at {self.site}: fitted on the fitting set, applied to the held-out set")
+
+    def figure_pca(self):
+        from plotly.subplots import make_subplots
+        import plotly.graph_objects as go
+
+        methods = ("none",) + tuple(self.params.methods)
+        fig = make_subplots(rows=1, cols=len(methods), subplot_titles=[f"{m}" for m in methods])
+        classes = list(dict.fromkeys(self.sample_class.tolist()))
+        for j, _ in enumerate(methods):
+            for c in classes:
+                sel = self.sample_class == c
+                fig.add_trace(go.Scatter(x=self.pca[j, sel, 0], y=self.pca[j, sel, 1], mode="markers", name=str(c),
+                                         legendgroup=str(c), showlegend=j == 0, marker={"size": 4, "opacity": 0.6}),
+                              row=1, col=j + 1)
+        fig.update_layout(title="Held-out tokens on the top-2 principal axes, before and after whitening")
+        return fig
+
+    def figures(self) -> dict:
+        return {"scores": self.figure_scores(), "pca": self.figure_pca()}
+
+
+@dataclass(frozen=True)
+class WhiteningParams(Params):
+    """Parameters of :func:`whitening_effect`."""
+
+    kind: ClassVar[str] = "whitening"
+    depth: int | None = field(default=None, metadata={"help": "residual depth (0 = embeddings; None: the last)"})
+    methods: tuple[str, ...] = field(default=("zca", "zipfian", "outlier_removal"), metadata={"help": "whitenings"})
+    fit_text_set: str = field(default="mixed", metadata={"help": "text set to fit on"})
+    apply_text_set: str = field(default="mixed", metadata={"help": "text set to apply to (same set: disjoint texts)"})
+    n_texts: int = field(default=24, metadata={"help": "texts in each set"})
+    max_tokens: int = field(default=128, metadata={"help": "tokens per text"})
+    eps: float = field(default=1e-6, metadata={"help": "ε added to the eigenvalues (× the average variance)"})
+    outlier_multiple: float = field(default=5.0, metadata={"help": "outlier: variance > this × the average"})
+    n_sample: int = field(default=1000, metadata={"help": "sampled tokens (average cosine, partition, PCA)"})
+    n_pairs: int = field(default=10_000, metadata={"help": "random pairs for the average cosine"})
+    zeta: float = field(default=0.2, metadata={"help": "IsoScore* shrinkage ζ"})
+    c0: str = field(default="scaled_identity", metadata={"help": "IsoScore* target C0"})
+    seed: int = field(default=0, metadata={"help": "seed"})
+    batch_size: int = field(default=8, metadata={"help": "texts per forward pass"})
+    save_dir: str | None = field(default=None, metadata={"help": "save each fitted whitening here (safetensors + sha256)"})
+
+    def __post_init__(self):
+        from probes.whitening import METHODS
+
+        object.__setattr__(self, "methods", tuple(self.methods))
+        for m in self.methods:
+            if m not in METHODS:
+                raise InputError(f"Unknown whitening {m!r}: choose from {', '.join(METHODS)}.")
+        if not self.methods:
+            raise InputError("Choose at least one whitening method.")
+        check_zeta(self.zeta)
+        check_multiple(self.outlier_multiple)
+        if self.c0 not in C0_CHOICES:
+            raise InputError(f"Unknown C0 {self.c0!r}: choose from {', '.join(C0_CHOICES)}.")
+        if not self.eps >= 0:
+            raise InputError("eps must be >= 0.")
+        for name in ("n_texts", "max_tokens", "n_sample", "n_pairs", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (2 if name in ("max_tokens", "n_sample") else 1):
+                raise InputError(f"{name} must be an integer >= {2 if name in ('max_tokens', 'n_sample') else 1}, not {v!r}.")
+
+
+def split_text_sets(fit_set: str, apply_set: str, n: int) -> tuple[list[str], list[str]]:
+    """Fitting and held-out texts; from one set, even-numbered texts fit and odd ones are held out."""
+    from analyses.sinks import load_text_set
+
+    if fit_set != apply_set:
+        a = [t for ts in load_text_set(fit_set, n).values() for t in ts]
+        b = [t for ts in load_text_set(apply_set, n).values() for t in ts]
+        return a, b
+    sets = load_text_set(fit_set, None)
+    per = [n // len(sets) + (1 if i < n % len(sets) else 0) for i in range(len(sets))]
+    a = [t for ts, k in zip(sets.values(), per) for t in ts[0::2][:k]]
+    b = [t for ts, k in zip(sets.values(), per) for t in ts[1::2][:k]]
+    return a, b
+
+
+def _score_variants(model, seqs, site, transforms, params, progress=None):
+    """One pass over ``seqs``: each transform's output (a [B, T, d] → [B, T, d] function)
+    folded into its own cloud at ``site``; returns per-variant states and the sample picks."""
+    lengths = [len(s) for s in seqs]
+    picks = sample_slots(lengths, params.n_sample, params.seed)
+    n_s = min(params.n_sample, sum(lengths))
+    st = _SiteState(len(seqs), n_s, torch.float64)
+
+    def reducer(t, where, batch):
+        x = torch.stack([f(t.double()) for f in transforms], dim=2)  # [B, T, G, d]
+        st.add(x, batch, picks)
+
+    capture.run(model, seqs, reducers={site: reducer}, batch_size=params.batch_size, progress=progress)
+    return st, picks, n_s
+
+
+@analysis(WhiteningParams)
+def whitening_effect(model, params: WhiteningParams, progress: Callable[[int, int], None] | None = None) -> WhiteningResult:
+    """Fit ZCA, Zipfian and outlier-removal whitening on one text set at one residual depth,
+    apply them to another, and score both clouds before and after."""
+    from probes import whitening as wh
+
+    depth = model.cfg.n_layers if params.depth is None else params.depth
+    site = wh.site_for_depth(model, depth)
+    fit_texts, apply_texts = split_text_sets(params.fit_text_set, params.apply_text_set, params.n_texts)
+    if not fit_texts or not apply_texts:
+        raise InputError("The fitting or the held-out set is empty: use more texts.")
+    fit_seqs = encode_texts(model, fit_texts, params.max_tokens)
+    apply_seqs = encode_texts(model, apply_texts, params.max_tokens)
+    steps = 3
+    tick = (lambda k: (lambda d, t: progress(k * t + d, steps * t))) if progress else (lambda k: None)
+
+    # 1. fit: plain and Zipf-weighted statistics in one pass
+    plain, zipf = CloudStats(torch.float64), CloudStats(torch.float64)
+    weights = zipf_weights(fit_seqs, corpus_frequencies(model)) if "zipfian" in params.methods else None
+
+    def fit_reducer(t, where, batch):
+        for b, i in enumerate(batch.index):
+            x = t[b, : int(batch.lengths[b])]
+            plain.add(x)
+            if weights is not None:
+                zipf.add(x, weights[i])
+
+    capture.run(model, fit_seqs, reducers={site: fit_reducer}, batch_size=params.batch_size, progress=tick(0))
+    info = {"fit_text_set": params.fit_text_set, "n_texts": params.n_texts, "max_tokens": params.max_tokens,
+            "model": model_id(model)}
+    fits = {m: wh.fit_from_stats(m, site, zipf if m == "zipfian" else plain, params.eps, params.outlier_multiple, info)
+            for m in params.methods}
+    artefacts = {}
+    if params.save_dir:
+        for m, f in fits.items():
+            path = Path(params.save_dir) / f"whitening-{m}-depth{depth}.safetensors"
+            artefacts[m] = {"path": str(path), "sha256": wh.save(f, path)}
+
+    # 2. score before/after on both sets
+    methods = ("none",) + tuple(params.methods)
+    transforms = [lambda x: x] + [(lambda x, f=fits[m]: (x - f.mean.to(x.device)) @ f.matrix.to(x.device))
+                                  for m in params.methods]
+    rows, pca, classes = [], None, None
+    for k, (name, seqs) in enumerate((("fit", fit_seqs), ("held-out", apply_seqs)), start=1):
+        st, picks, n_s = _score_variants(model, seqs, site, transforms, params, tick(k))
+        cov_all, mean_all = st.stats.cov(), st.stats.mean()
+        second_all = st.stats.second_moment()
+        proj = []
+        for g, m in enumerate(methods):
+            keep = torch.ones(cov_all.shape[-1], dtype=torch.bool)
+            if m == "outlier_removal" and fits[m].dims:
+                keep[list(fits[m].dims)] = False
+            idx = torch.nonzero(keep).reshape(-1).to(cov_all.device)
+            cov = cov_all[g][idx][:, idx]
+            sample = st.sample[:, g].double().to(cov.device)[:, idx]
+            row, _ = _scores(cov, mean_all[g][idx], second_all[g][idx][:, idx], sample,
+                             float(np.nanmean(st.selfsim[:, g].numpy())), params, params.seed)
+            eye = torch.eye(cov.shape[0], dtype=torch.float64, device=cov.device)
+            row["cov_distance_to_identity"] = float(torch.linalg.matrix_norm(cov - eye) / math.sqrt(cov.shape[0]))
+            rows.append({"set": name, "method": m, "site": site, "n_points": st.stats.n, **row})
+            _, vecs = torch.linalg.eigh(cov)
+            proj.append(((sample - mean_all[g][idx]) @ vecs[:, -2:].flip(1)).cpu().numpy())
+        if name == "held-out":
+            pca = np.stack(proj).astype(np.float32)
+            classes = _sample_labels(model, seqs, picks, n_s)[1]
+    return WhiteningResult(model_id=model_id(model), params=params, scores=pd.DataFrame(rows), site=site,
+                           removed_dims=fits["outlier_removal"].dims if "outlier_removal" in fits else (),
+                           pca=pca, sample_class=classes, artefacts=artefacts)
+
+
+def _sample_labels(model, seqs, picks, n_s):
+    from analyses.sinks import token_class
+
+    tok = np.empty(n_s, dtype=object)
+    cls = np.empty(n_s, dtype=object)
+    for i, (pos, slots) in picks.items():
+        ids = [seqs[i][p] for p in pos.tolist()]
+        strs = str_tokens(model, ids) if model.tokenizer is not None else [str(t) for t in ids]
+        for p, sl, s in zip(pos.tolist(), slots.tolist(), strs):
+            tok[sl] = s
+            cls[sl] = "first token" if p == 0 else token_class(s)
+    return tok, cls

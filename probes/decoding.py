@@ -237,7 +237,9 @@ def generate(
     logprobs: list[float] = []
     stepper = _Stepper(model, policy)
     extra += _reducer_hooks(model, reducers, stepper)
-    scratch: dict = {}
+    # a strategy that runs its own forward passes (contrastive search) finds the stepper here
+    # and may hand back the next step's logits as scratch["next_logits"] (token already fed)
+    scratch: dict = {"_stepper": stepper}
     with applied(model, interventions, extra_hooks=extra), torch.no_grad():
         if max_new_tokens:
             logits = stepper.feed([prompt_ids])[0]
@@ -253,7 +255,8 @@ def generate(
                 break
             if step + 1 < max_new_tokens:
                 stepper.step = step
-                logits = stepper.feed([[tok]])[0]
+                fed = scratch.pop("next_logits", None)
+                logits = stepper.feed([[tok]])[0] if fed is None else fed
     text = model.tokenizer.decode(new) if model.tokenizer is not None else " ".join(map(str, new))
     return Generation(
         prompt_tokens=tuple(prompt_ids),
@@ -357,3 +360,6 @@ def score_continuation(model, prompt, continuation: Sequence[int], interventions
     return logits.log_softmax(-1).gather(-1, torch.tensor(cont, device=logits.device)[:, None])[:, 0].cpu()
 
 
+
+
+from probes import contrastive as _contrastive  # noqa: E402,F401  (registers "contrastive")
