@@ -446,7 +446,7 @@ class _SiteState:
         self.stats = CloudStats(dtype)
         self.selfsim = None  # [n_seq, G] mean within-sequence cosine
         self.n_seq, self.n_sample = n_seq, n_sample
-        self.sample = None  # [S, G, d] float32
+        self.sample = None  # [S, G, d] in the activations' dtype
         self.gram = gram  # [G, d, d]: cosines measured through W W^T (head outputs) if given
 
     def add(self, x: torch.Tensor, batch, picks) -> None:
@@ -456,7 +456,7 @@ class _SiteState:
         self.stats.add(real)
         if self.selfsim is None:
             self.selfsim = torch.full((self.n_seq, x.shape[2]), float("nan"), dtype=torch.float64)
-            self.sample = torch.zeros(self.n_sample, x.shape[2], x.shape[3], dtype=torch.float32)
+            self.sample = torch.zeros(self.n_sample, x.shape[2], x.shape[3], dtype=x.dtype)  # the model's dtype
         xd = x.double()
         if self.gram is None:
             s = _unit_sum(xd, mask)  # [B, G, d]
@@ -472,17 +472,37 @@ class _SiteState:
             self.selfsim[i] = mean_cos[b].cpu()
             if i in picks:
                 pos, slots = picks[i]
-                self.sample[slots] = x[b, pos.to(x.device)].float().cpu()
+                self.sample[slots] = x[b, pos.to(x.device)].cpu()
 
 
-def _scores(cov, mean, second, sample, selfsim, params, seed) -> dict:
-    ev = torch.linalg.eigvalsh((cov + cov.T) / 2).flip(0)
-    var = torch.diagonal(cov)
+def star_from_eigenvalues(eigenvalues, zeta: float, c0: str = "scaled_identity") -> float:
+    """IsoScore* from C's eigenvalues when C0 is a multiple of I: (1 − ζ)C + ζtI has
+    eigenvalues (1 − ζ)λ + ζt (t = tr C / n, or 1 for ``c0="identity"``)."""
+    ev = torch.as_tensor(eigenvalues, dtype=torch.float64)
+    if c0 not in C0_CHOICES:
+        raise InputError(f"Unknown C0 {c0!r}: choose from {', '.join(C0_CHOICES)}.")
+    t = ev.sum() / ev.numel() if c0 == "scaled_identity" else 1.0
+    return isoscore_from_eigenvalues((1 - check_zeta(zeta)) * ev + zeta * t)
+
+
+def _partition(sample: torch.Tensor, vecs: torch.Tensor, null_dims: bool = False) -> float:
+    """Partition score with the eigenvectors given (columns); ``null_dims``: XᵀX also has
+    eigenvectors orthogonal to every point, where Z(u) = N."""
+    proj = sample @ vecs
+    log_z = torch.cat([torch.logsumexp(proj, 0), torch.logsumexp(-proj, 0)])
+    if null_dims:
+        log_z = torch.cat([log_z, torch.tensor([math.log(sample.shape[0])], dtype=log_z.dtype, device=log_z.device)])
+    return float(torch.exp(log_z.min() - log_z.max()))
+
+
+def _scores(evals, var, mean, part_vecs, sample, selfsim, params, null_dims: bool = False) -> dict:
+    """Every score of one cloud from its covariance eigenvalues (all n of them), per-dimension
+    variance and mean, the eigenvectors of XᵀX and a sample of its points."""
     row = {
-        "isoscore": isoscore_from_eigenvalues(ev),
-        "isoscore_star": isoscore_from_cov(shrunk_cov(cov, params.zeta, params.c0)),
-        "avg_cosine": average_cosine(sample, params.n_pairs, seed) if sample is not None else float("nan"),
-        "partition": partition_score(sample, second) if sample is not None else float("nan"),
+        "isoscore": isoscore_from_eigenvalues(evals),
+        "isoscore_star": star_from_eigenvalues(evals, params.zeta, params.c0),
+        "avg_cosine": average_cosine(sample, params.n_pairs, params.seed),
+        "partition": _partition(sample, part_vecs, null_dims),
         "self_similarity": selfsim,
         "isotropy_su": 1 - selfsim,
     }
@@ -490,7 +510,15 @@ def _scores(cov, mean, second, sample, selfsim, params, seed) -> dict:
     row["n_outlier_var"] = int(out["by_variance"].sum())
     row["n_outlier_mean"] = int(out["by_mean"].sum())
     row["outlier_dims"] = ",".join(map(str, sorted(out["dim"].tolist())[:32]))
-    return row, ev
+    return row
+
+
+def _full_cloud(cov, mean, second, sample, selfsim, params):
+    """Scores of a cloud whose covariance is held in full; also its eigen-decomposition."""
+    evals, evecs = torch.linalg.eigh((cov + cov.T) / 2)
+    _, pvecs = torch.linalg.eigh((second + second.T) / 2)
+    row = _scores(evals, torch.diagonal(cov), mean, pvecs, sample, selfsim, params)
+    return row, evals.flip(0), evecs.flip(1)
 
 
 def weight_clouds(model) -> dict[str, torch.Tensor]:
@@ -512,6 +540,7 @@ def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None]
     resid_sites = [hooknames.name("resid_pre", 0)] + [hooknames.name("resid_post", l) for l in range(L)]
     states = {s: _SiteState(len(seqs), n_s, dtype) for s in resid_sites}
     w_o = model.W_O.detach()  # [L, H, d_head, d_model]
+    d = model.cfg.d_model
     if params.heads:
         for l in range(L):
             w = w_o[l].double()
@@ -528,28 +557,35 @@ def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None]
         st = states[s]
         cov, mean, second = st.stats.cov()[0], st.stats.mean()[0], st.stats.second_moment()[0]
         sample = st.sample[:, 0].double().to(cov.device)
-        row, ev = _scores(cov, mean, second, sample, float(np.nanmean(st.selfsim[:, 0].numpy())), params, params.seed)
+        row, ev, vecs = _full_cloud(cov, mean, second, sample, float(np.nanmean(st.selfsim[:, 0].numpy())), params)
         rows.append({"cloud": "resid", "depth": depth, "layer": hooknames.site(s).layer, "head": -1, "site": s,
                      "n_points": st.stats.n, **row})
         clouds.append("embeddings" if depth == 0 else f"after block {depth - 1}")
         spectra.append(ev.cpu().numpy())
         dvar.append(torch.diagonal(cov).cpu().numpy())
         dmean.append(mean.cpu().numpy())
-        _, vecs = torch.linalg.eigh(cov)
-        top2 = vecs[:, -2:].flip(1)
-        pca.append(((sample - mean) @ top2).cpu().numpy())
+        pca.append(((sample - mean) @ vecs[:, :2]).cpu().numpy())
     if params.heads:
         for l in range(L):
             st = states[hooknames.name("z", l)]
             cov_z, mean_z, n = st.stats.cov(), st.stats.mean(), st.stats.n
             for h in range(H):
-                w = w_o[l, h].double().to(cov_z.device)  # [d_head, d_model]
-                cov = w.T @ cov_z[h] @ w
-                mean = mean_z[h] @ w
-                sample = st.sample[:, h].double().to(w.device) @ w
-                second = w.T @ st.stats.second_moment()[h] @ w
-                row, _ = _scores(cov, mean, second, sample, float(np.nanmean(st.selfsim[:, h].numpy())), params,
-                                 params.seed)
+                # x = z W (W = W_O^h, [d_head, d_model]); with Wᵀ = Q R (Q orthonormal), x = (z Rᵀ) Qᵀ:
+                # the head's outputs ARE the points y = z Rᵀ in the orthonormal basis Q of its
+                # span; covariance, cosines and XᵀX eigenvectors carry over, the other
+                # d_model − r eigenvalues are 0 (and Z(u) = N on those directions)
+                w = w_o[l, h].double().to(cov_z.device)
+                q, r = torch.linalg.qr(w.T)
+                cov_y = r @ cov_z[h] @ r.T
+                mean_y = r @ mean_z[h]
+                sec_y = r @ st.stats.second_moment()[h] @ r.T
+                sample = st.sample[:, h].double().to(w.device) @ r.T
+                ev_y, _ = torch.linalg.eigh((cov_y + cov_y.T) / 2)
+                evals = torch.cat([ev_y, torch.zeros(d - ev_y.numel(), dtype=ev_y.dtype, device=ev_y.device)])
+                _, pv = torch.linalg.eigh((sec_y + sec_y.T) / 2)
+                var = ((q @ cov_y) * q).sum(1)
+                row = _scores(evals, var, q @ mean_y, pv, sample, float(np.nanmean(st.selfsim[:, h].numpy())), params,
+                              null_dims=d > ev_y.numel())
                 row["isoscore_z"] = isoscore_from_cov(cov_z[h])
                 rows.append({"cloud": "head", "depth": l + 1, "layer": l, "head": h, "site": hooknames.name("z", l),
                              "n_points": n, **row})
@@ -559,7 +595,7 @@ def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None]
             cov = covariance(x)
             g = torch.Generator().manual_seed(params.seed)
             idx = torch.randperm(x.shape[0], generator=g)[:n_s]
-            row, ev = _scores(cov, x.mean(0), x.T @ x, x[idx.to(x.device)], float("nan"), params, params.seed)
+            row, ev, _ = _full_cloud(cov, x.mean(0), x.T @ x, x[idx.to(x.device)], float("nan"), params)
             row["partition"] = partition_score(x)  # every token: no sampling needed
             rows.append({"cloud": name, "depth": -1, "layer": -1, "head": -1, "site": name, "n_points": x.shape[0], **row})
             clouds.append(name)
@@ -822,13 +858,12 @@ def whitening_effect(model, params: WhiteningParams, progress: Callable[[int, in
             idx = torch.nonzero(keep).reshape(-1).to(cov_all.device)
             cov = cov_all[g][idx][:, idx]
             sample = st.sample[:, g].double().to(cov.device)[:, idx]
-            row, _ = _scores(cov, mean_all[g][idx], second_all[g][idx][:, idx], sample,
-                             float(np.nanmean(st.selfsim[:, g].numpy())), params, params.seed)
+            row, _, vecs = _full_cloud(cov, mean_all[g][idx], second_all[g][idx][:, idx], sample,
+                                       float(np.nanmean(st.selfsim[:, g].numpy())), params)
             eye = torch.eye(cov.shape[0], dtype=torch.float64, device=cov.device)
             row["cov_distance_to_identity"] = float(torch.linalg.matrix_norm(cov - eye) / math.sqrt(cov.shape[0]))
             rows.append({"set": name, "method": m, "site": site, "n_points": st.stats.n, **row})
-            _, vecs = torch.linalg.eigh(cov)
-            proj.append(((sample - mean_all[g][idx]) @ vecs[:, -2:].flip(1)).cpu().numpy())
+            proj.append(((sample - mean_all[g][idx]) @ vecs[:, :2]).cpu().numpy())
         if name == "held-out":
             pca = np.stack(proj).astype(np.float32)
             classes = _sample_labels(model, seqs, picks, n_s)[1]
@@ -849,3 +884,121 @@ def _sample_labels(model, seqs, picks, n_s):
             tok[sl] = s
             cls[sl] = "first token" if p == 0 else token_class(s)
     return tok, cls
+
+
+# ---------------------------------------------------------------------------------------
+# Contrastive search beside greedy and sampling (REFERENCES §16)
+
+
+def rep_n(tokens: Sequence[int], n: int) -> float:
+    """Su et al.'s rep-n = 100 × (1 − |unique n-grams| / |n-grams|) of one generation."""
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    if not grams:
+        return float("nan")
+    return 100.0 * (1 - len(set(grams)) / len(grams))
+
+
+def diversity(tokens: Sequence[int]) -> float:
+    """Π_{n=2..4} (1 − rep-n / 100)."""
+    return float(np.prod([1 - rep_n(tokens, n) / 100 for n in (2, 3, 4)]))
+
+
+def final_states(model, prompt_ids: Sequence[int], new_ids: Sequence[int]) -> torch.Tensor:
+    """Last-layer states after the final norm for the generated tokens [n, d] (teacher-forced)."""
+    site = hooknames.name("resid_post", model.cfg.n_layers - 1)
+    out = capture.run(model, [list(prompt_ids) + list(new_ids)], capture=[site]).activations[site][0]
+    from probes.readout import final_norm
+
+    with torch.no_grad():
+        return final_norm(model, out.to(model.cfg.device))[len(prompt_ids):].double().cpu()
+
+
+@dataclass(frozen=True)
+class DecodingIsotropyResult(Result):
+    """Per strategy and prompt: rep-2/3/4, diversity, isotropy of the generation's states."""
+
+    table: pd.DataFrame
+    texts: tuple  # (strategy, prompt index, continuation) per row
+
+    kind = "decoding_isotropy"
+
+    def summary(self) -> pd.DataFrame:
+        cols = ["rep_2", "rep_3", "rep_4", "diversity", "isotropy", "ms_per_token"]
+        return self.table.groupby("strategy", sort=False)[cols].mean().reset_index()
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.table
+
+    def figures(self) -> dict:
+        import plotly.express as px
+
+        df = self.summary().melt(id_vars=["strategy"], value_vars=["rep_2", "rep_3", "rep_4"], var_name="metric")
+        f1 = px.bar(df, x="metric", y="value", color="strategy", barmode="group", title="Repetition rate (%)")
+        df2 = self.summary().melt(id_vars=["strategy"], value_vars=["diversity", "isotropy"], var_name="metric")
+        f2 = px.bar(df2, x="metric", y="value", color="strategy", barmode="group",
+                    title="Diversity and isotropy (1 − mean cosine of the generated tokens' final-layer states)")
+        return {"repetition": f1, "diversity_isotropy": f2}
+
+
+@dataclass(frozen=True)
+class DecodingIsotropyParams(Params):
+    """Parameters of :func:`decoding_isotropy`. Su et al. use 32-token prefixes; defaults are
+    kept small for a CPU."""
+
+    kind: ClassVar[str] = "decoding_isotropy"
+    prompts: tuple[str, ...] | None = field(default=None, metadata={"help": "prompts (None: prose prefixes)"})
+    n_prompts: int = field(default=4, metadata={"help": "prose prefixes to use"})
+    prompt_tokens: int = field(default=32, metadata={"help": "tokens per prefix"})
+    max_new_tokens: int = field(default=64, metadata={"help": "tokens to generate"})
+    alpha: float = field(default=0.6, metadata={"help": "contrastive search α"})
+    k: int = field(default=4, metadata={"help": "contrastive search k"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling p"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+
+    def __post_init__(self):
+        from probes.contrastive import check_alpha_k
+
+        check_alpha_k(self.alpha, self.k)
+        if self.prompts is not None:
+            object.__setattr__(self, "prompts", tuple(self.prompts))
+        for name in ("n_prompts", "prompt_tokens", "max_new_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (4 if name == "max_new_tokens" else 1):
+                raise InputError(f"{name} must be an integer >= {4 if name == 'max_new_tokens' else 1}, not {v!r}.")
+
+
+@analysis(DecodingIsotropyParams)
+def decoding_isotropy(model, params: DecodingIsotropyParams, progress: Callable[[int, int], None] | None = None):
+    """Greedy, nucleus sampling and contrastive search on the same prompts: repetition,
+    diversity and the isotropy of what each generates."""
+    import time
+
+    from probes import datasets
+    from probes.contrastive import Contrastive
+    from probes.decoding import Greedy, Sample, generate
+
+    if params.prompts is not None:
+        prompts = [text_ids(model, p) for p in params.prompts]
+    else:
+        prompts = [text_ids(model, t)[: params.prompt_tokens] for t in datasets.load_texts("prose")[: params.n_prompts]]
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise InputError("Every prompt needs at least one token.")
+    strategies = {"greedy": Greedy(), f"sampling (top-p {params.top_p:g})": Sample(top_p=params.top_p, seed=params.seed),
+                  f"contrastive (α {params.alpha:g}, k {params.k})": Contrastive(params.alpha, params.k)}
+    rows, texts = [], []
+    total, done = len(prompts) * len(strategies), 0
+    for name, strat in strategies.items():
+        for i, p in enumerate(prompts):
+            t0 = time.perf_counter()
+            gen = generate(model, p, params.max_new_tokens, strat, stop_at_eos=False)
+            ms = 1000 * (time.perf_counter() - t0) / max(len(gen.new_tokens), 1)
+            new = list(gen.new_tokens)
+            hs = final_states(model, p, new)
+            rows.append({"strategy": name, "prompt": i, "n_tokens": len(new), "rep_2": rep_n(new, 2),
+                         "rep_3": rep_n(new, 3), "rep_4": rep_n(new, 4), "diversity": diversity(new),
+                         "isotropy": 1 - mean_pair_cosine(hs) if len(new) >= 2 else float("nan"), "ms_per_token": ms})
+            texts.append((name, i, gen.text))
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return DecodingIsotropyResult(model_id=model_id(model), params=params, table=pd.DataFrame(rows), texts=tuple(texts))

@@ -71,3 +71,14 @@ def test_registered_and_bad_input(tiny):
     for bad in (dict(alpha=1.5), dict(alpha=-0.1), dict(k=0), dict(k=2.5)):
         with pytest.raises(InputError, match="α|k"):
             Contrastive(**bad)
+
+
+def test_repetition_and_diversity_by_hand():
+    from analyses.isotropy import diversity, rep_n
+
+    toks = [1, 2, 1, 2, 1, 2]  # bigrams 12,21,12,21,12: 2 unique of 5 → rep-2 = 60
+    assert rep_n(toks, 2) == pytest.approx(60.0)
+    assert rep_n(toks, 3) == pytest.approx(100 * (1 - 2 / 4))
+    assert rep_n(toks, 4) == pytest.approx(100 * (1 - 2 / 3))
+    assert diversity(toks) == pytest.approx(0.4 * 0.5 * (2 / 3))
+    assert rep_n([1, 2, 3, 4], 2) == 0.0 and diversity([1, 2, 3, 4, 5]) == 1.0

@@ -141,7 +141,10 @@ def test_streamed_covariance_matches_direct():
 
 def test_analysis_equals_direct_computation(tiny64):
     seqs = [list(range(i, i + 12 + i)) for i in range(6)]
-    res = iso.isotropy(tiny64, texts=tuple(seqs), n_sample=40, cov_dtype="float64", batch_size=4, weights=True)
+    # n_sample above the 87 tokens: the "sample" is every token in text order, so the sampled
+    # scores (average cosine, partition) can be checked on the whole cloud too
+    res = iso.isotropy(tiny64, texts=tuple(seqs), n_sample=1000, n_pairs=300, cov_dtype="float64", batch_size=4,
+                       weights=True)
     L, H = tiny64.cfg.n_layers, tiny64.cfg.n_heads
     names = [hooknames.name("resid_pre", 0)] + [hooknames.name("resid_post", l) for l in range(L)]
     zs = [hooknames.name("z", l) for l in range(L)]
@@ -152,19 +155,28 @@ def test_analysis_equals_direct_computation(tiny64):
         row = r[r.depth == depth].iloc[0]
         assert row.isoscore == pytest.approx(iso.isoscore(cloud), abs=1e-9)
         assert row.self_similarity == pytest.approx(iso.self_similarity(acts[n]), abs=1e-9)
+        assert row.partition == pytest.approx(iso.partition_score(cloud), rel=1e-6)
+        assert row.avg_cosine == pytest.approx(iso.average_cosine(cloud, 300, seed=0), abs=1e-9)
+        assert row.isoscore_star == pytest.approx(iso.isoscore_star(cloud, 0.2), abs=1e-9)
         assert res.spectrum[depth] == pytest.approx(np.sort(np.linalg.eigvalsh(np.cov(cloud.numpy().T)))[::-1], abs=1e-9)
     hd = res.heads()
     for l in range(L):
         for h in range(H):
-            outs = [z[:, h].double() @ tiny64.W_O[l, h].double() for z in acts[zs[l]]]
+            outs = [z[:, h].double() @ tiny64.W_O[l, h].detach().double() for z in acts[zs[l]]]
             row = hd[(hd["layer"] == l) & (hd["head"] == h)].iloc[0]
             assert row.isoscore == pytest.approx(iso.isoscore(torch.cat(outs)), abs=1e-9)
             assert row.self_similarity == pytest.approx(iso.self_similarity(outs), abs=1e-9)
+            out = torch.cat(outs)  # in d_model space: rank ≤ d_head
+            assert row.isoscore_star == pytest.approx(iso.isoscore_star(out, 0.2), abs=1e-9)
+            assert row.partition == pytest.approx(iso.partition_score(out), rel=1e-6)
+            assert row.avg_cosine == pytest.approx(iso.average_cosine(out, 300, seed=0), abs=1e-9)
+            od = iso.outlier_dimensions(out.var(0).numpy(), out.mean(0).numpy(), 5.0)
+            assert row.n_outlier_var == int(od.by_variance.sum())
             assert row.isoscore_z == pytest.approx(iso.isoscore(torch.cat([z[:, h] for z in acts[zs[l]]])), abs=1e-9)
     w = res.weights().set_index("cloud")
     assert w.loc["W_E", "isoscore"] == pytest.approx(iso.isoscore(tiny64.W_E.detach()), abs=1e-9)
     assert w.loc["W_U", "partition"] == pytest.approx(iso.partition_score(tiny64.W_U.detach().T), abs=1e-9)
-    assert res.pca.shape == (L + 1, 40, 2)
+    assert res.pca.shape == (L + 1, 87, 2)
     assert set(res.sample_class) <= {"first token", "word", "number", "space", "punctuation", "newline"}
 
 
