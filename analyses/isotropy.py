@@ -457,19 +457,21 @@ class _SiteState:
         if self.selfsim is None:
             self.selfsim = torch.full((self.n_seq, x.shape[2]), float("nan"), dtype=torch.float64)
             self.sample = torch.zeros(self.n_sample, x.shape[2], x.shape[3], dtype=x.dtype)  # the model's dtype
-        xd = x.double()
+        # unit-vector sums in the activations' dtype (float32: ~1e-7 relative on a sum of at
+        # most n_ctx unit vectors), the per-sequence mean cosine in float64
+        m = mask[:, :, None, None].to(x.dtype)
         if self.gram is None:
-            s = _unit_sum(xd, mask)  # [B, G, d]
-            ss = (s * s).sum(-1)
+            s = (x / x.norm(dim=-1, keepdim=True).clamp_min(1e-30) * m).sum(1)  # [B, G, d]
+            ss = (s * s).sum(-1).double()
         else:  # cosines of x W: ||xW||² = x (W W^T) x^T
-            g = self.gram
-            norms = torch.einsum("btgd,gde,btge->btg", xd, g, xd).clamp_min(0).sqrt().clamp_min(1e-30)
-            s = ((xd / norms[..., None]) * mask[:, :, None, None].to(xd.dtype)).sum(1)  # [B, G, d]
-            ss = torch.einsum("bgd,gde,bge->bg", s, g, s)
+            g = self.gram.to(x.dtype)
+            norms = (torch.einsum("btgd,gde->btge", x, g) * x).sum(-1).clamp_min(0).sqrt().clamp_min(1e-30)
+            s = (x / norms[..., None] * m).sum(1)  # [B, G, d]
+            ss = (torch.einsum("bgd,gde->bge", s, g) * s).sum(-1).double()
         t = batch.lengths.to(ss.device).double()[:, None]
-        mean_cos = (ss - t) / (t * (t - 1))
+        mean_cos = ((ss - t) / (t * (t - 1))).cpu()
         for b, i in enumerate(batch.index):
-            self.selfsim[i] = mean_cos[b].cpu()
+            self.selfsim[i] = mean_cos[b]
             if i in picks:
                 pos, slots = picks[i]
                 self.sample[slots] = x[b, pos.to(x.device)].cpu()
@@ -513,12 +515,27 @@ def _scores(evals, var, mean, part_vecs, sample, selfsim, params, null_dims: boo
     return row
 
 
+def top_eigenvectors(cov: torch.Tensor, k: int = 2, iters: int = 60, seed: int = 0) -> torch.Tensor:
+    """The top-k eigenvectors of a symmetric PSD matrix [d, k] (columns, descending), by
+    subspace iteration on 4k vectors and a Rayleigh–Ritz step: O(d²k) per iteration instead
+    of a full O(d³) decomposition. Used only to draw the 2-D PCA."""
+    d = cov.shape[0]
+    m = min(d, 4 * k)
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(d, m, generator=g, dtype=cov.dtype).to(cov.device)
+    for _ in range(iters):
+        v, _ = torch.linalg.qr(cov @ v)
+    evals, w = torch.linalg.eigh(v.T @ cov @ v)
+    return (v @ w)[:, torch.argsort(evals, descending=True)[:k]]
+
+
 def _full_cloud(cov, mean, second, sample, selfsim, params):
-    """Scores of a cloud whose covariance is held in full; also its eigen-decomposition."""
-    evals, evecs = torch.linalg.eigh((cov + cov.T) / 2)
+    """Scores of a cloud whose covariance is held in full: one eigvalsh (IsoScore, IsoScore*,
+    the spectrum), one eigh of XᵀX (partition score); also the top-2 principal axes."""
+    evals = torch.linalg.eigvalsh((cov + cov.T) / 2)
     _, pvecs = torch.linalg.eigh((second + second.T) / 2)
     row = _scores(evals, torch.diagonal(cov), mean, pvecs, sample, selfsim, params)
-    return row, evals.flip(0), evecs.flip(1)
+    return row, evals.flip(0), top_eigenvectors(cov)
 
 
 def weight_clouds(model) -> dict[str, torch.Tensor]:
@@ -569,22 +586,26 @@ def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None]
         for l in range(L):
             st = states[hooknames.name("z", l)]
             cov_z, mean_z, n = st.stats.cov(), st.stats.mean(), st.stats.n
+            sec_z = st.stats.second_moment()
             for h in range(H):
-                # x = z W (W = W_O^h, [d_head, d_model]); with Wᵀ = Q R (Q orthonormal), x = (z Rᵀ) Qᵀ:
-                # the head's outputs ARE the points y = z Rᵀ in the orthonormal basis Q of its
-                # span; covariance, cosines and XᵀX eigenvectors carry over, the other
-                # d_model − r eigenvalues are 0 (and Z(u) = N on those directions)
+                # x = z W (W = W_O^h, [d_head, d_model]); with Wᵀ = Q R (Q orthonormal, R from the
+                # Cholesky factor of W Wᵀ), x = (z Rᵀ) Qᵀ: the head's outputs ARE the points
+                # y = z Rᵀ in the orthonormal basis Q of its span; covariance, cosines and XᵀX
+                # eigenvectors carry over, the other d_model − r eigenvalues are 0 (and Z(u) = N
+                # on those directions)
                 w = w_o[l, h].double().to(cov_z.device)
-                q, r = torch.linalg.qr(w.T)
+                r, info = torch.linalg.cholesky_ex(st.gram[h].to(w.device), upper=True)  # W Wᵀ = Rᵀ R
+                if int(info):  # W_O^h rank-deficient: an orthonormal basis of its row space instead
+                    q, r = torch.linalg.qr(w.T)
                 cov_y = r @ cov_z[h] @ r.T
                 mean_y = r @ mean_z[h]
-                sec_y = r @ st.stats.second_moment()[h] @ r.T
+                sec_y = r @ sec_z[h] @ r.T
                 sample = st.sample[:, h].double().to(w.device) @ r.T
-                ev_y, _ = torch.linalg.eigh((cov_y + cov_y.T) / 2)
+                ev_y = torch.linalg.eigvalsh((cov_y + cov_y.T) / 2)
                 evals = torch.cat([ev_y, torch.zeros(d - ev_y.numel(), dtype=ev_y.dtype, device=ev_y.device)])
                 _, pv = torch.linalg.eigh((sec_y + sec_y.T) / 2)
-                var = ((q @ cov_y) * q).sum(1)
-                row = _scores(evals, var, q @ mean_y, pv, sample, float(np.nanmean(st.selfsim[:, h].numpy())), params,
+                var = ((cov_z[h] @ w) * w).sum(0)  # diag(Wᵀ C_z W)
+                row = _scores(evals, var, mean_z[h] @ w, pv, sample, float(np.nanmean(st.selfsim[:, h].numpy())), params,
                               null_dims=d > ev_y.numel())
                 row["isoscore_z"] = isoscore_from_cov(cov_z[h])
                 rows.append({"cloud": "head", "depth": l + 1, "layer": l, "head": h, "site": hooknames.name("z", l),
@@ -927,7 +948,7 @@ class DecodingIsotropyResult(Result):
         return self.table.groupby("strategy", sort=False)[cols].mean().reset_index()
 
     def to_frame(self) -> pd.DataFrame:
-        return self.table
+        return self.table.drop(columns=["ms_per_token"])  # wall-clock time: not part of what re-runs
 
     def figures(self) -> dict:
         import plotly.express as px

@@ -21,6 +21,23 @@ def register(sub) -> None:
     p.add_argument("--sanity", action="store_true", help="print Rudman et al.'s sanity clouds and exit (no model)")
     p.set_defaults(func=run_isotropy)
 
+    from analyses.isotropy import DecodingIsotropyParams, WhiteningParams
+
+    w = sub.add_parser("isotropy-whitening", help="ZCA / Zipfian / outlier-removal whitening: fit on one set, apply to another",
+                       description="Fit whitening transforms at one residual depth on one text set, apply them to "
+                                   "another, and score both clouds before and after; --save-dir keeps each fitted "
+                                   "whitening as safetensors + sha256 (usable as a Playground intervention).")
+    add_model_out(w, out_required=False)
+    add_params(w, WhiteningParams)
+    w.set_defaults(func=run_whitening)
+
+    c = sub.add_parser("isotropy-decoding", help="greedy vs nucleus sampling vs contrastive search: rep-n, diversity, isotropy",
+                       description="Su et al.'s comparison: rep-2/3/4, diversity and the isotropy of the generated "
+                                   "text's final-layer states, for greedy, top-p sampling and contrastive search.")
+    add_model_out(c, out_required=False)
+    add_params(c, DecodingIsotropyParams, skip=("prompts",))
+    c.set_defaults(func=run_decoding)
+
 
 def run_isotropy(args) -> int:
     import pandas as pd
@@ -39,5 +56,32 @@ def run_isotropy(args) -> int:
         print(res.resid()[cols].round(4).to_string(index=False))
         if not res.weights().empty:
             print(res.weights()[["cloud"] + cols[1:]].round(4).to_string(index=False))
+    save_result(res, args.out)
+    return 0
+
+
+def run_whitening(args) -> int:
+    from analyses.isotropy import WhiteningParams, whitening_effect
+
+    check_out_dir(args.out)
+    params = params_from_args(WhiteningParams, args)
+    res = whitening_effect(load_model(args), params, progress=progress("whitening"))
+    cols = ["set", "method", "isoscore", "isoscore_star", "avg_cosine", "partition", "isotropy_su",
+            "n_outlier_var", "cov_distance_to_identity"]
+    print(f"site {res.site}; removed outlier dimensions: {list(res.removed_dims)}")
+    print(res.scores[cols].round(4).to_string(index=False))
+    for m, a in res.artefacts.items():
+        print(f"{m}: {a['path']}  sha256 {a['sha256']}")
+    save_result(res, args.out)
+    return 0
+
+
+def run_decoding(args) -> int:
+    from analyses.isotropy import DecodingIsotropyParams, decoding_isotropy
+
+    check_out_dir(args.out)
+    params = params_from_args(DecodingIsotropyParams, args)
+    res = decoding_isotropy(load_model(args), params, progress=progress("decoding"))
+    print(res.summary().round(3).to_string(index=False))
     save_result(res, args.out)
     return 0

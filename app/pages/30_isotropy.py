@@ -9,10 +9,19 @@ residual stream, per head output, for W_E and W_U — the spectrum, outlier dime
 
 import streamlit as st
 
-from analyses.isotropy import IsotropyParams, figure_rudman, isotropy, rudman_table
+from analyses.isotropy import (
+    DecodingIsotropyParams,
+    IsotropyParams,
+    WhiteningParams,
+    decoding_isotropy,
+    figure_rudman,
+    isotropy,
+    rudman_table,
+    whitening_effect,
+)
 from app import ui
 
-P = IsotropyParams()
+P, W, D = IsotropyParams(), WhiteningParams(), DecodingIsotropyParams()
 
 st.title("Isotropy")
 model, spec = ui.sidebar_model()
@@ -70,6 +79,55 @@ else:
             st.dataframe(res.weights(), hide_index=True)
     with tabs[5]:
         st.dataframe(res.scores, hide_index=True)
+
+st.header("Whitening: fitted on one text set, applied to another")
+c1, c2, c3, c4 = st.columns(4)
+w_depth = c1.number_input(f"Depth (0–{model.cfg.n_layers})", 0, model.cfg.n_layers, model.cfg.n_layers, key="wh_depth")
+w_fit = c2.selectbox("Fit on", ["mixed", "prose", "code", "numbers"], key="wh_fit")
+w_apply = c3.selectbox("Apply to", ["mixed", "prose", "code", "numbers"], key="wh_apply",
+                       help="the same set: disjoint texts (even ones fit, odd ones are held out)")
+w_n = c4.number_input("Texts per set", 1, 144, W.n_texts, key="wh_n")
+c5, c6 = st.columns([3, 2])
+w_methods = c5.multiselect("Methods", ["zca", "zipfian", "outlier_removal"], list(W.methods), key="wh_methods")
+w_save = c6.text_input("Save fitted whitenings to (folder, optional)", "", key="wh_save",
+                       help="safetensors + sha256 per method; load one in the Playground's Whitening control")
+with ui.guard():
+    w_params = WhiteningParams(depth=int(w_depth), fit_text_set=w_fit, apply_text_set=w_apply, n_texts=int(w_n),
+                               methods=tuple(w_methods), max_tokens=int(max_tokens), save_dir=w_save or None)
+if st.button("Fit and apply whitening", key="wh_run"):
+    ui.run_analysis("whitening", whitening_effect, model, w_params)
+wres = ui.stored("whitening", w_params, model)
+if wres is not None:
+    st.caption(f"Site {wres.site}; outlier dimensions removed: {list(wres.removed_dims)}. ZCA/Zipfian make the "
+               "fitting set's covariance the identity on the span of its points (cov_distance_to_identity).")
+    figs = wres.figures()
+    st.plotly_chart(figs["scores"], key="wh_scores")
+    st.plotly_chart(figs["pca"], key="wh_pca")
+    st.dataframe(wres.scores, hide_index=True)
+    for m, a in wres.artefacts.items():
+        st.code(f"{m}: {a['path']}  sha256 {a['sha256']}")
+
+st.header("Contrastive search beside greedy and sampling")
+c1, c2, c3, c4 = st.columns(4)
+d_alpha = c1.slider("α", 0.0, 1.0, D.alpha, 0.05, key="cs_alpha")
+d_k = c2.number_input("k", 1, 20, D.k, key="cs_k")
+d_n = c3.number_input("Prose prefixes", 1, 32, D.n_prompts, key="cs_n")
+d_new = c4.number_input("New tokens", 4, 256, D.max_new_tokens, key="cs_new")
+with ui.guard():
+    d_params = DecodingIsotropyParams(alpha=float(d_alpha), k=int(d_k), n_prompts=int(d_n), max_new_tokens=int(d_new))
+if st.button("Generate and compare", key="cs_run"):
+    ui.run_analysis("decoding_isotropy", decoding_isotropy, model, d_params, label="Generations")
+dres = ui.stored("decoding_isotropy", d_params, model)
+if dres is not None:
+    st.dataframe(dres.summary().round(3), hide_index=True)
+    figs = dres.figures()
+    a, b = st.columns(2)
+    a.plotly_chart(figs["repetition"], key="cs_rep")
+    b.plotly_chart(figs["diversity_isotropy"], key="cs_div")
+    with st.expander("Generations"):
+        for name, i, text in dres.texts:
+            st.markdown(f"**{name}**, prompt {i}: {ui.md_escape(text)}")
+st.caption("Contrastive search is also a decoding strategy in the Playground (sidebar → strategy).")
 
 st.header("Rudman et al.'s sanity clouds")
 st.caption("An isotropic Gaussian scores 1, all variance in one dimension 0, k of n dimensions used equally "
