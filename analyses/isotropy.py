@@ -67,7 +67,7 @@ SCORES = ("isoscore", "isoscore_star", "avg_cosine", "partition", "self_similari
 # Pure scores
 
 
-def _points(points, name: str = "points") -> torch.Tensor:
+def _points(points, name: str = "points", check_finite: bool = True) -> torch.Tensor:
     x = torch.as_tensor(points).detach()
     if x.ndim != 2:
         raise InputError(f"{name} must be a 2-D array of points × dimensions, not shape {tuple(x.shape)}.")
@@ -77,16 +77,21 @@ def _points(points, name: str = "points") -> torch.Tensor:
         raise InputError(f"{name} needs at least 2 dimensions (got {x.shape[1]}).")
     if not x.is_floating_point():
         x = x.double()
-    if not torch.isfinite(x).all():
+    if check_finite and not torch.isfinite(x).all():
         raise InputError(f"{name} contains NaN or infinite values.")
     return x
 
 
 def covariance(points) -> torch.Tensor:
-    """Sample covariance (N − 1 denominator) of points [N, n], in float64."""
-    x = _points(points).double()
+    """Sample covariance (N − 1 denominator) of points [N, n], in float64. A NaN or an
+    infinity anywhere in the points reaches the covariance, so only the n × n result is
+    checked (not the N × n points: that pass would cost as much as the product)."""
+    x = _points(points, check_finite=False).double()
     xc = x - x.mean(0)
-    return xc.T @ xc / (x.shape[0] - 1)
+    c = xc.T @ xc / (x.shape[0] - 1)
+    if not torch.isfinite(c).all():
+        raise InputError("points contains NaN or infinite values.")
+    return c
 
 
 def isoscore_from_eigenvalues(eigenvalues) -> float:

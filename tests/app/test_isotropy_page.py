@@ -44,7 +44,7 @@ def test_playground_contrastive_strategy(smollm2):
     at.session_state["pg_max_new"] = 6
     at.switch_page("pages/02_playground.py").run()
     assert not at.exception, [e.value for e in at.exception]
-    assert "contrastive" in at.selectbox(key="pg_strategy_choice").options
+    assert "contrastive search" in at.selectbox(key="pg_strategy_choice").options
     at.selectbox(key="pg_strategy_choice").set_value("contrastive").run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
