@@ -19,9 +19,11 @@ Scores of a point cloud X (N points × n dimensions):
   u over the eigenvectors of XᵀX (uncentred) — the *columns* of ``eigh``'s matrix. An
   eigenvector's sign is arbitrary (LAPACK's choice), so u runs over ±u_i (both are unit
   eigenvectors); Z is computed as a log-sum-exp (residual streams overflow exp).
-* **Self-similarity / Su & Collier isotropy** (§14): mean cosine between the token
-  representations of one sequence (all pairs i ≠ j), averaged over sequences; isotropy =
-  1 − that. Computed exactly from Σ_i x̂_i: Σ_{i≠j} cos = ||Σ x̂||² − T.
+* **Self-similarity / Su & Collier isotropy** (§14): cosine between the token
+  representations of one sequence over all ordered pairs i ≠ j, pooled over sequences as
+  their code does (Σ cos / Σ T(T − 1)); isotropy = 1 − that. Computed exactly from Σ_i x̂_i:
+  Σ_{i≠j} cos = ||Σ x̂||² − T. They measure the final layer as Hugging Face's
+  ``hidden_states[-1]`` (after the final norm): that is the extra depth ``ln_final``.
 * **Outlier dimensions**: dimensions whose variance exceeds ``multiple`` × the average
   variance (Rudman et al. 2023 use 5×), and those whose |mean| exceeds ``multiple`` × the
   average |mean|, with their indices.
@@ -61,6 +63,7 @@ from probes.results import Params, Result, analysis
 from probes.tokens import str_tokens, text_ids
 
 C0_CHOICES = ("scaled_identity", "identity")
+FINAL_NORM = "ln_final"  # the last block's output after the final norm (Hugging Face's hidden_states[-1])
 SCORES = ("isoscore", "isoscore_star", "avg_cosine", "partition", "self_similarity", "isotropy_su")
 
 # ---------------------------------------------------------------------------------------
@@ -199,11 +202,17 @@ def mean_pair_cosine(x: torch.Tensor) -> float:
 
 
 def self_similarity(sequences: Sequence) -> float:
-    """Mean over sequences of the within-sequence mean pair cosine (Su & Collier 2022;
-    their isotropy is 1 − this). Sequences shorter than 2 tokens are refused."""
+    """Within-sequence self-similarity as Su & Collier's reference code computes it: every
+    ordered pair i ≠ j of every sequence pooled, Σ cos / Σ T(T − 1) (longer sequences weigh
+    more); their isotropy is 1 − this. Sequences shorter than 2 tokens are refused."""
     if not len(sequences):
         raise InputError("No sequences were given.")
-    return float(np.mean([mean_pair_cosine(s) for s in sequences]))
+    num = den = 0.0
+    for s in sequences:
+        t = len(s)
+        num += mean_pair_cosine(s) * t * (t - 1)
+        den += t * (t - 1)
+    return num / den
 
 
 def check_multiple(multiple) -> float:
@@ -256,7 +265,7 @@ class IsotropyResult(Result):
     spectrum: np.ndarray  # [C, d] covariance eigenvalues, descending
     dim_var: np.ndarray  # [C, d] per-dimension variance
     dim_mean: np.ndarray  # [C, d] per-dimension mean
-    pca: np.ndarray  # [L+1, S, 2] sampled tokens projected on each depth's top-2 principal axes
+    pca: np.ndarray  # [L+2, S, 2] sampled tokens projected on each depth's top-2 principal axes
     sample_class: np.ndarray  # [S] token class of each sampled token (object)
     sample_token: np.ndarray  # [S] token string (object)
     n_tokens: int = 0
@@ -296,7 +305,7 @@ class IsotropyResult(Result):
 
         df = self.resid().melt(id_vars=["depth"], value_vars=list(SCORES), var_name="score", value_name="value")
         fig = px.line(df, x="depth", y="value", color="score", markers=True,
-                      title="Isotropy of the residual stream by depth (0 = embeddings, l = after block l−1)")
+                      title="Isotropy of the residual stream by depth (0 = embeddings, l = after block l−1, last = after the final norm)")
         fig.update_layout(yaxis_title="score", xaxis_title="depth")
         return fig
 
@@ -450,6 +459,7 @@ class _SiteState:
     def __init__(self, n_seq: int, n_sample: int, dtype: torch.dtype, gram: torch.Tensor | None = None):
         self.stats = CloudStats(dtype)
         self.selfsim = None  # [n_seq, G] mean within-sequence cosine
+        self.pairs = torch.zeros(n_seq, dtype=torch.float64)  # T(T − 1) per sequence
         self.n_seq, self.n_sample = n_seq, n_sample
         self.sample = None  # [S, G, d] in the activations' dtype
         self.gram = gram  # [G, d, d]: cosines measured through W W^T (head outputs) if given
@@ -475,11 +485,18 @@ class _SiteState:
             ss = (torch.einsum("bgd,gde->bge", s, g) * s).sum(-1).double()
         t = batch.lengths.to(ss.device).double()[:, None]
         mean_cos = ((ss - t) / (t * (t - 1))).cpu()
+        t = t.cpu()
         for b, i in enumerate(batch.index):
             self.selfsim[i] = mean_cos[b]
+            self.pairs[i] = float(t[b, 0] * (t[b, 0] - 1))
             if i in picks:
                 pos, slots = picks[i]
                 self.sample[slots] = x[b, pos.to(x.device)].cpu()
+
+    def pooled_selfsim(self, g: int = 0) -> float:
+        """Σ over sequences of Σ_{i≠j} cos / Σ T(T − 1) (the reference's pooling)."""
+        w = self.pairs
+        return float((self.selfsim[:, g] * w).sum() / w.sum())
 
 
 def star_from_eigenvalues(eigenvalues, zeta: float, c0: str = "scaled_identity") -> float:
@@ -568,21 +585,30 @@ def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None]
             w = w_o[l].double()
             states[hooknames.name("z", l)] = _SiteState(len(seqs), n_s, dtype, gram=w @ w.transpose(1, 2))
 
+    last = resid_sites[-1]
+    states[FINAL_NORM] = _SiteState(len(seqs), n_s, dtype)  # hidden_states[-1]: the last block after ln_final
+
     def reducer(t, where, batch):
         x = t if t.ndim == 4 else t[:, :, None, :]
         states[where].add(x, batch, picks)
+        if where == last:
+            from probes.readout import final_norm
 
-    capture.run(model, seqs, reducers={s: reducer for s in states}, batch_size=params.batch_size, progress=progress)
+            states[FINAL_NORM].add(final_norm(model, t)[:, :, None, :], batch, picks)
+
+    capture.run(model, seqs, reducers={s: reducer for s in states if s != FINAL_NORM}, batch_size=params.batch_size,
+                progress=progress)
 
     rows, clouds, spectra, dvar, dmean, pca = [], [], [], [], [], []
-    for depth, s in enumerate(resid_sites):
+    for depth, s in enumerate(resid_sites + [FINAL_NORM]):
         st = states[s]
         cov, mean, second = st.stats.cov()[0], st.stats.mean()[0], st.stats.second_moment()[0]
         sample = st.sample[:, 0].double().to(cov.device)
-        row, ev, vecs = _full_cloud(cov, mean, second, sample, float(np.nanmean(st.selfsim[:, 0].numpy())), params)
-        rows.append({"cloud": "resid", "depth": depth, "layer": hooknames.site(s).layer, "head": -1, "site": s,
+        row, ev, vecs = _full_cloud(cov, mean, second, sample, st.pooled_selfsim(0), params)
+        layer = L - 1 if s == FINAL_NORM else hooknames.site(s).layer
+        rows.append({"cloud": "resid", "depth": depth, "layer": layer, "head": -1, "site": s,
                      "n_points": st.stats.n, **row})
-        clouds.append("embeddings" if depth == 0 else f"after block {depth - 1}")
+        clouds.append("embeddings" if depth == 0 else "final norm" if s == FINAL_NORM else f"after block {depth - 1}")
         spectra.append(ev.cpu().numpy())
         dvar.append(torch.diagonal(cov).cpu().numpy())
         dmean.append(mean.cpu().numpy())
@@ -610,7 +636,7 @@ def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None]
                 evals = torch.cat([ev_y, torch.zeros(d - ev_y.numel(), dtype=ev_y.dtype, device=ev_y.device)])
                 _, pv = torch.linalg.eigh((sec_y + sec_y.T) / 2)
                 var = ((cov_z[h] @ w) * w).sum(0)  # diag(Wᵀ C_z W)
-                row = _scores(evals, var, mean_z[h] @ w, pv, sample, float(np.nanmean(st.selfsim[:, h].numpy())), params,
+                row = _scores(evals, var, mean_z[h] @ w, pv, sample, st.pooled_selfsim(h), params,
                               null_dims=d > ev_y.numel())
                 row["isoscore_z"] = isoscore_from_cov(cov_z[h])
                 rows.append({"cloud": "head", "depth": l + 1, "layer": l, "head": h, "site": hooknames.name("z", l),
@@ -885,7 +911,7 @@ def whitening_effect(model, params: WhiteningParams, progress: Callable[[int, in
             cov = cov_all[g][idx][:, idx]
             sample = st.sample[:, g].double().to(cov.device)[:, idx]
             row, _, vecs = _full_cloud(cov, mean_all[g][idx], second_all[g][idx][:, idx], sample,
-                                       float(np.nanmean(st.selfsim[:, g].numpy())), params)
+                                       st.pooled_selfsim(g), params)
             eye = torch.eye(cov.shape[0], dtype=torch.float64, device=cov.device)
             row["cov_distance_to_identity"] = float(torch.linalg.matrix_norm(cov - eye) / math.sqrt(cov.shape[0]))
             rows.append({"set": name, "method": m, "site": site, "n_points": st.stats.n, **row})

@@ -108,6 +108,10 @@ def test_self_similarity_by_hand():
     # pairs: (e1, 2e1) cos 1, (e1, e2) 0, (2e1, e2) 0 → 1/3
     assert iso.mean_pair_cosine(torch.tensor([e1, [2.0, 0, 0], e2])) == pytest.approx(1 / 3, abs=1e-12)
     assert iso.self_similarity([torch.tensor([e1, e2]), torch.tensor([e1, e1])]) == pytest.approx(0.5, abs=1e-12)
+    # pooled over pairs as Su & Collier's code does: (2 + 2) / (3·2 + 2·1) = 0.5, not the mean of
+    # the per-sequence means (1/3 + 1)/2
+    a, b = torch.tensor([e1, [2.0, 0, 0], e2]), torch.tensor([e1, e1])
+    assert iso.self_similarity([a, b]) == pytest.approx(0.5, abs=1e-12)
 
 
 def test_outlier_detection_finds_planted_dimensions():
@@ -159,6 +163,11 @@ def test_analysis_equals_direct_computation(tiny64):
         assert row.avg_cosine == pytest.approx(iso.average_cosine(cloud, 300, seed=0), abs=1e-9)
         assert row.isoscore_star == pytest.approx(iso.isoscore_star(cloud, 0.2), abs=1e-9)
         assert res.spectrum[depth] == pytest.approx(np.sort(np.linalg.eigvalsh(np.cov(cloud.numpy().T)))[::-1], abs=1e-9)
+    last = torch.cat([tiny64.ln_final(a) for a in acts[names[-1]]]).detach().double()  # hidden_states[-1]
+    row = r[r.depth == L + 1].iloc[0]
+    assert row.site == "ln_final" and row.isoscore == pytest.approx(iso.isoscore(last), abs=1e-9)
+    assert row.isotropy_su == pytest.approx(1 - iso.self_similarity([tiny64.ln_final(a).detach() for a in acts[names[-1]]]),
+                                            abs=1e-9)
     hd = res.heads()
     for l in range(L):
         for h in range(H):
@@ -176,7 +185,7 @@ def test_analysis_equals_direct_computation(tiny64):
     w = res.weights().set_index("cloud")
     assert w.loc["W_E", "isoscore"] == pytest.approx(iso.isoscore(tiny64.W_E.detach()), abs=1e-9)
     assert w.loc["W_U", "partition"] == pytest.approx(iso.partition_score(tiny64.W_U.detach().T), abs=1e-9)
-    assert res.pca.shape == (L + 1, 87, 2)
+    assert res.pca.shape == (L + 2, 87, 2)
     assert set(res.sample_class) <= {"first token", "word", "number", "space", "punctuation", "newline"}
 
 
