@@ -178,7 +178,10 @@ def average_cosine(points, n_pairs: int | None = 10_000, seed: int = 0) -> float
     j = torch.randint(n - 1, (n_pairs,), generator=g)
     j = j + (j >= i).long()  # distinct from i, uniform over the others
     xh = xh.cpu()
-    return float((xh[i] * xh[j]).sum(1).mean())
+    total = 0.0
+    for a in range(0, n_pairs, 4096):  # chunks: never n_pairs × n at once
+        total += float((xh[i[a : a + 4096]] * xh[j[a : a + 4096]]).sum(1).sum())
+    return total / n_pairs
 
 
 def partition_score(points, second_moment=None) -> float:
