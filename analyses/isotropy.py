@@ -56,6 +56,7 @@ import pandas as pd
 import torch
 
 from probes import capture, hooknames
+from probes import contrastive as _contrastive  # noqa: F401  (registers the "contrastive" strategy)
 from probes.covariance import CloudStats  # noqa: F401  (re-exported)
 from probes.errors import InputError, check_range
 from probes.models import model_id

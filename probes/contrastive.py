@@ -17,6 +17,10 @@ candidates are scored by full recomputation (the reference path the cached one i
 against). Reducers passed to ``generate`` see the k-row candidate passes.
 
 ``Contrastive(alpha=0)`` picks the most probable candidate: greedy decoding (tested).
+
+Importing this module registers ``"contrastive"`` in ``probes.decoding.STRATEGIES``
+(``analyses.isotropy`` and the Playground widget import it; so does
+``analyses.catalog.import_all``).
 """
 
 from __future__ import annotations

@@ -360,6 +360,3 @@ def score_continuation(model, prompt, continuation: Sequence[int], interventions
     return logits.log_softmax(-1).gather(-1, torch.tensor(cont, device=logits.device)[:, None])[:, 0].cpu()
 
 
-
-
-from probes import contrastive as _contrastive  # noqa: E402,F401  (registers "contrastive")
