@@ -117,6 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=None, help="write the markdown section to this file (default: RESULTS.md)")
     ap.add_argument("--sizes", default="24x128,96x256", help="text-set sizes NxT for the all-layer benchmark")
+    ap.add_argument("--parts", default="isoscore,layers,decoding", help="which benchmarks to run")
     args = ap.parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(1)
@@ -130,12 +131,13 @@ def main(argv=None) -> int:
     info = machine_info()
     parts += [f"Machine: {info}. Device: {args.device}. Medians of {args.rounds} round-robin rounds after a warm-up.", ""]
 
-    rows = bench_isoscore(n_points, d, args.device, args.rounds)
-    parts += [f"### IsoScore on {n_points:,} × {d} points (float64)", "",
+    todo = set(args.parts.split(","))
+    rows = bench_isoscore(n_points, d, args.device, args.rounds) if "isoscore" in todo else []
+    parts += [] if not rows else [f"### IsoScore on {n_points:,} × {d} points (float64)", "",
               markdown_table(("variant", "ms", "vs baseline"), rows), ""]
     print("\n".join(parts[-4:]), flush=True)
 
-    sizes = ["3x16"] if args.quick else args.sizes.split(",")
+    sizes = [] if "layers" not in todo else ["3x16"] if args.quick else args.sizes.split(",")
     rows = []
     for size in sizes:
         n, t = (int(v) for v in size.split("x"))
@@ -147,15 +149,15 @@ def main(argv=None) -> int:
                      f"{s.time / p.time:.2f}×", f"{stream / p.time:.2f}×", f"{fixed:.2f}",
                      f"{p.peak_mb:.0f}", f"{s.peak_mb:.0f}", f"{s.peak_mb / max(p.peak_mb, 1e-9):.2f}×"))
         print(rows[-1], flush=True)
-    parts += ["### All-layer scores (31 residual depths + 270 head outputs) vs a plain forward pass", "",
+    parts += [] if not rows else ["### All-layer scores (31 residual depths + 270 head outputs) vs a plain forward pass", "",
               markdown_table(("text set", "forward s", "scores s", "time ratio", "streaming pass ratio",
                               "fixed part s (31 × eigh of d×d + heads)", "forward peak MB", "scores peak MB",
                               "memory ratio"), rows), ""]
 
     n_new = 8 if args.quick else 64
     prompt = "The history of the old city begins with a small village by the river, where"
-    rows = bench_decoding(model, prompt, n_new, args.rounds, args.device)
-    parts += [f"### Contrastive search vs greedy ({n_new} new tokens, KV cache)", "",
+    rows = bench_decoding(model, prompt, n_new, args.rounds, args.device) if "decoding" in todo else []
+    parts += [] if not rows else [f"### Contrastive search vs greedy ({n_new} new tokens, KV cache)", "",
               markdown_table(("strategy", "ms / token", "vs greedy"), rows), ""]
     print("\n".join(parts[-4:]), flush=True)
 
