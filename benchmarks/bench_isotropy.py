@@ -32,8 +32,6 @@ HEADING = "Isotropy (issue 9)"
 
 
 def bench_isoscore(n: int, d: int, device: str, rounds: int) -> list:
-    from IsoScore.IsoScore import IsoScore as oracle
-
     from analyses.isotropy import isoscore
 
     g = torch.Generator().manual_seed(0)
@@ -43,6 +41,8 @@ def bench_isoscore(n: int, d: int, device: str, rounds: int) -> list:
         "isoscore (ours)": lambda: isoscore(x),
     }
     if device == "cpu":
+        from IsoScore.IsoScore import IsoScore as oracle  # the dev-only oracle, CPU only
+
         xn = x.numpy()
         variants["isoscore package (cov + svdvals)"] = lambda: oracle(xn)
     m = measure(variants, rounds=rounds, warmup=1, device=device if device != "cpu" else None)
