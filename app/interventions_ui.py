@@ -354,3 +354,44 @@ def _razor(model):
                f"KV memory kept at {model.cfg.n_ctx} tokens: {policy.kv_fraction(model, model.cfg.n_ctx):.1%}.")
     return policy
 
+# ---------------------------------------------------------------------------------------
+# Isotropy (issue 9): contrastive search and whitening
+
+
+@strategy_widget("contrastive", "contrastive search", order=20)
+def _contrastive(model):
+    from probes.contrastive import Contrastive
+
+    sb = st.sidebar
+    alpha = sb.slider("α (degeneration penalty)", 0.0, 1.0, 0.6, 0.05, key="pg_cs_alpha")
+    k = sb.number_input("k (candidates)", min_value=1, max_value=50, value=4, step=1, key="pg_cs_k")
+    sb.caption("Su et al. 2022: among the top-k, argmax (1−α)·p(v) − α·max cos(h_v, h_j); α = 0 is greedy.")
+    return Contrastive(float(alpha), int(k))
+
+
+@intervention_widget("whitening", "Whitening (saved artefact)", order=40)
+def _whitening(model) -> list:
+    from probes.whitening import Whitening
+
+    _defaults(pg_wh_on=False, pg_wh_path="", pg_wh_strength=1.0)
+    on = st.toggle("Whiten the residual stream", key="pg_wh_on",
+                   help="a whitening fitted on the Isotropy page (or `mechscope isotropy-whitening --save-dir`)")
+    a, b = st.columns([3, 1])
+    path = a.text_input("Whitening file (.safetensors)", key="pg_wh_path", disabled=not on)
+    strength = b.slider("Strength", 0.0, 1.0, key="pg_wh_strength", step=0.05, disabled=not on)
+    if not on:
+        return []
+    if not path:
+        st.error("Whitening is on but no file is given.")
+        return []
+    try:
+        from pathlib import Path
+
+        side = Path(path).with_name(Path(path).name + ".sha256")
+        digest = side.read_text().split()[0] if side.is_file() else ""
+        iv = Whitening(path, digest, float(strength))
+        iv.validate(model)
+    except (MechscopeError, OSError) as exc:
+        st.error(f"Whitening: {exc}")
+        return []
+    return [iv]

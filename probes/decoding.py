@@ -242,7 +242,9 @@ def generate(
     logprobs: list[float] = []
     stepper = _Stepper(model, policy)
     extra += _reducer_hooks(model, reducers, stepper)
-    scratch: dict = {}
+    # a strategy that runs its own forward passes (contrastive search) finds the stepper here
+    # and may hand back the next step's logits as scratch["next_logits"] (token already fed)
+    scratch: dict = {"_stepper": stepper}
     stops = frozenset(int(t) for t in stop_tokens)
     with applied(model, interventions, extra_hooks=extra), torch.no_grad():
         if max_new_tokens:
@@ -259,7 +261,8 @@ def generate(
                 break
             if step + 1 < max_new_tokens:
                 stepper.step = step
-                logits = stepper.feed([[tok]])[0]
+                fed = scratch.pop("next_logits", None)
+                logits = stepper.feed([[tok]])[0] if fed is None else fed
     text = model.tokenizer.decode(new) if model.tokenizer is not None else " ".join(map(str, new))
     return Generation(
         prompt_tokens=tuple(prompt_ids),

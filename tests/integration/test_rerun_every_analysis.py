@@ -18,6 +18,7 @@ TEXTS = ("The old house stood at the end of the lane, its windows dark and its g
 def _cases():
     from analyses.act import ACTParams
     from analyses.contextualisation import ContextParams
+    from analyses.isotropy import DecodingIsotropyParams, IsotropyParams, WhiteningParams
     from analyses.logit_lens import LogitLensParams
     from analyses.microscope import MicroscopeParams
     from analyses.neurons import ActivityParams, ClampParams, DecodeParams, MaxActParams, SearchParams
@@ -53,6 +54,9 @@ def _cases():
         "sae_features": SaeFeaturesParams(sae="smollm2-135m/resid-L12", n_texts=3, k=2, max_tokens=32),
         "sae_steer_verify": SteerVerifyParams(sae="smollm2-135m/resid-L12", n=2),
         "sae_absorption": AbsorptionParams(saes=("smollm2-135m/resid-L12",), n_words=120),
+        "isotropy": IsotropyParams(texts=TEXTS, max_tokens=24, n_sample=40, n_pairs=200, weights=False),
+        "whitening": WhiteningParams(depth=6, n_texts=3, max_tokens=16, n_sample=20, n_pairs=100),
+        "decoding_isotropy": DecodingIsotropyParams(n_prompts=1, prompt_tokens=8, max_new_tokens=6),
         **_retrieval_cases(),
     }
 

@@ -1,0 +1,177 @@
+"""Benchmarks for issue 9 (isotropy): ``python -m benchmarks.bench_isotropy``.
+
+1. **IsoScore on 100,000 × d points** vs the baseline "one covariance + eigendecomposition
+   of the same points" (``torch.cov`` + ``torch.linalg.eigvalsh``, same dtype, same device);
+   the ``isoscore`` package (the oracle: covariance + ``svdvals``) beside it. Target ≤ 1.2×.
+2. **All-layer scores over a text set** (``analyses.isotropy.isotropy``: the residual stream
+   at every depth and every head's output, W_E/W_U left out) vs a plain forward pass of the
+   same texts through ``probes.capture.run`` with the same batches and no hook. Time and peak
+   extra memory from ``benchmarks.common.measure`` (round-robin, medians). The scores' cost
+   is a per-token part (the reducers in the hooks) plus a fixed part per layer (one
+   eigendecomposition of d × d per cloud, O(L·d³), whatever the number of tokens), so the
+   ratio is reported at two text-set sizes, with the fixed part separately. Target ≤ 1.2×
+   time, ≤ 1.3× memory.
+3. **Contrastive search vs greedy**, time per generated token with the KV cache (k = 4 and
+   k = 8; nucleus sampling beside them). Target ≤ 1.5× greedy at k = 4.
+
+``--device cuda`` runs everything on the GPU (model loaded there; CUDA events via
+``benchmarks.common``); ``--out FILE`` writes the markdown section there instead of
+RESULTS.md; ``--quick`` runs tiny sizes and prints only. Threads: 1 on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from benchmarks.common import machine_info, markdown_table, measure, write_section
+
+HEADING = "Isotropy (issue 9)"
+
+
+def bench_isoscore(n: int, d: int, device: str, rounds: int) -> list:
+    from analyses.isotropy import isoscore
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(0.1, 3, d, dtype=torch.float64)).to(device)
+    variants = {
+        "baseline: torch.cov + eigvalsh": lambda: torch.linalg.eigvalsh(torch.cov(x.T)),
+        "isoscore (ours)": lambda: isoscore(x),
+    }
+    if device == "cpu":
+        from IsoScore.IsoScore import IsoScore as oracle  # the dev-only oracle, CPU only
+
+        xn = x.numpy()
+        variants["isoscore package (cov + svdvals)"] = lambda: oracle(xn)
+    m = measure(variants, rounds=rounds, warmup=1, device=device if device != "cpu" else None)
+    base = m["baseline: torch.cov + eigvalsh"].time
+    return [(k, f"{v.time * 1e3:.1f}", f"{v.time / base:.2f}×") for k, v in m.items()]
+
+
+def bench_all_layers(model, seqs, batch_size: int, rounds: int, device: str) -> tuple[list, dict]:
+    from analyses.isotropy import isotropy
+    from probes import capture
+
+    texts = tuple(tuple(s) for s in seqs)
+    variants = {
+        "plain forward": lambda: capture.run(model, seqs, batch_size=batch_size),
+        "all-layer scores": lambda: isotropy(model, texts=texts, weights=False, batch_size=batch_size),
+    }
+    m = measure(variants, rounds=rounds, warmup=1, device=device if device != "cpu" else None)
+    return m, {"tokens": sum(len(s) for s in seqs), "texts": len(seqs)}
+
+
+def finalize_time(model, seqs, batch_size: int, device: str) -> float:
+    """The fixed part alone: the scores' time minus their streaming pass (timed with the
+    same reducers through a patched finalisation that returns at once)."""
+    import analyses.isotropy as iso
+
+    texts = tuple(tuple(s) for s in seqs)
+    t0 = time.perf_counter()
+    iso.isotropy(model, texts=texts, weights=False, batch_size=batch_size)
+    if device != "cpu":
+        torch.cuda.synchronize()
+    total = time.perf_counter() - t0
+    real_run = iso.capture.run
+    box = {}
+
+    def timed_run(*a, **k):
+        s = time.perf_counter()
+        out = real_run(*a, **k)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        box["stream"] = time.perf_counter() - s
+        return out
+
+    iso.capture.run = timed_run
+    try:
+        t0 = time.perf_counter()
+        iso.isotropy(model, texts=texts, weights=False, batch_size=batch_size)
+        total = min(total, time.perf_counter() - t0)
+    finally:
+        iso.capture.run = real_run
+    return total - box["stream"], box["stream"]
+
+
+def bench_decoding(model, prompt: str, n_new: int, rounds: int, device: str) -> list:
+    from probes.contrastive import Contrastive
+    from probes.decoding import Sample, generate
+
+    variants = {
+        "greedy": lambda: generate(model, prompt, n_new, "greedy", stop_at_eos=False),
+        "contrastive k=4 (α 0.6)": lambda: generate(model, prompt, n_new, Contrastive(0.6, 4), stop_at_eos=False),
+        "contrastive k=8 (α 0.6)": lambda: generate(model, prompt, n_new, Contrastive(0.6, 8), stop_at_eos=False),
+        "nucleus sampling (top-p 0.95)": lambda: generate(model, prompt, n_new, Sample(top_p=0.95), stop_at_eos=False),
+    }
+    m = measure(variants, rounds=rounds, warmup=1, device=device if device != "cpu" else None)
+    base = m["greedy"].time
+    return [(k, f"{v.time / n_new * 1e3:.2f}", f"{v.time / base:.2f}×") for k, v in m.items()]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes; print only")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=None, help="write the markdown section to this file (default: RESULTS.md)")
+    ap.add_argument("--sizes", default="24x128,96x256", help="text-set sizes NxT for the all-layer benchmark")
+    ap.add_argument("--parts", default="isoscore,layers,decoding", help="which benchmarks to run")
+    args = ap.parse_args(argv)
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+    from analyses.isotropy import encode_texts, texts_for, IsotropyParams
+    from probes.models import load
+
+    model = load("smollm2-135m", device=args.device).model
+    d = model.cfg.d_model
+    n_points = 2000 if args.quick else 100_000
+    parts = []
+    info = machine_info()
+    parts += [f"Machine: {info}. Device: {args.device}. Medians of {args.rounds} round-robin rounds after a warm-up.", ""]
+
+    todo = set(args.parts.split(","))
+    rows = bench_isoscore(n_points, d, args.device, args.rounds) if "isoscore" in todo else []
+    parts += [] if not rows else [f"### IsoScore on {n_points:,} × {d} points (float64)", "",
+              markdown_table(("variant", "ms", "vs baseline"), rows), ""]
+    print("\n".join(parts[-4:]), flush=True)
+
+    sizes = [] if "layers" not in todo else ["3x16"] if args.quick else args.sizes.split(",")
+    rows = []
+    for size in sizes:
+        n, t = (int(v) for v in size.split("x"))
+        seqs = encode_texts(model, texts_for(IsotropyParams(n_texts=n)), t)
+        m, meta = bench_all_layers(model, seqs, 8, args.rounds, args.device)
+        fixed, stream = finalize_time(model, seqs, 8, args.device)
+        p, s = m["plain forward"], m["all-layer scores"]
+        rows.append((f"{meta['texts']} × ≤{t} ({meta['tokens']:,} tokens)", f"{p.time:.2f}", f"{s.time:.2f}",
+                     f"{s.time / p.time:.2f}×", f"{stream / p.time:.2f}×", f"{fixed:.2f}",
+                     f"{p.peak_mb:.0f}", f"{s.peak_mb:.0f}", f"{s.peak_mb / max(p.peak_mb, 1e-9):.2f}×"))
+        print(rows[-1], flush=True)
+    parts += [] if not rows else ["### All-layer scores (31 residual depths + 270 head outputs) vs a plain forward pass", "",
+              markdown_table(("text set", "forward s", "scores s", "time ratio", "streaming pass ratio",
+                              "fixed part s (31 × eigh of d×d + heads)", "forward peak MB", "scores peak MB",
+                              "memory ratio"), rows), ""]
+
+    n_new = 8 if args.quick else 64
+    prompt = "The history of the old city begins with a small village by the river, where"
+    rows = bench_decoding(model, prompt, n_new, args.rounds, args.device) if "decoding" in todo else []
+    parts += [] if not rows else [f"### Contrastive search vs greedy ({n_new} new tokens, KV cache)", "",
+              markdown_table(("strategy", "ms / token", "vs greedy"), rows), ""]
+    print("\n".join(parts[-4:]), flush=True)
+
+    body = "\n".join(parts)
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).write_text(f"## {HEADING} — {args.device}\n\n{body}\n", encoding="utf-8")
+    elif not args.quick:
+        write_section(HEADING, body)
+    else:
+        print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
