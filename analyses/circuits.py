@@ -193,6 +193,8 @@ class CircuitDiscoverParams(Params):
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate (reference 1e-3)"})
     shared: bool = field(default=False, metadata={"help": "one SAE shared by all heads (the reference code) instead of one per head"})
     seed: int = field(default=0, metadata={"help": "SAE initialisation seed"})
+    n_train: int = field(default=10, metadata={"help": "prompts the SAEs train on (reference 10; 0 = all)"})
+    isometric: bool = field(default=True, metadata={"help": "SAE input in each head's d_head-dim output subspace (same geometry, 9x cheaper)"})
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -231,10 +233,10 @@ def sae_scores(model, pairs: attr.Pairs, p: CircuitDiscoverParams | None = None,
 
     p = p or CircuitDiscoverParams(**kw)
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    pos = attr.head_vectors(model, pairs.clean, pairs.lengths)
-    neg = attr.head_vectors(model, pairs.corrupt, pairs.lengths)
+    pos = attr.head_vectors(model, pairs.clean, pairs.lengths, isometric=p.isometric and not p.shared)
+    neg = attr.head_vectors(model, pairs.corrupt, pairs.lengths, isometric=p.isometric and not p.shared)
     x = torch.cat([pos, neg])
-    saes_ = discrete.train_head_saes(x, p.n_latents, p.l1, p.epochs, p.lr, p.shared, p.seed)
+    saes_ = discrete.train_head_saes(x, p.n_latents, p.l1, p.epochs, p.lr, p.shared, p.seed, p.n_train or None)
     codes = saes_.codes(x).numpy()
     cp, cn = codes[: len(pos)], codes[len(pos):]
     counts = discrete.unique_positive_counts(cp, cn)
@@ -306,6 +308,8 @@ class CircuitCompareParams(Params):
     epochs: int = field(default=500, metadata={"help": "SAE Adam steps"})
     shared: bool = field(default=False, metadata={"help": "one SAE shared by all heads (reference code)"})
     seed: int = field(default=0, metadata={"help": "SAE seed"})
+    n_train: int = field(default=10, metadata={"help": "prompts the SAEs train on (reference 10; 0 = all)"})
+    isometric: bool = field(default=True, metadata={"help": "SAE input in each head's output subspace (d_head wide)"})
     sizes: tuple[int, ...] = field(default=(1, 2, 5, 10, 20, 40, 80), metadata={"help": "circuit sizes for faithfulness"})
 
     def __post_init__(self):
@@ -419,7 +423,8 @@ def circuit_compare(model, params: CircuitCompareParams, progress: Callable[[int
         scores[name] = np.abs(a.normalised()[0])
     t0 = time.perf_counter()
     sp = CircuitDiscoverParams(task=params.task, n_prompts=params.n_prompts, n_latents=params.n_latents, l1=params.l1,
-                               epochs=params.epochs, shared=params.shared, seed=params.seed)
+                               epochs=params.epochs, shared=params.shared, seed=params.seed, n_train=params.n_train,
+                               isometric=params.isometric)
     node, _, edges, codes = sae_scores(model, pairs, sp)
     seconds["discrete_sae"] = time.perf_counter() - t0
     passes["discrete_sae"] = {"forward_prompt_sets": 2, "backward_prompt_sets": 0}

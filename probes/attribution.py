@@ -184,8 +184,9 @@ def normalise(delta: np.ndarray, target: float, source: float) -> np.ndarray:
 
 
 def patch_nodes(model, pairs: Pairs, direction: Direction = "noising", batch_size: int = 8,
-                mlp: bool = True, progress: ProgressFn | None = None) -> NodeEffects:
-    """Activation patching of every head (and MLP layer), batched by layer (see module doc)."""
+                mlp: bool = True, progress: ProgressFn | None = None, layers: Sequence[int] | None = None) -> NodeEffects:
+    """Activation patching of every head (and MLP layer), batched by layer (see module doc).
+    ``layers`` restricts the sweep (other layers' effects are left at 0)."""
     tgt_name, src_name = _check_direction(direction)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     sums = torch.zeros(L, H + 1, dtype=torch.float64)
@@ -195,7 +196,8 @@ def patch_nodes(model, pairs: Pairs, direction: Direction = "noising", batch_siz
     mlp = mlp and not model.cfg.attn_only
     m_names = [hooknames.name("mlp_out", l) for l in range(L)] if mlp else []
     r_names = [hooknames.name("resid_pre", l) for l in range(L)]
-    done, total = 0, n * L
+    sweep = list(range(L)) if layers is None else [int(l) for l in layers]
+    done, total = 0, n * len(sweep)
     dev = model.cfg.device
     with model_lock(model), torch.no_grad():
         for idx in _chunks(n, batch_size):
@@ -208,7 +210,7 @@ def patch_nodes(model, pairs: Pairs, direction: Direction = "noising", batch_siz
             base_t += float(logit_diff(logits_t, sub).double().sum())
             nb = H + 1 if mlp else H
             rows = torch.arange(b).repeat(nb)
-            for l in range(L):
+            for l in sweep:
                 resid = tgt[r_names[l]].repeat(nb, 1, 1)
                 zs, ms = src[z_names[l]], (src[m_names[l]] if mlp else None)
 
@@ -233,9 +235,12 @@ def patch_nodes(model, pairs: Pairs, direction: Direction = "noising", batch_siz
                     progress(done, total)
     mean = sums / n
     t, s = base_t / n, base_s / n
+    swept = torch.zeros(L, dtype=torch.bool)
+    swept[sweep] = True
+    mean[~swept] = t
     return NodeEffects(heads=(mean[:, :H] - t).numpy(), mlp=(mean[:, H] - t).numpy() if mlp else np.zeros(L),
                        target=t, source=s,
-                       passes={"forward_prompt_sets": 2 + L * (H + 1) * (1.0 if mlp else H / (H + 1)),
+                       passes={"forward_prompt_sets": 2 + len(sweep) * (H + 1 if mlp else H),
                                "note": f"per layer one forward over {H + 1 if mlp else H}× the prompts, from that layer on"})
 
 
@@ -354,10 +359,21 @@ def mean_ablated_metric(model, pairs: Pairs, ablate: np.ndarray, means: torch.Te
     return total / len(pairs)
 
 
-def head_vectors(model, tokens: torch.Tensor, lengths: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+def head_vectors(model, tokens: torch.Tensor, lengths: torch.Tensor, batch_size: int = 16,
+                 isometric: bool = False) -> torch.Tensor:
     """[N, n_layers * n_heads, d_model]: each head's output ``z_h W_O[h]`` averaged over each
-    prompt's real positions (the discrete-SAE method's input, O'Neill & Bui 2024)."""
+    prompt's real positions (the discrete-SAE method's input, O'Neill & Bui 2024).
+
+    ``isometric=True`` returns [N, nodes, d_head] instead: the same vectors in an orthonormal
+    basis of the row space of ``W_O[h]`` (where every output of head h lies), so norms and inner
+    products are exactly those of the d_model vectors while the SAE input is d_head wide."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
+    basis = None
+    if isometric:  # Q_h: [d_model, r] orthonormal columns spanning the rows of W_O[l, h]
+        basis = []
+        for l in range(L):
+            q, _ = torch.linalg.qr(model.W_O[l].detach().double().transpose(1, 2))  # [H, d_model, d_head]
+            basis.append(q.to(model.cfg.dtype))
     names = [hooknames.name("z", l) for l in range(L)]
     out = []
     with model_lock(model), torch.no_grad():
@@ -368,7 +384,10 @@ def head_vectors(model, tokens: torch.Tensor, lengths: torch.Tensor, batch_size:
             per_layer = []
             for l, nm in enumerate(names):
                 zmean = (cache[nm] * mask[..., None, None]).sum(1) / mask.sum(1)[:, None, None]  # [b, H, dh]
-                per_layer.append(torch.einsum("bhd,hdm->bhm", zmean, model.W_O[l]))
+                out_l = torch.einsum("bhd,hdm->bhm", zmean, model.W_O[l])
+                if basis is not None:
+                    out_l = torch.einsum("bhm,hmr->bhr", out_l, basis[l])
+                per_layer.append(out_l)
             out.append(torch.cat(per_layer, 1).cpu())
     return torch.cat(out)
 

@@ -110,7 +110,7 @@ def train_head_saes(x: torch.Tensor, n_latents: int = 200, l1: float = 0.02, epo
         _project_grad(W_dec)
         opt.step()
         if epoch % max(1, epochs // 10) == 0 or epoch == epochs - 1:
-            losses.append(float(loss) / k)
+            losses.append(float(loss.detach()) / k)
     _unit_rows(W_enc)
     _unit_rows(W_dec)
     return HeadSAEs(W_enc.detach(), b_enc.detach(), W_dec.detach(), b_pre.detach(), shared, losses)
