@@ -40,6 +40,7 @@ import torch
 from probes import hooknames
 from probes.errors import InputError
 from probes.locks import model_lock
+from probes.readout import logits_from_resid
 from probes.tokens import check_length, single_token, text_ids
 
 Direction = Literal["noising", "denoising"]
@@ -135,6 +136,17 @@ def logit_diff(logits: torch.Tensor, pairs: Pairs, rows: torch.Tensor | None = N
     return la - ld
 
 
+def last_logits(model, x: torch.Tensor, lengths: torch.Tensor, start_at_layer: int | None = None,
+                tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, d_vocab] logits at each row's last real position only: the blocks run to the end
+    (``stop_at_layer=n_layers`` returns the final residual), then the final norm and the
+    unembedding are applied to one position per row (the unembedding of every position — 49k ×
+    576 per token on SmolLM2 — would cost a quarter of the forward pass for nothing)."""
+    resid = model(x, start_at_layer=start_at_layer, stop_at_layer=model.cfg.n_layers, tokens=tokens)
+    last = (lengths - 1).to(resid.device)
+    return logits_from_resid(model, resid[torch.arange(resid.shape[0], device=resid.device), last])
+
+
 def _chunks(n: int, size: int):
     for s in range(0, n, size):
         yield torch.arange(s, min(n, s + size))
@@ -155,7 +167,7 @@ def baseline_metrics(model, pairs: Pairs, batch_size: int = 16) -> tuple[np.ndar
         for idx in _chunks(len(pairs), batch_size):
             sub = pairs.subset(idx)
             for which in out:
-                logits = model(sub.tokens(which).to(model.cfg.device))
+                logits = last_logits(model, sub.tokens(which).to(model.cfg.device), sub.lengths)
                 out[which].append(logit_diff(logits, sub).double().cpu())
     return torch.cat(out["clean"]).numpy(), torch.cat(out["corrupt"]).numpy()
 
@@ -203,10 +215,12 @@ def patch_nodes(model, pairs: Pairs, direction: Direction = "noising", batch_siz
         for idx in _chunks(n, batch_size):
             sub = pairs.subset(idx)
             b = len(idx)
-            _, src = model.run_with_cache(sub.tokens(src_name).to(dev), names_filter=lambda x: x in set(z_names + m_names))
-            logits_s = model(sub.tokens(src_name).to(dev))
+            src, tgt = {}, {}
+            with model.hooks(fwd_hooks=[(nm, _keep_into(src)) for nm in z_names + m_names], reset_hooks_end=True):
+                logits_s = last_logits(model, sub.tokens(src_name).to(dev), sub.lengths)
             base_s += float(logit_diff(logits_s, sub).double().sum())
-            logits_t, tgt = model.run_with_cache(sub.tokens(tgt_name).to(dev), names_filter=lambda x: x in set(r_names))
+            with model.hooks(fwd_hooks=[(r, _keep_into(tgt)) for r in r_names], reset_hooks_end=True):
+                logits_t = last_logits(model, sub.tokens(tgt_name).to(dev), sub.lengths)
             base_t += float(logit_diff(logits_t, sub).double().sum())
             nb = H + 1 if mlp else H
             rows = torch.arange(b).repeat(nb)
@@ -227,7 +241,8 @@ def patch_nodes(model, pairs: Pairs, direction: Direction = "noising", batch_siz
 
                 hooks = [(z_names[l], patch_z)] + ([(m_names[l], patch_m)] if mlp else [])
                 with model.hooks(fwd_hooks=hooks, reset_hooks_end=True):
-                    logits = model(resid, start_at_layer=l, tokens=sub.tokens(tgt_name).repeat(nb, 1).to(dev))
+                    logits = last_logits(model, resid, sub.lengths.repeat(nb), start_at_layer=l,
+                                         tokens=sub.tokens(tgt_name).repeat(nb, 1).to(dev))
                 ld = logit_diff(logits, sub, rows).double().cpu().reshape(nb, b).sum(1)
                 sums[l, :nb] += ld
                 done += b
@@ -242,6 +257,13 @@ def patch_nodes(model, pairs: Pairs, direction: Direction = "noising", batch_siz
                        target=t, source=s,
                        passes={"forward_prompt_sets": 2 + len(sweep) * (H + 1 if mlp else H),
                                "note": f"per layer one forward over {H + 1 if mlp else H}× the prompts, from that layer on"})
+
+
+def _keep_into(store: dict):
+    def hook(x, hook):
+        store[hook.name] = x.detach()
+
+    return hook
 
 
 def _embed_hooks(model):
@@ -274,8 +296,11 @@ def attribution_nodes(model, pairs: Pairs, direction: Direction = "noising", ste
             sub = pairs.subset(idx)
             keep = set(z_names + m_names + e_names)
             with torch.no_grad():
-                logits_s, src = model.run_with_cache(sub.tokens(src_name).to(dev), names_filter=lambda x: x in keep)
-                logits_t, tgt = model.run_with_cache(sub.tokens(tgt_name).to(dev), names_filter=lambda x: x in keep)
+                src, tgt = {}, {}
+                with model.hooks(fwd_hooks=[(nm, _keep_into(src)) for nm in keep], reset_hooks_end=True):
+                    logits_s = last_logits(model, sub.tokens(src_name).to(dev), sub.lengths)
+                with model.hooks(fwd_hooks=[(nm, _keep_into(tgt)) for nm in keep], reset_hooks_end=True):
+                    logits_t = last_logits(model, sub.tokens(tgt_name).to(dev), sub.lengths)
             base_s += float(logit_diff(logits_s, sub).double().sum())
             base_t += float(logit_diff(logits_t, sub).double().sum())
             grads = {k: torch.zeros_like(tgt[k]) for k in z_names + m_names}
@@ -293,7 +318,7 @@ def attribution_nodes(model, pairs: Pairs, direction: Direction = "noising", ste
 
                 hooks = [(e, embed) for e in e_names] + [(nm, keep_act) for nm in z_names + m_names]
                 with torch.enable_grad(), model.hooks(fwd_hooks=hooks, reset_hooks_end=True):
-                    logits = model(sub.tokens(tgt_name).to(dev))
+                    logits = last_logits(model, sub.tokens(tgt_name).to(dev), sub.lengths)
                     metric = logit_diff(logits, sub).sum()
                     names = z_names + m_names
                     gs = torch.autograd.grad(metric, [store[nm] for nm in names])
@@ -324,7 +349,9 @@ def head_means(model, tokens: torch.Tensor, lengths: torch.Tensor, batch_size: i
     with model_lock(model), torch.no_grad():
         for idx in _chunks(tokens.shape[0], batch_size):
             t = int(lengths[idx].max())
-            _, cache = model.run_with_cache(tokens[idx, :t].to(model.cfg.device), names_filter=lambda x: x in set(names))
+            cache = {}
+            with model.hooks(fwd_hooks=[(nm, _keep_into(cache)) for nm in names], reset_hooks_end=True):
+                model(tokens[idx, :t].to(model.cfg.device), stop_at_layer=L)
             mask = (torch.arange(t)[None, :] < lengths[idx][:, None]).to(model.cfg.device)
             for l, nm in enumerate(names):
                 acc[l] += (cache[nm] * mask[..., None, None]).sum((0, 1)).double().cpu()
@@ -355,7 +382,8 @@ def mean_ablated_metric(model, pairs: Pairs, ablate: np.ndarray, means: torch.Te
     with model_lock(model), torch.no_grad(), model.hooks(fwd_hooks=hooks, reset_hooks_end=True):
         for idx in _chunks(len(pairs), batch_size):
             sub = pairs.subset(idx)
-            total += float(logit_diff(model(sub.tokens(which).to(model.cfg.device)), sub).double().sum())
+            logits = last_logits(model, sub.tokens(which).to(model.cfg.device), sub.lengths)
+            total += float(logit_diff(logits, sub).double().sum())
     return total / len(pairs)
 
 
@@ -379,7 +407,9 @@ def head_vectors(model, tokens: torch.Tensor, lengths: torch.Tensor, batch_size:
     with model_lock(model), torch.no_grad():
         for idx in _chunks(tokens.shape[0], batch_size):
             t = int(lengths[idx].max())
-            _, cache = model.run_with_cache(tokens[idx, :t].to(model.cfg.device), names_filter=lambda x: x in set(names))
+            cache = {}
+            with model.hooks(fwd_hooks=[(nm, _keep_into(cache)) for nm in names], reset_hooks_end=True):
+                model(tokens[idx, :t].to(model.cfg.device), stop_at_layer=L)
             mask = (torch.arange(t)[None, :] < lengths[idx][:, None]).to(model.cfg.device).to(model.cfg.dtype)
             per_layer = []
             for l, nm in enumerate(names):

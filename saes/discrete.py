@@ -21,8 +21,12 @@ shared SAE. (2) The per-head SAEs are trained *together* as one batched tensor p
 ([n_nodes, m, d] weights, the sum of the independent per-head losses, Adam being per-parameter)
 instead of n_nodes SAE-Lens trainer runs: 270 separate SAE-Lens runs of 500 steps cost minutes
 on a CPU, the batched program seconds, and SAE-Lens has no trainer for many independent small
-inputs. The reference trains on ``num_sae_examples = 10`` prompts; here every prompt (positive
-and negative) is used unless ``n_train`` is given.
+inputs. (3) Like the reference (``num_sae_examples = 10``), the SAEs train on ``n_train``
+randomly drawn prompts of the positive+negative mix and then encode every prompt; ``n_train=None``
+trains on all. (4) Per-head SAEs read each head's output in an orthonormal basis of that head's
+output space (``probes.attribution.head_vectors(isometric=True)``: d_head = 64 coordinates with
+exactly the d_model vectors' norms and inner products) — the same geometry at 1/9 of the cost on
+SmolLM2; ``isometric=False`` feeds the raw d_model vectors.
 """
 
 from __future__ import annotations
