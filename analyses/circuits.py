@@ -235,7 +235,7 @@ def sae_scores(model, pairs: attr.Pairs, p: CircuitDiscoverParams | None = None,
     L, H = model.cfg.n_layers, model.cfg.n_heads
     pos = attr.head_vectors(model, pairs.clean, pairs.lengths, isometric=p.isometric and not p.shared)
     neg = attr.head_vectors(model, pairs.corrupt, pairs.lengths, isometric=p.isometric and not p.shared)
-    x = torch.cat([pos, neg])
+    x = torch.cat([pos, neg]).to(model.cfg.device)
     saes_ = discrete.train_head_saes(x, p.n_latents, p.l1, p.epochs, p.lr, p.shared, p.seed, p.n_train or None)
     codes = saes_.codes(x).numpy()
     cp, cn = codes[: len(pos)], codes[len(pos):]

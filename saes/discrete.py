@@ -59,8 +59,8 @@ class HeadSAEs:
         return torch.relu(torch.einsum("nhd,hmd->nhm", x - self.b_pre[None], self.W_enc) + self.b_enc[None])
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, n_nodes] argmax latent (the discrete code)."""
-        return self.encode(x).argmax(-1)
+        """[N, n_nodes] argmax latent (the discrete code), on the CPU."""
+        return self.encode(x.to(self.W_enc.device)).argmax(-1).cpu()
 
 
 def _unit_rows(w: torch.Tensor) -> None:
@@ -83,18 +83,20 @@ def train_head_saes(x: torch.Tensor, n_latents: int = 200, l1: float = 0.02, epo
         raise InputError("Discrete-SAE training needs head vectors [N >= 2 prompts, heads, d_model].")
     if n_latents < 2 or epochs < 1 or l1 < 0:
         raise InputError("Need n_latents >= 2, epochs >= 1 and l1 >= 0.")
-    g = torch.Generator().manual_seed(seed)
-    x = x.detach().float()
+    g = torch.Generator().manual_seed(seed)  # initialisation drawn on the CPU, then moved: same SAEs on any device
+    dev = x.device
+    x = x.detach().float().cpu()
     if n_train is not None:
         x = x[torch.randperm(x.shape[0], generator=g)[:n_train]]
     n, h, d = x.shape
-    data = x.reshape(1, n * h, d) if shared else x.transpose(0, 1).contiguous()  # [k, rows, d]
+    data = (x.reshape(1, n * h, d) if shared else x.transpose(0, 1).contiguous()).to(dev)  # [k, rows, d]
     k = data.shape[0]
     W_enc = torch.randn(k, n_latents, d, generator=g)
     W_dec = torch.randn(k, d, n_latents, generator=g)
     bound = 1 / math.sqrt(d)
     b_enc = (torch.rand(k, n_latents, generator=g) * 2 - 1) * bound
     b_pre = torch.zeros(k, d)
+    W_enc, b_enc, W_dec, b_pre = (t.to(dev) for t in (W_enc, b_enc, W_dec, b_pre))
     params = [p.requires_grad_(True) for p in (W_enc, b_enc, W_dec, b_pre)]
     _unit_rows(W_enc)
     _unit_rows(W_dec)

@@ -23,7 +23,7 @@ cfg = model.cfg
 
 c1, c2, c3, c4 = st.columns(4)
 task = c1.selectbox("Task", list(TASKS), index=list(TASKS).index(CP.task), key="ci_task")
-n_prompts = c2.number_input("Prompt pairs", 2, 64, CP.n_prompts, key="ci_n")
+n_prompts = c2.number_input("Prompt pairs", 1, 64, CP.n_prompts, key="ci_n")
 ig_steps = c3.number_input("EAP-IG steps", 1, 32, CP.ig_steps, key="ci_ig")
 epochs = c4.number_input("SAE epochs", 10, 2000, CP.epochs, step=50, key="ci_epochs")
 c5, c6, c7 = st.columns(3)

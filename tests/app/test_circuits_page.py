@@ -17,7 +17,7 @@ def test_circuits_page_compares_and_sends(smollm2):
     assert not at.exception and not at.error
     assert at.title[0].value == "Circuits"
     at.selectbox(key="ci_task").set_value("induction")
-    at.number_input(key="ci_n").set_value(2)
+    at.number_input(key="ci_n").set_value(1)
     at.number_input(key="ci_ig").set_value(2)
     at.number_input(key="ci_epochs").set_value(20)
     at.number_input(key="ci_latents").set_value(16)

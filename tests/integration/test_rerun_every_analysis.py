@@ -52,9 +52,9 @@ def _cases():
         "sae_features": SaeFeaturesParams(sae="smollm2-135m/resid-L12", n_texts=3, k=2, max_tokens=32),
         "sae_steer_verify": SteerVerifyParams(sae="smollm2-135m/resid-L12", n=2),
         "sae_absorption": AbsorptionParams(saes=("smollm2-135m/resid-L12",), n_words=120),
-        "circuit_patch": CircuitPatchParams(task="induction", n_prompts=2, directions=("noising",)),
+        "circuit_patch": CircuitPatchParams(task="induction", n_prompts=1, directions=("noising",)),
         "circuit_discover": CircuitDiscoverParams(task="ioi", n_prompts=3, n_latents=16, epochs=30),
-        "circuit_compare": CircuitCompareParams(task="greater_than", n_prompts=2, ig_steps=2, n_latents=16, epochs=20,
+        "circuit_compare": CircuitCompareParams(task="induction", n_prompts=1, ig_steps=2, n_latents=16, epochs=20,
                                                 sizes=(3,)),
     }
 
