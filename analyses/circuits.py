@@ -68,8 +68,12 @@ def task_pairs(model, records: list[dict]) -> attr.Pairs:
 
 def select_positive(model, pairs: attr.Pairs, n: int, batch_size: int = 16):
     """The first ``n`` pairs whose clean logit difference is positive; and the task check
-    (fraction positive, mean logit differences) over all pairs."""
-    clean, corrupt = attr.baseline_metrics(model, pairs, batch_size)
+    (fraction positive, mean logit differences) over the pairs evaluated: the first
+    max(16, 2n) (all of them where that is not enough positives)."""
+    m = min(len(pairs), max(16, 2 * n))
+    clean, corrupt = attr.baseline_metrics(model, pairs.subset(range(m)), batch_size)
+    if (clean > 0).sum() < n and m < len(pairs):
+        clean, corrupt = attr.baseline_metrics(model, pairs, batch_size)
     check = {"n_pairs": len(clean), "frac_positive": float((clean > 0).mean()), "mean_ld_clean": float(clean.mean()),
              "mean_ld_corrupt": float(corrupt.mean()), "frac_positive_corrupt": float((corrupt > 0).mean())}
     idx = np.nonzero(clean > 0)[0][:n]
@@ -343,12 +347,16 @@ class CircuitCompareResult(Result):
             for t in self.params.thresholds:
                 gt = np.abs(self.truth) >= t
                 rows.append({"method": m, "task": self.params.task, "threshold": t, "gt_size": int(gt.sum()),
-                             "node_auc": roc_auc(self.scores[mi], gt), "seconds": self.seconds.get(m, float("nan")),
-                             "n_prompts": self.n_used})
+                             "node_auc": roc_auc(self.scores[mi], gt), "n_prompts": self.n_used})
         return pd.DataFrame(rows)
 
     def to_frame(self) -> pd.DataFrame:
         return self.auc_table()
+
+    def timing_table(self) -> pd.DataFrame:
+        """Seconds per method (this run) and passes."""
+        return pd.DataFrame([{"method": m, "seconds": self.seconds[m], **{k: v for k, v in self.passes[m].items() if k != "note"}}
+                             for m in self.methods])
 
     def missed(self, method: str = "discrete_sae", threshold: float | None = None, k: int = 10) -> pd.DataFrame:
         """Ground-truth heads that ``method`` ranks lowest (where it misses)."""

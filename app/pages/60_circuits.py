@@ -80,6 +80,8 @@ with tabs[3]:
                "ablate: the top-k alone mean-ablated.")
 with tabs[4]:
     st.dataframe(res.auc_table().round(3), hide_index=True)
+    st.caption("Runtime of each method in this run (patching = the ground-truth sweep):")
+    st.dataframe(res.timing_table().round(2), hide_index=True)
     st.caption("Their numbers (GPT-2 small, published ground truths — not this model):")
     import pandas as pd
 
