@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     body = [f"Machine: {info.get('cpu', '?')}, {info.get('cores', '?')} cores, device {args.device}, torch "
             f"{torch.__version__}, {torch.get_num_threads()} thread(s). Model {args.model}; {args.n_prompts} positive "
             f"prompt pairs per task; SAE {args.epochs} epochs, 200 latents, L1 0.02; EAP-IG {args.ig_steps} steps.",
-            "", "Task check (all 64 pairs of each task):", "",
+            "", "Task check (the prompt pairs evaluated to find the positive ones):", "",
             markdown_table(["task", "pairs", "clean positive", "mean LD clean", "mean LD corrupted", "does the task"], checks),
             "", "Node ROC-AUC against the noising-patching ground truth (|effect| ≥ threshold); "
                 "GPT-2 rows are the papers' own numbers on GPT-2 small with published circuits (not comparable ground truth):", "",
