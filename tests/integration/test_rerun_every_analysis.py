@@ -17,6 +17,7 @@ TEXTS = ("The old house stood at the end of the lane, its windows dark and its g
 
 def _cases():
     from analyses.act import ACTParams
+    from analyses.circuits import CircuitCompareParams, CircuitDiscoverParams, CircuitPatchParams
     from analyses.contextualisation import ContextParams
     from analyses.isotropy import DecodingIsotropyParams, IsotropyParams, WhiteningParams
     from analyses.logit_lens import LogitLensParams
@@ -54,6 +55,10 @@ def _cases():
         "sae_features": SaeFeaturesParams(sae="smollm2-135m/resid-L12", n_texts=3, k=2, max_tokens=32),
         "sae_steer_verify": SteerVerifyParams(sae="smollm2-135m/resid-L12", n=2),
         "sae_absorption": AbsorptionParams(saes=("smollm2-135m/resid-L12",), n_words=120),
+        "circuit_patch": CircuitPatchParams(task="induction", n_prompts=1, directions=("noising",)),
+        "circuit_discover": CircuitDiscoverParams(task="ioi", n_prompts=3, n_latents=16, epochs=30),
+        "circuit_compare": CircuitCompareParams(task="induction", n_prompts=1, ig_steps=2, n_latents=16, epochs=20,
+                                                sizes=(3,)),
         "isotropy": IsotropyParams(texts=TEXTS, max_tokens=24, n_sample=40, n_pairs=200, weights=False),
         "whitening": WhiteningParams(depth=6, n_texts=3, max_tokens=16, n_sample=20, n_pairs=100),
         "decoding_isotropy": DecodingIsotropyParams(n_prompts=1, prompt_tokens=8, max_new_tokens=6),

@@ -1,0 +1,89 @@
+"""``mechscope circuits patch|discover|compare``: circuit discovery on the shipped tasks (issue 11).
+
+* ``patch``    — activation patching of every head and MLP layer (the ground truth);
+* ``discover`` — the discrete-SAE method (O'Neill & Bui 2024);
+* ``compare``  — patching, attribution patching, EAP-IG and the discrete-SAE method on one task:
+  node ROC-AUC at several ground-truth thresholds, runtimes, faithfulness curves.
+
+Flags and defaults come from each analysis' Params."""
+
+from __future__ import annotations
+
+from app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, progress, save_result
+
+
+def register(sub) -> None:
+    from analyses.circuits import CircuitCompareParams, CircuitDiscoverParams, CircuitPatchParams
+
+    p = sub.add_parser("circuits", help="circuit discovery: patching ground truth, attribution, discrete SAEs",
+                       description="Circuit discovery on the shipped clean/corrupted tasks (ioi, greater_than, "
+                                   "docstring, induction).")
+    inner = p.add_subparsers(dest="circuits_command", metavar="ACTION")
+    a = inner.add_parser("patch", help="activation patching of every head and MLP (ground truth)")
+    add_model_out(a, out_required=False)
+    add_params(a, CircuitPatchParams)
+    a.set_defaults(func=run_patch)
+    b = inner.add_parser("discover", help="the discrete-SAE method (one small SAE per head, argmax codes)")
+    add_model_out(b, out_required=False)
+    add_params(b, CircuitDiscoverParams)
+    b.set_defaults(func=run_discover)
+    c = inner.add_parser("compare", help="every method vs the patching ground truth: node AUC, runtime, faithfulness")
+    add_model_out(c, out_required=False)
+    add_params(c, CircuitCompareParams)
+    c.set_defaults(func=run_compare)
+
+    def _help(args) -> int:
+        p.print_help()
+        return 2
+
+    p.set_defaults(func=_help)
+
+
+def _check(check: dict) -> str:
+    return (f"task check: {check['frac_positive']:.0%} of {check['n_pairs']} clean prompts positive, mean logit diff "
+            f"clean {check['mean_ld_clean']:.2f} / corrupted {check['mean_ld_corrupt']:.2f}")
+
+
+def run_patch(args) -> int:
+    from analyses.circuits import CircuitPatchParams, circuit_patch
+
+    check_out_dir(args.out)
+    params = params_from_args(CircuitPatchParams, args)
+    res = circuit_patch(load_model(args), params, progress=progress("patching"))
+    print(_check(res.check))
+    df = res.to_frame()
+    for d in res.directions:
+        top = df[df.direction == d].assign(mag=lambda x: x.effect.abs()).nlargest(10, "mag")
+        print(f"top nodes ({d}, fraction of the gap):")
+        print(top[["node", "effect"]].round(3).to_string(index=False))
+    print(f"{res.seconds:.1f} s, {res.n_used} prompt pairs")
+    save_result(res, args.out)
+    return 0
+
+
+def run_discover(args) -> int:
+    from analyses.circuits import CircuitDiscoverParams, circuit_discover
+
+    check_out_dir(args.out)
+    params = params_from_args(CircuitDiscoverParams, args)
+    res = circuit_discover(load_model(args), params)
+    print(_check(res.check))
+    print(res.to_frame().nlargest(15, "positive_only_codes")[["node", "positive_only_codes", "score", "top_codes"]]
+          .to_string(index=False))
+    print(f"{res.seconds:.1f} s, {res.n_used} prompt pairs")
+    save_result(res, args.out)
+    return 0
+
+
+def run_compare(args) -> int:
+    from analyses.circuits import CircuitCompareParams, circuit_compare
+
+    check_out_dir(args.out)
+    params = params_from_args(CircuitCompareParams, args)
+    res = circuit_compare(load_model(args), params, progress=progress("patching"))
+    print(_check(res.check))
+    print(res.auc_table().round(3).to_string(index=False))
+    print("discrete SAE: ground-truth heads it ranks lowest:")
+    print(res.missed().to_string(index=False))
+    save_result(res, args.out)
+    return 0
