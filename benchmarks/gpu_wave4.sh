@@ -2,14 +2,13 @@
 # (benchmarks/gpu_env.sh). Usage: bash benchmarks/gpu_wave4.sh JOB [JOB ...]; results under $OUT,
 # one log per job, a summary table last.
 source benchmarks/gpu_jobs.sh
-cli() { python3 -m app.cli "$@"; }
 export PYTHONUNBUFFERED=1
 for j in "$@"; do
   case $j in
     smoke) job smoke 120 python3 -c "import torch; from probes.models import load; m = load('smollm2-135m', device='cuda').model; print(torch.cuda.get_device_name(), m.cfg.n_layers)" ;;
-    sinks) job sinks96 120 cli sinks --device cuda --n-texts 96 --out "$OUT/sinks96" ;;
-    act) job act_ref 500 cli act --device cuda --out "$OUT/act_ref" ;;
-    ctx) job ctx 240 cli contextualisation --device cuda --prefix 8 --steps 1500 --max-train 16384 --max-eval 4096 --batch-size 128 --out "$OUT/ctx" ;;
+    sinks) job sinks96 120 python3 -m app.cli sinks --device cuda --n-texts 96 --out "$OUT/sinks96" ;;
+    act) job act_ref 500 python3 -m app.cli act --device cuda --out "$OUT/act_ref" ;;
+    ctx) job ctx 240 python3 -m app.cli contextualisation --device cuda --prefix 8 --steps 1500 --max-train 16384 --max-eval 4096 --batch-size 128 --out "$OUT/ctx" ;;
     playground) job playground 120 python3 -m benchmarks.bench_playground --device cuda --rounds 5 --out "$OUT/playground_gpu.md" ;;
     retrieval) job retrieval 420 python3 -m benchmarks.bench_retrieval --device cuda --full-grid --no-baseline --baseline-tests 3 --out "$OUT/gpu_retrieval.md" --verbose ;;
     masking) job masking 300 python3 -m benchmarks.bench_retrieval --device cuda --lengths 1000,2000 --depths 0.1,0.5,0.9 --needles 0,1,2 --no-baseline --masking --masking-lengths 1000,2000 --out "$OUT/gpu_masking.md" ;;

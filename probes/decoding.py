@@ -113,7 +113,7 @@ class Sample(_Data):
             drop = probs.cumsum(-1) - probs >= self.top_p
             sorted_logits[drop] = float("-inf")
             logits = torch.full_like(logits, float("-inf")).scatter(0, order, sorted_logits)
-        probs = logits.softmax(-1)
+        probs = logits.softmax(-1).cpu()  # the generator lives on the CPU: same draws on any device
         return int(torch.multinomial(probs, 1, generator=state.generator))
 
 
