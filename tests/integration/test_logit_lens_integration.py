@@ -48,7 +48,7 @@ def test_microscope_metrics_on_real_text(smollm2):
     # the same states, captured independently: the last reference transition ends at ln_final(h),
     # and TwoNN equals LLM-Microscope's algorithm (re-implemented in the unit tests)
     seqs, total = [], 0
-    from analyses.microscope import _encode
+    from analyses.microscope import encode_text_set as _encode
     for s in _encode(model, "mixed", 100):
         if total >= 800:
             break
