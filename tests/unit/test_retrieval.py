@@ -91,7 +91,7 @@ def test_uniform_head_mask_under_kv_cache_is_uniform_over_visible_keys(tiny):
              stop_at_eos=False)
     for step, row in enumerate(rows):
         k = len(prompt) + step
-        torch.testing.assert_close(row[2, :k], torch.full((k,), 1.0 / k), rtol=0, atol=1e-6)
+        torch.testing.assert_close(row[2, :k], torch.full((k,), 1.0 / k), rtol=1e-5, atol=1e-7)  # float32 softmax of equal scores
         assert not torch.allclose(row[0, :k], torch.full((k,), 1.0 / k), atol=1e-3)
 
 
