@@ -35,6 +35,9 @@ def taxonomy(res, seconds: str) -> str:
     tot = counts.drop(columns=["layer"]).sum()
     per_layer = ", ".join(f"L{r['layer']}: {r['dead']}/{r['token detector']}/{r['n-gram detector']}/{r['positional']}"
                           for r in counts.to_dict("records"))
+    det = res.neurons("token detector").sort_values("fire_rate", ascending=False).head(8)
+    drows = [(f"L{r.layer}N{r.neuron}", f"{r.fire_rate:.4f}", str(r.top_tokens).replace("|", "\\|"), f"{r.top_token_share:.2f}")
+             for r in det.itertuples()]
     ng = res.neurons("n-gram detector").sort_values("fire_rate", ascending=False).head(8)
     rows = [(f"L{r.layer}N{r.neuron}", f"{r.fire_rate:.4f}", str(r.top_bigrams).replace("|", "\\|").replace("\n", "\\n"),
              f"{r.bigram_share:.2f}", f"{r.bigram_coverage:.2f}", f"{r.unigram_coverage:.2f}") for r in ng.itertuples()]
@@ -47,6 +50,8 @@ def taxonomy(res, seconds: str) -> str:
         f"{int(tot.sum()):,} neurons: **{int(tot['dead'])} dead, {int(tot['token detector'])} token detectors, "
         f"{int(tot['n-gram detector'])} n-gram detectors, {int(tot['positional'])} positional**. "
         f"Per layer (dead/token/n-gram/positional): {per_layer}.", "",
+        "Most frequently firing token detectors:", "",
+        markdown_table(["neuron", "fire rate", "top tokens", "share of firings"], drows) if drows else "(none)", "",
         "Most frequently firing n-gram detectors:", "",
         markdown_table(["neuron", "fire rate", "top pairs", "share of firings", "pair coverage", "current-token coverage"], rows)
         if rows else "(none)",
