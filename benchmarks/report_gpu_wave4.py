@@ -36,7 +36,11 @@ def taxonomy(res, seconds: str) -> str:
     per_layer = ", ".join(f"L{r['layer']}: {r['dead']}/{r['token detector']}/{r['n-gram detector']}/{r['positional']}"
                           for r in counts.to_dict("records"))
     det = res.neurons("token detector").sort_values("fire_rate", ascending=False).head(8)
-    drows = [(f"L{r.layer}N{r.neuron}", f"{r.fire_rate:.4f}", str(r.top_tokens).replace("|", "\\|"), f"{r.top_token_share:.2f}")
+    def toks(layer, neuron):
+        ids = res.top_token_ids[res.layers.index(layer), neuron]
+        return ", ".join(repr(str(res.vocab[int(i)])) for i in ids if i >= 0).replace("|", "\\|")
+
+    drows = [(f"L{r.layer}N{r.neuron}", f"{r.fire_rate:.4f}", toks(r.layer, r.neuron), f"{r.top_token_share:.2f}")
              for r in det.itertuples()]
     ng = res.neurons("n-gram detector").sort_values("fire_rate", ascending=False).head(8)
     rows = [(f"L{r.layer}N{r.neuron}", f"{r.fire_rate:.4f}", str(r.top_bigrams).replace("|", "\\|").replace("\n", "\\n"),
