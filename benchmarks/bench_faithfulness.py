@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from benchmarks.common import machine_info, markdown_table, write_section
+from benchmarks.common import add_output_flags, machine_info, markdown_table, publish
 
 HEADING = "DeCoRe: contextual faithfulness (issue 8)"
 
@@ -79,17 +79,9 @@ def main(argv=None) -> int:
     ap.add_argument("--detect-lengths", type=lambda s: [int(x) for x in s.split(",")], default=[1000, 2000])
     ap.add_argument("--items", type=int, default=0, help="use only the first N items (0: all)")
     ap.add_argument("--max-new-tokens", type=int, default=12)
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--results", action="store_true")
-    ap.add_argument("--verbose", action="store_true")
+    add_output_flags(ap)
     args = ap.parse_args(argv)
-    body = run(args)
-    print(body)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(f"## {HEADING}\n\n{body}")
-    if args.results:
-        write_section(HEADING, body)
+    publish(HEADING, run(args), args.out, args.results)
     return 0
 
 

@@ -34,7 +34,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import machine_info, markdown_table, write_section
+from benchmarks.common import add_output_flags, machine_info, markdown_table, publish
 
 HEADING = "RazorAttention: NIAH accuracy vs KV memory (issue 8)"
 
@@ -127,17 +127,9 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=50)
     ap.add_argument("--no-compensation", action="store_true", help="also run Razor without the compensation token")
-    ap.add_argument("--out", default=None, help="write the markdown section to this file")
-    ap.add_argument("--results", action="store_true", help="also write the section into benchmarks/RESULTS.md")
-    ap.add_argument("--verbose", action="store_true")
+    add_output_flags(ap)
     args = ap.parse_args(argv)
-    body = run(args)
-    print(body)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(f"## {HEADING}\n\n{body}")
-    if args.results:
-        write_section(HEADING, body)
+    publish(HEADING, run(args), args.out, args.results)
     return 0
 
 

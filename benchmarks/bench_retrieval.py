@@ -38,7 +38,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import PeakMemory, machine_info, markdown_table, write_section
+from benchmarks.common import PeakMemory, add_output_flags, machine_info, markdown_table, publish
 
 HEADING = "Retrieval heads (issue 8)"
 
@@ -168,17 +168,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--masking-lengths", type=lambda s: [int(x) for x in s.split(",")], default=None,
                     help="context lengths for the masking grid (default: the detection grid's)")
-    ap.add_argument("--out", default=None, help="write the markdown section to this file")
-    ap.add_argument("--results", action="store_true", help="also write the section into benchmarks/RESULTS.md")
-    ap.add_argument("--verbose", action="store_true")
+    add_output_flags(ap)
     args = ap.parse_args(argv)
-    body = run(args)
-    print(body)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(f"## {HEADING}\n\n{body}")
-    if args.results:
-        write_section(HEADING, body)
+    publish(HEADING, run(args), args.out, args.results)
     return 0
 
 

@@ -351,3 +351,20 @@ def write_section(heading: str, body: str, path: Path = RESULTS_MD) -> None:
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text.rstrip("\n") + "\n")
         tmp.replace(path)
+
+
+def add_output_flags(ap) -> None:
+    """``--out FILE`` / ``--results`` / ``--verbose`` for a benchmark that prints one section."""
+    ap.add_argument("--out", default=None, help="write the markdown section to this file")
+    ap.add_argument("--results", action="store_true", help="also write the section into benchmarks/RESULTS.md")
+    ap.add_argument("--verbose", action="store_true")
+
+
+def publish(heading: str, body: str, out: str | None = None, results: bool = False) -> None:
+    """Print a section; write it to ``out`` (with its heading) and/or into RESULTS.md."""
+    print(body)
+    if out:
+        with open(out, "w") as f:
+            f.write(f"## {heading}\n\n{body}")
+    if results:
+        write_section(heading, body)

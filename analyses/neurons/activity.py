@@ -277,15 +277,24 @@ def neuron_activity(model, params: ActivityParams, progress=False) -> NeuronActi
     }
     index = {layer: i for i, layer in enumerate(layers)}
 
+    memo: dict = {}
+
+    def indices(batch):
+        """Token type, bigram type and position bucket of each real token: once per batch,
+        not once per layer."""
+        if memo.get("batch") is not batch:
+            mask = batch.mask
+            toks = batch.tokens[mask].cpu()
+            prev = torch.cat([torch.full_like(batch.tokens[:, :1], -1), batch.tokens[:, :-1]], 1)[mask].cpu().long()
+            bidx = bigram_type(torch.where(prev >= 0, prev * V + toks.long(), torch.full_like(prev, -1)))
+            pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)[mask].cpu().clamp(max=P - 1)
+            memo.update(batch=batch, idx=(type_of[toks], bidx, pos))
+        return memo["idx"]
+
     def reduce(t: torch.Tensor, site, batch) -> None:
         li = index[site.layer]
-        mask = batch.mask
-        acts = t[mask].detach().float().cpu()  # [M, N] real tokens only
-        toks = batch.tokens[mask].cpu()
-        prev = torch.cat([torch.full_like(batch.tokens[:, :1], -1), batch.tokens[:, :-1]], 1)[mask].cpu().long()
-        bidx = bigram_type(torch.where(prev >= 0, prev * V + toks.long(), torch.full_like(prev, -1)))
-        pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)[mask].cpu().clamp(max=P - 1)
-        tidx = type_of[toks]
+        acts = t[batch.mask].detach().float().cpu()  # [M, N] real tokens only
+        tidx, bidx, pos = indices(batch)
         fires = (acts.abs() > threshold).float()  # either sign: SiLU(gate)·up is signed
         st["max"][li] = torch.maximum(st["max"][li], acts.amax(0))
         st["min"][li] = torch.minimum(st["min"][li], acts.amin(0))

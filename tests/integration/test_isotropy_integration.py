@@ -10,7 +10,7 @@ import torch
 
 pytestmark = pytest.mark.integration
 
-oracle = pytest.importorskip("IsoScore.IsoScore")
+from IsoScore import IsoScore as oracle  # the dev extra installs it: a missing oracle fails, never skips
 
 TEXTS = ("The old house stood at the end of the lane, its windows dark and its garden overgrown.",
          "def add(a, b):\n    return a + b\n\nprint(add(2, 3))\n",
