@@ -1,0 +1,191 @@
+"""DuoAttention gates (probes/duo.py, analyses/duo_attention.py, analyses/passkey.py):
+α = 1 is the unmodified model, α = 0 is pure sinks + window attention (checked against
+RazorAttention's eviction and a hand computation), only the gates get gradients, a gate
+whose head must reach a far token is the one that training keeps open, the passkey
+generator is deterministic and exact in length, and bad input gets one clear message."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from analyses.duo_attention import (
+    DuoParams,
+    gate_overlap,
+    gate_score_spearman,
+    grouped_max,
+    reference_lr_factor,
+    retrieval_kv_heads,
+    train_gates,
+)
+from analyses.passkey import make_sample
+from probes.duo import final_hidden, gate_hooks, streaming_mask, z_capture_hooks
+from probes.errors import InputError
+from probes.interventions import applied
+from probes.razor import RazorAttention
+from tests.tiny import copy_model, tiny_model
+
+IDS = [3, 17, 5, 9, 22, 41, 8, 13, 30, 2, 11, 7, 19, 4, 28, 33, 1, 45, 12, 6]
+
+
+def _gated(model, gates, S, W, branch, ids=IDS):
+    tokens = torch.tensor([ids])
+    ref: list = []
+    if branch == "reference":
+        with applied(model, extra_hooks=z_capture_hooks(model, ref)), torch.no_grad():
+            final_hidden(model, tokens)
+    with applied(model, extra_hooks=gate_hooks(model, gates, S, W, branch, ref or None)), torch.no_grad():
+        return final_hidden(model, tokens)
+
+
+def test_streaming_mask_hand_built():
+    # 6 keys, 3 queries (positions 3, 4, 5), 1 sink, window 2 (the query and the key before it)
+    want = torch.tensor([[1, 0, 1, 1, 0, 0],
+                         [1, 0, 0, 1, 1, 0],
+                         [1, 0, 0, 0, 1, 1]], dtype=torch.bool)
+    assert torch.equal(streaming_mask(3, 6, 1, 2), want)
+
+
+def test_final_hidden_is_what_the_unembedding_reads(tiny64):
+    tokens = torch.tensor([IDS])
+    with torch.no_grad():
+        logits = tiny64(tokens)
+        h = final_hidden(tiny64, tokens)
+    torch.testing.assert_close(tiny64.unembed(h), logits, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("branch", ["shared", "reference"])
+def test_gate_one_everywhere_is_the_unmodified_model(branch):
+    model = tiny_model(n_key_value_heads=2, dtype=torch.float64)
+    with torch.no_grad():
+        plain = final_hidden(model, torch.tensor([IDS]))
+    got = _gated(model, torch.ones(2, 2, dtype=torch.float64), 1, 3, branch)
+    torch.testing.assert_close(got, plain, rtol=1e-12, atol=1e-12)
+    # not vacuous: α = 0 with the same window changes the output
+    other = _gated(model, torch.zeros(2, 2, dtype=torch.float64), 1, 3, branch)
+    assert (other - plain).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("branch", ["shared", "reference"])
+def test_gate_zero_is_sinks_plus_window_attention(branch):
+    model = tiny_model(n_key_value_heads=2, dtype=torch.float64)
+    S, W = 2, 4
+    got = _gated(model, torch.zeros(2, 2, dtype=torch.float64), S, W, branch)
+    # RazorAttention with no retrieval heads and no compensation evicts all but S sinks and the W − 1
+    # keys before the query (its window excludes the query itself)
+    razor = RazorAttention((), n_sink=S, window=W - 1, compensation=False)
+    with applied(model, extra_hooks=razor.hooks(model)), torch.no_grad():
+        want = final_hidden(model, torch.tensor([IDS]))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_mixed_gates_follow_the_formula_per_kv_head():
+    """Layer 0 only, one KV head open (α=0.3) and one closed: hook_z of each query head equals
+    α·full + (1−α)·streaming computed by hand from q, k, v (GQA broadcast)."""
+    model = tiny_model(n_layers=1, n_key_value_heads=2, dtype=torch.float64)
+    S, W, a = 1, 3, 0.3
+    gates = torch.tensor([[a, 0.0]], dtype=torch.float64)
+    got = {}
+    names = ["hook_rot_q", "hook_rot_k", "hook_v", "hook_z"]
+    grab = [(f"blocks.0.attn.{n}", (lambda t, hook=None, n=n: got.__setitem__(n, t.detach().clone()))) for n in names]
+    with applied(model, extra_hooks=gate_hooks(model, gates, S, W, "shared") + grab), torch.no_grad():
+        final_hidden(model, torch.tensor([IDS]))
+    q, k, v = got["hook_rot_q"][0], got["hook_rot_k"][0], got["hook_v"][0]
+    d = q.shape[-1]
+    for h in range(4):
+        kv = h // 2
+        alpha = a if kv == 0 else 0.0
+        for t in range(len(IDS)):
+            s = (k[: t + 1, kv] @ q[t, h]) / d ** 0.5
+            full = torch.softmax(s, 0) @ v[: t + 1, kv]
+            keep = [j for j in range(t + 1) if j < S or t - j < W]
+            stream = torch.softmax(s[keep], 0) @ v[keep, kv]
+            torch.testing.assert_close(got["hook_z"][0, t, h], alpha * full + (1 - alpha) * stream, rtol=1e-10, atol=1e-12)
+
+
+def test_gradients_reach_only_the_gates():
+    model = tiny_model(n_key_value_heads=2)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    gates = torch.nn.Parameter(torch.full((2, 2), 0.7))
+    with applied(model, extra_hooks=gate_hooks(model, gates, 1, 3, "shared")):
+        for p in model.parameters():
+            p.requires_grad_(False)
+        final_hidden(model, torch.tensor([IDS]), checkpoint=True).pow(2).sum().backward()
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+    assert gates.grad is not None and gates.grad.abs().min().item() > 0
+    # the training loop: one step leaves no gradient on any model parameter and restores the flags
+    train_gates(model, [(IDS, 10)], n_sink=1, window=3, lr=0.02, reg_weight=0.05)
+    assert all(p.grad is None for p in model.parameters())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+
+
+@pytest.mark.parametrize("branch", ["shared", "reference"])
+def test_only_the_far_reaching_head_keeps_its_gate(branch):
+    """copy_model: head 0 reads the token 10 positions back, head 1 has zero weights. A window of 3
+    hides that token, so the distillation loss can only fall by keeping head 0's gate open; head 1's
+    gate changes nothing but the L1 penalty, which closes it."""
+    model = copy_model(d_vocab=20, n_ctx=32, offset=10)
+    rng = np.random.default_rng(0)
+    samples = [(rng.integers(0, 20, 30).tolist(), 12) for _ in range(30)]
+    gates, log, complete = train_gates(model, samples, n_sink=0, window=3, lr=0.1, reg_weight=0.05, full_branch=branch,
+                                       checkpoint=False)
+    assert complete and gates.shape == (1, 2)
+    assert gates[0, 0].item() > 0.9 and gates[0, 1].item() < 0.1
+    assert ((gates >= 0) & (gates <= 1)).all()
+
+
+def test_reference_lr_schedule():
+    f = [reference_lr_factor(s, 10) for s in range(10)]
+    assert f == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5])
+    assert reference_lr_factor(0, 100) == pytest.approx(0.1)  # floor 0.1 during warm-up
+
+
+def test_passkey_sample_is_exact_and_deterministic():
+    tok = lambda text: [ord(c) for c in text]  # noqa: E731  (one token per character)
+    hay = tuple(range(1000, 3000))
+    a = make_sample(tok, hay, 600, 2, 3, np.random.default_rng(5))
+    b = make_sample(tok, hay, 600, 2, 3, np.random.default_rng(5))
+    assert a == b and len(a.ids) == 600
+    text_tail = "".join(chr(i) for i in a.ids[a.answer_start:])
+    for key in a.passkeys:
+        assert len(key.split()) == 3
+        assert key in text_tail  # the answers are in the supervised tail
+    for start, key in zip(a.needle_starts, a.passkeys):  # each needle sits where it says, with its passkey
+        needle = "".join(chr(i) for i in a.ids[start:start + 120])
+        assert key in needle.split(".")[0]
+    assert list(a.depths) == sorted(a.depths)
+
+
+def test_overlap_hand_counts():
+    assert retrieval_kv_heads([(17, 3), (17, 4), (18, 6), (23, 2)], 3) == {(17, 1), (18, 2), (23, 0)}
+    gates = np.zeros((30, 3))
+    gates[17, 1] = gates[5, 0] = 0.9
+    o = gate_overlap(gates, {(17, 1), (18, 2)}, 0.5)
+    assert (o["n_duo"], o["both"]) == (2, 1)
+    assert o["jaccard"] == pytest.approx(1 / 3) and o["precision"] == 0.5 and o["recall"] == 0.5
+    scores = np.arange(12, dtype=float).reshape(2, 6)
+    assert grouped_max(scores, 3).tolist() == [[2, 5], [8, 11]]
+    assert gate_score_spearman(np.array([[0.1, 0.2], [0.3, 0.4]]), scores, 3) == pytest.approx(1.0)
+
+
+def test_bad_input_gets_one_clear_message(tiny_gqa):
+    with pytest.raises(InputError, match="shape"):
+        gate_hooks(tiny_gqa, torch.ones(2, 4), 1, 3)
+    with pytest.raises(InputError, match="window"):
+        gate_hooks(tiny_gqa, torch.ones(2, 2), 1, 0)
+    with pytest.raises(InputError, match="full_branch"):
+        gate_hooks(tiny_gqa, torch.ones(2, 2), 1, 3, "both")
+    with pytest.raises(InputError, match="hook_z"):
+        gate_hooks(tiny_gqa, torch.ones(2, 2), 1, 3, "reference")
+    for bad in (dict(steps=0), dict(min_length=900, max_length=800), dict(lr=0.0), dict(reg_weight=-1.0),
+                dict(n_sink=-1), dict(threshold=1.5), dict(full_branch="x")):
+        with pytest.raises(InputError):
+            DuoParams(**bad)
+    with pytest.raises(InputError, match="cannot hold"):
+        make_sample(lambda t: [ord(c) for c in t], tuple(range(500)), 100, 2, 8, np.random.default_rng(0))
+    from analyses.duo_attention import duo_gates
+
+    with pytest.raises(InputError, match="tokenizer"):
+        duo_gates(tiny_gqa, steps=1)
