@@ -11,7 +11,7 @@ on synthetic multi-passkey retrieval samples (:mod:`analyses.passkey`):
 tail), AdamW on the gates only (weight decay 0), the reference's learning-rate schedule
 (linear warm-up over the first fifth of the steps, linear decay over the last fifth, floor
 0.1), gates clamped to [0, 1] before every step. Heads with α ≥ ``threshold`` (0.5) are
-retrieval heads. Reference defaults: λ = 0.05, lr 0.02 (its released patterns), sinks 128,
+retrieval heads. Reference settings: λ = 0.05, lr 0.1 (its default; 0.02 for its released patterns), sinks 128,
 window 256, 2,000 steps on 1k–32k-token contexts, 10 passkeys of 32 words; the defaults
 here are scaled to the embedded 135M model on a CPU (every choice is in the Params).
 
@@ -181,7 +181,7 @@ class DuoParams(Params):
     passkey_words: int = field(default=8, metadata={"help": "words per passkey (reference 32)"})
     n_sink: int = field(default=16, metadata={"help": "sink tokens of the streaming branch (reference 128)"})
     window: int = field(default=64, metadata={"help": "recent window of the streaming branch, incl. the query (reference 256)"})
-    lr: float = field(default=0.02, metadata={"help": "AdamW learning rate (reference 0.02)"})
+    lr: float = field(default=0.1, metadata={"help": "AdamW learning rate (reference: 0.1 default, 0.02 for 2,000 steps)"})
     reg_weight: float = field(default=0.05, metadata={"help": "λ of the mean|α| penalty (reference 0.05)"})
     threshold: float = field(default=THRESHOLD, metadata={"help": "gate at or above which a KV head is a retrieval head"})
     full_branch: Literal["reference", "shared"] = field(default="reference", metadata={"help": "reference: full branch from the unmodified model "

@@ -67,6 +67,7 @@ def _cases():
 
 
 def _retrieval_cases():
+    from analyses.duo_attention import DuoParams
     from analyses.niah import NiahParams
     from analyses.retrieval import MaskingParams, RetrievalParams
     from probes.interventions import HeadMask
@@ -76,6 +77,8 @@ def _retrieval_cases():
         "niah": NiahParams(**grid, interventions=(HeadMask(5, 1),)),
         "retrieval_heads": RetrievalParams(**grid, proxy_seqs=2),
         "retrieval_masking": MaskingParams(**grid, ks=(0, 1), seeds=1, heads=((5, 1),)),
+        "duo_gates": DuoParams(steps=2, min_length=120, max_length=120, n_passkeys=1, passkey_words=3, n_sink=4,
+                               window=16, retrieval_heads=((17, 3),)),
     }
 
 
