@@ -68,11 +68,13 @@ def distill_loss(h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def train_gates(model, samples: Sequence[tuple[Sequence[int], int]], n_sink: int, window: int, lr: float,
                 reg_weight: float, full_branch: str = "reference", init: float = 1.0, checkpoint: bool = True,
-                progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, TrainLog, bool]:
+                progress: Callable[[int, int], None] | None = None,
+                stop: Callable[[], bool] | None = None) -> tuple[torch.Tensor, TrainLog, bool]:
     """Train one gate per KV head, one step per ``(ids, answer_start)`` sample. Only the
     gates receive gradients (the model's parameters are frozen for the duration and
     restored). Returns (gates [layers, KV heads] clamped to [0, 1], the log, complete);
-    KeyboardInterrupt stops early with ``complete=False`` and the gates reached so far."""
+    KeyboardInterrupt (or ``stop()`` turning true between steps, e.g. a time budget) stops
+    early with ``complete=False`` and the gates reached so far."""
     check_window(n_sink, window)
     if full_branch not in FULL_BRANCHES:
         raise InputError(f"full_branch must be one of {', '.join(FULL_BRANCHES)}, not {full_branch!r}.")
@@ -91,6 +93,9 @@ def train_gates(model, samples: Sequence[tuple[Sequence[int], int]], n_sink: int
             for p, _ in flags:
                 p.requires_grad_(False)
             for i, (ids, start) in enumerate(samples):
+                if stop is not None and stop():
+                    complete = False
+                    break
                 tokens = torch.as_tensor(list(ids), dtype=torch.long, device=device)[None]
                 if not 0 <= start < tokens.shape[1]:
                     raise InputError(f"Sample {i}: answer_start {start} outside its {tokens.shape[1]} tokens.")
@@ -123,6 +128,25 @@ def train_gates(model, samples: Sequence[tuple[Sequence[int], int]], n_sink: int
     with torch.no_grad():
         gates.clamp_(0.0, 1.0)
     return gates.detach().cpu(), log, complete
+
+
+def split_mse(model, samples: Sequence[tuple[Sequence[int], int]], full_kv: set[tuple[int, int]], n_sink: int,
+              window: int) -> float:
+    """Deployment check of a binary split: KV heads in ``full_kv`` attend fully, every other one
+    to sinks + window only (gates 1 / 0); the mean distillation MSE of the final hidden states
+    on the supervised tails against the unmodified model."""
+    gates = torch.zeros(model.cfg.n_layers, n_kv_heads(model), device=model.cfg.device)
+    for l, k in full_kv:
+        gates[l, k] = 1.0
+    out = []
+    with torch.no_grad():
+        for ids, start in samples:
+            tokens = torch.as_tensor(list(ids), dtype=torch.long, device=model.cfg.device)[None]
+            with applied(model):
+                target = final_hidden(model, tokens)[:, start:]
+            with applied(model, extra_hooks=gate_hooks(model, gates, n_sink, window, "shared")):
+                out.append(float(distill_loss(final_hidden(model, tokens)[:, start:], target)))
+    return float(np.mean(out))
 
 
 # ---------------------------------------------------------------------------------------
@@ -300,7 +324,8 @@ def training_figure(log: pd.DataFrame):
 
 
 @analysis(DuoParams)
-def duo_gates(model, params: DuoParams, progress: Callable[[int, int], None] | None = None) -> DuoResult:
+def duo_gates(model, params: DuoParams, progress: Callable[[int, int], None] | None = None,
+              stop: Callable[[], bool] | None = None) -> DuoResult:
     """Train DuoAttention gates on synthetic passkey retrieval (see the module docstring).
     Interrupting (KeyboardInterrupt) returns the gates reached so far with ``complete=False``."""
     if model.tokenizer is None:
@@ -314,7 +339,7 @@ def duo_gates(model, params: DuoParams, progress: Callable[[int, int], None] | N
                                                    params.n_lengths, params.long_text)
     gates, log, complete = train_gates(model, [(s.ids, s.answer_start) for s in samples], params.n_sink, params.window,
                                        params.lr, params.reg_weight, params.full_branch, checkpoint=params.checkpoint,
-                                       progress=progress)
+                                       progress=progress, stop=stop)
     frame = pd.DataFrame({"step": np.arange(1, len(log.distill) + 1), "length": log.lengths,
                           "distill": log.distill, "reg": log.reg})
     return DuoResult(model_id=model_id(model), params=params, gates=gates.numpy().astype(np.float32), log=frame,

@@ -321,10 +321,15 @@ class NiahParams(GridParams):
 
     kind: ClassVar[str] = "niah"
     interventions: tuple = field(default=(), metadata={"help": "interventions (e.g. head masks)"})
+    kv_policy: object = field(default="full", metadata={"help": "KV-cache policy during decoding (a name or a policy)"})
 
     def __post_init__(self):
         super().__post_init__()
         object.__setattr__(self, "interventions", tuple(self.interventions))
+        if isinstance(self.kv_policy, str) and self.kv_policy != "full":
+            from probes.kv_policies import resolve_kv_policy
+
+            object.__setattr__(self, "kv_policy", resolve_kv_policy(self.kv_policy) or "none")
 
 
 @dataclass(frozen=True)
@@ -344,6 +349,9 @@ class NiahResult(Result):
 
     def figures(self) -> dict:
         ivs = ", ".join(iv.describe() for iv in self.params.interventions) or "no interventions"
+        policy = self.params.kv_policy
+        if not isinstance(policy, str):
+            ivs += f"; KV cache: {policy.describe() if hasattr(policy, 'describe') else policy.name}"
         return {"niah_grid": grid_figure(self.tests, f"NIAH accuracy ({self.prompt_format} prompt; {ivs}): "
                                                      f"{self.accuracy:.2f}")}
 
@@ -358,7 +366,8 @@ def niah(model, params: NiahParams, progress: Callable[[int, int], None] | None 
     tests, answers, complete = [], [], True
     try:
         for i, (t, nd) in enumerate(built):
-            answers.append(answer(model, t, nd, params.max_new_tokens, params.interventions))
+            answers.append(answer(model, t, nd, params.max_new_tokens, params.interventions,
+                                  kv_policy=None if params.kv_policy == "none" else params.kv_policy))
             tests.append(t)
             if progress is not None:
                 progress(i + 1, len(built))

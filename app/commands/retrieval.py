@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, progress, save_result
+from app.commands.kv import add_kv_policy_flags, kv_policy_from_args
 from app.specs import parse_heads
 from probes.errors import InputError
 
@@ -27,10 +28,11 @@ def register(sub) -> None:
     n = sub.add_parser("niah", help="needle-in-a-haystack accuracy over lengths × depths (heads masked on request)",
                        description="Greedy NIAH accuracy (ROUGE-1 recall > 0.5) on the shipped needles and long text.")
     add_model_out(n)
-    add_params(n, NiahParams, skip=("interventions",))
+    add_params(n, NiahParams, skip=("interventions", "kv_policy"))
     n.add_argument("--mask", action="append", default=[], metavar="L:H", help="mask this head (uniform attention)")
     n.add_argument("--mask-top", type=int, default=0, metavar="K", help="mask the top K heads of --heads-from")
     n.add_argument("--heads-from", type=Path, default=None, help="a saved retrieval-heads result")
+    add_kv_policy_flags(n)
     n.set_defaults(func=run_niah)
 
     m = sub.add_parser("retrieval-masking", help="NIAH accuracy with top-k retrieval heads vs k random heads masked",
@@ -90,8 +92,10 @@ def run_niah(args) -> int:
         if args.mask_top > len(ranked):
             raise InputError(f"--mask-top {args.mask_top} is larger than the number of heads ({len(ranked)}).")
         heads += ranked[: args.mask_top]
-    params = params_from_args(NiahParams, args, interventions=tuple(HeadMask(l, h) for l, h in heads))
-    res = niah(load_model(args), params, progress=progress("NIAH tests"))
+    model = load_model(args)
+    params = params_from_args(NiahParams, args, interventions=tuple(HeadMask(l, h) for l, h in heads),
+                              kv_policy=kv_policy_from_args(args, model))
+    res = niah(model, params, progress=progress("NIAH tests"))
     _note_partial(res)
     print(f"NIAH accuracy {res.accuracy:.3f} over {len(res.tests)} tests ({res.prompt_format} prompt)")
     save_result(res, args.out)

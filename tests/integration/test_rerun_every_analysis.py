@@ -68,15 +68,19 @@ def _cases():
 
 def _retrieval_cases():
     from analyses.duo_attention import DuoParams
+    from analyses.kv_curve import KVCurveParams
     from analyses.niah import NiahParams
     from analyses.retrieval import MaskingParams, RetrievalParams
     from probes.interventions import HeadMask
+    from probes.razor import RazorAttention
 
     grid = dict(lengths=(120,), depths=(0.5,), needles=(1,), max_new_tokens=6)
     return {
         "niah": NiahParams(**grid, interventions=(HeadMask(5, 1),)),
+        "niah_razor": NiahParams(**grid, kv_policy=RazorAttention(((17, 1),), n_sink=4, window=16)),
         "retrieval_heads": RetrievalParams(**grid, proxy_seqs=2),
         "retrieval_masking": MaskingParams(**grid, ks=(0, 1), seeds=1, heads=((5, 1),)),
+        "kv_curve": KVCurveParams(**grid, kv_heads=(0, 2), window=16, heads=((17, 1), (18, 2), (23, 0))),
         "duo_gates": DuoParams(steps=2, min_length=120, max_length=120, n_passkeys=1, passkey_words=3, n_sink=4,
                                window=16, retrieval_heads=((17, 3),)),
     }
@@ -85,7 +89,7 @@ def _retrieval_cases():
 def test_every_analysis_has_a_case():
     from analyses.catalog import analyses
 
-    assert set(analyses()) == set(_cases())
+    assert set(analyses()) == {type(p).kind for p in _cases().values()}
 
 
 @pytest.mark.parametrize("kind", sorted(_cases()))
@@ -95,7 +99,7 @@ def test_saved_result_reruns_to_equal_table(kind, smollm2, tmp_path):
 
     model = smollm2.model
     params = _cases()[kind]
-    first = ANALYSES[kind](model, params)
+    first = ANALYSES[type(params).kind](model, params)
     first.save(tmp_path / kind, html=True)
     loaded = load_result(tmp_path / kind)
     assert type(loaded) is type(first) and loaded.params == params

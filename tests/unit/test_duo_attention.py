@@ -189,3 +189,17 @@ def test_bad_input_gets_one_clear_message(tiny_gqa):
 
     with pytest.raises(InputError, match="tokenizer"):
         duo_gates(tiny_gqa, steps=1)
+
+
+def test_split_mse_all_full_is_zero_and_none_full_is_the_streaming_model():
+    from analyses.duo_attention import split_mse
+
+    model = tiny_model(n_key_value_heads=2, dtype=torch.float64)
+    samples = [(IDS, 8)]
+    everything = {(l, k) for l in range(2) for k in range(2)}
+    assert split_mse(model, samples, everything, 1, 3) == 0.0
+    with torch.no_grad():
+        plain = final_hidden(model, torch.tensor([IDS]))[:, 8:]
+    stream = _gated(model, torch.zeros(2, 2, dtype=torch.float64), 1, 3, "shared")[:, 8:]
+    want = float((stream - plain).pow(2).mean(-1).mean())
+    assert split_mse(model, samples, set(), 1, 3) == pytest.approx(want, rel=1e-12) and want > 0

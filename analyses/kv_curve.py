@@ -1,0 +1,152 @@
+"""KV memory vs NIAH accuracy (issue 8 item 6; REFERENCES §8): RazorAttention
+(:class:`probes.razor.RazorAttention` — the top-m retrieval KV heads keep their whole cache,
+every other KV head sinks + window + one compensation token) against a head-agnostic
+sinks + window cache holding the same number of entries or fewer
+(:func:`probes.razor.uniform_window_for`), for m over a range. The memory column is the exact
+entry count a real cache would hold at the end of each prompt (``kv_fraction``), averaged
+over the tests; accuracy is greedy NIAH (ROUGE-1 recall > 0.5, :mod:`analyses.niah`).
+
+The KV-head ranking is given (``heads``, e.g. from DuoAttention gates) or detected on the
+same grid with Wu et al.'s retrieval score, a KV head scoring the max of its query heads
+(GQA). DuoAttention reports full accuracy with 50 % full-attention heads on GQA models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from analyses.niah import GridParams, answer, grid_tests
+from probes.errors import InputError
+from probes.models import model_id
+from probes.razor import RazorAttention, kv_group, n_kv_heads, uniform_window_for
+from probes.results import Params, Result, analysis
+
+
+def kv_ranking(scores: np.ndarray, model=None) -> list[tuple[int, int, float]]:
+    """(layer, kv_head, score) by descending score (ties: lower layer, then head). With a
+    ``model``, ``scores`` are per query head and a KV head takes the max of its group;
+    without, ``scores`` are already per KV head (e.g. DuoAttention gates)."""
+    s = np.asarray(scores, dtype=np.float64)
+    if model is not None:
+        g = kv_group(model)
+        s = s.reshape(s.shape[0], -1, g).max(-1)
+    rows = [(l, k, float(s[l, k])) for l in range(s.shape[0]) for k in range(s.shape[1])]
+    return sorted(rows, key=lambda r: (-r[2], r[0], r[1]))
+
+
+@dataclass(frozen=True)
+class KVCurveParams(GridParams):
+    """Parameters of :func:`kv_curve`."""
+
+    kind: ClassVar[str] = "kv_curve"
+    kv_heads: tuple[int, ...] = field(default=(0, 3, 9, 18, 45, 90), metadata={"help": "numbers of full-KV heads (m)"})
+    n_sink: int = field(default=4, metadata={"help": "sink tokens of the streaming heads"})
+    window: int = field(default=64, metadata={"help": "recent tokens of the streaming heads"})
+    compensation: bool = field(default=True, metadata={"help": "RazorAttention's compensation token"})
+    heads: tuple = field(default=(), metadata={"help": "ranked KV heads ((layer, kv_head), ...); empty: detect"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "kv_heads", tuple(int(m) for m in self.kv_heads))
+        object.__setattr__(self, "heads", tuple((int(l), int(k)) for l, k in self.heads))
+        if not self.kv_heads or any(m < 0 for m in self.kv_heads):
+            raise InputError("Give numbers of full-KV heads m >= 0.")
+        if self.n_sink < 0 or self.window < 0:
+            raise InputError("n_sink and window must be >= 0.")
+
+
+@dataclass(frozen=True)
+class KVCurveResult(Result):
+    curve: pd.DataFrame  # policy (full / razor / uniform), m, kv_fraction, accuracy, mean_recall, n_tests
+    ranked_kv_heads: tuple
+    complete: bool = True
+
+    kind = "kv_curve"
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.curve
+
+    def figures(self) -> dict:
+        return {"kv_curve": curve_figure(self.curve, self.params)}
+
+
+def curve_figure(curve: pd.DataFrame, params: KVCurveParams):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    styles = {"razor": ("crimson", "RazorAttention (top-m retrieval KV heads full)"),
+              "uniform": ("steelblue", "uniform sinks + window, same memory")}
+    for policy, (colour, label) in styles.items():
+        part = curve[curve["policy"] == policy].sort_values("kv_fraction") if len(curve) else curve
+        if len(part):
+            fig.add_trace(go.Scatter(x=part["kv_fraction"], y=part["accuracy"], mode="lines+markers", name=label,
+                                     line={"color": colour}, customdata=part[["m", "mean_recall"]].to_numpy(),
+                                     hovertemplate="KV kept %{x:.3f}<br>accuracy %{y:.2f}<br>m = %{customdata[0]} full "
+                                                   "KV heads<br>mean recall %{customdata[1]:.2f}<extra></extra>"))
+    full = curve[curve["policy"] == "full"] if len(curve) else curve
+    if len(full):
+        fig.add_trace(go.Scatter(x=[1.0], y=[float(full["accuracy"].iloc[0])], mode="markers", name="full cache",
+                                 marker={"color": "black", "size": 10, "symbol": "star"}))
+    comp = "with" if params.compensation else "without"
+    fig.update_layout(title=f"NIAH accuracy vs KV memory kept (sinks {params.n_sink} + window {params.window}, {comp} "
+                            f"compensation)", xaxis_title="fraction of the full KV cache kept",
+                      yaxis_title="NIAH accuracy", yaxis_range=[-0.02, 1.02], xaxis_range=[0, 1.02])
+    return fig
+
+
+@analysis(KVCurveParams)
+def kv_curve(model, params: KVCurveParams, progress: Callable[[int, int], None] | None = None) -> KVCurveResult:
+    """NIAH accuracy vs KV memory, RazorAttention vs a uniform cache (module docstring).
+    Interrupting (KeyboardInterrupt) returns the finished points with ``complete=False``."""
+    n = model.cfg.n_layers * n_kv_heads(model)
+    for m in params.kv_heads:
+        if m > n:
+            raise InputError(f"m = {m} is larger than the number of KV heads ({n}).")
+    built = grid_tests(model, params)
+    if params.heads:
+        ranked = list(params.heads)
+        RazorAttention(tuple(ranked)).validate(model)
+        if max(params.kv_heads) > len(ranked):
+            raise InputError(f"m = {max(params.kv_heads)} is larger than the {len(ranked)} ranked KV heads given.")
+    else:
+        from analyses.retrieval import RetrievalParams, retrieval_heads
+
+        det = retrieval_heads(model, RetrievalParams(**{f: getattr(params, f) for f in GridParams.__dataclass_fields__},
+                                                     proxy_seqs=0))
+        ranked = [(l, k) for l, k, _ in kv_ranking(det.head_scores, model)]
+    thr = params.recall_threshold
+    total = (1 + 2 * len(params.kv_heads)) * len(built)
+    done = [0]
+
+    def evaluate(policy_for) -> tuple[float, float, float]:
+        ok, rec, frac = [], [], []
+        for t, nd in built:
+            policy = policy_for(t)
+            a = answer(model, t, nd, params.max_new_tokens, kv_policy=policy)
+            ok.append(a.recall > thr)
+            rec.append(a.recall)
+            frac.append(1.0 if policy == "full" else policy.kv_fraction(model, t.prompt_len))
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total)
+        return float(np.mean(ok)), float(np.mean(rec)), float(np.mean(frac))
+
+    rows, complete = [], True
+    try:
+        acc, rec, _ = evaluate(lambda t: "full")
+        rows.append({"policy": "full", "m": n, "kv_fraction": 1.0, "accuracy": acc, "mean_recall": rec, "n_tests": len(built)})
+        for m in params.kv_heads:
+            razor = RazorAttention(tuple(ranked[:m]), n_sink=params.n_sink, window=params.window,
+                                   compensation=params.compensation)
+            for policy, fn in (("razor", lambda t: razor), ("uniform", lambda t: uniform_window_for(model, razor, t.prompt_len))):
+                acc, rec, frac = evaluate(fn)
+                rows.append({"policy": policy, "m": m, "kv_fraction": frac, "accuracy": acc, "mean_recall": rec,
+                             "n_tests": len(built)})
+    except KeyboardInterrupt:
+        complete = False
+    return KVCurveResult(model_id=model_id(model), params=params, curve=pd.DataFrame(rows),
+                         ranked_kv_heads=tuple(ranked), complete=complete)
