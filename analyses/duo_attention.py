@@ -63,7 +63,8 @@ class TrainLog:
 def distill_loss(h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over positions of the mean squared difference over d_model (the reference's
     ``(a − b).pow(2).mean(-1).sum() / n_labels``), in float32 or wider."""
-    return (h.float() - target.float()).pow(2).mean(-1).mean()
+    dt = torch.promote_types(h.dtype, torch.float32)
+    return (h.to(dt) - target.to(dt)).pow(2).mean(-1).mean()
 
 
 def train_gates(model, samples: Sequence[tuple[Sequence[int], int]], n_sink: int, window: int, lr: float,
