@@ -38,7 +38,7 @@ def run(args) -> str:
     from analyses.duo_attention import DuoParams, duo_gates, gate_score_spearman, split_mse
     from analyses.passkey import passkey_samples
     from app.specs import parse_heads
-    from probes.duo import final_hidden, gate_hooks
+    from probes.duo import final_hidden
     from probes.interventions import applied
     from probes.models import load
 
@@ -75,6 +75,8 @@ def run(args) -> str:
                     stop=(lambda: time.perf_counter() > deadline) if deadline else None)
     t_train = time.perf_counter() - t_start
     peak = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if args.device.startswith("cuda") else ""
+    if args.save:
+        res.save(args.save, html=True)
     s = res.summary()
     o = res.overlap()
 
@@ -156,6 +158,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds")
     ap.add_argument("--eval-samples", type=int, default=3)
     ap.add_argument("--random-draws", type=int, default=3)
+    ap.add_argument("--save", default=None, help="also save the duo-gates Result in this folder")
     ap.add_argument("--time-budget", type=float, default=0, help="stop training after this many seconds (0: none)")
     add_output_flags(ap)
     args = ap.parse_args(argv)

@@ -2,19 +2,24 @@
 
 Wu et al.'s retrieval score over a needle-in-a-haystack grid (layer × head heatmap, hover:
 score and counted tests), the NIAH accuracy grid (length × depth), the induction proxy, the
-causal masking curves (top-k retrieval heads vs k random heads, seed spread), and "send
-these heads to the Playground" (masked). Widget defaults are the analyses' own
-(``RetrievalParams``, ``MaskingParams``); every run sits behind a button and is kept for the
+causal masking curves (top-k retrieval heads vs k random heads, seed spread), "send
+these heads to the Playground" (masked), the DuoAttention gate map (layer × KV head; hover:
+gate, split, retrieval head or not) and the KV-memory vs accuracy curve (RazorAttention vs a
+uniform sinks + window cache; or a saved kv-curve result). Widget defaults are the analyses' own
+(``RetrievalParams``, ``MaskingParams``, ``DuoParams``, ``KVCurveParams``); every run sits behind a button and is kept for the
 session.
 """
 
 import streamlit as st
 
+from analyses.duo_attention import DuoParams, duo_gates, gate_score_spearman
+from analyses.kv_curve import KVCurveParams, KVCurveResult, kv_curve, kv_ranking
 from analyses.retrieval import MaskingParams, RetrievalParams, retrieval_heads, retrieval_masking
 from app import interventions_ui, ui
+from probes.errors import InputError
 from probes.interventions import HeadMask
 
-RP, MP = RetrievalParams(), MaskingParams()
+RP, MP, DP, KP = RetrievalParams(), MaskingParams(), DuoParams(), KVCurveParams()
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -113,3 +118,92 @@ else:
     if mres is not None:
         st.plotly_chart(mres.figures()["masking_curves"], key="rh_mask_fig")
         st.dataframe(mres.summary().round(3), hide_index=True)
+
+# ---------------------------------------------------------------------------------------
+# DuoAttention gates (issue 8 item 5)
+
+st.header("DuoAttention gates")
+st.caption("Xiao et al. 2024: one gate α per KV head mixes full attention with sinks + recent-window attention; "
+           "only the gates are trained (synthetic passkey retrieval, MSE of final hidden states + λ·mean|α|). "
+           "α ≥ 0.5: retrieval head. Circles mark KV heads holding a retrieval head from the detection above.")
+e1, e2, e3, e4, e5 = st.columns(5)
+d_steps = e1.number_input("Steps", 1, 5000, DP.steps, key="duo_steps")
+d_min = e2.number_input("Min context", 16, 8192, DP.min_length, key="duo_min")
+d_max = e3.number_input("Max context", 16, 8192, DP.max_length, key="duo_max")
+d_sink = e4.number_input("Sinks", 0, 1024, DP.n_sink, key="duo_sink")
+d_window = e5.number_input("Window", 1, 4096, DP.window, key="duo_window")
+f1, f2, f3, f4, f5 = st.columns(5)
+d_keys = f1.number_input("Passkeys per sample", 1, 10, DP.n_passkeys, key="duo_keys")
+d_words = f2.number_input("Words per passkey", 1, 64, DP.passkey_words, key="duo_words")
+d_lr = f3.number_input("Learning rate", 0.0001, 1.0, DP.lr, format="%.4f", key="duo_lr")
+d_reg = f4.number_input("λ (mean|α|)", 0.0, 1.0, DP.reg_weight, key="duo_reg")
+d_branch = f5.selectbox("Full branch", ["reference", "shared"], key="duo_branch",
+                        help="reference: the unmodified model's attention output (the reference's training); "
+                             "shared: the same q/k/v")
+dp = None
+with ui.guard():
+    dp = DuoParams(steps=int(d_steps), min_length=int(d_min), max_length=int(d_max), n_sink=int(d_sink),
+                   window=int(d_window), n_passkeys=int(d_keys), passkey_words=int(d_words), lr=float(d_lr),
+                   reg_weight=float(d_reg), full_branch=d_branch,
+                   retrieval_heads=tuple(res.retrieval_heads()) if res is not None else ())
+if dp is not None and st.button("Train gates", key="duo_run"):
+    ui.run_analysis("duo", duo_gates, model, dp, label="training steps")
+dres = ui.stored("duo", dp, model) if dp is not None else None
+if dres is None:
+    st.info("Press **Train gates** (a CPU trains a few dozen steps on 500–1,000-token samples in minutes).")
+else:
+    s = dres.summary()
+    g1, g2, g3, g4 = st.columns(4)
+    g1.metric("KV heads with α ≥ 0.5", f"{s['retrieval']} / {s['kv_heads']}")
+    g2.metric("Mean α", f"{s['mean_gate']:.3f}")
+    if res is not None:
+        o = dres.overlap()
+        g3.metric("Jaccard with retrieval score", f"{o['jaccard']:.2f}", help=f"{o['both']} shared of {o['n_duo']} gate "
+                  f"heads and {o['n_retrieval']} score KV heads")
+        g4.metric("Spearman vs grouped max score", f"{gate_score_spearman(dres.gates, res.head_scores, dres.group):.2f}")
+    if not dres.complete:
+        st.warning("Interrupted: these are the gates reached so far.")
+    figs = dres.figures()
+    st.plotly_chart(figs["gate_map"], key="duo_map")
+    st.plotly_chart(figs["training"], key="duo_training")
+
+# ---------------------------------------------------------------------------------------
+# KV memory vs accuracy (issue 8 item 6)
+
+st.header("KV memory vs accuracy")
+st.caption("RazorAttention (top-m KV heads keep their whole cache, the others sinks + window + a compensation token) "
+           "against a head-agnostic sinks + window cache of the same size, on the NIAH grid above.")
+sources = (["retrieval score (detection above)"] if res is not None else []) + (["DuoAttention gates"] if dres is not None else [])
+saved_dir = st.text_input("Or show a saved kv-curve result (folder)", "", key="kv_saved")
+kres = None
+if saved_dir:
+    with ui.guard():
+        from analyses.catalog import load_result
+
+        loaded = load_result(saved_dir)
+        if not isinstance(loaded, KVCurveResult):
+            raise InputError(f"{saved_dir} holds a {loaded.kind} result, not kv-curve.")
+        kres = loaded
+elif not sources or rp is None:
+    st.info("Detect retrieval heads or train DuoAttention gates first: they rank the KV heads.")
+else:
+    h1, h2, h3, h4, h5 = st.columns(5)
+    source = h1.selectbox("Rank KV heads by", sources, key="kv_source")
+    ms = h2.text_input("m (full-KV heads)", ", ".join(map(str, KP.kv_heads)), key="kv_ms")
+    k_sink = h3.number_input("Sinks", 0, 1024, KP.n_sink, key="kv_sink")
+    k_window = h4.number_input("Window", 0, 8192, KP.window, key="kv_window")
+    k_comp = h5.checkbox("Compensation token", KP.compensation, key="kv_comp")
+    ranking = kv_ranking(res.head_scores, model) if source.startswith("retrieval") else kv_ranking(dres.gates)
+    kp = None
+    with ui.guard():
+        kp = KVCurveParams(lengths=rp.lengths, depths=rp.depths, needles=rp.needles, prompt_format=rp.prompt_format,
+                           max_new_tokens=rp.max_new_tokens, kv_heads=_ints(ms), n_sink=int(k_sink),
+                           window=int(k_window), compensation=bool(k_comp), heads=tuple((l, k) for l, k, _ in ranking))
+    if kp is not None and st.button("Run the KV-memory curve", key="kv_run"):
+        ui.run_analysis("kv_curve", kv_curve, model, kp, label="NIAH answers")
+    kres = ui.stored("kv_curve", kp, model) if kp is not None else None
+if kres is not None:
+    if not kres.complete:
+        st.warning("Interrupted: the points finished so far.")
+    st.plotly_chart(kres.figures()["kv_curve"], key="kv_fig")
+    st.dataframe(kres.curve.round(3), hide_index=True)

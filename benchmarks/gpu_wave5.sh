@@ -1,0 +1,15 @@
+# Wave-5 GPU jobs: run from the repository root on a lent GPU after the carry calls
+# (benchmarks/gpu_env.sh). Usage: bash benchmarks/gpu_wave5.sh JOB [JOB ...]; results under $OUT,
+# one log per job, a summary table last.
+source benchmarks/gpu_jobs.sh
+export PYTHONUNBUFFERED=1
+for j in "$@"; do
+  case $j in
+    # issue 8 item 5: DuoAttention gates at a larger size (≈ 150 s: load + ≤ 170 s of training, stopped by its budget)
+    duo) job duo 240 python3 -m benchmarks.bench_duo --device cuda --steps 400 --min-length 1000 --max-length 4000 --n-passkeys 5 --passkey-words 16 --n-sink 64 --window 256 --lr 0.05 --eval-samples 8 --time-budget 170 --save "$OUT/duo_gates" --out "$OUT/gpu_duo.md" --verbose ;;
+    # optional, after duo: NIAH accuracy vs KV memory with the KV heads ranked by those gates (≈ 150 s)
+    duo_kv) job duo_kv 240 python3 -m app.cli kv-curve --device cuda --heads-from "$OUT/duo_gates" --lengths 1000,2000 --depths 0.25,0.75 --needles 0,1,2 --kv-heads 0,9,18,45 --window 64 --out "$OUT/duo_kv_curve" ;;
+    *) echo "unknown job $j" ;;
+  esac
+done
+cat "$OUT/summary.md"
