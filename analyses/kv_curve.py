@@ -23,7 +23,7 @@ from analyses.niah import GridParams, answer, grid_tests
 from probes.errors import InputError
 from probes.models import model_id
 from probes.razor import RazorAttention, kv_group, n_kv_heads, uniform_window_for
-from probes.results import Params, Result, analysis
+from probes.results import Result, analysis
 
 
 def kv_ranking(scores: np.ndarray, model=None) -> list[tuple[int, int, float]]:

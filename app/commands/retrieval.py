@@ -97,7 +97,9 @@ def run_niah(args) -> int:
                               kv_policy=kv_policy_from_args(args, model))
     res = niah(model, params, progress=progress("NIAH tests"))
     _note_partial(res)
-    print(f"NIAH accuracy {res.accuracy:.3f} over {len(res.tests)} tests ({res.prompt_format} prompt)")
+    policy = params.kv_policy
+    kv = policy if isinstance(policy, str) else (policy.describe() if hasattr(policy, "describe") else policy.name)
+    print(f"NIAH accuracy {res.accuracy:.3f} over {len(res.tests)} tests ({res.prompt_format} prompt; KV cache: {kv})")
     save_result(res, args.out)
     return 0
 
