@@ -26,7 +26,7 @@ def test_passkey_samples_on_the_real_tokenizer(smollm2):
 def test_two_steps_keep_gates_in_unit_interval_and_round_trip(smollm2, tmp_path):
     from analyses.catalog import load_result
 
-    params = DuoParams(steps=2, min_length=150, max_length=150, n_passkeys=1, passkey_words=4, n_sink=4, window=16,
+    params = DuoParams(steps=2, min_length=120, max_length=120, n_passkeys=1, passkey_words=4, n_sink=4, window=16,
                        retrieval_heads=((17, 3), (18, 6)))
     res = duo_gates(smollm2.model, params)
     assert res.gates.shape == (30, 3) and res.group == 3 and res.complete

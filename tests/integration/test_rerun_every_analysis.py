@@ -80,8 +80,8 @@ def _retrieval_cases():
         "niah_razor": NiahParams(**grid, kv_policy=RazorAttention(((17, 1),), n_sink=4, window=16)),
         "retrieval_heads": RetrievalParams(**grid, proxy_seqs=2),
         "retrieval_masking": MaskingParams(**grid, ks=(0, 1), seeds=1, heads=((5, 1),)),
-        "kv_curve": KVCurveParams(**grid, kv_heads=(0, 2), window=16, heads=((17, 1), (18, 2), (23, 0))),
-        "duo_gates": DuoParams(steps=2, min_length=120, max_length=120, n_passkeys=1, passkey_words=3, n_sink=4,
+        "kv_curve": KVCurveParams(**grid, kv_heads=(2,), window=16, heads=((17, 1), (18, 2), (23, 0))),
+        "duo_gates": DuoParams(steps=1, min_length=100, max_length=100, n_passkeys=1, passkey_words=3, n_sink=4,
                                window=16, retrieval_heads=((17, 3),)),
     }
 
