@@ -203,3 +203,20 @@ def test_split_mse_all_full_is_zero_and_none_full_is_the_streaming_model():
     stream = _gated(model, torch.zeros(2, 2, dtype=torch.float64), 1, 3, "shared")[:, 8:]
     want = float((stream - plain).pow(2).mean(-1).mean())
     assert split_mse(model, samples, set(), 1, 3) == pytest.approx(want, rel=1e-12) and want > 0
+
+
+def test_interrupt_keeps_the_gates_reached_so_far():
+    model = tiny_model(n_key_value_heads=2)
+    samples = [(IDS, 10)] * 5
+
+    def interrupt(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    gates, log, complete = train_gates(model, samples, 1, 3, lr=0.1, reg_weight=0.05, progress=interrupt)
+    assert not complete and len(log.distill) == 2 and (gates < 1).all()
+    assert all(p.requires_grad for p in model.parameters())  # flags restored after the interrupt
+    finished: list[int] = []  # a time budget: stop() is asked before every step
+    _, log, complete = train_gates(model, samples, 1, 3, lr=0.1, reg_weight=0.05, stop=lambda: len(finished) >= 3,
+                                   progress=lambda done, total: finished.append(done))
+    assert not complete and len(log.distill) == 3
