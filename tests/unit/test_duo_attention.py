@@ -216,6 +216,7 @@ def test_interrupt_keeps_the_gates_reached_so_far():
     gates, log, complete = train_gates(model, samples, 1, 3, lr=0.1, reg_weight=0.05, progress=interrupt)
     assert not complete and len(log.distill) == 2 and (gates < 1).all()
     assert all(p.requires_grad for p in model.parameters())  # flags restored after the interrupt
+    assert not any(hp.fwd_hooks or hp._forward_hooks for hp in model.hook_dict.values())  # no hook left behind
     finished: list[int] = []  # a time budget: stop() is asked before every step
     _, log, complete = train_gates(model, samples, 1, 3, lr=0.1, reg_weight=0.05, stop=lambda: len(finished) >= 3,
                                    progress=lambda done, total: finished.append(done))
