@@ -118,7 +118,7 @@ def run(args) -> str:
     gates_txt = "; ".join(f"L{l}: " + " ".join(f"{res.gates[l, k]:.2f}" for k in range(K)) for l in range(L))
     spear = f", Spearman(gates, KV-grouped max score) {gate_score_spearman(res.gates, det.head_scores, res.group):.3f}" if det else ""
     body = (f"Machine: {info.get('cpu')}, {info.get('cores')} cores, load average {info.get('load average (1 min)', '?')} at the end, torch threads "
-            f"{torch.get_num_threads()}, device {args.device}{peak}; model {args.model}. Training: {s['steps']} of "
+            f"{torch.get_num_threads()}, device {args.device}{' (' + info['gpu'] + ')' if 'gpu' in info else ''}{peak}; model {args.model}. Training: {s['steps']} of "
             f"{args.steps} steps ({'complete' if res.complete else 'stopped by the time budget'}), contexts "
             f"{args.min_length}–{args.max_length} tokens, {args.n_passkeys} passkeys × {args.passkey_words} words, "
             f"S = {args.n_sink} sinks + W = {args.window} window, lr {args.lr}, λ {args.reg_weight}, full branch "
