@@ -193,9 +193,10 @@ def test_batched_path_patching_equals_the_one_edge_recipe_on_a_gqa_model():
 
 def test_split_head_inputs_leave_the_output_unchanged_and_are_restored_on_error(tiny_gqa):
     toks = torch.tensor([[1, 5, 7, 9, 2]])
-    ref = tiny_gqa(toks)
-    with pp.split_head_inputs(tiny_gqa):
-        split = tiny_gqa(toks)
+    with torch.no_grad():
+        ref = tiny_gqa(toks)
+        with pp.split_head_inputs(tiny_gqa):
+            split = tiny_gqa(toks)
     torch.testing.assert_close(split, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
     with pytest.raises(RuntimeError), pp.split_head_inputs(tiny_gqa):
         raise RuntimeError("boom")
@@ -222,3 +223,46 @@ def test_bad_receiver_inputs_refused(tiny):
     pairs = attr.make_pairs(tiny, [[1, 2, 3]], [[1, 4, 3]], [[1]], [[2]])
     with pytest.raises(InputError, match="Receiver inputs must be among"):
         pp.path_patch_edges(tiny, pairs, [((0, 0), (1, 0))], inputs=("x",))
+
+
+def test_compare_edges_scores_and_aucs_on_the_planted_path(tmp_path):
+    """The analysis layer: top-N heads → path-patched edge ground truth, every method's edge
+    scores, edge ROC-AUC beside node AUC, the graph's edge matrix, and a save/load round trip."""
+    import pandas as pd
+
+    from analyses.circuits import CircuitCompareParams, CircuitCompareResult, edge_ground_truth_and_scores
+    from probes.results import Result
+
+    m = two_head_path_model()
+    pairs = marker_pairs(m)
+    truth, _ = attr.patch_nodes(m, pairs, "noising", batch_size=5).normalised()
+    assert abs(truth[A]) > 0.9 and abs(truth[B]) > 0.9 and abs(truth[D]) < 1e-12
+    sae = np.zeros((4, 4))
+    sae[0, 2] = sae[2, 0] = 1.0  # the discrete SAE's co-occurrence, hand-made: A–B only
+    p = CircuitCompareParams(task="ioi", thresholds=(0.01, 0.5), edge_top_n=4, ig_steps=3, edge_inputs=("qkv", "q"))
+    seconds, passes = {}, {}
+    flat, edge_truth, scores = edge_ground_truth_and_scores(m, pairs, p, truth, sae, seconds, passes)
+    names = [(int(a), int(b)) for a, b in flat]
+    assert sorted(names) == [(0, 2), (0, 3), (1, 2), (1, 3)]  # flat index = layer × 2 + head
+    ab = names.index((0, 2))
+    assert edge_truth[0, ab] > 0.5 and np.abs(edge_truth[1]).max() < 1e-12  # no query path into B
+    assert set(seconds) == {"patching_edges", "attribution_patching_edges", "eap_ig_edges"}
+    methods = ("patching", "attribution_patching", "eap_ig", "discrete_sae")
+    res = CircuitCompareResult("toy", p, methods, np.stack([np.abs(truth)] * 4), truth, np.zeros(2), sae, ("",) * 4,
+                               {"patching": 1.0, **seconds}, {"patching": {}, **passes}, pd.DataFrame({"method": ["eap_ig"], "size": [1], "mode": ["keep"], "recovered": [0.5]}), {}, 10,
+                               flat, edge_truth, np.stack([scores[k] for k in methods]))
+    tab = res.auc_table(anchors=True)
+    ours = tab[tab.threshold == 0.5]
+    assert (ours.gt_edges == 1).all() and (ours.n_edges == 4).all()
+    # A→B alone in the ground truth at 0.5: every method ranks it first → AUC 1
+    assert ours.edge_auc.tolist() == [1.0, 1.0, 1.0, 1.0]
+    low = tab[tab.threshold == 0.01].set_index("method").edge_auc
+    # A→B and C→B at 0.01; the hand-made SAE scores C→B 0, tied with both negatives: (2 + 2·½) / 4
+    assert low["attribution_patching"] == 1.0 and low["discrete_sae"] == pytest.approx(0.75)
+    assert tab.method.str.endswith("— theirs").sum() == 2  # the GPT-2 anchors for IOI
+    mat = res.edge_matrix("eap_ig")
+    assert mat[0, 2] == pytest.approx(scores["eap_ig"][ab]) and mat[2, 0] == 0
+    assert "edge_roc" in res.figures()
+    back = Result.load(res.save(tmp_path / "r"))
+    np.testing.assert_array_equal(back.edges, flat)
+    np.testing.assert_array_equal(back.edge_truth, edge_truth)
