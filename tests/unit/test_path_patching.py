@@ -137,35 +137,43 @@ def test_edge_attribution_is_exact_where_the_path_is_linear():
     np.testing.assert_allclose(exact.effects[0], exact.effects[1], rtol=1e-9, atol=1e-11)  # only v matters here
 
 
-def _naive_path_patch(model, pairs, snd, rcv, kinds):
+def _naive_path_patch(model, pairs, snd, rcv, kinds, caches=None):
     """Wang et al.'s recipe, one edge at a time, without the batched Δ shortcut: (1) run the
     target with the sender's z from the source run and every other head and MLP frozen to the
     target run, keep ``resid_pre`` of the receiver's layer; (2) run the target with only the
-    receiver's ``kinds`` inputs set to that residual (K/V ungrouped), everything else live."""
-    L = model.cfg.n_layers
-    _, src = model.run_with_cache(pairs.corrupt)
-    _, tgt = model.run_with_cache(pairs.clean)
-    freeze = []
-    for l in range(L):
-        def zhook(z, hook, l=l):
-            z = tgt[hook.name].clone()
-            if l == snd[0]:
-                z[:, :, snd[1]] = src[hook.name][:, :, snd[1]]
-            return z
-        freeze.append((f"blocks.{l}.attn.hook_z", zhook))
-        freeze.append((f"blocks.{l}.hook_mlp_out", lambda x, hook: tgt[hook.name]))
-    kept = {}
-    with model.hooks(fwd_hooks=freeze + [(f"blocks.{rcv[0]}.hook_resid_pre", lambda x, hook: kept.setdefault("r", x))]):
-        model(pairs.clean)
+    receiver's ``kinds`` inputs set to that residual (K/V ungrouped), everything else live.
+    ``caches``: a dict reused across calls (source / target caches, step-1 residuals)."""
+    caches = {} if caches is None else caches
+    if "src" not in caches:
+        caches["src"] = model.run_with_cache(pairs.corrupt)[1]
+        logits, caches["tgt"] = model.run_with_cache(pairs.clean)
+        caches["base"] = attr.logit_diff(logits, pairs).mean()
+    src, tgt = caches["src"], caches["tgt"]
+    if (snd, rcv) not in caches:
+        freeze = []
+        for l in range(model.cfg.n_layers):
+            def zhook(z, hook, l=l):
+                z = tgt[hook.name].clone()
+                if l == snd[0]:
+                    z[:, :, snd[1]] = src[hook.name][:, :, snd[1]]
+                return z
+            freeze.append((f"blocks.{l}.attn.hook_z", zhook))
+            if not model.cfg.attn_only:
+                freeze.append((f"blocks.{l}.hook_mlp_out", lambda x, hook: tgt[hook.name]))
+        kept = {}
+        with model.hooks(fwd_hooks=freeze + [(f"blocks.{rcv[0]}.hook_resid_pre", lambda x, hook: kept.setdefault("r", x))]):
+            model(pairs.clean, stop_at_layer=rcv[0] + 1)
+        caches[(snd, rcv)] = kept["r"]
+    resid = caches[(snd, rcv)]
+
     def set_input(x, hook):
         x = x.clone()
-        x[:, :, rcv[1]] = kept["r"]
+        x[:, :, rcv[1]] = resid
         return x
     hooks = [(f"blocks.{rcv[0]}.hook_{k}_input", set_input) for k in kinds]
     with pp.split_head_inputs(model), model.hooks(fwd_hooks=hooks):
         patched = attr.logit_diff(model(pairs.clean), pairs).mean()
-    base = attr.logit_diff(model(pairs.clean), pairs).mean()
-    return float(patched - base)
+    return float(patched - caches["base"])
 
 
 def test_batched_path_patching_equals_the_one_edge_recipe_on_a_gqa_model():
@@ -181,10 +189,11 @@ def test_batched_path_patching_equals_the_one_edge_recipe_on_a_gqa_model():
     edges = [((0, 1), (1, 0)), ((0, 1), (1, 1)), ((0, 3), (2, 2)), ((1, 2), (2, 3))]  # (1,0), (1,1) share K/V
     got = pp.path_patch_edges(m, pairs, edges, inputs=("qkv", "q", "kv"), batch_size=3, max_rows=6)
     assert np.abs(got.effects).max() > 1e-3
+    caches = {}
     with torch.no_grad():
         for e, (s, r) in enumerate(edges):
             for gi, kinds in enumerate(("qkv", "q", "kv")):
-                want = _naive_path_patch(m, pairs, s, r, kinds)
+                want = _naive_path_patch(m, pairs, s, r, kinds, caches)
                 assert got.effects[gi, e] == pytest.approx(want, abs=1e-10)
     # two query heads of one K/V group get different key/value-path effects (K/V ungrouped)
     assert abs(got.effects[2, 0] - got.effects[2, 1]) > 1e-6
