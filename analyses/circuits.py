@@ -527,7 +527,8 @@ def edge_ground_truth_and_scores(model, pairs: attr.Pairs, params: CircuitCompar
         return None, None, None
     flat = np.array([[s[0] * H + s[1], r[0] * H + r[1]] for s, r in edge_list], dtype=np.int64)
     t0 = time.perf_counter()
-    gt = pp.path_patch_edges(model, pairs, edge_list, "noising", params.edge_inputs, params.batch_size, progress=progress)
+    rows = 128 if str(model.cfg.device) == "cpu" else 1024  # rows per path-patching forward (edges × prompts)
+    gt = pp.path_patch_edges(model, pairs, edge_list, "noising", params.edge_inputs, params.batch_size, rows, progress)
     seconds["patching_edges"] = time.perf_counter() - t0
     passes["patching_edges"] = gt.passes
     edge_truth = gt.normalised()
