@@ -208,8 +208,11 @@ class CircuitDiscoverParams(Params):
     seed: int = field(default=0, metadata={"help": "SAE initialisation seed"})
     n_train: int = field(default=10, metadata={"help": "prompts the SAEs train on (reference 10; 0 = all)"})
     isometric: bool = field(default=True, metadata={"help": "SAE input in each head's d_head-dim output subspace (same geometry, 9x cheaper)"})
+    positions: str = field(default="mean", metadata={"help": "head output averaged over positions (mean, the reference) or at the last position (last)"})
 
     def __post_init__(self):
+        if self.positions not in ("mean", "last"):
+            raise InputError(f"positions must be 'mean' (the reference) or 'last', not {self.positions!r}.")
         if self.task not in TASKS:
             raise InputError(f"Unknown circuit task {self.task!r}: use one of {', '.join(TASKS)}.")
         if self.n_prompts < 1:
@@ -246,16 +249,24 @@ def sae_scores(model, pairs: attr.Pairs, p: CircuitDiscoverParams | None = None,
 
     p = p or CircuitDiscoverParams(**kw)
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    pos = attr.head_vectors(model, pairs.clean, pairs.lengths, isometric=p.isometric and not p.shared)
-    neg = attr.head_vectors(model, pairs.corrupt, pairs.lengths, isometric=p.isometric and not p.shared)
+    cp, cn = sae_codes(model, pairs, p)
+    counts = discrete.unique_positive_counts(cp, cn)
+    labels = np.r_[np.ones(len(cp), bool), np.zeros(len(cn), bool)]
+    return (discrete.softmax(counts).reshape(L, H), counts.reshape(L, H), discrete.edge_counts(cp, cn, p.n_latents),
+            tuple(discrete.top_codes(np.concatenate([cp, cn]), labels)))
+
+
+def sae_codes(model, pairs: attr.Pairs, p: CircuitDiscoverParams) -> tuple[np.ndarray, np.ndarray]:
+    """The discrete codes [N, heads] of the positive (clean) and negative (corrupted) prompts."""
+    from saes import discrete
+
+    iso = p.isometric and not p.shared
+    pos = attr.head_vectors(model, pairs.clean, pairs.lengths, isometric=iso, positions=p.positions)
+    neg = attr.head_vectors(model, pairs.corrupt, pairs.lengths, isometric=iso, positions=p.positions)
     x = torch.cat([pos, neg]).to(model.cfg.device)
     saes_ = discrete.train_head_saes(x, p.n_latents, p.l1, p.epochs, p.lr, p.shared, p.seed, p.n_train or None)
     codes = saes_.codes(x).numpy()
-    cp, cn = codes[: len(pos)], codes[len(pos):]
-    counts = discrete.unique_positive_counts(cp, cn)
-    labels = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
-    return (discrete.softmax(counts).reshape(L, H), counts.reshape(L, H), discrete.edge_counts(cp, cn, p.n_latents),
-            tuple(discrete.top_codes(codes, labels)))
+    return codes[: len(pos)], codes[len(pos):]
 
 
 @analysis(CircuitDiscoverParams)

@@ -94,6 +94,43 @@ def edge_batching_seconds(model, pairs, edges, inputs, batch_size: int) -> tuple
     return out[0], out[1], len(sub)
 
 
+def sae_diagnostics(model, pairs, res, p) -> tuple[list, list]:
+    """Why the discrete-SAE node score misses heads (issue 11 §5), without tuning on the ground
+    truth: the reference (head output averaged over positions) against two variants fixed in
+    advance — the head output at the last position (where the metric is read) and a label-free
+    baseline (distinct codes per head over all prompts, positive or not: code *diversity*).
+    Returns AUC rows and per-missed-head rows."""
+    from scipy.stats import spearmanr
+
+    from analyses.circuits import CircuitDiscoverParams, roc_auc, sae_codes
+    from saes import discrete
+
+    L, H = res.truth.shape
+    rows, miss = [], []
+    div = {}
+    for positions in ("mean", "last"):
+        sp = CircuitDiscoverParams(task=p.task, n_prompts=p.n_prompts, n_latents=p.n_latents, l1=p.l1, epochs=p.epochs,
+                                   seed=p.seed, n_train=p.n_train, isometric=p.isometric, positions=positions)
+        cp, cn = sae_codes(model, pairs, sp)
+        counts = discrete.unique_positive_counts(cp, cn).reshape(L, H)
+        codes = np.concatenate([cp, cn])
+        div[positions] = np.array([len(np.unique(codes[:, i])) for i in range(codes.shape[1])]).reshape(L, H)
+        rho = spearmanr(counts.ravel(), div[positions].ravel()).statistic
+        for name, sc in ((f"discrete SAE, {positions}{' (reference)' if positions == 'mean' else ' position'}", counts),
+                         (f"label-free: distinct codes per head ({positions})", div[positions])):
+            rows.append([name, p.task, *[f"{roc_auc(sc, np.abs(res.truth) >= t):.3f}" for t in p.thresholds],
+                         f"{rho:.2f}" if sc is counts else ""])
+        if positions == "mean":
+            ref = counts
+    rank = (-ref).ravel().argsort(kind="stable").argsort().reshape(L, H) + 1
+    t = p.thresholds[len(p.thresholds) // 2]
+    gt = [(l, h) for l in range(L) for h in range(H) if abs(res.truth[l, h]) >= t]
+    for l, h in sorted(gt, key=lambda x: -rank[x])[:6]:
+        miss.append([p.task, f"L{l}H{h}", f"{res.truth[l, h]:+.2f}", int(rank[l, h]), int(ref[l, h]), int(div["mean"][l, h]),
+                     int(div["last"][l, h])])
+    return rows, miss
+
+
 def main(argv=None) -> int:
     from analyses.circuits import ANCHORS, TASKS, CircuitCompareParams, circuit_compare, select_positive, task_pairs, load_circuit_task
     from probes.models import load
@@ -115,6 +152,8 @@ def main(argv=None) -> int:
     ap.add_argument("--edge-top-n", type=int, default=10, help="path-patch every pair among the top-N heads (0 = no edges)")
     ap.add_argument("--edge-inputs", default="qkv", help="receiver inputs, comma-separated; the first is the ground truth")
     ap.add_argument("--no-edge-batching", action="store_true", help="skip the batched vs one-edge-per-forward timing")
+    ap.add_argument("--sae-diagnostics", action="store_true",
+                    help="also: SAE node AUC with last-position head outputs and a label-free code-diversity baseline")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -126,6 +165,7 @@ def main(argv=None) -> int:
     edge_inputs = tuple(x for x in args.edge_inputs.split(",") if x)
     checks, auc_rows, time_rows, faith_rows, miss_rows = [], [], [], [], []
     edge_auc_rows, edge_time_rows, edge_rows = [], [], []
+    diag_rows, diag_miss = [], []
     for task in tasks:
         pairs, check = select_positive(model, task_pairs(model, load_circuit_task(task)), args.n_prompts)
         ok = check["frac_positive"] >= 0.6 and check["mean_ld_clean"] > 0
@@ -190,6 +230,10 @@ def main(argv=None) -> int:
                         eff = " / ".join(f"{getattr(r, f'effect_{g}'):+.3f}" for g in edge_inputs)
                         edge_rows.append([task, f"{r.sender}→{r.receiver}", eff, f"{r.attribution_patching:.3f}",
                                           f"{r.eap_ig:.3f}", f"{r.discrete_sae:.0f}"])
+                if args.sae_diagnostics:
+                    dr, dm = sae_diagnostics(model, pairs, res, p)
+                    diag_rows += dr
+                    diag_miss += dm
                 miss = res.missed(k=5)
                 miss_rows.append([task, ", ".join(f"{r.node} ({r.effect:+.2f}, rank {r.rank})" for r in miss.itertuples())])
                 nb = batched_sweep_seconds(model, pairs, naive_layers, args.batch_size)
@@ -236,6 +280,16 @@ def main(argv=None) -> int:
                  "", f"Strongest edges (path patching, fraction of the gap, receiver inputs {' / '.join(edge_inputs)}), with "
                      "the methods' scores (|AtP|, |EAP-IG| as fractions of the gap; SAE co-occurring code pairs):", "",
                  markdown_table(["task", "edge", f"effect {' / '.join(edge_inputs)}", "AtP", "EAP-IG", "SAE"], edge_rows)]
+    if diag_rows:
+        body += ["", "Discrete-SAE diagnostics (node AUC; variants fixed in advance, not tuned on the ground truth): the "
+                     "reference input (head output averaged over positions), the head output at the last position, and "
+                     "a label-free baseline = number of distinct codes a head takes over all prompts. ρ = Spearman "
+                     "correlation of the SAE score with that diversity:", "",
+                 markdown_table(["variant", "task", *[f"AUC @ {t:g}" for t in ths], "ρ(score, diversity)"], diag_rows),
+                 "", "Ground-truth heads the reference ranks lowest, with their positive-only codes and distinct codes "
+                     "(mean / last position):", "",
+                 markdown_table(["task", "head", "effect", "rank", "positive-only codes", "distinct (mean)",
+                                 "distinct (last)"], diag_miss)]
     text = "\n".join(body)
     print(text)
     if args.out:
