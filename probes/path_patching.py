@@ -7,7 +7,9 @@ path is frozen. **Path patching** of s→r (Wang et al. 2022 §3.1; Goldowsky-Di
 "Localizing model behavior with path patching") adds Δ_s to the receiver's input *only* — r reads
 ``resid_pre[lr] + Δ_s``; every other head, MLP and the rest of the stream read the target run —
 and lets the receiver's changed output flow on through the rest of the model to the metric. The
-effect is the change of the mean logit difference.
+effect is the change of the mean logit difference. This is the *direct* edge of the residual
+graph (Goldowsky-Dill et al.'s edge, the edge EAP scores): heads and MLPs between s and r are
+frozen, so s→MLP→r is not counted — Wang et al. freeze only the heads and let MLPs recompute.
 
 Receivers under grouped-query attention: a receiver is a *query* head (the node of the node
 ground truth), and it is patched through its own query, key and value inputs: TransformerLens'
