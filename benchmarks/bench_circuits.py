@@ -131,6 +131,25 @@ def sae_diagnostics(model, pairs, res, p) -> tuple[list, list]:
     return rows, miss
 
 
+def _progress(task: str):
+    """tqdm bars for the patching sweep, then the edges (a new bar when the total changes)."""
+    from tqdm.auto import tqdm
+
+    state = {"total": None, "bar": None}
+
+    def cb(done: int, total: int) -> None:
+        if total != state["total"]:
+            if state["bar"] is not None:
+                state["bar"].close()
+            state["total"] = total
+            state["bar"] = tqdm(total=total, desc=f"{task}: {'patching' if state['bar'] is None else 'edges'}",
+                                mininterval=5)
+        state["bar"].n = done
+        state["bar"].refresh()
+
+    return cb
+
+
 def main(argv=None) -> int:
     from analyses.circuits import ANCHORS, TASKS, CircuitCompareParams, circuit_compare, select_positive, task_pairs, load_circuit_task
     from probes.models import load
@@ -179,7 +198,7 @@ def main(argv=None) -> int:
                                      epochs=args.epochs, sizes=sizes, shared=shared,
                                      edge_top_n=0 if shared else args.edge_top_n, edge_inputs=edge_inputs)
             t0 = time.perf_counter()
-            res = circuit_compare(model, p)
+            res = circuit_compare(model, p, progress=_progress(task))
             total = time.perf_counter() - t0
             tab = res.auc_table()
             for m in res.methods:
