@@ -182,14 +182,15 @@ def path_patch_edges(model, pairs: attr.Pairs, edges: Sequence, direction: attr.
     n = len(pairs)
     done, total = 0, n * sum(len(j) for j in jobs.values())
     forwards = 0
+    senders = {snd for snd, _ in edges}
+    r_names = {lr: hooknames.name("resid_pre", lr) for lr in recv_layers}
+    kinds = sorted({k for g in groups for k in INPUT_GROUPS[g]})
     with model_lock(model), torch.no_grad():
         for idx in attr._chunks(n, batch_size):
             sub = pairs.subset(idx)
             b = len(idx)
-            r_names = {lr: hooknames.name("resid_pre", lr) for lr in recv_layers}
-            deltas, _, resid, t, s = _sender_deltas(model, sub, {s for s, _ in edges}, src_name, tgt_name,
-                                                    list(r_names.values()))
-            base_t, base_s = base_t + t, base_s + s
+            deltas, _, resid, sum_t, sum_s = _sender_deltas(model, sub, senders, src_name, tgt_name, list(r_names.values()))
+            base_t, base_s = base_t + sum_t, base_s + sum_s
             per = max(1, max_rows // b)
             for lr in recv_layers:
                 for c in range(0, len(jobs[lr]), per):
@@ -205,7 +206,6 @@ def path_patch_edges(model, pairs: attr.Pairs, edges: Sequence, direction: attr.
                                 x[j * b:(j + 1) * b, :, rcv[1]] += deltas[snd]
                         return x
 
-                    kinds = sorted({k for g in groups for k in INPUT_GROUPS[g]})
                     hooks = [(_input_name(k, lr), add) for k in kinds]
                     with split_head_inputs(model), model.hooks(fwd_hooks=hooks, reset_hooks_end=True):
                         logits = attr.last_logits(model, resid[r_names[lr]].repeat(nb, 1, 1), sub.lengths.repeat(nb),
@@ -242,6 +242,7 @@ def attribution_edges(model, pairs: attr.Pairs, edges: Sequence, direction: attr
     kinds = sorted({k for g in groups for k in INPUT_GROUPS[g]})
     names = [_input_name(k, l) for l in recv_layers for k in kinds]
     e_names = attr._embed_hooks(model)
+    senders = {snd for snd, _ in edges}
     scores = torch.zeros(len(groups), len(edges), dtype=torch.float64)
     base_t = base_s = 0.0
     n = len(pairs)
@@ -249,8 +250,8 @@ def attribution_edges(model, pairs: attr.Pairs, edges: Sequence, direction: attr
     with model_lock(model):
         for idx in attr._chunks(n, batch_size):
             sub = pairs.subset(idx)
-            deltas, emb_s, emb_t, t, s = _sender_deltas(model, sub, {s for s, _ in edges}, src_name, tgt_name, e_names)
-            base_t, base_s = base_t + t, base_s + s
+            deltas, emb_s, emb_t, sum_t, sum_s = _sender_deltas(model, sub, senders, src_name, tgt_name, e_names)
+            base_t, base_s = base_t + sum_t, base_s + sum_s
             grads = {nm: 0.0 for nm in names}
             for k in range(steps):
                 alpha = k / steps
