@@ -119,7 +119,8 @@ def sae_diagnostics(model, pairs, res, p) -> tuple[list, list]:
         for name, sc in ((f"discrete SAE, {positions}{' (reference)' if positions == 'mean' else ' position'}", counts),
                          (f"label-free: distinct codes per head ({positions})", div[positions])):
             rows.append([name, p.task, *[f"{roc_auc(sc, np.abs(res.truth) >= t):.3f}" for t in p.thresholds],
-                         f"{rho:.2f}" if sc is counts else ""])
+                         f"{rho:.2f}" if sc is counts else "", negatives_doing_the_task(model, p.task)
+                         if sc is counts and positions == "mean" else ""])
         if positions == "mean":
             ref = counts
     rank = (-ref).ravel().argsort(kind="stable").argsort().reshape(L, H) + 1
@@ -148,6 +149,31 @@ def _progress(task: str):
         state["bar"].refresh()
 
     return cb
+
+
+def negatives_doing_the_task(model, task: str, n: int = 32) -> str:
+    """Fraction of corrupted prompts on which the model's top-1 next token is the corrupted
+    prompt's *own* answer (docstring: the corrupt def's third argument; induction: the word put in
+    the first half, i.e. the record's distractor) — "n/a" where the corruption leaves no answer
+    (IOI's ABC names, greater-than's year 01). High = the negatives still carry the behaviour."""
+    import re
+
+    from analyses.circuits import load_circuit_task, task_pairs
+    from probes import attribution as attr
+    from probes.tokens import single_token
+
+    if task not in ("docstring", "induction"):
+        return "n/a"
+    recs = load_circuit_task(task)[:n]
+    pairs = task_pairs(model, recs)
+    if task == "docstring":
+        own = [" " + re.search(r"\(self, ([^)]*)\)", r["corrupt"])[1].split(", ")[2] for r in recs]
+    else:
+        own = [r["distractors"][0] for r in recs]
+    want = torch.tensor([single_token(model, w) for w in own])
+    with torch.no_grad():
+        top = attr.last_logits(model, pairs.corrupt.to(model.cfg.device), pairs.lengths).argmax(-1).cpu()
+    return f"{(top == want).float().mean().item():.0%} of {len(recs)}"
 
 
 def main(argv=None) -> int:
@@ -303,8 +329,10 @@ def main(argv=None) -> int:
         body += ["", "Discrete-SAE diagnostics (node AUC; variants fixed in advance, not tuned on the ground truth): the "
                      "reference input (head output averaged over positions), the head output at the last position, and "
                      "a label-free baseline = number of distinct codes a head takes over all prompts. ρ = Spearman "
-                     "correlation of the SAE score with that diversity:", "",
-                 markdown_table(["variant", "task", *[f"AUC @ {t:g}" for t in ths], "ρ(score, diversity)"], diag_rows),
+                     "correlation of the SAE score with that diversity. Last column: how often the model's top-1 on a "
+                     "corrupted prompt is that prompt's own answer (the negatives still doing the task):", "",
+                 markdown_table(["variant", "task", *[f"AUC @ {t:g}" for t in ths], "ρ(score, diversity)",
+                                 "corrupted prompts answered with their own answer"], diag_rows),
                  "", "Ground-truth heads the reference ranks lowest, with their positive-only codes and distinct codes "
                      "(mean / last position):", "",
                  markdown_table(["task", "head", "effect", "rank", "positive-only codes", "distinct (mean)",
