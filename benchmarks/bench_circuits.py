@@ -257,13 +257,11 @@ def main(argv=None) -> int:
                     base = res.seconds["patching_edges"]
                     for m in ("patching", "attribution_patching", "eap_ig"):
                         sec, pas = res.seconds[f"{m}_edges"], res.passes[f"{m}_edges"]
-                        edge_time_rows.append([m.replace("patching", "path patching", 1) if m == "patching" else m, task,
+                        edge_time_rows.append(["path patching" if m == "patching" else m, task,
                                                f"{sec:.2f}", f"{base / sec:.1f}×", pas.get("forward_prompt_sets", "?"),
                                                pas.get("backward_prompt_sets", 0)])
                     edge_time_rows.append(["discrete_sae (co-occurrence, from its codes)", task, "≈0", "", "", ""])
                     if not args.no_edge_batching:
-                        from probes import path_patching as pp
-
                         H = model.cfg.n_heads
                         el = [((int(a) // H, int(a) % H), (int(b) // H, int(b) % H)) for a, b in res.edges]
                         bt, nt, ne = edge_batching_seconds(model, pairs, el, edge_inputs[:1], args.batch_size)
