@@ -68,7 +68,6 @@ def test_path_patching_equals_the_one_edge_recipe_on_smollm2(smollm2):
     equals Wang et al.'s recipe edge by edge on the real GQA model, and the query / key-value split
     is a real split: L19H2→L20H0 and L17H4→L20H0 enter the same receiver by different paths."""
     from analyses.circuits import load_circuit_task, task_pairs
-    from probes import attribution as attr
     from probes import path_patching as pp
     from tests.unit.test_path_patching import _naive_path_patch
 
