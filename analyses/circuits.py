@@ -12,6 +12,14 @@ with single-token answers and distractors; metric = logit difference at the last
   |normalised patching effect| ≥ t), runtime and passes, and faithfulness curves (mean-ablate
   every head outside the top-k of a method's ranking, or the top-k alone).
 
+Edges (head→head): the ground truth is path patching (Wang et al. 2022; Goldowsky-Dill et al.
+2023; ``probes/path_patching.py``) of every ordered pair among the ``edge_top_n`` heads with the
+largest |node effect| (a receiver is a query head patched through its own q/k/v inputs, K/V
+ungrouped); an edge is in the ground truth when |normalised effect| ≥ t, for the same thresholds
+t as the nodes, fixed in advance. Every method scores the same edges: path patching itself,
+edge attribution patching and EAP-IG (gradient × sender delta at the receiver's input), and the
+discrete-SAE co-occurrence count of the pair.
+
 §19 says that for models without a published circuit the ground truth is derived by patching:
 that is what happens here, on the model being studied. The ground truth is over heads only (the
 discrete-SAE method scores heads only); MLP effects are reported beside it. Positive prompts
@@ -31,6 +39,7 @@ import pandas as pd
 import torch
 
 from probes import attribution as attr
+from probes import path_patching as pp
 from probes.datasets import load_task
 from probes.errors import InputError
 from probes.models import model_id
@@ -199,8 +208,11 @@ class CircuitDiscoverParams(Params):
     seed: int = field(default=0, metadata={"help": "SAE initialisation seed"})
     n_train: int = field(default=10, metadata={"help": "prompts the SAEs train on (reference 10; 0 = all)"})
     isometric: bool = field(default=True, metadata={"help": "SAE input in each head's d_head-dim output subspace (same geometry, 9x cheaper)"})
+    positions: str = field(default="mean", metadata={"help": "head output averaged over positions (mean, the reference) or at the last position (last)"})
 
     def __post_init__(self):
+        if self.positions not in ("mean", "last"):
+            raise InputError(f"positions must be 'mean' (the reference) or 'last', not {self.positions!r}.")
         if self.task not in TASKS:
             raise InputError(f"Unknown circuit task {self.task!r}: use one of {', '.join(TASKS)}.")
         if self.n_prompts < 1:
@@ -237,16 +249,24 @@ def sae_scores(model, pairs: attr.Pairs, p: CircuitDiscoverParams | None = None,
 
     p = p or CircuitDiscoverParams(**kw)
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    pos = attr.head_vectors(model, pairs.clean, pairs.lengths, isometric=p.isometric and not p.shared)
-    neg = attr.head_vectors(model, pairs.corrupt, pairs.lengths, isometric=p.isometric and not p.shared)
+    cp, cn = sae_codes(model, pairs, p)
+    counts = discrete.unique_positive_counts(cp, cn)
+    labels = np.r_[np.ones(len(cp), bool), np.zeros(len(cn), bool)]
+    return (discrete.softmax(counts).reshape(L, H), counts.reshape(L, H), discrete.edge_counts(cp, cn, p.n_latents),
+            tuple(discrete.top_codes(np.concatenate([cp, cn]), labels)))
+
+
+def sae_codes(model, pairs: attr.Pairs, p: CircuitDiscoverParams) -> tuple[np.ndarray, np.ndarray]:
+    """The discrete codes [N, heads] of the positive (clean) and negative (corrupted) prompts."""
+    from saes import discrete
+
+    iso = p.isometric and not p.shared
+    pos = attr.head_vectors(model, pairs.clean, pairs.lengths, isometric=iso, positions=p.positions)
+    neg = attr.head_vectors(model, pairs.corrupt, pairs.lengths, isometric=iso, positions=p.positions)
     x = torch.cat([pos, neg]).to(model.cfg.device)
     saes_ = discrete.train_head_saes(x, p.n_latents, p.l1, p.epochs, p.lr, p.shared, p.seed, p.n_train or None)
     codes = saes_.codes(x).numpy()
-    cp, cn = codes[: len(pos)], codes[len(pos):]
-    counts = discrete.unique_positive_counts(cp, cn)
-    labels = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
-    return (discrete.softmax(counts).reshape(L, H), counts.reshape(L, H), discrete.edge_counts(cp, cn, p.n_latents),
-            tuple(discrete.top_codes(codes, labels)))
+    return codes[: len(pos)], codes[len(pos):]
 
 
 @analysis(CircuitDiscoverParams)
@@ -315,10 +335,15 @@ class CircuitCompareParams(Params):
     n_train: int = field(default=10, metadata={"help": "prompts the SAEs train on (reference 10; 0 = all)"})
     isometric: bool = field(default=True, metadata={"help": "SAE input in each head's output subspace (d_head wide)"})
     sizes: tuple[int, ...] = field(default=(1, 2, 5, 10, 20, 40, 80), metadata={"help": "circuit sizes for faithfulness"})
+    edge_top_n: int = field(default=10, metadata={"help": "edges: path-patch every pair among the top-N heads by |patching effect| (0 = no edges)"})
+    edge_inputs: tuple[str, ...] = field(default=("qkv",), metadata={"help": "receiver inputs; the first is the edge ground truth (qkv, q, kv, ...)"})
 
     def __post_init__(self):
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
         object.__setattr__(self, "sizes", tuple(int(s) for s in self.sizes))
+        object.__setattr__(self, "edge_inputs", pp.check_inputs(self.edge_inputs))
+        if self.edge_top_n < 0:
+            raise InputError("edge_top_n must be 0 (no edges) or more.")
         if self.task not in TASKS:
             raise InputError(f"Unknown circuit task {self.task!r}: use one of {', '.join(TASKS)}.")
         if self.n_prompts < 1 or self.batch_size < 1 or self.ig_steps < 1:
@@ -338,25 +363,67 @@ class CircuitCompareResult(Result):
     faithfulness: pd.DataFrame
     check: dict
     n_used: int
+    edges: np.ndarray | None = None  # [E, 2] flat head indices (sender, receiver), layer × n_heads + head
+    edge_truth: np.ndarray | None = None  # [len(edge_inputs), E] normalised path-patching effect
+    edge_scores: np.ndarray | None = None  # [methods, E] each method's edge score (|estimate|, counts)
 
     kind = "circuit_compare"
 
-    def auc_table(self) -> pd.DataFrame:
+    @property
+    def has_edges(self) -> bool:
+        return self.edges is not None and len(self.edges) > 0
+
+    def auc_table(self, anchors: bool = False) -> pd.DataFrame:
+        """Node and edge ROC-AUC per method and threshold (edges: |path-patching effect| ≥ t among
+        the top-N heads' pairs); ``anchors`` appends the papers' GPT-2 numbers for this task."""
         rows = []
         for mi, m in enumerate(self.methods):
             for t in self.params.thresholds:
                 gt = np.abs(self.truth) >= t
-                rows.append({"method": m, "task": self.params.task, "threshold": t, "gt_size": int(gt.sum()),
-                             "node_auc": roc_auc(self.scores[mi], gt), "n_prompts": self.n_used})
+                row = {"method": m, "task": self.params.task, "threshold": t, "gt_size": int(gt.sum()),
+                       "node_auc": roc_auc(self.scores[mi], gt)}
+                if self.has_edges:
+                    ge = np.abs(self.edge_truth[0]) >= t
+                    row.update(gt_edges=int(ge.sum()), n_edges=len(self.edges), edge_auc=roc_auc(self.edge_scores[mi], ge))
+                rows.append({**row, "n_prompts": self.n_used})
+        if anchors:
+            rows += [{"method": a["method"] + " — theirs", "task": a["task"], "threshold": float("nan"),
+                      "node_auc": a["node_auc"], "edge_auc": a["edge_auc"]} for a in ANCHORS if a["task"] == self.params.task]
         return pd.DataFrame(rows)
 
     def to_frame(self) -> pd.DataFrame:
         return self.auc_table()
 
+    def edge_frame(self) -> pd.DataFrame:
+        """One row per scored edge: its path-patching effect per receiver-input group and every
+        method's score."""
+        if not self.has_edges:
+            return pd.DataFrame()
+        H = self.truth.shape[1]
+        rows = []
+        for e, (a, b) in enumerate(self.edges):
+            row = {"sender": f"L{a // H}H{a % H}", "receiver": f"L{b // H}H{b % H}"}
+            row.update({f"effect_{g}": float(self.edge_truth[gi, e]) for gi, g in enumerate(self.params.edge_inputs)})
+            row.update({m: float(self.edge_scores[mi, e]) for mi, m in enumerate(self.methods)})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def edge_matrix(self, method: str) -> np.ndarray | None:
+        """[nodes, nodes] edge weights of ``method`` for the circuit graph: the scored edges (the
+        discrete SAE: its co-occurrence counts over all pairs); None without edges."""
+        if method == "discrete_sae":
+            return self.edge_counts
+        if not self.has_edges:
+            return None
+        n = self.truth.size
+        out = np.zeros((n, n))
+        out[self.edges[:, 0], self.edges[:, 1]] = self.edge_scores[self.methods.index(method)]
+        return out
+
     def timing_table(self) -> pd.DataFrame:
-        """Seconds per method (this run) and passes."""
-        return pd.DataFrame([{"method": m, "seconds": self.seconds[m], **{k: v for k, v in self.passes[m].items() if k != "note"}}
-                             for m in self.methods])
+        """Seconds per method (this run; ``…_edges``: the edge scores) and passes."""
+        return pd.DataFrame([{"method": m, "seconds": sec, **{k: v for k, v in self.passes[m].items() if k != "note"}}
+                             for m, sec in self.seconds.items()])
 
     def missed(self, method: str = "discrete_sae", threshold: float | None = None, k: int = 10) -> pd.DataFrame:
         """Ground-truth heads that ``method`` ranks lowest (where it misses)."""
@@ -384,10 +451,22 @@ class CircuitCompareResult(Result):
         faith = px.line(self.faithfulness, x="size", y="recovered", color="method", line_dash="mode", markers=True,
                         title="Faithfulness: logit difference recovered (fraction of clean) vs circuit size")
         sae = self.methods.index("discrete_sae") if "discrete_sae" in self.methods else 0
-        return {"roc": roc,
+        figs = {"roc": roc,
                 "patching": heatmap(self.truth, f"Patching ground truth (noising), task {self.params.task}"),
                 "faithfulness": faith,
                 "graph": circuit_graph(self.scores[sae], self.edge_counts, self.truth, self.top_codes)}
+        if self.has_edges:
+            ge = np.abs(self.edge_truth[0]) >= t
+            er = go.Figure()
+            for mi, m in enumerate(self.methods):
+                fpr, tpr = roc_curve(self.edge_scores[mi], ge)
+                er.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{m} (AUC {roc_auc(self.edge_scores[mi], ge):.3f})"))
+            er.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, showlegend=False))
+            er.update_layout(title=f"Edge ROC vs path patching (|effect| ≥ {t:g}; {int(ge.sum())} of {len(ge)} edges among the "
+                                   f"top-{self.params.edge_top_n} heads), task {self.params.task}",
+                             xaxis_title="false-positive rate", yaxis_title="true-positive rate")
+            figs["edge_roc"] = er
+        return figs
 
 
 def faithfulness(model, pairs: attr.Pairs, rankings: dict[str, np.ndarray], sizes, means: torch.Tensor,
@@ -440,5 +519,36 @@ def circuit_compare(model, params: CircuitCompareParams, progress: Callable[[int
     means = attr.head_means(model, pairs.corrupt, pairs.lengths)
     faith = faithfulness(model, pairs, scores, params.sizes, means)
     methods = tuple(scores)
+    edge_list, edge_truth, edge_scores = edge_ground_truth_and_scores(model, pairs, params, truth, edges, seconds, passes,
+                                                                      progress)
     return CircuitCompareResult(model_id(model), params, methods, np.stack([scores[m] for m in methods]), truth, mlp,
-                                edges, codes, seconds, passes, faith, check, len(pairs))
+                                edges, codes, seconds, passes, faith, check, len(pairs), edge_list,
+                                edge_truth, None if edge_scores is None else np.stack([edge_scores[m] for m in methods]))
+
+
+def edge_ground_truth_and_scores(model, pairs: attr.Pairs, params: CircuitCompareParams, truth: np.ndarray,
+                                 sae_edges: np.ndarray, seconds: dict, passes: dict, progress=None):
+    """Path patching of every pair among the top-``edge_top_n`` heads by |truth| (the edge ground
+    truth) and every method's score of those edges; fills ``seconds`` / ``passes`` (``…_edges``).
+    Returns ([E, 2] flat indices, [groups, E] normalised effects, {method: [E] scores}) or Nones."""
+    H = truth.shape[1]
+    order = np.argsort(-np.abs(truth).ravel(), kind="stable")[: params.edge_top_n]
+    edge_list = pp.edges_among([divmod(int(i), H) for i in order])
+    if not edge_list:
+        return None, None, None
+    flat = np.array([[s[0] * H + s[1], r[0] * H + r[1]] for s, r in edge_list], dtype=np.int64)
+    t0 = time.perf_counter()
+    rows = 128 if str(model.cfg.device) == "cpu" else 1024  # rows per path-patching forward (edges × prompts)
+    gt = pp.path_patch_edges(model, pairs, edge_list, "noising", params.edge_inputs, params.batch_size, rows, progress)
+    seconds["patching_edges"] = time.perf_counter() - t0
+    passes["patching_edges"] = gt.passes
+    edge_truth = gt.normalised()
+    scores = {"patching": np.abs(edge_truth[0])}
+    for name, steps in (("attribution_patching", 1), ("eap_ig", params.ig_steps)):
+        t0 = time.perf_counter()
+        a = pp.attribution_edges(model, pairs, edge_list, "noising", steps, params.edge_inputs[:1], params.batch_size)
+        seconds[f"{name}_edges"] = time.perf_counter() - t0
+        passes[f"{name}_edges"] = a.passes
+        scores[name] = np.abs(a.normalised()[0])
+    scores["discrete_sae"] = sae_edges[flat[:, 0], flat[:, 1]].astype(np.float64)
+    return flat, edge_truth, scores

@@ -12,9 +12,17 @@ on the same positive prompt pairs and the same noising-patching ground truth, ti
 Beside it, the sweep's batching is checked against the naive sweep (one full forward per head,
 same prompts) on ``--naive-layers`` layers, both timed in this run.
 
+Edges: every pair among the ``--edge-top-n`` heads with the largest |patching effect| is path
+patched (the edge ground truth; ``--edge-inputs``: the receiver inputs, the first one the ground
+truth, e.g. ``qkv,q,kv`` to split the query path from the key/value path) and scored by edge
+attribution patching, EAP-IG and the discrete-SAE co-occurrence; edge ROC-AUC at the node
+thresholds, runtimes and passes, and the batched path patching (all edges of a receiver layer per
+forward) timed against one edge per forward on the edges into the two busiest receiver layers.
+
 ``--device cuda`` runs on the GPU; ``--out FILE`` writes the markdown there (else, unless
-``--quick``, into RESULTS.md's section). GPU: ``python -m benchmarks.bench_circuits --device cuda
---out /tmp/circuits_gpu.md``.
+``--quick``, into RESULTS.md's section). GPU (wave 5): ``python -m benchmarks.bench_circuits --device cuda
+--n-prompts 32 --batch-size 32 --edge-top-n 20 --edge-inputs qkv,q,kv --out /tmp/circuits_gpu.md``
+(about 2–3 minutes on an H200 for the four tasks).
 """
 
 from __future__ import annotations
@@ -65,6 +73,109 @@ def batched_sweep_seconds(model, pairs, layers, batch_size: int) -> float:
     return time.perf_counter() - t0
 
 
+def edge_batching_seconds(model, pairs, edges, inputs, batch_size: int) -> tuple[float, float, int]:
+    """Path patching of the edges into the two busiest receiver layers: batched (one forward per
+    receiver layer and prompt batch) vs one edge per forward; (batched s, one-per-forward s, edges)."""
+    from collections import Counter
+
+    from probes import path_patching as pp
+
+    busiest = {l for l, _ in Counter(r[0] for _, r in edges).most_common(2)}
+    sub = [e for e in edges if e[1][0] in busiest]
+    cpu = str(model.cfg.device) == "cpu"
+    rows = 128 if cpu else 1024
+    out = []
+    for max_rows in (rows, batch_size):
+        t0 = time.perf_counter()
+        pp.path_patch_edges(model, pairs, sub, "noising", inputs, batch_size, max_rows)
+        if not cpu:
+            torch.cuda.synchronize()
+        out.append(time.perf_counter() - t0)
+    return out[0], out[1], len(sub)
+
+
+def sae_diagnostics(model, pairs, res, p) -> tuple[list, list]:
+    """Why the discrete-SAE node score misses heads (issue 11 §5), without tuning on the ground
+    truth: the reference (head output averaged over positions) against two variants fixed in
+    advance — the head output at the last position (where the metric is read) and a label-free
+    baseline (distinct codes per head over all prompts, positive or not: code *diversity*).
+    Returns AUC rows and per-missed-head rows."""
+    from scipy.stats import spearmanr
+
+    from analyses.circuits import CircuitDiscoverParams, roc_auc, sae_codes
+    from saes import discrete
+
+    L, H = res.truth.shape
+    rows, miss = [], []
+    div = {}
+    for positions in ("mean", "last"):
+        sp = CircuitDiscoverParams(task=p.task, n_prompts=p.n_prompts, n_latents=p.n_latents, l1=p.l1, epochs=p.epochs,
+                                   seed=p.seed, n_train=p.n_train, isometric=p.isometric, positions=positions)
+        cp, cn = sae_codes(model, pairs, sp)
+        counts = discrete.unique_positive_counts(cp, cn).reshape(L, H)
+        codes = np.concatenate([cp, cn])
+        div[positions] = np.array([len(np.unique(codes[:, i])) for i in range(codes.shape[1])]).reshape(L, H)
+        rho = spearmanr(counts.ravel(), div[positions].ravel()).statistic
+        for name, sc in ((f"discrete SAE, {positions}{' (reference)' if positions == 'mean' else ' position'}", counts),
+                         (f"label-free: distinct codes per head ({positions})", div[positions])):
+            rows.append([name, p.task, *[f"{roc_auc(sc, np.abs(res.truth) >= t):.3f}" for t in p.thresholds],
+                         f"{rho:.2f}" if sc is counts else "", negatives_doing_the_task(model, p.task)
+                         if sc is counts and positions == "mean" else ""])
+        if positions == "mean":
+            ref = counts
+    rank = (-ref).ravel().argsort(kind="stable").argsort().reshape(L, H) + 1
+    t = p.thresholds[len(p.thresholds) // 2]
+    gt = [(l, h) for l in range(L) for h in range(H) if abs(res.truth[l, h]) >= t]
+    for l, h in sorted(gt, key=lambda x: -rank[x])[:6]:
+        miss.append([p.task, f"L{l}H{h}", f"{res.truth[l, h]:+.2f}", int(rank[l, h]), int(ref[l, h]), int(div["mean"][l, h]),
+                     int(div["last"][l, h])])
+    return rows, miss
+
+
+def _progress(task: str):
+    """tqdm bars for the patching sweep, then the edges (a new bar when the total changes)."""
+    from tqdm.auto import tqdm
+
+    state = {"total": None, "bar": None}
+
+    def cb(done: int, total: int) -> None:
+        if total != state["total"]:
+            if state["bar"] is not None:
+                state["bar"].close()
+            state["total"] = total
+            state["bar"] = tqdm(total=total, desc=f"{task}: {'patching' if state['bar'] is None else 'edges'}",
+                                mininterval=5)
+        state["bar"].n = done
+        state["bar"].refresh()
+
+    return cb
+
+
+def negatives_doing_the_task(model, task: str, n: int = 32) -> str:
+    """Fraction of corrupted prompts on which the model's top-1 next token is the corrupted
+    prompt's *own* answer (docstring: the corrupt def's third argument; induction: the word put in
+    the first half, i.e. the record's distractor) — "n/a" where the corruption leaves no answer
+    (IOI's ABC names, greater-than's year 01). High = the negatives still carry the behaviour."""
+    import re
+
+    from analyses.circuits import load_circuit_task, task_pairs
+    from probes import attribution as attr
+    from probes.tokens import single_token
+
+    if task not in ("docstring", "induction"):
+        return "n/a"
+    recs = load_circuit_task(task)[:n]
+    pairs = task_pairs(model, recs)
+    if task == "docstring":
+        own = [" " + re.search(r"\(self, ([^)]*)\)", r["corrupt"])[1].split(", ")[2] for r in recs]
+    else:
+        own = [r["distractors"][0] for r in recs]
+    want = torch.tensor([single_token(model, w) for w in own])
+    with torch.no_grad():
+        top = attr.last_logits(model, pairs.corrupt.to(model.cfg.device), pairs.lengths).argmax(-1).cpu()
+    return f"{(top == want).float().mean().item():.0%} of {len(recs)}"
+
+
 def main(argv=None) -> int:
     from analyses.circuits import ANCHORS, TASKS, CircuitCompareParams, circuit_compare, select_positive, task_pairs, load_circuit_task
     from probes.models import load
@@ -83,6 +194,11 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="print only, do not write RESULTS.md")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown here")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--edge-top-n", type=int, default=10, help="path-patch every pair among the top-N heads (0 = no edges)")
+    ap.add_argument("--edge-inputs", default="qkv", help="receiver inputs, comma-separated; the first is the ground truth")
+    ap.add_argument("--no-edge-batching", action="store_true", help="skip the batched vs one-edge-per-forward timing")
+    ap.add_argument("--sae-diagnostics", action="store_true",
+                    help="also: SAE node AUC with last-position head outputs and a label-free code-diversity baseline")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,7 +207,10 @@ def main(argv=None) -> int:
     sizes = tuple(int(s) for s in args.sizes.split(","))
     naive_layers = [int(x) for x in args.naive_layers.split(",") if x]
 
+    edge_inputs = tuple(x for x in args.edge_inputs.split(",") if x)
     checks, auc_rows, time_rows, faith_rows, miss_rows = [], [], [], [], []
+    edge_auc_rows, edge_time_rows, edge_rows = [], [], []
+    diag_rows, diag_miss = [], []
     for task in tasks:
         pairs, check = select_positive(model, task_pairs(model, load_circuit_task(task)), args.n_prompts)
         ok = check["frac_positive"] >= 0.6 and check["mean_ld_clean"] > 0
@@ -102,9 +221,10 @@ def main(argv=None) -> int:
         variants = [False, True] if args.shared else [False]
         for shared in variants:
             p = CircuitCompareParams(task=task, n_prompts=args.n_prompts, batch_size=args.batch_size, ig_steps=args.ig_steps,
-                                     epochs=args.epochs, sizes=sizes, shared=shared)
+                                     epochs=args.epochs, sizes=sizes, shared=shared,
+                                     edge_top_n=0 if shared else args.edge_top_n, edge_inputs=edge_inputs)
             t0 = time.perf_counter()
-            res = circuit_compare(model, p)
+            res = circuit_compare(model, p, progress=_progress(task))
             total = time.perf_counter() - t0
             tab = res.auc_table()
             for m in res.methods:
@@ -127,6 +247,36 @@ def main(argv=None) -> int:
                         sel = f[(f.method == m) & (f["size"] == k)]
                         row.append(f"{sel[sel['mode'] == 'keep'].recovered.item():.2f} / {sel[sel['mode'] == 'ablate'].recovered.item():.2f}")
                     faith_rows.append(row)
+                if res.has_edges:
+                    for m in res.methods:
+                        edge_auc_rows.append([m, task, *[f"{tab[(tab.method == m) & (tab.threshold == t)].edge_auc.item():.3f}"
+                                                         for t in p.thresholds], res.n_used])
+                    ge = [int(tab[(tab.method == "patching") & (tab.threshold == t)].gt_edges.item()) for t in p.thresholds]
+                    edge_auc_rows.append([f"(ground-truth edges of {len(res.edges)}, top-{args.edge_top_n} heads)", task, *ge,
+                                          res.n_used])
+                    base = res.seconds["patching_edges"]
+                    for m in ("patching", "attribution_patching", "eap_ig"):
+                        sec, pas = res.seconds[f"{m}_edges"], res.passes[f"{m}_edges"]
+                        edge_time_rows.append(["path patching" if m == "patching" else m, task,
+                                               f"{sec:.2f}", f"{base / sec:.1f}×", pas.get("forward_prompt_sets", "?"),
+                                               pas.get("backward_prompt_sets", 0)])
+                    edge_time_rows.append(["discrete_sae (co-occurrence, from its codes)", task, "≈0", "", "", ""])
+                    if not args.no_edge_batching:
+                        H = model.cfg.n_heads
+                        el = [((int(a) // H, int(a) % H), (int(b) // H, int(b) % H)) for a, b in res.edges]
+                        bt, nt, ne = edge_batching_seconds(model, pairs, el, edge_inputs[:1], args.batch_size)
+                        edge_time_rows.append([f"path patching of {ne} edges (two busiest receiver layers): batched vs one "
+                                               "edge per forward", task, f"{bt:.2f} vs {nt:.2f}", f"{nt / bt:.1f}× (one-per-forward / batched)", "", ""])
+                    ef = res.edge_frame()
+                    col = f"effect_{edge_inputs[0]}"
+                    for r in ef.reindex(ef[col].abs().sort_values(ascending=False).index).head(6).itertuples():
+                        eff = " / ".join(f"{getattr(r, f'effect_{g}'):+.3f}" for g in edge_inputs)
+                        edge_rows.append([task, f"{r.sender}→{r.receiver}", eff, f"{r.attribution_patching:.3f}",
+                                          f"{r.eap_ig:.3f}", f"{r.discrete_sae:.0f}"])
+                if args.sae_diagnostics:
+                    dr, dm = sae_diagnostics(model, pairs, res, p)
+                    diag_rows += dr
+                    diag_miss += dm
                 miss = res.missed(k=5)
                 miss_rows.append([task, ", ".join(f"{r.node} ({r.effect:+.2f}, rank {r.rank})" for r in miss.itertuples())])
                 nb = batched_sweep_seconds(model, pairs, naive_layers, args.batch_size)
@@ -139,10 +289,14 @@ def main(argv=None) -> int:
     for a in ANCHORS:
         auc_rows.append([a["method"] + " — theirs", a["task"], *([f"{a['node_auc']:.3f}"] + [""] * (len(ths) - 1)),
                          f"edge AUC {a['edge_auc']:.3f}"])
+    for a in ANCHORS:
+        edge_auc_rows.append([a["method"] + " — theirs", a["task"], *([f"{a['edge_auc']:.3f}"] + [""] * (len(ths) - 1)),
+                              "published circuit"])
     info = machine_info()
     body = [f"Machine: {info.get('cpu', '?')}, {info.get('cores', '?')} cores, device {args.device}, torch "
             f"{torch.__version__}, {torch.get_num_threads()} thread(s). Model {args.model}; {args.n_prompts} positive "
-            f"prompt pairs per task; SAE {args.epochs} epochs, 200 latents, L1 0.02; EAP-IG {args.ig_steps} steps.",
+            f"prompt pairs per task; SAE {args.epochs} epochs, 200 latents, L1 0.02; EAP-IG {args.ig_steps} steps; edges "
+            f"among the top-{args.edge_top_n} heads.",
             "", "Task check (the prompt pairs evaluated to find the positive ones):", "",
             markdown_table(["task", "pairs", "clean positive", "mean LD clean", "mean LD corrupted", "does the task"], checks),
             "", "Node ROC-AUC against the noising-patching ground truth (|effect| ≥ threshold); "
@@ -156,6 +310,31 @@ def main(argv=None) -> int:
             markdown_table(["method", "task", *[f"k={k}" for k in sizes]], faith_rows),
             "", "Ground-truth heads (|effect| ≥ 0.02) the discrete-SAE method ranks lowest (effect, rank of 270):", "",
             markdown_table(["task", "missed heads"], miss_rows)]
+    if edge_auc_rows and args.edge_top_n:
+        body += ["", f"Edge ROC-AUC against path patching (|edge effect| ≥ threshold, the node thresholds; edges = every "
+                     f"ordered pair of the top-{args.edge_top_n} heads by |node effect| with the receiver in a later layer; "
+                     f"receiver = a query head patched through its own {edge_inputs[0]} inputs, K/V ungrouped). GPT-2 rows: "
+                     "the papers' edge AUCs against published GPT-2 circuits (theirs, not comparable):", "",
+                 markdown_table(["method", "task", *[f"edge AUC @ {t:g}" for t in ths], "prompts"], edge_auc_rows),
+                 "", "Edge runtime (seconds; ratio = path-patching time / method time, same run); passes in forward "
+                     "prompt-sets (path patching: one per edge × input group, each from the receiver's layer on):", "",
+                 markdown_table(["method", "task", "seconds", "path patching / method", "forward passes", "backward passes"],
+                                edge_time_rows),
+                 "", f"Strongest edges (path patching, fraction of the gap, receiver inputs {' / '.join(edge_inputs)}), with "
+                     "the methods' scores (|AtP|, |EAP-IG| as fractions of the gap; SAE co-occurring code pairs):", "",
+                 markdown_table(["task", "edge", f"effect {' / '.join(edge_inputs)}", "AtP", "EAP-IG", "SAE"], edge_rows)]
+    if diag_rows:
+        body += ["", "Discrete-SAE diagnostics (node AUC; variants fixed in advance, not tuned on the ground truth): the "
+                     "reference input (head output averaged over positions), the head output at the last position, and "
+                     "a label-free baseline = number of distinct codes a head takes over all prompts. ρ = Spearman "
+                     "correlation of the SAE score with that diversity. Last column: how often the model's top-1 on a "
+                     "corrupted prompt is that prompt's own answer (the negatives still doing the task):", "",
+                 markdown_table(["variant", "task", *[f"AUC @ {t:g}" for t in ths], "ρ(score, diversity)",
+                                 "corrupted prompts answered with their own answer"], diag_rows),
+                 "", "Ground-truth heads the reference ranks lowest, with their positive-only codes and distinct codes "
+                     "(mean / last position):", "",
+                 markdown_table(["task", "head", "effect", "rank", "positive-only codes", "distinct (mean)",
+                                 "distinct (last)"], diag_miss)]
     text = "\n".join(body)
     print(text)
     if args.out:

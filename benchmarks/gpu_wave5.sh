@@ -9,6 +9,9 @@ for j in "$@"; do
     duo) job duo 240 python3 -m benchmarks.bench_duo --device cuda --steps 400 --min-length 1000 --max-length 4000 --n-passkeys 5 --passkey-words 16 --n-sink 64 --window 256 --lr 0.05 --eval-samples 8 --time-budget 170 --save "$OUT/duo_gates" --out "$OUT/gpu_duo.md" --verbose ;;
     # optional, after duo: NIAH accuracy vs KV memory with the KV heads ranked by those gates (≈ 150 s)
     duo_kv) job duo_kv 240 python3 -m app.cli kv-curve --device cuda --heads-from "$OUT/duo_gates" --lengths 1000,2000 --depths 0.25,0.75 --needles 0,1,2 --kv-heads 0,9,18,45 --window 64 --out "$OUT/duo_kv_curve" ;;
+    smoke) job smoke 120 python3 -c "import torch; from probes.models import load; m = load('smollm2-135m', device='cuda').model; print(torch.cuda.get_device_name(), m.cfg.n_layers)" ;;
+    # issue 11: nodes + edges (path patching among the top-20 heads, query vs key/value split), 4 tasks, 32 prompts; ~150 s expected
+    circuits) job circuits 300 python3 -m benchmarks.bench_circuits --device cuda --n-prompts 32 --batch-size 32 --edge-top-n 20 --edge-inputs qkv,q,kv --sae-diagnostics --out "$OUT/gpu_circuits.md" ;;
     *) echo "unknown job $j" ;;
   esac
 done

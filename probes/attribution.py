@@ -388,9 +388,10 @@ def mean_ablated_metric(model, pairs: Pairs, ablate: np.ndarray, means: torch.Te
 
 
 def head_vectors(model, tokens: torch.Tensor, lengths: torch.Tensor, batch_size: int = 16,
-                 isometric: bool = False) -> torch.Tensor:
+                 isometric: bool = False, positions: str = "mean") -> torch.Tensor:
     """[N, n_layers * n_heads, d_model]: each head's output ``z_h W_O[h]`` averaged over each
-    prompt's real positions (the discrete-SAE method's input, O'Neill & Bui 2024).
+    prompt's real positions (the discrete-SAE method's input, O'Neill & Bui 2024);
+    ``positions="last"``: at each prompt's last real position instead (a diagnostic variant).
 
     ``isometric=True`` returns [N, nodes, d_head] instead: the same vectors in an orthonormal
     basis of the row space of ``W_O[h]`` (where every output of head h lies), so norms and inner
@@ -402,6 +403,8 @@ def head_vectors(model, tokens: torch.Tensor, lengths: torch.Tensor, batch_size:
         for l in range(L):
             q, _ = torch.linalg.qr(model.W_O[l].detach().double().transpose(1, 2))  # [H, d_model, d_head]
             basis.append(q.to(model.cfg.dtype))
+    if positions not in ("mean", "last"):
+        raise InputError(f"Head-vector positions must be 'mean' or 'last', not {positions!r}.")
     names = [hooknames.name("z", l) for l in range(L)]
     out = []
     with model_lock(model), torch.no_grad():
@@ -413,7 +416,10 @@ def head_vectors(model, tokens: torch.Tensor, lengths: torch.Tensor, batch_size:
             mask = (torch.arange(t)[None, :] < lengths[idx][:, None]).to(model.cfg.device).to(model.cfg.dtype)
             per_layer = []
             for l, nm in enumerate(names):
-                zmean = (cache[nm] * mask[..., None, None]).sum(1) / mask.sum(1)[:, None, None]  # [b, H, dh]
+                if positions == "last":
+                    zmean = cache[nm][torch.arange(len(idx)), (lengths[idx] - 1).to(cache[nm].device)]  # [b, H, dh]
+                else:
+                    zmean = (cache[nm] * mask[..., None, None]).sum(1) / mask.sum(1)[:, None, None]
                 out_l = torch.einsum("bhd,hdm->bhm", zmean, model.W_O[l])
                 if basis is not None:
                     out_l = torch.einsum("bhm,hmr->bhr", out_l, basis[l])

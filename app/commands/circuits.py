@@ -3,7 +3,8 @@
 * ``patch``    — activation patching of every head and MLP layer (the ground truth);
 * ``discover`` — the discrete-SAE method (O'Neill & Bui 2024);
 * ``compare``  — patching, attribution patching, EAP-IG and the discrete-SAE method on one task:
-  node ROC-AUC at several ground-truth thresholds, runtimes, faithfulness curves.
+  node ROC-AUC at several ground-truth thresholds, edge ROC-AUC against path patching of the pairs
+  among the top-N heads (``--edge-top-n``), runtimes, faithfulness curves.
 
 Flags and defaults come from each analysis' Params."""
 
@@ -37,6 +38,20 @@ def register(sub) -> None:
         return 2
 
     p.set_defaults(func=_help)
+
+
+def _phases():
+    """Progress for a run in phases (node sweep, then edges): a new bar whenever the total changes."""
+    state = {"total": None, "cb": None, "phase": 0}
+
+    def cb(done: int, total: int) -> None:
+        if total != state["total"]:
+            state["phase"] += 1
+            state["total"] = total
+            state["cb"] = progress("patching" if state["phase"] == 1 else "path patching (edges)")
+        state["cb"](done, total)
+
+    return cb
 
 
 def _check(check: dict) -> str:
@@ -80,9 +95,15 @@ def run_compare(args) -> int:
 
     check_out_dir(args.out)
     params = params_from_args(CircuitCompareParams, args)
-    res = circuit_compare(load_model(args), params, progress=progress("patching"))
+    res = circuit_compare(load_model(args), params, progress=_phases())
     print(_check(res.check))
-    print(res.auc_table().round(3).to_string(index=False))
+    print(res.auc_table(anchors=True).round(3).to_string(index=False))
+    if res.has_edges:
+        print("strongest edges (path patching, fraction of the gap):")
+        ef = res.edge_frame()
+        col = f"effect_{params.edge_inputs[0]}"
+        print(ef.reindex(ef[col].abs().sort_values(ascending=False).index).head(10).round(4).to_string(index=False))
+    print(res.timing_table().round(2).to_string(index=False))
     print("discrete SAE: ground-truth heads it ranks lowest:")
     print(res.missed().to_string(index=False))
     save_result(res, args.out)

@@ -26,14 +26,16 @@ task = c1.selectbox("Task", list(TASKS), index=list(TASKS).index(CP.task), key="
 n_prompts = c2.number_input("Prompt pairs", 1, 64, CP.n_prompts, key="ci_n")
 ig_steps = c3.number_input("EAP-IG steps", 1, 32, CP.ig_steps, key="ci_ig")
 epochs = c4.number_input("SAE epochs", 10, 2000, CP.epochs, step=50, key="ci_epochs")
-c5, c6, c7 = st.columns(3)
+c5, c6, c7, c8 = st.columns(4)
 latents = c5.number_input("SAE latents per head", 4, 1024, CP.n_latents, key="ci_latents")
 l1 = c6.number_input("SAE L1", 0.0, 1.0, CP.l1, step=0.005, format="%.3f", key="ci_l1")
-shared = c7.checkbox("One SAE shared by all heads (reference code)", CP.shared, key="ci_shared")
+top_n = c7.number_input("Edges among the top-N heads (0 = none)", 0, 40, CP.edge_top_n, key="ci_edges",
+                        help="Path patching of every head pair among the N heads with the largest patching effect")
+shared = c8.checkbox("One SAE shared by all heads (reference code)", CP.shared, key="ci_shared")
 
 with ui.guard():
     params = CP.replace(task=task, n_prompts=int(n_prompts), ig_steps=int(ig_steps), epochs=int(epochs),
-                        n_latents=int(latents), l1=float(l1), shared=bool(shared))
+                        n_latents=int(latents), l1=float(l1), shared=bool(shared), edge_top_n=int(top_n))
 if st.button("Compare methods", key="ci_run", type="primary"):
     ui.run_analysis("circuits", circuit_compare, model, params, label="Patching sweep")
 res = ui.stored("circuits", params, model)
@@ -54,8 +56,10 @@ with tabs[0]:
     from analyses.circuits import circuit_graph
 
     mi = res.methods.index(method)
-    st.plotly_chart(circuit_graph(res.scores[mi], res.edge_counts if method == "discrete_sae" else None, res.truth,
-                                  res.top_codes), key="ci_graph")
+    st.plotly_chart(circuit_graph(res.scores[mi], res.edge_matrix(method), res.truth, res.top_codes), key="ci_graph")
+    if res.has_edges and method != "discrete_sae":
+        st.caption(f"Edges: {method}'s scores of the {len(res.edges)} head pairs among the top-{res.params.edge_top_n} "
+                   "patching heads (path patching = the edge ground truth).")
     k = st.slider("Circuit size (top heads)", 1, cfg.n_layers * cfg.n_heads, min(10, cfg.n_layers * cfg.n_heads), key="ci_k")
     order = np.argsort(-res.scores[mi].ravel())[:k]
     heads = [divmod(int(i), cfg.n_heads) for i in order]
@@ -70,6 +74,10 @@ with tabs[0]:
         st.success(f"{len(rest)} head masks sent; open the Playground.")
 with tabs[1]:
     st.plotly_chart(figs["roc"], key="ci_roc")
+    if "edge_roc" in figs:
+        st.plotly_chart(figs["edge_roc"], key="ci_edge_roc")
+        st.caption("Edge ground truth: path patching (the sender's corrupted output reaches only the receiver's "
+                   "q/k/v inputs; K/V ungrouped so a query head is patched alone).")
 with tabs[2]:
     st.plotly_chart(figs["patching"], key="ci_patch")
     st.caption("Noising: each head's output on the clean prompts replaced by its output on the corrupted ones; "
@@ -79,7 +87,10 @@ with tabs[3]:
     st.caption("keep: every head outside the top-k mean-ablated (mean over corrupted prompts and positions); "
                "ablate: the top-k alone mean-ablated.")
 with tabs[4]:
-    st.dataframe(res.auc_table().round(3), hide_index=True)
+    st.dataframe(res.auc_table(anchors=True).round(3), hide_index=True)
+    if res.has_edges:
+        st.caption("Scored edges: path-patching effect (fraction of the gap) and every method's score:")
+        st.dataframe(res.edge_frame().round(4), hide_index=True)
     st.caption("Runtime of each method in this run (patching = the ground-truth sweep):")
     st.dataframe(res.timing_table().round(2), hide_index=True)
     st.caption("Their numbers (GPT-2 small, published ground truths — not this model):")

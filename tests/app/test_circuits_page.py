@@ -24,7 +24,9 @@ def test_circuits_page_compares_and_sends(smollm2):
     at.button(key="ci_run").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
-    assert len(at.get("plotly_chart")) >= 4
+    assert len(at.get("plotly_chart")) >= 5  # graph, node ROC, edge ROC, patching heatmap, faithfulness
+    edges = [df.value for df in at.dataframe if "sender" in df.value.columns]
+    assert edges and {"effect_qkv", "eap_ig", "discrete_sae"} <= set(edges[0].columns)
     at.slider(key="ci_k").set_value(3)
     at.button(key="ci_send_keep").click().run()
     assert not at.exception

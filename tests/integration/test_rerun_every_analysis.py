@@ -57,7 +57,7 @@ def _cases():
         "sae_absorption": AbsorptionParams(saes=("smollm2-135m/resid-L12",), n_words=120),
         "circuit_patch": CircuitPatchParams(task="induction", n_prompts=1, directions=("noising",)),
         "circuit_discover": CircuitDiscoverParams(task="ioi", n_prompts=3, n_latents=16, epochs=30),
-        "circuit_compare": CircuitCompareParams(task="induction", n_prompts=1, ig_steps=2, n_latents=16, epochs=20,
+        "circuit_compare": CircuitCompareParams(task="induction", n_prompts=1, ig_steps=2, n_latents=16, epochs=20, edge_top_n=5,
                                                 sizes=(3,)),
         "isotropy": IsotropyParams(texts=TEXTS, max_tokens=24, n_sample=40, n_pairs=200, weights=False),
         "whitening": WhiteningParams(depth=6, n_texts=3, max_tokens=16, n_sample=20, n_pairs=100),

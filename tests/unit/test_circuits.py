@@ -270,3 +270,14 @@ def test_isometric_head_vectors_keep_the_geometry(tiny64):
     _, cache = tiny64.run_with_cache(toks[2:, :3])
     want = cache["blocks.0.attn.hook_z"][0, :3, 1].mean(0) @ tiny64.W_O[0, 1]
     torch.testing.assert_close(full[2, 1], want, rtol=1e-10, atol=1e-10)
+
+
+def test_last_position_head_vectors_read_each_prompts_last_real_position(tiny64):
+    toks = torch.tensor([[1, 5, 7, 9, 2], [3, 3, 8, 0, 0]])
+    lengths = torch.tensor([5, 3])
+    last = attr.head_vectors(tiny64, toks, lengths, positions="last")
+    _, cache = tiny64.run_with_cache(toks[1:, :3])
+    want = cache["blocks.1.attn.hook_z"][0, 2, 3] @ tiny64.W_O[1, 3]
+    torch.testing.assert_close(last[1, 4 + 3], want, rtol=1e-10, atol=1e-10)  # node = layer 1 × 4 heads + head 3
+    with pytest.raises(InputError, match="'mean' or 'last'"):
+        attr.head_vectors(tiny64, toks, lengths, positions="first")
