@@ -33,7 +33,7 @@ visible keys — the reference's masking) against k random non-retrieval heads, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Literal, Sequence
+from typing import Callable, ClassVar, Iterator, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,6 +53,7 @@ from analyses.niah import (
     rouge1_recall,
     tests_frame,
 )
+from probes.batched_greedy import greedy_rows, length_batches
 from probes.capture import run as capture_run
 from probes.errors import InputError
 from probes.hooknames import name as hook_name
@@ -112,6 +113,32 @@ def score_test(model, test: NiahTest, needle: Needle, max_new_tokens: int = 50, 
     ans = answer(model, test, needle, max_new_tokens, interventions, reducers=top.reducers(model))
     tops = top.stacked(len(ans.new_tokens))
     return ans, copy_scores(tops, ans.new_tokens, test.prompt_ids, test.needle_start, test.needle_end)
+
+
+def scan(model, built: Sequence[tuple[NiahTest, Needle]], max_new_tokens: int = 50, batch_size: int = 8,
+         prefill_rows: int = 1, interventions=(), scores: bool = True,
+         progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, NiahAnswer, np.ndarray | None]]:
+    """Batched :func:`score_test` (or :func:`analyses.niah.answer` with ``scores=False``):
+    tests sorted by prompt length, ``batch_size`` at a time, decoded greedily as rows of one
+    batch (:func:`probes.batched_greedy.greedy_rows`: left padding, finished rows leave the
+    batch, top-1 reduced in the hooks). Yields (index into ``built``, answer, [L, H] score)
+    batch by batch. Same procedure as the per-test loop; tests check equal answers and
+    scores on the real model."""
+    lengths = [t.prompt_len for t, _ in built]
+    batches = length_batches(lengths, batch_size)
+    done = 0
+    for rows in batches:
+        outs = greedy_rows(model, [built[i][0].prompt_ids for i in rows], max_new_tokens, stop_tokens=newline_ids(model),
+                           interventions=interventions, top1=scores, prefill_rows=prefill_rows)
+        for i, o in zip(rows, outs):
+            t, nd = built[i]
+            response = response_text(model, o.new_tokens)
+            ans = NiahAnswer(response, o.new_tokens, rouge1_recall(nd.answer, response))
+            sc = copy_scores(o.top1, o.new_tokens, t.prompt_ids, t.needle_start, t.needle_end) if scores else None
+            yield i, ans, sc
+        done += len(rows)
+        if progress is not None:
+            progress(done, len(built))
 
 
 def reference_scores(model, test: NiahTest, needle: Needle, max_new_tokens: int = 50) -> tuple[NiahAnswer, np.ndarray]:
@@ -187,6 +214,13 @@ def jaccard(a: set, b: set) -> float:
 # detection
 
 
+def _check_batching(params) -> None:
+    for label in ("batch_size", "prefill_rows"):
+        v = getattr(params, label)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise InputError(f"{label} must be an integer >= 1, not {v!r}.")
+
+
 @dataclass(frozen=True)
 class RetrievalParams(GridParams):
     """Parameters of :func:`retrieval_heads`: the NIAH grid, the threshold, the proxy."""
@@ -194,6 +228,12 @@ class RetrievalParams(GridParams):
     kind: ClassVar[str] = "retrieval_heads"
     threshold: float = field(default=THRESHOLD, metadata={"help": "retrieval score a retrieval head exceeds"})
     proxy_seqs: int = field(default=8, metadata={"help": "random repeated sequences for the induction proxy (0: skip)"})
+    batch_size: int = field(default=8, metadata={"help": "NIAH tests decoded together as rows of one batch (1: one by one)"})
+    prefill_rows: int = field(default=1, metadata={"help": "equal-length prompts prefilled together (memory ~ rows × T²)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_batching(self)
 
 
 @dataclass(frozen=True)
@@ -310,17 +350,18 @@ def retrieval_heads(model, params: RetrievalParams, progress: Callable[[int, int
     (KeyboardInterrupt) returns the finished tests with ``complete=False``."""
     built = grid_tests(model, params)
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    tests, answers, scores, complete = [], [], [], True
+    finished: dict[int, tuple[NiahAnswer, np.ndarray]] = {}
+    complete = True
     try:
-        for i, (t, nd) in enumerate(built):
-            ans, sc = score_test(model, t, nd, params.max_new_tokens)
-            tests.append(t)
-            answers.append(ans)
-            scores.append(sc)
-            if progress is not None:
-                progress(i + 1, len(built))
+        for i, ans, sc in scan(model, built, params.max_new_tokens, params.batch_size, params.prefill_rows,
+                               progress=progress):
+            finished[i] = (ans, sc)
     except KeyboardInterrupt:
         complete = False
+    keep = sorted(finished)  # grid order; an interrupted scan keeps its finished batches
+    tests = [built[i][0] for i in keep]
+    answers = [finished[i][0] for i in keep]
+    scores = [finished[i][1] for i in keep]
     frame = tests_frame(tests, answers, params.recall_threshold)
     per = np.stack(scores) if scores else np.zeros((0, L, H))
     counted = frame["correct"].to_numpy(bool) if len(frame) else np.zeros(0, bool)
@@ -348,9 +389,12 @@ class MaskingParams(GridParams):
     heads: tuple = field(default=(), metadata={"help": "ranked retrieval heads ((layer, head), ...); empty: detect"})
     threshold: float = field(default=THRESHOLD, metadata={"help": "retrieval-head threshold (detection)"})
     mode: Literal["uniform", "zero"] = field(default="uniform", metadata={"help": "head masking (uniform: the reference)"})
+    batch_size: int = field(default=8, metadata={"help": "NIAH tests decoded together as rows of one batch (1: one by one)"})
+    prefill_rows: int = field(default=1, metadata={"help": "equal-length prompts prefilled together (memory ~ rows × T²)"})
 
     def __post_init__(self):
         super().__post_init__()
+        _check_batching(self)
         object.__setattr__(self, "ks", tuple(int(k) for k in self.ks))
         object.__setattr__(self, "heads", tuple((int(l), int(h)) for l, h in self.heads))
         if any(k < 0 for k in self.ks):
@@ -400,13 +444,10 @@ class MaskingResult(Result):
         return {"masking_curves": fig}
 
 
-def _grid_accuracy(model, built, params: GridParams, interventions) -> tuple[float, float]:
-    correct, recall = [], []
-    for t, nd in built:
-        a = answer(model, t, nd, params.max_new_tokens, interventions)
-        correct.append(a.recall > params.recall_threshold)
-        recall.append(a.recall)
-    return float(np.mean(correct)), float(np.mean(recall))
+def _grid_accuracy(model, built, params: MaskingParams, interventions) -> tuple[float, float]:
+    recall = [a.recall for _, a, _ in scan(model, built, params.max_new_tokens, params.batch_size, params.prefill_rows,
+                                           interventions=interventions, scores=False)]
+    return float(np.mean([r > params.recall_threshold for r in recall])), float(np.mean(recall))
 
 
 @analysis(MaskingParams)
@@ -426,7 +467,8 @@ def retrieval_masking(model, params: MaskingParams, progress: Callable[[int, int
         pool = [(l, h) for l in range(L) for h in range(H) if (l, h) not in set(ranked)]
     else:
         det = retrieval_heads(model, RetrievalParams(**{f: getattr(params, f) for f in GridParams.__dataclass_fields__},
-                                                     threshold=params.threshold, proxy_seqs=0))
+                                                     threshold=params.threshold, proxy_seqs=0,
+                                                     batch_size=params.batch_size, prefill_rows=params.prefill_rows))
         ranked = det.top(n_heads)
         taken = set(det.retrieval_heads()) | set(ranked[: max(params.ks, default=0)])
         pool = [(l, h) for l, h in ranked if (l, h) not in taken]
