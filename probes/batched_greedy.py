@@ -81,6 +81,45 @@ class _Top1State:
         return out
 
 
+class _RowHooks:
+    """Per-row hooks: ``row_hooks[r]`` (a HookList) acts on row r only. Rows that share one
+    HookList object run it together on their sub-batch (one call per distinct list and
+    hook point), whatever rows the current pass holds (``rows``: global row ids)."""
+
+    def __init__(self, row_hooks: Sequence[HookList]):
+        self.row_hooks = list(row_hooks)
+        self.rows: list[int] = []
+        self._plan: dict[tuple, dict[str, list]] = {}
+
+    def _groups(self, name: str) -> list:
+        key = tuple(self.rows)
+        if key not in self._plan:
+            plan: dict[str, list] = {}
+            by_list: dict[int, list[int]] = {}
+            for pos, r in enumerate(self.rows):
+                by_list.setdefault(id(self.row_hooks[r]), []).append(pos)
+            for positions in by_list.values():
+                for hname, fn in self.row_hooks[self.rows[positions[0]]]:
+                    plan.setdefault(hname, []).append((fn, torch.tensor(positions)))
+            self._plan = {key: plan}  # only the current pass's plan is kept
+        return self._plan[key].get(name, [])
+
+    def hooks(self) -> HookList:
+        names = sorted({n for hl in self.row_hooks for n, _ in hl})
+
+        def dispatch(tensor, hook=None, name=""):
+            out = tensor
+            for fn, positions in self._groups(name):
+                idx = positions.to(tensor.device)
+                new = fn(tensor.index_select(0, idx), hook)
+                if new is not None:
+                    out = out.clone() if out is tensor else out
+                    out.index_copy_(0, idx, new.to(out.dtype))
+            return out
+
+        return [(n, functools.partial(dispatch, name=n)) for n in names]
+
+
 def _merge_left_padded(model, caches: list, lengths: list[int]):
     """One cache for all rows: each prefilled cache left-padded (zeros, mask 0) to the longest."""
     longest = max(lengths)
@@ -128,10 +167,13 @@ def greedy_rows(
     top1: bool = False,
     prefill_rows: int = 1,
     require_equal_lengths: bool = False,
+    row_hooks: Sequence[HookList] | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> list[RowOutput]:
     """Greedy continuations of ``prompts`` (token-id lists), all rows of one decoding batch;
-    see the module docstring. ``on_step(step, rows_alive)`` is called after each pass."""
+    see the module docstring. ``row_hooks[r]``: hooks applied to row r only (rows sharing
+    one list object run it together; e.g. one KV policy per row). ``on_step(step,
+    rows_alive)`` is called after each pass."""
     prompts = [[int(t) for t in p] for p in prompts]
     if not prompts:
         return []
@@ -153,7 +195,12 @@ def greedy_rows(
     eos = getattr(model.tokenizer, "eos_token_id", None) if model.tokenizer is not None else None
     stops = frozenset(int(t) for t in stop_tokens) | (frozenset([eos]) if stop_at_eos and eos is not None else frozenset())
     state = _Top1State(model.cfg.n_layers)
-    hooks = list(extra_hooks) + (state.hooks() if top1 else [])
+    per_row = None
+    if row_hooks is not None:
+        if len(row_hooks) != len(prompts):
+            raise InputError(f"{len(row_hooks)} row hook lists for {len(prompts)} prompts.")
+        per_row = _RowHooks(row_hooks)
+    hooks = list(extra_hooks) + (per_row.hooks() if per_row is not None else []) + (state.hooks() if top1 else [])
     n = len(prompts)
     # prefill groups: consecutive runs of equal length (rows keep their input order)
     groups: list[list[int]] = []
@@ -170,6 +217,8 @@ def greedy_rows(
             piece = torch.tensor([prompts[i] for i in g], device=device)
             cache = new_cache(model, len(g))
             state.pads = torch.zeros(len(g), dtype=torch.long, device=device)
+            if per_row is not None:
+                per_row.rows = list(g)
             logits.append(model(piece, past_kv_cache=cache, attention_mask=torch.ones_like(piece))[:, -1])
             caches.append(cache)
             order += g
@@ -209,6 +258,8 @@ def greedy_rows(
                 toks = toks.index_select(0, idx)
                 alive = [alive[i] for i in keep]
             state.pads = pads
+            if per_row is not None:
+                per_row.rows = alive
             piece = toks[:, None]
             logits = model(piece, past_kv_cache=cache, attention_mask=torch.ones_like(piece))[:, -1]
             if top1:

@@ -51,13 +51,18 @@ def n_kv_heads(model) -> int:
     return getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads
 
 
-def dropped_mask(n_q: int, n_k: int, n_sink: int, window: int) -> torch.Tensor:
+def dropped_mask(n_q: int, n_k: int, n_sink: int, window: int, device=None) -> torch.Tensor:
     """[n_q, n_k] bool: key j is dropped for the query at absolute position t = n_k − n_q + i
     when n_sink <= j < t − window (the cache before t holds the sinks and the ``window``
     previous tokens; t itself is always seen)."""
-    t = torch.arange(n_k - n_q, n_k)[:, None]
-    j = torch.arange(n_k)[None, :]
+    t = torch.arange(n_k - n_q, n_k, device=device)[:, None]
+    j = torch.arange(n_k, device=device)[None, :]
     return (j >= n_sink) & (j < t - window)
+
+
+def drops_any(n_k: int, n_sink: int, window: int) -> bool:
+    """Whether :func:`dropped_mask` has any True (its last query, t = n_k − 1, drops the most)."""
+    return n_sink < n_k - 1 - window
 
 
 @KV_POLICIES.register("razor")
@@ -126,9 +131,9 @@ class RazorAttention(_Data):
 
             def hook(scores, hook=None, idx=idx):
                 n_q, n_k = scores.shape[-2], scores.shape[-1]
-                drop = dropped_mask(n_q, n_k, self.n_sink, self.window).to(scores.device)
-                if not bool(drop.any()):
+                if not drops_any(n_k, self.n_sink, self.window):  # decided without a device sync
                     return scores
+                drop = dropped_mask(n_q, n_k, self.n_sink, self.window, scores.device)
                 sub = scores[:, idx.to(scores.device)]  # [B, h, Q, K]
                 if self.compensation:
                     n_d = drop.sum(-1).clamp(min=1).to(scores.dtype)  # [Q]

@@ -85,3 +85,24 @@ def test_length_batches_sort_and_bad_input(tiny):
         greedy_rows(tiny, [[1] * 60], 10)
     with pytest.raises(InputError, match="equal length"):
         greedy_rows(tiny, [[1, 2], [1]], 2, require_equal_lengths=True)
+
+
+def test_row_hooks_one_kv_policy_per_row_equal_separate_runs(tiny64):
+    """Rows of equal length, each under its own RazorAttention policy (or none), decoded
+    together equal generate(kv_policy=that policy) one by one."""
+    from probes.razor import RazorAttention
+
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(0, 50, (24,), generator=g).tolist() for _ in range(2)]
+    policies = [None, RazorAttention(((0, 1),), n_sink=2, window=3),
+                RazorAttention((), n_sink=1, window=4, compensation=False)]
+    hooks = {p: (p.hooks(tiny64) if p is not None else []) for p in policies}
+    rows = [(p, pol) for pol in policies for p in prompts]
+    outs = greedy_rows(tiny64, [p for p, _ in rows], 6, row_hooks=[hooks[pol] for _, pol in rows],
+                       require_equal_lengths=True, prefill_rows=2)
+    seen = set()
+    for (p, pol), o in zip(rows, outs):
+        ref = generate(tiny64, p, max_new_tokens=6, kv_policy=pol if pol is not None else "full")
+        assert o.new_tokens == ref.new_tokens
+        seen.add((tuple(p), o.new_tokens))
+    assert len(seen) > len(prompts)  # the policies change some answers
