@@ -20,6 +20,15 @@ every layer captured at every step, the reference's per-head ``topk(1)`` loop), 
 tests check that the two give identical scores on the real model. Ties in the top-1 go to
 the first position (``torch.argmax``).
 
+**Batched.** :func:`scan` (used by :func:`retrieval_heads` and :func:`retrieval_masking`)
+runs the same procedure on ``batch_size`` tests at once: sorted by prompt length, each
+prefilled alone (``prefill_rows=1``: the per-test prefill), then decoded as rows of one
+left-padded batch (:mod:`probes.batched_greedy`; pad keys masked, positions unpadded,
+finished rows leave the batch), with the top-1 kept on the device in unpadded positions and
+one host sync per step. Batched matmuls may round differently from one-row ones, so a
+greedy token or a top-1 could flip on a near-exact tie; the tests compare answers and
+scores with the per-test loop on the real model (equal there).
+
 **Proxy.** :func:`induction_scores`: on random tokens repeated twice, each head's mean
 attention from a token in the second copy to the token after its first occurrence (the
 induction / copying pattern); the Result reports its Spearman correlation with the
@@ -57,7 +66,7 @@ from probes.batched_greedy import greedy_rows, length_batches
 from probes.capture import run as capture_run
 from probes.errors import InputError
 from probes.hooknames import name as hook_name
-from probes.interventions import HeadMask, applied
+from probes.interventions import HeadMask, applied, hooks_for
 from probes.models import model_id
 from probes.results import Params, Result, analysis
 
@@ -116,20 +125,21 @@ def score_test(model, test: NiahTest, needle: Needle, max_new_tokens: int = 50, 
 
 
 def scan(model, built: Sequence[tuple[NiahTest, Needle]], max_new_tokens: int = 50, batch_size: int = 8,
-         prefill_rows: int = 1, interventions=(), scores: bool = True,
+         prefill_rows: int = 1, interventions=(), scores: bool = True, row_hooks: Sequence | None = None,
          progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, NiahAnswer, np.ndarray | None]]:
     """Batched :func:`score_test` (or :func:`analyses.niah.answer` with ``scores=False``):
     tests sorted by prompt length, ``batch_size`` at a time, decoded greedily as rows of one
     batch (:func:`probes.batched_greedy.greedy_rows`: left padding, finished rows leave the
     batch, top-1 reduced in the hooks). Yields (index into ``built``, answer, [L, H] score)
-    batch by batch. Same procedure as the per-test loop; tests check equal answers and
-    scores on the real model."""
+    batch by batch. ``row_hooks[i]``: hooks for test i only (e.g. its head masks). Same
+    procedure as the per-test loop; tests check equal answers and scores on the real model."""
     lengths = [t.prompt_len for t, _ in built]
     batches = length_batches(lengths, batch_size)
     done = 0
     for rows in batches:
         outs = greedy_rows(model, [built[i][0].prompt_ids for i in rows], max_new_tokens, stop_tokens=newline_ids(model),
-                           interventions=interventions, top1=scores, prefill_rows=prefill_rows)
+                           interventions=interventions, top1=scores, prefill_rows=prefill_rows,
+                           row_hooks=[row_hooks[i] for i in rows] if row_hooks is not None else None)
         for i, o in zip(rows, outs):
             t, nd = built[i]
             response = response_text(model, o.new_tokens)
@@ -444,12 +454,6 @@ class MaskingResult(Result):
         return {"masking_curves": fig}
 
 
-def _grid_accuracy(model, built, params: MaskingParams, interventions) -> tuple[float, float]:
-    recall = [a.recall for _, a, _ in scan(model, built, params.max_new_tokens, params.batch_size, params.prefill_rows,
-                                           interventions=interventions, scores=False)]
-    return float(np.mean([r > params.recall_threshold for r in recall])), float(np.mean(recall))
-
-
 @analysis(MaskingParams)
 def retrieval_masking(model, params: MaskingParams, progress: Callable[[int, int], None] | None = None) -> MaskingResult:
     """NIAH accuracy vs k masked heads: the top-k retrieval heads against k random
@@ -488,19 +492,28 @@ def retrieval_masking(model, params: MaskingParams, progress: Callable[[int, int
             rng = np.random.default_rng(s)
             pick = rng.choice(len(pool), size=k, replace=False)
             configs.append((k, "random", s, [pool[i] for i in sorted(pick)]))
-    rows, complete, cache = [], True, {}
+    # every distinct head set × every test, as rows of shared batches (each row under its own masks)
+    keys = list(dict.fromkeys(tuple(heads) for _, _, _, heads in configs))
+    hook_lists = {key: hooks_for(model, [HeadMask(l, h, params.mode) for l, h in key]) for key in keys}
+    rows_in = [(key, j) for key in keys for j in range(len(built))]
+    recall: dict[tuple, dict[int, float]] = {key: {} for key in keys}
+    complete = True
     try:
-        for i, (k, which, seed, heads) in enumerate(configs):
-            key = tuple(heads)
-            if key not in cache:
-                ivs = [HeadMask(l, h, params.mode) for l, h in heads]
-                cache[key] = _grid_accuracy(model, built, params, ivs)
-            acc, rec = cache[key]
-            rows.append({"k": k, "which": which, "seed": seed, "accuracy": acc, "mean_recall": rec,
-                         "n_tests": len(built), "heads": " ".join(f"L{l}H{h}" for l, h in heads)})
-            if progress is not None:
-                progress(i + 1, len(configs))
+        for r, ans, _ in scan(model, [built[j] for _, j in rows_in], params.max_new_tokens, params.batch_size,
+                              params.prefill_rows, scores=False, row_hooks=[hook_lists[key] for key, _ in rows_in],
+                              progress=progress):
+            key, j = rows_in[r]
+            recall[key][j] = ans.recall
     except KeyboardInterrupt:
         complete = False
+    rows = []
+    for k, which, seed, heads in configs:
+        rec = recall[tuple(heads)]
+        if len(rec) < len(built):  # interrupted before this configuration finished
+            continue
+        vals = np.array([rec[j] for j in range(len(built))])
+        rows.append({"k": k, "which": which, "seed": seed, "accuracy": float(np.mean(vals > params.recall_threshold)),
+                     "mean_recall": float(vals.mean()), "n_tests": len(built),
+                     "heads": " ".join(f"L{l}H{h}" for l, h in heads)})
     return MaskingResult(model_id=model_id(model), params=params, curves=pd.DataFrame(rows),
                          ranked_heads=tuple(ranked), complete=complete)

@@ -106,3 +106,19 @@ def test_row_hooks_one_kv_policy_per_row_equal_separate_runs(tiny64):
         assert o.new_tokens == ref.new_tokens
         seen.add((tuple(p), o.new_tokens))
     assert len(seen) > len(prompts)  # the policies change some answers
+
+
+def test_row_hooks_with_padding_head_masks_per_row_equal_separate_runs(tiny64):
+    """Rows of different lengths, each with its own set of uniformly masked heads (padding-
+    safe hooks), equal generate() with those masks as interventions."""
+    from probes.interventions import hooks_for
+
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 50, (n,), generator=g).tolist() for n in (9, 17, 5, 12)]
+    masks = [[], [HeadMask(0, 0), HeadMask(1, 3)], [HeadMask(1, 1)], [HeadMask(0, 0), HeadMask(1, 3)]]
+    lists = {}
+    row_hooks = [lists.setdefault(tuple(m), hooks_for(tiny64, m)) for m in masks]
+    outs = greedy_rows(tiny64, prompts, 5, row_hooks=row_hooks, top1=True)
+    for p, m, o in zip(prompts, masks, outs):
+        tokens, top = _per_prompt(tiny64, p, 5, (), m)
+        assert o.new_tokens == tokens and torch.equal(o.top1, top)
