@@ -86,8 +86,9 @@ class _RowHooks:
     HookList object run it together on their sub-batch (one call per distinct list and
     hook point), whatever rows the current pass holds (``rows``: global row ids)."""
 
-    def __init__(self, row_hooks: Sequence[HookList]):
+    def __init__(self, row_hooks: Sequence[HookList], device):
         self.row_hooks = list(row_hooks)
+        self.device = device
         self.rows: list[int] = []
         self._plan: dict[tuple, dict[str, list]] = {}
 
@@ -99,8 +100,9 @@ class _RowHooks:
             for pos, r in enumerate(self.rows):
                 by_list.setdefault(id(self.row_hooks[r]), []).append(pos)
             for positions in by_list.values():
+                where = torch.tensor(positions, device=self.device)  # once per pass, not per hook call
                 for hname, fn in self.row_hooks[self.rows[positions[0]]]:
-                    plan.setdefault(hname, []).append((fn, torch.tensor(positions)))
+                    plan.setdefault(hname, []).append((fn, where))
             self._plan = {key: plan}  # only the current pass's plan is kept
         return self._plan[key].get(name, [])
 
@@ -109,8 +111,7 @@ class _RowHooks:
 
         def dispatch(tensor, hook=None, name=""):
             out = tensor
-            for fn, positions in self._groups(name):
-                idx = positions.to(tensor.device)
+            for fn, idx in self._groups(name):
                 new = fn(tensor.index_select(0, idx), hook)
                 if new is not None:
                     out = out.clone() if out is tensor else out
@@ -199,7 +200,7 @@ def greedy_rows(
     if row_hooks is not None:
         if len(row_hooks) != len(prompts):
             raise InputError(f"{len(row_hooks)} row hook lists for {len(prompts)} prompts.")
-        per_row = _RowHooks(row_hooks)
+        per_row = _RowHooks(row_hooks, model.cfg.device)
     hooks = list(extra_hooks) + (per_row.hooks() if per_row is not None else []) + (state.hooks() if top1 else [])
     n = len(prompts)
     # prefill groups: consecutive runs of equal length (rows keep their input order)

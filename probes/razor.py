@@ -127,14 +127,18 @@ class RazorAttention(_Data):
         for layer, qheads in self.streaming_query_heads(model).items():
             if not qheads:
                 continue
-            idx = torch.tensor(qheads)
+            on_device = {"cpu": torch.tensor(qheads)}  # the head index, copied once per device
 
-            def hook(scores, hook=None, idx=idx):
+            def hook(scores, hook=None, on_device=on_device):
                 n_q, n_k = scores.shape[-2], scores.shape[-1]
                 if not drops_any(n_k, self.n_sink, self.window):  # decided without a device sync
                     return scores
+                key = str(scores.device)
+                if key not in on_device:
+                    on_device[key] = on_device["cpu"].to(scores.device)
+                idx = on_device[key]
                 drop = dropped_mask(n_q, n_k, self.n_sink, self.window, scores.device)
-                sub = scores[:, idx.to(scores.device)]  # [B, h, Q, K]
+                sub = scores[:, idx]  # [B, h, Q, K]
                 if self.compensation:
                     n_d = drop.sum(-1).clamp(min=1).to(scores.dtype)  # [Q]
                     mean = torch.where(drop, sub, torch.zeros_like(sub)).sum(-1) / n_d  # [B, h, Q]
@@ -142,7 +146,7 @@ class RazorAttention(_Data):
                 else:
                     new = sub.masked_fill(drop, float("-inf"))
                 scores = scores.clone()
-                scores[:, idx.to(scores.device)] = new
+                scores[:, idx] = new
                 return scores
 
             out.append((f"blocks.{layer}.attn.hook_attn_scores", hook))
