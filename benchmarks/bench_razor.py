@@ -14,11 +14,18 @@ a KV head's score is the max over its query heads (GQA: SmolLM2 has 3 query head
 head). m runs over ``--kv-heads`` (counts of full KV heads; 0 = pure streaming heads).
 ``--no-compensation`` adds a Razor column without the compensation token (ablation).
 
-GPU (lent H200), the command for the lead::
+**Batched.** The tests of one prompt length (one needle and context length: its depths)
+run with every policy as rows of one batch (``--rows`` at a time), each row under its own
+policy's hooks (:func:`probes.batched_greedy.greedy_rows` with ``row_hooks``; rows of equal
+length, so no padding), the same greedy procedure as ``answer(..., kv_policy=policy)``
+(``tests/unit/test_batched_greedy.py``). The detection scan is batched too (``--batch-size``).
 
-    PYTHONUNBUFFERED=1 python -m benchmarks.bench_razor --device cuda --lengths 1000,2000,4000,7000 \\
-        --depths 0,0.25,0.5,0.75,1 --needles 0,1,2 --detect-lengths 1000,2000,4000 \\
-        --kv-heads 0,3,5,9,18,27,45,90 --window 64 --no-compensation --out gpu_razor.md --verbose
+GPU (lent H200), the command for the lead (``benchmarks/gpu_wave5.sh razor``; expected
+≈ 90–150 s: 9 groups × 39 rows, 351 prefills + ≤ 9 × 50 batched steps, plus detection)::
+
+    PYTHONUNBUFFERED=1 python -m benchmarks.bench_razor --device cuda --lengths 1000,2000,4000 --depths 0,0.5,1 \\
+        --needles 0,1,2 --detect-lengths 1000,2000 --kv-heads 0,3,9,18,45,90 --window 64 --batch-size 48 \\
+        --rows 48 --out gpu_razor.md --verbose
 
 CPU smoke test (tiny)::
 

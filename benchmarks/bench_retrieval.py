@@ -30,7 +30,7 @@ RESULTS.md. Threads: 1 on CPU (shared 2-core dev box).
 
 GPU (lent H200), the command for the lead (expected ≈ 100–150 s)::
 
-    PYTHONUNBUFFERED=1 python -m benchmarks.bench_retrieval --device cuda --full-grid --batch-size 48 \
+    PYTHONUNBUFFERED=1 python -m benchmarks.bench_retrieval --device cuda --full-grid --batch-size 48 \\
         --baseline-tests 1 --per-test 2 --out gpu_retrieval.md --verbose
 
 ``--masking`` adds the causal check on the detected ranking (``retrieval_masking``: top-k
