@@ -83,3 +83,20 @@ def test_bad_input_one_clear_message(smollm2, tmp_path, monkeypatch):
 def test_rouge_recall_on_a_needle():
     nd = load_needles()[1]
     assert rouge1_recall(nd.answer, nd.needle) == 1.0
+
+
+def test_batched_masking_rows_equal_niah_with_those_masks(smollm2):
+    """retrieval_masking decodes every head set × test as rows of shared batches (per-row
+    masks, left padding); its accuracy and mean recall equal niah() run with the same masks."""
+    from analyses.niah import NiahParams, niah
+    from analyses.retrieval import MaskingParams, retrieval_masking
+    from probes.interventions import HeadMask
+
+    m = smollm2.model
+    grid = dict(lengths=(120, 200), depths=(0.2,), needles=(1,), max_new_tokens=8)
+    res = retrieval_masking(m, MaskingParams(**grid, ks=(2,), seeds=1, heads=((17, 3), (18, 7)), batch_size=4))
+    for _, row in res.curves.iterrows():
+        heads = [tuple(int(x) for x in h[1:].split("H")) for h in row["heads"].split()]
+        ref = niah(m, NiahParams(**grid, interventions=tuple(HeadMask(l, h) for l, h in heads)))
+        assert row["accuracy"] == ref.accuracy
+        assert row["mean_recall"] == float(ref.tests["recall"].mean())
