@@ -66,7 +66,7 @@ from probes.batched_greedy import greedy_rows, length_batches
 from probes.capture import run as capture_run
 from probes.errors import InputError
 from probes.hooknames import name as hook_name
-from probes.interventions import HeadMask, applied, hooks_for
+from probes.interventions import HeadMask, hooks_for
 from probes.models import model_id
 from probes.results import Params, Result, analysis
 

@@ -148,7 +148,7 @@ def run(args) -> str:
         rows += [
             [f"baseline (materialising loop) on the first {n_base} test(s), ≤ {cap} new tokens",
              f"{base_s:.1f} s ({base_fw} forward passes, {per_fw:.2f} s each); peak extra memory {mb.peak_extra_mb:.0f} MB"],
-            [f"fast scan on the same test(s), same cap", f"{fast_cap_s:.1f} s → **{base_s / fast_cap_s:.1f}×** on the shared tests"],
+            ["fast scan on the same test(s), same cap", f"{fast_cap_s:.1f} s → **{base_s / fast_cap_s:.1f}×** on the shared tests"],
             ["identical answers and scores (baseline vs fast, shared tests)", f"{sum(same)} / {n_base}"],
             ["baseline extrapolated to the whole grid (s per forward × tokens emitted)",
              f"{extrap:.0f} s → **{extrap / fast_s:.1f}×** the fast scan (extrapolated)"],
