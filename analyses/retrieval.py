@@ -20,6 +20,15 @@ every layer captured at every step, the reference's per-head ``topk(1)`` loop), 
 tests check that the two give identical scores on the real model. Ties in the top-1 go to
 the first position (``torch.argmax``).
 
+**Batched.** :func:`scan` (used by :func:`retrieval_heads` and :func:`retrieval_masking`)
+runs the same procedure on ``batch_size`` tests at once: sorted by prompt length, each
+prefilled alone (``prefill_rows=1``: the per-test prefill), then decoded as rows of one
+left-padded batch (:mod:`probes.batched_greedy`; pad keys masked, positions unpadded,
+finished rows leave the batch), with the top-1 kept on the device in unpadded positions and
+one host sync per step. Batched matmuls may round differently from one-row ones, so a
+greedy token or a top-1 could flip on a near-exact tie; the tests compare answers and
+scores with the per-test loop on the real model (equal there).
+
 **Proxy.** :func:`induction_scores`: on random tokens repeated twice, each head's mean
 attention from a token in the second copy to the token after its first occurrence (the
 induction / copying pattern); the Result reports its Spearman correlation with the
@@ -33,7 +42,7 @@ visible keys — the reference's masking) against k random non-retrieval heads, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Literal, Sequence
+from typing import Callable, ClassVar, Iterator, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,10 +62,11 @@ from analyses.niah import (
     rouge1_recall,
     tests_frame,
 )
+from probes.batched_greedy import greedy_rows, length_batches
 from probes.capture import run as capture_run
 from probes.errors import InputError
 from probes.hooknames import name as hook_name
-from probes.interventions import HeadMask, applied
+from probes.interventions import HeadMask, hooks_for
 from probes.models import model_id
 from probes.results import Params, Result, analysis
 
@@ -112,6 +122,33 @@ def score_test(model, test: NiahTest, needle: Needle, max_new_tokens: int = 50, 
     ans = answer(model, test, needle, max_new_tokens, interventions, reducers=top.reducers(model))
     tops = top.stacked(len(ans.new_tokens))
     return ans, copy_scores(tops, ans.new_tokens, test.prompt_ids, test.needle_start, test.needle_end)
+
+
+def scan(model, built: Sequence[tuple[NiahTest, Needle]], max_new_tokens: int = 50, batch_size: int = 8,
+         prefill_rows: int = 1, interventions=(), scores: bool = True, row_hooks: Sequence | None = None,
+         progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, NiahAnswer, np.ndarray | None]]:
+    """Batched :func:`score_test` (or :func:`analyses.niah.answer` with ``scores=False``):
+    tests sorted by prompt length, ``batch_size`` at a time, decoded greedily as rows of one
+    batch (:func:`probes.batched_greedy.greedy_rows`: left padding, finished rows leave the
+    batch, top-1 reduced in the hooks). Yields (index into ``built``, answer, [L, H] score)
+    batch by batch. ``row_hooks[i]``: hooks for test i only (e.g. its head masks). Same
+    procedure as the per-test loop; tests check equal answers and scores on the real model."""
+    lengths = [t.prompt_len for t, _ in built]
+    batches = length_batches(lengths, batch_size)
+    done = 0
+    for rows in batches:
+        outs = greedy_rows(model, [built[i][0].prompt_ids for i in rows], max_new_tokens, stop_tokens=newline_ids(model),
+                           interventions=interventions, top1=scores, prefill_rows=prefill_rows,
+                           row_hooks=[row_hooks[i] for i in rows] if row_hooks is not None else None)
+        for i, o in zip(rows, outs):
+            t, nd = built[i]
+            response = response_text(model, o.new_tokens)
+            ans = NiahAnswer(response, o.new_tokens, rouge1_recall(nd.answer, response))
+            sc = copy_scores(o.top1, o.new_tokens, t.prompt_ids, t.needle_start, t.needle_end) if scores else None
+            yield i, ans, sc
+        done += len(rows)
+        if progress is not None:
+            progress(done, len(built))
 
 
 def reference_scores(model, test: NiahTest, needle: Needle, max_new_tokens: int = 50) -> tuple[NiahAnswer, np.ndarray]:
@@ -187,6 +224,13 @@ def jaccard(a: set, b: set) -> float:
 # detection
 
 
+def _check_batching(params) -> None:
+    for label in ("batch_size", "prefill_rows"):
+        v = getattr(params, label)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise InputError(f"{label} must be an integer >= 1, not {v!r}.")
+
+
 @dataclass(frozen=True)
 class RetrievalParams(GridParams):
     """Parameters of :func:`retrieval_heads`: the NIAH grid, the threshold, the proxy."""
@@ -194,6 +238,12 @@ class RetrievalParams(GridParams):
     kind: ClassVar[str] = "retrieval_heads"
     threshold: float = field(default=THRESHOLD, metadata={"help": "retrieval score a retrieval head exceeds"})
     proxy_seqs: int = field(default=8, metadata={"help": "random repeated sequences for the induction proxy (0: skip)"})
+    batch_size: int = field(default=8, metadata={"help": "NIAH tests decoded together as rows of one batch (1: one by one)"})
+    prefill_rows: int = field(default=1, metadata={"help": "equal-length prompts prefilled together (memory ~ rows × T²)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_batching(self)
 
 
 @dataclass(frozen=True)
@@ -310,17 +360,18 @@ def retrieval_heads(model, params: RetrievalParams, progress: Callable[[int, int
     (KeyboardInterrupt) returns the finished tests with ``complete=False``."""
     built = grid_tests(model, params)
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    tests, answers, scores, complete = [], [], [], True
+    finished: dict[int, tuple[NiahAnswer, np.ndarray]] = {}
+    complete = True
     try:
-        for i, (t, nd) in enumerate(built):
-            ans, sc = score_test(model, t, nd, params.max_new_tokens)
-            tests.append(t)
-            answers.append(ans)
-            scores.append(sc)
-            if progress is not None:
-                progress(i + 1, len(built))
+        for i, ans, sc in scan(model, built, params.max_new_tokens, params.batch_size, params.prefill_rows,
+                               progress=progress):
+            finished[i] = (ans, sc)
     except KeyboardInterrupt:
         complete = False
+    keep = sorted(finished)  # grid order; an interrupted scan keeps its finished batches
+    tests = [built[i][0] for i in keep]
+    answers = [finished[i][0] for i in keep]
+    scores = [finished[i][1] for i in keep]
     frame = tests_frame(tests, answers, params.recall_threshold)
     per = np.stack(scores) if scores else np.zeros((0, L, H))
     counted = frame["correct"].to_numpy(bool) if len(frame) else np.zeros(0, bool)
@@ -348,9 +399,12 @@ class MaskingParams(GridParams):
     heads: tuple = field(default=(), metadata={"help": "ranked retrieval heads ((layer, head), ...); empty: detect"})
     threshold: float = field(default=THRESHOLD, metadata={"help": "retrieval-head threshold (detection)"})
     mode: Literal["uniform", "zero"] = field(default="uniform", metadata={"help": "head masking (uniform: the reference)"})
+    batch_size: int = field(default=8, metadata={"help": "NIAH tests decoded together as rows of one batch (1: one by one)"})
+    prefill_rows: int = field(default=1, metadata={"help": "equal-length prompts prefilled together (memory ~ rows × T²)"})
 
     def __post_init__(self):
         super().__post_init__()
+        _check_batching(self)
         object.__setattr__(self, "ks", tuple(int(k) for k in self.ks))
         object.__setattr__(self, "heads", tuple((int(l), int(h)) for l, h in self.heads))
         if any(k < 0 for k in self.ks):
@@ -400,15 +454,6 @@ class MaskingResult(Result):
         return {"masking_curves": fig}
 
 
-def _grid_accuracy(model, built, params: GridParams, interventions) -> tuple[float, float]:
-    correct, recall = [], []
-    for t, nd in built:
-        a = answer(model, t, nd, params.max_new_tokens, interventions)
-        correct.append(a.recall > params.recall_threshold)
-        recall.append(a.recall)
-    return float(np.mean(correct)), float(np.mean(recall))
-
-
 @analysis(MaskingParams)
 def retrieval_masking(model, params: MaskingParams, progress: Callable[[int, int], None] | None = None) -> MaskingResult:
     """NIAH accuracy vs k masked heads: the top-k retrieval heads against k random
@@ -426,7 +471,8 @@ def retrieval_masking(model, params: MaskingParams, progress: Callable[[int, int
         pool = [(l, h) for l in range(L) for h in range(H) if (l, h) not in set(ranked)]
     else:
         det = retrieval_heads(model, RetrievalParams(**{f: getattr(params, f) for f in GridParams.__dataclass_fields__},
-                                                     threshold=params.threshold, proxy_seqs=0))
+                                                     threshold=params.threshold, proxy_seqs=0,
+                                                     batch_size=params.batch_size, prefill_rows=params.prefill_rows))
         ranked = det.top(n_heads)
         taken = set(det.retrieval_heads()) | set(ranked[: max(params.ks, default=0)])
         pool = [(l, h) for l, h in ranked if (l, h) not in taken]
@@ -446,19 +492,28 @@ def retrieval_masking(model, params: MaskingParams, progress: Callable[[int, int
             rng = np.random.default_rng(s)
             pick = rng.choice(len(pool), size=k, replace=False)
             configs.append((k, "random", s, [pool[i] for i in sorted(pick)]))
-    rows, complete, cache = [], True, {}
+    # every distinct head set × every test, as rows of shared batches (each row under its own masks)
+    keys = list(dict.fromkeys(tuple(heads) for _, _, _, heads in configs))
+    hook_lists = {key: hooks_for(model, [HeadMask(l, h, params.mode) for l, h in key]) for key in keys}
+    rows_in = [(key, j) for key in keys for j in range(len(built))]
+    recall: dict[tuple, dict[int, float]] = {key: {} for key in keys}
+    complete = True
     try:
-        for i, (k, which, seed, heads) in enumerate(configs):
-            key = tuple(heads)
-            if key not in cache:
-                ivs = [HeadMask(l, h, params.mode) for l, h in heads]
-                cache[key] = _grid_accuracy(model, built, params, ivs)
-            acc, rec = cache[key]
-            rows.append({"k": k, "which": which, "seed": seed, "accuracy": acc, "mean_recall": rec,
-                         "n_tests": len(built), "heads": " ".join(f"L{l}H{h}" for l, h in heads)})
-            if progress is not None:
-                progress(i + 1, len(configs))
+        for r, ans, _ in scan(model, [built[j] for _, j in rows_in], params.max_new_tokens, params.batch_size,
+                              params.prefill_rows, scores=False, row_hooks=[hook_lists[key] for key, _ in rows_in],
+                              progress=progress):
+            key, j = rows_in[r]
+            recall[key][j] = ans.recall
     except KeyboardInterrupt:
         complete = False
+    rows = []
+    for k, which, seed, heads in configs:
+        rec = recall[tuple(heads)]
+        if len(rec) < len(built):  # interrupted before this configuration finished
+            continue
+        vals = np.array([rec[j] for j in range(len(built))])
+        rows.append({"k": k, "which": which, "seed": seed, "accuracy": float(np.mean(vals > params.recall_threshold)),
+                     "mean_recall": float(vals.mean()), "n_tests": len(built),
+                     "heads": " ".join(f"L{l}H{h}" for l, h in heads)})
     return MaskingResult(model_id=model_id(model), params=params, curves=pd.DataFrame(rows),
                          ranked_heads=tuple(ranked), complete=complete)

@@ -14,11 +14,18 @@ a KV head's score is the max over its query heads (GQA: SmolLM2 has 3 query head
 head). m runs over ``--kv-heads`` (counts of full KV heads; 0 = pure streaming heads).
 ``--no-compensation`` adds a Razor column without the compensation token (ablation).
 
-GPU (lent H200), the command for the lead::
+**Batched.** The tests of one prompt length (one needle and context length: its depths)
+run with every policy as rows of one batch (``--rows`` at a time), each row under its own
+policy's hooks (:func:`probes.batched_greedy.greedy_rows` with ``row_hooks``; rows of equal
+length, so no padding), the same greedy procedure as ``answer(..., kv_policy=policy)``
+(``tests/unit/test_batched_greedy.py``). The detection scan is batched too (``--batch-size``).
 
-    PYTHONUNBUFFERED=1 python -m benchmarks.bench_razor --device cuda --lengths 1000,2000,4000,7000 \\
-        --depths 0,0.25,0.5,0.75,1 --needles 0,1,2 --detect-lengths 1000,2000,4000 \\
-        --kv-heads 0,3,5,9,18,27,45,90 --window 64 --no-compensation --out gpu_razor.md --verbose
+GPU (lent H200), the command for the lead (``benchmarks/gpu_wave5.sh razor``; expected
+≈ 90–150 s: 9 groups × 39 rows, 351 prefills + ≤ 9 × 50 batched steps, plus detection)::
+
+    PYTHONUNBUFFERED=1 python -m benchmarks.bench_razor --device cuda --lengths 1000,2000,4000 --depths 0,0.5,1 \\
+        --needles 0,1,2 --detect-lengths 1000,2000 --kv-heads 0,3,9,18,45,90 --window 64 --batch-size 48 \\
+        --rows 48 --out gpu_razor.md --verbose
 
 CPU smoke test (tiny)::
 
@@ -49,8 +56,46 @@ def kv_head_ranking(model, head_scores: np.ndarray) -> list[tuple[int, int, floa
     return sorted(rows, key=lambda r: (-r[2], r[0], r[1]))
 
 
+def evaluate(model, built, configs, args, thr, say) -> tuple[list[list[bool]], list[list[float]]]:
+    """NIAH correctness and KV fraction of every (config, test). Tests of one prompt length
+    (a needle and a context length: its depths) run together with every config, each row
+    under its own policy's hooks (:func:`probes.batched_greedy.greedy_rows`, ``row_hooks``;
+    no padding, so the policies' position arithmetic holds); the same greedy procedure as
+    :func:`analyses.niah.answer` with ``kv_policy=policy``."""
+    from analyses.niah import newline_ids, response_text, rouge1_recall
+    from probes.batched_greedy import greedy_rows
+
+    correct = [[False] * len(built) for _ in configs]
+    frac = [[1.0] * len(built) for _ in configs]
+    groups: dict[int, list[int]] = {}
+    for i, (t, _) in enumerate(built):
+        groups.setdefault(t.prompt_len, []).append(i)
+    t0 = time.perf_counter()
+    for g, (plen, idx) in enumerate(sorted(groups.items(), reverse=True)):
+        policies = [[c[2](built[i][0]) if callable(c[2]) else c[2] for i in idx] for c in configs]
+        hook_lists: dict[object, list] = {}
+        prompts, row_hooks, where = [], [], []
+        for c, pols in enumerate(policies):
+            for j, i in enumerate(idx):
+                pol = pols[j]
+                if pol is not None and pol not in hook_lists:
+                    hook_lists[pol] = pol.hooks(model)
+                prompts.append(built[i][0].prompt_ids)
+                row_hooks.append(hook_lists[pol] if pol is not None else [])
+                where.append((c, i))
+                frac[c][i] = 1.0 if pol is None else pol.kv_fraction(model, plen)
+        for start in range(0, len(prompts), args.rows):
+            sl = slice(start, start + args.rows)
+            outs = greedy_rows(model, prompts[sl], args.max_new_tokens, stop_tokens=newline_ids(model),
+                               row_hooks=row_hooks[sl], require_equal_lengths=True, prefill_rows=args.prefill_rows)
+            for (c, i), o in zip(where[sl], outs):
+                correct[c][i] = rouge1_recall(built[i][1].answer, response_text(model, o.new_tokens)) > thr
+        say(f"group {g + 1}/{len(groups)} (prompt {plen} tokens, {len(prompts)} rows): {time.perf_counter() - t0:.0f} s")
+    return correct, frac
+
+
 def run(args) -> str:
-    from analyses.niah import GridParams, answer, grid_tests
+    from analyses.niah import GridParams, grid_tests
     from analyses.retrieval import RetrievalParams, retrieval_heads
     from probes.models import load
     from probes.razor import RazorAttention, n_kv_heads, uniform_window_for
@@ -61,7 +106,7 @@ def run(args) -> str:
     t0 = time.perf_counter()
     det = retrieval_heads(model, RetrievalParams(lengths=tuple(args.detect_lengths), depths=tuple(args.depths),
                                                  needles=tuple(args.needles), max_new_tokens=args.max_new_tokens,
-                                                 proxy_seqs=0))
+                                                 proxy_seqs=0, batch_size=args.batch_size))
     t_detect = time.perf_counter() - t0
     ranking = kv_head_ranking(model, det.head_scores)
     n_kv = model.cfg.n_layers * n_kv_heads(model)
@@ -70,32 +115,26 @@ def run(args) -> str:
     built = grid_tests(model, grid)
     thr = grid.recall_threshold
 
-    def accuracy(policy_for) -> tuple[float, float]:
-        ok, frac = [], []
-        for t, nd in built:
-            policy = policy_for(t)
-            ok.append(answer(model, t, nd, args.max_new_tokens, kv_policy=policy).recall > thr)
-            frac.append(1.0 if policy == "full" else policy.kv_fraction(model, t.prompt_len))
-        return float(np.mean(ok)), float(np.mean(frac))
-
-    t1 = time.perf_counter()
-    full_acc, _ = accuracy(lambda t: "full")
-    rows = [["full cache", n_kv, "1.000", f"{full_acc:.3f}", "", ""]]
+    say = (lambda *a: print(*a, flush=True)) if args.verbose else (lambda *a: None)
+    configs: list[tuple[str, int, object]] = [("full", n_kv, None)]  # (column, m, policy or policy_for(test))
     for m in args.kv_heads:
         m = min(m, n_kv)
         heads = tuple((l, k) for l, k, _ in ranking[:m])
         razor = RazorAttention(heads, n_sink=args.n_sink, window=args.window)
-        r_acc, r_frac = accuracy(lambda t: razor)
-        u_acc, u_frac = accuracy(lambda t: uniform_window_for(model, razor, t.prompt_len))
-        row = [f"razor, top {m} KV heads full", m, f"{r_frac:.3f} (uniform {u_frac:.3f})", f"{r_acc:.3f}", f"{u_acc:.3f}"]
+        configs.append(("razor", m, razor))
+        configs.append(("uniform", m, lambda t, razor=razor: uniform_window_for(model, razor, t.prompt_len)))
         if args.no_compensation:
-            bare = RazorAttention(heads, n_sink=args.n_sink, window=args.window, compensation=False)
-            row.append(f"{accuracy(lambda t: bare)[0]:.3f}")
-        else:
-            row.append("")
+            configs.append(("bare", m, RazorAttention(heads, n_sink=args.n_sink, window=args.window, compensation=False)))
+    t1 = time.perf_counter()
+    correct, frac = evaluate(model, built, configs, args, thr, say)
+    rows = [["full cache", n_kv, "1.000", f"{np.mean(correct[0]):.3f}", "", ""]]
+    for c, (col, m, _) in enumerate(configs):
+        if col != "razor":
+            continue
+        r_acc, u_acc = np.mean(correct[c]), np.mean(correct[c + 1])
+        row = [f"razor, top {m} KV heads full", m, f"{np.mean(frac[c]):.3f} (uniform {np.mean(frac[c + 1]):.3f})",
+               f"{r_acc:.3f}", f"{u_acc:.3f}", f"{np.mean(correct[c + 2]):.3f}" if args.no_compensation else ""]
         rows.append(row)
-        if args.verbose:
-            print(" | ".join(map(str, row)), flush=True)
     t_eval = time.perf_counter() - t1
     info = machine_info()
     lengths, depths, needles = grid.lengths, grid.depths, grid.needles
@@ -126,6 +165,9 @@ def main(argv=None) -> int:
     ap.add_argument("--n-sink", type=int, default=4)
     ap.add_argument("--window", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=50)
+    ap.add_argument("--batch-size", type=int, default=8, help="NIAH tests per batch in the detection scan")
+    ap.add_argument("--rows", type=int, default=64, help="rows (test × policy) decoded together in the evaluation")
+    ap.add_argument("--prefill-rows", type=int, default=1, help="equal-length prompts prefilled together")
     ap.add_argument("--no-compensation", action="store_true", help="also run Razor without the compensation token")
     add_output_flags(ap)
     args = ap.parse_args(argv)

@@ -1,38 +1,47 @@
 """Benchmark for issue 8 (retrieval heads): ``python -m benchmarks.bench_retrieval``.
 
-**Detection scan vs the materialising step-by-step loop.** For every test of a NIAH grid,
-both procedures answer greedily and score every head (REFERENCES §5):
+**Detection scan vs the materialising step-by-step loop.** Both answer every NIAH test
+greedily and score every head (REFERENCES §5):
 
 * *baseline* — :func:`analyses.retrieval.reference_scores`: the reference's procedure
   without its patched attention kernels: no KV cache, at every step the whole text is run
   and every layer's full T×T attention pattern is captured (``output_attentions``), then
   per layer and head the top-1 of the last row and the copy check in Python loops;
-* *fast* — :func:`analyses.retrieval.score_test`: KV-cached greedy decoding with a reducer
-  on each layer's ``hook_pattern`` that keeps one argmax per head of the last query and
-  drops the pattern (O(T) per layer; no T×T pattern outlives its layer).
+* *fast* — :func:`analyses.retrieval.scan`: KV-cached greedy decoding of ``--batch-size``
+  tests at a time as rows of one left-padded batch (sorted by length; finished rows leave
+  the batch), a reducer on each layer's ``hook_pattern`` keeping one argmax per head of the
+  last query (O(T) per layer; no T×T pattern outlives its layer).
 
-Both run in the same process, test by test (interleaved), and must give identical scores
-and answers on every test. Peak extra memory (kernel VmHWM, ``benchmarks.common.PeakMemory``,
-or ``torch.cuda.max_memory_allocated`` on a GPU) is measured on the first test.
+The fast scan runs on every test of the grid. The baseline costs one full forward pass
+with every pattern materialised per emitted token (31 min for one 1k test on the loaded
+2-core box), so it runs on the first ``--baseline-tests`` tests only, optionally with
+``--baseline-max-new`` new tokens — the fast scan is re-run on the same tests with the same
+cap and must give identical answers and scores. The **extrapolated** baseline total is its
+measured seconds per forward pass × the forward passes the baseline would need on the
+whole grid (one per emitted token, counted from the fast scan's answers).
+``--per-test N`` also runs the existing per-test loop (:func:`score_test`, one test per
+batch) on the first N tests: identical answers/scores to the batched scan, and its speed.
+Peak extra memory (kernel VmHWM, ``benchmarks.common.PeakMemory``, or
+``torch.cuda.max_memory_allocated``) is measured over the whole fast scan.
 
-``--no-baseline`` runs the fast scan only (the full reference-size grid on the GPU:
-``--full-grid`` = 3 needles × 20 lengths up to the model's context × 10 depths = 600 tests)
-and reports tests/s, peak memory, counted tests and the fraction of heads above 0.1.
+``--full-grid`` = 3 needles × 20 lengths up to the model's context × 10 depths = 600 tests;
 ``--out FILE`` writes the markdown section to FILE; ``--results`` also writes it into
 RESULTS.md. Threads: 1 on CPU (shared 2-core dev box).
 
-GPU (lent H200), the command for the lead::
+GPU (lent H200), the command for the lead (expected ≈ 100–150 s)::
 
-    PYTHONUNBUFFERED=1 python -m benchmarks.bench_retrieval --device cuda --full-grid --no-baseline \\
-        --baseline-tests 3 --masking --masking-lengths 1000,2000,4000 --out gpu_retrieval.md
+    PYTHONUNBUFFERED=1 python -m benchmarks.bench_retrieval --device cuda --full-grid --batch-size 48 \\
+        --baseline-tests 1 --per-test 2 --out gpu_retrieval.md --verbose
 
 ``--masking`` adds the causal check on the detected ranking (``retrieval_masking``: top-k
-heads vs k random heads outside the top max(k), ``--seeds`` draws, k in ``--ks``).
+heads vs k random heads outside the top max(k), ``--seeds`` draws, k in ``--ks``), batched
+the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -51,7 +60,7 @@ def full_grid_lengths(model, n: int = 20, lo: int = 1000, margin: int = 120) -> 
 
 def run(args) -> str:
     from analyses.niah import GridParams, grid_tests
-    from analyses.retrieval import reference_scores, score_test
+    from analyses.retrieval import reference_scores, scan, score_test
     from probes.models import load
 
     if args.device == "cpu":
@@ -64,66 +73,96 @@ def run(args) -> str:
     built = grid_tests(model, grid)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     cuda = args.device.startswith("cuda")
+    dev = "cuda" if cuda else None
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    fast_s, base_s, same, counted, per = [], [], [], [], []
-    mem_fast = mem_base = float("nan")
-    n_base = len(built) if args.baseline else min(args.baseline_tests, len(built))
-    score_test(model, *built[0], args.max_new_tokens)  # warm-up
-    t_all = time.perf_counter()
-    for i, (t, nd) in enumerate(built):
-        with PeakMemory(device="cuda" if cuda else None) as m:
-            sync()
-            t0 = time.perf_counter()
-            ans, sc = score_test(model, t, nd, args.max_new_tokens)
-            sync()
-            fast_s.append(time.perf_counter() - t0)
-        if i == 0:
-            mem_fast = m.peak_extra_mb
-        counted.append(ans.recall > grid.recall_threshold)
-        per.append(sc)
-        if i < n_base:
-            with PeakMemory(device="cuda" if cuda else None) as m:
-                sync()
-                t0 = time.perf_counter()
-                ref_ans, ref = reference_scores(model, t, nd, args.max_new_tokens)
-                sync()
-                base_s.append(time.perf_counter() - t0)
-            if i == 0:
-                mem_base = m.peak_extra_mb
-            same.append(ref_ans.new_tokens == ans.new_tokens and np.array_equal(ref, sc))
-        if args.verbose:
-            print(f"[{i + 1}/{len(built)}] n={t.length} d={t.depth:.2f} needle {t.needle_index}: fast {fast_s[-1]:.2f}s"
-                  + (f", baseline {base_s[-1]:.2f}s, identical {same[-1]}" if i < n_base else "")
-                  + f", recall {ans.recall:.2f}", flush=True)
-    wall = time.perf_counter() - t_all
-    scores = np.stack(per)
-    ok = np.array(counted)
+    say = (lambda *a: print(*a, flush=True)) if args.verbose else (lambda *a: None)
+    t_start = time.perf_counter()
+    list(scan(model, built[:1], 4, batch_size=1))  # warm-up (kernels, rotary tables)
+    say(f"{len(built)} tests, lengths {min(lengths)}–{max(lengths)}, batch {args.batch_size} rows")
+
+    def prog(done, total):
+        say(f"fast scan: {done}/{total} tests, {time.perf_counter() - t0:.1f} s")
+
+    fast = {}
+    with PeakMemory(device=dev) as mem:
+        sync()
+        t0 = time.perf_counter()
+        for i, ans, sc in scan(model, built, args.max_new_tokens, args.batch_size, args.prefill_rows, progress=prog):
+            fast[i] = (ans, sc)
+        sync()
+        fast_s = time.perf_counter() - t0
+    answers = [fast[i][0] for i in range(len(built))]
+    scores = np.stack([fast[i][1] for i in range(len(built))])
+    ok = np.array([a.recall > grid.recall_threshold for a in answers])
     head = scores[ok].mean(0) if ok.any() else np.zeros((L, H))
+    n_forwards = sum(len(a.new_tokens) for a in answers)
     info = machine_info()
     rows = [
         ["tests", f"{len(built)} ({len(needles)} needles × {len(lengths)} lengths {min(lengths)}–{max(lengths)} × "
-                  f"{len(depths)} depths)"],
-        ["fast scan: total / per test", f"{sum(fast_s):.1f} s / {np.mean(fast_s):.2f} s ({len(built) / sum(fast_s):.2f} tests/s)"],
-        ["wall time (incl. baseline)", f"{wall:.1f} s"],
+                  f"{len(depths)} depths), max {args.max_new_tokens} new tokens"],
+        ["fast scan (batched): total", f"**{fast_s:.1f} s** ({len(built) / fast_s:.2f} tests/s; batch {args.batch_size} "
+                                       f"rows, prefill {args.prefill_rows} row(s); {n_forwards} tokens emitted)"],
+        ["peak extra memory, whole fast scan", f"{mem.peak_extra_mb:.0f} MB ({mem.method})"],
         ["counted tests (ROUGE-1 recall > 0.5)", f"{int(ok.sum())} / {len(built)}"],
         ["heads > 0.1", f"{int((head > 0.1).sum())} / {L * H} ({100 * (head > 0.1).mean():.1f}%)"],
-        ["peak extra memory, first test: fast", f"{mem_fast:.0f} MB"],
     ]
-    if base_s:
-        k = len(base_s)
+    n_per = min(args.per_test, len(built))
+    if n_per:
+        sync()
+        t1 = time.perf_counter()
+        same_pt = []
+        for i in range(n_per):
+            a, sc = score_test(model, *built[i], args.max_new_tokens)
+            same_pt.append(a == answers[i] and np.array_equal(sc, scores[i]))
+            say(f"per-test loop {i + 1}/{n_per}: identical to batched {same_pt[-1]}")
+        sync()
+        pt_s = time.perf_counter() - t1
+        share = sum(len(answers[i].new_tokens) for i in range(n_per)) / n_forwards
+        rows += [[f"per-test loop (score_test) on the first {n_per} tests", f"{pt_s:.1f} s; identical answers and "
+                  f"scores to the batched scan: {sum(same_pt)} / {n_per}"],
+                 ["per-test loop extrapolated to the grid (by tests)", f"{pt_s * len(built) / n_per:.0f} s "
+                  f"(batched is {pt_s * len(built) / n_per / fast_s:.1f}× faster; by emitted tokens "
+                  f"{pt_s / share:.0f} s) — extrapolated"]]
+    n_base = min(args.baseline_tests, len(built))
+    if n_base:
+        cap = args.baseline_max_new or args.max_new_tokens
+        sub = built[:n_base]
+        sync()
+        t1 = time.perf_counter()
+        capped = {i: (a, sc) for i, a, sc in scan(model, sub, cap, args.batch_size, args.prefill_rows)}
+        sync()
+        fast_cap_s = time.perf_counter() - t1
+        base_s, same, base_fw = 0.0, [], 0
+        for i, (t, nd) in enumerate(sub):
+            with PeakMemory(device=dev) as mb:
+                sync()
+                t1 = time.perf_counter()
+                ref_ans, ref = reference_scores(model, t, nd, cap)
+                sync()
+                base_s += time.perf_counter() - t1
+            base_fw += len(ref_ans.new_tokens)
+            same.append(ref_ans == capped[i][0] and np.array_equal(ref, capped[i][1]))
+            say(f"baseline {i + 1}/{n_base}: {len(ref_ans.new_tokens)} steps, identical {same[-1]}")
+        per_fw = base_s / base_fw
+        extrap = per_fw * n_forwards
         rows += [
-            [f"baseline on the first {k} tests: total", f"{sum(base_s):.1f} s"],
-            [f"fast on the same {k} tests", f"{sum(fast_s[:k]):.1f} s"],
-            ["speed-up (baseline / fast)", f"**{sum(base_s) / sum(fast_s[:k]):.1f}×**"],
-            ["identical scores and answers", f"{sum(same)} / {k} tests"],
-            ["peak extra memory, first test: baseline", f"{mem_base:.0f} MB"],
+            [f"baseline (materialising loop) on the first {n_base} test(s), ≤ {cap} new tokens",
+             f"{base_s:.1f} s ({base_fw} forward passes, {per_fw:.2f} s each); peak extra memory {mb.peak_extra_mb:.0f} MB"],
+            ["fast scan on the same test(s), same cap", f"{fast_cap_s:.1f} s → **{base_s / fast_cap_s:.1f}×** on the shared tests"],
+            ["identical answers and scores (baseline vs fast, shared tests)", f"{sum(same)} / {n_base}"],
+            ["baseline extrapolated to the whole grid (s per forward × tokens emitted)",
+             f"{extrap:.0f} s → **{extrap / fast_s:.1f}×** the fast scan (extrapolated)"],
         ]
     T = max(t.prompt_len for t, _ in built)
     rows.append(["attention kept per step (T = %d)" % T,
                  f"baseline {L * H * T * T * 4 / 2**20:.0f} MB (every layer's T×T, float32); "
-                 f"fast {L * H * 8} B (one int64 per head) + one layer's pattern while that layer runs"])
+                 f"fast {L * H * 8} B per row (one int64 per head) + one layer's pattern while that layer runs"])
+    rows.append(["wall time of the benchmark", f"{time.perf_counter() - t_start:.0f} s"])
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     body = (f"Machine: {info.get('cpu')}, {info.get('cores')} cores, torch threads {torch.get_num_threads()}, "
-            f"device {args.device}; model {args.model}.\n\n" + markdown_table(["quantity", "value"], rows) + "\n")
+            f"device {args.device}; model {args.model}; load average at the end {load:.1f}"
+            + (" (shared, loaded box: ratios are measured in the same run)" if not cuda else "") + ".\n\n"
+            + markdown_table(["quantity", "value"], rows) + "\n")
     order = sorted(((l, h) for l in range(L) for h in range(H)), key=lambda lh: (-head[lh], lh))
     body += "\nTop heads: " + ", ".join(f"L{l}H{h} {head[l, h]:.3f}" for l, h in order[:12]) + "\n"
     if args.masking:
@@ -139,7 +178,8 @@ def masking(model, grid, order, args) -> str:
     ks = tuple(args.ks)
     lengths = tuple(args.masking_lengths) if args.masking_lengths else grid.lengths
     mp = MaskingParams(lengths=lengths, depths=grid.depths, needles=grid.needles, max_new_tokens=grid.max_new_tokens,
-                       ks=ks, seeds=args.seeds, heads=tuple(order[: max(ks)]))
+                       ks=ks, seeds=args.seeds, heads=tuple(order[: max(ks)]), batch_size=args.batch_size,
+                       prefill_rows=args.prefill_rows)
     t0 = time.perf_counter()
     res = retrieval_masking(model, mp, progress=(lambda d, t: print(f"masking {d}/{t}", flush=True)) if args.verbose else None)
     s = res.summary()
@@ -161,8 +201,13 @@ def main(argv=None) -> int:
     ap.add_argument("--needles", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2, 3])
     ap.add_argument("--max-new-tokens", type=int, default=50)
     ap.add_argument("--full-grid", action="store_true", help="3 needles × 20 lengths up to n_ctx × 10 depths")
-    ap.add_argument("--no-baseline", dest="baseline", action="store_false", help="fast scan only")
-    ap.add_argument("--baseline-tests", type=int, default=0, help="with --no-baseline: still run the baseline on N tests")
+    ap.add_argument("--batch-size", type=int, default=8, help="NIAH tests decoded together (rows of one batch)")
+    ap.add_argument("--prefill-rows", type=int, default=1, help="equal-length prompts prefilled together")
+    ap.add_argument("--baseline-tests", type=int, default=1, help="run the materialising baseline on the first N tests")
+    ap.add_argument("--baseline-max-new", type=int, default=None,
+                    help="new-token cap for the baseline comparison (applied to both; default --max-new-tokens)")
+    ap.add_argument("--no-baseline", dest="baseline_tests", action="store_const", const=0, help="no baseline tests")
+    ap.add_argument("--per-test", type=int, default=0, help="also run the per-test loop on the first N tests")
     ap.add_argument("--masking", action="store_true", help="also run the masking curves on the detected ranking")
     ap.add_argument("--ks", type=lambda s: [int(x) for x in s.split(",")], default=[0, 2, 5, 10, 20, 40])
     ap.add_argument("--seeds", type=int, default=5)

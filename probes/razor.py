@@ -51,13 +51,18 @@ def n_kv_heads(model) -> int:
     return getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads
 
 
-def dropped_mask(n_q: int, n_k: int, n_sink: int, window: int) -> torch.Tensor:
+def dropped_mask(n_q: int, n_k: int, n_sink: int, window: int, device=None) -> torch.Tensor:
     """[n_q, n_k] bool: key j is dropped for the query at absolute position t = n_k − n_q + i
     when n_sink <= j < t − window (the cache before t holds the sinks and the ``window``
     previous tokens; t itself is always seen)."""
-    t = torch.arange(n_k - n_q, n_k)[:, None]
-    j = torch.arange(n_k)[None, :]
+    t = torch.arange(n_k - n_q, n_k, device=device)[:, None]
+    j = torch.arange(n_k, device=device)[None, :]
     return (j >= n_sink) & (j < t - window)
+
+
+def drops_any(n_k: int, n_sink: int, window: int) -> bool:
+    """Whether :func:`dropped_mask` has any True (its last query, t = n_k − 1, drops the most)."""
+    return n_sink < n_k - 1 - window
 
 
 @KV_POLICIES.register("razor")
@@ -122,14 +127,18 @@ class RazorAttention(_Data):
         for layer, qheads in self.streaming_query_heads(model).items():
             if not qheads:
                 continue
-            idx = torch.tensor(qheads)
+            on_device = {"cpu": torch.tensor(qheads)}  # the head index, copied once per device
 
-            def hook(scores, hook=None, idx=idx):
+            def hook(scores, hook=None, on_device=on_device):
                 n_q, n_k = scores.shape[-2], scores.shape[-1]
-                drop = dropped_mask(n_q, n_k, self.n_sink, self.window).to(scores.device)
-                if not bool(drop.any()):
+                if not drops_any(n_k, self.n_sink, self.window):  # decided without a device sync
                     return scores
-                sub = scores[:, idx.to(scores.device)]  # [B, h, Q, K]
+                key = str(scores.device)
+                if key not in on_device:
+                    on_device[key] = on_device["cpu"].to(scores.device)
+                idx = on_device[key]
+                drop = dropped_mask(n_q, n_k, self.n_sink, self.window, scores.device)
+                sub = scores[:, idx]  # [B, h, Q, K]
                 if self.compensation:
                     n_d = drop.sum(-1).clamp(min=1).to(scores.dtype)  # [Q]
                     mean = torch.where(drop, sub, torch.zeros_like(sub)).sum(-1) / n_d  # [B, h, Q]
@@ -137,7 +146,7 @@ class RazorAttention(_Data):
                 else:
                     new = sub.masked_fill(drop, float("-inf"))
                 scores = scores.clone()
-                scores[:, idx.to(scores.device)] = new
+                scores[:, idx] = new
                 return scores
 
             out.append((f"blocks.{layer}.attn.hook_attn_scores", hook))

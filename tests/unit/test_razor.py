@@ -14,7 +14,7 @@ from probes.decoding import generate
 from probes.errors import InputError
 from probes.interventions import applied
 from probes.kv_policies import KV_POLICIES
-from probes.razor import RazorAttention, dropped_mask, uniform_window_for
+from probes.razor import RazorAttention, dropped_mask, drops_any, uniform_window_for
 from tests.tiny import tiny_model
 
 PROMPT = [3, 17, 5, 9, 22, 41, 8, 13, 30, 2, 11, 7]
@@ -144,3 +144,11 @@ def test_bad_input(tiny_gqa, kwargs, msg):
     with pytest.raises(InputError, match=msg):
         p = RazorAttention(**kwargs)
         generate(tiny_gqa, [1, 2, 3], max_new_tokens=1, kv_policy=p)
+
+
+def test_drops_any_agrees_with_the_mask():
+    for n_q in range(1, 4):
+        for n_k in range(n_q, 12):
+            for n_sink in range(4):
+                for window in range(5):
+                    assert drops_any(n_k, n_sink, window) == bool(dropped_mask(n_q, n_k, n_sink, window).any())

@@ -1,0 +1,274 @@
+"""Greedy decoding of several prompts of different lengths as rows of one batch.
+
+Decoding one prompt at a time is latency-bound: every step is a full pass through the
+model's Python (hooks, 30 blocks) for a single token. :func:`greedy_rows` runs the same
+greedy procedure as :func:`probes.decoding.generate` (``strategy="greedy"``, a full KV
+cache) for many prompts at once:
+
+* **prefill**: prompts of *equal* length are prefilled together (``prefill_rows`` at a
+  time, no padding: with ``prefill_rows=1`` it is exactly the per-prompt prefill);
+* **decoding**: the prefilled caches are left-padded to a common length and concatenated;
+  the cache's attention mask marks the pads, which TransformerLens masks out of every
+  score and skips when it assigns positions (rotary / absolute positions come from the
+  cumulative sum of the mask, so every real token keeps its unpadded position);
+* a row stops at EOS, at a stop token or after ``max_new_tokens``, exactly as
+  ``generate`` does, and is then removed from the batch (and leading columns that only
+  pads still use are dropped), so finished rows cost nothing;
+* ``top1=True`` records, at every forward pass, each layer's and query head's top-1
+  attended key of the row's last query (the argmax of ``hook_pattern``, first position on
+  ties), reduced inside the hook on the device and returned in **unpadded** positions —
+  Wu et al.'s retrieval-score input (REFERENCES §5). Pad keys get probability exactly 0
+  (their scores are −inf), so they can never be the argmax of a row that attends to
+  anything. One host synchronisation per step (the emitted tokens).
+
+The rows' numbers are those of separate runs up to float rounding: a batched matmul may
+sum in another order than a one-row one. Emitted tokens and integer top-1 positions are
+equal unless two candidates tie to within that rounding (tests compare them on the real
+model). Hooks given in ``extra_hooks`` / ``interventions`` must be padding-safe (keep −inf
+scores, act per row); hooks that compute positions from tensor shapes (RazorAttention's)
+need ``require_equal_lengths=True``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from probes.errors import InputError
+from probes.hooknames import name as hook_name
+from probes.interventions import HookList, Intervention, applied
+from probes.kv_policies import new_cache
+
+
+@dataclass(frozen=True)
+class RowOutput:
+    new_tokens: tuple[int, ...]
+    top1: torch.Tensor | None  # [len(new_tokens), n_layers, n_heads] long, unpadded key positions
+
+
+def length_batches(lengths: Sequence[int], rows: int) -> list[list[int]]:
+    """Indices into ``lengths`` grouped into batches of at most ``rows``, sorted by length
+    (longest first, so the largest cache is built while memory is free; ties keep input
+    order) to keep padding small."""
+    if rows < 1:
+        raise InputError("batch_size (rows per batch) must be at least 1.")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i : i + rows] for i in range(0, len(order), rows)]
+
+
+class _Top1State:
+    """Where the pattern hooks write: ``cur[layer]`` = [rows, heads] top-1 − pad offsets."""
+
+    def __init__(self, n_layers: int):
+        self.n_layers = n_layers
+        self.pads: torch.Tensor | None = None
+        self.cur: torch.Tensor | None = None
+
+    def hooks(self) -> HookList:
+        def hook(pattern, hook=None, layer=0):
+            top = pattern[:, :, -1].argmax(-1)  # [rows, heads]; ties: first position
+            if self.cur is None:
+                self.cur = torch.empty(self.n_layers, *top.shape, dtype=torch.long, device=top.device)
+            self.cur[layer] = top - self.pads[:, None]
+
+        return [(hook_name("pattern", l), functools.partial(hook, layer=l)) for l in range(self.n_layers)]
+
+    def take(self) -> torch.Tensor:
+        out, self.cur = self.cur, None
+        return out
+
+
+class _RowHooks:
+    """Per-row hooks: ``row_hooks[r]`` (a HookList) acts on row r only. Rows that share one
+    HookList object run it together on their sub-batch (one call per distinct list and
+    hook point), whatever rows the current pass holds (``rows``: global row ids)."""
+
+    def __init__(self, row_hooks: Sequence[HookList], device):
+        self.row_hooks = list(row_hooks)
+        self.device = device
+        self.rows: list[int] = []
+        self._plan: dict[tuple, dict[str, list]] = {}
+
+    def _groups(self, name: str) -> list:
+        key = tuple(self.rows)
+        if key not in self._plan:
+            plan: dict[str, list] = {}
+            by_list: dict[int, list[int]] = {}
+            for pos, r in enumerate(self.rows):
+                by_list.setdefault(id(self.row_hooks[r]), []).append(pos)
+            for positions in by_list.values():
+                where = torch.tensor(positions, device=self.device)  # once per pass, not per hook call
+                for hname, fn in self.row_hooks[self.rows[positions[0]]]:
+                    plan.setdefault(hname, []).append((fn, where))
+            self._plan = {key: plan}  # only the current pass's plan is kept
+        return self._plan[key].get(name, [])
+
+    def hooks(self) -> HookList:
+        names = sorted({n for hl in self.row_hooks for n, _ in hl})
+
+        def dispatch(tensor, hook=None, name=""):
+            out = tensor
+            for fn, idx in self._groups(name):
+                new = fn(tensor.index_select(0, idx), hook)
+                if new is not None:
+                    out = out.clone() if out is tensor else out
+                    out.index_copy_(0, idx, new.to(out.dtype))
+            return out
+
+        return [(n, functools.partial(dispatch, name=n)) for n in names]
+
+
+def _merge_left_padded(model, caches: list, lengths: list[int]):
+    """One cache for all rows: each prefilled cache left-padded (zeros, mask 0) to the longest."""
+    longest = max(lengths)
+    merged = new_cache(model, sum(c.previous_attention_mask.shape[0] for c in caches))
+    for layer, entry in enumerate(merged.entries):
+        keys, values = [], []
+        for c in caches:
+            k, v = c.entries[layer].past_keys, c.entries[layer].past_values
+            pad = longest - k.shape[1]
+            if pad:
+                k = torch.cat([k.new_zeros(k.shape[0], pad, *k.shape[2:]), k], 1)
+                v = torch.cat([v.new_zeros(v.shape[0], pad, *v.shape[2:]), v], 1)
+            keys.append(k)
+            values.append(v)
+        entry.past_keys = torch.cat(keys, 0) if len(keys) > 1 else keys[0]
+        entry.past_values = torch.cat(values, 0) if len(values) > 1 else values[0]
+    masks = []
+    for c in caches:
+        m = c.previous_attention_mask.long()
+        pad = longest - m.shape[1]
+        masks.append(torch.cat([m.new_zeros(m.shape[0], pad), m], 1) if pad else m)
+    merged.previous_attention_mask = torch.cat(masks, 0)
+    return merged
+
+
+def _select_rows(cache, keep: torch.Tensor, drop_cols: int) -> None:
+    """Keep batch rows ``keep`` and drop the first ``drop_cols`` (pad-only) columns."""
+    for entry in cache.entries:
+        idx = keep.to(entry.past_keys.device)
+        entry.past_keys = entry.past_keys.index_select(0, idx)[:, drop_cols:]
+        entry.past_values = entry.past_values.index_select(0, idx)[:, drop_cols:]
+    mask = cache.previous_attention_mask
+    cache.previous_attention_mask = mask.index_select(0, keep.to(mask.device))[:, drop_cols:]
+
+
+def greedy_rows(
+    model,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    stop_tokens: Sequence[int] = (),
+    stop_at_eos: bool = True,
+    interventions: Sequence[Intervention] = (),
+    extra_hooks: HookList = (),
+    top1: bool = False,
+    prefill_rows: int = 1,
+    require_equal_lengths: bool = False,
+    row_hooks: Sequence[HookList] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> list[RowOutput]:
+    """Greedy continuations of ``prompts`` (token-id lists), all rows of one decoding batch;
+    see the module docstring. ``row_hooks[r]``: hooks applied to row r only (rows sharing
+    one list object run it together; e.g. one KV policy per row). ``on_step(step,
+    rows_alive)`` is called after each pass."""
+    prompts = [[int(t) for t in p] for p in prompts]
+    if not prompts:
+        return []
+    if max_new_tokens < 1:
+        raise InputError("max_new_tokens must be at least 1.")
+    if prefill_rows < 1:
+        raise InputError("prefill_rows must be at least 1.")
+    if any(not p for p in prompts):
+        raise InputError("Empty prompt.")
+    lengths = [len(p) for p in prompts]
+    if require_equal_lengths and len(set(lengths)) > 1:
+        raise InputError("These hooks need rows of equal length (no padding).")
+    if max(lengths) + max_new_tokens > model.cfg.n_ctx:
+        raise InputError(f"Prompt ({max(lengths)}) + max_new_tokens ({max_new_tokens}) exceeds n_ctx ({model.cfg.n_ctx}).")
+    for p in prompts:
+        if min(p) < 0 or max(p) >= model.cfg.d_vocab:
+            raise InputError(f"Token ids must lie in 0..{model.cfg.d_vocab - 1}.")
+    device = model.cfg.device
+    eos = getattr(model.tokenizer, "eos_token_id", None) if model.tokenizer is not None else None
+    stops = frozenset(int(t) for t in stop_tokens) | (frozenset([eos]) if stop_at_eos and eos is not None else frozenset())
+    state = _Top1State(model.cfg.n_layers)
+    per_row = None
+    if row_hooks is not None:
+        if len(row_hooks) != len(prompts):
+            raise InputError(f"{len(row_hooks)} row hook lists for {len(prompts)} prompts.")
+        per_row = _RowHooks(row_hooks, model.cfg.device)
+    hooks = list(extra_hooks) + (per_row.hooks() if per_row is not None else []) + (state.hooks() if top1 else [])
+    n = len(prompts)
+    # prefill groups: consecutive runs of equal length (rows keep their input order)
+    groups: list[list[int]] = []
+    for i in range(n):
+        if groups and lengths[groups[-1][0]] == lengths[i] and len(groups[-1]) < prefill_rows:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    out: list[list[int]] = [[] for _ in range(n)]
+    passes: list[tuple[list[int], torch.Tensor]] = []  # (rows alive, [L, rows, H] top-1) per pass
+    with applied(model, interventions, extra_hooks=hooks), torch.inference_mode():
+        caches, logits, tops, order = [], [], [], []
+        for g in groups:
+            piece = torch.tensor([prompts[i] for i in g], device=device)
+            cache = new_cache(model, len(g))
+            state.pads = torch.zeros(len(g), dtype=torch.long, device=device)
+            if per_row is not None:
+                per_row.rows = list(g)
+            logits.append(model(piece, past_kv_cache=cache, attention_mask=torch.ones_like(piece))[:, -1])
+            caches.append(cache)
+            order += g
+            if top1:
+                tops.append(state.take())
+        if order != list(range(n)):
+            raise RuntimeError("prefill groups must keep the row order")
+        cache = caches[0] if len(caches) == 1 else _merge_left_padded(model, caches, [lengths[g[0]] for g in groups])
+        del caches
+        logits = torch.cat(logits, 0)
+        longest = max(lengths)
+        pads = torch.tensor([longest - L for L in lengths], dtype=torch.long, device=device)
+        pending_top = torch.cat(tops, 1) if top1 else None
+        alive = list(range(n))
+        step = 0
+        while True:
+            toks = logits.float().argmax(-1)  # greedy, as probes.decoding.Greedy (ties: first id)
+            emitted = toks.tolist()  # the one host sync of the step
+            if top1:
+                passes.append((list(alive), pending_top))
+            keep = []
+            for i, r in enumerate(alive):
+                out[r].append(emitted[i])
+                if emitted[i] not in stops and len(out[r]) < max_new_tokens:
+                    keep.append(i)
+            step += 1
+            if on_step is not None:
+                on_step(step, len(keep))
+            if not keep:
+                break
+            if len(keep) < len(alive):
+                idx = torch.tensor(keep, device=device)
+                pads = pads.index_select(0, idx)
+                drop = int(pads.min())
+                _select_rows(cache, idx, drop)
+                pads = pads - drop
+                toks = toks.index_select(0, idx)
+                alive = [alive[i] for i in keep]
+            state.pads = pads
+            if per_row is not None:
+                per_row.rows = alive
+            piece = toks[:, None]
+            logits = model(piece, past_kv_cache=cache, attention_mask=torch.ones_like(piece))[:, -1]
+            if top1:
+                pending_top = state.take()
+        del cache
+    tops_by_row: list[list[torch.Tensor]] = [[] for _ in range(n)]
+    for rows, t in passes:
+        t = t.cpu()
+        for j, r in enumerate(rows):
+            tops_by_row[r].append(t[:, j])
+    return [RowOutput(tuple(out[r]), torch.stack(tops_by_row[r]) if top1 else None) for r in range(n)]
