@@ -29,12 +29,17 @@ Scores of a point cloud X (N points × n dimensions):
   average |mean|, with their indices.
 
 Streaming (:class:`CloudStats`): the analysis never holds a layer's activation cloud. Inside
-the hook each batch is folded into a per-layer sum and sum of outer products (shifted by the
-first batch's mean, to avoid cancellation with the huge means of residual streams), O(d²)
-per layer, on the model's device. The per-batch product is float32 by default
-(``cov_dtype``), summed in float64; ``cov_dtype="float64"`` makes it exact. Average cosine,
-the partition score's Z(u) and the 2-D PCA are computed on a seeded sample of ``n_sample``
-tokens per layer (the same tokens at every layer).
+the hook each padded batch is folded into a per-layer sum and sum of outer products (shifted
+by the first batch's mean, to avoid cancellation with the huge means of residual streams):
+x − K is written into a scratch buffer reused by every hook (padding zeroed, nothing copied
+out), then ONE float32 GEMM per cloud (the upper block triangle of the symmetric product)
+is added to a float64 sum, O(d²) per layer; ``cov_dtype="float64"`` makes the products
+exact. The per-sequence sums of unit vectors (self-similarity) are one batched product with
+the inverse norms. Average cosine, the partition score's Z(u) and the 2-D PCA are computed
+on a seeded sample of ``n_sample`` tokens per layer (the same tokens at every layer), kept
+in the model's dtype. Memory: (L + 2)·d² float64 sums + 2(L + 1)·n_sample·d floats (residual
+and head-output samples), whatever the number of tokens; the fixed cost is one eigvalsh and
+one eigh of d × d per depth and batched d_head × d_head ones per layer of heads.
 
 Per-head outputs: a head's output is z_h W_O^h, a linear map of its d_head-dim z, so the
 analysis accumulates z's statistics (d_head² per head) and maps them exactly:
@@ -665,7 +670,7 @@ def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None]
     block), every head's output, W_E and W_U, streamed over a text set."""
     texts = texts_for(params)
     seqs = encode_texts(model, texts, params.max_tokens)
-    L, H = model.cfg.n_layers, model.cfg.n_heads
+    L = model.cfg.n_layers
     dtype = torch.float64 if params.cov_dtype == "float64" else torch.float32
     lengths = [len(s) for s in seqs]
     picks = sample_slots(lengths, params.n_sample, params.seed)
