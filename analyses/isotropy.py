@@ -491,12 +491,14 @@ class _SiteState:
     the sampled tokens' vectors; temporaries live in the shared :class:`Workspace`."""
 
     def __init__(self, n_seq: int, n_sample: int, dtype: torch.dtype, gram: torch.Tensor | None = None,
-                 ws: Workspace | None = None):
-        self.stats = CloudStats(dtype)
+                 ws: Workspace | None = None, sums: torch.Tensor | None = None, sample: torch.Tensor | None = None):
+        """``sums`` [G, d, d] float64 and ``sample`` [S, G, d]: preallocated views (see
+        :func:`_preallocate`); made on the first batch otherwise."""
+        self.stats = CloudStats(dtype, m=sums)
         self.selfsim = None  # [n_seq, G] mean within-sequence cosine
         self.pairs = torch.zeros(n_seq, dtype=torch.float64)  # T(T − 1) per sequence
         self.n_seq, self.n_sample = n_seq, n_sample
-        self.sample = None  # [S, G, d] in the activations' dtype
+        self.sample = sample  # [S, G, d] in the activations' dtype
         self.gram = gram  # [G, d, d]: cosines measured through W W^T (head outputs) if given
         self.ws = ws or Workspace()
 
@@ -508,7 +510,8 @@ class _SiteState:
         self.stats.add_padded(x, mask, self.ws)
         if self.selfsim is None:
             self.selfsim = torch.full((self.n_seq, g), float("nan"), dtype=torch.float64)
-            self.sample = torch.zeros(self.n_sample, g, d, dtype=x.dtype)  # the model's dtype
+            if self.sample is None or self.sample.shape != (self.n_sample, g, d) or self.sample.dtype != x.dtype:
+                self.sample = torch.zeros(self.n_sample, g, d, dtype=x.dtype)  # the model's dtype
         # unit-vector sums in the activations' dtype (float32: ~1e-7 relative on a sum of at
         # most n_ctx unit vectors), the per-sequence mean cosine in float64
         if self.gram is None:
@@ -659,6 +662,30 @@ def _head_rows(st: "_SiteState", w_o: torch.Tensor, layer: int, params, pairs) -
              **row, "isoscore_z": isoscore_from_eigenvalues(ev_z[k])} for k, row in enumerate(rows)]
 
 
+class _preallocate:
+    """One float64 block for the sums of outer products and one block (model dtype, CPU) for
+    the token samples of every cloud group: ``n_resid`` groups of (1, d) then the given
+    (G, d) groups. ``sums(i)``/``sample(i)`` are views of group i."""
+
+    def __init__(self, n_resid: int, kinds: list[tuple[int, int]], n_s: int, device, dtype):
+        shapes = [kinds[0]] * n_resid + kinds[1:]
+        sizes = [g * d * d for g, d in shapes]
+        ssizes = [n_s * g * d for g, d in shapes]
+        self.shapes, self.n_s = shapes, n_s
+        self._m = torch.zeros(sum(sizes), dtype=torch.float64, device=device)
+        self._s = torch.zeros(sum(ssizes), dtype=dtype)
+        self._mo = np.cumsum([0] + sizes)
+        self._so = np.cumsum([0] + ssizes)
+
+    def sums(self, i: int) -> torch.Tensor:
+        g, d = self.shapes[i]
+        return self._m[int(self._mo[i]) : int(self._mo[i + 1])].view(g, d, d)
+
+    def sample(self, i: int) -> torch.Tensor:
+        g, d = self.shapes[i]
+        return self._s[int(self._so[i]) : int(self._so[i + 1])].view(self.n_s, g, d)
+
+
 def weight_clouds(model) -> dict[str, torch.Tensor]:
     """W_E rows (one point per token) and W_U columns (one point per token)."""
     return {"W_E": model.W_E.detach(), "W_U": model.W_U.detach().T}
@@ -677,14 +704,21 @@ def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None]
     n_s = min(params.n_sample, sum(lengths))
     ws = Workspace()  # scratch shared by every site: the hooks run one at a time
     resid_sites = [hooknames.name("resid_pre", 0)] + [hooknames.name("resid_post", l) for l in range(L)]
-    states = {s: _SiteState(len(seqs), n_s, dtype, ws=ws) for s in resid_sites}
+    # the long-lived state in two allocations made before the forward pass (not interleaved
+    # with the activations, whose freed holes would then grow the heap)
+    d, h, dh = model.cfg.d_model, model.cfg.n_heads, model.cfg.d_head
+    big = _preallocate(L + 2, [(1, d)] + ([(h, dh)] * L if params.heads else []), n_s, model.cfg.device,
+                       model.cfg.dtype)
+    states = {s: _SiteState(len(seqs), n_s, dtype, ws=ws, sums=big.sums(i), sample=big.sample(i))
+              for i, s in enumerate(resid_sites)}
+    states[FINAL_NORM] = _SiteState(len(seqs), n_s, dtype, ws=ws, sums=big.sums(L + 1), sample=big.sample(L + 1))
     if params.heads:
         for l in range(L):
             w = model.blocks[l].attn.W_O.detach().double()  # [H, d_head, d_model]
-            states[hooknames.name("z", l)] = _SiteState(len(seqs), n_s, dtype, gram=w @ w.transpose(1, 2), ws=ws)
+            states[hooknames.name("z", l)] = _SiteState(len(seqs), n_s, dtype, gram=w @ w.transpose(1, 2), ws=ws,
+                                                        sums=big.sums(L + 2 + l), sample=big.sample(L + 2 + l))
 
-    last = resid_sites[-1]
-    states[FINAL_NORM] = _SiteState(len(seqs), n_s, dtype, ws=ws)  # hidden_states[-1]: the last block after ln_final
+    last = resid_sites[-1]  # hidden_states[-1] (FINAL_NORM): the last block after ln_final
 
     def reducer(t, where, batch):
         x = t if t.ndim == 4 else t[:, :, None, :]
@@ -713,7 +747,7 @@ def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None]
         dvar.append(torch.diagonal(cov).cpu().numpy())
         dmean.append(mean.cpu().numpy())
         pca.append(((sample - mean) @ vecs[:, :2]).cpu().numpy())
-        del states[s]  # free its d × d sums and sample as soon as it is scored
+        del states[s]  # done with it (its sums and sample are views of the two blocks)
     if params.heads:
         for l in range(L):
             rows += _head_rows(states.pop(hooknames.name("z", l)), model.blocks[l].attn.W_O.detach(), l, params, pairs)

@@ -15,7 +15,12 @@
    grow with the batch. So the ratios are reported at several sizes ``NxT`` (N texts of ≤ T
    tokens, batch 8) or ``NxTbB`` (batch B). Target ≤ 1.2× time, ≤ 1.3× memory.
 3. **Contrastive search vs greedy**, time per generated token with the KV cache (k = 4 and
-   k = 8; nucleus sampling beside them). Target ≤ 1.5× greedy at k = 4.
+   k = 8; nucleus sampling beside them; ``--decode-tokens`` new tokens). Target ≤ 1.5× greedy
+   at k = 4.
+
+On the CPU, times and ratios are this process's CPU time (``time.process_time``, 1 thread):
+on a shared, loaded machine wall time also counts the waits for a core and swings within a
+run; wall-time ratios are printed beside them. On CUDA: wall time, synchronised.
 
 ``--device cuda`` runs everything on the GPU (model loaded there; CUDA events via
 ``benchmarks.common``); ``--out FILE`` writes the markdown section there instead of

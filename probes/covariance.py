@@ -59,18 +59,27 @@ class CloudStats:
     ruins E[xxᵀ] − μμᵀ when the mean is large (residual streams). ``dtype`` is the dtype of
     each batch's product (float32: fast, ~1e-7 relative per batch; float64: exact)."""
 
-    def __init__(self, dtype: torch.dtype = torch.float32):
+    def __init__(self, dtype: torch.dtype = torch.float32, m: torch.Tensor | None = None):
+        """``m``: a preallocated float64 [G, d, d] block for the sum of outer products (a view
+        of one allocation shared by many clouds, made before the forward pass, keeps the
+        long-lived sums from fragmenting the heap between the activations)."""
         self.dtype = dtype
         self.n = 0  # points seen
         self.w = 0.0  # total weight (= n when unweighted)
-        self.shift = self.s = self.m = None
+        self.shift = self.s = None
+        self.m = m
 
     def _start(self, real: torch.Tensor) -> None:
         """Shift and zero sums from the first batch's real points [m, G, d]."""
         self.shift = real.detach().double().mean(0).to(self.dtype).double()  # [G, d], exact in dtype
         g, d = self.shift.shape
         self.s = torch.zeros(g, d, dtype=torch.float64, device=real.device)
-        self.m = torch.zeros(g, d, d, dtype=torch.float64, device=real.device)
+        if self.m is None:
+            self.m = torch.zeros(g, d, d, dtype=torch.float64, device=real.device)
+        elif self.m.shape != (g, d, d) or self.m.dtype != torch.float64:
+            raise InputError(f"The preallocated sums are {tuple(self.m.shape)}, the points need {(g, d, d)} float64.")
+        else:
+            self.m.zero_()
 
     def add(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> None:
         if x.ndim == 2:
