@@ -29,12 +29,17 @@ Scores of a point cloud X (N points × n dimensions):
   average |mean|, with their indices.
 
 Streaming (:class:`CloudStats`): the analysis never holds a layer's activation cloud. Inside
-the hook each batch is folded into a per-layer sum and sum of outer products (shifted by the
-first batch's mean, to avoid cancellation with the huge means of residual streams), O(d²)
-per layer, on the model's device. The per-batch product is float32 by default
-(``cov_dtype``), summed in float64; ``cov_dtype="float64"`` makes it exact. Average cosine,
-the partition score's Z(u) and the 2-D PCA are computed on a seeded sample of ``n_sample``
-tokens per layer (the same tokens at every layer).
+the hook each padded batch is folded into a per-layer sum and sum of outer products (shifted
+by the first batch's mean, to avoid cancellation with the huge means of residual streams):
+x − K is written into a scratch buffer reused by every hook (padding zeroed, nothing copied
+out), then ONE float32 GEMM per cloud (the upper block triangle of the symmetric product)
+is added to a float64 sum, O(d²) per layer; ``cov_dtype="float64"`` makes the products
+exact. The per-sequence sums of unit vectors (self-similarity) are one batched product with
+the inverse norms. Average cosine, the partition score's Z(u) and the 2-D PCA are computed
+on a seeded sample of ``n_sample`` tokens per layer (the same tokens at every layer), kept
+in the model's dtype. Memory: (L + 2)·d² float64 sums + 2(L + 1)·n_sample·d floats (residual
+and head-output samples), whatever the number of tokens; the fixed cost is one eigvalsh and
+one eigh of d × d per depth and batched d_head × d_head ones per layer of heads.
 
 Per-head outputs: a head's output is z_h W_O^h, a linear map of its d_head-dim z, so the
 analysis accumulates z's statistics (d_head² per head) and maps them exactly:
@@ -57,7 +62,7 @@ import torch
 
 from probes import capture, hooknames
 from probes import contrastive as _contrastive  # noqa: F401  (registers the "contrastive" strategy)
-from probes.covariance import CloudStats  # noqa: F401  (re-exported)
+from probes.covariance import CloudStats, Workspace  # noqa: F401  (CloudStats re-exported)
 from probes.errors import InputError, check_range
 from probes.models import model_id
 from probes.results import Params, Result, analysis
@@ -162,27 +167,41 @@ def isoscore_star(points, zeta: float = 0.2, c0="scaled_identity") -> float:
     return isoscore_from_cov(shrunk_cov(covariance(points), zeta, c0))
 
 
-def average_cosine(points, n_pairs: int | None = 10_000, seed: int = 0) -> float:
-    """Mean cosine similarity of ``n_pairs`` seeded random pairs of distinct points (None:
-    every distinct pair, exactly). Zero vectors count as cosine 0."""
-    x = _points(points).double()
-    xh = x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)
-    n = x.shape[0]
-    if n_pairs is None:
-        s = xh.sum(0)
-        diag = (xh.norm(dim=1) ** 2).sum()
-        return float((s @ s - diag) / (n * (n - 1)))
+def random_pairs(n: int, n_pairs: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n_pairs`` seeded pairs (i, j) of distinct indices below n, uniform."""
     if n_pairs < 1:
         raise InputError("n_pairs must be at least 1.")
     g = torch.Generator().manual_seed(int(seed))
     i = torch.randint(n, (n_pairs,), generator=g)
     j = torch.randint(n - 1, (n_pairs,), generator=g)
-    j = j + (j >= i).long()  # distinct from i, uniform over the others
-    xh = xh.cpu()
-    total = 0.0
-    for a in range(0, n_pairs, 4096):  # chunks: never n_pairs × n at once
-        total += float((xh[i[a : a + 4096]] * xh[j[a : a + 4096]]).sum(1).sum())
-    return total / n_pairs
+    return i, j + (j >= i).long()  # j distinct from i, uniform over the others
+
+
+def pair_cosines(points: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """Mean cosine over the pairs (i[p], j[p]) of points [N, ..., n], for every middle index
+    at once (clouds side by side: [N, G, n] gives [G]), in float64. Σ_p x̂_i·x̂_j =
+    Σ_rows (P X̂) ∘ X̂ with P the sparse N × N pair-count matrix: no [n_pairs, n] gather."""
+    x = points.double().cpu()
+    xh = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+    n = x.shape[0]
+    counts = torch.sparse_coo_tensor(torch.stack([i, j]), torch.ones(i.numel(), dtype=torch.float64), (n, n),
+                                     check_invariants=True)
+    flat = xh.reshape(n, -1)
+    return ((torch.sparse.mm(counts.coalesce(), flat) * flat).reshape(xh.shape).sum(-1).sum(0)) / i.numel()
+
+
+def average_cosine(points, n_pairs: int | None = 10_000, seed: int = 0) -> float:
+    """Mean cosine similarity of ``n_pairs`` seeded random pairs of distinct points (None:
+    every distinct pair, exactly). Zero vectors count as cosine 0."""
+    x = _points(points).double()
+    n = x.shape[0]
+    if n_pairs is None:
+        xh = x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        s = xh.sum(0)
+        diag = (xh.norm(dim=1) ** 2).sum()
+        return float((s @ s - diag) / (n * (n - 1)))
+    i, j = random_pairs(n, n_pairs, seed)
+    return float(pair_cosines(x, i, j))
 
 
 def partition_score(points, second_moment=None) -> float:
@@ -225,6 +244,14 @@ def check_multiple(multiple) -> float:
     return float(multiple)
 
 
+def _outlier_ratios(var: np.ndarray, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Variance and |mean| over their averages along the last axis (0 where the average is 0)."""
+    vm, mm = var.mean(-1, keepdims=True), mu.mean(-1, keepdims=True)
+    vr = np.where(vm > 0, var / np.where(vm > 0, vm, 1), 0.0)
+    mr = np.where(mm > 0, mu / np.where(mm > 0, mm, 1), 0.0)
+    return vr, mr
+
+
 def outlier_dimensions(variance, mean=None, multiple: float = 5.0) -> pd.DataFrame:
     """Dimensions whose variance exceeds ``multiple`` × the average variance, or whose |mean|
     exceeds ``multiple`` × the average |mean|: one row per such dimension, largest first."""
@@ -235,8 +262,7 @@ def outlier_dimensions(variance, mean=None, multiple: float = 5.0) -> pd.DataFra
         raise InputError("variance and mean must have one value per dimension.")
     if not (np.isfinite(var).all() and np.isfinite(mu).all()):
         raise InputError("The variances or means contain NaN or infinite values.")
-    vr = var / var.mean() if var.mean() > 0 else np.zeros_like(var)
-    mr = mu / mu.mean() if mu.mean() > 0 else np.zeros_like(mu)
+    vr, mr = _outlier_ratios(var, mu)
     hit = (vr > multiple) | (mr > multiple)
     idx = np.flatnonzero(hit)
     df = pd.DataFrame({"dim": idx, "variance": var[idx], "variance_ratio": vr[idx],
@@ -458,44 +484,61 @@ def sample_slots(lengths: Sequence[int], n_sample: int, seed: int) -> dict[int, 
 
 
 class _SiteState:
-    """Streaming state of one hook site: G clouds of dimension d."""
+    """Streaming state of one hook site: G clouds of dimension d (O(G·d²) + the token sample).
 
-    def __init__(self, n_seq: int, n_sample: int, dtype: torch.dtype, gram: torch.Tensor | None = None):
-        self.stats = CloudStats(dtype)
+    Per hook call: the covariance sums (one GEMM per cloud, :meth:`CloudStats.add_padded`),
+    the per-sequence sum of unit vectors (one batched product with the inverse norms) and
+    the sampled tokens' vectors; temporaries live in the shared :class:`Workspace`."""
+
+    def __init__(self, n_seq: int, n_sample: int, dtype: torch.dtype, gram: torch.Tensor | None = None,
+                 ws: Workspace | None = None, sums: torch.Tensor | None = None, sample: torch.Tensor | None = None):
+        """``sums`` [G, d, d] float64 and ``sample`` [S, G, d]: preallocated views (see
+        :func:`_preallocate`); made on the first batch otherwise."""
+        self.stats = CloudStats(dtype, m=sums)
         self.selfsim = None  # [n_seq, G] mean within-sequence cosine
         self.pairs = torch.zeros(n_seq, dtype=torch.float64)  # T(T − 1) per sequence
         self.n_seq, self.n_sample = n_seq, n_sample
-        self.sample = None  # [S, G, d] in the activations' dtype
+        self.sample = sample  # [S, G, d] in the activations' dtype
         self.gram = gram  # [G, d, d]: cosines measured through W W^T (head outputs) if given
+        self.ws = ws or Workspace()
 
     def add(self, x: torch.Tensor, batch, picks) -> None:
         """x [B, T, G, d] (padded); fold the batch in."""
+        x = x.detach()
         mask = batch.mask
-        real = x[mask]  # [m, G, d]
-        self.stats.add(real)
+        b, t, g, d = x.shape
+        self.stats.add_padded(x, mask, self.ws)
         if self.selfsim is None:
-            self.selfsim = torch.full((self.n_seq, x.shape[2]), float("nan"), dtype=torch.float64)
-            self.sample = torch.zeros(self.n_sample, x.shape[2], x.shape[3], dtype=x.dtype)  # the model's dtype
+            self.selfsim = torch.full((self.n_seq, g), float("nan"), dtype=torch.float64)
+            if self.sample is None or self.sample.shape != (self.n_sample, g, d) or self.sample.dtype != x.dtype:
+                self.sample = torch.zeros(self.n_sample, g, d, dtype=x.dtype)  # the model's dtype
         # unit-vector sums in the activations' dtype (float32: ~1e-7 relative on a sum of at
         # most n_ctx unit vectors), the per-sequence mean cosine in float64
-        m = mask[:, :, None, None].to(x.dtype)
         if self.gram is None:
-            s = (x / x.norm(dim=-1, keepdim=True).clamp_min(1e-30) * m).sum(1)  # [B, G, d]
+            norms = torch.linalg.vector_norm(x, dim=-1)  # [B, T, G]
+        else:  # cosines of x W: ||xW||² = x (W Wᵀ) xᵀ
+            gram = self.gram.to(x.device, x.dtype)
+            xg = self.ws.get("gram_xg", (g, b * t, d), x.dtype, x.device)
+            flat = x.reshape(b * t, g, d).permute(1, 0, 2)  # [G, n, d]
+            torch.bmm(flat, gram, out=xg)
+            norms = (xg * flat).sum(-1).clamp_min(0).sqrt().T.reshape(b, t, g)
+        inv = mask[:, :, None].to(x.dtype) / norms.clamp_min(1e-30)  # [B, T, G], 0 on padding
+        # Σ_t x̂_t per sequence and cloud: [B, G, T] @ [B, T, G·d], the diagonal blocks
+        s = torch.bmm(inv.transpose(1, 2), x.reshape(b, t, g * d)).view(b, g, g, d)
+        s = s.diagonal(dim1=1, dim2=2).permute(0, 2, 1)  # [B, G, d]
+        if self.gram is None:
             ss = (s * s).sum(-1).double()
-        else:  # cosines of x W: ||xW||² = x (W W^T) x^T
-            g = self.gram.to(x.dtype)
-            norms = (torch.einsum("btgd,gde->btge", x, g) * x).sum(-1).clamp_min(0).sqrt().clamp_min(1e-30)
-            s = (x / norms[..., None] * m).sum(1)  # [B, G, d]
-            ss = (torch.einsum("bgd,gde->bge", s, g) * s).sum(-1).double()
-        t = batch.lengths.to(ss.device).double()[:, None]
-        mean_cos = ((ss - t) / (t * (t - 1))).cpu()
-        t = t.cpu()
-        for b, i in enumerate(batch.index):
-            self.selfsim[i] = mean_cos[b]
-            self.pairs[i] = float(t[b, 0] * (t[b, 0] - 1))
+        else:
+            ss = (torch.einsum("bgd,gde->bge", s, gram) * s).sum(-1).double()
+        tl = batch.lengths.to(ss.device).double()[:, None]
+        mean_cos = ((ss - tl) / (tl * (tl - 1))).cpu()
+        tl = tl.cpu()
+        for row, i in enumerate(batch.index):
+            self.selfsim[i] = mean_cos[row]
+            self.pairs[i] = float(tl[row, 0] * (tl[row, 0] - 1))
             if i in picks:
                 pos, slots = picks[i]
-                self.sample[slots] = x[b, pos.to(x.device)].cpu()
+                self.sample[slots] = x[row, pos.to(x.device)].cpu()
 
     def pooled_selfsim(self, g: int = 0) -> float:
         """Σ over sequences of Σ_{i≠j} cos / Σ T(T − 1) (the reference's pooling)."""
@@ -513,55 +556,134 @@ def star_from_eigenvalues(eigenvalues, zeta: float, c0: str = "scaled_identity")
     return isoscore_from_eigenvalues((1 - check_zeta(zeta)) * ev + zeta * t)
 
 
-def _partition(sample: torch.Tensor, vecs: torch.Tensor, null_dims: bool = False) -> float:
-    """Partition score with the eigenvectors given (columns); ``null_dims``: XᵀX also has
-    eigenvectors orthogonal to every point, where Z(u) = N."""
-    proj = sample @ vecs
-    log_z = torch.cat([torch.logsumexp(proj, 0), torch.logsumexp(-proj, 0)])
+def _partitions(sample: torch.Tensor, vecs: torch.Tensor, null_dims: bool = False) -> torch.Tensor:
+    """Partition scores of G clouds at once: samples [G, S, n], eigenvectors [G, n, n]
+    (columns). ``null_dims``: XᵀX also has eigenvectors orthogonal to every point, where
+    Z(u) = N."""
+    proj = torch.bmm(sample, vecs)  # [G, S, n]: uᵀx for every point and eigenvector
+    log_z = torch.cat([torch.logsumexp(proj, 1), torch.logsumexp(-proj, 1)], 1)  # [G, 2n]
     if null_dims:
-        log_z = torch.cat([log_z, torch.tensor([math.log(sample.shape[0])], dtype=log_z.dtype, device=log_z.device)])
-    return float(torch.exp(log_z.min() - log_z.max()))
+        log_z = torch.cat([log_z, torch.full_like(log_z[:, :1], math.log(sample.shape[1]))], 1)
+    return torch.exp(log_z.min(1).values - log_z.max(1).values)
 
 
-def _scores(evals, var, mean, part_vecs, sample, selfsim, params, null_dims: bool = False) -> dict:
-    """Every score of one cloud from its covariance eigenvalues (all n of them), per-dimension
-    variance and mean, the eigenvectors of XᵀX and a sample of its points."""
-    row = {
-        "isoscore": isoscore_from_eigenvalues(evals),
-        "isoscore_star": star_from_eigenvalues(evals, params.zeta, params.c0),
-        "avg_cosine": average_cosine(sample, params.n_pairs, params.seed),
-        "partition": _partition(sample, part_vecs, null_dims),
-        "self_similarity": selfsim,
-        "isotropy_su": 1 - selfsim,
-    }
-    out = outlier_dimensions(var.cpu().numpy(), mean.cpu().numpy(), params.outlier_multiple)
-    row["n_outlier_var"] = int(out["by_variance"].sum())
-    row["n_outlier_mean"] = int(out["by_mean"].sum())
-    row["outlier_dims"] = ",".join(map(str, sorted(out["dim"].tolist())[:32]))
-    return row
+def _sym(m: torch.Tensor) -> torch.Tensor:
+    return (m + m.transpose(-1, -2)) / 2
 
 
-def top_eigenvectors(cov: torch.Tensor, k: int = 2, iters: int = 60, seed: int = 0) -> torch.Tensor:
+def _rows(evals, var, mean, part_vecs, sample, selfsims, params, pairs, null_dims: bool = False) -> list[dict]:
+    """Every score of G clouds at once: covariance eigenvalues [G, n] (all n of them),
+    per-dimension variance and mean [G, d], the eigenvectors of XᵀX [G, m, m], a sample of
+    the points in those coordinates [S, G, m], the pooled self-similarities (G floats) and
+    the seeded pairs for the average cosine."""
+    var_np, mu_np = var.cpu().numpy(), np.abs(mean.cpu().numpy())
+    if not (np.isfinite(var_np).all() and np.isfinite(mu_np).all()):
+        raise InputError("The variances or means contain NaN or infinite values.")
+    vr, mr = _outlier_ratios(var_np, mu_np)
+    by_var, by_mean = vr > params.outlier_multiple, mr > params.outlier_multiple
+    cos = pair_cosines(sample, *pairs)
+    part = _partitions(sample.transpose(0, 1), part_vecs, null_dims).cpu()
+    rows = []
+    for g in range(evals.shape[0]):
+        rows.append({
+            "isoscore": isoscore_from_eigenvalues(evals[g]),
+            "isoscore_star": star_from_eigenvalues(evals[g], params.zeta, params.c0),
+            "avg_cosine": float(cos[g]),
+            "partition": float(part[g]),
+            "self_similarity": selfsims[g],
+            "isotropy_su": 1 - selfsims[g],
+            "n_outlier_var": int(by_var[g].sum()),
+            "n_outlier_mean": int(by_mean[g].sum()),
+            "outlier_dims": ",".join(map(str, np.flatnonzero(by_var[g] | by_mean[g]).tolist()[:32])),
+        })
+    return rows
+
+
+def top_eigenvectors(cov: torch.Tensor, k: int = 2, tol: float = 1e-6, max_iters: int = 200,
+                     seed: int = 0) -> torch.Tensor:
     """The top-k eigenvectors of a symmetric PSD matrix [d, k] (columns, descending), by
-    subspace iteration on 4k vectors and a Rayleigh–Ritz step: O(d²k) per iteration instead
-    of a full O(d³) decomposition. Used only to draw the 2-D PCA."""
+    subspace iteration on 4k vectors with a Rayleigh–Ritz step, stopped when the top k
+    residuals ||C v − λv|| fall below ``tol`` × λ_max: O(d²k) per iteration instead of a full
+    O(d³) decomposition (a few iterations when the spectrum is dominated by a few
+    directions, as in residual streams). Used only to draw the 2-D PCA."""
     d = cov.shape[0]
     m = min(d, 4 * k)
     g = torch.Generator().manual_seed(seed)
-    v = torch.randn(d, m, generator=g, dtype=cov.dtype).to(cov.device)
-    for _ in range(iters):
-        v, _ = torch.linalg.qr(cov @ v)
-    evals, w = torch.linalg.eigh(v.T @ cov @ v)
+    v = torch.linalg.qr(torch.randn(d, m, generator=g, dtype=cov.dtype).to(cov.device)).Q
+    for _ in range(max_iters):
+        cv = cov @ v
+        evals, w = torch.linalg.eigh(v.T @ cv)  # Rayleigh–Ritz on span(v), ascending
+        top = w[:, -k:]
+        res = torch.linalg.vector_norm(cv @ top - (v @ top) * evals[-k:], dim=0)
+        if bool((res <= tol * evals[-1].abs().clamp_min(1e-300)).all()):
+            break
+        v = torch.linalg.qr(cv).Q
     return (v @ w)[:, torch.argsort(evals, descending=True)[:k]]
 
 
-def _full_cloud(cov, mean, second, sample, selfsim, params):
-    """Scores of a cloud whose covariance is held in full: one eigvalsh (IsoScore, IsoScore*,
-    the spectrum), one eigh of XᵀX (partition score); also the top-2 principal axes."""
-    evals = torch.linalg.eigvalsh((cov + cov.T) / 2)
-    _, pvecs = torch.linalg.eigh((second + second.T) / 2)
-    row = _scores(evals, torch.diagonal(cov), mean, pvecs, sample, selfsim, params)
+def _full_cloud(cov, mean, second, sample, selfsim, params, pairs=None):
+    """Scores of a cloud whose covariance is held in full: one eigvalsh of C (IsoScore,
+    IsoScore*, the spectrum), one eigh of XᵀX (partition score), the top-2 principal axes by
+    subspace iteration (for the PCA drawing)."""
+    evals = torch.linalg.eigvalsh(_sym(cov))  # ascending
+    _, pvecs = torch.linalg.eigh(_sym(second))
+    if pairs is None:
+        pairs = random_pairs(sample.shape[0], params.n_pairs, params.seed)
+    row = _rows(evals[None], torch.diagonal(cov)[None], mean[None], pvecs[None], sample[:, None], [selfsim],
+                params, pairs)[0]
     return row, evals.flip(0), top_eigenvectors(cov)
+
+
+def _head_rows(st: "_SiteState", w_o: torch.Tensor, layer: int, params, pairs) -> list[dict]:
+    """Scores of one layer's head outputs x = z W (W = W_O^h [d_head, d_model]) from z's
+    statistics, all heads at once. With Wᵀ = Q R (Q orthonormal, R the Cholesky factor of
+    W Wᵀ = Rᵀ R), x = (z Rᵀ) Qᵀ: the outputs ARE the points y = z Rᵀ in the orthonormal basis
+    Q of the head's span, so covariance, cosines and the eigenvectors of XᵀX carry over;
+    the other d_model − r eigenvalues are 0 (and Z(u) = N on those directions)."""
+    w = w_o.double().to(st.stats.m.device)  # [H, d_head, d_model]
+    h, dh, d = w.shape
+    cov_z, mean_z, sec_z = st.stats.cov(), st.stats.mean(), st.stats.second_moment()
+    r, info = torch.linalg.cholesky_ex(st.gram.to(w.device), upper=True)  # W Wᵀ = Rᵀ R, [H, dh, dh]
+    for k in torch.nonzero(info).reshape(-1).tolist():  # W_O^h rank-deficient: its row space's basis
+        r[k] = torch.linalg.qr(w[k].T).R
+    cov_y = _sym(r @ cov_z @ r.transpose(1, 2))
+    sec_y = _sym(r @ sec_z @ r.transpose(1, 2))
+    ev_y = torch.linalg.eigvalsh(cov_y)  # [H, dh]
+    evals = torch.cat([ev_y, ev_y.new_zeros(h, d - dh)], 1)
+    _, pv = torch.linalg.eigh(sec_y)
+    sample = torch.einsum("shd,hed->she", st.sample.double().to(w.device), r)  # y = z Rᵀ, [S, H, dh]
+    var = ((cov_z @ w) * w).sum(1)  # diag(Wᵀ C_z W), [H, d_model]
+    mean = torch.einsum("hd,hde->he", mean_z, w)
+    rows = _rows(evals, var, mean, pv, sample, [st.pooled_selfsim(k) for k in range(h)], params, pairs,
+                 null_dims=d > dh)
+    ev_z = torch.linalg.eigvalsh(_sym(cov_z))
+    site = hooknames.name("z", layer)
+    return [{"cloud": "head", "depth": layer + 1, "layer": layer, "head": k, "site": site, "n_points": st.stats.n,
+             **row, "isoscore_z": isoscore_from_eigenvalues(ev_z[k])} for k, row in enumerate(rows)]
+
+
+class _preallocate:
+    """One float64 block for the sums of outer products and one block (model dtype, CPU) for
+    the token samples of every cloud group: ``n_resid`` groups of (1, d) then the given
+    (G, d) groups. ``sums(i)``/``sample(i)`` are views of group i."""
+
+    def __init__(self, n_resid: int, kinds: list[tuple[int, int]], n_s: int, device, dtype):
+        shapes = [kinds[0]] * n_resid + kinds[1:]
+        sizes = [g * d * d for g, d in shapes]
+        ssizes = [n_s * g * d for g, d in shapes]
+        self.shapes, self.n_s = shapes, n_s
+        self._m = torch.zeros(sum(sizes), dtype=torch.float64, device=device)
+        self._s = torch.zeros(sum(ssizes), dtype=dtype)
+        self._mo = np.cumsum([0] + sizes)
+        self._so = np.cumsum([0] + ssizes)
+
+    def sums(self, i: int) -> torch.Tensor:
+        g, d = self.shapes[i]
+        return self._m[int(self._mo[i]) : int(self._mo[i + 1])].view(g, d, d)
+
+    def sample(self, i: int) -> torch.Tensor:
+        g, d = self.shapes[i]
+        return self._s[int(self._so[i]) : int(self._so[i + 1])].view(self.n_s, g, d)
 
 
 def weight_clouds(model) -> dict[str, torch.Tensor]:
@@ -575,22 +697,28 @@ def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None]
     block), every head's output, W_E and W_U, streamed over a text set."""
     texts = texts_for(params)
     seqs = encode_texts(model, texts, params.max_tokens)
-    L, H = model.cfg.n_layers, model.cfg.n_heads
+    L = model.cfg.n_layers
     dtype = torch.float64 if params.cov_dtype == "float64" else torch.float32
     lengths = [len(s) for s in seqs]
     picks = sample_slots(lengths, params.n_sample, params.seed)
     n_s = min(params.n_sample, sum(lengths))
+    ws = Workspace()  # scratch shared by every site: the hooks run one at a time
     resid_sites = [hooknames.name("resid_pre", 0)] + [hooknames.name("resid_post", l) for l in range(L)]
-    states = {s: _SiteState(len(seqs), n_s, dtype) for s in resid_sites}
-    w_o = model.W_O.detach()  # [L, H, d_head, d_model]
-    d = model.cfg.d_model
+    # the long-lived state in two allocations made before the forward pass (not interleaved
+    # with the activations, whose freed holes would then grow the heap)
+    d, h, dh = model.cfg.d_model, model.cfg.n_heads, model.cfg.d_head
+    big = _preallocate(L + 2, [(1, d)] + ([(h, dh)] * L if params.heads else []), n_s, model.cfg.device,
+                       model.cfg.dtype)
+    states = {s: _SiteState(len(seqs), n_s, dtype, ws=ws, sums=big.sums(i), sample=big.sample(i))
+              for i, s in enumerate(resid_sites)}
+    states[FINAL_NORM] = _SiteState(len(seqs), n_s, dtype, ws=ws, sums=big.sums(L + 1), sample=big.sample(L + 1))
     if params.heads:
         for l in range(L):
-            w = w_o[l].double()
-            states[hooknames.name("z", l)] = _SiteState(len(seqs), n_s, dtype, gram=w @ w.transpose(1, 2))
+            w = model.blocks[l].attn.W_O.detach().double()  # [H, d_head, d_model]
+            states[hooknames.name("z", l)] = _SiteState(len(seqs), n_s, dtype, gram=w @ w.transpose(1, 2), ws=ws,
+                                                        sums=big.sums(L + 2 + l), sample=big.sample(L + 2 + l))
 
-    last = resid_sites[-1]
-    states[FINAL_NORM] = _SiteState(len(seqs), n_s, dtype)  # hidden_states[-1]: the last block after ln_final
+    last = resid_sites[-1]  # hidden_states[-1] (FINAL_NORM): the last block after ln_final
 
     def reducer(t, where, batch):
         x = t if t.ndim == 4 else t[:, :, None, :]
@@ -602,13 +730,15 @@ def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None]
 
     capture.run(model, seqs, reducers={s: reducer for s in states if s != FINAL_NORM}, batch_size=params.batch_size,
                 progress=progress)
+    del ws
+    pairs = random_pairs(n_s, params.n_pairs, params.seed)  # the same seeded pairs for every cloud
 
     rows, clouds, spectra, dvar, dmean, pca = [], [], [], [], [], []
     for depth, s in enumerate(resid_sites + [FINAL_NORM]):
         st = states[s]
         cov, mean, second = st.stats.cov()[0], st.stats.mean()[0], st.stats.second_moment()[0]
         sample = st.sample[:, 0].double().to(cov.device)
-        row, ev, vecs = _full_cloud(cov, mean, second, sample, st.pooled_selfsim(0), params)
+        row, ev, vecs = _full_cloud(cov, mean, second, sample, st.pooled_selfsim(0), params, pairs)
         layer = L - 1 if s == FINAL_NORM else hooknames.site(s).layer
         rows.append({"cloud": "resid", "depth": depth, "layer": layer, "head": -1, "site": s,
                      "n_points": st.stats.n, **row})
@@ -617,34 +747,10 @@ def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None]
         dvar.append(torch.diagonal(cov).cpu().numpy())
         dmean.append(mean.cpu().numpy())
         pca.append(((sample - mean) @ vecs[:, :2]).cpu().numpy())
+        del states[s]  # done with it (its sums and sample are views of the two blocks)
     if params.heads:
         for l in range(L):
-            st = states[hooknames.name("z", l)]
-            cov_z, mean_z, n = st.stats.cov(), st.stats.mean(), st.stats.n
-            sec_z = st.stats.second_moment()
-            for h in range(H):
-                # x = z W (W = W_O^h, [d_head, d_model]); with Wᵀ = Q R (Q orthonormal, R from the
-                # Cholesky factor of W Wᵀ), x = (z Rᵀ) Qᵀ: the head's outputs ARE the points
-                # y = z Rᵀ in the orthonormal basis Q of its span; covariance, cosines and XᵀX
-                # eigenvectors carry over, the other d_model − r eigenvalues are 0 (and Z(u) = N
-                # on those directions)
-                w = w_o[l, h].double().to(cov_z.device)
-                r, info = torch.linalg.cholesky_ex(st.gram[h].to(w.device), upper=True)  # W Wᵀ = Rᵀ R
-                if int(info):  # W_O^h rank-deficient: an orthonormal basis of its row space instead
-                    q, r = torch.linalg.qr(w.T)
-                cov_y = r @ cov_z[h] @ r.T
-                mean_y = r @ mean_z[h]
-                sec_y = r @ sec_z[h] @ r.T
-                sample = st.sample[:, h].double().to(w.device) @ r.T
-                ev_y = torch.linalg.eigvalsh((cov_y + cov_y.T) / 2)
-                evals = torch.cat([ev_y, torch.zeros(d - ev_y.numel(), dtype=ev_y.dtype, device=ev_y.device)])
-                _, pv = torch.linalg.eigh((sec_y + sec_y.T) / 2)
-                var = ((cov_z[h] @ w) * w).sum(0)  # diag(Wᵀ C_z W)
-                row = _scores(evals, var, mean_z[h] @ w, pv, sample, st.pooled_selfsim(h), params,
-                              null_dims=d > ev_y.numel())
-                row["isoscore_z"] = isoscore_from_cov(cov_z[h])
-                rows.append({"cloud": "head", "depth": l + 1, "layer": l, "head": h, "site": hooknames.name("z", l),
-                             "n_points": n, **row})
+            rows += _head_rows(states.pop(hooknames.name("z", l)), model.blocks[l].attn.W_O.detach(), l, params, pairs)
     if params.weights:
         for name, x in weight_clouds(model).items():
             x = x.double()

@@ -6,13 +6,21 @@
 2. **All-layer scores over a text set** (``analyses.isotropy.isotropy``: the residual stream
    at every depth and every head's output, W_E/W_U left out) vs a plain forward pass of the
    same texts through ``probes.capture.run`` with the same batches and no hook. Time and peak
-   extra memory from ``benchmarks.common.measure`` (round-robin, medians). The scores' cost
-   is a per-token part (the reducers in the hooks) plus a fixed part per layer (one
-   eigendecomposition of d × d per cloud, O(L·d³), whatever the number of tokens), so the
-   ratio is reported at two text-set sizes, with the fixed part separately. Target ≤ 1.2×
-   time, ≤ 1.3× memory.
+   memory from ``benchmarks.common.measure``, the same way for both (round-robin, medians):
+   on the CPU the peak RSS above the RSS at entry (kernel VmHWM after ``clear_refs``), on
+   CUDA ``max_memory_allocated`` above the allocation at entry. The scores' cost is a
+   per-token part (the reducers in the hooks) plus a fixed part (one eigvalsh and one eigh
+   of d × d per depth, O(L·d³), whatever the number of tokens); their memory is a fixed
+   state (L·d² float64 sums + the token samples) beside the forward's own activations, which
+   grow with the batch. So the ratios are reported at several sizes ``NxT`` (N texts of ≤ T
+   tokens, batch 8) or ``NxTbB`` (batch B). Target ≤ 1.2× time, ≤ 1.3× memory.
 3. **Contrastive search vs greedy**, time per generated token with the KV cache (k = 4 and
-   k = 8; nucleus sampling beside them). Target ≤ 1.5× greedy at k = 4.
+   k = 8; nucleus sampling beside them; ``--decode-tokens`` new tokens). Target ≤ 1.5× greedy
+   at k = 4.
+
+On the CPU, times and ratios are this process's CPU time (``time.process_time``, 1 thread):
+on a shared, loaded machine wall time also counts the waits for a core and swings within a
+run; wall-time ratios are printed beside them. On CUDA: wall time, synchronised.
 
 ``--device cuda`` runs everything on the GPU (model loaded there; CUDA events via
 ``benchmarks.common``); ``--out FILE`` writes the markdown section there instead of
@@ -29,6 +37,30 @@ import torch
 from benchmarks.common import machine_info, markdown_table, measure, write_section
 
 HEADING = "Isotropy (issue 9)"
+
+
+def with_cpu_time(variants: dict, warmup: int = 1) -> tuple[dict, dict]:
+    """The variants wrapped to record this process's CPU time per call (``time.process_time``:
+    on a shared, loaded machine it counts only this process's work, 1 thread, where wall time
+    also counts the waits for a core). Returns (wrapped variants, {name: samples after the
+    warm-up}); medians via :func:`cpu_median`."""
+    cpu: dict = {k: [] for k in variants}
+
+    def wrap(k, f):
+        def g():
+            t = time.process_time()
+            out = f()
+            cpu[k].append(time.process_time() - t)
+            return out
+        return g
+
+    return {k: wrap(k, f) for k, f in variants.items()}, cpu
+
+
+def cpu_median(samples: list, warmup: int = 1) -> float:
+    import statistics
+
+    return statistics.median(samples[warmup:])
 
 
 def bench_isoscore(n: int, d: int, device: str, rounds: int) -> list:
@@ -59,21 +91,19 @@ def bench_all_layers(model, seqs, batch_size: int, rounds: int, device: str) -> 
         "plain forward": lambda: capture.run(model, seqs, batch_size=batch_size),
         "all-layer scores": lambda: isotropy(model, texts=texts, weights=False, batch_size=batch_size),
     }
+    variants, cpu = with_cpu_time(variants)
     m = measure(variants, rounds=rounds, warmup=1, device=device if device != "cpu" else None)
+    for k in m:  # on the CPU the times compared are CPU times (see with_cpu_time)
+        m[k].cpu_time = cpu_median(cpu[k]) if device == "cpu" else m[k].time
     return m, {"tokens": sum(len(s) for s in seqs), "texts": len(seqs)}
 
 
-def finalize_time(model, seqs, batch_size: int, device: str) -> float:
-    """The fixed part alone: the scores' time minus their streaming pass (timed with the
-    same reducers through a patched finalisation that returns at once)."""
+def finalize_time(model, seqs, batch_size: int, device: str) -> tuple[float, float]:
+    """(fixed part, streaming pass) of one scoring run: the streaming pass timed inside it
+    (``capture.run`` with the reducers), the fixed part = the rest."""
     import analyses.isotropy as iso
 
     texts = tuple(tuple(s) for s in seqs)
-    t0 = time.perf_counter()
-    iso.isotropy(model, texts=texts, weights=False, batch_size=batch_size)
-    if device != "cpu":
-        torch.cuda.synchronize()
-    total = time.perf_counter() - t0
     real_run = iso.capture.run
     box = {}
 
@@ -89,7 +119,9 @@ def finalize_time(model, seqs, batch_size: int, device: str) -> float:
     try:
         t0 = time.perf_counter()
         iso.isotropy(model, texts=texts, weights=False, batch_size=batch_size)
-        total = min(total, time.perf_counter() - t0)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        total = time.perf_counter() - t0
     finally:
         iso.capture.run = real_run
     return total - box["stream"], box["stream"]
@@ -105,9 +137,18 @@ def bench_decoding(model, prompt: str, n_new: int, rounds: int, device: str) -> 
         "contrastive k=8 (α 0.6)": lambda: generate(model, prompt, n_new, Contrastive(0.6, 8), stop_at_eos=False),
         "nucleus sampling (top-p 0.95)": lambda: generate(model, prompt, n_new, Sample(top_p=0.95), stop_at_eos=False),
     }
+    variants, cpu = with_cpu_time(variants)
     m = measure(variants, rounds=rounds, warmup=1, device=device if device != "cpu" else None)
-    base = m["greedy"].time
-    return [(k, f"{v.time / n_new * 1e3:.2f}", f"{v.time / base:.2f}×") for k, v in m.items()]
+    t = {k: cpu_median(cpu[k]) if device == "cpu" else v.time for k, v in m.items()}
+    return [(k, f"{t[k] / n_new * 1e3:.2f}", f"{t[k] / t['greedy']:.2f}×", f"{v.time / m['greedy'].time:.2f}×")
+            for k, v in m.items()]
+
+
+def parse_size(size: str) -> tuple[int, int, int]:
+    """"NxT" (batch 8) or "NxTbB" → (texts, tokens per text, batch size)."""
+    n, rest = size.split("x")
+    t, _, b = rest.partition("b")
+    return int(n), int(t), int(b) if b else 8
 
 
 def main(argv=None) -> int:
@@ -118,6 +159,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write the markdown section to this file (default: RESULTS.md)")
     ap.add_argument("--sizes", default="24x128,96x256", help="text-set sizes NxT for the all-layer benchmark")
     ap.add_argument("--parts", default="isoscore,layers,decoding", help="which benchmarks to run")
+    ap.add_argument("--decode-tokens", type=int, default=128, help="new tokens per generation (decoding benchmark)")
     args = ap.parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(1)
@@ -129,7 +171,9 @@ def main(argv=None) -> int:
     n_points = 2000 if args.quick else 100_000
     parts = []
     info = machine_info()
-    parts += [f"Machine: {info}. Device: {args.device}. Medians of {args.rounds} round-robin rounds after a warm-up.", ""]
+    clock = "CPU time of this process (time.process_time, 1 thread)" if args.device == "cpu" else "wall time (CUDA synchronised)"
+    parts += [f"Machine: {info}. Device: {args.device}. Medians of {args.rounds} round-robin rounds after a warm-up; "
+              f"times and ratios in {clock}; wall-time ratios beside them.", ""]
 
     todo = set(args.parts.split(","))
     rows = bench_isoscore(n_points, d, args.device, args.rounds) if "isoscore" in todo else []
@@ -140,25 +184,27 @@ def main(argv=None) -> int:
     sizes = [] if "layers" not in todo else ["3x16"] if args.quick else args.sizes.split(",")
     rows = []
     for size in sizes:
-        n, t = (int(v) for v in size.split("x"))
+        n, t, bs = parse_size(size)
         seqs = encode_texts(model, texts_for(IsotropyParams(n_texts=n)), t)
-        m, meta = bench_all_layers(model, seqs, 8, args.rounds, args.device)
-        fixed, stream = finalize_time(model, seqs, 8, args.device)
+        print(f"all-layer scores: {size} ({sum(map(len, seqs)):,} tokens), {args.rounds} rounds …", flush=True)
+        m, meta = bench_all_layers(model, seqs, bs, args.rounds, args.device)
+        fixed, stream = finalize_time(model, seqs, bs, args.device)
         p, s = m["plain forward"], m["all-layer scores"]
-        rows.append((f"{meta['texts']} × ≤{t} ({meta['tokens']:,} tokens)", f"{p.time:.2f}", f"{s.time:.2f}",
-                     f"{s.time / p.time:.2f}×", f"{stream / p.time:.2f}×", f"{fixed:.2f}",
+        rows.append((f"{meta['texts']} × ≤{t}, batch {bs} ({meta['tokens']:,} tokens)", f"{p.cpu_time:.2f}",
+                     f"{s.cpu_time:.2f}", f"{s.cpu_time / p.cpu_time:.2f}×", f"{s.time / p.time:.2f}×",
+                     f"{stream / p.time:.2f}×", f"{fixed:.2f}",
                      f"{p.peak_mb:.0f}", f"{s.peak_mb:.0f}", f"{s.peak_mb / max(p.peak_mb, 1e-9):.2f}×"))
         print(rows[-1], flush=True)
     parts += [] if not rows else ["### All-layer scores (31 residual depths + 270 head outputs) vs a plain forward pass", "",
-              markdown_table(("text set", "forward s", "scores s", "time ratio", "streaming pass ratio",
-                              "fixed part s (31 × eigh of d×d + heads)", "forward peak MB", "scores peak MB",
+              markdown_table(("text set", "forward s", "scores s", "time ratio", "wall-time ratio", "streaming pass ratio",
+                              "fixed part s (eigendecompositions, samples)", "forward peak MB", "scores peak MB",
                               "memory ratio"), rows), ""]
 
-    n_new = 8 if args.quick else 64
+    n_new = 8 if args.quick else args.decode_tokens
     prompt = "The history of the old city begins with a small village by the river, where"
     rows = bench_decoding(model, prompt, n_new, args.rounds, args.device) if "decoding" in todo else []
     parts += [] if not rows else [f"### Contrastive search vs greedy ({n_new} new tokens, KV cache)", "",
-              markdown_table(("strategy", "ms / token", "vs greedy"), rows), ""]
+              markdown_table(("strategy", "ms / token", "vs greedy", "wall-time ratio"), rows), ""]
     print("\n".join(parts[-4:]), flush=True)
 
     body = "\n".join(parts)

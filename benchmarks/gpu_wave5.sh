@@ -1,7 +1,6 @@
 # Wave-5 GPU jobs: run from the repository root on a lent GPU after the carry calls
 # (benchmarks/gpu_env.sh). Usage: bash benchmarks/gpu_wave5.sh JOB [JOB ...]; results under $OUT,
-# one log per job, a summary table last.
-# one log per job, a summary table last. Expected seconds on one H200 in the comments.
+# one log per job, a summary table last. Expected seconds on one H200 in each comment.
 source benchmarks/gpu_jobs.sh
 export PYTHONUNBUFFERED=1
 for j in "$@"; do
@@ -19,6 +18,12 @@ for j in "$@"; do
     masking) job masking 300 python3 -m benchmarks.bench_retrieval --device cuda --lengths 1000,2000 --depths 0.1,0.5,0.9 --needles 0,1,2 --batch-size 48 --baseline-tests 0 --masking --ks 0,2,5,10,20,40 --seeds 5 --out "$OUT/gpu_masking.md" --verbose ;;
     # issue 8: RazorAttention KV-memory vs NIAH accuracy, 27 tests × 13 policies (rows of one batch per needle × length); expected ~90-150 s
     razor) job razor 300 python3 -m benchmarks.bench_razor --device cuda --lengths 1000,2000,4000 --depths 0,0.5,1 --needles 0,1,2 --detect-lengths 1000,2000 --kv-heads 0,3,9,18,45,90 --window 64 --batch-size 48 --rows 48 --out "$OUT/gpu_razor.md" --verbose ;;
+    # issue 9: IsoScore on 100k points, all-layer scores at 3 sizes (batch 8 and 32), contrastive
+    # search vs greedy (128 tokens, k = 4 and 8) — ~90-120 s
+    iso) job iso 200 python3 -m benchmarks.bench_isotropy --device cuda --rounds 3 --sizes 24x128,96x256,96x256b32 --decode-tokens 128 --out "$OUT/gpu_isotropy.md" ;;
+    # issue 9: greedy / nucleus / contrastive search on 8 prose prefixes × 128 new tokens:
+    # rep-2/3/4, diversity, isotropy of the generations' final-layer states — ~60-90 s
+    isodecode) job isodecode 120 python3 -m app.cli isotropy-decoding --device cuda --n-prompts 8 --max-new-tokens 128 --out "$OUT/isodecode" ;;
     *) echo "unknown job $j" ;;
   esac
 done

@@ -9,10 +9,12 @@ that the reference uses), h_j over every earlier position (prompt included). Def
 α = 0.6, k = 4; p is the full-vocabulary softmax (not renormalised over the k).
 
 Cost: the k candidates are scored in ONE batched forward pass of k rows × 1 token over the
-KV cache (expanded to k rows); the chosen row's cache and logits are kept, so the chosen
-token is never fed again — one forward per step, like greedy, only k rows wide. The
-strategy hands the chosen row's next-token logits back through ``state.scratch`` (the
-``generate`` loop uses them instead of feeding the token). With ``kv_policy=None`` the
+KV cache (expanded to k rows, as views), stopped before the unembedding (the score needs
+only their final states); the chosen row's cache is kept and only its state is unembedded,
+so the chosen token is never fed again — one forward per step, like greedy, only k rows
+wide in the blocks and one row in the d_model × d_vocab unembedding. The strategy hands the
+chosen row's next-token logits back through ``state.scratch`` (the ``generate`` loop uses
+them instead of feeding the token). With ``kv_policy=None`` the
 candidates are scored by full recomputation (the reference path the cached one is tested
 against). Reducers passed to ``generate`` see the k-row candidate passes.
 
@@ -85,28 +87,28 @@ class Contrastive(_Data):
         k = min(self.k, state.logits.numel())
         probs = state.logits.float().softmax(-1)
         top_p, top_ids = probs.topk(k)
-        logits, h = _score_candidates(model, stepper, top_ids, holder)
-        h = h / h.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [k, d]
-        penalty = (h @ scratch["hist"].T.to(h.dtype)).max(dim=1).values.float()  # [k]
+        h = _score_candidates(model, stepper, top_ids, holder)  # [k, d] final-norm states
+        hn = h / h.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        penalty = (hn @ scratch["hist"].T.to(hn.dtype)).max(dim=1).values.float()  # [k]
         score = (1 - self.alpha) * top_p - self.alpha * penalty.to(top_p.device)
         b = int(torch.argmax(score))
         tok = int(top_ids[b])
         _keep_row(stepper, b, tok)
-        scratch["hist"] = torch.cat([scratch["hist"], h[b : b + 1].to(scratch["hist"].dtype)], 0)
-        scratch["next_logits"] = logits[b]
+        scratch["hist"] = torch.cat([scratch["hist"], hn[b : b + 1].to(scratch["hist"].dtype)], 0)
+        # only the chosen row's next-token logits are needed: one unembedding, not k
+        scratch["next_logits"] = model.unembed(h[b : b + 1][None])[0, 0]
         return tok
 
 
-def _score_candidates(model, stepper, ids: torch.Tensor, holder: list):
-    """One forward pass of the k candidates: their next-token logits [k, V] and last-layer
-    states [k, d]."""
+def _score_candidates(model, stepper, ids: torch.Tensor, holder: list) -> torch.Tensor:
+    """One forward pass of the k candidates, stopped before the unembedding: their
+    last-layer states after the final norm [k, d] (as the strategy's hook saw them)."""
     k = ids.numel()
     device = model.cfg.device
     cand = ids.to(device)[:, None]
     if stepper.cache is None:
         prefix = torch.tensor(stepper.all_tokens[0], device=device)[None].expand(k, -1)
-        logits = model(torch.cat([prefix, cand], 1))[:, -1]
-        h = holder[-1][:, -1]
+        model(torch.cat([prefix, cand], 1), return_type=None)
         stepper._k_cache = None
     else:
         base = stepper.cache
@@ -118,11 +120,11 @@ def _score_candidates(model, stepper, ids: torch.Tensor, holder: list):
             ne.past_values = e.past_values.expand(k, *e.past_values.shape[1:])
             kc.entries.append(ne)
         kc.previous_attention_mask = base.previous_attention_mask.expand(k, -1)
-        logits = model(cand, past_kv_cache=kc, attention_mask=torch.ones_like(cand))[:, -1]
-        h = holder[-1][:, -1]
+        model(cand, past_kv_cache=kc, attention_mask=torch.ones_like(cand), return_type=None)
         stepper._k_cache = kc
+    h = holder[-1][:, -1]
     holder.clear()
-    return logits, h
+    return h
 
 
 def _keep_row(stepper, b: int, tok: int) -> None:

@@ -3,7 +3,9 @@
 IsoScore and IsoScore* (Rudman et al.), average random cosine, Mu & Viswanath's partition
 score, Su & Collier's within-sequence isotropy and outlier dimensions — per depth of the
 residual stream, per head output, for W_E and W_U — the spectrum, outlier dimensions and a
-2-D PCA of one depth's cloud, and Rudman et al.'s sanity clouds. Widget defaults are
+2-D PCA of one depth's cloud, whitening (a fitted, saved whitening can be sent to the
+Playground as an intervention), contrastive search beside greedy and sampling, and Rudman
+et al.'s sanity clouds. Widget defaults are
 ``IsotropyParams``'.
 """
 
@@ -20,6 +22,8 @@ from analyses.isotropy import (
     whitening_effect,
 )
 from app import ui
+from app.interventions_ui import send_to_playground
+from probes.whitening import Whitening
 
 P, W, D = IsotropyParams(), WhiteningParams(), DecodingIsotropyParams()
 
@@ -105,7 +109,15 @@ if wres is not None:
     st.plotly_chart(figs["pca"], key="wh_pca")
     st.dataframe(wres.scores, hide_index=True)
     for m, a in wres.artefacts.items():
-        st.code(f"{m}: {a['path']}  sha256 {a['sha256']}")
+        code, send = st.columns([4, 1])
+        code.code(f"{m}: {a['path']}  sha256 {a['sha256']}")
+        if send.button("Send to the Playground", key=f"wh_send_{m}",
+                       help="applied there as an intervention on the residual stream at this site"):
+            send_to_playground([Whitening(a["path"], a["sha256"])],
+                               note=f"{m} whitening at {wres.site} (from the Isotropy page)")
+            st.success(f"Sent: open the Playground to generate with the {m} whitening.")
+    if not wres.artefacts:
+        st.caption("Give a folder to save the fitted whitenings in: each saved one can be sent to the Playground.")
 
 st.header("Contrastive search beside greedy and sampling")
 c1, c2, c3, c4 = st.columns(4)

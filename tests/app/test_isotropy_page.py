@@ -9,7 +9,7 @@ APP = Path(__file__).resolve().parents[2] / "app"
 
 
 @pytest.mark.integration
-def test_isotropy_page_computes(smollm2):
+def test_isotropy_page_computes(smollm2, tmp_path):
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(APP / "Home.py"), default_timeout=300)
@@ -29,10 +29,55 @@ def test_isotropy_page_computes(smollm2):
     assert len(at.get("plotly_chart")) >= 5
     at.number_input(key="wh_n").set_value(3)
     at.multiselect(key="wh_methods").set_value(["zca"])
+    at.text_input(key="wh_save").set_value(str(tmp_path))
     at.button(key="wh_run").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
+    # the saved whitening goes to the Playground as data: its path and the file's sha256
+    at.button(key="wh_send_zca").click().run()
+    assert not at.exception
+    from app.interventions_ui import SENT
+    from probes.interventions import from_dict
+    from probes.whitening import _sha256
+
+    (sent,) = at.session_state[SENT]["interventions"]
+    iv = from_dict(sent)
+    path = tmp_path / "whitening-zca-depth30.safetensors"
+    assert type(iv).__name__ == "Whitening" and Path(iv.path) == path and iv.sha256 == _sha256(path)
     at.multiselect(key="wh_methods").set_value([]).run()  # bad input: one clear line
     assert at.error and "at least one whitening" in at.error[0].value
+
+
+@pytest.mark.integration
+def test_playground_applies_a_sent_whitening(smollm2, tmp_path):
+    """A whitening fitted and saved elsewhere, sent as data (path + sha256), is rebuilt by the
+    Playground and changes the intervened generation; a wrong digest is one clear error."""
+    import torch
+    from streamlit.testing.v1 import AppTest
+
+    from probes import whitening as wh
+    from probes.covariance import CloudStats
+
+    model = smollm2.model
+    site = wh.site_for_depth(model, 20)
+    g = torch.Generator().manual_seed(0)
+    st_ = CloudStats(torch.float64)
+    st_.add(torch.randn(400, model.cfg.d_model, generator=g, dtype=torch.float64) * 3 + 1)
+    path = tmp_path / "w.safetensors"
+    digest = wh.save(wh.fit_from_stats("zca", site, st_), path)
+    for sha, ok in ((digest, True), ("0" * 64, False)):
+        at = AppTest.from_file(str(APP / "Home.py"), default_timeout=300)
+        at.run()
+        at.session_state["pg_max_new"] = 4
+        at.session_state["playground_sent"] = {"interventions": [wh.Whitening(str(path), sha).to_dict()],
+                                               "strategy": None, "note": "from a test"}
+        at.switch_page("pages/02_playground.py").run()
+        assert not at.exception, [e.value for e in at.exception]
+        if ok:
+            assert not at.error, [e.value for e in at.error]
+            assert "whitening w.safetensors" in " ".join(c.value for c in at.caption)
+            assert at.session_state["pg_memo"][1].intervened_text != at.session_state["pg_memo"][1].baseline_text
+        else:
+            assert at.error and "corrupted or changed" in at.error[0].value
 
 
 @pytest.mark.integration

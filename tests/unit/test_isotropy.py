@@ -140,6 +140,50 @@ def test_streamed_covariance_matches_direct():
             assert torch.allclose(st.second_moment()[gi], m2, rtol=1e-12 if dtype == torch.float64 else 1e-8)
 
 
+@pytest.mark.parametrize("g, d", [(1, 300), (3, 9)])  # d ≥ 256: the block-triangle GEMM; G > 1: bmm
+def test_padded_batches_fold_only_real_tokens(g, d):
+    """A right-padded batch with junk in the padding gives the covariance of its real tokens."""
+    from probes.covariance import CloudStats, Workspace
+
+    rng = np.random.default_rng(4)
+    lengths = [[7, 3, 1], [5, 5, 2], [9, 1, 4]]
+    ws = Workspace()
+    for dtype in (torch.float64, torch.float32):
+        st, real = CloudStats(dtype), []
+        for lens in lengths:
+            x = torch.tensor(rng.standard_normal((3, 9, g, d)) * 0.5 + 300.0, dtype=torch.float32)
+            mask = torch.arange(9)[None] < torch.tensor(lens)[:, None]
+            x[~mask] = 1e4  # padding junk must not reach the sums
+            st.add_padded(x, mask, ws)
+            real.append(x[mask].double())
+        pts = torch.cat(real)
+        assert st.n == pts.shape[0] == 37
+        for gi in range(g):
+            ref = torch.tensor(np.cov(pts[:, gi].numpy().T))
+            # float32: each batch's product rounds to ~eps32 of its magnitude (centred values ~0.5)
+            eps = torch.finfo(dtype).eps
+            assert torch.allclose(st.cov()[gi], ref, rtol=0, atol=100 * eps * float(ref.abs().max()))
+            m2 = pts[:, gi].T @ pts[:, gi]
+            # the rounding sits in the centred sums Σ(x − K)(x − K)ᵀ, far smaller than Σxxᵀ
+            centred = float((pts[:, gi] - pts[:, gi].mean(0)).pow(2).sum(0).max())
+            assert torch.allclose(st.second_moment()[gi], m2, rtol=1e-12, atol=100 * eps * centred)
+            assert torch.allclose(st.mean()[gi], pts[:, gi].mean(0), rtol=1e-9)
+
+
+def test_pair_cosines_by_hand_and_top_eigenvectors():
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0], [-1.0, 0.0]], dtype=torch.float64)
+    i, j = torch.tensor([0, 0, 1, 3, 3]), torch.tensor([1, 3, 2, 0, 0])
+    # cos: (0,1) 0, (0,3) −1, (1,2) 1/√2, (3,0) −1 twice
+    assert float(iso.pair_cosines(x, i, j)) == pytest.approx((0 - 1 + 2**-0.5 - 2) / 5, abs=1e-15)
+    both = torch.stack([x, 2 * x], 1)  # clouds side by side: the same cosines
+    assert iso.pair_cosines(both, i, j).tolist() == pytest.approx([(0 - 1 + 2**-0.5 - 2) / 5] * 2, abs=1e-15)
+    q, _ = torch.linalg.qr(torch.tensor(np.random.default_rng(0).standard_normal((40, 40))))
+    cov = q @ torch.diag(torch.tensor([9.0, 4.0] + [1.0] * 38, dtype=torch.float64)) @ q.T
+    v = iso.top_eigenvectors(cov, 2)
+    for k in range(2):  # the known top-2 axes, up to sign
+        assert abs(float(v[:, k] @ q[:, k])) == pytest.approx(1.0, abs=1e-9)
+
+
 # -- the per-layer analysis on a tiny model ------------------------------------------
 
 
