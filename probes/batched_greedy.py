@@ -101,8 +101,11 @@ class _RowHooks:
                 by_list.setdefault(id(self.row_hooks[r]), []).append(pos)
             for positions in by_list.values():
                 where = torch.tensor(positions, device=self.device)  # once per pass, not per hook call
+                fns: dict[str, list] = {}
                 for hname, fn in self.row_hooks[self.rows[positions[0]]]:
-                    plan.setdefault(hname, []).append((fn, where))
+                    fns.setdefault(hname, []).append(fn)
+                for hname, chain in fns.items():
+                    plan.setdefault(hname, []).append((where, chain))
             self._plan = {key: plan}  # only the current pass's plan is kept
         return self._plan[key].get(name, [])
 
@@ -110,12 +113,18 @@ class _RowHooks:
         names = sorted({n for hl in self.row_hooks for n, _ in hl})
 
         def dispatch(tensor, hook=None, name=""):
+            # A row group's hooks at one point run in order on its sub-batch, each on the
+            # previous one's output (several head masks of one layer all apply), and the
+            # result is written back (a hook may also edit its input in place).
             out = tensor
-            for fn, idx in self._groups(name):
-                new = fn(tensor.index_select(0, idx), hook)
-                if new is not None:
-                    out = out.clone() if out is tensor else out
-                    out.index_copy_(0, idx, new.to(out.dtype))
+            for idx, chain in self._groups(name):
+                sub = tensor.index_select(0, idx)
+                for fn in chain:
+                    new = fn(sub, hook)
+                    if new is not None:
+                        sub = new
+                out = out.clone() if out is tensor else out
+                out.index_copy_(0, idx, sub.to(out.dtype))
             return out
 
         return [(n, functools.partial(dispatch, name=n)) for n in names]

@@ -114,8 +114,10 @@ def test_row_hooks_with_padding_head_masks_per_row_equal_separate_runs(tiny64):
     from probes.interventions import hooks_for
 
     g = torch.Generator().manual_seed(5)
-    prompts = [torch.randint(0, 50, (n,), generator=g).tolist() for n in (9, 17, 5, 12)]
-    masks = [[], [HeadMask(0, 0), HeadMask(1, 3)], [HeadMask(1, 1)], [HeadMask(0, 0), HeadMask(1, 3)]]
+    prompts = [torch.randint(0, 50, (n,), generator=g).tolist() for n in (9, 17, 5, 12, 7)]
+    # row 3 masks three heads of layer 1: every one of them must apply, not only the last
+    masks = [[], [HeadMask(0, 0), HeadMask(1, 3)], [HeadMask(1, 1)], [HeadMask(1, 0), HeadMask(1, 1), HeadMask(1, 3)],
+             [HeadMask(0, 0), HeadMask(1, 3)]]
     lists = {}
     row_hooks = [lists.setdefault(tuple(m), hooks_for(tiny64, m)) for m in masks]
     outs = greedy_rows(tiny64, prompts, 5, row_hooks=row_hooks, top1=True)
