@@ -4,7 +4,7 @@ every other KV head sinks + window + one compensation token) against a head-agno
 sinks + window cache holding the same number of entries or fewer
 (:func:`probes.razor.uniform_window_for`), for m over a range. The memory column is the exact
 entry count a real cache would hold at the end of each prompt (``kv_fraction``), averaged
-over the tests; accuracy is greedy NIAH (ROUGE-1 recall > 0.5, :mod:`analyses.niah`).
+over the tests; accuracy is greedy NIAH (recall of the answer's key words > 0.5, :func:`analyses.niah.key_recall`).
 
 The KV-head ranking is given (``heads``, e.g. from DuoAttention gates) or detected on the
 same grid with Wu et al.'s retrieval score, a KV head scoring the max of its query heads
@@ -86,7 +86,7 @@ def curve_figure(curve: pd.DataFrame, params: KVCurveParams):
             fig.add_trace(go.Scatter(x=part["kv_fraction"], y=part["accuracy"], mode="lines+markers", name=label,
                                      line={"color": colour}, customdata=part[["m", "mean_recall"]].to_numpy(),
                                      hovertemplate="KV kept %{x:.3f}<br>accuracy %{y:.2f}<br>m = %{customdata[0]} full "
-                                                   "KV heads<br>mean recall %{customdata[1]:.2f}<extra></extra>"))
+                                                   "KV heads<br>mean key recall %{customdata[1]:.2f}<extra></extra>"))
     full = curve[curve["policy"] == "full"] if len(curve) else curve
     if len(full):
         fig.add_trace(go.Scatter(x=[1.0], y=[float(full["accuracy"].iloc[0])], mode="markers", name="full cache",
@@ -127,8 +127,8 @@ def kv_curve(model, params: KVCurveParams, progress: Callable[[int, int], None] 
         for t, nd in built:
             policy = policy_for(t)
             a = answer(model, t, nd, params.max_new_tokens, kv_policy=policy)
-            ok.append(a.recall > thr)
-            rec.append(a.recall)
+            ok.append(a.key_recall > thr)  # accuracy: the answer's key words (analyses.niah.key_recall)
+            rec.append(a.key_recall)
             frac.append(1.0 if policy == "full" else policy.kv_fraction(model, t.prompt_len))
             done[0] += 1
             if progress is not None:

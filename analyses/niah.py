@@ -38,7 +38,6 @@ from typing import Callable, ClassVar, Literal, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from probes.decoding import generate
 from probes.errors import InputError, check_range
@@ -86,6 +85,21 @@ def rouge1_recall(reference: str, response: str) -> float:
     if total == 0:
         return 0.0
     return sum(min(c, hyp[w]) for w, c in ref.items()) / total
+
+
+def key_recall(needle: Needle, response: str) -> float:
+    """ROUGE-1 recall of the answer's *key* words: the answer's unigrams (with their counts)
+    that the question does not already contain. A response that only restates the question
+    ("The password for the old lighthouse on Kestrel Island is …") scores 0 here, while its
+    plain ROUGE-1 recall can exceed 0.5 when the question shares most of the answer's words
+    (it does for the shipped needles). Used for NIAH *accuracy*; the detection criterion of
+    Wu et al. (which tests count) stays plain ROUGE-1 recall (REFERENCES §5)."""
+    key = Counter(rouge_tokens(needle.answer)) - Counter(rouge_tokens(needle.question))
+    total = sum(key.values())
+    if total == 0:
+        raise InputError("The needle's answer has no word beyond its question's: nothing to check recall of.")
+    hyp = Counter(rouge_tokens(response))
+    return sum(min(c, hyp[w]) for w, c in key.items()) / total
 
 
 def _ids(model, text: str) -> list[int]:
@@ -274,7 +288,13 @@ def grid_tests(model, params: GridParams, needles: Sequence[Needle] | None = Non
 class NiahAnswer:
     response: str
     new_tokens: tuple[int, ...]
-    recall: float
+    recall: float  # ROUGE-1 recall of the needle's answer (Wu et al.'s criterion for counting a test)
+    key_recall: float = float("nan")  # recall of the answer's key words (NIAH accuracy); see key_recall()
+
+    @classmethod
+    def of(cls, needle: Needle, response: str, new_tokens) -> "NiahAnswer":
+        return cls(response, tuple(int(t) for t in new_tokens), rouge1_recall(needle.answer, response),
+                   key_recall(needle, response))
 
 
 def answer(model, test: NiahTest, needle: Needle, max_new_tokens: int = 50,
@@ -284,7 +304,7 @@ def answer(model, test: NiahTest, needle: Needle, max_new_tokens: int = 50,
                    interventions=interventions, kv_policy=kv_policy, reducers=reducers,
                    stop_tokens=newline_ids(model))
     response = response_text(model, gen.new_tokens)
-    return NiahAnswer(response, tuple(gen.new_tokens), rouge1_recall(needle.answer, response))
+    return NiahAnswer.of(needle, response, gen.new_tokens)
 
 
 # ---------------------------------------------------------------------------------------
@@ -296,7 +316,8 @@ def tests_frame(tests: Sequence[NiahTest], answers: Sequence[NiahAnswer], thresh
     for t, a in zip(tests, answers):
         rows.append({"needle": t.needle_index, "length": t.length, "depth": t.depth, "actual_depth": t.actual_depth,
                      "prompt_len": t.prompt_len, "needle_start": t.needle_start, "needle_end": t.needle_end,
-                     "response": a.response, "recall": a.recall, "correct": a.recall > threshold,
+                     "response": a.response, "recall": a.recall, "counted": a.recall > threshold,
+                     "key_recall": a.key_recall, "correct": a.key_recall > threshold,
                      "n_new": len(a.new_tokens)})
     return pd.DataFrame(rows)
 

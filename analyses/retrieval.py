@@ -59,7 +59,6 @@ from analyses.niah import (
     newline_ids,
     resolve_format,
     response_text,
-    rouge1_recall,
     tests_frame,
 )
 from probes.batched_greedy import greedy_rows, length_batches
@@ -68,7 +67,7 @@ from probes.errors import InputError
 from probes.hooknames import name as hook_name
 from probes.interventions import HeadMask, hooks_for
 from probes.models import model_id
-from probes.results import Params, Result, analysis
+from probes.results import Result, analysis
 
 THRESHOLD = 0.1
 
@@ -143,7 +142,7 @@ def scan(model, built: Sequence[tuple[NiahTest, Needle]], max_new_tokens: int = 
         for i, o in zip(rows, outs):
             t, nd = built[i]
             response = response_text(model, o.new_tokens)
-            ans = NiahAnswer(response, o.new_tokens, rouge1_recall(nd.answer, response))
+            ans = NiahAnswer.of(nd, response, o.new_tokens)
             sc = copy_scores(o.top1, o.new_tokens, t.prompt_ids, t.needle_start, t.needle_end) if scores else None
             yield i, ans, sc
         done += len(rows)
@@ -182,7 +181,7 @@ def reference_scores(model, test: NiahTest, needle: Needle, max_new_tokens: int 
             break
         ids.append(tok)
     response = response_text(model, out)
-    return NiahAnswer(response, tuple(out), rouge1_recall(needle.answer, response)), hits / span
+    return NiahAnswer.of(needle, response, out), hits / span
 
 
 # ---------------------------------------------------------------------------------------
@@ -259,9 +258,14 @@ class RetrievalResult(Result):
 
     kind = "retrieval_heads"
 
+    def counted(self) -> pd.Series:
+        """Tests that count (Wu et al.: ROUGE-1 recall of the needle > threshold); results saved
+        before the key-word accuracy existed have only ``correct``, which then meant the same."""
+        return self.tests["counted" if "counted" in self.tests else "correct"].astype(bool)
+
     @property
     def n_counted(self) -> int:
-        return int(self.tests["correct"].sum()) if len(self.tests) else 0
+        return int(self.counted().sum()) if len(self.tests) else 0
 
     @property
     def fraction_above(self) -> float:
@@ -284,7 +288,7 @@ class RetrievalResult(Result):
         """Per needle: mean [L, H] over its counted tests."""
         out = {}
         for n in sorted(self.tests["needle"].unique()) if len(self.tests) else []:
-            sel = ((self.tests["needle"] == n) & self.tests["correct"]).to_numpy()
+            sel = ((self.tests["needle"] == n) & self.counted()).to_numpy()
             if sel.any():
                 out[int(n)] = self.test_scores[sel].mean(0)
         return out
@@ -374,7 +378,7 @@ def retrieval_heads(model, params: RetrievalParams, progress: Callable[[int, int
     scores = [finished[i][1] for i in keep]
     frame = tests_frame(tests, answers, params.recall_threshold)
     per = np.stack(scores) if scores else np.zeros((0, L, H))
-    counted = frame["correct"].to_numpy(bool) if len(frame) else np.zeros(0, bool)
+    counted = frame["counted"].to_numpy(bool) if len(frame) else np.zeros(0, bool)
     head = per[counted].mean(0) if counted.any() else np.zeros((L, H))
     induction = induction_scores(model, params.proxy_seqs) if params.proxy_seqs > 0 and complete else np.zeros((0, 0))
     return RetrievalResult(model_id=model_id(model), params=params, tests=frame, test_scores=per.astype(np.float32),
@@ -415,7 +419,7 @@ class MaskingParams(GridParams):
 
 @dataclass(frozen=True)
 class MaskingResult(Result):
-    curves: pd.DataFrame  # k, which ("retrieval" / "random"), seed, accuracy, mean_recall, heads
+    curves: pd.DataFrame  # k, which ("retrieval" / "random"), seed, accuracy (key recall > threshold), mean_key_recall, mean_recall, heads
     ranked_heads: tuple
     complete: bool = True
 
@@ -503,7 +507,7 @@ def retrieval_masking(model, params: MaskingParams, progress: Callable[[int, int
                               params.prefill_rows, scores=False, row_hooks=[hook_lists[key] for key, _ in rows_in],
                               progress=progress):
             key, j = rows_in[r]
-            recall[key][j] = ans.recall
+            recall[key][j] = (ans.key_recall, ans.recall)
     except KeyboardInterrupt:
         complete = False
     rows = []
@@ -511,9 +515,9 @@ def retrieval_masking(model, params: MaskingParams, progress: Callable[[int, int
         rec = recall[tuple(heads)]
         if len(rec) < len(built):  # interrupted before this configuration finished
             continue
-        vals = np.array([rec[j] for j in range(len(built))])
-        rows.append({"k": k, "which": which, "seed": seed, "accuracy": float(np.mean(vals > params.recall_threshold)),
-                     "mean_recall": float(vals.mean()), "n_tests": len(built),
+        keys_, plain = np.array([rec[j] for j in range(len(built))]).T
+        rows.append({"k": k, "which": which, "seed": seed, "accuracy": float(np.mean(keys_ > params.recall_threshold)),
+                     "mean_key_recall": float(keys_.mean()), "mean_recall": float(plain.mean()), "n_tests": len(built),
                      "heads": " ".join(f"L{l}H{h}" for l, h in heads)})
     return MaskingResult(model_id=model_id(model), params=params, curves=pd.DataFrame(rows),
                          ranked_heads=tuple(ranked), complete=complete)

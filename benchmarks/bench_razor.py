@@ -62,7 +62,7 @@ def evaluate(model, built, configs, args, thr, say) -> tuple[list[list[bool]], l
     under its own policy's hooks (:func:`probes.batched_greedy.greedy_rows`, ``row_hooks``;
     no padding, so the policies' position arithmetic holds); the same greedy procedure as
     :func:`analyses.niah.answer` with ``kv_policy=policy``."""
-    from analyses.niah import newline_ids, response_text, rouge1_recall
+    from analyses.niah import key_recall, newline_ids, response_text
     from probes.batched_greedy import greedy_rows
 
     correct = [[False] * len(built) for _ in configs]
@@ -89,7 +89,7 @@ def evaluate(model, built, configs, args, thr, say) -> tuple[list[list[bool]], l
             outs = greedy_rows(model, prompts[sl], args.max_new_tokens, stop_tokens=newline_ids(model),
                                row_hooks=row_hooks[sl], require_equal_lengths=True, prefill_rows=args.prefill_rows)
             for (c, i), o in zip(where[sl], outs):
-                correct[c][i] = rouge1_recall(built[i][1].answer, response_text(model, o.new_tokens)) > thr
+                correct[c][i] = key_recall(built[i][1], response_text(model, o.new_tokens)) > thr
         say(f"group {g + 1}/{len(groups)} (prompt {plen} tokens, {len(prompts)} rows): {time.perf_counter() - t0:.0f} s")
     return correct, frac
 
@@ -140,7 +140,7 @@ def run(args) -> str:
     lengths, depths, needles = grid.lengths, grid.depths, grid.needles
     body = (f"Machine: {info.get('cpu')}, {info.get('cores')} cores, torch threads {torch.get_num_threads()}, "
             f"device {args.device}; model {args.model}. NIAH grid: {len(built)} tests ({len(needles)} needles × "
-            f"lengths {', '.join(map(str, lengths))} × {len(depths)} depths), correct = ROUGE-1 recall > {thr}. "
+            f"lengths {', '.join(map(str, lengths))} × {len(depths)} depths), correct = recall of the answer's key words (those the question lacks) > {thr}. "
             f"Streaming KV heads keep S = {args.n_sink} sinks + W = {args.window} recent tokens (+1 compensation token); "
             f"the uniform cache keeps the same or fewer entries on every KV head, no compensation. Retrieval heads "
             f"detected on lengths {', '.join(map(str, args.detect_lengths))} ({det.n_counted} counted tests, "

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.niah import GridParams, Needle, NiahTest, rouge1_recall
+from analyses.niah import GridParams, Needle, NiahTest, key_recall, load_needles, rouge1_recall
 from analyses.retrieval import MaskingParams, Top1, copy_scores, reference_scores, retrieval_masking, score_test
 from probes.capture import run as capture_run
 from probes.decoding import generate
@@ -93,6 +93,28 @@ def test_uniform_head_mask_under_kv_cache_is_uniform_over_visible_keys(tiny):
         k = len(prompt) + step
         torch.testing.assert_close(row[2, :k], torch.full((k,), 1.0 / k), rtol=1e-5, atol=1e-7)  # float32 softmax of equal scores
         assert not torch.allclose(row[0, :k], torch.full((k,), 1.0 / k), atol=1e-3)
+
+
+def test_key_recall_ignores_words_the_question_gives_away():
+    nd = Needle("The password for the lighthouse is blue pelican seventeen.", "What is the password for the lighthouse?",
+                "The password for the lighthouse is blue pelican seventeen.")
+    restated = "The password for the lighthouse is a secret."
+    assert rouge1_recall(nd.answer, restated) == pytest.approx(6 / 9)  # passes the 0.5 bar with no key word
+    assert key_recall(nd, restated) == 0.0  # key words: blue, pelican, seventeen (both "the" are in the question)
+    assert key_recall(nd, "Blue pelican, I think.") == pytest.approx(2 / 3)
+    assert key_recall(nd, "blue pelican seventeen") == 1.0
+    with pytest.raises(InputError, match="no word beyond"):
+        key_recall(Needle("x", "Is the sky blue?", "the sky is blue"), "yes")
+
+
+def test_key_recall_of_the_shipped_needles_rejects_a_restated_question():
+    plain = []
+    for nd in load_needles():
+        restated = nd.question.replace("What is", "").replace("Where does", "").rstrip("?") + " is"
+        plain.append(rouge1_recall(nd.answer, restated))
+        assert key_recall(nd, restated) < 0.5  # below the accuracy bar
+        assert key_recall(nd, nd.answer) == 1.0
+    assert max(plain) > 0.5  # while plain ROUGE-1 recall would call some of these correct
 
 
 def test_rouge1_recall_hand_counts():
