@@ -89,7 +89,8 @@ def bench_all_layers(model, seqs, batch_size: int, rounds: int, device: str) -> 
     texts = tuple(tuple(s) for s in seqs)
     variants = {
         "plain forward": lambda: capture.run(model, seqs, batch_size=batch_size),
-        "all-layer scores": lambda: isotropy(model, texts=texts, weights=False, batch_size=batch_size),
+        "all-layer scores": lambda: isotropy(model, texts=texts, weights=False, batch_size=batch_size,
+                                             max_tokens=max(map(len, texts))),  # else cut at 128
     }
     variants, cpu = with_cpu_time(variants)
     m = measure(variants, rounds=rounds, warmup=1, device=device if device != "cpu" else None)
@@ -118,7 +119,7 @@ def finalize_time(model, seqs, batch_size: int, device: str) -> tuple[float, flo
     iso.capture.run = timed_run
     try:
         t0 = time.perf_counter()
-        iso.isotropy(model, texts=texts, weights=False, batch_size=batch_size)
+        iso.isotropy(model, texts=texts, weights=False, batch_size=batch_size, max_tokens=max(map(len, texts)))
         if device != "cpu":
             torch.cuda.synchronize()
         total = time.perf_counter() - t0
