@@ -19,7 +19,8 @@ from typing import Callable, ClassVar
 import numpy as np
 import pandas as pd
 
-from analyses.niah import GridParams, answer, grid_tests
+from analyses.niah import GridParams, NiahAnswer, grid_tests, newline_ids, response_text
+from probes.batched_greedy import greedy_rows
 from probes.errors import InputError
 from probes.models import model_id
 from probes.razor import RazorAttention, kv_group, n_kv_heads, uniform_window_for
@@ -47,6 +48,7 @@ class KVCurveParams(GridParams):
     n_sink: int = field(default=4, metadata={"help": "sink tokens of the streaming heads"})
     window: int = field(default=64, metadata={"help": "recent tokens of the streaming heads"})
     compensation: bool = field(default=True, metadata={"help": "RazorAttention's compensation token"})
+    rows: int = field(default=32, metadata={"help": "rows (test × policy) decoded together in one batch"})
     heads: tuple = field(default=(), metadata={"help": "ranked KV heads ((layer, kv_head), ...); empty: detect"})
 
     def __post_init__(self):
@@ -57,6 +59,8 @@ class KVCurveParams(GridParams):
             raise InputError("Give numbers of full-KV heads m >= 0.")
         if self.n_sink < 0 or self.window < 0:
             raise InputError("n_sink and window must be >= 0.")
+        if self.rows < 1:
+            raise InputError("rows must be at least 1.")
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,44 @@ def curve_figure(curve: pd.DataFrame, params: KVCurveParams):
     return fig
 
 
+def answers_under_policies(model, built, policies, max_new_tokens: int, rows: int = 32, prefill_rows: int = 1,
+                           tick: Callable[[int], None] | None = None) -> tuple[list[list[NiahAnswer]], list[list[float]]]:
+    """Greedy NIAH answers of every test under every policy: ``answers[c][i]`` for test
+    ``built[i]`` under ``policies[c](test)`` (a KV policy, or None / a callable returning None
+    for the full cache), and the KV fraction it keeps. The tests of one prompt length run with
+    every policy as rows of shared batches (:func:`probes.batched_greedy.greedy_rows`, each row
+    under its own policy's hooks; rows of equal length, no padding, since the eviction masks are
+    positional) — the greedy procedure of ``analyses.niah.answer(..., kv_policy=policy)``."""
+    n_pol = len(policies)
+    answers: list[list] = [[None] * len(built) for _ in range(n_pol)]
+    fracs = [[1.0] * len(built) for _ in range(n_pol)]
+    by_len: dict[int, list[int]] = {}
+    for i, (t, _) in enumerate(built):
+        by_len.setdefault(t.prompt_len, []).append(i)
+    stops = newline_ids(model)
+    for plen, idx in sorted(by_len.items(), reverse=True):
+        hook_lists: dict[object, list] = {}
+        prompts, row_hooks, where = [], [], []
+        for c, fn in enumerate(policies):
+            for i in idx:
+                pol = fn(built[i][0]) if callable(fn) else fn
+                if pol is not None and pol not in hook_lists:
+                    hook_lists[pol] = pol.hooks(model)
+                prompts.append(built[i][0].prompt_ids)
+                row_hooks.append(hook_lists[pol] if pol is not None else [])
+                where.append((c, i))
+                fracs[c][i] = 1.0 if pol is None else pol.kv_fraction(model, plen)
+        for start in range(0, len(prompts), rows):
+            sl = slice(start, start + rows)
+            outs = greedy_rows(model, prompts[sl], max_new_tokens, stop_tokens=stops, row_hooks=row_hooks[sl],
+                               require_equal_lengths=True, prefill_rows=prefill_rows)
+            for (c, i), o in zip(where[sl], outs):
+                answers[c][i] = NiahAnswer.of(built[i][1], response_text(model, o.new_tokens), o.new_tokens)
+            if tick is not None:
+                tick(len(outs))
+    return answers, fracs
+
+
 @analysis(KVCurveParams)
 def kv_curve(model, params: KVCurveParams, progress: Callable[[int, int], None] | None = None) -> KVCurveResult:
     """NIAH accuracy vs KV memory, RazorAttention vs a uniform cache (module docstring).
@@ -122,30 +164,28 @@ def kv_curve(model, params: KVCurveParams, progress: Callable[[int, int], None] 
     total = (1 + 2 * len(params.kv_heads)) * len(built)
     done = [0]
 
-    def evaluate(policy_for) -> tuple[float, float, float]:
-        ok, rec, frac = [], [], []
-        for t, nd in built:
-            policy = policy_for(t)
-            a = answer(model, t, nd, params.max_new_tokens, kv_policy=policy)
-            ok.append(a.key_recall > thr)  # accuracy: the answer's key words (analyses.niah.key_recall)
-            rec.append(a.key_recall)
-            frac.append(1.0 if policy == "full" else policy.kv_fraction(model, t.prompt_len))
-            done[0] += 1
-            if progress is not None:
-                progress(done[0], total)
-        return float(np.mean(ok)), float(np.mean(rec)), float(np.mean(frac))
+    def point(policy: str, m: int, answers, fracs) -> dict:
+        keys = np.array([a.key_recall for a in answers])  # accuracy: the answer's key words (niah.key_recall)
+        return {"policy": policy, "m": m, "kv_fraction": float(np.mean(fracs)), "accuracy": float(np.mean(keys > thr)),
+                "mean_recall": float(keys.mean()), "n_tests": len(built)}
+
+    def tick(k: int) -> None:
+        done[0] += k
+        if progress is not None:
+            progress(done[0], total)
 
     rows, complete = [], True
     try:
-        acc, rec, _ = evaluate(lambda t: "full")
-        rows.append({"policy": "full", "m": n, "kv_fraction": 1.0, "accuracy": acc, "mean_recall": rec, "n_tests": len(built)})
+        (full,), (ffrac,) = answers_under_policies(model, built, [None], params.max_new_tokens, params.rows,
+                                                   tick=tick)
+        rows.append(point("full", n, full, ffrac))
         for m in params.kv_heads:
             razor = RazorAttention(tuple(ranked[:m]), n_sink=params.n_sink, window=params.window,
                                    compensation=params.compensation)
-            for policy, fn in (("razor", lambda t: razor), ("uniform", lambda t: uniform_window_for(model, razor, t.prompt_len))):
-                acc, rec, frac = evaluate(fn)
-                rows.append({"policy": policy, "m": m, "kv_fraction": frac, "accuracy": acc, "mean_recall": rec,
-                             "n_tests": len(built)})
+            (ra, ua), (rf, uf) = answers_under_policies(
+                model, built, [lambda t: razor, lambda t: uniform_window_for(model, razor, t.prompt_len)],
+                params.max_new_tokens, params.rows, tick=tick)
+            rows += [point("razor", m, ra, rf), point("uniform", m, ua, uf)]
     except KeyboardInterrupt:
         complete = False
     return KVCurveResult(model_id=model_id(model), params=params, curve=pd.DataFrame(rows),

@@ -46,55 +46,25 @@ from benchmarks.common import add_output_flags, machine_info, markdown_table, pu
 HEADING = "RazorAttention: NIAH accuracy vs KV memory (issue 8)"
 
 
-def kv_head_ranking(model, head_scores: np.ndarray) -> list[tuple[int, int, float]]:
-    """(layer, kv_head, score) by descending score; a KV head scores the max of its query heads."""
-    from probes.razor import kv_group, n_kv_heads
+def evaluate(model, built, configs, args, thr, say):
+    """NIAH correctness (key-word recall > ``thr``) and KV fraction of every (config, test),
+    every policy × test of one prompt length as rows of shared batches
+    (:func:`analyses.kv_curve.answers_under_policies`)."""
+    from analyses.kv_curve import answers_under_policies
 
-    g = kv_group(model)
-    rows = [(l, k, float(head_scores[l, k * g:(k + 1) * g].max())) for l in range(model.cfg.n_layers)
-            for k in range(n_kv_heads(model))]
-    return sorted(rows, key=lambda r: (-r[2], r[0], r[1]))
+    done = [0]
 
+    def tick(k):
+        done[0] += k
+        say(f"{done[0]} / {len(configs) * len(built)} answers")
 
-def evaluate(model, built, configs, args, thr, say) -> tuple[list[list[bool]], list[list[float]]]:
-    """NIAH correctness and KV fraction of every (config, test). Tests of one prompt length
-    (a needle and a context length: its depths) run together with every config, each row
-    under its own policy's hooks (:func:`probes.batched_greedy.greedy_rows`, ``row_hooks``;
-    no padding, so the policies' position arithmetic holds); the same greedy procedure as
-    :func:`analyses.niah.answer` with ``kv_policy=policy``."""
-    from analyses.niah import key_recall, newline_ids, response_text
-    from probes.batched_greedy import greedy_rows
-
-    correct = [[False] * len(built) for _ in configs]
-    frac = [[1.0] * len(built) for _ in configs]
-    groups: dict[int, list[int]] = {}
-    for i, (t, _) in enumerate(built):
-        groups.setdefault(t.prompt_len, []).append(i)
-    t0 = time.perf_counter()
-    for g, (plen, idx) in enumerate(sorted(groups.items(), reverse=True)):
-        policies = [[c[2](built[i][0]) if callable(c[2]) else c[2] for i in idx] for c in configs]
-        hook_lists: dict[object, list] = {}
-        prompts, row_hooks, where = [], [], []
-        for c, pols in enumerate(policies):
-            for j, i in enumerate(idx):
-                pol = pols[j]
-                if pol is not None and pol not in hook_lists:
-                    hook_lists[pol] = pol.hooks(model)
-                prompts.append(built[i][0].prompt_ids)
-                row_hooks.append(hook_lists[pol] if pol is not None else [])
-                where.append((c, i))
-                frac[c][i] = 1.0 if pol is None else pol.kv_fraction(model, plen)
-        for start in range(0, len(prompts), args.rows):
-            sl = slice(start, start + args.rows)
-            outs = greedy_rows(model, prompts[sl], args.max_new_tokens, stop_tokens=newline_ids(model),
-                               row_hooks=row_hooks[sl], require_equal_lengths=True, prefill_rows=args.prefill_rows)
-            for (c, i), o in zip(where[sl], outs):
-                correct[c][i] = key_recall(built[i][1], response_text(model, o.new_tokens)) > thr
-        say(f"group {g + 1}/{len(groups)} (prompt {plen} tokens, {len(prompts)} rows): {time.perf_counter() - t0:.0f} s")
-    return correct, frac
+    answers, frac = answers_under_policies(model, built, [c[2] for c in configs], args.max_new_tokens, args.rows,
+                                           args.prefill_rows, tick)
+    return [[a.key_recall > thr for a in row] for row in answers], frac
 
 
 def run(args) -> str:
+    from analyses.kv_curve import kv_ranking
     from analyses.niah import GridParams, grid_tests
     from analyses.retrieval import RetrievalParams, retrieval_heads
     from probes.models import load
@@ -108,7 +78,7 @@ def run(args) -> str:
                                                  needles=tuple(args.needles), max_new_tokens=args.max_new_tokens,
                                                  proxy_seqs=0, batch_size=args.batch_size))
     t_detect = time.perf_counter() - t0
-    ranking = kv_head_ranking(model, det.head_scores)
+    ranking = kv_ranking(det.head_scores, model)
     n_kv = model.cfg.n_layers * n_kv_heads(model)
     grid = GridParams(lengths=tuple(args.lengths), depths=tuple(args.depths), needles=tuple(args.needles),
                       max_new_tokens=args.max_new_tokens)

@@ -69,3 +69,31 @@ def test_kv_curve_params_refuse_bad_values():
     for bad in (dict(kv_heads=()), dict(kv_heads=(-1,)), dict(window=-1)):
         with pytest.raises(InputError):
             KVCurveParams(**bad)
+
+
+def test_answers_under_policies_equal_one_answer_per_test_and_policy(tiny_gqa):
+    """The batched evaluation (every policy × the tests of one prompt length as rows of one
+    batch) gives each test the answer analyses.niah.answer gives it under that policy alone."""
+    import torch
+
+    from analyses.kv_curve import answers_under_policies
+    from analyses.niah import Needle, NiahTest, answer
+    from probes.razor import uniform_window_for
+
+    g = torch.Generator().manual_seed(3)
+    nd = Needle("n", "q", "1 2 3")  # key words of the answer: 1, 2, 3 (ids as text, no tokenizer)
+    built = []
+    for n in (40, 40, 40, 25):  # two prompt lengths: two groups
+        p = tuple(torch.randint(0, 50, (n,), generator=g).tolist())
+        built.append((NiahTest(0, n, 0.5, 10, 10, 15, n, "plain", p), nd))
+    razor = RazorAttention(((1, 0),), n_sink=2, window=6)
+    policies = [None, razor, lambda t: uniform_window_for(tiny_gqa, razor, t.prompt_len)]
+    answers, fracs = answers_under_policies(tiny_gqa, built, policies, max_new_tokens=6, rows=5)
+    for c, pol in enumerate(policies):
+        for i, (t, needle) in enumerate(built):
+            p = pol(t) if callable(pol) else pol
+            want = answer(tiny_gqa, t, needle, 6, kv_policy=p if p is not None else "full")
+            assert answers[c][i].new_tokens == want.new_tokens
+            assert answers[c][i].key_recall == want.key_recall
+            assert fracs[c][i] == (1.0 if p is None else p.kv_fraction(tiny_gqa, t.prompt_len))
+    assert any(answers[1][i].new_tokens != answers[0][i].new_tokens for i in range(4))  # the policy acts
