@@ -31,6 +31,8 @@ output (over the reference prompts and positions) — the faithfulness curves.
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
@@ -303,27 +305,7 @@ def attribution_nodes(model, pairs: Pairs, direction: Direction = "noising", ste
                     logits_t = last_logits(model, sub.tokens(tgt_name).to(dev), sub.lengths)
             base_s += float(logit_diff(logits_s, sub).double().sum())
             base_t += float(logit_diff(logits_t, sub).double().sum())
-            grads = {k: torch.zeros_like(tgt[k]) for k in z_names + m_names}
-            for k in range(steps):
-                alpha = k / steps
-                store: dict[str, torch.Tensor] = {}
-
-                def embed(x, hook):
-                    e = tgt[hook.name] + alpha * (src[hook.name] - tgt[hook.name])
-                    return e.detach().clone().requires_grad_(True)
-
-                def keep_act(x, hook):
-                    store[hook.name] = x
-                    return x
-
-                hooks = [(e, embed) for e in e_names] + [(nm, keep_act) for nm in z_names + m_names]
-                with torch.enable_grad(), model.hooks(fwd_hooks=hooks, reset_hooks_end=True):
-                    logits = last_logits(model, sub.tokens(tgt_name).to(dev), sub.lengths)
-                    metric = logit_diff(logits, sub).sum()
-                    names = z_names + m_names
-                    gs = torch.autograd.grad(metric, [store[nm] for nm in names])
-                for nm, g in zip(names, gs):
-                    grads[nm] += g.detach() / steps
+            grads = ig_gradients(model, sub, sub.tokens(tgt_name).to(dev), src, tgt, e_names, z_names + m_names, steps)
             mask = torch.arange(sub.clean.shape[1])[None, :] < sub.lengths[:, None]
             mask = mask.to(dev)
             for l in range(L):
@@ -338,6 +320,35 @@ def attribution_nodes(model, pairs: Pairs, direction: Direction = "noising", ste
     t, s = base_t / n, base_s / n
     return NodeEffects(heads=(heads / n).numpy(), mlp=(mlps / n).numpy(), target=t, source=s,
                        passes={"forward_prompt_sets": 2 + steps, "backward_prompt_sets": steps})
+
+
+def ig_gradients(model, sub: Pairs, tokens: torch.Tensor, emb_src: dict, emb_tgt: dict, e_names: Sequence[str],
+                 names: Sequence[str], steps: int, context=contextlib.nullcontext) -> dict[str, torch.Tensor]:
+    """Integrated gradients of the summed logit difference (run on ``tokens``) w.r.t. the
+    activations at ``names``, averaged over ``steps`` points α = k / steps (k = 0 … steps − 1) of
+    the straight line from the target's embeddings (``emb_tgt``) to the source's (``emb_src``) at
+    hooks ``e_names``; ``steps = 1`` is the plain gradient at the target (attribution patching).
+    ``context()`` is entered around each forward (e.g. split per-head inputs)."""
+    grads: dict[str, torch.Tensor] = {}
+    for k in range(steps):
+        alpha = k / steps
+        kept: dict[str, torch.Tensor] = {}
+
+        def embed(x, hook):
+            e = emb_tgt[hook.name] + alpha * (emb_src[hook.name] - emb_tgt[hook.name])
+            return e.detach().clone().requires_grad_(True)
+
+        def keep(x, hook):
+            kept[hook.name] = x
+            return x
+
+        hooks = [(e, embed) for e in e_names] + [(nm, keep) for nm in names]
+        with torch.enable_grad(), context(), model.hooks(fwd_hooks=hooks, reset_hooks_end=True):
+            metric = logit_diff(last_logits(model, tokens, sub.lengths), sub).sum()
+            gs = torch.autograd.grad(metric, [kept[nm] for nm in names])
+        for nm, g in zip(names, gs):
+            grads[nm] = grads[nm] + g.detach() / steps if nm in grads else g.detach() / steps
+    return grads
 
 
 def head_means(model, tokens: torch.Tensor, lengths: torch.Tensor, batch_size: int = 16) -> torch.Tensor:

@@ -252,26 +252,8 @@ def attribution_edges(model, pairs: attr.Pairs, edges: Sequence, direction: attr
             sub = pairs.subset(idx)
             deltas, emb_s, emb_t, sum_t, sum_s = _sender_deltas(model, sub, senders, src_name, tgt_name, e_names)
             base_t, base_s = base_t + sum_t, base_s + sum_s
-            grads = {nm: 0.0 for nm in names}
-            for k in range(steps):
-                alpha = k / steps
-                kept: dict[str, torch.Tensor] = {}
-
-                def embed(x, hook):
-                    e = emb_t[hook.name] + alpha * (emb_s[hook.name] - emb_t[hook.name])
-                    return e.detach().clone().requires_grad_(True)
-
-                def keep(x, hook):
-                    kept[hook.name] = x
-                    return x
-
-                hooks = [(e, embed) for e in e_names] + [(nm, keep) for nm in names]
-                with torch.enable_grad(), split_head_inputs(model), model.hooks(fwd_hooks=hooks, reset_hooks_end=True):
-                    logits = attr.last_logits(model, sub.tokens(tgt_name).to(dev), sub.lengths)
-                    metric = attr.logit_diff(logits, sub).sum()
-                    gs = torch.autograd.grad(metric, [kept[nm] for nm in names])
-                for nm, g in zip(names, gs):
-                    grads[nm] = grads[nm] + g.detach() / steps
+            grads = attr.ig_gradients(model, sub, sub.tokens(tgt_name).to(dev), emb_s, emb_t, e_names, names, steps,
+                                      context=lambda: split_head_inputs(model))
             with torch.no_grad():
                 for gi, g in enumerate(groups):
                     for e, (snd, rcv) in enumerate(edges):
