@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Literal, Protocol, Sequence
+from typing import Callable, ClassVar, Iterable, Iterator, Literal, Protocol, Sequence
 
 import torch
 
@@ -45,6 +45,14 @@ class Data:
         return to_dict(self)
 
 
+def positionwise(iv) -> bool:
+    """Whether ``iv``'s hooks treat every position alike, whatever the pass's shape (how many
+    positions it holds, where it starts): then a pass may hold positions in any arrangement —
+    contrastive search's shared-row pass relies on it. Kinds say so with a ``positionwise``
+    attribute; unknown kinds are not."""
+    return bool(getattr(iv, "positionwise", False))
+
+
 def from_dict(data: dict) -> Intervention:
     """Rebuild an intervention from :meth:`to_dict` output (registered kinds only)."""
     return INTERVENTIONS.from_dict(data)
@@ -63,6 +71,8 @@ class HeadMask(Data):
     et al. 2024): the head's pre-softmax scores are set to zero on every visible key, so it
     attends uniformly over its causal context. ``mode="zero"`` zeroes the head's output z.
     """
+
+    positionwise: ClassVar[bool] = True
 
     layer: int
     head: int
@@ -106,6 +116,8 @@ class NeuronClamp(Data):
     product act(gate)·up, the input of W_out.
     """
 
+    positionwise: ClassVar[bool] = True
+
     layer: int
     neuron: int
     value: float | None = None
@@ -136,6 +148,8 @@ class NeuronClamp(Data):
 @dataclass(frozen=True)
 class SteeringVector(Data):
     """Add ``scale · vector`` to the residual stream at ``blocks.{layer}.hook_{point}``."""
+
+    positionwise: ClassVar[bool] = True
 
     layer: int
     vector: tuple[float, ...]

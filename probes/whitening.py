@@ -29,6 +29,7 @@ import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 import torch
@@ -150,6 +151,8 @@ class Whitening(Data):
     """Apply a saved whitening to the residual stream at its site:
     x ← (1 − strength)·x + strength·(μ + (x − μ)·W) — with ``keep_norm`` each token's
     norm is restored afterwards (whitened states are on another scale than the model's)."""
+
+    positionwise: ClassVar[bool] = True
 
     path: str
     sha256: str

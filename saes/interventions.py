@@ -89,6 +89,11 @@ class SaeSteer(Data):
         if self.positions is not None and not isinstance(self.positions, tuple):
             object.__setattr__(self, "positions", tuple(self.positions))
 
+    @property
+    def positionwise(self) -> bool:
+        """Only when steering every position: ``positions`` and ``skip_first`` depend on the pass."""
+        return self.positions is None and not self.skip_first
+
     def validate(self, model) -> None:
         sae = sae_for(self.sae, self.sha256, model)
         check_range("latent", self.latent, sae.cfg.d_sae)
@@ -132,6 +137,11 @@ class SaeClamp(Data):
     skip_first: bool = True
     sha256: str | None = None
 
+    @property
+    def positionwise(self) -> bool:
+        """Only without ``skip_first``: which position is first depends on the pass."""
+        return not self.skip_first
+
     def validate(self, model) -> None:
         sae = sae_for(self.sae, self.sha256, model)
         check_range("latent", self.latent, sae.cfg.d_sae)
@@ -168,6 +178,11 @@ class SaeSplice(Data):
     error_term: bool = False
     skip_first: bool = True
     sha256: str | None = None
+
+    @property
+    def positionwise(self) -> bool:
+        """Only without ``skip_first``: which position is first depends on the pass."""
+        return not self.skip_first
 
     def validate(self, model) -> None:
         sae_for(self.sae, self.sha256, model)

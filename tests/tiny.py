@@ -20,11 +20,15 @@ def tiny_model(
     n_ctx: int = 64,
     n_key_value_heads: int | None = None,
     rotary: bool = True,
+    rotary_dim: int | None = None,
+    adjacent_pairs: bool = False,
     gated: bool = True,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ) -> HookedTransformer:
-    """A small llama-like model (RMSNorm, rotary, gated SiLU MLP; GQA if asked)."""
+    """A small llama-like model (RMSNorm, rotary, gated SiLU MLP; GQA if asked). RoPE rotates
+    the first ``rotary_dim`` dims of each head (all by default), in halves or, with
+    ``adjacent_pairs``, in adjacent pairs (GPT-J style)."""
     cfg = HookedTransformerConfig(
         n_layers=n_layers,
         d_model=d_model,
@@ -39,8 +43,8 @@ def tiny_model(
         normalization_type="RMS",
         final_rms=True,
         positional_embedding_type="rotary" if rotary else "standard",
-        rotary_dim=d_head if rotary else None,
-        rotary_adjacent_pairs=False,
+        rotary_dim=(rotary_dim or d_head) if rotary else None,
+        rotary_adjacent_pairs=adjacent_pairs,
         default_prepend_bos=False,
         seed=seed,
         device="cpu",

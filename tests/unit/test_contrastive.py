@@ -7,6 +7,7 @@ import torch
 from probes.contrastive import Contrastive
 from probes.decoding import STRATEGIES, generate, score_continuation
 from probes.errors import InputError
+from probes.interventions import HeadMask, NeuronClamp, SteeringVector
 
 PROMPT = [3, 17, 5, 29, 8, 11]
 
@@ -82,3 +83,153 @@ def test_repetition_and_diversity_by_hand():
     assert rep_n(toks, 4) == pytest.approx(100 * (1 - 2 / 3))
     assert diversity(toks) == pytest.approx(0.4 * 0.5 * (2 / 3))
     assert rep_n([1, 2, 3, 4], 2) == 0.0 and diversity([1, 2, 3, 4, 5]) == 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# The shared-row candidate pass (k candidates as k positions of one row over one cache)
+
+
+def _spy_paths(monkeypatch):
+    """Count which candidate pass each step took."""
+    import probes.contrastive as pc
+
+    calls = {"shared": 0, "rows": 0}
+    shared, rows = pc._score_shared, pc._score_rows
+
+    def spy_shared(*a):
+        calls["shared"] += 1
+        return shared(*a)
+
+    def spy_rows(*a):
+        calls["rows"] += 1
+        return rows(*a)
+
+    monkeypatch.setattr(pc, "_score_shared", spy_shared)
+    monkeypatch.setattr(pc, "_score_rows", spy_rows)
+    return calls
+
+
+def _rows_only(monkeypatch):
+    import probes.contrastive as pc
+
+    monkeypatch.setattr(pc, "shares_one_row", lambda *a, **kw: False)
+
+
+@pytest.mark.parametrize("variant", [
+    dict(),  # RoPE in halves over the whole head
+    dict(n_key_value_heads=2),  # grouped-query attention
+    dict(adjacent_pairs=True),  # GPT-J-style pairs
+    dict(rotary_dim=4),  # partial rotary: half of each head rotated
+])
+def test_shared_row_pass_equals_naive(monkeypatch, variant):
+    from tests.tiny import tiny_model
+
+    model = tiny_model(dtype=torch.float64, **variant)
+    expected = naive_contrastive(model, PROMPT, 10, 0.6, 4)
+    calls = _spy_paths(monkeypatch)
+    assert list(generate(model, PROMPT, 10, Contrastive(), kv_policy="full").new_tokens) == expected
+    assert calls == {"shared": 10, "rows": 0}
+
+
+def test_shared_row_states_equal_k_rows_states(tiny64):
+    """The candidates' final states themselves, not only the chosen tokens: equal to float64
+    rounding between the shared row and k separate rows, at every step."""
+    import probes.contrastive as pc
+
+    seen = {"shared": [], "rows": []}
+    orig_shared = pc._score_shared
+
+    def both(model, stepper, ids, held):
+        h = orig_shared(model, stepper, ids, held)
+        # the same candidates again as k rows over the cache as it was before the shared pass
+        t = stepper.batch.q_offset
+        saved = [(e.past_keys, e.past_values) for e in stepper.cache.entries]
+        mask = stepper.cache.previous_attention_mask
+        for e in stepper.cache.entries:
+            e.past_keys, e.past_values = e.past_keys[:, :t], e.past_values[:, :t]
+        stepper.cache.previous_attention_mask = mask[:, :t]
+        h_rows = pc._score_rows(model, stepper, ids, held)
+        for e, (k, v) in zip(stepper.cache.entries, saved):
+            e.past_keys, e.past_values = k, v
+        stepper.cache.previous_attention_mask = mask
+        stepper.batch = stepper.batch.__class__(ids[None], torch.tensor([ids.numel()]), [0], q_offset=t)
+        seen["shared"].append(h)
+        seen["rows"].append(h_rows)
+        return h
+
+    import unittest.mock as mock
+
+    with mock.patch.object(pc, "_score_shared", both):
+        generate(tiny64, PROMPT, 8, Contrastive(k=5))
+    assert len(seen["shared"]) == 8
+    for a, b in zip(seen["shared"], seen["rows"]):
+        scale = float(b.abs().max())
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12 * scale)
+
+
+@pytest.mark.parametrize("make_iv", [
+    lambda m: HeadMask(1, 2, "uniform"),
+    lambda m: HeadMask(0, 1, "zero"),
+    lambda m: NeuronClamp(1, 7, value=3.0),
+    lambda m: SteeringVector.from_tensor(0, torch.linspace(-1, 1, m.cfg.d_model), 2.0),
+])
+def test_shared_row_pass_under_positionwise_interventions(tiny64, monkeypatch, make_iv):
+    iv = make_iv(tiny64)
+    calls = _spy_paths(monkeypatch)
+    shared = generate(tiny64, PROMPT, 10, Contrastive(), interventions=[iv]).new_tokens
+    assert calls["shared"] == 10
+    _rows_only(monkeypatch)
+    rows = generate(tiny64, PROMPT, 10, Contrastive(), interventions=[iv]).new_tokens
+    plain = generate(tiny64, PROMPT, 10, Contrastive()).new_tokens
+    assert shared == rows and shared != plain  # the intervention matters, and both paths agree
+
+
+def test_falls_back_to_k_rows_where_one_row_would_not_be_exact(monkeypatch):
+    from probes.interventions import AttentionEdit, positionwise
+    from probes.razor import RazorAttention
+    from saes.interventions import SaeClamp, SaeSteer
+    from tests.tiny import tiny_model
+
+    # no RoPE: positions are added to the embeddings, the candidates cannot share a row
+    absolute = tiny_model(rotary=False, dtype=torch.float64)
+    expected = naive_contrastive(absolute, PROMPT, 6, 0.6, 4)
+    calls = _spy_paths(monkeypatch)
+    assert list(generate(absolute, PROMPT, 6, Contrastive()).new_tokens) == expected
+    assert calls == {"shared": 0, "rows": 6}
+
+    # a pass that would run past n_ctx: the last steps fall back, and the text is unchanged
+    short = tiny_model(n_ctx=16, dtype=torch.float64)
+    expected = naive_contrastive(short, PROMPT, 10, 0.6, 4)
+    calls["shared"] = calls["rows"] = 0
+    assert list(generate(short, PROMPT, 10, Contrastive()).new_tokens) == expected
+    assert calls["rows"] == 3 and calls["shared"] == 7  # cache lengths 13, 14, 15: 13 + 4 > 16
+
+    # a KV policy that masks by hooks (RazorAttention) → k rows
+    model = tiny_model(dtype=torch.float64)
+    calls["shared"] = calls["rows"] = 0
+    generate(model, PROMPT, 4, Contrastive(), kv_policy=RazorAttention(heads=((0, 1),), n_sink=1, window=2))
+    assert calls == {"shared": 0, "rows": 4}
+
+    # interventions whose effect depends on the pass's positions are not position-wise
+    edit = AttentionEdit(0, lambda p, q: p)
+    assert not positionwise(edit)
+    assert not positionwise(SaeSteer("x", 0, 1.0, positions=(3,), skip_first=False))
+    assert not positionwise(SaeSteer("x", 0, 1.0))  # skips the first position by default
+    assert positionwise(SaeSteer("x", 0, 1.0, skip_first=False))
+    assert not positionwise(SaeClamp("x", 0, 1.0)) and positionwise(SaeClamp("x", 0, 1.0, skip_first=False))
+    calls["shared"] = calls["rows"] = 0
+    generate(model, PROMPT, 3, Contrastive(), interventions=[edit])
+    assert calls == {"shared": 0, "rows": 3}
+
+
+def test_shared_row_under_a_bounded_policy_equals_k_rows(tiny64, monkeypatch):
+    from probes.kv_policies import SinkWindow
+
+    pol = SinkWindow(2, 5)
+    calls = _spy_paths(monkeypatch)
+    shared = generate(tiny64, PROMPT, 14, Contrastive(), kv_policy=pol)
+    assert calls["shared"] == 14
+    _rows_only(monkeypatch)
+    rows = generate(tiny64, PROMPT, 14, Contrastive(), kv_policy=pol)
+    assert shared.new_tokens == rows.new_tokens
+    assert shared.max_cache_len_seen == rows.max_cache_len_seen <= pol.max_cache_len + 1
