@@ -160,7 +160,7 @@ def _shared_row_hooks(model, held: _Held) -> list:
             if held.shared is None:
                 return None
             k, mask = held.shared
-            scores[..., -k:] += mask.to(scores.device, scores.dtype)
+            scores[..., -k:] += mask.to(scores.device, scores.dtype)  # no copy: made on the device
             return scores
 
         out += [(hooknames.name("rot_q", layer), back_to_t), (hooknames.name("rot_k", layer), back_to_t),
@@ -175,7 +175,7 @@ def _score_shared(model, stepper, ids: torch.Tensor, held: _Held) -> torch.Tenso
 
     k = ids.numel()
     cand = ids.to(model.cfg.device)[None]  # [1, k]
-    mask = torch.full((k, k), float("-inf")).fill_diagonal_(0.0)
+    mask = torch.full((k, k), float("-inf"), device=model.cfg.device).fill_diagonal_(0.0)
     stepper.batch = Batch(cand, torch.tensor([k]), [0], q_offset=cache_len(stepper.cache), step=stepper.step)
     held.shared = (k, mask)
     try:
