@@ -33,13 +33,18 @@ the hook each padded batch is folded into a per-layer sum and sum of outer produ
 by the first batch's mean, to avoid cancellation with the huge means of residual streams):
 x − K is written into a scratch buffer reused by every hook (padding zeroed, nothing copied
 out), then ONE float32 GEMM per cloud (the upper block triangle of the symmetric product)
-is added to a float64 sum, O(d²) per layer; ``cov_dtype="float64"`` makes the products
-exact. The per-sequence sums of unit vectors (self-similarity) are one batched product with
-the inverse norms. Average cosine, the partition score's Z(u) and the 2-D PCA are computed
-on a seeded sample of ``n_sample`` tokens per layer (the same tokens at every layer), kept
-in the model's dtype. Memory: (L + 2)·d² float64 sums + 2(L + 1)·n_sample·d floats (residual
-and head-output samples), whatever the number of tokens; the fixed cost is one eigvalsh and
-one eigh of d × d per depth and batched d_head × d_head ones per layer of heads.
+is added to a float64 sum kept as its packed upper triangle, O(d²/2) per layer;
+``cov_dtype="float64"`` makes the products exact. The per-sequence sums of unit vectors
+(self-similarity) are one batched product with the inverse norms. Average cosine, the
+partition score's Z(u) and the 2-D PCA are computed on a seeded sample of ``n_sample`` tokens
+per layer (the same tokens at every layer), kept exactly in the model's dtype on the host.
+The hooks never wait for the device: the per-batch indices come from the lengths known on the
+host, the sampled tokens are one ``index_select`` (from a GPU, a non-blocking copy into
+pinned memory) and the self-similarity sums stay on the device until the pass is over.
+Memory: (L + 2)·d(d + 1)/2 float64 sums + 2(L + 1)·n_sample·d floats (residual and
+head-output samples), whatever the number of tokens; each cloud's share is freed once it is
+scored. The fixed cost is one eigvalsh and one eigh of d × d per depth and batched
+d_head × d_head ones per layer of heads, on the host CPU (``linalg_device``).
 
 Per-head outputs: a head's output is z_h W_O^h, a linear map of its d_head-dim z, so the
 analysis accumulates z's statistics (d_head² per head) and maps them exactly:
@@ -737,7 +742,7 @@ def _head_rows(st: "_SiteState", w_o: torch.Tensor, layer: int, params, pairs, d
     algebra runs on ``device`` (float64)."""
     w = w_o.double().to(device)  # [H, d_head, d_model]
     h, dh, d = w.shape
-    stats = st.stats.to(device)
+    stats = st.stats.to(device, full=True)
     cov_z, mean_z, sec_z = stats.cov(), stats.mean(), stats.second_moment()
     r, info = torch.linalg.cholesky_ex(st.gram.to(w.device), upper=True)  # W Wᵀ = Rᵀ R, [H, dh, dh]
     for k in torch.nonzero(info).reshape(-1).tolist():  # W_O^h rank-deficient: its row space's basis
@@ -844,7 +849,7 @@ def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None]
     rows, clouds, spectra, dvar, dmean, pca = [], [], [], [], [], []
     for depth, s in enumerate(resid_sites + [FINAL_NORM]):
         st = states.pop(s)  # its sums and sample buffer go once scored
-        stats = st.stats.to(dev)
+        stats = st.stats.to(dev, full=True)
         cov, mean, second = stats.cov()[0], stats.mean()[0], stats.second_moment()[0]
         sample = st.sample[:, 0].double().to(dev)
         row, ev, vecs = _full_cloud(cov, mean, second, sample, st.pooled_selfsim(0), params, pairs)

@@ -216,12 +216,15 @@ class CloudStats:
         """M = Σ w(x − K)(x − K)ᵀ as full [G, d, d] matrices (unpacked when ``packed``)."""
         return unpack(self.m, self.s.shape[-1]) if self.packed else self.m
 
-    def to(self, device) -> "CloudStats":
-        """The same statistics on ``device`` (a new object; this one is left as it is)."""
-        out = CloudStats(self.dtype, packed=self.packed)
+    def to(self, device, full: bool = False) -> "CloudStats":
+        """The same statistics on ``device`` (a new object; this one is left as it is);
+        ``full``: with M as full matrices (unpacked once, for reading several results)."""
+        out = CloudStats(self.dtype, packed=self.packed and not full)
         out.n, out.w = self.n, self.w
         if self.shift is not None:
-            out.shift, out.s, out.m = self.shift.to(device), self.s.to(device), self.m.to(device)
+            m = self.m.to(device)
+            out.shift, out.s = self.shift.to(device), self.s.to(device)
+            out.m = unpack(m, self.s.shape[-1]) if self.packed and full else m
         return out
 
     def mean(self) -> torch.Tensor:
