@@ -42,8 +42,7 @@ The hooks never wait for the device: the per-batch indices come from the lengths
 host, the sampled tokens are one ``index_select`` (from a GPU, a non-blocking copy into
 pinned memory) and the self-similarity sums stay on the device until the pass is over.
 Memory: (L + 2)·d(d + 1)/2 float64 sums + 2(L + 1)·n_sample·d floats (residual and
-head-output samples), whatever the number of tokens; each cloud's share is freed once it is
-scored. The fixed cost is one eigvalsh and one eigh of d × d per depth and batched
+head-output samples), whatever the number of tokens, allocated before the pass. The fixed cost is one eigvalsh and one eigh of d × d per depth and batched
 d_head × d_head ones per layer of heads, on the host CPU (``linalg_device``).
 
 Per-head outputs: a head's output is z_h W_O^h, a linear map of its d_head-dim z, so the
@@ -561,20 +560,31 @@ class _SiteState:
     :class:`Workspace`; the per-batch indices in the shared :class:`_BatchPlan`."""
 
     def __init__(self, n_seq: int, n_sample: int, dtype: torch.dtype, gram: torch.Tensor | None = None,
-                 ws: Workspace | None = None, sums: torch.Tensor | None = None, sample: torch.Tensor | None = None,
-                 plan: _BatchPlan | None = None):
-        """``sums`` [G, d(d + 1)/2] float64 and ``sample`` [S, G, d]: preallocated (see
-        :func:`_preallocate`); made on the first batch otherwise. ``plan``: shared by the
-        sites of one pass (one of its own otherwise)."""
-        self.stats = CloudStats(dtype, m=sums, packed=True)
+                 ws: Workspace | None = None, plan: _BatchPlan | None = None, bufs: dict | None = None):
+        """``bufs``: preallocated views (see :class:`_preallocate`): "sums" [G, d(d + 1)/2],
+        "s" and "shift" [G, d], "selfsim" [n_seq, G] (float64, the model's device), "sample"
+        [S, G, d] (the model's dtype, host) and "gram_x" [G, d, d] (the model's dtype and
+        device) for head outputs; whatever is missing is made on the first batch. ``plan``:
+        shared by the sites of one pass (one of its own otherwise)."""
+        bufs = bufs or {}
+        self.stats = CloudStats(dtype, m=bufs.get("sums"), packed=True, s=bufs.get("s"), shift=bufs.get("shift"))
         self.selfsim = None  # [n_seq, G] mean within-sequence cosine, on the activations' device
+        self._selfsim_buf = bufs.get("selfsim")
         self.n_seq, self.n_sample = n_seq, n_sample
-        self._buf = sample  # [S, G, d] in the activations' dtype, rows in batch order
+        self._buf = bufs.get("sample")  # [S, G, d] in the activations' dtype, rows in batch order
         self.gram = gram  # [G, d, d]: cosines measured through W W^T (head outputs) if given
         self._gram_x = None  # gram in the activations' dtype and device
+        if gram is not None and bufs.get("gram_x") is not None:
+            self._gram_x = bufs["gram_x"].copy_(gram)
         self.ws = ws or Workspace()
         self.plan = plan
         self._pending = False  # a non-blocking copy into self._buf may be in flight
+
+    def reserve(self, n: int, g: int, d: int, dtype: torch.dtype, device) -> None:
+        """Make the scratch buffers for batches of up to n positions before the pass."""
+        self.stats.reserve(self.ws, n, g, d, device)
+        if self.gram is not None:
+            self.ws.get("gram_xg", (g, n, d), dtype, device)
 
     @property
     def pairs(self) -> torch.Tensor:
@@ -591,7 +601,11 @@ class _SiteState:
         self.stats.add_padded(x, mask, self.ws, n_real=plan.n_real,
                               real_index=plan.real_index if self.stats.shift is None else None)
         if self.selfsim is None:
-            self.selfsim = torch.full((self.n_seq, g), float("nan"), dtype=torch.float64, device=x.device)
+            buf = self._selfsim_buf
+            if buf is not None and buf.shape == (self.n_seq, g) and buf.device == x.device:
+                self.selfsim = buf.fill_(float("nan"))
+            else:
+                self.selfsim = torch.full((self.n_seq, g), float("nan"), dtype=torch.float64, device=x.device)
             if self._buf is None or self._buf.shape != (self.n_sample, g, d) or self._buf.dtype != x.dtype:
                 self._buf = torch.zeros(self.n_sample, g, d, dtype=x.dtype,  # the model's dtype, on the host
                                         pin_memory=x.device.type == "cuda")
@@ -764,30 +778,67 @@ def _head_rows(st: "_SiteState", w_o: torch.Tensor, layer: int, params, pairs, d
 
 
 class _preallocate:
-    """The long-lived state of every cloud group, allocated before the forward pass (not
-    interleaved with the activations, whose freed holes would then grow the heap): per group,
-    packed float64 sums [G, d(d + 1)/2] on the model's device and a token-sample buffer
-    [S, G, d] in the model's dtype on the host (pinned when the model is on a GPU, for
-    non-blocking copies). ``n_resid`` groups of (1, d) then the given (G, d) groups. Each
-    group's tensors are separate allocations, so a group's memory goes as soon as it is
-    scored and dropped."""
+    """The long-lived state of every cloud group in a few allocations made before the forward
+    pass (not interleaved with the activations: long-lived tensors made during the first batch
+    sit between the activations and keep the heap from shrinking, which cost more than the
+    state itself). A float64 block on the model's device holds, per group, the packed sums
+    [G, d(d + 1)/2], s and shift [G, d] and the self-similarities [n_seq, G]; a block in the
+    model's dtype on the host (pinned when the model is on a GPU, for non-blocking copies)
+    holds the token samples [S, G, d]; head groups get W Wᵀ in the model's dtype on the
+    device. ``n_resid`` groups of (1, d) then the given (G, d) groups; ``bufs(i)`` gives
+    group i's views."""
 
-    def __init__(self, n_resid: int, kinds: list[tuple[int, int]], n_s: int, device, dtype):
+    def __init__(self, n_resid: int, kinds: list[tuple[int, int]], n_s: int, n_seq: int, device, dtype):
         self.shapes = [kinds[0]] * n_resid + kinds[1:]
-        pin = torch.device(device).type == "cuda"
-        self._m = [torch.zeros(g, packed_size(d), dtype=torch.float64, device=device) for g, d in self.shapes]
-        self._s = [torch.zeros(n_s, g, d, dtype=dtype, pin_memory=pin) for g, d in self.shapes]
+        self.n_s, self.n_seq = n_s, n_seq
+        f64 = [g * packed_size(d) + 2 * g * d + n_seq * g for g, d in self.shapes]
+        grams = [g * d * d if i >= n_resid else 0 for i, (g, d) in enumerate(self.shapes)]
+        smp = [n_s * g * d for g, d in self.shapes]
+        self._f64 = torch.zeros(sum(f64), dtype=torch.float64, device=device)
+        self._gram = torch.zeros(sum(grams), dtype=dtype, device=device)
+        self._smp = torch.zeros(sum(smp), dtype=dtype, pin_memory=torch.device(device).type == "cuda")
+        self._o = [np.cumsum([0] + v).tolist() for v in (f64, grams, smp)]
 
-    def take(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Group i's (sums, sample buffer); the allocator keeps no other reference to them."""
-        m, s = self._m[i], self._s[i]
-        self._m[i] = self._s[i] = None
-        return m, s
+    def bufs(self, i: int) -> dict:
+        g, d = self.shapes[i]
+        o, og, os_ = (x[i] for x in self._o)
+        out = {}
+        for name, shape in (("sums", (g, packed_size(d))), ("s", (g, d)), ("shift", (g, d)), ("selfsim", (self.n_seq, g))):
+            n = shape[0] * shape[1]
+            out[name] = self._f64[o : o + n].view(shape)
+            o += n
+        out["sample"] = self._smp[os_ : os_ + self.n_s * g * d].view(self.n_s, g, d)
+        if self._o[1][i + 1] > og:
+            out["gram_x"] = self._gram[og : og + g * d * d].view(g, d, d)
+        return out
 
 
 def weight_clouds(model) -> dict[str, torch.Tensor]:
     """W_E rows (one point per token) and W_U columns (one point per token)."""
     return {"W_E": model.W_E.detach(), "W_U": model.W_U.detach().T}
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's malloc_trim (None elsewhere)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_heap() -> None:
+    """Hand the heap's free pages back to the OS (glibc ``malloc_trim(0)``; a no-op elsewhere).
+    Between clouds: each cloud's d × d temporaries are freed but, interleaved with the small
+    results kept, would otherwise leave the heap a little larger cloud after cloud."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 LINALG_DEVICE = "cpu"  # where the per-cloud eigendecompositions run (float64): the host CPU by default
@@ -816,12 +867,15 @@ def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None]
     resid_sites = [hooknames.name("resid_pre", 0)] + [hooknames.name("resid_post", l) for l in range(L)]
     # the long-lived state, allocated before the forward pass (see _preallocate)
     d, h, dh = model.cfg.d_model, model.cfg.n_heads, model.cfg.d_head
-    big = _preallocate(L + 2, [(1, d)] + ([(h, dh)] * L if params.heads else []), n_s, model.cfg.device,
+    big = _preallocate(L + 2, [(1, d)] + ([(h, dh)] * L if params.heads else []), n_s, len(seqs), model.cfg.device,
                        model.cfg.dtype)
     plan = _BatchPlan(len(seqs), n_s, picks)  # per-batch indices, shared by every site
+    n_max = min(params.batch_size, len(seqs)) * max(lengths)  # the first batch holds the longest texts
+
     def state(i, gram=None):
-        sums, sample = big.take(i)
-        return _SiteState(len(seqs), n_s, dtype, gram=gram, ws=ws, sums=sums, sample=sample, plan=plan)
+        st = _SiteState(len(seqs), n_s, dtype, gram=gram, ws=ws, plan=plan, bufs=big.bufs(i))
+        st.reserve(n_max, *big.shapes[i], model.cfg.dtype, model.cfg.device)
+        return st
 
     states = {s: state(i) for i, s in enumerate(resid_sites)}
     states[FINAL_NORM] = state(L + 1)
@@ -844,11 +898,12 @@ def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None]
     capture.run(model, seqs, reducers={s: reducer for s in states if s != FINAL_NORM}, batch_size=params.batch_size,
                 progress=progress)
     ws.clear()
+    release_heap()
     pairs = random_pairs(n_s, params.n_pairs, params.seed)  # the same seeded pairs for every cloud
 
     rows, clouds, spectra, dvar, dmean, pca = [], [], [], [], [], []
     for depth, s in enumerate(resid_sites + [FINAL_NORM]):
-        st = states.pop(s)  # its sums and sample buffer go once scored
+        st = states.pop(s)
         stats = st.stats.to(dev, full=True)
         cov, mean, second = stats.cov()[0], stats.mean()[0], stats.second_moment()[0]
         sample = st.sample[:, 0].double().to(dev)
@@ -858,10 +913,11 @@ def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None]
                      "n_points": st.stats.n, **row})
         clouds.append("embeddings" if depth == 0 else "final norm" if s == FINAL_NORM else f"after block {depth - 1}")
         spectra.append(ev.cpu().numpy())
-        dvar.append(torch.diagonal(cov).cpu().numpy())
+        dvar.append(torch.diagonal(cov).cpu().numpy().copy())  # a copy: a view would keep all of cov
         dmean.append(mean.cpu().numpy())
         pca.append(((sample - mean) @ vecs[:, :2]).cpu().numpy())
         del st, stats, cov, second, sample
+        release_heap()
     if params.heads:
         for l in range(L):
             rows += _head_rows(states.pop(hooknames.name("z", l)), model.blocks[l].attn.W_O.detach(), l, params, pairs,
@@ -878,7 +934,7 @@ def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None]
             rows.append({"cloud": name, "depth": -1, "layer": -1, "head": -1, "site": name, "n_points": x.shape[0], **row})
             clouds.append(name)
             spectra.append(ev.cpu().numpy())
-            dvar.append(torch.diagonal(cov).cpu().numpy())
+            dvar.append(torch.diagonal(cov).cpu().numpy().copy())  # a copy: a view would keep all of cov
             dmean.append(x.mean(0).cpu().numpy())
 
     tok, cls = _sample_labels(model, seqs, picks, n_s)

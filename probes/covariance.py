@@ -121,25 +121,32 @@ class CloudStats:
     each batch's product (float32: fast, ~1e-7 relative per batch; float64: exact).
     ``packed``: M is kept as [G, d(d + 1)/2] (the upper triangles, see :func:`pack`)."""
 
-    def __init__(self, dtype: torch.dtype = torch.float32, m: torch.Tensor | None = None, packed: bool = False):
+    def __init__(self, dtype: torch.dtype = torch.float32, m: torch.Tensor | None = None, packed: bool = False,
+                 s: torch.Tensor | None = None, shift: torch.Tensor | None = None):
         """``m``: a preallocated float64 block for the sum of outer products, [G, d, d] (or
-        [G, d(d + 1)/2] when ``packed``), made before the forward pass so the long-lived sums
-        do not fragment the heap between the activations."""
+        [G, d(d + 1)/2] when ``packed``), and ``s``, ``shift`` [G, d] float64 ones, made before
+        the forward pass so the long-lived sums do not fragment the heap between the
+        activations (made on the first batch otherwise)."""
         self.dtype = dtype
         self.packed = packed
         self.n = 0  # points seen
         self.w = 0.0  # total weight (= n when unweighted)
         self.shift = self.s = None
         self.m = m
+        self._bufs = (s, shift)
 
     def _m_shape(self, g: int, d: int) -> tuple[int, ...]:
         return (g, packed_size(d)) if self.packed else (g, d, d)
 
     def _start(self, real: torch.Tensor) -> None:
         """Shift and zero sums from the first batch's real points [m, G, d]."""
-        self.shift = real.detach().double().mean(0).to(self.dtype).double()  # [G, d], exact in dtype
-        g, d = self.shift.shape
-        self.s = torch.zeros(g, d, dtype=torch.float64, device=real.device)
+        shift = real.detach().double().mean(0).to(self.dtype).double()  # [G, d], exact in dtype
+        g, d = shift.shape
+        s_buf, k_buf = getattr(self, "_bufs", (None, None))
+        if s_buf is not None and k_buf is not None and s_buf.shape == k_buf.shape == (g, d):
+            self.shift, self.s = k_buf.copy_(shift), s_buf.zero_()
+        else:
+            self.shift, self.s = shift, torch.zeros(g, d, dtype=torch.float64, device=real.device)
         shape = self._m_shape(g, d)
         if self.m is None:
             self.m = torch.zeros(shape, dtype=torch.float64, device=real.device)
@@ -211,6 +218,23 @@ class CloudStats:
         self.s += xc.sum(0)
         self.w += n_real
         self.n += n_real
+
+    def reserve(self, ws: Workspace, n: int, g: int, d: int, device) -> None:
+        """Make the scratch buffers :meth:`add_padded` needs for batches of up to n positions
+        of G clouds of dimension d (before the forward pass: long-lived buffers made during
+        it sit between the activations and keep the heap from shrinking)."""
+        ws.get("cov_xc", (n, g, d), self.dtype, device)
+        if g == 1 and d >= _SPLIT_MIN:
+            h = d // 2
+            for name, shape in (("g11", (h, h)), ("g12", (h, d - h)), ("g22", (d - h, d - h))):
+                ws.get(name, shape, self.dtype, device)
+            if self.packed:
+                ws.get("cov_full", (1, d, d), self.dtype, device)
+        else:
+            ws.get("cov_prod", (g, d, d), self.dtype, device)
+        if self.packed:
+            for name in ("pk_up", "pk_lo"):
+                ws.get(name, (g, packed_size(d)), self.dtype, device)
 
     def full_m(self) -> torch.Tensor:
         """M = Σ w(x − K)(x − K)ᵀ as full [G, d, d] matrices (unpacked when ``packed``)."""
