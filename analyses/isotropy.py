@@ -33,13 +33,17 @@ the hook each padded batch is folded into a per-layer sum and sum of outer produ
 by the first batch's mean, to avoid cancellation with the huge means of residual streams):
 x − K is written into a scratch buffer reused by every hook (padding zeroed, nothing copied
 out), then ONE float32 GEMM per cloud (the upper block triangle of the symmetric product)
-is added to a float64 sum, O(d²) per layer; ``cov_dtype="float64"`` makes the products
-exact. The per-sequence sums of unit vectors (self-similarity) are one batched product with
-the inverse norms. Average cosine, the partition score's Z(u) and the 2-D PCA are computed
-on a seeded sample of ``n_sample`` tokens per layer (the same tokens at every layer), kept
-in the model's dtype. Memory: (L + 2)·d² float64 sums + 2(L + 1)·n_sample·d floats (residual
-and head-output samples), whatever the number of tokens; the fixed cost is one eigvalsh and
-one eigh of d × d per depth and batched d_head × d_head ones per layer of heads.
+is added to a float64 sum kept as its packed upper triangle, O(d²/2) per layer;
+``cov_dtype="float64"`` makes the products exact. The per-sequence sums of unit vectors
+(self-similarity) are one batched product with the inverse norms. Average cosine, the
+partition score's Z(u) and the 2-D PCA are computed on a seeded sample of ``n_sample`` tokens
+per layer (the same tokens at every layer), kept exactly in the model's dtype on the host.
+The hooks never wait for the device: the per-batch indices come from the lengths known on the
+host, the sampled tokens are one ``index_select`` (from a GPU, a non-blocking copy into
+pinned memory) and the self-similarity sums stay on the device until the pass is over.
+Memory: (L + 2)·d(d + 1)/2 float64 sums + 2(L + 1)·n_sample·d floats (residual and
+head-output samples), whatever the number of tokens, allocated before the pass. The fixed cost is one eigvalsh and one eigh of d × d per depth and batched
+d_head × d_head ones per layer of heads, on the host CPU (``linalg_device``).
 
 Per-head outputs: a head's output is z_h W_O^h, a linear map of its d_head-dim z, so the
 analysis accumulates z's statistics (d_head² per head) and maps them exactly:
@@ -62,7 +66,7 @@ import torch
 
 from probes import capture, hooknames
 from probes import contrastive as _contrastive  # noqa: F401  (registers the "contrastive" strategy)
-from probes.covariance import CloudStats, Workspace  # noqa: F401  (CloudStats re-exported)
+from probes.covariance import CloudStats, Workspace, packed_size  # noqa: F401  (CloudStats re-exported)
 from probes.errors import InputError, check_range
 from probes.models import model_id
 from probes.results import Params, Result, analysis
@@ -210,7 +214,12 @@ def partition_score(points, second_moment=None) -> float:
     x = _points(points).double()
     m = x.T @ x if second_moment is None else _check_cov(second_moment).to(x.device)
     _, vecs = torch.linalg.eigh((m + m.T) / 2)  # eigenvectors are the COLUMNS
-    proj = x @ vecs  # [N, n]: uᵀx for every point and eigenvector
+    return _partition_with(x, vecs)
+
+
+def _partition_with(x: torch.Tensor, vecs: torch.Tensor) -> float:
+    """I(X) of points x [N, n] (float64) over ±the given eigenvectors (columns of vecs)."""
+    proj = x @ vecs.to(x.device)  # [N, n]: uᵀx for every point and eigenvector
     log_z = torch.cat([torch.logsumexp(proj, 0), torch.logsumexp(-proj, 0)])
     return float(torch.exp(log_z.min() - log_z.max()))
 
@@ -483,45 +492,136 @@ def sample_slots(lengths: Sequence[int], n_sample: int, seed: int) -> dict[int, 
     return {i: (torch.tensor(p), torch.tensor(s)) for i, (p, s) in out.items()}
 
 
+class _BatchPlan:
+    """Per-batch indices shared by every site of one pass, worked out once per batch on the
+    host from the lengths (no device sync): the number of real positions, the flat indices
+    b·T + t of the sampled tokens, the rows of the sample buffers they go to, T(T − 1) per
+    sequence. Sampled tokens are stored in the order the batches come (each batch's picks a
+    contiguous block of rows, written by one ``index_select``) and put back in slot order
+    when a cloud is scored (``slot_of_row``)."""
+
+    def __init__(self, n_seq: int, n_sample: int, picks):
+        self.picks = picks
+        self.pairs = torch.zeros(n_seq, dtype=torch.float64)  # T(T − 1) per sequence
+        self.slot_of_row = torch.full((n_sample,), -1, dtype=torch.long)
+        self.filled = 0
+        self._batch = None
+        self._order = None
+
+    def for_batch(self, batch, device) -> "_BatchPlan":
+        if batch is self._batch:
+            return self
+        lens = batch.lengths_list()
+        t = int(batch.tokens.shape[1])
+        src, slots = [], []
+        for row, (i, n) in enumerate(zip(batch.index, lens)):
+            self.pairs[i] = float(n * (n - 1))
+            if i in self.picks:
+                pos, sl = self.picks[i]
+                src.append(pos + row * t)
+                slots.append(sl)
+        self.lens, self.t, self.n_real = lens, t, sum(lens)
+        k = sum(len(sl) for sl in slots)
+        self.rows = slice(self.filled, self.filled + k)
+        if k:
+            self.slot_of_row[self.rows] = torch.cat(slots)
+            self.src = torch.cat(src).to(device)
+        self.filled += k
+        self.k = k
+        self.index = torch.tensor(batch.index, device=device)
+        self._real_index, self._device, self._batch, self._order = None, device, batch, None
+        return self
+
+    @property
+    def real_index(self) -> torch.Tensor:
+        """Flat indices b·T + t of the real positions, in order (the first batch's shift)."""
+        if self._real_index is None:
+            idx = [torch.arange(n) + row * self.t for row, n in enumerate(self.lens)]
+            self._real_index = torch.cat(idx).to(self._device)
+        return self._real_index
+
+    def order(self) -> torch.Tensor:
+        """Buffer row of each slot (slot order from batch order)."""
+        if self._order is None:
+            if self.filled != self.slot_of_row.numel():
+                raise RuntimeError(f"{self.filled} of {self.slot_of_row.numel()} sampled tokens were seen.")
+            self._order = torch.argsort(self.slot_of_row)
+        return self._order
+
+
 class _SiteState:
     """Streaming state of one hook site: G clouds of dimension d (O(G·d²) + the token sample).
 
-    Per hook call: the covariance sums (one GEMM per cloud, :meth:`CloudStats.add_padded`),
-    the per-sequence sum of unit vectors (one batched product with the inverse norms) and
-    the sampled tokens' vectors; temporaries live in the shared :class:`Workspace`."""
+    Per hook call, with no host sync: the covariance sums (one GEMM per cloud folded into
+    packed float64 sums, :meth:`CloudStats.add_padded`), the per-sequence sum of unit
+    vectors (one batched product with the inverse norms; the mean cosines stay on the
+    model's device) and the sampled tokens' vectors (one ``index_select`` into the host
+    buffer; from a GPU a non-blocking copy into pinned memory). Temporaries live in the shared
+    :class:`Workspace`; the per-batch indices in the shared :class:`_BatchPlan`."""
 
     def __init__(self, n_seq: int, n_sample: int, dtype: torch.dtype, gram: torch.Tensor | None = None,
-                 ws: Workspace | None = None, sums: torch.Tensor | None = None, sample: torch.Tensor | None = None):
-        """``sums`` [G, d, d] float64 and ``sample`` [S, G, d]: preallocated views (see
-        :func:`_preallocate`); made on the first batch otherwise."""
-        self.stats = CloudStats(dtype, m=sums)
-        self.selfsim = None  # [n_seq, G] mean within-sequence cosine
-        self.pairs = torch.zeros(n_seq, dtype=torch.float64)  # T(T − 1) per sequence
+                 ws: Workspace | None = None, plan: _BatchPlan | None = None, bufs: dict | None = None):
+        """``bufs``: preallocated views (see :class:`_preallocate`): "sums" [G, d(d + 1)/2],
+        "s" and "shift" [G, d], "selfsim" [n_seq, G] (float64, the model's device), "sample"
+        [S, G, d] (the model's dtype, host) and "gram_x" [G, d, d] (the model's dtype and
+        device) for head outputs; whatever is missing is made on the first batch. ``plan``:
+        shared by the sites of one pass (one of its own otherwise)."""
+        bufs = bufs or {}
+        self.stats = CloudStats(dtype, m=bufs.get("sums"), packed=True, s=bufs.get("s"), shift=bufs.get("shift"))
+        self.selfsim = None  # [n_seq, G] mean within-sequence cosine, on the activations' device
+        self._selfsim_buf = bufs.get("selfsim")
         self.n_seq, self.n_sample = n_seq, n_sample
-        self.sample = sample  # [S, G, d] in the activations' dtype
+        self._buf = bufs.get("sample")  # [S, G, d] in the activations' dtype, rows in batch order
         self.gram = gram  # [G, d, d]: cosines measured through W W^T (head outputs) if given
+        self._gram_x = None  # gram in the activations' dtype and device
+        if gram is not None and bufs.get("gram_x") is not None:
+            self._gram_x = bufs["gram_x"].copy_(gram)
         self.ws = ws or Workspace()
+        self.plan = plan
+        self._pending = False  # a non-blocking copy into self._buf may be in flight
+
+    def reserve(self, n: int, g: int, d: int, dtype: torch.dtype, device) -> None:
+        """Make the scratch buffers for batches of up to n positions before the pass."""
+        self.stats.reserve(self.ws, n, g, d, device)
+        if self.gram is not None:
+            self.ws.get("gram_xg", (g, n, d), dtype, device)
+
+    @property
+    def pairs(self) -> torch.Tensor:
+        return self.plan.pairs
 
     def add(self, x: torch.Tensor, batch, picks) -> None:
         """x [B, T, G, d] (padded); fold the batch in."""
         x = x.detach()
-        mask = batch.mask
         b, t, g, d = x.shape
-        self.stats.add_padded(x, mask, self.ws)
+        if self.plan is None:
+            self.plan = _BatchPlan(self.n_seq, self.n_sample, picks)
+        plan = self.plan.for_batch(batch, x.device)
+        mask = batch.mask
+        self.stats.add_padded(x, mask, self.ws, n_real=plan.n_real,
+                              real_index=plan.real_index if self.stats.shift is None else None)
         if self.selfsim is None:
-            self.selfsim = torch.full((self.n_seq, g), float("nan"), dtype=torch.float64)
-            if self.sample is None or self.sample.shape != (self.n_sample, g, d) or self.sample.dtype != x.dtype:
-                self.sample = torch.zeros(self.n_sample, g, d, dtype=x.dtype)  # the model's dtype
+            buf = self._selfsim_buf
+            if buf is not None and buf.shape == (self.n_seq, g) and buf.device == x.device:
+                self.selfsim = buf.fill_(float("nan"))
+            else:
+                self.selfsim = torch.full((self.n_seq, g), float("nan"), dtype=torch.float64, device=x.device)
+            if self._buf is None or self._buf.shape != (self.n_sample, g, d) or self._buf.dtype != x.dtype:
+                self._buf = torch.zeros(self.n_sample, g, d, dtype=x.dtype,  # the model's dtype, on the host
+                                        pin_memory=x.device.type == "cuda")
         # unit-vector sums in the activations' dtype (float32: ~1e-7 relative on a sum of at
         # most n_ctx unit vectors), the per-sequence mean cosine in float64
+        flat = x.reshape(b * t, g, d)
         if self.gram is None:
             norms = torch.linalg.vector_norm(x, dim=-1)  # [B, T, G]
         else:  # cosines of x W: ||xW||² = x (W Wᵀ) xᵀ
-            gram = self.gram.to(x.device, x.dtype)
+            if self._gram_x is None:
+                self._gram_x = self.gram.to(x.device, x.dtype)
+            gram = self._gram_x
             xg = self.ws.get("gram_xg", (g, b * t, d), x.dtype, x.device)
-            flat = x.reshape(b * t, g, d).permute(1, 0, 2)  # [G, n, d]
-            torch.bmm(flat, gram, out=xg)
-            norms = (xg * flat).sum(-1).clamp_min(0).sqrt().T.reshape(b, t, g)
+            fg = flat.permute(1, 0, 2)  # [G, n, d]
+            torch.bmm(fg, gram, out=xg)
+            norms = xg.mul_(fg).sum(-1).clamp_min(0).sqrt().T.reshape(b, t, g)
         inv = mask[:, :, None].to(x.dtype) / norms.clamp_min(1e-30)  # [B, T, G], 0 on padding
         # Σ_t x̂_t per sequence and cloud: [B, G, T] @ [B, T, G·d], the diagonal blocks
         s = torch.bmm(inv.transpose(1, 2), x.reshape(b, t, g * d)).view(b, g, g, d)
@@ -531,19 +631,30 @@ class _SiteState:
         else:
             ss = (torch.einsum("bgd,gde->bge", s, gram) * s).sum(-1).double()
         tl = batch.lengths.to(ss.device).double()[:, None]
-        mean_cos = ((ss - tl) / (tl * (tl - 1))).cpu()
-        tl = tl.cpu()
-        for row, i in enumerate(batch.index):
-            self.selfsim[i] = mean_cos[row]
-            self.pairs[i] = float(tl[row, 0] * (tl[row, 0] - 1))
-            if i in picks:
-                pos, slots = picks[i]
-                self.sample[slots] = x[row, pos.to(x.device)].cpu()
+        self.selfsim.index_copy_(0, plan.index, (ss - tl) / (tl * (tl - 1)))
+        if plan.k:
+            dst = self._buf[plan.rows]  # contiguous rows of the host buffer
+            if dst.device == x.device:
+                torch.index_select(flat, 0, plan.src, out=dst)
+            else:
+                dst.copy_(flat.index_select(0, plan.src), non_blocking=True)
+                self._pending = True
+
+    def _wait(self) -> None:
+        if self._pending:
+            torch.cuda.synchronize()
+            self._pending = False
+
+    @property
+    def sample(self) -> torch.Tensor:
+        """The sampled tokens [S, G, d] in slot order (a new tensor, the activations' dtype)."""
+        self._wait()
+        return self._buf.index_select(0, self.plan.order())
 
     def pooled_selfsim(self, g: int = 0) -> float:
         """Σ over sequences of Σ_{i≠j} cos / Σ T(T − 1) (the reference's pooling)."""
         w = self.pairs
-        return float((self.selfsim[:, g] * w).sum() / w.sum())
+        return float((self.selfsim[:, g].cpu() * w).sum() / w.sum())
 
 
 def star_from_eigenvalues(eigenvalues, zeta: float, c0: str = "scaled_identity") -> float:
@@ -621,28 +732,32 @@ def top_eigenvectors(cov: torch.Tensor, k: int = 2, tol: float = 1e-6, max_iters
     return (v @ w)[:, torch.argsort(evals, descending=True)[:k]]
 
 
-def _full_cloud(cov, mean, second, sample, selfsim, params, pairs=None):
+def _full_cloud(cov, mean, second, sample, selfsim, params, pairs=None, with_pvecs: bool = False):
     """Scores of a cloud whose covariance is held in full: one eigvalsh of C (IsoScore,
     IsoScore*, the spectrum), one eigh of XᵀX (partition score), the top-2 principal axes by
-    subspace iteration (for the PCA drawing)."""
+    subspace iteration (for the PCA drawing). Everything runs on ``cov``'s device.
+    ``with_pvecs``: also return the eigenvectors of XᵀX."""
     evals = torch.linalg.eigvalsh(_sym(cov))  # ascending
     _, pvecs = torch.linalg.eigh(_sym(second))
     if pairs is None:
         pairs = random_pairs(sample.shape[0], params.n_pairs, params.seed)
     row = _rows(evals[None], torch.diagonal(cov)[None], mean[None], pvecs[None], sample[:, None], [selfsim],
                 params, pairs)[0]
-    return row, evals.flip(0), top_eigenvectors(cov)
+    out = (row, evals.flip(0), top_eigenvectors(cov))
+    return out + (pvecs,) if with_pvecs else out
 
 
-def _head_rows(st: "_SiteState", w_o: torch.Tensor, layer: int, params, pairs) -> list[dict]:
+def _head_rows(st: "_SiteState", w_o: torch.Tensor, layer: int, params, pairs, device="cpu") -> list[dict]:
     """Scores of one layer's head outputs x = z W (W = W_O^h [d_head, d_model]) from z's
     statistics, all heads at once. With Wᵀ = Q R (Q orthonormal, R the Cholesky factor of
     W Wᵀ = Rᵀ R), x = (z Rᵀ) Qᵀ: the outputs ARE the points y = z Rᵀ in the orthonormal basis
     Q of the head's span, so covariance, cosines and the eigenvectors of XᵀX carry over;
-    the other d_model − r eigenvalues are 0 (and Z(u) = N on those directions)."""
-    w = w_o.double().to(st.stats.m.device)  # [H, d_head, d_model]
+    the other d_model − r eigenvalues are 0 (and Z(u) = N on those directions). The linear
+    algebra runs on ``device`` (float64)."""
+    w = w_o.double().to(device)  # [H, d_head, d_model]
     h, dh, d = w.shape
-    cov_z, mean_z, sec_z = st.stats.cov(), st.stats.mean(), st.stats.second_moment()
+    stats = st.stats.to(device, full=True)
+    cov_z, mean_z, sec_z = stats.cov(), stats.mean(), stats.second_moment()
     r, info = torch.linalg.cholesky_ex(st.gram.to(w.device), upper=True)  # W Wᵀ = Rᵀ R, [H, dh, dh]
     for k in torch.nonzero(info).reshape(-1).tolist():  # W_O^h rank-deficient: its row space's basis
         r[k] = torch.linalg.qr(w[k].T).R
@@ -663,27 +778,39 @@ def _head_rows(st: "_SiteState", w_o: torch.Tensor, layer: int, params, pairs) -
 
 
 class _preallocate:
-    """One float64 block for the sums of outer products and one block (model dtype, CPU) for
-    the token samples of every cloud group: ``n_resid`` groups of (1, d) then the given
-    (G, d) groups. ``sums(i)``/``sample(i)`` are views of group i."""
+    """The long-lived state of every cloud group in a few allocations made before the forward
+    pass (not interleaved with the activations: long-lived tensors made during the first batch
+    sit between the activations and keep the heap from shrinking, which cost more than the
+    state itself). A float64 block on the model's device holds, per group, the packed sums
+    [G, d(d + 1)/2], s and shift [G, d] and the self-similarities [n_seq, G]; a block in the
+    model's dtype on the host (pinned when the model is on a GPU, for non-blocking copies)
+    holds the token samples [S, G, d]; head groups get W Wᵀ in the model's dtype on the
+    device. ``n_resid`` groups of (1, d) then the given (G, d) groups; ``bufs(i)`` gives
+    group i's views."""
 
-    def __init__(self, n_resid: int, kinds: list[tuple[int, int]], n_s: int, device, dtype):
-        shapes = [kinds[0]] * n_resid + kinds[1:]
-        sizes = [g * d * d for g, d in shapes]
-        ssizes = [n_s * g * d for g, d in shapes]
-        self.shapes, self.n_s = shapes, n_s
-        self._m = torch.zeros(sum(sizes), dtype=torch.float64, device=device)
-        self._s = torch.zeros(sum(ssizes), dtype=dtype)
-        self._mo = np.cumsum([0] + sizes)
-        self._so = np.cumsum([0] + ssizes)
+    def __init__(self, n_resid: int, kinds: list[tuple[int, int]], n_s: int, n_seq: int, device, dtype):
+        self.shapes = [kinds[0]] * n_resid + kinds[1:]
+        self.n_s, self.n_seq = n_s, n_seq
+        f64 = [g * packed_size(d) + 2 * g * d + n_seq * g for g, d in self.shapes]
+        grams = [g * d * d if i >= n_resid else 0 for i, (g, d) in enumerate(self.shapes)]
+        smp = [n_s * g * d for g, d in self.shapes]
+        self._f64 = torch.zeros(sum(f64), dtype=torch.float64, device=device)
+        self._gram = torch.zeros(sum(grams), dtype=dtype, device=device)
+        self._smp = torch.zeros(sum(smp), dtype=dtype, pin_memory=torch.device(device).type == "cuda")
+        self._o = [np.cumsum([0] + v).tolist() for v in (f64, grams, smp)]
 
-    def sums(self, i: int) -> torch.Tensor:
+    def bufs(self, i: int) -> dict:
         g, d = self.shapes[i]
-        return self._m[int(self._mo[i]) : int(self._mo[i + 1])].view(g, d, d)
-
-    def sample(self, i: int) -> torch.Tensor:
-        g, d = self.shapes[i]
-        return self._s[int(self._so[i]) : int(self._so[i + 1])].view(self.n_s, g, d)
+        o, og, os_ = (x[i] for x in self._o)
+        out = {}
+        for name, shape in (("sums", (g, packed_size(d))), ("s", (g, d)), ("shift", (g, d)), ("selfsim", (self.n_seq, g))):
+            n = shape[0] * shape[1]
+            out[name] = self._f64[o : o + n].view(shape)
+            o += n
+        out["sample"] = self._smp[os_ : os_ + self.n_s * g * d].view(self.n_s, g, d)
+        if self._o[1][i + 1] > og:
+            out["gram_x"] = self._gram[og : og + g * d * d].view(g, d, d)
+        return out
 
 
 def weight_clouds(model) -> dict[str, torch.Tensor]:
@@ -691,10 +818,44 @@ def weight_clouds(model) -> dict[str, torch.Tensor]:
     return {"W_E": model.W_E.detach(), "W_U": model.W_U.detach().T}
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's malloc_trim (None elsewhere)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_heap() -> None:
+    """Hand the heap's free pages back to the OS (glibc ``malloc_trim(0)``; a no-op elsewhere).
+    Between clouds: each cloud's d × d temporaries are freed but, interleaved with the small
+    results kept, would otherwise leave the heap a little larger cloud after cloud."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+LINALG_DEVICE = "cpu"  # where the per-cloud eigendecompositions run (float64): the host CPU by default
+
+
 @analysis(IsotropyParams)
-def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None] | None = None) -> IsotropyResult:
+def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None] | None = None,
+             linalg_device: str | None = None) -> IsotropyResult:
     """Every isotropy score for the residual stream at every depth (embeddings, then after each
-    block), every head's output, W_E and W_U, streamed over a text set."""
+    block), every head's output, W_E and W_U, streamed over a text set.
+
+    The streaming pass runs on the model's device; the per-cloud linear algebra (eigvalsh and
+    eigh of d × d, the batched per-head ones, the PCA axes, the sampled scores) runs on
+    ``linalg_device`` (default :data:`LINALG_DEVICE`, the host CPU: a GPU's eigh of a few
+    hundred dimensions is slower than LAPACK's, and the results agree to float64 rounding).
+    The weight clouds' N × d products stay on the model's device."""
+    dev = torch.device(linalg_device or LINALG_DEVICE)
     texts = texts_for(params)
     seqs = encode_texts(model, texts, params.max_tokens)
     L = model.cfg.n_layers
@@ -704,19 +865,25 @@ def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None]
     n_s = min(params.n_sample, sum(lengths))
     ws = Workspace()  # scratch shared by every site: the hooks run one at a time
     resid_sites = [hooknames.name("resid_pre", 0)] + [hooknames.name("resid_post", l) for l in range(L)]
-    # the long-lived state in two allocations made before the forward pass (not interleaved
-    # with the activations, whose freed holes would then grow the heap)
+    # the long-lived state, allocated before the forward pass (see _preallocate)
     d, h, dh = model.cfg.d_model, model.cfg.n_heads, model.cfg.d_head
-    big = _preallocate(L + 2, [(1, d)] + ([(h, dh)] * L if params.heads else []), n_s, model.cfg.device,
+    big = _preallocate(L + 2, [(1, d)] + ([(h, dh)] * L if params.heads else []), n_s, len(seqs), model.cfg.device,
                        model.cfg.dtype)
-    states = {s: _SiteState(len(seqs), n_s, dtype, ws=ws, sums=big.sums(i), sample=big.sample(i))
-              for i, s in enumerate(resid_sites)}
-    states[FINAL_NORM] = _SiteState(len(seqs), n_s, dtype, ws=ws, sums=big.sums(L + 1), sample=big.sample(L + 1))
+    plan = _BatchPlan(len(seqs), n_s, picks)  # per-batch indices, shared by every site
+    n_max = min(params.batch_size, len(seqs)) * max(lengths)  # the first batch holds the longest texts
+
+    def state(i, gram=None):
+        st = _SiteState(len(seqs), n_s, dtype, gram=gram, ws=ws, plan=plan, bufs=big.bufs(i))
+        st.reserve(n_max, *big.shapes[i], model.cfg.dtype, model.cfg.device)
+        return st
+
+    states = {s: state(i) for i, s in enumerate(resid_sites)}
+    states[FINAL_NORM] = state(L + 1)
     if params.heads:
         for l in range(L):
             w = model.blocks[l].attn.W_O.detach().double()  # [H, d_head, d_model]
-            states[hooknames.name("z", l)] = _SiteState(len(seqs), n_s, dtype, gram=w @ w.transpose(1, 2), ws=ws,
-                                                        sums=big.sums(L + 2 + l), sample=big.sample(L + 2 + l))
+            states[hooknames.name("z", l)] = state(L + 2 + l, gram=w @ w.transpose(1, 2))
+    del big
 
     last = resid_sites[-1]  # hidden_states[-1] (FINAL_NORM): the last block after ln_final
 
@@ -730,39 +897,44 @@ def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None]
 
     capture.run(model, seqs, reducers={s: reducer for s in states if s != FINAL_NORM}, batch_size=params.batch_size,
                 progress=progress)
-    del ws
+    ws.clear()
+    release_heap()
     pairs = random_pairs(n_s, params.n_pairs, params.seed)  # the same seeded pairs for every cloud
 
     rows, clouds, spectra, dvar, dmean, pca = [], [], [], [], [], []
     for depth, s in enumerate(resid_sites + [FINAL_NORM]):
-        st = states[s]
-        cov, mean, second = st.stats.cov()[0], st.stats.mean()[0], st.stats.second_moment()[0]
-        sample = st.sample[:, 0].double().to(cov.device)
+        st = states.pop(s)
+        stats = st.stats.to(dev, full=True)
+        cov, mean, second = stats.cov()[0], stats.mean()[0], stats.second_moment()[0]
+        sample = st.sample[:, 0].double().to(dev)
         row, ev, vecs = _full_cloud(cov, mean, second, sample, st.pooled_selfsim(0), params, pairs)
         layer = L - 1 if s == FINAL_NORM else hooknames.site(s).layer
         rows.append({"cloud": "resid", "depth": depth, "layer": layer, "head": -1, "site": s,
                      "n_points": st.stats.n, **row})
         clouds.append("embeddings" if depth == 0 else "final norm" if s == FINAL_NORM else f"after block {depth - 1}")
         spectra.append(ev.cpu().numpy())
-        dvar.append(torch.diagonal(cov).cpu().numpy())
+        dvar.append(torch.diagonal(cov).cpu().numpy().copy())  # a copy: a view would keep all of cov
         dmean.append(mean.cpu().numpy())
         pca.append(((sample - mean) @ vecs[:, :2]).cpu().numpy())
-        del states[s]  # done with it (its sums and sample are views of the two blocks)
+        del st, stats, cov, second, sample
+        release_heap()
     if params.heads:
         for l in range(L):
-            rows += _head_rows(states.pop(hooknames.name("z", l)), model.blocks[l].attn.W_O.detach(), l, params, pairs)
+            rows += _head_rows(states.pop(hooknames.name("z", l)), model.blocks[l].attn.W_O.detach(), l, params, pairs,
+                               dev)
     if params.weights:
         for name, x in weight_clouds(model).items():
             x = x.double()
-            cov = covariance(x)
+            cov = covariance(x).to(dev)
             g = torch.Generator().manual_seed(params.seed)
             idx = torch.randperm(x.shape[0], generator=g)[:n_s]
-            row, ev, _ = _full_cloud(cov, x.mean(0), x.T @ x, x[idx.to(x.device)], float("nan"), params)
-            row["partition"] = partition_score(x)  # every token: no sampling needed
+            row, ev, _, pvecs = _full_cloud(cov, x.mean(0).to(dev), (x.T @ x).to(dev), x[idx.to(x.device)].to(dev),
+                                            float("nan"), params, with_pvecs=True)
+            row["partition"] = _partition_with(x, pvecs)  # every token: no sampling needed
             rows.append({"cloud": name, "depth": -1, "layer": -1, "head": -1, "site": name, "n_points": x.shape[0], **row})
             clouds.append(name)
             spectra.append(ev.cpu().numpy())
-            dvar.append(torch.diagonal(cov).cpu().numpy())
+            dvar.append(torch.diagonal(cov).cpu().numpy().copy())  # a copy: a view would keep all of cov
             dmean.append(x.mean(0).cpu().numpy())
 
     tok, cls = _sample_labels(model, seqs, picks, n_s)
@@ -1012,6 +1184,7 @@ def whitening_effect(model, params: WhiteningParams, progress: Callable[[int, in
         st, picks, n_s = _score_variants(model, seqs, site, transforms, params, tick(k))
         cov_all, mean_all = st.stats.cov(), st.stats.mean()
         second_all = st.stats.second_moment()
+        samples = st.sample  # [S, G, d] in slot order
         proj = []
         for g, m in enumerate(methods):
             keep = torch.ones(cov_all.shape[-1], dtype=torch.bool)
@@ -1019,7 +1192,7 @@ def whitening_effect(model, params: WhiteningParams, progress: Callable[[int, in
                 keep[list(fits[m].dims)] = False
             idx = torch.nonzero(keep).reshape(-1).to(cov_all.device)
             cov = cov_all[g][idx][:, idx]
-            sample = st.sample[:, g].double().to(cov.device)[:, idx]
+            sample = samples[:, g].double().to(cov.device)[:, idx]
             row, _, vecs = _full_cloud(cov, mean_all[g][idx], second_all[g][idx][:, idx], sample,
                                        st.pooled_selfsim(g), params)
             eye = torch.eye(cov.shape[0], dtype=torch.float64, device=cov.device)

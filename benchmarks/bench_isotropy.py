@@ -197,7 +197,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes; print only")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=None, help="write the markdown section to this file (default: RESULTS.md)")
-    ap.add_argument("--sizes", default="24x128,96x256", help="text-set sizes NxT for the all-layer benchmark")
+    ap.add_argument("--sizes", default="24x128,96x256,96x256b32",
+                    help="text-set sizes NxT or NxTbB (batch B, default 8) for the all-layer benchmark")
     ap.add_argument("--parts", default="isoscore,layers,decoding", help="which benchmarks to run")
     ap.add_argument("--decode-tokens", type=int, default=128, help="new tokens per generation (decoding benchmark)")
     ap.add_argument("--decode-contexts", default="340:24,1000:16",

@@ -17,6 +17,7 @@ keep padding small, and the forward pass stops after the last layer anyone asked
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -40,12 +41,19 @@ class Batch:
     index: list[int]
     q_offset: int = 0  # absolute position of the first query (non-zero under a KV cache)
     step: int | None = None  # the decoding step (generation only; None for the prompt)
+    host_lengths: tuple[int, ...] | None = None  # ``lengths`` as Python ints (no device sync to read)
 
-    @property
+    @functools.cached_property
     def mask(self) -> torch.Tensor:
-        """[B, T] bool, True on real tokens."""
+        """[B, T] bool, True on real tokens (made once per batch and shared by every hook:
+        clone it before changing it)."""
         t = self.tokens.shape[1]
         return torch.arange(t, device=self.lengths.device)[None, :] < self.lengths[:, None]
+
+    def lengths_list(self) -> list[int]:
+        """The real lengths as ints: from ``host_lengths`` when known, else read from the
+        device (a sync on a GPU)."""
+        return list(self.host_lengths) if self.host_lengths is not None else [int(n) for n in self.lengths.tolist()]
 
 
 Reducer = Callable[[torch.Tensor, Site, Batch], None]  # site: the hook name, with .layer and .point
@@ -130,7 +138,7 @@ def run(
                 reducer(tensor, where, batch)
             if keep:
                 store = out.activations[name]
-                for b, (i, n) in enumerate(zip(batch.index, batch.lengths.tolist())):
+                for b, (i, n) in enumerate(zip(batch.index, batch.lengths_list())):
                     store[i] = _trim(tensor[b], n, name).detach().to("cpu", copy=True)
             return None
 
@@ -145,8 +153,9 @@ def run(
             tokens = torch.full((len(idx), int(lens.max())), pad_id, dtype=torch.long)
             for b, i in enumerate(idx):
                 tokens[b, : lens[b]] = seqs[i]
-            state["batch"] = Batch(tokens.to(device), lens.to(device), idx)
-            result = model(tokens.to(device), stop_at_layer=stop, return_type="logits" if return_logits else None)
+            tokens = tokens.to(device)
+            state["batch"] = Batch(tokens, lens.to(device), idx, host_lengths=tuple(lens.tolist()))
+            result = model(tokens, stop_at_layer=stop, return_type="logits" if return_logits else None)
             if return_logits:
                 for b, i in enumerate(idx):
                     logits_out[i] = result[b, : lens[b]].to("cpu")
