@@ -13,6 +13,9 @@ for j in "$@"; do
     iso)
       job iso 300 python3 -m benchmarks.bench_isotropy --device cuda --rounds 3 --parts isoscore,layers --sizes 24x128,96x256,96x256b32 --out "$OUT/iso.md"
       job iso_profile 240 python3 -m benchmarks.profile_isotropy --device cuda --size 96x256b32 --out "$OUT/iso_profile.md" ;;
+    # issue 9: contrastive search vs greedy on the GPU: 128 new tokens after a 16-token prompt (k = 4 and 8,
+    # nucleus), then 64 after 1,000 and 4,000 tokens (k = 4: the shared-row pass and the k-row fallback) (~150-240 s)
+    dec) job dec 420 python3 -m benchmarks.bench_isotropy --device cuda --rounds 2 --parts decoding --decode-tokens 128 --decode-contexts 1000:64,4000:64 --out "$OUT/dec.md" ;;
     *) echo "unknown job $j" ;;
   esac
 done
