@@ -181,6 +181,8 @@ def long_prompt(model, n_tokens: int) -> list[int]:
         ids += model.to_tokens(text, prepend_bos=False)[0].tolist()
         if len(ids) >= n_tokens:
             break
+    if len(ids) < n_tokens:
+        raise ValueError(f"The text set holds only {len(ids)} tokens, not {n_tokens}.")
     return ids[:n_tokens]
 
 
