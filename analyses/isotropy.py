@@ -43,7 +43,7 @@ host, the sampled tokens are one ``index_select`` (from a GPU, a non-blocking co
 pinned memory) and the self-similarity sums stay on the device until the pass is over.
 Memory: (L + 2)·d(d + 1)/2 float64 sums + 2(L + 1)·n_sample·d floats (residual and
 head-output samples), whatever the number of tokens, allocated before the pass. The fixed cost is one eigvalsh and one eigh of d × d per depth and batched
-d_head × d_head ones per layer of heads, on the host CPU (``linalg_device``).
+d_head × d_head ones per layer of heads, on the model's device unless ``linalg_device`` says otherwise.
 
 Per-head outputs: a head's output is z_h W_O^h, a linear map of its d_head-dim z, so the
 analysis accumulates z's statistics (d_head² per head) and maps them exactly:
@@ -841,7 +841,10 @@ def release_heap() -> None:
         trim(0)
 
 
-LINALG_DEVICE = "cpu"  # where the per-cloud eigendecompositions run (float64): the host CPU by default
+# Where the per-cloud linear algebra runs (float64); None: the model's device. Measured
+# (benchmarks/RESULTS.md, wave 6): on an H100, 64 eigvalsh of 576 × 576 take 352 ms against
+# 1,080 ms on its 16-core host, and the scores agree to 4e-12 relative.
+LINALG_DEVICE: str | None = None
 
 
 @analysis(IsotropyParams)
@@ -852,10 +855,10 @@ def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None]
 
     The streaming pass runs on the model's device; the per-cloud linear algebra (eigvalsh and
     eigh of d × d, the batched per-head ones, the PCA axes, the sampled scores) runs on
-    ``linalg_device`` (default :data:`LINALG_DEVICE`, the host CPU: a GPU's eigh of a few
-    hundred dimensions is slower than LAPACK's, and the results agree to float64 rounding).
-    The weight clouds' N × d products stay on the model's device."""
-    dev = torch.device(linalg_device or LINALG_DEVICE)
+    ``linalg_device`` (default :data:`LINALG_DEVICE`, else the model's device; the results
+    agree to float64 rounding either way). The weight clouds' N × d products stay on the
+    model's device."""
+    dev = torch.device(linalg_device or LINALG_DEVICE or model.cfg.device)
     texts = texts_for(params)
     seqs = encode_texts(model, texts, params.max_tokens)
     L = model.cfg.n_layers

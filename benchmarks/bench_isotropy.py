@@ -130,44 +130,48 @@ def finalize_time(model, seqs, batch_size: int, device: str) -> tuple[float, flo
     return total - box["stream"], box["stream"]
 
 
-def _k_rows_only():
-    """A context in which contrastive search scores its candidates as k rows (its fallback
-    path), to show what the shared-row pass saves."""
+def _path(name: str, device: str):
+    """A context forcing contrastive search's candidate pass: "shared row" (one row over the
+    shared cache, where exact) or "k rows" (its fallback), whatever the device's default."""
     from unittest import mock
 
     import probes.contrastive as pc
 
-    return mock.patch.object(pc, "shares_one_row", lambda *a, **kw: False)
+    if name == "k rows":
+        return mock.patch.object(pc, "shares_one_row", lambda *a, **kw: False)
+    return mock.patch.object(pc, "SHARED_ROW_DEVICES", (torch.device(device).type,))
 
 
 def bench_decoding(model, prompt, n_new: int, rounds: int, device: str, short: bool = True) -> list:
-    """Time per new token of each strategy after ``prompt`` (text or ids). ``short=False``
-    (long contexts): greedy and k = 4 only, shared row and k rows. The last column says
-    whether the two k = 4 paths chose the same tokens."""
-    from probes.contrastive import Contrastive
+    """Time per new token of each strategy after ``prompt`` (text or ids). Contrastive k = 4
+    by both candidate passes (the device's default is marked); ``short=False`` (long
+    contexts): greedy and those two only. The last column says whether the two k = 4 paths
+    chose the same tokens."""
+    from probes.contrastive import SHARED_ROW_DEVICES, Contrastive
     from probes.decoding import Sample, generate
 
     out = {}
+    default = "shared row" if torch.device(device).type in SHARED_ROW_DEVICES else "k rows"
 
     def run(key, strategy):
         out[key] = generate(model, prompt, n_new, strategy, stop_at_eos=False).new_tokens
 
-    def rows_path():
-        with _k_rows_only():
-            run("k4 rows", Contrastive(0.6, 4))
+    def by(path):
+        def f():
+            with _path(path, device):
+                run(path, Contrastive(0.6, 4))
+        return f
 
-    variants = {
-        "greedy": lambda: run("greedy", "greedy"),
-        "contrastive k=4 (α 0.6)": lambda: run("k4", Contrastive(0.6, 4)),
-        "contrastive k=4, k rows (the fallback path)": rows_path,
-    }
+    variants = {"greedy": lambda: run("greedy", "greedy")}
+    for path in ("shared row", "k rows"):
+        variants[f"contrastive k=4 (α 0.6), {path}{' (the default here)' if path == default else ''}"] = by(path)
     if short:
         variants["contrastive k=8 (α 0.6)"] = lambda: run("k8", Contrastive(0.6, 8))
         variants["nucleus sampling (top-p 0.95)"] = lambda: run("p", Sample(top_p=0.95))
     variants, cpu = with_cpu_time(variants)
     m = measure(variants, rounds=rounds, warmup=1, device=device if device != "cpu" else None)
     t = {k: cpu_median(cpu[k]) if device == "cpu" else v.time for k, v in m.items()}
-    same = "yes" if out["k4"] == out["k4 rows"] else "NO"
+    same = "yes" if out["shared row"] == out["k rows"] else "NO"
     return [(k, f"{t[k] / n_new * 1e3:.2f}", f"{t[k] / t['greedy']:.2f}×", f"{v.time / m['greedy'].time:.2f}×",
              same if "k=4" in k else "") for k, v in m.items()]
 

@@ -7,7 +7,7 @@ for j in "$@"; do
   case $j in
     smoke) job smoke 120 python3 -c "import torch; from probes.models import load; m = load('smollm2-135m', device='cuda').model; print(torch.cuda.get_device_name(), m.cfg.n_layers)" ;;
     # issue 9: IsoScore on 100k points and the all-layer scores at 3 sizes (batch 8 and 32), the
-    # streaming state packed, no host syncs in the hooks, eigendecompositions on the host CPU (~60-90 s);
+    # streaming state packed, no host syncs in the hooks, eigendecompositions on the GPU (~60-90 s);
     # then where the time goes: streaming pass vs fixed part, host syncs counted during the pass,
     # eigh of 64 × 576² on the host CPU vs the GPU, scores with CPU vs GPU linear algebra (~30-60 s)
     iso)

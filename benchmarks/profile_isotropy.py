@@ -11,8 +11,9 @@ On the given device (``--device cpu`` or ``cuda``), for one text-set size ``NxT[
    (whatever the forward itself syncs).
 3. **eigh timings**: ``--n-eigh`` (64) symmetric d × d float64 matrices, eigvalsh and eigh,
    one by one and batched, on the host CPU and on the device.
-4. **Correctness**: the scores with ``linalg_device="cpu"`` (the default) against
-   ``linalg_device=<device>`` (CUDA only): max relative difference per score.
+4. **Where the fixed part goes**: cProfile of one scoring run, the top functions.
+5. **Correctness**: the scores with ``linalg_device="cpu"`` against the default (the model's
+   device; CUDA only): max relative difference per score, and the fixed part's time both ways.
 
 ``--out FILE`` writes the markdown there (else printed). Threads: 1 on the CPU device unless
 ``--threads``; on CUDA the host CPU's linear algebra uses torch's default thread count.
@@ -115,6 +116,23 @@ def eigh_timings(n: int, d: int, device: str) -> list:
     return rows
 
 
+def fixed_profile(model, seqs, bs: int, device: str, top: int = 15) -> str:
+    """cProfile of one scoring run (pass and fixed part), the ``top`` functions by own time."""
+    import cProfile
+    import io
+    import pstats
+
+    pr = cProfile.Profile()
+    pr.enable()
+    timed_pass(model, seqs, bs, device, False)
+    pr.disable()
+    buf = io.StringIO()
+    pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(top)
+    lines = [ln for ln in buf.getvalue().splitlines() if ln.strip()]
+    start = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("ncalls"))
+    return "\n".join(lines[start:])
+
+
 def compare_linalg(model, seqs, bs: int, device: str) -> list:
     import analyses.isotropy as iso
 
@@ -153,6 +171,7 @@ def main(argv=None) -> int:
     timed_forward(model, seqs, bs, args.device, False)
     fwd, fwd_syncs = timed_forward(model, seqs, bs, args.device, cuda)
     p = timed_pass(model, seqs, bs, args.device, cuda)
+    host = timed_pass(model, seqs, bs, args.device, False, linalg_device="cpu") if cuda else None
     out = [f"## Isotropy profile — {args.device}, {n} × ≤{t} tokens, batch {bs} ({tokens:,} tokens)", "",
            f"Machine: {machine_info()}. Torch threads: {torch.get_num_threads()}. One timed run after a warm-up, "
            "wall time (CUDA synchronised).", "",
@@ -160,7 +179,10 @@ def main(argv=None) -> int:
                ("plain forward (capture.run, no hooks)", f"{fwd:.2f}", "1.00×", "n/a (CPU)" if fwd_syncs is None else fwd_syncs),
                ("streaming pass (forward + reducers)", f"{p['stream']:.2f}", f"{p['stream'] / fwd:.2f}×",
                 "n/a (CPU)" if p["syncs"] is None else p["syncs"]),
-               ("fixed part (per-cloud linear algebra, sampled scores)", f"{p['fixed']:.2f}", f"{p['fixed'] / fwd:.2f}×", ""),
+               ("fixed part (per-cloud linear algebra, sampled scores; on the model's device)", f"{p['fixed']:.2f}",
+                f"{p['fixed'] / fwd:.2f}×", ""),
+               *([] if host is None else [("fixed part with the linear algebra on the host CPU (linalg_device='cpu')",
+                                           f"{host['fixed']:.2f}", f"{host['fixed'] / fwd:.2f}×", "")]),
                ("all-layer scores, total", f"{p['total']:.2f}", f"{p['total'] / fwd:.2f}×", ""),
            ]), ""]
     if cuda:
@@ -170,8 +192,10 @@ def main(argv=None) -> int:
     out += [f"### eigvalsh / eigh of {args.n_eigh} symmetric {d} × {d} float64 matrices", "",
             markdown_table(("device", "op", "matrices", "one by one ms", "batched ms"),
                            eigh_timings(args.n_eigh, d, args.device)), ""]
+    out += [f"### Where the fixed part goes (cProfile of one scoring run on {args.device}, top 15 by own time)", "",
+            "```", fixed_profile(model, seqs, bs, args.device), "```", ""]
     if cuda:
-        out += ["### Scores with the linear algebra on the host CPU (default) vs on the GPU", "",
+        out += ["### Scores with the linear algebra on the host CPU vs on the GPU (the default)", "",
                 markdown_table(("score", "max relative difference", "clouds"), compare_linalg(model, seqs, bs, args.device)),
                 ""]
     body = "\n".join(out)

@@ -13,7 +13,7 @@ stopped before the unembedding; only the chosen candidate is unembedded (its log
 next step's, handed back through ``state.scratch``, so the chosen token is never fed again).
 Two ways to run that pass over the KV cache:
 
-* **shared row** (rotary models, the default whenever it is exact): the k candidates are k
+* **shared row** (rotary models on the CPU, wherever it is exact): the k candidates are k
   query positions of ONE row over the ONE cache. Hooks make that equal to k separate
   continuations: every candidate is rotated to the same position t (RoPE is a rotation, so
   the candidate at slot t + j is rotated back by j after TransformerLens rotates it, queries
@@ -21,7 +21,9 @@ Two ways to run that pass over the KV cache:
   the cache and itself only. Afterwards the cache keeps the chosen candidate's keys/values
   at slot t. The cache is read once, not once per candidate.
 * **k rows**: the cache expanded to k rows (views) and each candidate fed as one token of
-  its row. Used where the shared row would not be exact: models without RoPE or with local
+  its row. Used on GPUs (faster there: a step is bound by kernel launches, and the shared
+  row's hooks add some; :data:`SHARED_ROW_DEVICES`) and wherever the shared row would not be
+  exact: models without RoPE or with local
   (sliding-window) or log-n attention, KV policies that mask by hooks (RazorAttention),
   interventions that depend on the position (``probes.interventions.positionwise``), or a
   pass that would run past ``n_ctx``.
@@ -73,10 +75,20 @@ def check_alpha_k(alpha, k) -> None:
         raise InputError(f"Contrastive search k must be an integer >= 1, not {k!r}.")
 
 
-def _rotary(model) -> bool:
+# Device types on which the shared row is used where it is exact. Measured (benchmarks/RESULTS.md,
+# wave 6), k = 4 against greedy: on the CPU 1.44× / 1.27× / 1.10× after 16 / 340 / 1,000 prompt
+# tokens (k rows: 1.73× / 1.98× / 1.86×); on an H100 1.22× / 1.35× / 1.37× after 16 / 1,000 /
+# 4,000 (k rows: 0.99× / 1.19× / 1.30×) — there a step costs its kernel launches, not the cache
+# reads, and the shared row's hooks add launches.
+SHARED_ROW_DEVICES = ("cpu",)
+
+
+def _may_share(model) -> bool:
+    """RoPE without local or log-n attention, on a device of :data:`SHARED_ROW_DEVICES`."""
     cfg = model.cfg
     return (cfg.positional_embedding_type == "rotary" and not getattr(cfg, "use_local_attn", False)
-            and not getattr(cfg, "use_logn_attn", False))
+            and not getattr(cfg, "use_logn_attn", False)
+            and torch.device(cfg.device).type in SHARED_ROW_DEVICES)
 
 
 @STRATEGIES.register("contrastive")
@@ -99,7 +111,7 @@ class Contrastive(_Data):
             held.states.append(final_norm(model, resid).detach())
 
         out = [(hooknames.name("resid_post", model.cfg.n_layers - 1), keep)]
-        return out + (_shared_row_hooks(model, held) if _rotary(model) else [])
+        return out + (_shared_row_hooks(model, held) if _may_share(model) else [])
 
     def select(self, state: StepState) -> int:
         model, scratch = state.model, state.scratch
@@ -130,8 +142,9 @@ class Contrastive(_Data):
 
 
 def shares_one_row(model, stepper, k: int, interventions=()) -> bool:
-    """Whether the k candidates can be scored exactly as one row over the shared cache."""
-    return (stepper.cache is not None and _rotary(model) and not hasattr(stepper.policy, "hooks")
+    """Whether the k candidates are scored as one row over the shared cache: where that is
+    exact, on the devices of :data:`SHARED_ROW_DEVICES`."""
+    return (stepper.cache is not None and _may_share(model) and not hasattr(stepper.policy, "hooks")
             and all(positionwise(iv) for iv in interventions)
             and cache_len(stepper.cache) + k <= model.cfg.n_ctx)
 

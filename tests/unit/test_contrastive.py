@@ -221,6 +221,16 @@ def test_falls_back_to_k_rows_where_one_row_would_not_be_exact(monkeypatch):
     generate(model, PROMPT, 3, Contrastive(), interventions=[edit])
     assert calls == {"shared": 0, "rows": 3}
 
+    # a device where k rows are faster (GPUs): no shared-row hooks, k rows, the same text
+    import probes.contrastive as pc
+
+    expected = naive_contrastive(model, PROMPT, 5, 0.6, 4)
+    monkeypatch.setattr(pc, "SHARED_ROW_DEVICES", ())
+    calls["shared"] = calls["rows"] = 0
+    assert len(Contrastive().hooks(model)) == 1  # the final-state hook only
+    assert list(generate(model, PROMPT, 5, Contrastive()).new_tokens) == expected
+    assert calls == {"shared": 0, "rows": 5}
+
 
 def test_shared_row_under_a_bounded_policy_equals_k_rows(tiny64, monkeypatch):
     from probes.kv_policies import SinkWindow
