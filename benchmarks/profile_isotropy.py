@@ -37,6 +37,25 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def timed_syncs(fn, device: str, count_syncs: bool) -> tuple:
+    """(fn()'s result, wall seconds, host syncs during it — None unless ``count_syncs``: the
+    warnings of ``torch.cuda.set_sync_debug_mode("warn")``)."""
+    _sync(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if count_syncs:
+            torch.cuda.set_sync_debug_mode("warn")
+        t = time.perf_counter()
+        try:
+            out = fn()
+            _sync(device)
+        finally:
+            if count_syncs:
+                torch.cuda.set_sync_debug_mode(0)
+    n = sum("synchroniz" in str(w.message) for w in caught) if count_syncs else None
+    return out, time.perf_counter() - t, n
+
+
 def timed_pass(model, seqs, bs: int, device: str, count_syncs: bool, **kw) -> dict:
     """One scoring run with the streaming pass timed (and its host syncs counted) inside it."""
     import analyses.isotropy as iso
@@ -46,29 +65,13 @@ def timed_pass(model, seqs, bs: int, device: str, count_syncs: bool, **kw) -> di
     box: dict = {}
 
     def run(*a, **k):
-        _sync(device)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            if count_syncs:
-                torch.cuda.set_sync_debug_mode("warn")
-            s = time.perf_counter()
-            try:
-                out = real_run(*a, **k)
-                _sync(device)
-            finally:
-                if count_syncs:
-                    torch.cuda.set_sync_debug_mode(0)
-        box["stream"] = time.perf_counter() - s
-        box["syncs"] = sum("synchroniz" in str(w.message) for w in caught) if count_syncs else None
+        out, box["stream"], box["syncs"] = timed_syncs(lambda: real_run(*a, **k), device, count_syncs)
         return out
 
     iso.capture.run = run
     try:
-        _sync(device)
-        t0 = time.perf_counter()
-        res = iso.isotropy(model, texts=texts, weights=False, batch_size=bs, max_tokens=max(map(len, texts)), **kw)
-        _sync(device)
-        total = time.perf_counter() - t0
+        res, total, _ = timed_syncs(lambda: iso.isotropy(model, texts=texts, weights=False, batch_size=bs,
+                                                         max_tokens=max(map(len, texts)), **kw), device, False)
     finally:
         iso.capture.run = real_run
     return {"total": total, "stream": box["stream"], "fixed": total - box["stream"], "syncs": box["syncs"], "res": res}
@@ -77,20 +80,8 @@ def timed_pass(model, seqs, bs: int, device: str, count_syncs: bool, **kw) -> di
 def timed_forward(model, seqs, bs: int, device: str, count_syncs: bool) -> tuple[float, int | None]:
     from probes import capture
 
-    _sync(device)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if count_syncs:
-            torch.cuda.set_sync_debug_mode("warn")
-        t = time.perf_counter()
-        try:
-            capture.run(model, seqs, batch_size=bs)
-            _sync(device)
-        finally:
-            if count_syncs:
-                torch.cuda.set_sync_debug_mode(0)
-    n = sum("synchroniz" in str(w.message) for w in caught) if count_syncs else None
-    return time.perf_counter() - t, n
+    _, t, n = timed_syncs(lambda: capture.run(model, seqs, batch_size=bs), device, count_syncs)
+    return t, n
 
 
 def eigh_timings(n: int, d: int, device: str) -> list:
