@@ -68,6 +68,7 @@ from probes import capture, hooknames
 from probes import contrastive as _contrastive  # noqa: F401  (registers the "contrastive" strategy)
 from probes.covariance import CloudStats, Workspace, packed_size  # noqa: F401  (CloudStats re-exported)
 from probes.errors import InputError, check_range
+from probes.heap import release_heap
 from probes.models import model_id
 from probes.results import Params, Result, analysis
 from probes.tokens import str_tokens, text_ids
@@ -816,29 +817,6 @@ class _preallocate:
 def weight_clouds(model) -> dict[str, torch.Tensor]:
     """W_E rows (one point per token) and W_U columns (one point per token)."""
     return {"W_E": model.W_E.detach(), "W_U": model.W_U.detach().T}
-
-
-@functools.lru_cache(maxsize=1)
-def _malloc_trim():
-    """glibc's malloc_trim (None elsewhere)."""
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-def release_heap() -> None:
-    """Hand the heap's free pages back to the OS (glibc ``malloc_trim(0)``; a no-op elsewhere).
-    Between clouds: each cloud's d × d temporaries are freed but, interleaved with the small
-    results kept, would otherwise leave the heap a little larger cloud after cloud."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 # Where the per-cloud linear algebra runs (float64); None: the model's device. Measured

@@ -141,14 +141,12 @@ def rss_bytes() -> int:
 
 def release_free_memory() -> None:
     """Collect garbage and hand free heap memory back to the OS (glibc ``malloc_trim``)."""
-    import ctypes
     import gc
 
+    from probes.heap import release_heap
+
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    release_heap()
 
 
 def _reset_peak() -> bool:
