@@ -189,6 +189,7 @@ class Result:
         """Write the result to ``directory`` (replaced atomically). With ``html=True`` also
         write each figure as a standalone HTML file and the table as CSV."""
         directory = Path(directory)
+        check_replaceable(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
@@ -216,10 +217,9 @@ class Result:
                     self.to_frame().to_csv(tmp / "table.csv", index=False)
                 except NotImplementedError:
                     pass
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                directory.rename(old)
+            if directory.exists():  # a saved result (checked above): swap it out under a fresh name
+                old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
+                directory.rename(old / "result")
                 tmp.rename(directory)
                 shutil.rmtree(old, ignore_errors=True)
             else:
@@ -252,6 +252,34 @@ class Result:
             raise InputError(f"Cannot read the result in {directory}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
 
 
+def _is_saved_entry(path: Path) -> bool:
+    """A file that :meth:`Result.save` writes."""
+    return path.is_file() and (path.name in SAVED_FILES or path.suffix in (".parquet", ".html"))
+
+
+def check_replaceable(directory: Path) -> None:
+    """Refuse to replace anything but a saved result: a file, or a folder holding anything
+    that :meth:`Result.save` did not write, is never deleted (raises :class:`InputError`)."""
+    if not directory.exists() and not directory.is_symlink():
+        return
+    if directory.is_symlink() or not directory.is_dir():
+        raise InputError(f"{directory} exists and is not a folder; choose another place to save.")
+    entries = list(directory.iterdir())
+    if not entries:
+        return
+    meta = directory / "result.json"
+    try:
+        doc = json.loads(meta.read_text()) if meta.is_file() else None
+    except (OSError, ValueError):
+        doc = None
+    if not (isinstance(doc, dict) and "type" in doc and "format" in doc and "fields" in doc):
+        raise InputError(f"{directory} is a non-empty folder that holds no saved result; choose another.")
+    foreign = sorted(e.name for e in entries if not _is_saved_entry(e))
+    if foreign:
+        raise InputError(f"{directory} holds a saved result and other files ({', '.join(foreign[:3])}); "
+                         "choose another folder.")
+
+
 def result_kinds() -> list[str]:
     return sorted(_TYPES)
 
@@ -268,6 +296,7 @@ def _resolve_type(kind) -> type[Result]:
 
 
 PLOTLY_JS = "plotly.min.js"
+SAVED_FILES = frozenset({"result.json", "arrays.safetensors", "table.csv", PLOTLY_JS})
 # every URL but XML namespace names (http://www.w3.org/2000/svg ...), which are identifiers, never fetched
 _URL_RE = re.compile(r"https?://(?!www\.w3\.org/)[^\s\"'`)<>]*")
 

