@@ -65,6 +65,17 @@ class CaptureOutput:
     logits: list[torch.Tensor] | None = None  # per sequence [T, d_vocab], if asked for
 
 
+def run_with_cache(model, inputs, names: Sequence[str] | Callable[[str], bool] | None = None,
+                   interventions: Sequence[Intervention] = (), **kwargs):
+    """One hooked forward pass: ``(logits, cache)`` with TransformerLens's ``ActivationCache``
+    (``cache["resid_post", 5]``, ``cache["pattern", 3]``), under the model's lock and with the
+    ``interventions`` applied; ``names`` (hook names or a filter) limits what is kept."""
+    tokens = as_token_tensor(model, inputs)
+    names_filter = list(names) if names is not None and not callable(names) else names
+    with applied(model, interventions):
+        return model.run_with_cache(tokens, names_filter=names_filter, **kwargs)
+
+
 def _stop_layer(model, names: Sequence[str]) -> int | None:
     """The smallest stop_at_layer that still runs every requested hook (None: run all)."""
     layers = []

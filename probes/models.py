@@ -209,6 +209,11 @@ def load(name: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtype = to
     return _load_cached(name.strip(), device, dtype)
 
 
+def load_model(name: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "HookedTransformer":
+    """:func:`load`, returning only the HookedTransformer (as ``HookedTransformer.from_pretrained`` does)."""
+    return load(name, device, dtype).model
+
+
 def _loader(spec: ModelSpec):
     module, func = spec.loader.split(":")
     return getattr(importlib.import_module(module), func)

@@ -129,3 +129,21 @@ def test_no_hooks_left_behind(model):
     capture.run(model, _seqs([4]), capture=HOOKS)
     assert all(not hp._forward_hooks for hp in model.hook_dict.values())
 
+
+
+def test_run_with_cache_applies_interventions_and_removes_them(tiny):
+    """The front door's one-pass capture: TransformerLens's cache, interventions only inside."""
+    from probes.capture import run_with_cache
+    from probes.interventions import HeadMask
+
+    toks = torch.tensor([[1, 5, 9, 3, 7]])
+    logits, cache = run_with_cache(tiny, toks, names=["blocks.1.attn.hook_pattern", "blocks.1.hook_resid_post"])
+    plain_logits, plain = tiny.run_with_cache(toks)
+    assert torch.allclose(logits, plain_logits) and set(cache.keys()) == {"blocks.1.attn.hook_pattern", "blocks.1.hook_resid_post"}
+    assert torch.allclose(cache["resid_post", 1], plain["resid_post", 1])
+    _, masked = run_with_cache(tiny, toks, names=lambda n: n.endswith("hook_pattern"), interventions=[HeadMask(1, 2)])
+    pat = masked["pattern", 1][0, 2]
+    causal = torch.tril(torch.ones(5, 5)) / torch.arange(1, 6)[:, None]
+    assert torch.allclose(pat, causal, atol=1e-6)  # uniform attention over the visible keys
+    assert not torch.allclose(plain["pattern", 1][0, 2], causal, atol=1e-3)
+    assert all(not hp.fwd_hooks for hp in tiny.hook_dict.values())  # nothing left on the model
