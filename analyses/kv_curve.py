@@ -1,10 +1,12 @@
-"""KV memory vs NIAH accuracy (issue 8 item 6; REFERENCES §8): RazorAttention
+"""KV memory vs NIAH accuracy (REFERENCES §8): RazorAttention
 (:class:`probes.razor.RazorAttention` — the top-m retrieval KV heads keep their whole cache,
-every other KV head sinks + window + one compensation token) against a head-agnostic
-sinks + window cache holding the same number of entries or fewer
-(:func:`probes.razor.uniform_window_for`), for m over a range. The memory column is the exact
-entry count a real cache would hold at the end of each prompt (``kv_fraction``), averaged
-over the tests; accuracy is greedy NIAH (recall of the answer's key words > 0.5, :func:`analyses.niah.key_recall`).
+every other KV head sinks + a recent buffer + one compensation token) against a head-agnostic
+sinks + fixed-window cache holding the same number of entries or fewer
+(:func:`probes.razor.uniform_window_for`), for m over a range. The buffer is the paper's
+L_h = max(S0, ⌈N / C⌉) (``buffer="ratio"``, S0 = ``window``, C = ``compression_ratio``) or a
+fixed ``window`` (``buffer="fixed"``). The memory column is the exact entry count a real cache
+would hold at the end of each prompt (``kv_fraction``), averaged over the tests; accuracy is
+greedy NIAH (recall of the answer's key words > 0.5, :func:`analyses.niah.key_recall`).
 
 The KV-head ranking is given (``heads``, e.g. from DuoAttention gates) or detected on the
 same grid with Wu et al.'s retrieval score, a KV head scoring the max of its query heads
@@ -14,7 +16,7 @@ same grid with Wu et al.'s retrieval score, a KV head scoring the max of its que
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -46,7 +48,11 @@ class KVCurveParams(GridParams):
     kind: ClassVar[str] = "kv_curve"
     kv_heads: tuple[int, ...] = field(default=(0, 3, 9, 18, 45, 90), metadata={"help": "numbers of full-KV heads (m)"})
     n_sink: int = field(default=4, metadata={"help": "sink tokens of the streaming heads"})
-    window: int = field(default=64, metadata={"help": "recent tokens of the streaming heads"})
+    window: int = field(default=64, metadata={"help": "recent tokens of the streaming heads: the minimum S0 "
+                                                      "(buffer ratio) or the whole buffer (buffer fixed)"})
+    buffer: Literal["ratio", "fixed"] = field(default="ratio", metadata={
+        "help": "streaming heads' recent buffer: ratio = the paper's max(S0, N/C); fixed = window"})
+    compression_ratio: float = field(default=5.0, metadata={"help": "C of the ratio buffer"})
     compensation: bool = field(default=True, metadata={"help": "RazorAttention's compensation token"})
     rows: int = field(default=32, metadata={"help": "rows (test × policy) decoded together in one batch"})
     heads: tuple = field(default=(), metadata={"help": "ranked KV heads ((layer, kv_head), ...); empty: detect"})
@@ -61,6 +67,12 @@ class KVCurveParams(GridParams):
             raise InputError("n_sink and window must be >= 0.")
         if self.rows < 1:
             raise InputError("rows must be at least 1.")
+        self.policy(())  # the buffer fields are checked where the policy checks them
+
+    def policy(self, heads) -> RazorAttention:
+        """The RazorAttention policy these parameters describe, with ``heads`` kept whole."""
+        return RazorAttention(tuple(heads), n_sink=self.n_sink, window=self.window, compensation=self.compensation,
+                              buffer=self.buffer, compression_ratio=self.compression_ratio)
 
 
 @dataclass(frozen=True)
@@ -96,8 +108,9 @@ def curve_figure(curve: pd.DataFrame, params: KVCurveParams):
         fig.add_trace(go.Scatter(x=[1.0], y=[float(full["accuracy"].iloc[0])], mode="markers", name="full cache",
                                  marker={"color": "black", "size": 10, "symbol": "star"}))
     comp = "with" if params.compensation else "without"
-    fig.update_layout(title=f"NIAH accuracy vs KV memory kept (sinks {params.n_sink} + window {params.window}, {comp} "
-                            f"compensation)", xaxis_title="fraction of the full KV cache kept",
+    fig.update_layout(title=f"NIAH accuracy vs KV memory kept (sinks {params.n_sink} + "
+                            f"{params.policy(()).describe_buffer()}, {comp} compensation)",
+                      xaxis_title="fraction of the full KV cache kept",
                       yaxis_title="NIAH accuracy", yaxis_range=[-0.02, 1.02], xaxis_range=[0, 1.02])
     return fig
 
@@ -180,8 +193,7 @@ def kv_curve(model, params: KVCurveParams, progress: Callable[[int, int], None] 
                                                    tick=tick)
         rows.append(point("full", n, full, ffrac))
         for m in params.kv_heads:
-            razor = RazorAttention(tuple(ranked[:m]), n_sink=params.n_sink, window=params.window,
-                                   compensation=params.compensation)
+            razor = params.policy(ranked[:m])
             (ra, ua), (rf, uf) = answers_under_policies(
                 model, built, [lambda t: razor, lambda t: uniform_window_for(model, razor, t.prompt_len)],
                 params.max_new_tokens, params.rows, tick=tick)

@@ -336,22 +336,30 @@ def _razor(model):
 
     found = st.session_state.get("razor_heads_for_playground")  # set by the Retrieval heads page
     _defaults(pg_rz_heads=", ".join(f"{l}:{h}" for l, h in found) if found else "", pg_rz_sinks=4,
-              pg_rz_window=60, pg_rz_comp=True)
+              pg_rz_window=60, pg_rz_buffer="ratio", pg_rz_ratio=5.0, pg_rz_comp=True)
     text = st.text_input("Retrieval heads (L:H query heads, comma-separated)", key="pg_rz_heads",
                          help="their KV heads keep the whole cache (GQA: the KV head of each query head)")
-    a, b = st.columns(2)
+    buffer = st.radio("Other heads' recent buffer", ["ratio", "fixed"], key="pg_rz_buffer", horizontal=True,
+                      format_func={"ratio": "max(S0, N/C) (the paper's)", "fixed": "fixed window W"}.get,
+                      help="RazorAttention keeps L = max(S0, N/C) recent tokens of a head holding N; fixed: W tokens")
+    a, b, c = st.columns(3)
     s = a.number_input("S (sink tokens)", min_value=0, step=1, key="pg_rz_sinks")
-    w = b.number_input("W (recent tokens)", min_value=0, step=1, key="pg_rz_window")
+    w = b.number_input("S0 (minimum buffer)" if buffer == "ratio" else "W (recent tokens)", min_value=0, step=1,
+                       key="pg_rz_window")
+    ratio = c.number_input("C (compression ratio)", min_value=1.0, step=0.5, key="pg_rz_ratio",
+                           disabled=buffer != "ratio")
     comp = st.toggle("Compensation token (mean of the dropped keys and values)", key="pg_rz_comp")
     try:
         policy = RazorAttention(tuple(parse_heads(text)), n_sink=int(s), window=int(w), compensation=comp,
-                                head_kind="query")
+                                head_kind="query", buffer=buffer, compression_ratio=float(ratio))
         policy.validate(model)
     except MechscopeError as exc:
         st.error(f"RazorAttention: {exc} (using the full cache)")
         return "full"
-    st.caption(f"Other KV heads keep S + W{' + 1' if comp else ''} entries (by masking; positions unchanged). "
-               f"KV memory kept at {model.cfg.n_ctx} tokens: {policy.kv_fraction(model, model.cfg.n_ctx):.1%}.")
+    n = model.cfg.n_ctx
+    st.caption(f"Other KV heads keep S + {policy.describe_buffer()}{' + 1' if comp else ''} entries (by masking; "
+               f"positions unchanged): {policy.streaming_entries(n)} at {n} tokens. "
+               f"KV memory kept at {n} tokens: {policy.kv_fraction(model, n):.1%}.")
     return policy
 
 # ---------------------------------------------------------------------------------------

@@ -1,18 +1,24 @@
-"""Benchmark for issue 8 §6 (head-aware KV cache): ``python -m benchmarks.bench_razor``.
+"""RazorAttention benchmark: ``python -m benchmarks.bench_razor``.
 
 NIAH accuracy vs the fraction of KV memory kept, for RazorAttention
 (:class:`probes.razor.RazorAttention`: the top-m retrieval **KV heads** keep their full
-cache, the others sinks + window + one compensation token) against a uniform, head-agnostic
-sinks + window cache holding the same number of entries or fewer
+cache, the others sinks + a recent buffer + one compensation token) against a uniform,
+head-agnostic sinks + fixed-window cache holding the same number of entries or fewer
 (:func:`probes.razor.uniform_window_for`: same masking implementation, no retrieval heads,
 no compensation). Both evict by masking (positions unchanged, every prompt token sees only
 what the policy keeps); the memory column is the exact entry count a real cache would hold
 at the end of each prompt, averaged over the tests.
 
-Retrieval heads are detected first on ``--detect-lengths`` (§5 scores, ``retrieval_heads``);
-a KV head's score is the max over its query heads (GQA: SmolLM2 has 3 query heads per KV
-head). m runs over ``--kv-heads`` (counts of full KV heads; 0 = pure streaming heads).
-``--no-compensation`` adds a Razor column without the compensation token (ablation).
+The streaming heads' buffer (``--buffer``, one or both, comma-separated): ``ratio`` is the
+paper's L_h = max(S0, ⌈N / C⌉) with S0 = ``--window`` and C = ``--compression-ratio``;
+``fixed`` is ``--window`` recent tokens whatever the length. Every table row names the
+buffer it measures.
+
+Retrieval heads are detected first on ``--detect-lengths`` (Wu et al.'s retrieval score,
+``retrieval_heads``); a KV head's score is the max over its query heads (GQA: SmolLM2 has 3
+query heads per KV head). m runs over ``--kv-heads`` (counts of full KV heads; 0 = pure
+streaming heads). ``--no-compensation`` adds a Razor column without the compensation token
+(ablation).
 
 **Batched.** The tests of one prompt length (one needle and context length: its depths)
 run with every policy as rows of one batch (``--rows`` at a time), each row under its own
@@ -20,22 +26,23 @@ policy's hooks (:func:`probes.batched_greedy.greedy_rows` with ``row_hooks``; ro
 length, so no padding), the same greedy procedure as ``answer(..., kv_policy=policy)``
 (``tests/unit/test_batched_greedy.py``). The detection scan is batched too (``--batch-size``).
 
-GPU (lent H200), the command for the lead (``benchmarks/gpu_wave5.sh razor``; expected
-≈ 90–150 s: 9 groups × 39 rows, 351 prefills + ≤ 9 × 50 batched steps, plus detection)::
+GPU, both buffers in one run (27 tests × (1 + 2 buffers × 6 m × 2 policies) = 675 answers,
+plus the detection scan)::
 
     PYTHONUNBUFFERED=1 python -m benchmarks.bench_razor --device cuda --lengths 1000,2000,4000 --depths 0,0.5,1 \\
-        --needles 0,1,2 --detect-lengths 1000,2000 --kv-heads 0,3,9,18,45,90 --window 64 --batch-size 48 \\
-        --rows 48 --out gpu_razor.md --verbose
+        --needles 0,1,2 --detect-lengths 1000,2000 --kv-heads 0,3,9,18,45,90 --window 64 --buffer ratio,fixed \\
+        --compression-ratio 5 --batch-size 48 --rows 48 --out gpu_razor.md --verbose
 
 CPU smoke test (tiny)::
 
     python -m benchmarks.bench_razor --lengths 200 --depths 0.5 --needles 0 --detect-lengths 200 \\
-        --kv-heads 0,9 --window 16 --max-new-tokens 12
+        --kv-heads 0,9 --window 16 --buffer ratio,fixed --max-new-tokens 12
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -43,7 +50,7 @@ import torch
 
 from benchmarks.common import add_output_flags, machine_info, markdown_table, publish
 
-HEADING = "RazorAttention: NIAH accuracy vs KV memory (issue 8)"
+HEADING = "RazorAttention: NIAH accuracy vs KV memory"
 
 
 def evaluate(model, built, configs, args, thr, say):
@@ -87,35 +94,43 @@ def run(args) -> str:
 
     say = (lambda *a: print(*a, flush=True)) if args.verbose else (lambda *a: None)
     configs: list[tuple[str, int, object]] = [("full", n_kv, None)]  # (column, m, policy or policy_for(test))
-    for m in args.kv_heads:
-        m = min(m, n_kv)
-        heads = tuple((l, k) for l, k, _ in ranking[:m])
-        razor = RazorAttention(heads, n_sink=args.n_sink, window=args.window)
-        configs.append(("razor", m, razor))
-        configs.append(("uniform", m, lambda t, razor=razor: uniform_window_for(model, razor, t.prompt_len)))
-        if args.no_compensation:
-            configs.append(("bare", m, RazorAttention(heads, n_sink=args.n_sink, window=args.window, compensation=False)))
+    variants = []  # (buffer, label, [config index of each m's razor column])
+    for buffer in args.buffer:
+        proto = RazorAttention((), n_sink=args.n_sink, window=args.window, buffer=buffer,
+                               compression_ratio=args.compression_ratio)
+        starts = []
+        for m in args.kv_heads:
+            m = min(m, n_kv)
+            heads = tuple((l, k) for l, k, _ in ranking[:m])
+            razor = dataclasses.replace(proto, heads=heads)
+            starts.append((m, len(configs)))
+            configs.append(("razor", m, razor))
+            configs.append(("uniform", m, lambda t, razor=razor: uniform_window_for(model, razor, t.prompt_len)))
+            if args.no_compensation:
+                configs.append(("bare", m, dataclasses.replace(razor, compensation=False)))
+        variants.append((buffer, proto.describe_buffer(), starts))
     t1 = time.perf_counter()
     correct, frac = evaluate(model, built, configs, args, thr, say)
-    rows = [["full cache", n_kv, "1.000", f"{np.mean(correct[0]):.3f}", "", ""]]
-    for c, (col, m, _) in enumerate(configs):
-        if col != "razor":
-            continue
-        r_acc, u_acc = np.mean(correct[c]), np.mean(correct[c + 1])
-        row = [f"razor, top {m} KV heads full", m, f"{np.mean(frac[c]):.3f} (uniform {np.mean(frac[c + 1]):.3f})",
-               f"{r_acc:.3f}", f"{u_acc:.3f}", f"{np.mean(correct[c + 2]):.3f}" if args.no_compensation else ""]
-        rows.append(row)
+    rows = [["full cache", "", n_kv, "1.000", f"{np.mean(correct[0]):.3f}", "", ""]]
+    for buffer, label, starts in variants:
+        for m, c in starts:
+            r_acc, u_acc = np.mean(correct[c]), np.mean(correct[c + 1])
+            rows.append([f"razor ({label}), top {m} KV heads full", buffer, m,
+                         f"{np.mean(frac[c]):.3f} (uniform {np.mean(frac[c + 1]):.3f})", f"{r_acc:.3f}", f"{u_acc:.3f}",
+                         f"{np.mean(correct[c + 2]):.3f}" if args.no_compensation else ""])
     t_eval = time.perf_counter() - t1
     info = machine_info()
     lengths, depths, needles = grid.lengths, grid.depths, grid.needles
+    buffers = "; ".join(f"`{b}`: {label}" for b, label, _ in variants)
     body = (f"Machine: {info.get('cpu')}, {info.get('cores')} cores, torch threads {torch.get_num_threads()}, "
             f"device {args.device}; model {args.model}. NIAH grid: {len(built)} tests ({len(needles)} needles × "
             f"lengths {', '.join(map(str, lengths))} × {len(depths)} depths), correct = recall of the answer's key words (those the question lacks) > {thr}. "
-            f"Streaming KV heads keep S = {args.n_sink} sinks + W = {args.window} recent tokens (+1 compensation token); "
-            f"the uniform cache keeps the same or fewer entries on every KV head, no compensation. Retrieval heads "
+            f"Streaming KV heads keep S = {args.n_sink} sinks + a recent buffer (+1 compensation token) — {buffers} "
+            f"(N: tokens in the cache); the uniform cache keeps the same or fewer entries on every KV head (fixed window), "
+            f"no compensation. Retrieval heads "
             f"detected on lengths {', '.join(map(str, args.detect_lengths))} ({det.n_counted} counted tests, "
-            f"{t_detect:.0f} s); evaluation {t_eval:.0f} s.\n\n"
-            + markdown_table(["policy", "full KV heads", "KV memory kept (mean over tests)", "NIAH acc (razor)",
+            f"{t_detect:.0f} s); evaluation {t_eval:.0f} s ({len(configs) * len(built)} answers).\n\n"
+            + markdown_table(["policy", "buffer", "full KV heads", "KV memory kept (mean over tests)", "NIAH acc (razor)",
                               "NIAH acc (uniform, same memory)", "razor w/o compensation"], rows) + "\n")
     body += "\nKV-head ranking (top 12): " + ", ".join(f"L{l}K{k} {s:.3f}" for l, k, s in ranking[:12]) + "\n"
     return body
@@ -123,6 +138,13 @@ def run(args) -> str:
 
 def main(argv=None) -> int:
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
+
+    def buffers(text: str) -> list[str]:
+        got = [b.strip() for b in text.split(",") if b.strip()]
+        if not got or any(b not in ("ratio", "fixed") for b in got) or len(set(got)) < len(got):
+            raise argparse.ArgumentTypeError(f"expected ratio, fixed or ratio,fixed, not {text!r}")
+        return got
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--device", default="cpu")
@@ -133,7 +155,10 @@ def main(argv=None) -> int:
     ap.add_argument("--detect-lengths", type=ints, default=[1000, 2000])
     ap.add_argument("--kv-heads", type=ints, default=[0, 3, 9, 18, 45, 90], help="numbers of full KV heads")
     ap.add_argument("--n-sink", type=int, default=4)
-    ap.add_argument("--window", type=int, default=64)
+    ap.add_argument("--window", type=int, default=64, help="the minimum buffer S0 (ratio) or the whole buffer (fixed)")
+    ap.add_argument("--buffer", type=buffers, default=["ratio"],
+                    help="streaming heads' buffer(s), comma-separated: ratio = max(S0, N/C) (the paper's), fixed = W")
+    ap.add_argument("--compression-ratio", type=float, default=5.0, help="C of the ratio buffer")
     ap.add_argument("--max-new-tokens", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=8, help="NIAH tests per batch in the detection scan")
     ap.add_argument("--rows", type=int, default=64, help="rows (test × policy) decoded together in the evaluation")

@@ -23,7 +23,14 @@ def add_kv_policy_flags(parser) -> None:
     parser.add_argument("--kv-policy", default="full", choices=KV_POLICIES.names() + ["none"],
                         help="KV-cache policy while decoding (default full)")
     parser.add_argument("--kv-sink", type=int, default=None, metavar="S", help="sink tokens kept (policy default if unset)")
-    parser.add_argument("--kv-window", type=int, default=None, metavar="W", help="recent tokens kept (policy default if unset)")
+    parser.add_argument("--kv-window", type=int, default=None, metavar="W",
+                        help="recent tokens kept; razor: the minimum buffer S0 (--kv-buffer ratio) or the whole buffer "
+                             "(fixed) (policy default if unset)")
+    parser.add_argument("--kv-buffer", default=None, choices=["ratio", "fixed"],
+                        help="razor: non-retrieval heads keep max(S0, N/C) recent tokens (ratio, the paper's; default) "
+                             "or a fixed window W")
+    parser.add_argument("--kv-ratio", type=float, default=None, metavar="C",
+                        help="razor: compression ratio C of the ratio buffer (policy default if unset)")
     parser.add_argument("--kv-heads", default="", metavar="L17K1,...", help="razor: KV heads that keep the full cache")
     parser.add_argument("--kv-heads-from", type=Path, default=None,
                         help="razor: a saved retrieval-heads or duo-gates result giving the full-KV heads")
@@ -72,14 +79,16 @@ def kv_policy_from_args(args, model):
     razor_only = args.kv_heads or args.kv_heads_from is not None or args.kv_top is not None or args.no_kv_compensation
     if name != "razor" and razor_only:
         raise InputError("--kv-heads, --kv-heads-from, --kv-top and --no-kv-compensation apply to --kv-policy razor only.")
+    sized = (("--kv-sink", "n_sink", args.kv_sink), ("--kv-window", "window", args.kv_window),
+             ("--kv-buffer", "buffer", args.kv_buffer), ("--kv-ratio", "compression_ratio", args.kv_ratio))
     if name in ("full", "none"):
-        if args.kv_sink is not None or args.kv_window is not None:
-            raise InputError(f"--kv-sink/--kv-window do not apply to --kv-policy {name}.")
+        if any(value is not None for _, _, value in sized):
+            raise InputError(f"--kv-sink/--kv-window/--kv-buffer/--kv-ratio do not apply to --kv-policy {name}.")
         return name
     cls = KV_POLICIES.get(name)
     names = {f.name for f in dataclasses.fields(cls)}
     fields = {}
-    for flag, key, value in (("--kv-sink", "n_sink", args.kv_sink), ("--kv-window", "window", args.kv_window)):
+    for flag, key, value in sized:
         if value is not None:
             if key not in names:
                 raise InputError(f"{flag} does not apply to --kv-policy {name}.")

@@ -1,12 +1,14 @@
 """DuoAttention gates on the embedded model: real passkey samples decode to what they claim,
-a couple of training steps keep every gate in [0, 1] and move them, the Result saves and
-reloads, and the CLI's bad input is one line."""
+two training steps equal the same steps on the objective written out independently
+(tests/duo_objective.py), and the Result saves and reloads."""
 
 import numpy as np
 import pytest
+import torch
 
 from analyses.duo_attention import DuoParams, duo_gates
 from analyses.passkey import passkey_samples
+from tests import duo_objective
 
 pytestmark = pytest.mark.integration
 
@@ -23,16 +25,26 @@ def test_passkey_samples_on_the_real_tokenizer(smollm2):
         assert all(f"passkey of the vault is {k}." in head for k in s.passkeys)
 
 
-def test_two_steps_keep_gates_in_unit_interval_and_round_trip(smollm2, tmp_path):
+def test_two_steps_follow_the_objective_and_round_trip(smollm2, tmp_path):
     from analyses.catalog import load_result
 
+    m = smollm2.model
     params = DuoParams(steps=2, min_length=120, max_length=120, n_passkeys=1, passkey_words=4, n_sink=4, window=16,
                        retrieval_heads=((17, 3), (18, 6)))
-    res = duo_gates(smollm2.model, params)
+    res = duo_gates(m, params)
     assert res.gates.shape == (30, 3) and res.group == 3 and res.complete
-    assert ((res.gates >= 0) & (res.gates <= 1)).all()
-    assert (res.gates < 1).any()  # the L1 penalty moved them
     assert np.isfinite(res.log["distill"]).all() and res.log["distill"].iloc[0] == pytest.approx(0.0, abs=1e-6)
+    # the same two steps on the objective written out (reference full branch, as DuoParams' default)
+    samples = [(s.ids, s.answer_start) for s in passkey_samples(m, 2, (120, 120), 1, 4, params.seed, params.n_lengths,
+                                                                 params.long_text)]
+    want, grads = duo_objective.train(m, samples, params.n_sink, params.window, params.lr, params.reg_weight,
+                                      params.full_branch)
+    # step 1 starts at α = 1, the unmodified model: the distillation term's gradient is exactly 0, so every gate
+    # gets λ/90 from the L1 term and closes by lr; step 2's gradient opens some gates and closes others
+    torch.testing.assert_close(grads[0], torch.full((30, 3), 0.05 / 90, dtype=torch.float64), rtol=1e-12, atol=0)
+    assert (grads[1] < 0).any() and (grads[1] > 0).any()
+    np.testing.assert_allclose(res.gates, want.numpy(), rtol=0, atol=1e-6)  # float32 gates
+    assert float(want.max() - want.min()) > 0.05  # the gates differ by far more than the tolerance
     res.save(tmp_path / "duo", html=True)
     back = load_result(tmp_path / "duo")
     assert back.params == params and np.array_equal(back.gates, res.gates)

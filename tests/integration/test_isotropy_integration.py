@@ -1,6 +1,7 @@
 """Isotropy on the embedded SmolLM2: the `isoscore` package agrees on real clouds, the
 streamed per-layer scores equal a direct computation on captured states, whitening fitted on
-one set and applied to another, contrastive search with α = 0 is greedy, the CLI."""
+one set and applied to another, contrastive search with α = 0 is greedy, the decoding
+comparison's isotropy equals Su & Collier's formula computed directly, the CLI."""
 
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ def test_whitening_effect_and_artefacts(smollm2, tmp_path):
     assert generate(model, "The capital of France is", 4, interventions=[iv]).new_tokens == base  # strength 0
 
 
-def test_contrastive_on_smollm2(smollm2):
+def test_contrastive_on_smollm2(smollm2, monkeypatch):
+    import probes.decoding
     from analyses.isotropy import decoding_isotropy
     from probes.contrastive import Contrastive
     from probes.decoding import generate
@@ -81,9 +83,29 @@ def test_contrastive_on_smollm2(smollm2):
     model = smollm2.model
     greedy = generate(model, "The capital of France is", 10).new_tokens
     assert generate(model, "The capital of France is", 10, Contrastive(alpha=0.0)).new_tokens == greedy
+    runs = []  # (prompt, generated ids) of every generation the comparison makes
+
+    def spy(model, prompt, *args, **kwargs):
+        out = generate(model, prompt, *args, **kwargs)
+        runs.append((list(prompt), list(out.new_tokens)))
+        return out
+
+    monkeypatch.setattr(probes.decoding, "generate", spy)
     res = decoding_isotropy(model, n_prompts=1, max_new_tokens=24)
     summ = res.summary().set_index("strategy")
-    assert len(summ) == 3 and summ["isotropy"].between(0, 2).all()
+    assert len(summ) == 3 and len(res.table) == 3 == len(runs)
+    # Su & Collier's isotropy of each generation, computed directly: the generated tokens' last-layer
+    # states through the final RMS norm (by hand, float64), 1 − the mean cosine over the pairs i ≠ j
+    site = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    for row, (prompt, new) in zip(res.table.itertuples(), runs):
+        assert row.n_tokens == len(new) == 24 and len(prompt) == 32
+        with torch.no_grad():
+            _, cache = model.run_with_cache(torch.tensor([prompt + new]), names_filter=[site])
+            x = cache[site][0, len(prompt):].double()
+            h = x / (x.pow(2).mean(-1, keepdim=True) + model.cfg.eps).sqrt() * model.ln_final.w.double()
+        cos = [float(torch.nn.functional.cosine_similarity(h[i], h[j], dim=0)) for i in range(24) for j in range(24)
+               if i != j]
+        assert row.isotropy == pytest.approx(1 - np.mean(cos), abs=1e-6)
     # greedy repeats itself at least as much as contrastive search on this prefix (Su et al.'s point)
     assert summ.filter(like="contrastive", axis=0)["rep_2"].item() <= summ.loc["greedy", "rep_2"]
 

@@ -19,8 +19,8 @@ from probes.results import Params
 
 
 def _args(**kw):
-    base = dict(kv_policy="full", kv_sink=None, kv_window=None, kv_heads="", kv_heads_from=None, kv_top=None,
-                no_kv_compensation=False)
+    base = dict(kv_policy="full", kv_sink=None, kv_window=None, kv_buffer=None, kv_ratio=None, kv_heads="",
+                kv_heads_from=None, kv_top=None, no_kv_compensation=False)
     base.update(kw)
     return Namespace(**base)
 
@@ -49,12 +49,21 @@ def test_cli_kv_flags_build_the_policy(tiny_gqa):
     assert kv_policy_from_args(_args(kv_policy="sink_window", kv_sink=2, kv_window=10), tiny_gqa) == SinkWindow(2, 10)
     got = kv_policy_from_args(_args(kv_policy="razor", kv_heads="L1K0,L0K1", kv_window=5, no_kv_compensation=True), tiny_gqa)
     assert got == RazorAttention(((0, 1), (1, 0)), window=5, compensation=False, head_kind="kv")
+    assert got.buffer == "ratio" and got.compression_ratio == 5.0  # the paper's buffer by default
+    got = kv_policy_from_args(_args(kv_policy="razor", kv_heads="L1K0", kv_window=8, kv_ratio=3.0), tiny_gqa)
+    assert (got.buffer, got.window, got.compression_ratio, got.buffer_length(60)) == ("ratio", 8, 3.0, 20)
+    got = kv_policy_from_args(_args(kv_policy="razor", kv_window=8, kv_buffer="fixed"), tiny_gqa)
+    assert (got.buffer, got.buffer_length(60)) == ("fixed", 8)
     assert parse_kv_heads("L17K1 l3k0") == [(17, 1), (3, 0)]
 
 
 @pytest.mark.parametrize("kw, msg", [
     (dict(kv_policy="full", kv_window=4), "do not apply"),
     (dict(kv_policy="window", kv_sink=4), "does not apply"),
+    (dict(kv_policy="sink_window", kv_ratio=3.0), "--kv-ratio does not apply"),
+    (dict(kv_policy="sink_window", kv_buffer="fixed"), "--kv-buffer does not apply"),
+    (dict(kv_policy="none", kv_ratio=3.0), "do not apply"),
+    (dict(kv_policy="razor", kv_ratio=0.5), "compression_ratio"),
     (dict(kv_policy="sink_window", kv_heads="L0K0"), "razor only"),
     (dict(kv_policy="razor", kv_heads="L0H1"), "expected a KV head"),
     (dict(kv_policy="razor", kv_heads="L5K0"), "outside the model"),
@@ -66,9 +75,19 @@ def test_cli_kv_flags_bad_input(tiny_gqa, kw, msg):
 
 
 def test_kv_curve_params_refuse_bad_values():
-    for bad in (dict(kv_heads=()), dict(kv_heads=(-1,)), dict(window=-1)):
+    for bad in (dict(kv_heads=()), dict(kv_heads=(-1,)), dict(window=-1), dict(buffer="grow"),
+                dict(compression_ratio=0.0)):
         with pytest.raises(InputError):
             KVCurveParams(**bad)
+
+
+def test_kv_curve_params_describe_the_policy():
+    p = KVCurveParams()
+    assert (p.buffer, p.window, p.compression_ratio) == ("ratio", 64, 5.0)
+    assert p.policy(((1, 0),)) == RazorAttention(((1, 0),), n_sink=4, window=64, compression_ratio=5.0)
+    fixed = KVCurveParams(buffer="fixed", window=16, compensation=False).policy(())
+    assert fixed == RazorAttention((), n_sink=4, window=16, compensation=False, buffer="fixed")
+    assert Params.from_dict(KVCurveParams(buffer="fixed", compression_ratio=2.0).to_dict()).buffer == "fixed"
 
 
 def test_answers_under_policies_equal_one_answer_per_test_and_policy(tiny_gqa):
