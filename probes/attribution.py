@@ -20,8 +20,9 @@ real position.
   ``steps = m > 1`` it is EAP-IG (Hanna et al. 2024, "EAP-IG-inputs" of hannamw/EAP-IG): the
   gradient is averaged over m runs of the target prompts whose input embeddings are
   ``e_src + (k/m)(e_tgt − e_src)``, k = 0..m−1 — a left Riemann sum that starts at the source
-  run (in noising the corrupted run: the reference's ``corrupted + k/m·(clean − corrupted)``)
-  and stops one step short of the target — times the same ``a_src − a_tgt`` of the real runs.
+  run (in noising the corrupted run: the reference's ``corrupted + k/m·(clean − corrupted)``;
+  in denoising, which the reference does not define, the clean run) and stops one step short of
+  the target — times the same ``a_src − a_tgt`` of the real runs.
   ``steps=1`` is plain AtP, the gradient at the target run (tested). Cost: m forward+backward
   passes + 1 forward.
 
@@ -420,9 +421,10 @@ def head_vectors(model, tokens: torch.Tensor, lengths: torch.Tensor, batch_size:
     prompt's real positions (the discrete-SAE method's input, O'Neill & Bui 2024);
     ``positions="last"``: at each prompt's last real position instead (a diagnostic variant).
 
-    ``isometric=True`` returns [N, nodes, d_head] instead: the same vectors in an orthonormal
-    basis of the row space of ``W_O[h]`` (where every output of head h lies), so norms and inner
-    products are exactly those of the d_model vectors while the SAE input is d_head wide."""
+    ``isometric=True`` returns [N, nodes, d_head] instead (the input of the per-head-SAE
+    variant): the same vectors in an orthonormal basis of the row space of ``W_O[h]`` (where
+    every output of head h lies), so a head's norms and inner products are exactly those of its
+    d_model vectors while the input is d_head wide."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     basis = None
     if isometric:  # Q_h: [d_model, r] orthonormal columns spanning the rows of W_O[l, h]
