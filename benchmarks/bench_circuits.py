@@ -1,4 +1,4 @@
-"""Benchmarks for issue 11 (circuit discovery): ``python -m benchmarks.bench_circuits``.
+"""Circuit-discovery benchmarks: ``python -m benchmarks.bench_circuits``.
 
 Per task (the shipped ``circuit_*`` tasks), ``analyses.circuits.circuit_compare`` runs every method
 on the same positive prompt pairs and the same noising-patching ground truth, timing each:
@@ -7,7 +7,10 @@ on the same positive prompt pairs and the same noising-patching ground truth, ti
   layer's ``resid_pre``) — the ground truth and the baseline the other methods are compared with;
 * **attribution patching** (1 forward+backward + 2 forwards) and **EAP-IG** (m forward+backward
   + 2 forwards);
-* the **discrete-SAE method** (2 forwards for the head vectors + training one SAE per head).
+* the **discrete-SAE method** (2 forwards for the head vectors + training the reference's one SAE
+  over all heads' d_model outputs; ``--per-head`` adds our per-head-SAE variant as its own rows),
+  with the reference's own "edge AUC" (its top head pairs as node predictions, scored against the
+  node ground truth) beside its node AUC.
 
 Beside it, the sweep's batching is checked against the naive sweep (one full forward per head,
 same prompts) on ``--naive-layers`` layers, both timed in this run.
@@ -20,9 +23,10 @@ thresholds, runtimes and passes, and the batched path patching (all edges of a r
 forward) timed against one edge per forward on the edges into the two busiest receiver layers.
 
 ``--device cuda`` runs on the GPU; ``--out FILE`` writes the markdown there (else, unless
-``--quick``, into RESULTS.md's section). GPU (wave 5): ``python -m benchmarks.bench_circuits --device cuda
---n-prompts 32 --batch-size 32 --edge-top-n 20 --edge-inputs qkv,q,kv --out /tmp/circuits_gpu.md``
-(about 2–3 minutes on an H200 for the four tasks).
+``--quick``, into RESULTS.md's section). GPU: ``python -m benchmarks.bench_circuits --device cuda
+--n-prompts 32 --batch-size 32 --edge-top-n 20 --edge-inputs qkv,q,kv --per-head --sae-diagnostics
+--out /tmp/circuits_gpu.md``. Tiny CPU check: ``--tasks induction --n-prompts 2 --epochs 20
+--edge-top-n 4 --sizes 1,5 --naive-layers 0 --ig-steps 2 --quick``.
 """
 
 from __future__ import annotations
@@ -95,8 +99,8 @@ def edge_batching_seconds(model, pairs, edges, inputs, batch_size: int) -> tuple
 
 
 def sae_diagnostics(model, pairs, res, p) -> tuple[list, list]:
-    """Why the discrete-SAE node score misses heads (issue 11 §5), without tuning on the ground
-    truth: the reference (head output averaged over positions) against two variants fixed in
+    """Why the discrete-SAE node score misses heads, without tuning on the ground truth: the
+    reference (head output averaged over positions) against two variants fixed in
     advance — the head output at the last position (where the metric is read) and a label-free
     baseline (distinct codes per head over all prompts, positive or not: code *diversity*).
     Returns AUC rows and per-missed-head rows."""
@@ -110,7 +114,8 @@ def sae_diagnostics(model, pairs, res, p) -> tuple[list, list]:
     div = {}
     for positions in ("mean", "last"):
         sp = CircuitDiscoverParams(task=p.task, n_prompts=p.n_prompts, n_latents=p.n_latents, l1=p.l1, epochs=p.epochs,
-                                   seed=p.seed, n_train=p.n_train, isometric=p.isometric, positions=positions)
+                                   shared=p.shared, seed=p.seed, n_train=p.n_train, isometric=p.isometric,
+                                   positions=positions)
         cp, cn = sae_codes(model, pairs, sp)
         counts = discrete.unique_positive_counts(cp, cn).reshape(L, H)
         codes = np.concatenate([cp, cn])
@@ -190,7 +195,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ig-steps", type=int, default=5)
     ap.add_argument("--sizes", default="1,2,5,10,20,40,80")
     ap.add_argument("--naive-layers", default="0,15", help="layers on which the naive sweep is timed")
-    ap.add_argument("--shared", action="store_true", help="also run the shared-SAE variant (reference code)")
+    ap.add_argument("--per-head", action="store_true",
+                    help="also run our per-head-SAE variant (one SAE per head, isometric input) beside the reference's shared SAE")
     ap.add_argument("--quick", action="store_true", help="print only, do not write RESULTS.md")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown here")
     ap.add_argument("--threads", type=int, default=None)
@@ -218,26 +224,30 @@ def main(argv=None) -> int:
                        f"{check['mean_ld_corrupt']:.2f}", "yes" if ok else "NO (reported, not scored)"])
         if not ok:
             continue
-        variants = [False, True] if args.shared else [False]
+        variants = [True, False] if args.per_head else [True]
         for shared in variants:
             p = CircuitCompareParams(task=task, n_prompts=args.n_prompts, batch_size=args.batch_size, ig_steps=args.ig_steps,
                                      epochs=args.epochs, sizes=sizes, shared=shared,
-                                     edge_top_n=0 if shared else args.edge_top_n, edge_inputs=edge_inputs)
+                                     edge_top_n=args.edge_top_n if shared else 0, edge_inputs=edge_inputs)
             t0 = time.perf_counter()
             res = circuit_compare(model, p, progress=_progress(task))
             total = time.perf_counter() - t0
             tab = res.auc_table()
             for m in res.methods:
-                if shared and m != "discrete_sae":
+                if not shared and m != "discrete_sae":
                     continue
-                name = m + (" (shared SAE)" if shared else "")
+                name = m + ("" if shared else " (per-head SAEs, ours)")
                 aucs = [f"{tab[(tab.method == m) & (tab.threshold == t)].node_auc.item():.3f}" for t in p.thresholds]
                 auc_rows.append([name, task, *aucs, res.n_used])
+                if m == "discrete_sae":
+                    pair = [f"{tab[(tab.method == m) & (tab.threshold == t)].pair_node_auc.item():.3f}" for t in p.thresholds]
+                    auc_rows.append([f"{name}: top head pairs as nodes (the reference's \"edge AUC\")", task, *pair,
+                                     res.n_used])
                 sec = res.seconds[m]
                 pas = res.passes[m]
                 time_rows.append([name, task, f"{sec:.2f}", f"{res.seconds['patching'] / sec:.1f}×",
                                   pas.get("forward_prompt_sets", "?"), pas.get("backward_prompt_sets", 0)])
-            if not shared:
+            if shared:
                 gts = [int(tab[(tab.method == "patching") & (tab.threshold == t)].gt_size.item()) for t in p.thresholds]
                 auc_rows.append(["(ground-truth size)", task, *gts, res.n_used])
                 f = res.faithfulness
@@ -283,24 +293,30 @@ def main(argv=None) -> int:
                 nn_ = naive_sweep_seconds(model, pairs, naive_layers, args.batch_size)
                 time_rows.append([f"sweep on layers {naive_layers}: batched vs one forward per head", task,
                                   f"{nb:.2f} vs {nn_:.2f}", f"{nn_ / nb:.1f}× faster", "", ""])
-            print(f"{task}{' shared' if shared else ''}: {total:.1f} s")
+            print(f"{task}{'' if shared else ' (per-head SAEs)'}: {total:.1f} s")
 
     ths = CircuitCompareParams().thresholds
     for a in ANCHORS:
-        auc_rows.append([a["method"] + " — theirs", a["task"], *([f"{a['node_auc']:.3f}"] + [""] * (len(ths) - 1)),
-                         f"edge AUC {a['edge_auc']:.3f}"])
-    for a in ANCHORS:
-        edge_auc_rows.append([a["method"] + " — theirs", a["task"], *([f"{a['edge_auc']:.3f}"] + [""] * (len(ths) - 1)),
-                              "published circuit"])
+        if a["pair_node_auc"] == a["pair_node_auc"]:  # O'Neill & Bui: node AUC and top-pairs-as-nodes AUC
+            auc_rows.append([f"{a['method']}, {a['model']} — theirs", a["task"],
+                             *([f"{a['node_auc']:.3f}"] + [""] * (len(ths) - 1)),
+                             f"top pairs as nodes (their \"edge AUC\") {a['pair_node_auc']:.3f}"])
+        if a["edge_auc"] == a["edge_auc"]:  # ACDC: over the published circuit's edges
+            edge_auc_rows.append([f"{a['method']}, {a['model']} — theirs", a["task"],
+                                  *([f"{a['edge_auc']:.3f}"] + [""] * (len(ths) - 1)), "published circuit"])
     info = machine_info()
     body = [f"Machine: {info.get('cpu', '?')}, {info.get('cores', '?')} cores, device {args.device}, torch "
             f"{torch.__version__}, {torch.get_num_threads()} thread(s). Model {args.model}; {args.n_prompts} positive "
-            f"prompt pairs per task; SAE {args.epochs} epochs, 200 latents, L1 0.02; EAP-IG {args.ig_steps} steps; edges "
-            f"among the top-{args.edge_top_n} heads.",
+            f"prompt pairs per task; discrete SAE: one SAE over all heads' d_model outputs (the reference), "
+            f"{args.epochs} epochs, 200 latents, L1 0.02, trained on 10 of the prompts; EAP-IG {args.ig_steps} steps (gradients at "
+            f"corrupted + k/m·(clean − corrupted), k = 0..m−1); edges among the top-{args.edge_top_n} heads.",
             "", "Task check (the prompt pairs evaluated to find the positive ones):", "",
             markdown_table(["task", "pairs", "clean positive", "mean LD clean", "mean LD corrupted", "does the task"], checks),
-            "", "Node ROC-AUC against the noising-patching ground truth (|effect| ≥ threshold); "
-                "GPT-2 rows are the papers' own numbers on GPT-2 small with published circuits (not comparable ground truth):", "",
+            "", "Node ROC-AUC against the noising-patching ground truth (|effect| ≥ threshold). \"Top head pairs as "
+                "nodes\": the discrete SAE's head pairs ranked by co-occurrence count, the heads of the top n²/2 pair "
+                "entries counted and scored against the node ground truth — what O'Neill & Bui report as \"edge AUC\". "
+                "\"theirs\" rows: the papers' own numbers on their models (IOI, greater-than: GPT-2 small; docstring: "
+                "attn-only-4l) against published circuits (not comparable ground truth):", "",
             markdown_table(["method", "task", *[f"AUC @ {t:g}" for t in ths], "prompts"], auc_rows),
             "", "Runtime (seconds; ratio = patching sweep time / method time, same run); passes in units of one "
                 "forward over the prompt set (patching: per layer, from that layer on):", "",
@@ -308,13 +324,16 @@ def main(argv=None) -> int:
             "", "Faithfulness: logit difference as a fraction of the clean one, keep-only-top-k / ablate-top-k "
                 "(mean ablation over corrupted prompts and positions):", "",
             markdown_table(["method", "task", *[f"k={k}" for k in sizes]], faith_rows),
-            "", "Ground-truth heads (|effect| ≥ 0.02) the discrete-SAE method ranks lowest (effect, rank of 270):", "",
+            "", f"Ground-truth heads (|effect| ≥ 0.02) the discrete-SAE method ranks lowest (effect, rank of "
+                f"{model.cfg.n_layers * model.cfg.n_heads}):", "",
             markdown_table(["task", "missed heads"], miss_rows)]
     if edge_auc_rows and args.edge_top_n:
         body += ["", f"Edge ROC-AUC against path patching (|edge effect| ≥ threshold, the node thresholds; edges = every "
                      f"ordered pair of the top-{args.edge_top_n} heads by |node effect| with the receiver in a later layer; "
-                     f"receiver = a query head patched through its own {edge_inputs[0]} inputs, K/V ungrouped). GPT-2 rows: "
-                     "the papers' edge AUCs against published GPT-2 circuits (theirs, not comparable):", "",
+                     f"receiver = a query head patched through its own {edge_inputs[0]} inputs, K/V ungrouped). \"theirs\" "
+                     "rows: ACDC's edge AUCs against published circuits on its models (IOI, greater-than: GPT-2 small; "
+                     "docstring: attn-only-4l; not comparable). O'Neill & Bui's \"edge AUC\" is a node AUC (in the node "
+                     "table):", "",
                  markdown_table(["method", "task", *[f"edge AUC @ {t:g}" for t in ths], "prompts"], edge_auc_rows),
                  "", "Edge runtime (seconds; ratio = path-patching time / method time, same run); passes in forward "
                      "prompt-sets (path patching: one per edge × input group, each from the receiver's layer on):", "",

@@ -1,8 +1,11 @@
 """Side-by-side check of the discrete-SAE scoring against an independent loop-for-loop
 re-implementation of the reference algorithm (charlieoneill11/sae-circuits: ``src/node.py``
 ``unique_to_positives_and_negatives`` + softmax, ``src/edge.py`` ``gen_co_occurrence_matrix`` +
-``unique_co_occurrences``, normalise=False), written here from their description — python sets
-per head, a dense [heads, heads, codes, codes] co-occurrence matrix — on random codes.
+``unique_co_occurrences``, normalise=False, and ``edge_circuit_prediction``: the top head pairs
+turned into node counts, the reference's "edge AUC" input), written here from their description
+— python sets per head, a dense [heads, heads, codes, codes] co-occurrence matrix, a list of the
+sorted pairs' heads — on random codes. The reference sorts with numpy's default (unstable) sort,
+which leaves ties in no set order; both sides here break ties as a reversed stable sort.
 
 ``python -m benchmarks.ref_sae_circuits_match`` prints the largest differences (expected 0).
 """
@@ -43,6 +46,20 @@ def ref_edges(pos, neg, n_feat):
     return out
 
 
+def ref_pair_nodes(counts):
+    n = counts.shape[0]
+    order = np.argsort(counts.flatten(), kind="stable")[::-1]
+    rows, cols = np.unravel_index(order, counts.shape)
+    components = []
+    for h1, h2 in zip(rows, cols):
+        components.append(h1)
+        components.append(h2)
+    y = np.zeros(n)
+    for h in components[: n * n // 2]:
+        y[h] += 1
+    return y
+
+
 def main() -> int:
     rng = np.random.default_rng(0)
     worst = 0.0
@@ -56,7 +73,9 @@ def main() -> int:
         c = discrete.unique_positive_counts(pos, neg)
         s = discrete.node_scores(pos, neg)
         e = discrete.edge_counts(pos, neg, n_feat)
-        d = max(np.abs(c - c_ref).max(), np.abs(s - s_ref).max(), np.abs(e - e_ref).max())
+        p_ref = ref_pair_nodes(e_ref)
+        p = discrete.pair_node_counts(e)
+        d = max(np.abs(c - c_ref).max(), np.abs(s - s_ref).max(), np.abs(e - e_ref).max(), np.abs(p - p_ref).max())
         worst = max(worst, d)
         print(f"trial {trial}: node counts {c_ref[:6].astype(int)}…, edge total {int(e_ref.sum())}, max |diff| {d:.3g}")
     print(f"largest difference over all trials: {worst:.3g}")

@@ -1,4 +1,4 @@
-"""Patching and gradient attribution of attention heads and MLP layers (issue 11; REFERENCES §19).
+"""Patching and gradient attribution of attention heads and MLP layers.
 
 The probe layer's only code that runs with gradients. Nodes are every attention head — its
 output ``z`` (``blocks.L.attn.hook_z``, [batch, pos, head, d_head]; TransformerLens expands
@@ -17,10 +17,14 @@ real position.
 * :func:`attribution_nodes` — attribution patching (AtP, Nanda 2023 / Syed et al. 2023):
   ``(a_src − a_tgt) · ∂metric/∂a`` at the target run, summed over positions and features; one
   forward+backward on the target prompts plus one forward on the source prompts. With
-  ``steps = m > 1`` it is EAP-IG (Hanna et al. 2024): the gradient is averaged over m runs
-  whose input embeddings are ``e_tgt + α (e_src − e_tgt)``, α = k/m for k = 0..m−1 (left
-  Riemann sum), so ``steps=1`` is exactly AtP (tested). Cost: m forward+backward passes + 1
-  forward.
+  ``steps = m > 1`` it is EAP-IG (Hanna et al. 2024, "EAP-IG-inputs" of hannamw/EAP-IG): the
+  gradient is averaged over m runs of the target prompts whose input embeddings are
+  ``e_src + (k/m)(e_tgt − e_src)``, k = 0..m−1 — a left Riemann sum that starts at the source
+  run (in noising the corrupted run: the reference's ``corrupted + k/m·(clean − corrupted)``;
+  in denoising, which the reference does not define, the clean run) and stops one step short of
+  the target — times the same ``a_src − a_tgt`` of the real runs.
+  ``steps=1`` is plain AtP, the gradient at the target run (tested). Cost: m forward+backward
+  passes + 1 forward.
 
 Both return the raw change of the mean metric; :func:`normalise` turns it into the fraction of
 the clean–corrupt gap (``(LD_patched − LD_target) / (LD_source − LD_target)``).
@@ -322,20 +326,32 @@ def attribution_nodes(model, pairs: Pairs, direction: Direction = "noising", ste
                        passes={"forward_prompt_sets": 2 + steps, "backward_prompt_sets": steps})
 
 
+def ig_fractions(steps: int) -> list[float]:
+    """Where EAP-IG takes its gradients: the fractions β of the way from the source run's input
+    embeddings to the target's, ``e = e_src + β (e_tgt − e_src)``. ``steps = m > 1``: β = k/m,
+    k = 0 … m − 1 (hannamw/EAP-IG ``get_scores_eap_ig``: ``corrupted + k/m·(clean − corrupted)``
+    with the corrupted run as the source); ``steps = 1``: β = 1, the target run (attribution
+    patching)."""
+    if not isinstance(steps, int) or steps < 1:
+        raise InputError("EAP-IG needs steps >= 1.")
+    return [1.0] if steps == 1 else [k / steps for k in range(steps)]
+
+
 def ig_gradients(model, sub: Pairs, tokens: torch.Tensor, emb_src: dict, emb_tgt: dict, e_names: Sequence[str],
                  names: Sequence[str], steps: int, context=contextlib.nullcontext) -> dict[str, torch.Tensor]:
-    """Integrated gradients of the summed logit difference (run on ``tokens``) w.r.t. the
-    activations at ``names``, averaged over ``steps`` points α = k / steps (k = 0 … steps − 1) of
-    the straight line from the target's embeddings (``emb_tgt``) to the source's (``emb_src``) at
-    hooks ``e_names``; ``steps = 1`` is the plain gradient at the target (attribution patching).
+    """Gradients of the summed logit difference (run on ``tokens``, the target prompts) w.r.t.
+    the activations at ``names``, averaged over the points :func:`ig_fractions` of the straight
+    line from the source's input embeddings (``emb_src``) to the target's (``emb_tgt``) at hooks
+    ``e_names``; ``steps = 1`` is the plain gradient at the target (attribution patching).
     ``context()`` is entered around each forward (e.g. split per-head inputs)."""
     grads: dict[str, torch.Tensor] = {}
-    for k in range(steps):
-        alpha = k / steps
+    fractions = ig_fractions(steps)
+    for beta in fractions:
         kept: dict[str, torch.Tensor] = {}
 
-        def embed(x, hook):
-            e = emb_tgt[hook.name] + alpha * (emb_src[hook.name] - emb_tgt[hook.name])
+        def embed(x, hook, beta=beta):
+            s, t = emb_src[hook.name], emb_tgt[hook.name]
+            e = t if beta == 1.0 else s + beta * (t - s)
             return e.detach().clone().requires_grad_(True)
 
         def keep(x, hook):
@@ -347,7 +363,8 @@ def ig_gradients(model, sub: Pairs, tokens: torch.Tensor, emb_src: dict, emb_tgt
             metric = logit_diff(last_logits(model, tokens, sub.lengths), sub).sum()
             gs = torch.autograd.grad(metric, [kept[nm] for nm in names])
         for nm, g in zip(names, gs):
-            grads[nm] = grads[nm] + g.detach() / steps if nm in grads else g.detach() / steps
+            g = g.detach() / len(fractions)
+            grads[nm] = grads[nm] + g if nm in grads else g
     return grads
 
 
@@ -404,9 +421,10 @@ def head_vectors(model, tokens: torch.Tensor, lengths: torch.Tensor, batch_size:
     prompt's real positions (the discrete-SAE method's input, O'Neill & Bui 2024);
     ``positions="last"``: at each prompt's last real position instead (a diagnostic variant).
 
-    ``isometric=True`` returns [N, nodes, d_head] instead: the same vectors in an orthonormal
-    basis of the row space of ``W_O[h]`` (where every output of head h lies), so norms and inner
-    products are exactly those of the d_model vectors while the SAE input is d_head wide."""
+    ``isometric=True`` returns [N, nodes, d_head] instead (the input of the per-head-SAE
+    variant): the same vectors in an orthonormal basis of the row space of ``W_O[h]`` (where
+    every output of head h lies), so a head's norms and inner products are exactly those of its
+    d_model vectors while the input is d_head wide."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     basis = None
     if isometric:  # Q_h: [d_model, r] orthonormal columns spanning the rows of W_O[l, h]

@@ -1,32 +1,31 @@
-"""Discrete SAE codes for circuit discovery (O'Neill & Bui 2024; REFERENCES §19).
+"""Discrete SAE codes for circuit discovery (O'Neill & Bui 2024, "Sparse Autoencoders Enable
+Scalable and Reliable Circuit Identification in Language Models").
 
-Input: every head's output averaged over a prompt's positions, ``[N prompts, n_nodes, d_model]``
-(:func:`probes.attribution.head_vectors`), for positive prompts (clean, the model right) and
-negative prompts (corrupted). One small SAE per head is trained on that head's N vectors; a
-head's *code* on a prompt is the argmax latent. Node score = number of codes seen on positive
-prompts and never on negative ones, softmax over all heads; edge score of (h1, h2) = number of
-code pairs (c1, c2) that co-occur on some positive prompt and on no negative one.
+Input: every head's output ``z_h W_O[h]`` averaged over a prompt's positions, ``[N prompts,
+n_nodes, d_model]`` (:func:`probes.attribution.head_vectors`), for positive prompts (clean, the
+model right) and negative prompts (corrupted). A head's *code* on a prompt is the argmax latent
+of its vector. Node score = number of codes a head takes on positive prompts and never on
+negative ones, softmax over all heads; edge score of (h1, h2) = number of code pairs (c1, c2)
+that co-occur on some positive prompt and on no negative one.
 
-The SAE follows the reference code (charlieoneill11/sae-circuits, ``src/sae.py``,
-``src/train.py``): tied pre-encoder / post-decoder bias initialised at 0, ReLU encoder, both
-weight matrices re-normalised to unit rows before every forward (encoder [m, d]: each latent's
-row; decoder [d, m]: each output row, as the reference's ``ConstrainedUnitNormLinear(m, d)``
-does) with the gradient component along each row removed, loss = MSE + λ · mean L1 of the
-latents, full-batch Adam (lr 1e-3), 500 epochs, 200 latents, λ = 0.02.
+The default is the reference code (charlieoneill11/sae-circuits, ``src/sae.py``,
+``src/train.py``, ``experiments/main_results.py``): ONE SAE shared by all heads, trained on the
+d_model head vectors of ``n_train = 10`` randomly drawn prompts of the positive+negative mix
+(``num_sae_examples``) and then applied to every prompt; 200 latents, tied pre-encoder /
+post-decoder bias initialised at 0, ReLU encoder, both weight matrices re-normalised to unit rows
+before every forward (encoder [m, d]: each latent's row; decoder [d, m]: each output row, as the
+reference's ``ConstrainedUnitNormLinear``) with the gradient component along each row removed,
+loss = MSE + λ · mean L1 of the latents (λ = 0.02; its docstring run used 0.05), full-batch Adam
+(lr 1e-3), 500 steps.
 
-Deviations, stated: (1) the reference trains ONE SAE shared by all heads (its input is
-[N, heads, d] into a single ``SparseAutoencoder(d, 200)``); §19 and the issue say one SAE per
-head. ``shared=False`` (default) trains one per head, ``shared=True`` the reference's single
-shared SAE. (2) The per-head SAEs are trained *together* as one batched tensor program
-([n_nodes, m, d] weights, the sum of the independent per-head losses, Adam being per-parameter)
-instead of n_nodes SAE-Lens trainer runs: 270 separate SAE-Lens runs of 500 steps cost minutes
-on a CPU, the batched program seconds, and SAE-Lens has no trainer for many independent small
-inputs. (3) Like the reference (``num_sae_examples = 10``), the SAEs train on ``n_train``
-randomly drawn prompts of the positive+negative mix and then encode every prompt; ``n_train=None``
-trains on all. (4) Per-head SAEs read each head's output in an orthonormal basis of that head's
-output space (``probes.attribution.head_vectors(isometric=True)``: d_head = 64 coordinates with
-exactly the d_model vectors' norms and inner products) — the same geometry at 1/9 of the cost on
-SmolLM2; ``isometric=False`` feeds the raw d_model vectors.
+``shared=False`` is a variant of ours, *per-head SAEs*: one SAE per head, each trained only on
+that head's vectors (the SAEs are trained together as one batched program — [n_nodes, m, d]
+weights, the sum of the independent losses, Adam being per-parameter). With
+``probes.attribution.head_vectors(isometric=True)`` a head's vectors are read in an orthonormal
+basis of its output space (d_head coordinates with the d_model vectors' norms and inner
+products). The per-head SAEs are a different model from the reference's shared one (a head's
+codes come from its own dictionary, not from one dictionary over all heads): their codes, and so
+their scores, differ from the reference's.
 """
 
 from __future__ import annotations
@@ -42,7 +41,8 @@ from probes.errors import InputError
 
 @dataclass
 class HeadSAEs:
-    """``k`` SAEs (k = n_nodes, or 1 when shared): weights [k, m, d], [k, m], [k, d, m], [k, d]."""
+    """``k`` SAEs (1 when shared — the reference —, else k = n_nodes): weights [k, m, d], [k, m],
+    [k, d, m], [k, d]."""
 
     W_enc: torch.Tensor
     b_enc: torch.Tensor
@@ -77,8 +77,9 @@ def _project_grad(w: torch.Tensor) -> None:
 
 
 def train_head_saes(x: torch.Tensor, n_latents: int = 200, l1: float = 0.02, epochs: int = 500, lr: float = 1e-3,
-                    shared: bool = False, seed: int = 0, n_train: int | None = None) -> HeadSAEs:
-    """Train the SAEs on ``x`` [N, n_nodes, d] (float32), full batch."""
+                    shared: bool = True, seed: int = 0, n_train: int | None = None) -> HeadSAEs:
+    """Train on ``x`` [N, n_nodes, d] (float32), full batch: one SAE over every head's vectors
+    (``shared=True``, the reference) or one per head (``shared=False``)."""
     if x.ndim != 3 or x.shape[0] < 2:
         raise InputError("Discrete-SAE training needs head vectors [N >= 2 prompts, heads, d_model].")
     if n_latents < 2 or epochs < 1 or l1 < 0:
@@ -160,6 +161,22 @@ def edge_counts(pos: np.ndarray, neg: np.ndarray, n_codes: int) -> np.ndarray:
     counts = torch.bincount(only // (n_codes * n_codes), minlength=n * n).reshape(n, n).numpy()
     np.fill_diagonal(counts, 0)
     return counts
+
+
+def pair_node_counts(edges: np.ndarray, k: int | None = None) -> np.ndarray:
+    """[n_nodes]: the reference's "edge" prediction turned into nodes (``src/edge.py``
+    ``edge_circuit_prediction``, ``src/main.py`` ``evaluate_edge_circuit``): order all ordered
+    head pairs by :func:`edge_counts` (largest first), list the pairs' heads in that order
+    (h1, h2, h1', h2', …) and count how often each head occurs among the first ``k`` entries
+    (default ``n_nodes² // 2``, the reference's). The reference scores these counts (softmax) by
+    ROC-AUC against the *node* ground truth and reports that as its "edge AUC". Ties, which the
+    reference's unstable sort leaves in no set order, are taken larger flat index first."""
+    edges = np.asarray(edges)
+    n = edges.shape[0]
+    k = n * n // 2 if k is None else int(k)
+    order = np.argsort(edges.ravel(), kind="stable")[::-1]
+    heads = np.stack([order // n, order % n], 1).ravel()[:k]
+    return np.bincount(heads, minlength=n)
 
 
 def top_codes(codes: np.ndarray, labels: np.ndarray, k: int = 3) -> list[str]:

@@ -1,7 +1,8 @@
-"""``mechscope circuits patch|discover|compare``: circuit discovery on the shipped tasks (issue 11).
+"""``mechscope circuits patch|discover|compare``: circuit discovery on the shipped tasks.
 
 * ``patch``    — activation patching of every head and MLP layer (the ground truth);
-* ``discover`` — the discrete-SAE method (O'Neill & Bui 2024);
+* ``discover`` — the discrete-SAE method (O'Neill & Bui 2024; by default the reference's one SAE
+  over all heads' outputs, ``--no-shared``: our per-head SAEs);
 * ``compare``  — patching, attribution patching, EAP-IG and the discrete-SAE method on one task:
   node ROC-AUC at several ground-truth thresholds, edge ROC-AUC against path patching of the pairs
   among the top-N heads (``--edge-top-n``), runtimes, faithfulness curves.
@@ -24,7 +25,7 @@ def register(sub) -> None:
     add_model_out(a, out_required=False)
     add_params(a, CircuitPatchParams)
     a.set_defaults(func=run_patch)
-    b = inner.add_parser("discover", help="the discrete-SAE method (one small SAE per head, argmax codes)")
+    b = inner.add_parser("discover", help="the discrete-SAE method (one SAE over all heads' outputs, argmax codes)")
     add_model_out(b, out_required=False)
     add_params(b, CircuitDiscoverParams)
     b.set_defaults(func=run_discover)

@@ -1,9 +1,10 @@
 """Circuits.
 
-Circuit discovery on the shipped clean/corrupted tasks (issue 11): activation patching of every
-head as the ground truth, attribution patching, EAP-IG and the discrete-SAE method (O'Neill &
-Bui 2024), compared by node ROC-AUC; the circuit as a graph, the patching heatmap, the
-faithfulness curve, and "send to the Playground" (ablate the circuit / keep only the circuit).
+Circuit discovery on the shipped clean/corrupted tasks: activation patching of every head as the
+ground truth, attribution patching, EAP-IG (Hanna et al. 2024) and the discrete-SAE method
+(O'Neill & Bui 2024; by default the reference's one SAE over all heads), compared by node
+ROC-AUC; the circuit as a graph, the patching heatmap, the faithfulness curve, and "send to the
+Playground" (ablate the circuit / keep only the circuit).
 Widget defaults are ``CircuitCompareParams``' own.
 """
 
@@ -27,11 +28,13 @@ n_prompts = c2.number_input("Prompt pairs", 1, 64, CP.n_prompts, key="ci_n")
 ig_steps = c3.number_input("EAP-IG steps", 1, 32, CP.ig_steps, key="ci_ig")
 epochs = c4.number_input("SAE epochs", 10, 2000, CP.epochs, step=50, key="ci_epochs")
 c5, c6, c7, c8 = st.columns(4)
-latents = c5.number_input("SAE latents per head", 4, 1024, CP.n_latents, key="ci_latents")
+latents = c5.number_input("SAE latents", 4, 1024, CP.n_latents, key="ci_latents")
 l1 = c6.number_input("SAE L1", 0.0, 1.0, CP.l1, step=0.005, format="%.3f", key="ci_l1")
 top_n = c7.number_input("Edges among the top-N heads (0 = none)", 0, 40, CP.edge_top_n, key="ci_edges",
                         help="Path patching of every head pair among the N heads with the largest patching effect")
-shared = c8.checkbox("One SAE shared by all heads (reference code)", CP.shared, key="ci_shared")
+shared = c8.checkbox("One SAE shared by all heads (the reference)", CP.shared, key="ci_shared",
+                     help="On: one SAE over every head's d_model output (O'Neill & Bui's code). Off: per-head SAEs, "
+                          "one per head on its own output space (our variant; its codes differ from the reference's).")
 
 with ui.guard():
     params = CP.replace(task=task, n_prompts=int(n_prompts), ig_steps=int(ig_steps), epochs=int(epochs),
@@ -93,7 +96,9 @@ with tabs[4]:
         st.dataframe(res.edge_frame().round(4), hide_index=True)
     st.caption("Runtime of each method in this run (patching = the ground-truth sweep):")
     st.dataframe(res.timing_table().round(2), hide_index=True)
-    st.caption("Their numbers (GPT-2 small, published ground truths — not this model):")
+    st.caption("Their numbers (their models — IOI, greater-than: GPT-2 small; docstring: attn-only-4l — and "
+               "published circuits, not this model). O'Neill & Bui's \"edge AUC\" (pair_node_auc) is a node AUC: "
+               "the heads of their top head pairs against the node circuit; ACDC's edge_auc is over edges.")
     import pandas as pd
 
     st.dataframe(pd.DataFrame(ANCHORS), hide_index=True)

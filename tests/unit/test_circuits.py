@@ -225,7 +225,7 @@ def test_per_head_sae_rows_stay_unit_norm_and_codes_separate_clusters():
     centers = torch.randn(2, 3, 6, generator=g) * 4
     x = torch.cat([centers[0] + 0.05 * torch.randn(10, 3, 6, generator=g),
                    centers[1] + 0.05 * torch.randn(10, 3, 6, generator=g)])
-    s = discrete.train_head_saes(x, n_latents=8, l1=0.02, epochs=300, seed=1)
+    s = discrete.train_head_saes(x, n_latents=8, l1=0.02, epochs=300, seed=1, shared=False)  # per-head SAEs
     torch.testing.assert_close(s.W_enc.norm(dim=-1), torch.ones(3, 8), rtol=1e-5, atol=1e-5)
     codes = s.codes(x).numpy()
     assert s.losses[-1] < s.losses[0]
