@@ -41,7 +41,7 @@ import pandas as pd
 
 from probes.decoding import generate
 from probes.errors import InputError, check_range
-from probes.interventions import Intervention
+from probes.interventions import Intervention, check_scope
 from probes.models import model_id
 from probes.results import Params, Result, analysis, record
 from probes.tokens import bos_id, default_prepend_bos, text_ids
@@ -298,11 +298,13 @@ class NiahAnswer:
 
 
 def answer(model, test: NiahTest, needle: Needle, max_new_tokens: int = 50,
-           interventions: Sequence[Intervention] = (), reducers: dict | None = None, kv_policy="full") -> NiahAnswer:
-    """Greedy answer to one test (stops at EOS or a newline token) and its ROUGE-1 recall."""
+           interventions: Sequence[Intervention] = (), reducers: dict | None = None, kv_policy="full",
+           intervention_scope: str = "prompt_and_decode") -> NiahAnswer:
+    """Greedy answer to one test (stops at EOS or a newline token) and its ROUGE-1 recall;
+    ``intervention_scope``: see :func:`probes.decoding.generate`."""
     gen = generate(model, list(test.prompt_ids), max_new_tokens=max_new_tokens, strategy="greedy",
                    interventions=interventions, kv_policy=kv_policy, reducers=reducers,
-                   stop_tokens=newline_ids(model))
+                   stop_tokens=newline_ids(model), intervention_scope=intervention_scope)
     response = response_text(model, gen.new_tokens)
     return NiahAnswer.of(needle, response, gen.new_tokens)
 
@@ -338,11 +340,15 @@ def grid_figure(frame: pd.DataFrame, title: str):
 
 @dataclass(frozen=True)
 class NiahParams(GridParams):
-    """Parameters of :func:`niah`: the grid, plus interventions held during decoding."""
+    """Parameters of :func:`niah`: the grid, plus interventions held during decoding (by
+    default not on the prompt's prefill: Wu et al.'s masked NIAH, ``mask_scope``)."""
 
     kind: ClassVar[str] = "niah"
     interventions: tuple = field(default=(), metadata={"help": "interventions (e.g. head masks)"})
     kv_policy: object = field(default="full", metadata={"help": "KV-cache policy during decoding (a name or a policy)"})
+    mask_scope: Literal["decode", "prompt_and_decode"] = field(
+        default="decode", metadata={"help": "where the interventions act: decode = the last prompt token and the answer, "
+                                            "prompt prefilled without them (the reference); prompt_and_decode = everywhere"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -351,6 +357,10 @@ class NiahParams(GridParams):
             from probes.kv_policies import resolve_kv_policy
 
             object.__setattr__(self, "kv_policy", resolve_kv_policy(self.kv_policy) or "none")
+        check_scope(self.mask_scope)
+        if self.interventions and self.mask_scope == "decode" and self.kv_policy == "none":
+            raise InputError("Decode-only interventions need a KV cache: use mask_scope='prompt_and_decode' "
+                             "or a KV-cache policy.")
 
 
 @dataclass(frozen=True)
@@ -358,8 +368,13 @@ class NiahResult(Result):
     tests: pd.DataFrame
     prompt_format: str
     complete: bool = True  # False: interrupted, ``tests`` holds the finished ones
+    mask_scope: str = "prompt_and_decode"  # where the interventions acted (older results: everywhere)
 
     kind = "niah"
+
+    def __post_init__(self):
+        if isinstance(self.params, NiahParams) and self.params.mask_scope != self.mask_scope:
+            object.__setattr__(self, "params", self.params.replace(mask_scope=self.mask_scope))
 
     @property
     def accuracy(self) -> float:
@@ -388,14 +403,16 @@ def niah(model, params: NiahParams, progress: Callable[[int, int], None] | None 
     try:
         for i, (t, nd) in enumerate(built):
             answers.append(answer(model, t, nd, params.max_new_tokens, params.interventions,
-                                  kv_policy=None if params.kv_policy == "none" else params.kv_policy))
+                                  kv_policy=None if params.kv_policy == "none" else params.kv_policy,
+                                  intervention_scope=params.mask_scope))
             tests.append(t)
             if progress is not None:
                 progress(i + 1, len(built))
     except KeyboardInterrupt:
         complete = False
     return NiahResult(model_id=model_id(model), params=params, tests=tests_frame(tests, answers, params.recall_threshold),
-                      prompt_format=resolve_format(model, params.prompt_format), complete=complete)
+                      prompt_format=resolve_format(model, params.prompt_format), complete=complete,
+                      mask_scope=params.mask_scope)
 
 
 def accuracy_of(frame: pd.DataFrame) -> float:

@@ -36,7 +36,11 @@ retrieval score.
 
 **Causal check.** :func:`retrieval_masking`: NIAH accuracy with the top-k retrieval heads
 masked (``HeadMask(mode="uniform")``: pre-softmax scores zeroed, uniform attention over the
-visible keys — the reference's masking) against k random non-retrieval heads, several seeds.
+visible keys — the reference's masking) against k random heads from outside the top 100,
+several seeds. As in the reference (``needle_in_haystack_with_mask.py``) the heads are
+masked while decoding only: the prompt but its last token is prefilled unmasked, and the
+last prompt token (which yields the first answer token) and the answer are fed masked
+(``mask_scope="decode"``; ``"prompt_and_decode"`` masks the prompt too).
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ from probes.batched_greedy import greedy_rows, length_batches
 from probes.capture import run as capture_run
 from probes.errors import InputError
 from probes.hooknames import name as hook_name
-from probes.interventions import HeadMask, hooks_for
+from probes.interventions import HeadMask, check_scope, hooks_for
 from probes.models import model_id
 from probes.results import Result, analysis
 
@@ -125,12 +129,15 @@ def score_test(model, test: NiahTest, needle: Needle, max_new_tokens: int = 50, 
 
 def scan(model, built: Sequence[tuple[NiahTest, Needle]], max_new_tokens: int = 50, batch_size: int = 8,
          prefill_rows: int = 1, interventions=(), scores: bool = True, row_hooks: Sequence | None = None,
-         progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, NiahAnswer, np.ndarray | None]]:
+         progress: Callable[[int, int], None] | None = None,
+         intervention_scope: str = "prompt_and_decode") -> Iterator[tuple[int, NiahAnswer, np.ndarray | None]]:
     """Batched :func:`score_test` (or :func:`analyses.niah.answer` with ``scores=False``):
     tests sorted by prompt length, ``batch_size`` at a time, decoded greedily as rows of one
     batch (:func:`probes.batched_greedy.greedy_rows`: left padding, finished rows leave the
     batch, top-1 reduced in the hooks). Yields (index into ``built``, answer, [L, H] score)
-    batch by batch. ``row_hooks[i]``: hooks for test i only (e.g. its head masks). Same
+    batch by batch. ``row_hooks[i]``: hooks for test i only (e.g. its head masks);
+    ``intervention_scope``: where they and ``interventions`` act (``"decode"``: not on the
+    prompt's prefill, as the masking references do; see :mod:`probes.batched_greedy`). Same
     procedure as the per-test loop; tests check equal answers and scores on the real model."""
     lengths = [t.prompt_len for t, _ in built]
     batches = length_batches(lengths, batch_size)
@@ -138,7 +145,8 @@ def scan(model, built: Sequence[tuple[NiahTest, Needle]], max_new_tokens: int = 
     for rows in batches:
         outs = greedy_rows(model, [built[i][0].prompt_ids for i in rows], max_new_tokens, stop_tokens=newline_ids(model),
                            interventions=interventions, top1=scores, prefill_rows=prefill_rows,
-                           row_hooks=[row_hooks[i] for i in rows] if row_hooks is not None else None)
+                           row_hooks=[row_hooks[i] for i in rows] if row_hooks is not None else None,
+                           intervention_scope=intervention_scope)
         for i, o in zip(rows, outs):
             t, nd = built[i]
             response = response_text(model, o.new_tokens)
@@ -390,12 +398,18 @@ def retrieval_heads(model, params: RetrievalParams, progress: Callable[[int, int
 # causal masking
 
 
+#: random control heads are drawn outside this many top-ranked heads (the reference's
+#: ``block_list``: the top 100 of the head-score ranking, needle_in_haystack_with_mask.py)
+RANDOM_OUTSIDE_TOP = 100
+#: the pool rule of results saved before the pool was recorded
+_LEGACY_POOL = "outside the top max(k) ranked heads and the heads above the threshold"
+
+
 @dataclass(frozen=True)
 class MaskingParams(GridParams):
     """Parameters of :func:`retrieval_masking`. ``heads``: retrieval heads, best first, at
-    least max(ks) of them (empty: detect them on the same grid first); random heads are
-    drawn from the heads not in ``heads`` (when detected here: those scoring ≤ threshold,
-    outside the top max(ks))."""
+    least max(ks) of them (empty: detect them on the same grid first); pass the whole
+    ranking so the random heads can be drawn outside its top ``random_outside_top``."""
 
     kind: ClassVar[str] = "retrieval_masking"
     ks: tuple[int, ...] = field(default=(0, 2, 5, 10, 20, 40), metadata={"help": "numbers of heads to mask"})
@@ -403,6 +417,12 @@ class MaskingParams(GridParams):
     heads: tuple = field(default=(), metadata={"help": "ranked retrieval heads ((layer, head), ...); empty: detect"})
     threshold: float = field(default=THRESHOLD, metadata={"help": "retrieval-head threshold (detection)"})
     mode: Literal["uniform", "zero"] = field(default="uniform", metadata={"help": "head masking (uniform: the reference)"})
+    mask_scope: Literal["decode", "prompt_and_decode"] = field(
+        default="decode", metadata={"help": "where heads are masked: decode = the last prompt token and the answer, "
+                                            "prompt prefilled unmasked (the reference); prompt_and_decode = every position"})
+    random_outside_top: int = field(
+        default=RANDOM_OUTSIDE_TOP, metadata={"help": "random heads come from outside the top N ranked heads (the "
+                                                      "reference: 100; outside the top max(k) where too few remain)"})
     batch_size: int = field(default=8, metadata={"help": "NIAH tests decoded together as rows of one batch (1: one by one)"})
     prefill_rows: int = field(default=1, metadata={"help": "equal-length prompts prefilled together (memory ~ rows × T²)"})
 
@@ -415,15 +435,36 @@ class MaskingParams(GridParams):
             raise InputError("k must be >= 0.")
         if self.seeds < 1:
             raise InputError("seeds must be at least 1.")
+        check_scope(self.mask_scope)
+        if not isinstance(self.random_outside_top, int) or isinstance(self.random_outside_top, bool) \
+                or self.random_outside_top < 0:
+            raise InputError(f"random_outside_top must be an integer >= 0, not {self.random_outside_top!r}.")
 
 
 @dataclass(frozen=True)
 class MaskingResult(Result):
+    """``mask_scope``: where the heads were masked; ``random_pool``: which heads the random
+    draws came from. Results saved before these were recorded masked the prompt too and drew
+    outside the top max(k) (their params are set to match, so a re-run repeats them)."""
+
     curves: pd.DataFrame  # k, which ("retrieval" / "random"), seed, accuracy (key recall > threshold), mean_key_recall, mean_recall, heads
     ranked_heads: tuple
     complete: bool = True
+    mask_scope: str = "prompt_and_decode"
+    random_pool: str = _LEGACY_POOL
 
     kind = "retrieval_masking"
+
+    def __post_init__(self):
+        if not isinstance(self.params, MaskingParams):
+            return
+        fix = {}
+        if self.params.mask_scope != self.mask_scope:
+            fix["mask_scope"] = self.mask_scope
+        if self.random_pool == _LEGACY_POOL and self.params.random_outside_top:
+            fix["random_outside_top"] = 0
+        if fix:
+            object.__setattr__(self, "params", self.params.replace(**fix))
 
     def to_frame(self) -> pd.DataFrame:
         return self.curves
@@ -453,37 +494,65 @@ class MaskingResult(Result):
                                          y=list(part["max"]) + list(part["min"])[::-1], fill="toself",
                                          line={"width": 0}, fillcolor="rgba(70,130,180,0.15)", name="random: min–max",
                                          hoverinfo="skip"))
-        fig.update_layout(title=f"NIAH accuracy with k heads masked ({self.params.mode}; {self.params.seeds} random draws)",
+        where = "decoding only" if self.mask_scope == "decode" else "prompt and decoding"
+        fig.update_layout(title=f"NIAH accuracy with k heads masked ({self.params.mode}, masked during {where}; "
+                                f"{self.params.seeds} random draws {self.random_pool})",
                           xaxis_title="k (heads masked)", yaxis_title="NIAH accuracy", yaxis_range=[-0.02, 1.02])
         return {"masking_curves": fig}
 
 
+def random_pool(ranked: Sequence[tuple[int, int]], n_layers: int, n_heads: int, kmax: int, outside_top: int,
+                n_above: int = 0, detected: bool = False) -> tuple[list[tuple[int, int]], str]:
+    """The heads random controls are drawn from, and its description: every head outside
+    the top max(``outside_top``, max k, ``n_above``) of ``ranked`` (Wu et al.'s code draws
+    outside the top 100); where fewer than max k heads would remain, outside the top
+    max(max k, ``n_above``). A ranking shorter than that (heads given) leaves out all of
+    it. Order: the ranking's when ``detected`` (the whole ranking), else (layer, head)."""
+    total = n_layers * n_heads
+    n_excl = max(outside_top, kmax, n_above)
+    note = ""
+    if total - n_excl < kmax:
+        n_excl = max(kmax, n_above)
+        note = f"; too few heads to leave out the top {outside_top}"
+    if n_excl > len(ranked):
+        n_excl = len(ranked)
+        note += f"; only {len(ranked)} ranked heads given"
+    taken = set(ranked[:n_excl])
+    order = list(ranked) if detected else [(l, h) for l in range(n_layers) for h in range(n_heads)]
+    pool = [lh for lh in order if lh not in taken]
+    return pool, f"outside the top {n_excl} ranked heads ({len(pool)} heads{note})"
+
+
 @analysis(MaskingParams)
 def retrieval_masking(model, params: MaskingParams, progress: Callable[[int, int], None] | None = None) -> MaskingResult:
-    """NIAH accuracy vs k masked heads: the top-k retrieval heads against k random
-    non-retrieval heads (``seeds`` draws each). Interrupting returns the finished rows."""
+    """NIAH accuracy vs k masked heads: the top-k retrieval heads against k random heads
+    drawn outside the top ``random_outside_top`` (``seeds`` draws each; one draw is one head
+    set for every test, where the reference draws anew per test). Heads are masked where
+    ``mask_scope`` says — by default during decoding only, the prompt prefilled unmasked, as
+    Wu et al.'s ``needle_in_haystack_with_mask.py`` does. Interrupting returns the finished
+    rows."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     n_heads = L * H
     for k in params.ks:
         if k > n_heads:
             raise InputError(f"k = {k} is larger than the number of heads ({n_heads}).")
     built = grid_tests(model, params)
+    kmax = max(params.ks)
     if params.heads:
         ranked = list(params.heads)
         for l, h in ranked:
             HeadMask(l, h).validate(model)
-        pool = [(l, h) for l in range(L) for h in range(H) if (l, h) not in set(ranked)]
+        n_above, detected = 0, False
     else:
         det = retrieval_heads(model, RetrievalParams(**{f: getattr(params, f) for f in GridParams.__dataclass_fields__},
                                                      threshold=params.threshold, proxy_seqs=0,
                                                      batch_size=params.batch_size, prefill_rows=params.prefill_rows))
         ranked = det.top(n_heads)
-        taken = set(det.retrieval_heads()) | set(ranked[: max(params.ks, default=0)])
-        pool = [(l, h) for l, h in ranked if (l, h) not in taken]
-    kmax = max(params.ks)
+        n_above, detected = len(det.retrieval_heads()), True
     if kmax > len(ranked):
         raise InputError(f"k = {kmax} is larger than the {len(ranked)} ranked heads given.")
-    if any(k > len(pool) for k in params.ks):
+    pool, pool_text = random_pool(ranked, L, H, kmax, params.random_outside_top, n_above, detected)
+    if kmax > len(pool):
         raise InputError(f"k = {kmax} is larger than the {len(pool)} non-retrieval heads to draw from.")
     configs: list[tuple[int, str, int, list]] = []
     for k in params.ks:
@@ -505,7 +574,7 @@ def retrieval_masking(model, params: MaskingParams, progress: Callable[[int, int
     try:
         for r, ans, _ in scan(model, [built[j] for _, j in rows_in], params.max_new_tokens, params.batch_size,
                               params.prefill_rows, scores=False, row_hooks=[hook_lists[key] for key, _ in rows_in],
-                              progress=progress):
+                              progress=progress, intervention_scope=params.mask_scope):
             key, j = rows_in[r]
             recall[key][j] = (ans.key_recall, ans.recall)
     except KeyboardInterrupt:
@@ -520,4 +589,5 @@ def retrieval_masking(model, params: MaskingParams, progress: Callable[[int, int
                      "mean_key_recall": float(keys_.mean()), "mean_recall": float(plain.mean()), "n_tests": len(built),
                      "heads": " ".join(f"L{l}H{h}" for l, h in heads)})
     return MaskingResult(model_id=model_id(model), params=params, curves=pd.DataFrame(rows),
-                         ranked_heads=tuple(ranked), complete=complete)
+                         ranked_heads=tuple(ranked), complete=complete, mask_scope=params.mask_scope,
+                         random_pool=pool_text)

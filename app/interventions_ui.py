@@ -320,10 +320,14 @@ def _decore(model):
 
     sb = st.sidebar
     heads = sb.text_input("Retrieval heads (L:H, …)", "", key="pg_decore_heads",
-                          help="the masked model masks these heads (uniform attention); see the Retrieval heads page")
+                          help="the masked model masks these heads (uniform attention); the reference masks the top "
+                               "50; see the Retrieval heads page")
     entropy_guided = sb.toggle("Entropy-guided α", True, key="pg_decore_entropy")
     alpha = None if entropy_guided else float(sb.slider("α", 0.0, 2.0, 0.5, 0.05, key="pg_decore_alpha"))
-    return DeCoRe(tuple(parse_heads(heads)), alpha=alpha)
+    scope = sb.selectbox("Mask heads during", ["decode", "prompt_and_decode"], key="pg_decore_scope",
+                         help="decode: the prompt is prefilled once unmasked and the masked model continues from "
+                              "it (the reference); prompt_and_decode: the masked model masks the prompt too")
+    return DeCoRe(tuple(parse_heads(heads)), alpha=alpha, mask_scope=scope)
 
 
 # ---------------------------------------------------------------------------------------

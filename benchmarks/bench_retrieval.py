@@ -34,8 +34,14 @@ GPU (lent H200), the command for the lead (expected ≈ 100–150 s)::
         --baseline-tests 1 --per-test 2 --out gpu_retrieval.md --verbose
 
 ``--masking`` adds the causal check on the detected ranking (``retrieval_masking``: top-k
-heads vs k random heads outside the top max(k), ``--seeds`` draws, k in ``--ks``), batched
-the same way.
+heads vs k random heads from outside the top ``--random-outside-top`` (the reference: 100),
+``--seeds`` draws, k in ``--ks``), batched the same way, once per ``--mask-scope``
+(``decode``: the reference's masking while decoding only; ``prompt_and_decode``: the prompt
+masked too). GPU command for the curves in both scopes::
+
+    PYTHONUNBUFFERED=1 python -m benchmarks.bench_retrieval --device cuda --lengths 1000,2000 \
+        --depths 0.1,0.5,0.9 --needles 0,1,2 --batch-size 48 --baseline-tests 0 --masking \
+        --ks 0,2,5,10,20,40 --seeds 5 --mask-scope decode,prompt_and_decode --out gpu_masking.md --verbose
 """
 
 from __future__ import annotations
@@ -172,23 +178,30 @@ def run(args) -> str:
 
 def masking(model, grid, order, args) -> str:
     """The causal check on the detected ranking: top-k retrieval heads vs k random heads
-    outside the top max(k), ``--seeds`` draws, on the NIAH grid of ``--masking-lengths``."""
+    outside the top ``--random-outside-top``, ``--seeds`` draws, on the NIAH grid of
+    ``--masking-lengths``, once per ``--mask-scope``."""
     from analyses.retrieval import MaskingParams, retrieval_masking
 
     ks = tuple(args.ks)
     lengths = tuple(args.masking_lengths) if args.masking_lengths else grid.lengths
-    mp = MaskingParams(lengths=lengths, depths=grid.depths, needles=grid.needles, max_new_tokens=grid.max_new_tokens,
-                       ks=ks, seeds=args.seeds, heads=tuple(order[: max(ks)]), batch_size=args.batch_size,
-                       prefill_rows=args.prefill_rows)
-    t0 = time.perf_counter()
-    res = retrieval_masking(model, mp, progress=(lambda d, t: print(f"masking {d}/{t}", flush=True)) if args.verbose else None)
-    s = res.summary()
-    rows = [[int(r.k), r.which, f"{r['mean']:.3f}", "" if np.isnan(r['std']) else f"{r['std']:.3f}",
-             f"{r['min']:.3f}–{r['max']:.3f}", int(r.n)] for _, r in s.iterrows()]
     n_tests = len(lengths) * len(grid.depths) * len(grid.needles)
-    return (f"\nMasking curves ({n_tests} NIAH tests per configuration, lengths {', '.join(map(str, lengths))}; "
-            f"{time.perf_counter() - t0:.0f} s):\n\n"
-            + markdown_table(["k", "heads masked", "accuracy mean", "std", "min–max", "draws"], rows) + "\n")
+    out = ""
+    for scope in args.mask_scope:
+        mp = MaskingParams(lengths=lengths, depths=grid.depths, needles=grid.needles, max_new_tokens=grid.max_new_tokens,
+                           ks=ks, seeds=args.seeds, heads=tuple(order), batch_size=args.batch_size,
+                           prefill_rows=args.prefill_rows, mask_scope=scope, random_outside_top=args.random_outside_top)
+        t0 = time.perf_counter()
+        res = retrieval_masking(model, mp, progress=(lambda d, t: print(f"masking ({scope}) {d}/{t}", flush=True))
+                                if args.verbose else None)
+        s = res.summary()
+        rows = [[int(r.k), r.which, f"{r['mean']:.3f}", "" if np.isnan(r['std']) else f"{r['std']:.3f}",
+                 f"{r['min']:.3f}–{r['max']:.3f}", int(r.n)] for _, r in s.iterrows()]
+        where = ("during decoding only (prompt prefilled unmasked; the reference)" if scope == "decode"
+                 else "on the prompt and during decoding")
+        out += (f"\nMasking curves, heads masked {where} ({n_tests} NIAH tests per configuration, lengths "
+                f"{', '.join(map(str, lengths))}; random heads {res.random_pool}; {time.perf_counter() - t0:.0f} s):\n\n"
+                + markdown_table(["k", "heads masked", "accuracy mean", "std", "min–max", "draws"], rows) + "\n")
+    return out
 
 
 def main(argv=None) -> int:
@@ -213,6 +226,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--masking-lengths", type=lambda s: [int(x) for x in s.split(",")], default=None,
                     help="context lengths for the masking grid (default: the detection grid's)")
+    ap.add_argument("--mask-scope", type=lambda s: [x for x in s.split(",") if x], default=["decode"],
+                    help="decode (the reference) and/or prompt_and_decode, comma-separated")
+    ap.add_argument("--random-outside-top", type=int, default=100,
+                    help="random heads come from outside the top N ranked heads (the reference: 100)")
     add_output_flags(ap)
     args = ap.parse_args(argv)
     publish(HEADING, run(args), args.out, args.results)

@@ -21,6 +21,12 @@ cache) for many prompts at once:
   (their scores are −inf), so they can never be the argmax of a row that attends to
   anything. One host synchronisation per step (the emitted tokens).
 
+* ``intervention_scope="decode"``: ``interventions`` and ``row_hooks`` act on decoding
+  passes only, as the retrieval-head references mask heads (Wu et al. 2024; Gema et al.
+  2024): each prompt but its last token is prefilled without them, then the first decoding
+  pass feeds every row's last prompt token with them (its logits give the first new token).
+  ``extra_hooks`` act on every pass.
+
 The rows' numbers are those of separate runs up to float rounding: a batched matmul may
 sum in another order than a one-row one. Emitted tokens and integer top-1 positions are
 equal unless two candidates tie to within that rounding (tests compare them on the real
@@ -39,7 +45,7 @@ import torch
 
 from probes.errors import InputError
 from probes.hooknames import name as hook_name
-from probes.interventions import HookList, Intervention, applied
+from probes.interventions import Gate, HookList, Intervention, applied, check_scope, hooks_for
 from probes.kv_policies import new_cache
 
 
@@ -86,9 +92,10 @@ class _RowHooks:
     HookList object run it together on their sub-batch (one call per distinct list and
     hook point), whatever rows the current pass holds (``rows``: global row ids)."""
 
-    def __init__(self, row_hooks: Sequence[HookList], device):
+    def __init__(self, row_hooks: Sequence[HookList], device, gate: Gate | None = None):
         self.row_hooks = list(row_hooks)
         self.device = device
+        self.gate = gate  # while it is off, no row hook runs
         self.rows: list[int] = []
         self._plan: dict[tuple, dict[str, list]] = {}
 
@@ -113,6 +120,8 @@ class _RowHooks:
         names = sorted({n for hl in self.row_hooks for n, _ in hl})
 
         def dispatch(tensor, hook=None, name=""):
+            if self.gate is not None and not self.gate.on:
+                return None
             # A row group's hooks at one point run in order on its sub-batch, each on the
             # previous one's output (several head masks of one layer all apply), and the
             # result is written back (a hook may also edit its input in place).
@@ -179,11 +188,13 @@ def greedy_rows(
     require_equal_lengths: bool = False,
     row_hooks: Sequence[HookList] | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    intervention_scope: str = "prompt_and_decode",
 ) -> list[RowOutput]:
     """Greedy continuations of ``prompts`` (token-id lists), all rows of one decoding batch;
     see the module docstring. ``row_hooks[r]``: hooks applied to row r only (rows sharing
     one list object run it together; e.g. one KV policy per row). ``on_step(step,
-    rows_alive)`` is called after each pass."""
+    rows_alive)`` is called after each pass. ``intervention_scope``: where
+    ``interventions`` and ``row_hooks`` act (``"prompt_and_decode"`` or ``"decode"``)."""
     prompts = [[int(t) for t in p] for p in prompts]
     if not prompts:
         return []
@@ -205,12 +216,16 @@ def greedy_rows(
     eos = getattr(model.tokenizer, "eos_token_id", None) if model.tokenizer is not None else None
     stops = frozenset(int(t) for t in stop_tokens) | (frozenset([eos]) if stop_at_eos and eos is not None else frozenset())
     state = _Top1State(model.cfg.n_layers)
+    iv_hooks = hooks_for(model, interventions)
+    split = check_scope(intervention_scope) == "decode" and (bool(iv_hooks) or any(row_hooks or ()))
+    gate = Gate(on=not split)  # decode scope: off while the prompts' prefixes are prefilled
     per_row = None
     if row_hooks is not None:
         if len(row_hooks) != len(prompts):
             raise InputError(f"{len(row_hooks)} row hook lists for {len(prompts)} prompts.")
-        per_row = _RowHooks(row_hooks, model.cfg.device)
-    hooks = list(extra_hooks) + (per_row.hooks() if per_row is not None else []) + (state.hooks() if top1 else [])
+        per_row = _RowHooks(row_hooks, model.cfg.device, gate if split else None)
+    hooks = ((gate.wrap(iv_hooks) if split else iv_hooks) + list(extra_hooks)
+             + (per_row.hooks() if per_row is not None else []) + (state.hooks() if top1 else []))
     n = len(prompts)
     # prefill groups: consecutive runs of equal length (rows keep their input order)
     groups: list[list[int]] = []
@@ -221,28 +236,39 @@ def greedy_rows(
             groups.append([i])
     out: list[list[int]] = [[] for _ in range(n)]
     passes: list[tuple[list[int], torch.Tensor]] = []  # (rows alive, [L, rows, H] top-1) per pass
-    with applied(model, interventions, extra_hooks=hooks), torch.inference_mode():
+    fed = [L - 1 for L in lengths] if split else lengths  # decode scope: the last prompt token comes later
+    with applied(model, (), extra_hooks=hooks), torch.inference_mode():
         caches, logits, tops, order = [], [], [], []
         for g in groups:
-            piece = torch.tensor([prompts[i] for i in g], device=device)
             cache = new_cache(model, len(g))
             state.pads = torch.zeros(len(g), dtype=torch.long, device=device)
             if per_row is not None:
                 per_row.rows = list(g)
-            logits.append(model(piece, past_kv_cache=cache, attention_mask=torch.ones_like(piece))[:, -1])
+            if fed[g[0]]:
+                piece = torch.tensor([prompts[i][: fed[i]] for i in g], device=device)
+                logits.append(model(piece, past_kv_cache=cache, attention_mask=torch.ones_like(piece))[:, -1])
+                if top1:
+                    tops.append(state.take())
             caches.append(cache)
             order += g
-            if top1:
-                tops.append(state.take())
         if order != list(range(n)):
             raise RuntimeError("prefill groups must keep the row order")
-        cache = caches[0] if len(caches) == 1 else _merge_left_padded(model, caches, [lengths[g[0]] for g in groups])
+        cache = caches[0] if len(caches) == 1 else _merge_left_padded(model, caches, [fed[g[0]] for g in groups])
         del caches
-        logits = torch.cat(logits, 0)
         longest = max(lengths)
         pads = torch.tensor([longest - L for L in lengths], dtype=torch.long, device=device)
-        pending_top = torch.cat(tops, 1) if top1 else None
         alive = list(range(n))
+        if split:  # the first decoding pass: every row's last prompt token, interventions on
+            gate.on = True
+            state.pads = pads
+            if per_row is not None:
+                per_row.rows = alive
+            piece = torch.tensor([[p[-1]] for p in prompts], device=device)
+            logits = model(piece, past_kv_cache=cache, attention_mask=torch.ones_like(piece))[:, -1]
+            pending_top = state.take() if top1 else None
+        else:
+            logits = torch.cat(logits, 0)
+            pending_top = torch.cat(tops, 1) if top1 else None
         step = 0
         while True:
             toks = logits.float().argmax(-1)  # greedy, as probes.decoding.Greedy (ties: first id)

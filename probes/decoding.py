@@ -10,7 +10,10 @@ The loop in :func:`generate` never changes when a new decoding method arrives:
   re-applies rotary from position 0 over the cache on every call, so a policy that drops
   entries automatically re-assigns positions by place in the cache (StreamingLLM's scheme).
 * **interventions** are attached for the whole generation through
-  :func:`probes.interventions.applied` (lock held, hooks removed on exit).
+  :func:`probes.interventions.applied` (lock held, hooks removed on exit), on every position
+  (``intervention_scope="prompt_and_decode"``) or on the decoding passes only
+  (``"decode"``: the prompt but its last token is prefilled without them, as the
+  retrieval-head references mask heads; see :data:`probes.interventions.MASK_SCOPES`).
 
 * **reducers** (``{hook name: fn(tensor, site, batch)}``, as in :func:`probes.capture.run`)
   are called at every forward pass — the prefill and each decoding step — so an analysis can
@@ -31,7 +34,7 @@ import torch
 
 from probes.errors import InputError
 from probes.hooknames import site
-from probes.interventions import HookList, Intervention, Rows, applied
+from probes.interventions import Gate, HookList, Intervention, Rows, applied, check_scope, hooks_for
 from probes.kv_policies import (  # noqa: F401  (the cache helpers live with the policies)
     KV_POLICIES,
     FullCache,
@@ -185,6 +188,16 @@ class _Stepper:
         return logits
 
 
+def clone_cache(model, cache):
+    """An independent copy of a KV cache (keys, values and attention mask)."""
+    out = new_cache(model, cache.previous_attention_mask.shape[0])
+    for mine, theirs in zip(out.entries, cache.entries):
+        mine.past_keys = theirs.past_keys.clone()
+        mine.past_values = theirs.past_values.clone()
+    out.previous_attention_mask = cache.previous_attention_mask.clone()
+    return out
+
+
 def _reducer_hooks(model, reducers, stepper: _Stepper) -> HookList:
     out: HookList = []
     for name, fn in (reducers or {}).items():
@@ -210,6 +223,7 @@ def generate(
     stop_at_eos: bool = True,
     reducers: dict | None = None,
     stop_tokens: Sequence[int] = (),
+    intervention_scope: str = "prompt_and_decode",
 ) -> Generation:
     """Generate up to ``max_new_tokens`` after ``prompt`` (text or token ids).
 
@@ -219,6 +233,14 @@ def generate(
     ``step`` is None during the prompt and the decoding step after it, and whose
     ``q_offset`` is the absolute position of the first query the pass holds (under a cache).
     ``stop_tokens``: ids that end the generation once emitted (kept in the output, like EOS).
+
+    ``intervention_scope="decode"`` (needs a KV cache): the interventions act on decoding
+    passes only — the prompt but its last token is prefilled without them (its cache
+    entries are the plain model's), then the last prompt token is fed with them and its
+    logits give the first new token, as Wu et al.'s and Gema et al.'s reference code do.
+    The prompt then reaches reducers in two passes (both with ``step`` None). A strategy
+    with ``wants_prefix_cache`` gets the same split and a copy of the cache after the
+    prefix in ``scratch["prefix_cache"]`` (DeCoRe's masked branch starts from it).
     """
     if max_new_tokens < 0:
         raise InputError("max_new_tokens must be >= 0.")
@@ -233,6 +255,16 @@ def generate(
             f"Prompt ({len(prompt_ids)}) + max_new_tokens ({max_new_tokens}) exceeds n_ctx "
             f"({model.cfg.n_ctx}); use fewer tokens or a bounded KV-cache policy."
         )
+    iv_hooks = hooks_for(model, interventions)
+    gate = None
+    if check_scope(intervention_scope) == "decode" and iv_hooks:
+        if policy is None:
+            raise InputError("Decode-only interventions need a KV cache (kv_policy=None recomputes the prompt "
+                             "at every step); use kv_policy='full'.")
+        gate = Gate(on=False)
+        iv_hooks = gate.wrap(iv_hooks)
+    wants_prefix = bool(getattr(strat, "wants_prefix_cache", False)) and policy is not None
+    split = (gate is not None or wants_prefix) and len(prompt_ids) > 0
     eos = getattr(model.tokenizer, "eos_token_id", None) if model.tokenizer is not None else None
     generator = torch.Generator().manual_seed(int(getattr(strat, "seed", 0)))
     extra: HookList = list(strat.hooks(model)) if hasattr(strat, "hooks") else []
@@ -246,8 +278,16 @@ def generate(
     # and may hand back the next step's logits as scratch["next_logits"] (token already fed)
     scratch: dict = {"_stepper": stepper}
     stops = frozenset(int(t) for t in stop_tokens)
-    with applied(model, interventions, extra_hooks=extra), torch.no_grad():
-        if max_new_tokens:
+    with applied(model, (), extra_hooks=iv_hooks + extra), torch.no_grad():
+        if max_new_tokens and split:
+            if len(prompt_ids) > 1:
+                stepper.feed([prompt_ids[:-1]])  # the prefix: interventions off
+            if wants_prefix:
+                scratch["prefix_cache"] = clone_cache(model, stepper.cache)
+            if gate is not None:
+                gate.on = True
+            logits = stepper.feed([prompt_ids[-1:]])[0]
+        elif max_new_tokens:
             logits = stepper.feed([prompt_ids])[0]
         for step in range(max_new_tokens):
             logits = logits.float()

@@ -263,6 +263,39 @@ def _rows_only(fn: Callable, rows: list[int]) -> Callable:
     return hook
 
 
+#: where head masks (or any interventions) act during generation: ``"decode"`` — the
+#: retrieval-head references' protocol (Wu et al. 2024, nightdessert/Retrieval_Head
+#: ``needle_in_haystack_with_mask.py``; Gema et al. 2024, aryopg/DeCoRe ``decore_entropy.py``):
+#: the prompt but its last token is prefilled *without* them, and the last prompt token
+#: (whose logits give the first new token) and every generated token are fed with them;
+#: ``"prompt_and_decode"`` — they act on every position, the prompt's included.
+MASK_SCOPES = ("decode", "prompt_and_decode")
+
+
+def check_scope(scope: str) -> str:
+    if scope not in MASK_SCOPES:
+        raise InputError(f"Mask scope must be one of {', '.join(MASK_SCOPES)}, not {scope!r}.")
+    return scope
+
+
+class Gate:
+    """An on/off switch for hooks: :meth:`wrap` gives hooks that run only while ``on`` (a
+    switched-off hook leaves its tensor as it is). Decoding loops use it to keep
+    interventions off the prompt's prefill (``MASK_SCOPES``)."""
+
+    def __init__(self, on: bool = False):
+        self.on = on
+
+    def wrap(self, hooks: HookList) -> HookList:
+        return [(name, self._gated(fn)) for name, fn in hooks]
+
+    def _gated(self, fn: Callable) -> Callable:
+        def hook(tensor: torch.Tensor, hook=None):
+            return fn(tensor, hook) if self.on else None
+
+        return hook
+
+
 def hooks_for(model, interventions: Iterable[Intervention]) -> HookList:
     hooks: HookList = []
     for iv in interventions:

@@ -37,7 +37,9 @@ def register(sub) -> None:
 
     m = sub.add_parser("retrieval-masking", help="NIAH accuracy with top-k retrieval heads vs k random heads masked",
                        description="The causal check: mask the top-k retrieval heads (uniform attention) against k "
-                                   "random non-retrieval heads (several seeds), k over a range.")
+                                   "random heads from outside the top --random-outside-top (several seeds), k over a "
+                                   "range. By default heads are masked while decoding only, the prompt prefilled "
+                                   "unmasked, as the reference does (--mask-scope).")
     add_model_out(m)
     add_params(m, MaskingParams, skip=("heads",))
     m.add_argument("--heads-from", type=Path, default=None,
@@ -108,10 +110,12 @@ def run_masking(args) -> int:
     from analyses.retrieval import MaskingParams, retrieval_masking
 
     check_out_dir(args.out)
-    ranked = _ranked_from(args.heads_from)[: max(args.ks, default=0)]  # random heads: the others
+    ranked = _ranked_from(args.heads_from)  # the whole ranking: random heads come from outside its top
     params = params_from_args(MaskingParams, args, heads=tuple(ranked))
     res = retrieval_masking(load_model(args), params, progress=progress("masking"))
     _note_partial(res)
+    print(f"heads masked during {'decoding only' if res.mask_scope == 'decode' else 'prompt and decoding'}; "
+          f"random heads {res.random_pool}")
     print(res.summary().round(3).to_string(index=False))
     save_result(res, args.out)
     return 0

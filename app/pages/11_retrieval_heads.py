@@ -89,11 +89,15 @@ else:
         interventions_ui.send_to_playground(interventions=[HeadMask(l, h) for l, h in top],
                                             note=f"top-{int(k)} retrieval heads masked (uniform attention)")
         st.switch_page("pages/02_playground.py")
-    if st.button("Decode with DeCoRe on these heads in the Playground", key="rh_send_decore"):
-        from probes.decore import DeCoRe
+    from probes.decore import DEFAULT_HEADS, DeCoRe
 
-        interventions_ui.send_to_playground(strategy=DeCoRe(tuple(top)),
-                                            note=f"DeCoRe (entropy-guided α) contrasting the top-{int(k)} retrieval heads")
+    n_all = len(res.ranked())
+    kd = st.number_input("DeCoRe: top heads masked (the reference's default: 50)", 1, n_all, min(DEFAULT_HEADS, n_all),
+                         key="rh_send_decore_k")
+    if st.button("Decode with DeCoRe on the top heads in the Playground", key="rh_send_decore"):
+        interventions_ui.send_to_playground(strategy=DeCoRe(tuple(res.top(int(kd)))),
+                                            note=f"DeCoRe (entropy-guided α) contrasting the top-{int(kd)} retrieval heads "
+                                                 "(masked while decoding)")
         st.switch_page("pages/02_playground.py")
     if st.button("Keep only these heads' full KV (RazorAttention) in the Playground", key="rh_send_razor"):
         st.session_state["razor_heads_for_playground"] = [tuple(x) for x in top]
@@ -102,21 +106,26 @@ else:
         st.switch_page("pages/02_playground.py")
 
     st.header("Causal check: masking curves")
-    d1, d2 = st.columns(2)
+    d1, d2, d3 = st.columns(3)
     ks = d1.text_input("k values", ", ".join(map(str, MP.ks)), key="rh_ks")
     seeds = d2.number_input("Random draws per k", 1, 20, MP.seeds, key="rh_seeds")
-    st.caption("Random heads are drawn from the heads outside the top max(k).")
+    scope = d3.selectbox("Mask heads during", ["decode", "prompt_and_decode"], key="rh_mask_scope",
+                         help="decode: the prompt is prefilled unmasked, heads masked from its last token on (the "
+                              "reference); prompt_and_decode: masked on the prompt too")
+    st.caption(f"Random heads are drawn from the heads outside the top {MP.random_outside_top} of the ranking "
+               "(outside the top max(k) when too few remain).")
     mp = None
     with ui.guard():
         kk = _ints(ks)
         mp = MaskingParams(lengths=rp.lengths, depths=rp.depths, needles=rp.needles, prompt_format=rp.prompt_format,
                            max_new_tokens=rp.max_new_tokens, ks=kk, seeds=int(seeds),
-                           heads=tuple(res.top(max(kk, default=0))), threshold=rp.threshold)
+                           heads=tuple(res.top(n_all)), threshold=rp.threshold, mask_scope=scope)
     if mp is not None and st.button("Run masking curves", key="rh_mask_run"):
         ui.run_analysis("retrieval_masking", retrieval_masking, model, mp, label="masking configurations")
     mres = ui.stored("retrieval_masking", mp, model) if mp is not None else None
     if mres is not None:
         st.plotly_chart(mres.figures()["masking_curves"], key="rh_mask_fig")
+        st.caption(f"Random heads {mres.random_pool}.")
         st.dataframe(mres.summary().round(3), hide_index=True)
 
 # ---------------------------------------------------------------------------------------

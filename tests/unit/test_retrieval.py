@@ -9,7 +9,7 @@ from analyses.retrieval import MaskingParams, Top1, copy_scores, reference_score
 from probes.capture import run as capture_run
 from probes.decoding import generate
 from probes.errors import InputError
-from probes.interventions import HeadMask, applied
+from probes.interventions import HeadMask
 from tests.tiny import copy_model
 
 # prompt for the copy model (offset 10): P = 15, so step t re-emits prompt[4 + t]
@@ -142,38 +142,15 @@ def test_masking_refuses_k_larger_than_the_heads(tiny):
         MaskingParams(ks=(-1,))
 
 
-def _manual_decore(model, prompt, heads, alpha, n):
-    """Independent DeCoRe: two uncached forward passes per step (base and masked)."""
-    from probes.decore import entropy
-
-    ids = list(prompt)
-    out = []
-    for _ in range(n):
-        x = torch.tensor([ids])
-        with torch.no_grad():
-            base = model(x)[0, -1].double().log_softmax(-1)
-            with applied(model, [HeadMask(l, h) for l, h in heads]):
-                masked = model(x)[0, -1].double().log_softmax(-1)
-        a = entropy(base) if alpha is None else alpha
-        tok = int(torch.argmax((1 + a) * base - a * masked))
-        out.append(tok)
-        ids.append(tok)
-    return out
-
-
-def test_decore_alpha_zero_is_greedy_and_matches_the_formula(tiny64):
+def test_decore_alpha_zero_is_greedy(tiny64):
+    """α = 0 is greedy (the contrast against a hand computation is in test_mask_scope.py)."""
     from probes.decore import DeCoRe
 
     prompt = [int(x) for x in torch.randint(0, 50, (12,), generator=torch.Generator().manual_seed(5))]
     heads = ((0, 1), (1, 2), (1, 3))
     greedy = generate(tiny64, prompt, max_new_tokens=8, stop_at_eos=False).new_tokens
     assert generate(tiny64, prompt, max_new_tokens=8, strategy=DeCoRe(heads, alpha=0.0), stop_at_eos=False).new_tokens == greedy
-    differs = False
-    for alpha in (0.5, 2.0, None):
-        got = generate(tiny64, prompt, max_new_tokens=8, strategy=DeCoRe(heads, alpha=alpha), stop_at_eos=False).new_tokens
-        assert list(got) == _manual_decore(tiny64, prompt, heads, alpha, 8)
-        differs |= got != greedy
-    assert differs  # the contrast changes some choice on this model
+    assert generate(tiny64, prompt, max_new_tokens=8, strategy=DeCoRe(heads, alpha=0.5), stop_at_eos=False).new_tokens != greedy
 
 
 def test_decore_round_trips_and_refuses_bad_input():
