@@ -44,9 +44,16 @@ def register(sub) -> None:
     f.add_argument("--out", type=Path, default=None)
     f.set_defaults(func=run_features)
 
-    a = ns.add_parser("absorption", help="first-letter feature absorption (Chanin et al.)")
+    a = ns.add_parser("absorption", help="first-letter feature absorption (Chanin et al.; SAEBench's protocol)")
     a.add_argument("--saes", default="", help="comma-separated SAE names (default: every shipped SAE)")
-    a.add_argument("--n-words", type=int, default=3000)
+    a.add_argument("--n-words", type=int, default=0,
+                   help="vocabulary words sampled (default 0: every letters-only token, ~47k prompts: use a GPU; "
+                        "on CPU try 2000)")
+    a.add_argument("--method", default="k_sparse", choices=["k_sparse", "mean_difference"],
+                   help="main latents: k-sparse probing with SAEBench's letter filters (default) or one latent "
+                        "by mean-activation difference, every letter averaged")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--batch-size", type=int, default=32)
     a.add_argument("--out", type=Path, default=None)
     a.set_defaults(func=run_absorption)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
@@ -139,7 +146,8 @@ def run_absorption(args: argparse.Namespace) -> int:
 
     model, _ = load()
     saes = tuple(s.strip() for s in args.saes.split(",") if s.strip())
-    res = absorption(model, saes=saes, n_words=args.n_words, progress=True)
+    res = absorption(model, saes=saes, n_words=args.n_words, method=args.method, seed=args.seed,
+                     batch_size=args.batch_size, progress=True)
     print(res.summary.to_string(index=False))
     if args.out:
         res.save(args.out, html=True)

@@ -29,11 +29,15 @@ for n in names:
     e = m["saes"][n]
     ev = e["eval_heldout"]
     rows.append({"sae": n, "hook": e["hook_name"], "arch": e["architecture"], "d_sae": e["d_sae"], "L0": ev["l0"],
-                 "explained variance": ev["explained_variance"], "CE recovered (zero)": ev["ce_recovered_zero"],
-                 "CE recovered (mean)": ev["ce_recovered_mean"], "dead": ev["dead_fraction"], "dense": ev["dense_fraction"]})
+                 "explained variance (SAE-Lens, pos ≥ 1)": ev["explained_variance"],
+                 "CE recovered (zero, pos ≥ 1)": ev["ce_recovered_zero"],
+                 "CE recovered (mean, pos ≥ 1)": ev["ce_recovered_mean"], "dead": ev["dead_fraction"],
+                 "dense": ev["dense_fraction"]})
 st.dataframe(pd.DataFrame(rows), hide_index=True)
 st.caption(f"{m['saes'][names[0]]['eval_heldout']['tokens']:,.0f} held-out tokens per SAE (data/sae_corpus.py); "
-           f"trained on {m['training']['tokens']:,} tokens. Targets: CE recovered ≥ 0.90, EV ≥ 0.85, L0 ≤ 64, dead ≤ 5%.")
+           f"trained on {m['training']['tokens']:,} tokens. Measured over positions ≥ 1 (position 0 left alone, as in "
+           "training); `mechscope sae eval` also reports SAE-Lens' protocol (every position spliced and ablated) and "
+           "SAEBench's explained variance. Targets: CE recovered ≥ 0.90, EV ≥ 0.85, L0 ≤ 64, dead ≤ 5%.")
 
 name = st.selectbox("SAE", names, index=min(2, len(names) - 1), key="sae_name")
 with ui.guard():
@@ -84,14 +88,24 @@ with ui.guard():
     st.dataframe(latents_for_token(model, sae, tok), hide_index=True)
 
 st.header("Feature absorption (first letter)")
-n_words = st.number_input("Words", 200, 8000, 1500, key="sae_abs_n")
-aparams = AbsorptionParams(saes=(name,), n_words=int(n_words))
+c1, c2 = st.columns(2)
+n_words = c1.number_input("Words (0: every letters-only token, as SAEBench; slow on CPU)", 0, 50000, 1500,
+                          key="sae_abs_n")
+method = c2.selectbox("Main latents", ["k_sparse", "mean_difference"], key="sae_abs_method",
+                      help="k_sparse: SAEBench (k-sparse probing; letters with probe F1 > 0.6; ≥ 20 such letters). "
+                           "mean_difference: one latent per letter, every letter averaged (split features count "
+                           "as absorbers).")
+aparams = AbsorptionParams(saes=(name,), n_words=int(n_words), method=method)
 ab = ui.stored("sae_absorption", aparams, model)
 if ab is None and st.button("Run the absorption eval", key="sae_abs_go"):
     ab = ui.run_analysis("sae_absorption", absorption, model, aparams, label="Prompts")
 if ab is not None:
+    for status in ab.summary["status"]:
+        if status != "ok":
+            st.warning(f"No absorption score: {status} (try more words).")
     st.dataframe(ab.summary, hide_index=True)
     st.plotly_chart(ab.figures()["absorption"], use_container_width=True)
     st.dataframe(ab.table, hide_index=True)
-    if len(ab.examples):
-        st.dataframe(ab.examples, hide_index=True)
+    full = ab.words[ab.words["full_absorption"]]
+    if len(full):
+        st.dataframe(full.drop(columns=["prompt"]), hide_index=True)
