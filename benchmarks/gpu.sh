@@ -54,6 +54,19 @@ run_job() {
   case $1 in
     setup) install_wheels; join_gguf; ls .site ;;
     smoke) job smoke 180 python3 -c "import torch, sae_lens, transformer_lens; from probes.models import load; m = load('smollm2-135m', device='cuda').model; print(torch.__version__, torch.cuda.get_device_name(), m.cfg.n_layers)" ;;
+    # retrieval heads: the reference grid (3 needles × 20 lengths 1k–8k × 10 depths), batched scan
+    retrieval) job retrieval 480 python3 -m benchmarks.bench_retrieval --device cuda --full-grid --batch-size 24 --baseline-tests 0 --per-test 2 --out "$OUT/gpu_retrieval.md" --verbose ;;
+    # masking curves (decode-only masks, the reference's; and prompt + decode), random heads outside the top 100
+    masking) job masking 480 python3 -m benchmarks.bench_retrieval --device cuda --lengths 1000,2000 --depths 0.1,0.5,0.9 --needles 0,1,2 --batch-size 48 --baseline-tests 0 --masking --ks 0,2,5,10,20,40 --seeds 5 --mask-scope decode,prompt_and_decode --out "$OUT/gpu_masking.md" --verbose ;;
+    # DeCoRe on the faithfulness set: 10 heads and the reference's default, decode-only masks (and prompt + decode)
+    decore) job decore 480 python3 -m benchmarks.bench_faithfulness --device cuda --n-heads 10,50 --mask-scope decode,prompt_and_decode --detect-lengths 1000,2000 --out "$OUT/gpu_faithfulness.md" ;;
+    # circuit discovery: patching ground truth, AtP, EAP-IG, discrete SAE (reference form), edges among the top 20 heads
+    circuits) job circuits 480 python3 -m benchmarks.bench_circuits --device cuda --n-prompts 32 --batch-size 32 --edge-top-n 20 --edge-inputs qkv,q,kv --sae-diagnostics --out "$OUT/gpu_circuits.md" ;;
+    # RazorAttention: NIAH accuracy vs KV memory, the paper's ratio buffer and the fixed window
+    razor) job razor 480 python3 -m benchmarks.bench_razor --device cuda --lengths 1000,2000,4000 --depths 0,0.5,1 --needles 0,1,2 --detect-lengths 1000,2000 --kv-heads 0,3,9,18,45,90 --buffer ratio,fixed --window 64 --batch-size 48 --rows 48 --out "$OUT/gpu_razor.md" --verbose ;;
+    # first-letter absorption on every shipped SAE, SAEBench's protocol (and the mean-difference selection)
+    absorption) job absorption 480 python3 -m app.cli sae absorption --device cuda --out "$OUT/absorption"
+                job absorption_md 480 python3 -m app.cli sae absorption --device cuda --method mean_difference --out "$OUT/absorption_md" ;;
     *) echo "unknown job $1" | tee -a "$OUT/summary.md" ;;
   esac
 }

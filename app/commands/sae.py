@@ -6,6 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, progress, save_result
+from probes.errors import InputError
+
 
 def register(sub) -> None:
     p = sub.add_parser("sae", help="train, evaluate and browse sparse autoencoders",
@@ -27,34 +30,28 @@ def register(sub) -> None:
     t.add_argument("--yes", action="store_true", help="train on CPU anyway")
     t.set_defaults(func=run_train)
 
+    from saes.absorption import AbsorptionParams
+    from saes.evals import SaeEvalParams
+    from saes.features import SaeFeaturesParams
+
     e = ns.add_parser("eval", help="L0, explained variance, CE loss recovered, dead/dense latents")
     e.add_argument("sae", nargs="?", default=None, help="SAE name or folder (default: every shipped SAE)")
-    e.add_argument("--rows", type=int, default=32, help="held-out corpus rows (256 tokens each; dead-latent counts need ~500 rows)")
-    e.add_argument("--texts", default=None, help="evaluate on a shipped text set instead of the held-out corpus")
-    e.add_argument("--out", type=Path, default=None, help="directory to save the Result in")
+    add_model_out(e, out_required=False)
+    add_params(e, SaeEvalParams, skip=("saes",))
     e.set_defaults(func=run_eval)
 
     f = ns.add_parser("features", help="feature pages: top contexts, density, logit effects")
-    f.add_argument("sae", nargs="?", default="smollm2-135m/resid-L12")
+    f.add_argument("sae", nargs="?", default=SaeFeaturesParams.sae)
+    add_model_out(f, out_required=False)
+    add_params(f, SaeFeaturesParams, skip=("sae",))
     f.add_argument("--latent", type=int, default=None, help="print this latent's page")
-    f.add_argument("--texts", default="mixed")
-    f.add_argument("--n-texts", type=int, default=96)
     f.add_argument("--fires-on", default=None, help="which latents fire on this text")
     f.add_argument("--promotes", default=None, help="which latents promote this token")
-    f.add_argument("--out", type=Path, default=None)
     f.set_defaults(func=run_features)
 
     a = ns.add_parser("absorption", help="first-letter feature absorption (Chanin et al.; SAEBench's protocol)")
-    a.add_argument("--saes", default="", help="comma-separated SAE names (default: every shipped SAE)")
-    a.add_argument("--n-words", type=int, default=0,
-                   help="vocabulary words sampled (default 0: every letters-only token, ~47k prompts: use a GPU; "
-                        "on CPU try 2000)")
-    a.add_argument("--method", default="k_sparse", choices=["k_sparse", "mean_difference"],
-                   help="main latents: k-sparse probing with SAEBench's letter filters (default) or one latent "
-                        "by mean-activation difference, every letter averaged")
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--batch-size", type=int, default=32)
-    a.add_argument("--out", type=Path, default=None)
+    add_model_out(a, out_required=False)
+    add_params(a, AbsorptionParams)
     a.set_defaults(func=run_absorption)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -88,35 +85,24 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from saes.evals import SaeEvalParams, sae_eval
 
-    from probes.models import load
-    from saes.evals import sae_eval
-
-    model, _ = load()
-    bar = tqdm(desc="SAEs", leave=False)
-
-    def progress(done, total):
-        bar.total = total
-        bar.update(done - bar.n)
-
-    res = sae_eval(model, saes=(args.sae,) if args.sae else (), rows=args.rows, texts=args.texts or "",
-                   progress=progress)
-    bar.close()
+    params = params_from_args(SaeEvalParams, args, saes=(args.sae,) if args.sae else ())
+    check_out_dir(args.out)
+    res = sae_eval(load_model(args), params, progress=progress("SAEs"))
     print(res.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if args.out:
-        res.save(args.out, html=True)
-        print(f"saved to {args.out}")
+    save_result(res, args.out)
     return 0
 
 
 def run_features(args: argparse.Namespace) -> int:
-    from probes.models import load
     from probes.tokens import str_tokens
-    from saes.features import latents_for_token, latents_on_text, logit_effects, sae_features
+    from saes.features import SaeFeaturesParams, latents_for_token, latents_on_text, logit_effects, sae_features
     from saes.interventions import sae_for
 
-    model, _ = load()
+    params = params_from_args(SaeFeaturesParams, args, sae=args.sae)
+    check_out_dir(args.out)
+    model = load_model(args)
     sae = sae_for(args.sae, model=model)
     if args.fires_on:
         _, _, table = latents_on_text(model, sae, args.fires_on)
@@ -125,7 +111,9 @@ def run_features(args: argparse.Namespace) -> int:
     if args.promotes:
         print(latents_for_token(model, sae, args.promotes).to_string(index=False))
         return 0
-    res = sae_features(model, sae=args.sae, texts=args.texts, n_texts=args.n_texts, progress=True)
+    if args.latent is not None and not 0 <= args.latent < sae.cfg.d_sae:
+        raise InputError(f"Latent {args.latent} is out of range: this SAE has {sae.cfg.d_sae} latents (0..{sae.cfg.d_sae - 1}).")
+    res = sae_features(model, params, progress=progress("texts"))
     if args.latent is not None:
         le = logit_effects(model, sae, [args.latent])
         print(f"latent {args.latent}: density {res.density[args.latent]:.2e}, max {res.max_act[args.latent]:.2f}")
@@ -134,22 +122,16 @@ def run_features(args: argparse.Namespace) -> int:
         print(res.contexts(model, args.latent).to_string(index=False))
     else:
         print(f"{res.n_tokens:,} tokens; {(res.density == 0).mean():.1%} of latents never fire")
-    if args.out:
-        res.save(args.out, html=True)
-        print(f"saved to {args.out}")
+    save_result(res, args.out)
     return 0
 
 
 def run_absorption(args: argparse.Namespace) -> int:
-    from probes.models import load
-    from saes.absorption import absorption
+    from saes.absorption import AbsorptionParams, absorption
 
-    model, _ = load()
-    saes = tuple(s.strip() for s in args.saes.split(",") if s.strip())
-    res = absorption(model, saes=saes, n_words=args.n_words, method=args.method, seed=args.seed,
-                     batch_size=args.batch_size, progress=True)
+    params = params_from_args(AbsorptionParams, args)
+    check_out_dir(args.out)
+    res = absorption(load_model(args), params, progress=progress("SAEs"))
     print(res.summary.to_string(index=False))
-    if args.out:
-        res.save(args.out, html=True)
-        print(f"saved to {args.out}")
+    save_result(res, args.out)
     return 0

@@ -381,3 +381,24 @@ def test_cli_sae_list_and_cpu_train_estimate(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "6 SAEs × 20,000,000 tokens on cpu: about" in out and "--yes" in out
     assert not (tmp_path / "t").exists()
+
+
+def test_sae_commands_take_model_device_and_never_overwrite_a_folder(tmp_path, capsys):
+    """`mechscope sae eval|features|absorption` are built from their Params (defaults in one place),
+    honour --model/--device, and refuse --out over a user's folder before any work."""
+    from app.cli import build_parser, main
+    from saes.absorption import AbsorptionParams
+    from saes.evals import SaeEvalParams
+
+    parser = build_parser()
+    a = parser.parse_args(["sae", "absorption", "--device", "cuda:1", "--model", "m", "--min-letters", "12"])
+    assert (a.device, a.model, a.min_letters, a.method) == ("cuda:1", "m", 12, AbsorptionParams.method)
+    e = parser.parse_args(["sae", "eval"])
+    assert (e.rows, e.batch_size) == (SaeEvalParams.rows, SaeEvalParams.batch_size)
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "chapter.tex").write_text("mine")
+    for cmd in (["sae", "eval"], ["sae", "features"], ["sae", "absorption"]):
+        assert main([*cmd, "--model", "no-such-model", "--out", str(thesis)]) == 2
+        assert "holds no saved result" in capsys.readouterr().err
+    assert [p.name for p in thesis.iterdir()] == ["chapter.tex"] and (thesis / "chapter.tex").read_text() == "mine"
