@@ -6,7 +6,7 @@ sinks + fixed-window cache holding the same number of entries or fewer
 L_h = max(S0, ⌈N / C⌉) (``buffer="ratio"``, S0 = ``window``, C = ``compression_ratio``) or a
 fixed ``window`` (``buffer="fixed"``). The memory column is the exact entry count a real cache
 would hold at the end of each prompt (``kv_fraction``), averaged over the tests; accuracy is
-greedy NIAH (recall of the answer's key words > 0.5, :func:`analyses.niah.key_recall`).
+greedy NIAH (ROUGE-1 recall of the needle's answer part > 0.5, :func:`analyses.niah.rouge1_recall`).
 
 The KV-head ranking is given (``heads``, e.g. from DuoAttention gates) or detected on the
 same grid with Wu et al.'s retrieval score, a KV head scoring the max of its query heads
@@ -178,7 +178,7 @@ def kv_curve(model, params: KVCurveParams, progress: Callable[[int, int], None] 
     done = [0]
 
     def point(policy: str, m: int, answers, fracs) -> dict:
-        keys = np.array([a.key_recall for a in answers])  # accuracy: the answer's key words (niah.key_recall)
+        keys = np.array([a.recall for a in answers])  # ROUGE-1 recall of the answer part
         return {"policy": policy, "m": m, "kv_fraction": float(np.mean(fracs)), "accuracy": float(np.mean(keys > thr)),
                 "mean_recall": float(keys.mean()), "n_tests": len(built)}
 

@@ -3,10 +3,13 @@
 **Retrieval score.** For each NIAH test (``analyses.niah``) the model answers greedily. At
 every decoding step that emits token w, each head (layer, *query* head) takes its top-1
 attended position j (over every key the step sees: the prompt, the answer so far and
-itself); when j lies in the needle's span and the prompt token at j equals w, the head
-earns 1/|needle tokens|. A test counts only when its answer recalls the needle (ROUGE-1
-recall > 0.5); a head's score is the mean over counted tests, and a head scoring > 0.1 is a
-retrieval head.
+itself); when j lies in the span of the needle's *answer part* (the reference's
+``real_needle``: "blue pelican seventeen", not the lead-in "The password for … is" that
+restates the question) and the prompt token at j equals w, the head earns 1/|answer-part
+tokens|. A test counts only when the response recalls the answer part (ROUGE-1 recall with
+the Porter stemmer > 0.5); a head's score is the mean over counted tests, and a head
+scoring > 0.1 is a retrieval head. As in ``retrieval_head_detection.py``: the span, the
+divisor and the recall all use the answer part.
 
 **How it is computed here.** The reference (nightdessert/Retrieval_Head) asks the model for
 every layer's attention at every step (``output_attentions=True``) and loops over layers
@@ -16,9 +19,11 @@ hand it the pattern of their *last* query only, it keeps the argmax (one int per
 drops the pattern, so the state is O(steps × layers × heads) and no T×T pattern outlives
 its layer. This is the same step-by-step greedy procedure, just without materialising the
 attentions; :func:`reference_scores` is the materialising loop (no cache, full patterns of
-every layer captured at every step, the reference's per-head ``topk(1)`` loop), and the
-tests check that the two give identical scores on the real model. Ties in the top-1 go to
-the first position (``torch.argmax``).
+every layer captured at every step, the reference's per-head ``topk(1)`` loop: the
+benchmark's baseline). The tests compare the scan with an independent implementation of
+the reference's loop on the real model's attention (Hugging Face ``output_attentions``,
+the span found by the reference's token-overlap search). Ties in the top-1 go to the
+first position (``torch.argmax``).
 
 **Batched.** :func:`scan` (used by :func:`retrieval_heads` and :func:`retrieval_masking`)
 runs the same procedure on ``batch_size`` tests at once: sorted by prompt length, each
@@ -53,6 +58,7 @@ import pandas as pd
 import torch
 
 from analyses.niah import (
+    NIAH_FORMATS,
     GridParams,
     NiahAnswer,
     NiahTest,
@@ -104,10 +110,10 @@ class Top1:
 
 def copy_scores(top1: torch.Tensor, emitted: Sequence[int], prompt_ids: Sequence[int], start: int, end: int) -> np.ndarray:
     """Per-test retrieval score [L, H]: Σ over steps of 1/(end−start) where the step's top-1
-    position j (``top1[step, layer, head]``) is in [start, end) and ``prompt_ids[j]`` equals
-    the token emitted at that step."""
+    position j (``top1[step, layer, head]``) is in the answer span [start, end) and
+    ``prompt_ids[j]`` equals the token emitted at that step."""
     if end <= start:
-        raise InputError("The needle span is empty.")
+        raise InputError("The answer span is empty.")
     top1 = torch.as_tensor(top1, dtype=torch.long)
     if top1.shape[0] != len(emitted):
         raise InputError(f"{top1.shape[0]} top-1 rows for {len(emitted)} emitted tokens.")
@@ -120,11 +126,13 @@ def copy_scores(top1: torch.Tensor, emitted: Sequence[int], prompt_ids: Sequence
 
 
 def score_test(model, test: NiahTest, needle: Needle, max_new_tokens: int = 50, interventions=()) -> tuple[NiahAnswer, np.ndarray]:
-    """Answer one test greedily with the top-1 reducer attached; its [L, H] retrieval score."""
+    """Answer one test greedily with the top-1 reducer attached; its [L, H] retrieval score
+    (copies from the answer part's span)."""
+    span = test.answer_span
     top = Top1(model.cfg.n_layers, model.cfg.n_heads)
     ans = answer(model, test, needle, max_new_tokens, interventions, reducers=top.reducers(model))
     tops = top.stacked(len(ans.new_tokens))
-    return ans, copy_scores(tops, ans.new_tokens, test.prompt_ids, test.needle_start, test.needle_end)
+    return ans, copy_scores(tops, ans.new_tokens, test.prompt_ids, *span)
 
 
 def scan(model, built: Sequence[tuple[NiahTest, Needle]], max_new_tokens: int = 50, batch_size: int = 8,
@@ -139,6 +147,7 @@ def scan(model, built: Sequence[tuple[NiahTest, Needle]], max_new_tokens: int = 
     ``intervention_scope``: where they and ``interventions`` act (``"decode"``: not on the
     prompt's prefill, as the masking references do; see :mod:`probes.batched_greedy`). Same
     procedure as the per-test loop; tests check equal answers and scores on the real model."""
+    spans = [t.answer_span for t, _ in built] if scores else None  # checked before any decoding
     lengths = [t.prompt_len for t, _ in built]
     batches = length_batches(lengths, batch_size)
     done = 0
@@ -151,7 +160,7 @@ def scan(model, built: Sequence[tuple[NiahTest, Needle]], max_new_tokens: int = 
             t, nd = built[i]
             response = response_text(model, o.new_tokens)
             ans = NiahAnswer.of(nd, response, o.new_tokens)
-            sc = copy_scores(o.top1, o.new_tokens, t.prompt_ids, t.needle_start, t.needle_end) if scores else None
+            sc = copy_scores(o.top1, o.new_tokens, t.prompt_ids, *spans[i]) if scores else None
             yield i, ans, sc
         done += len(rows)
         if progress is not None:
@@ -162,8 +171,8 @@ def reference_scores(model, test: NiahTest, needle: Needle, max_new_tokens: int 
     """The materialising step-by-step loop (the reference's procedure, and the benchmark's
     baseline): no KV cache; at every step the whole text is run and every layer's full
     attention pattern is captured; then, per layer and head, the top-1 of the last row and
-    the needle/copy check, in Python loops, as ``retrieval_calculate`` does. (Hits are
-    counted and divided by |needle| once — the reference adds 1/|needle| per hit, which
+    the answer-span/copy check, in Python loops, as ``retrieval_calculate`` does. (Hits are
+    counted and divided by |answer span| once — the reference adds 1/|span| per hit, which
     differs only in float rounding; ties go to the first position, as in :class:`Top1`.)"""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     names = [hook_name("pattern", layer) for layer in range(L)]
@@ -171,7 +180,8 @@ def reference_scores(model, test: NiahTest, needle: Needle, max_new_tokens: int 
     ids = list(prompt)
     out: list[int] = []
     hits = np.zeros((L, H), dtype=np.int64)
-    span = test.needle_end - test.needle_start
+    start, end = test.answer_span
+    span = end - start
     eos = getattr(model.tokenizer, "eos_token_id", None) if model.tokenizer is not None else None
     stops = newline_ids(model)
     for _ in range(max_new_tokens):
@@ -182,7 +192,7 @@ def reference_scores(model, test: NiahTest, needle: Needle, max_new_tokens: int 
             att = cap.activations[names[layer]][0]  # [H, T, T]
             for h in range(H):
                 i = int(att[h, -1].argmax())  # the reference's topk(1); ties to the first position
-                if test.needle_start <= i < test.needle_end and tok == prompt[i]:
+                if start <= i < end and tok == prompt[i]:
                     hits[layer, h] += 1
         del cap
         if tok == eos or tok in stops:
@@ -267,8 +277,9 @@ class RetrievalResult(Result):
     kind = "retrieval_heads"
 
     def counted(self) -> pd.Series:
-        """Tests that count (Wu et al.: ROUGE-1 recall of the needle > threshold); results saved
-        before the key-word accuracy existed have only ``correct``, which then meant the same."""
+        """Tests that count (Wu et al.: ROUGE-1 recall of the answer part > threshold): the
+        ``correct`` column; frames saved with a ``counted`` column (and ``correct`` then meaning
+        a key-word recall) keep their ``counted``."""
         return self.tests["counted" if "counted" in self.tests else "correct"].astype(bool)
 
     @property
@@ -386,11 +397,12 @@ def retrieval_heads(model, params: RetrievalParams, progress: Callable[[int, int
     scores = [finished[i][1] for i in keep]
     frame = tests_frame(tests, answers, params.recall_threshold)
     per = np.stack(scores) if scores else np.zeros((0, L, H))
-    counted = frame["counted"].to_numpy(bool) if len(frame) else np.zeros(0, bool)
+    counted = frame["correct"].to_numpy(bool) if len(frame) else np.zeros(0, bool)
     head = per[counted].mean(0) if counted.any() else np.zeros((L, H))
     induction = induction_scores(model, params.proxy_seqs) if params.proxy_seqs > 0 and complete else np.zeros((0, 0))
     return RetrievalResult(model_id=model_id(model), params=params, tests=frame, test_scores=per.astype(np.float32),
-                           head_scores=head, induction=induction, prompt_format=resolve_format(model, params.prompt_format),
+                           head_scores=head, induction=induction,
+                           prompt_format=resolve_format(model, params.prompt_format, NIAH_FORMATS),
                            complete=complete)
 
 
@@ -447,7 +459,7 @@ class MaskingResult(Result):
     draws came from. Results saved before these were recorded masked the prompt too and drew
     outside the top max(k) (their params are set to match, so a re-run repeats them)."""
 
-    curves: pd.DataFrame  # k, which ("retrieval" / "random"), seed, accuracy (key recall > threshold), mean_key_recall, mean_recall, heads
+    curves: pd.DataFrame  # k, which ("retrieval" / "random"), seed, accuracy (recall of the answer part > threshold), mean_recall, heads
     ranked_heads: tuple
     complete: bool = True
     mask_scope: str = "prompt_and_decode"
@@ -576,7 +588,7 @@ def retrieval_masking(model, params: MaskingParams, progress: Callable[[int, int
                               params.prefill_rows, scores=False, row_hooks=[hook_lists[key] for key, _ in rows_in],
                               progress=progress, intervention_scope=params.mask_scope):
             key, j = rows_in[r]
-            recall[key][j] = (ans.key_recall, ans.recall)
+            recall[key][j] = ans.recall
     except KeyboardInterrupt:
         complete = False
     rows = []
@@ -584,9 +596,9 @@ def retrieval_masking(model, params: MaskingParams, progress: Callable[[int, int
         rec = recall[tuple(heads)]
         if len(rec) < len(built):  # interrupted before this configuration finished
             continue
-        keys_, plain = np.array([rec[j] for j in range(len(built))]).T
-        rows.append({"k": k, "which": which, "seed": seed, "accuracy": float(np.mean(keys_ > params.recall_threshold)),
-                     "mean_key_recall": float(keys_.mean()), "mean_recall": float(plain.mean()), "n_tests": len(built),
+        plain = np.array([rec[j] for j in range(len(built))])
+        rows.append({"k": k, "which": which, "seed": seed, "accuracy": float(np.mean(plain > params.recall_threshold)),
+                     "mean_recall": float(plain.mean()), "n_tests": len(built),
                      "heads": " ".join(f"L{l}H{h}" for l, h in heads)})
     return MaskingResult(model_id=model_id(model), params=params, curves=pd.DataFrame(rows),
                          ranked_heads=tuple(ranked), complete=complete, mask_scope=params.mask_scope,

@@ -67,7 +67,7 @@ def evaluate(model, built, configs, args, thr, say):
 
     answers, frac = answers_under_policies(model, built, [c[2] for c in configs], args.max_new_tokens, args.rows,
                                            args.prefill_rows, tick)
-    return [[a.key_recall > thr for a in row] for row in answers], frac
+    return [[a.recall > thr for a in row] for row in answers], frac
 
 
 def run(args) -> str:

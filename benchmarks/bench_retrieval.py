@@ -24,11 +24,13 @@ batch) on the first N tests: identical answers/scores to the batched scan, and i
 Peak extra memory (kernel VmHWM, ``benchmarks.common.PeakMemory``, or
 ``torch.cuda.max_memory_allocated``) is measured over the whole fast scan.
 
-``--full-grid`` = 3 needles × 20 lengths up to the model's context × 10 depths = 600 tests;
+``--full-grid`` = 3 needles × 20 lengths up to the model's context × 10 depths = 600 tests.
+A test counts (and its answer is correct) when the response's ROUGE-1 recall of the needle's
+answer part exceeds 0.5; copies score on the answer part's tokens only (REFERENCES §5).
 ``--out FILE`` writes the markdown section to FILE; ``--results`` also writes it into
 RESULTS.md. Threads: 1 on CPU (shared 2-core dev box).
 
-GPU (lent H200), the command for the lead (expected ≈ 100–150 s)::
+On a GPU (≈ 100–150 s on an H200)::
 
     PYTHONUNBUFFERED=1 python -m benchmarks.bench_retrieval --device cuda --full-grid --batch-size 48 \\
         --baseline-tests 1 --per-test 2 --out gpu_retrieval.md --verbose
@@ -102,6 +104,10 @@ def run(args) -> str:
     ok = np.array([a.recall > grid.recall_threshold for a in answers])
     head = scores[ok].mean(0) if ok.any() else np.zeros((L, H))
     n_forwards = sum(len(a.new_tokens) for a in answers)
+    of_needle = {n: [j for j, (t, _) in enumerate(built) if t.needle_index == n] for n in needles}
+    per_needle = ", ".join(f"{n}: {int(ok[js].sum())}/{len(js)}" for n, js in of_needle.items())
+    spans = ", ".join(f"needle {n}: {built[js[0]][0].answer_end - built[js[0]][0].answer_start}"
+                      for n, js in of_needle.items())
     info = machine_info()
     rows = [
         ["tests", f"{len(built)} ({len(needles)} needles × {len(lengths)} lengths {min(lengths)}–{max(lengths)} × "
@@ -109,7 +115,9 @@ def run(args) -> str:
         ["fast scan (batched): total", f"**{fast_s:.1f} s** ({len(built) / fast_s:.2f} tests/s; batch {args.batch_size} "
                                        f"rows, prefill {args.prefill_rows} row(s); {n_forwards} tokens emitted)"],
         ["peak extra memory, whole fast scan", f"{mem.peak_extra_mb:.0f} MB ({mem.method})"],
-        ["counted tests (ROUGE-1 recall > 0.5)", f"{int(ok.sum())} / {len(built)}"],
+        ["counted tests = correct answers (ROUGE-1 recall of the answer part > 0.5)",
+         f"{int(ok.sum())} / {len(built)} (per needle: {per_needle})"],
+        ["answer-part tokens (copy credit 1/|span|)", spans],
         ["heads > 0.1", f"{int((head > 0.1).sum())} / {L * H} ({100 * (head > 0.1).mean():.1f}%)"],
     ]
     n_per = min(args.per_test, len(built))

@@ -19,14 +19,16 @@ def register(sub) -> None:
 
     p = sub.add_parser("retrieval-heads", help="retrieval score of every head over a needle-in-a-haystack grid",
                        description="Wu et al.'s retrieval score: greedy NIAH answers, top-1 attended position per "
-                                   "head at each step, copy credit 1/|needle|, counted tests only (ROUGE-1 recall "
-                                   "> 0.5); heads > 0.1 are retrieval heads. Also an induction-score proxy.")
+                                   "head at each step, copy credit 1/|answer tokens| for copies from the needle's "
+                                   "answer part, counted tests only (ROUGE-1 recall of the answer part > 0.5); "
+                                   "heads > 0.1 are retrieval heads. Also an induction-score proxy.")
     add_model_out(p)
     add_params(p, RetrievalParams)
     p.set_defaults(func=run_detect)
 
     n = sub.add_parser("niah", help="needle-in-a-haystack accuracy over lengths × depths (heads masked on request)",
-                       description="Greedy NIAH accuracy (ROUGE-1 recall > 0.5) on the shipped needles and long text.")
+                       description="Greedy NIAH accuracy (ROUGE-1 recall of the needle's answer part > 0.5) on the "
+                                   "shipped needles and long text.")
     add_model_out(n)
     add_params(n, NiahParams, skip=("interventions", "kv_policy"))
     n.add_argument("--mask", action="append", default=[], metavar="L:H", help="mask this head (uniform attention)")

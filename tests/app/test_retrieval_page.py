@@ -17,9 +17,9 @@ def test_retrieval_page_detects_and_sends(smollm2):
     assert not at.exception and not at.error
     assert at.title[0].value == "Retrieval heads"
     at.text_input(key="rh_lengths").set_value("120")
-    at.text_input(key="rh_depths").set_value("0.5")
-    at.text_input(key="rh_needles").set_value("1")
-    at.number_input(key="rh_max_new").set_value(8)
+    at.text_input(key="rh_depths").set_value("0.2")
+    at.text_input(key="rh_needles").set_value("0")
+    at.number_input(key="rh_max_new").set_value(24)  # the lead-in and the answer part
     at.number_input(key="rh_proxy").set_value(2)
     at.button(key="rh_run").click().run()
     assert not at.exception, [e.value for e in at.exception]
@@ -34,9 +34,9 @@ def test_retrieval_page_detects_and_sends(smollm2):
     assert len(sent["interventions"]) == 3 and all(iv["kind"] == "head_mask" for iv in sent["interventions"])
     # RazorAttention: the top heads keep their full KV cache in the Playground's KV selector
     at.switch_page("pages/11_retrieval_heads.py").run()
-    for key, value in (("rh_lengths", "120"), ("rh_depths", "0.5"), ("rh_needles", "1")):
+    for key, value in (("rh_lengths", "120"), ("rh_depths", "0.2"), ("rh_needles", "0")):
         at.text_input(key=key).set_value(value)
-    at.number_input(key="rh_max_new").set_value(8)
+    at.number_input(key="rh_max_new").set_value(24)
     at.number_input(key="rh_proxy").set_value(2).run()  # the stored result shows again, no re-run
     at.number_input(key="rh_send_k").set_value(3)
     at.button(key="rh_send_razor").click().run()

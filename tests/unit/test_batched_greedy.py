@@ -50,7 +50,7 @@ def test_head_mask_rows_equal_separate_runs(tiny64):
 
 
 def _copy_test(prompt, start):
-    return NiahTest(0, len(prompt), 0.5, start, start, start + 5, len(prompt), "plain", tuple(prompt))
+    return NiahTest(0, len(prompt), 0.5, start, start, start + 5, len(prompt), "plain", tuple(prompt), start, start + 5)
 
 
 def test_batched_scan_on_the_copy_model_scores_the_copy_head_one():
@@ -69,7 +69,7 @@ def test_batched_scan_on_the_copy_model_scores_the_copy_head_one():
     for i, (t, nd) in enumerate(built):
         ans, sc = got[i]
         assert ans.new_tokens == t.prompt_ids[t.needle_start:t.needle_end]
-        np.testing.assert_array_equal(sc, np.array([[1.0, 0.0]]))  # 5 hits / 5 needle tokens
+        np.testing.assert_array_equal(sc, np.array([[1.0, 0.0]]))  # 5 hits / 5 answer tokens
         ref_ans, ref = score_test(m, t, nd, max_new_tokens=5)
         assert ref_ans == ans
         np.testing.assert_array_equal(sc, ref)

@@ -113,6 +113,6 @@ def test_answers_under_policies_equal_one_answer_per_test_and_policy(tiny_gqa):
             p = pol(t) if callable(pol) else pol
             want = answer(tiny_gqa, t, needle, 6, kv_policy=p if p is not None else "full")
             assert answers[c][i].new_tokens == want.new_tokens
-            assert answers[c][i].key_recall == want.key_recall
+            assert answers[c][i].recall == want.recall
             assert fracs[c][i] == (1.0 if p is None else p.kv_fraction(tiny_gqa, t.prompt_len))
     assert any(answers[1][i].new_tokens != answers[0][i].new_tokens for i in range(4))  # the policy acts

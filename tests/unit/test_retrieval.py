@@ -1,11 +1,24 @@
-"""Retrieval score, its fast (reducer) formulation, masking curves' guards, NIAH params."""
+"""Retrieval score (answer-part span, 1/|answer span| per copy, success by ROUGE-1 recall of
+the answer part with the Porter stemmer), its fast (reducer) formulation, the needles, the
+prompt format, masking curves' guards, NIAH params."""
 
 import numpy as np
 import pytest
 import torch
 
-from analyses.niah import GridParams, Needle, NiahTest, key_recall, load_needles, rouge1_recall
-from analyses.retrieval import MaskingParams, Top1, copy_scores, reference_scores, retrieval_masking, score_test
+from analyses.niah import (
+    GridParams,
+    Needle,
+    NiahAnswer,
+    NiahTest,
+    answer_offset,
+    load_needles,
+    prompt_pieces,
+    rouge1_recall,
+    rouge_tokens,
+)
+from analyses.niah import tests_frame as frame_of_tests
+from analyses.retrieval import MaskingParams, Top1, copy_scores, reference_scores, retrieval_masking, scan, score_test
 from probes.capture import run as capture_run
 from probes.decoding import generate
 from probes.errors import InputError
@@ -16,8 +29,10 @@ from tests.tiny import copy_model
 PROMPT = (3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9)
 
 
-def _test(prompt=PROMPT, start=4, end=9) -> NiahTest:
-    return NiahTest(0, len(prompt), 0.5, start, start, end, len(prompt), "plain", tuple(prompt))
+def _test(prompt=PROMPT, start=4, end=9, answer=None) -> NiahTest:
+    """Needle span [start, end); answer span ``answer`` (default: the whole needle)."""
+    a, b = answer if answer is not None else (start, end)
+    return NiahTest(0, len(prompt), 0.5, start, start, end, len(prompt), "plain", tuple(prompt), a, b)
 
 
 def test_copy_scores_hand_built():
@@ -52,14 +67,37 @@ def test_wired_copy_head_scores_one_and_the_other_zero():
     np.testing.assert_allclose(score3, np.array([[3 / 5, 0.0]]), rtol=1e-12, atol=1e-15)  # float64, values in [0, 1]
 
 
-def test_fast_formulation_equals_materialising_loop_on_copy_model():
+@pytest.mark.parametrize("path", ["score_test", "scan", "reference_scores"])
+def test_copies_from_the_lead_in_do_not_score_copies_from_the_answer_score_one_over_its_span(path):
+    """Copy model: step t emits prompt[4 + t] with head 0's top-1 on position 4 + t. The needle
+    is positions [4, 9); its answer part [6, 9) (the lead-in [4, 6) restates the question).
+    Copies of the lead-in earn nothing; each copy from the answer part earns 1/3 (hand counts)."""
     m = copy_model()
-    needle = Needle("", "", " ".join(map(str, PROMPT[4:9])))
-    for start, end in ((4, 9), (5, 7), (0, 15)):
-        fast_ans, fast = score_test(m, _test(start=start, end=end), needle, max_new_tokens=6)
-        ref_ans, ref = reference_scores(m, _test(start=start, end=end), needle, max_new_tokens=6)
-        assert fast_ans.new_tokens == ref_ans.new_tokens
-        np.testing.assert_array_equal(fast, ref)
+    needle = Needle("", "", " ".join(map(str, PROMPT[6:9])))
+    t = _test(start=4, end=9, answer=(6, 9))
+
+    def run(n):
+        if path == "scan":
+            ((_, a, sc),) = scan(m, [(t, needle)], max_new_tokens=n, batch_size=1)
+            return a, sc
+        return (score_test if path == "score_test" else reference_scores)(m, t, needle, max_new_tokens=n)
+
+    for n, copy_head in ((2, 0.0), (4, 2 / 3), (5, 1.0)):  # positions 4–5 | 4–7 | 4–8 copied
+        ans, score = run(n)
+        assert ans.new_tokens == PROMPT[4:4 + n]
+        np.testing.assert_allclose(score, np.array([[copy_head, 0.0]]), rtol=1e-12, atol=1e-15)  # float64 counts / 3
+
+
+def test_a_test_without_an_answer_span_cannot_be_scored():
+    m = copy_model()
+    bare = NiahTest(0, 15, 0.5, 4, 4, 9, 15, "plain", PROMPT)
+    nd = Needle("", "", "5")
+    with pytest.raises(InputError, match="answer span"):
+        score_test(m, bare, nd, max_new_tokens=2)
+    with pytest.raises(InputError, match="answer span"):
+        next(scan(m, [(bare, nd)], max_new_tokens=2))
+    with pytest.raises(InputError, match="answer span"):
+        _test(answer=(3, 6)).answer_span  # starts before the needle
 
 
 def test_top1_reducer_matches_full_patterns_on_random_model(tiny64):
@@ -95,26 +133,85 @@ def test_uniform_head_mask_under_kv_cache_is_uniform_over_visible_keys(tiny):
         assert not torch.allclose(row[0, :k], torch.full((k,), 1.0 / k), atol=1e-3)
 
 
-def test_key_recall_ignores_words_the_question_gives_away():
-    nd = Needle("The password for the lighthouse is blue pelican seventeen.", "What is the password for the lighthouse?",
-                "The password for the lighthouse is blue pelican seventeen.")
-    restated = "The password for the lighthouse is a secret."
-    assert rouge1_recall(nd.answer, restated) == pytest.approx(6 / 9)  # passes the 0.5 bar with no key word
-    assert key_recall(nd, restated) == 0.0  # key words: blue, pelican, seventeen (both "the" are in the question)
-    assert key_recall(nd, "Blue pelican, I think.") == pytest.approx(2 / 3)
-    assert key_recall(nd, "blue pelican seventeen") == 1.0
-    with pytest.raises(InputError, match="no word beyond"):
-        key_recall(Needle("x", "Is the sky blue?", "the sky is blue"), "yes")
+def test_a_response_that_restates_the_question_is_not_a_success():
+    """Success is ROUGE-1 recall of the answer part, not of the whole needle: restating the
+    lead-in with a wrong answer fails; the answer part, even inflected, succeeds."""
+    nd = Needle("The password for the old lighthouse on Kestrel Island is blue pelican seventeen.",
+                "What is the password for the old lighthouse on Kestrel Island?", "blue pelican seventeen")
+    wrong = "The password for the old lighthouse on Kestrel Island is SILOA'S BROW."
+    right = "The password for the old lighthouse on Kestrel Island is blue pelicans seventeen."
+    answers = [NiahAnswer.of(nd, r, (1,)) for r in (wrong, right, "Blue pelicans, I think.")]
+    assert [a.recall for a in answers] == [0.0, 1.0, pytest.approx(2 / 3)]  # "pelicans" → "pelican" (Porter)
+    t = _test(answer=(6, 9))
+    assert frame_of_tests([t] * 3, answers, 0.5)["correct"].tolist() == [False, True, True]
+    assert rouge1_recall(nd.needle, wrong) > 0.5  # the whole needle's recall would have counted it
 
 
-def test_key_recall_of_the_shipped_needles_rejects_a_restated_question():
-    plain = []
-    for nd in load_needles():
-        restated = nd.question.replace("What is", "").replace("Where does", "").rstrip("?") + " is"
-        plain.append(rouge1_recall(nd.answer, restated))
-        assert key_recall(nd, restated) < 0.5  # below the accuracy bar
-        assert key_recall(nd, nd.answer) == 1.0
-    assert max(plain) > 0.5  # while plain ROUGE-1 recall would call some of these correct
+def test_shipped_needles_have_answer_parts_that_share_no_word_with_their_questions():
+    needles = load_needles()
+    assert len(needles) >= 3
+    for nd in needles:
+        at = answer_offset(nd)
+        lead = nd.needle[:at]
+        assert at > 0 and lead.strip()  # a lead-in that restates the question, then the answer part
+        assert rouge1_recall(nd.answer, nd.question) == 0.0  # no (stemmed) word of the answer is in the question
+        assert rouge1_recall(nd.answer, lead) == 0.0  # restating the lead-in recalls nothing
+        assert rouge1_recall(nd.answer, nd.needle) == 1.0
+
+
+def test_answer_part_must_end_its_needle(tmp_path, monkeypatch):
+    assert answer_offset(Needle("It is blue pelican seventeen.", "q", "blue pelican seventeen")) == 6
+    for bad, msg in ((Needle("It is blue.", "q", "red"), "not a substring"),
+                     (Needle("It is blue today.", "q", "blue"), "does not end"),
+                     (Needle("It is blue.", "q", " "), "empty")):
+        with pytest.raises(InputError, match=msg):
+            answer_offset(bad)
+    import hashlib
+    import json
+
+    (tmp_path / "tasks").mkdir()
+    rows = [{"needle": "The key is under the mat.", "question": "Where is the key?", "answer": "under a mat"}]
+    raw = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    (tmp_path / "tasks" / "needles.jsonl").write_bytes(raw)
+    (tmp_path / "checksums.json").write_text(json.dumps({"tasks/needles.jsonl": hashlib.sha256(raw).hexdigest()}))
+    monkeypatch.setenv("MECHSCOPE_DATA", str(tmp_path))
+    with pytest.raises(InputError, match="not a substring"):
+        load_needles()
+
+
+class _CharTokenizer:
+    """Characters as tokens, except that "e." is one token (a merge across the answer's end)."""
+
+    def __call__(self, text, add_special_tokens=False):
+        ids, i = [], 0
+        while i < len(text):
+            if text.startswith("e.", i):
+                ids.append(1000)
+                i += 2
+            else:
+                ids.append(ord(text[i]))
+                i += 1
+        return {"input_ids": ids}
+
+    def decode(self, ids):
+        return "".join("e." if i == 1000 else chr(i) for i in ids)
+
+
+def test_needle_pieces_keep_the_answer_span_exact_across_a_merge():
+    """The whole needle would end in the merged token "e."; the pieces keep " blue" and "."
+    apart, read the same text, and the answer span holds exactly " blue"."""
+    from types import SimpleNamespace
+
+    from analyses.niah import needle_pieces
+
+    model = SimpleNamespace(tokenizer=_CharTokenizer())
+    lead, ans, rest = needle_pieces(model, Needle("It is blue.", "What is it?", "blue"))
+    assert model.tokenizer("It is blue.")["input_ids"][-1] == 1000  # merged when read whole
+    assert [model.tokenizer.decode(p) for p in (lead, ans, rest)] == ["It is", " blue", "."]
+    bad = SimpleNamespace(tokenizer=_CharTokenizer())
+    bad.tokenizer.decode = lambda ids: "".join(chr(i) for i in ids if i != 1000)  # loses the merged token's text
+    with pytest.raises(InputError, match="does not read the same"):
+        needle_pieces(bad, Needle("It is blue.", "What is it?", "blue"))
 
 
 def test_rouge1_recall_hand_counts():
@@ -122,6 +219,22 @@ def test_rouge1_recall_hand_counts():
     assert rouge1_recall("The cat sat on the mat.", "On the mat the cat sat!") == 1.0
     assert rouge1_recall("Blue pelican seventeen", "blue, PELICAN 17") == pytest.approx(2 / 3)
     assert rouge1_recall("", "x") == 0.0
+
+
+def test_rouge_uses_the_porter_stemmer_on_words_longer_than_three_letters():
+    """rouge_score with use_stemmer=True (the reference): Porter stems, words of ≤ 3 letters kept."""
+    assert rouge_tokens("Taking walks in the parks.") == ["take", "walk", "in", "the", "park"]
+    assert rouge_tokens("The cats was running") == ["the", "cat", "was", "run"]  # Porter alone gives "wa"
+    assert rouge1_recall("take a walk in the park", "Taking walks in parks") == pytest.approx(4 / 6)
+    assert rouge1_recall("take a walk in the park", "Taking walks in parks", stem=False) == pytest.approx(1 / 6)
+
+
+def test_plain_prompt_is_the_references_and_the_newline_variant_has_its_own_name(tiny):
+    q = "Where is the key?"
+    ref = "Based on the content of the book, Question: Where is the key?\nAnswer:"
+    assert prompt_pieces(tiny, q, "plain") == ("", ref)  # no newline between the context and "Based on"
+    assert prompt_pieces(tiny, q, "plain_newline") == ("", "\n" + ref)
+    assert GridParams(prompt_format="plain_newline").prompt_format == "plain_newline"
 
 
 def test_grid_params_refuse_bad_values():
