@@ -31,6 +31,7 @@ def register(sub) -> None:
     e.add_argument("sae", nargs="?", default=None, help="SAE name or folder (default: every shipped SAE)")
     e.add_argument("--rows", type=int, default=32, help="held-out corpus rows (256 tokens each; dead-latent counts need ~500 rows)")
     e.add_argument("--texts", default=None, help="evaluate on a shipped text set instead of the held-out corpus")
+    e.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     e.add_argument("--out", type=Path, default=None, help="directory to save the Result in")
     e.set_defaults(func=run_eval)
 
@@ -54,9 +55,16 @@ def register(sub) -> None:
                         "by mean-activation difference, every letter averaged")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--batch-size", type=int, default=32)
+    a.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     a.add_argument("--out", type=Path, default=None)
     a.set_defaults(func=run_absorption)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -93,7 +101,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from probes.models import load
     from saes.evals import sae_eval
 
-    model, _ = load()
+    model, _ = load(device=_device(args.device))
     bar = tqdm(desc="SAEs", leave=False)
 
     def progress(done, total):
@@ -144,7 +152,7 @@ def run_absorption(args: argparse.Namespace) -> int:
     from probes.models import load
     from saes.absorption import absorption
 
-    model, _ = load()
+    model, _ = load(device=_device(args.device))
     saes = tuple(s.strip() for s in args.saes.split(",") if s.strip())
     res = absorption(model, saes=saes, n_words=args.n_words, method=args.method, seed=args.seed,
                      batch_size=args.batch_size, progress=True)
