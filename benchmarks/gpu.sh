@@ -65,8 +65,8 @@ run_job() {
     # RazorAttention: NIAH accuracy vs KV memory, the paper's ratio buffer and the fixed window
     razor) job razor 480 python3 -m benchmarks.bench_razor --device cuda --lengths 1000,2000,4000 --depths 0,0.5,1 --needles 0,1,2 --detect-lengths 1000,2000 --kv-heads 0,3,9,18,45,90 --buffer ratio,fixed --window 64 --batch-size 48 --rows 48 --out "$OUT/gpu_razor.md" --verbose ;;
     # first-letter absorption on every shipped SAE, SAEBench's protocol (and the mean-difference selection)
-    absorption) job absorption 480 python3 -m app.cli sae absorption --device cuda --out "$OUT/absorption"
-                job absorption_md 480 python3 -m app.cli sae absorption --device cuda --method mean_difference --out "$OUT/absorption_md" ;;
+    absorption) job absorption 480 python3 -m app.cli sae absorption --device cuda --batch-size 256 --out "$OUT/absorption"
+                job absorption_md 480 python3 -m app.cli sae absorption --device cuda --batch-size 256 --method mean_difference --out "$OUT/absorption_md" ;;
     *) echo "unknown job $1" | tee -a "$OUT/summary.md" ;;
   esac
 }
