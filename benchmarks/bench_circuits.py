@@ -40,7 +40,7 @@ import torch
 
 from benchmarks.common import machine_info, markdown_table, write_section
 
-HEADING = "Circuit discovery (issue 11)"
+HEADING = "Circuit discovery"
 
 
 def naive_sweep_seconds(model, pairs, layers, batch_size: int) -> float:

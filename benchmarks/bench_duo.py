@@ -30,7 +30,7 @@ import torch
 
 from benchmarks.common import add_output_flags, interleaved, machine_info, markdown_table, publish
 
-HEADING = "DuoAttention gates (issue 8 item 5)"
+HEADING = "DuoAttention gates"
 RESULTS_HEADS = "L17H3,L18H6,L23H2,L18H7,L17H4,L23H7,L17H5,L21H8,L24H4"  # RESULTS.md, retrieval section: > 0.1
 
 

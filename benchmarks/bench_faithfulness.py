@@ -30,7 +30,7 @@ import torch
 
 from benchmarks.common import add_output_flags, machine_info, markdown_table, publish
 
-HEADING = "DeCoRe: contextual faithfulness (issue 8)"
+HEADING = "DeCoRe: contextual faithfulness"
 
 
 def _list(kind):

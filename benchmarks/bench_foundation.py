@@ -32,7 +32,7 @@ import torch
 
 from benchmarks.common import _meminfo_kb, machine_info, markdown_table, measure, ratio, write_section
 
-SECTION = "Foundation (issue 2)"
+SECTION = "Foundation"
 LENGTHS = (512, 2048)
 
 

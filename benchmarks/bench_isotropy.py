@@ -38,7 +38,7 @@ import torch
 
 from benchmarks.common import machine_info, markdown_table, measure, write_section
 
-HEADING = "Isotropy (issue 9)"
+HEADING = "Isotropy"
 
 
 def with_cpu_time(variants: dict, warmup: int = 1) -> tuple[dict, dict]:

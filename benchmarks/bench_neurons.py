@@ -35,7 +35,7 @@ import torch
 
 from benchmarks.common import machine_info, markdown_table, measure, write_section
 
-HEADING = "Logit lens and neurons (issue 4)"
+HEADING = "Logit lens and neurons"
 GPU_JSON = Path(__file__).resolve().parent / "gpu_neuron_decode.json"
 
 

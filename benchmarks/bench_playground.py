@@ -23,7 +23,7 @@ import torch
 
 from benchmarks.common import machine_info, markdown_table, measure, ratio, write_section
 
-SECTION = "Playground comparison (issue 7)"
+SECTION = "Playground comparison"
 
 
 def bench(model, rounds: int, new_tokens: int, device: str | None = None) -> list[list[str]]:

@@ -57,7 +57,7 @@ import torch
 
 from benchmarks.common import PeakMemory, add_output_flags, machine_info, markdown_table, publish
 
-HEADING = "Retrieval heads (issue 8)"
+HEADING = "Retrieval heads"
 
 
 def full_grid_lengths(model, n: int = 20, lo: int = 1000, margin: int = 120) -> tuple[int, ...]:

@@ -24,7 +24,7 @@ import torch
 
 from benchmarks.common import machine_info, markdown_table, write_section
 
-HEADING = "SAEs (issue 10)"
+HEADING = "SAEs"
 TRAINING = Path(__file__).resolve().parents[1] / "saes" / "weights" / "training"
 
 

@@ -26,7 +26,7 @@ import torch
 
 from benchmarks.common import machine_info, markdown_table, measure, write_section
 
-HEADING = "Attention sinks (issue 3)"
+HEADING = "Attention sinks"
 
 
 def bench_metric(model, seqs, batch_size, rounds):
