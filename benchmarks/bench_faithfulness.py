@@ -88,8 +88,11 @@ def run(args) -> str:
             f"device {args.device}; model {args.model}. {len(items)} counterfactual items, greedy answers of up to "
             f"{args.max_new_tokens} tokens; faithful = first line names the context's answer and not the prior one. "
             f"Retrieval heads ({source}), best first: {', '.join(f'L{l}H{h}' for l, h in ranked)}. "
-            f"Decode-only masks: the prompt but its last token prefilled once unmasked, the masked branch continues "
-            f"from a copy of that cache (the reference's protocol). {wall:.0f} s.\n\n"
+            + ("Decode-only masks: the prompt but its last token prefilled once unmasked, the masked branch continues "
+               "from a copy of that cache (the reference's protocol). " if "decode" in args.mask_scope else "")
+            + ("Prompt + decode masks: the masked branch masks the heads on the prompt too. "
+               if "prompt_and_decode" in args.mask_scope else "")
+            + f"{wall:.0f} s.\n\n"
             + markdown_table(["decoding", "accuracy", "95% CI", "vs greedy (paired 95% CI)"], rows) + "\n")
 
 

@@ -31,7 +31,8 @@ def register(sub) -> None:
                                    "shipped needles and long text.")
     add_model_out(n)
     add_params(n, NiahParams, skip=("interventions", "kv_policy"))
-    n.add_argument("--mask", action="append", default=[], metavar="L:H", help="mask this head (uniform attention)")
+    n.add_argument("--mask", action="append", default=[], metavar="L:H",
+                   help="mask this head (uniform attention; while decoding only unless --mask-scope prompt_and_decode)")
     n.add_argument("--mask-top", type=int, default=0, metavar="K", help="mask the top K heads of --heads-from")
     n.add_argument("--heads-from", type=Path, default=None, help="a saved retrieval-heads result")
     add_kv_policy_flags(n)

@@ -45,6 +45,17 @@ def test_retrieval_page_detects_and_sends(smollm2):
     assert len(at.session_state["razor_heads_for_playground"]) == 3
     assert at.session_state["pg_kv_choice"] == "razor"
     assert at.text_input(key="pg_rz_heads").value.count(":") == 3
+    # DeCoRe: the reference's default of 50 heads, masked while decoding only
+    at.switch_page("pages/11_retrieval_heads.py").run()
+    for key, value in (("rh_lengths", "120"), ("rh_depths", "0.5"), ("rh_needles", "1")):
+        at.text_input(key=key).set_value(value)
+    at.number_input(key="rh_max_new").set_value(8)
+    at.number_input(key="rh_proxy").set_value(2).run()
+    assert at.number_input(key="rh_send_decore_k").value == 50
+    at.button(key="rh_send_decore").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    strat = at.session_state["pg_sent_strategy"]
+    assert strat["kind"] == "decore" and len(strat["heads"]) == 50 and strat["mask_scope"] == "decode"
     # bad input -> one clear line
     at.switch_page("pages/11_retrieval_heads.py").run()
     at.text_input(key="rh_depths").set_value("1.5").run()

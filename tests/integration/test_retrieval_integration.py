@@ -149,18 +149,47 @@ def test_rouge_recall_on_a_needle():
     assert rouge1_recall(nd.answer, nd.needle) == 1.0
 
 
-def test_batched_masking_rows_equal_niah_with_those_masks(smollm2):
-    """retrieval_masking decodes every head set × test as rows of shared batches (per-row
-    masks, left padding); its accuracy and mean recall equal niah() run with the same masks."""
-    from analyses.niah import NiahParams, niah
+def test_masking_follows_the_reference_on_the_real_model(smollm2):
+    """Heads masked as Wu et al.'s needle_in_haystack_with_mask.py does: the prompt but its
+    last token prefilled unmasked, the heads masked from the last prompt token on. The
+    expected answer comes from a direct computation (no cache, TransformerLens'
+    run_with_hooks, the masked heads' attention rows set to 1/(q+1) for q >= T−1 only;
+    tests/unit/test_mask_scope.py). generate (per-test), niah() and the batched masking
+    curves (default parameters) all give it; masking the prompt too changes the first
+    step's log-prob on this model."""
+    from analyses.niah import NiahAnswer, NiahParams, grid_tests, newline_ids, niah, response_text
     from analyses.retrieval import MaskingParams, retrieval_masking
+    from probes.decoding import generate
     from probes.interventions import HeadMask
+    from tests.unit.test_mask_scope import _direct
 
     m = smollm2.model
-    grid = dict(lengths=(120, 200), depths=(0.2,), needles=(1,), max_new_tokens=8)
-    res = retrieval_masking(m, MaskingParams(**grid, ks=(2,), seeds=1, heads=((17, 3), (18, 7)), batch_size=4))
-    for _, row in res.curves.iterrows():
-        heads = [tuple(int(x) for x in h[1:].split("H")) for h in row["heads"].split()]
-        ref = niah(m, NiahParams(**grid, interventions=tuple(HeadMask(l, h) for l, h in heads)))
-        assert row["accuracy"] == ref.accuracy
-        assert row["mean_recall"] == float(ref.tests["recall"].mean())
+    top = ((17, 3), (18, 7), (23, 2), (18, 6), (17, 4))
+    grid = dict(lengths=(100,), depths=(0.5,), needles=(0,), max_new_tokens=4)
+    (t, nd), = grid_tests(m, MaskingParams(**grid))
+    T, stops = t.prompt_len, set(newline_ids(m)) | {m.tokenizer.eos_token_id}
+    ids, toks, lps = list(t.prompt_ids), [], []
+    for _ in range(4):
+        logits = _direct(m, ids, top, T - 1).float()
+        toks.append(int(logits.argmax()))
+        lps.append(float(logits.log_softmax(-1)[toks[-1]]))
+        if toks[-1] in stops:
+            break
+        ids.append(toks[-1])
+    prompt_masked = float(_direct(m, t.prompt_ids, top, 0).float().log_softmax(-1)[toks[0]])
+    assert abs(prompt_masked - lps[0]) > 1e-2  # the scope matters here
+    gen = generate(m, list(t.prompt_ids), max_new_tokens=4, interventions=[HeadMask(l, h) for l, h in top],
+                   stop_tokens=tuple(stops), intervention_scope="decode")
+    assert list(gen.new_tokens) == toks
+    # float32, 30 layers: cached vs uncached sums differ by ~1e-5 in log-probs of order 1
+    np.testing.assert_allclose(gen.logprobs, lps, rtol=0, atol=2e-4)
+    want = NiahAnswer.of(nd, response_text(m, toks), toks)
+    res = niah(m, NiahParams(**grid, interventions=tuple(HeadMask(l, h) for l, h in top)))
+    assert res.tests["response"].tolist() == [want.response]
+    ranking = top + tuple((l, h) for l in range(m.cfg.n_layers) for h in range(m.cfg.n_heads) if (l, h) not in top)
+    curves = retrieval_masking(m, MaskingParams(**grid, ks=(5,), seeds=1, heads=ranking, batch_size=4))
+    assert curves.mask_scope == "decode" and "top 100" in curves.random_pool
+    row = curves.curves[curves.curves["which"] == "retrieval"].iloc[0]
+    assert row["mean_recall"] == want.recall and row["mean_key_recall"] == want.key_recall
+    drawn = [tuple(int(x) for x in h[1:].split("H")) for h in curves.curves[curves.curves["which"] == "random"].iloc[0]["heads"].split()]
+    assert len(drawn) == 5 and not set(drawn) & set(ranking[:100])
