@@ -3,6 +3,7 @@
 # then run named jobs. Usage, from the repository root:
 #   bash benchmarks/gpu.sh JOB [JOB ...]      # jobs run one after another
 #   PARALLEL=1 bash benchmarks/gpu.sh A B C   # jobs share the GPU (their times are then shared too)
+# RET_BATCH sets the retrieval grid's rows per batch (24 fits 80 GB; 48 needs ~110 GB).
 # Results and one log per job go to $OUT (default benchmarks/out/gpu), with a summary table last.
 #
 # The environment: the machine's own python3 with its torch; every other package travels as wheels
@@ -55,7 +56,7 @@ run_job() {
     setup) install_wheels; join_gguf; ls .site ;;
     smoke) job smoke 180 python3 -c "import torch, sae_lens, transformer_lens; from probes.models import load; m = load('smollm2-135m', device='cuda').model; print(torch.__version__, torch.cuda.get_device_name(), m.cfg.n_layers)" ;;
     # retrieval heads: the reference grid (3 needles × 20 lengths 1k–8k × 10 depths), batched scan
-    retrieval) job retrieval 480 python3 -m benchmarks.bench_retrieval --device cuda --full-grid --batch-size 24 --baseline-tests 0 --per-test 2 --out "$OUT/gpu_retrieval.md" --verbose ;;
+    retrieval) job retrieval 480 python3 -m benchmarks.bench_retrieval --device cuda --full-grid --batch-size ${RET_BATCH:-24} --baseline-tests 0 --per-test 2 --out "$OUT/gpu_retrieval.md" --verbose ;;
     # masking curves (decode-only masks, the reference's; and prompt + decode), random heads outside the top 100
     masking) job masking 480 python3 -m benchmarks.bench_retrieval --device cuda --lengths 1000,2000 --depths 0.1,0.5,0.9 --needles 0,1,2 --batch-size 48 --baseline-tests 0 --masking --ks 0,2,5,10,20,40 --seeds 5 --mask-scope decode,prompt_and_decode --out "$OUT/gpu_masking.md" --verbose ;;
     # DeCoRe on the faithfulness set: 10 heads and the reference's default, decode-only masks (and prompt + decode)
