@@ -10,7 +10,7 @@ reference's — prompt prefilled unmasked, heads masked from the last prompt tok
 ``prompt_and_decode`` (the prompt masked too). Retrieval heads come from ``--heads L:H,...``
 (best first) or are detected on a small NIAH grid (``--detect-lengths``).
 
-GPU (lent H100/H200), the command for the lead (reference default N = 50 and N = 10, both
+GPU (H100/H200) (reference default N = 50 and N = 10, both
 scopes)::
 
     PYTHONUNBUFFERED=1 python -m benchmarks.bench_faithfulness --device cuda --n-heads 10,50 \\

@@ -1,4 +1,4 @@
-"""The GPU job that produced the shipped SAEs (run on a lent H100; see saes/TRAINING.md).
+"""The GPU job that produced the shipped SAEs (run on an H100; see saes/TRAINING.md).
 
 ``compare``: forward-only throughput, then TopK vs BatchTopK vs JumpReLU at equal target L0
 on one layer (one shared forward pass), evaluated on held-out rows; the best architecture

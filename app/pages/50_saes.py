@@ -1,6 +1,6 @@
 """SAEs.
 
-Residual-stream sparse autoencoders (SAE-Lens TopK, trained on a lent H100): the eval table,
+Residual-stream sparse autoencoders (SAE-Lens TopK, trained on an H100): the eval table,
 a latent browser (top contexts, activation histogram, logit effects), text → latent heat,
 "which latents promote token X", steering into the Playground, and first-letter absorption.
 """
