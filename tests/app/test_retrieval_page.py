@@ -47,9 +47,9 @@ def test_retrieval_page_detects_and_sends(smollm2):
     assert at.text_input(key="pg_rz_heads").value.count(":") == 3
     # DeCoRe: the reference's default of 50 heads, masked while decoding only
     at.switch_page("pages/11_retrieval_heads.py").run()
-    for key, value in (("rh_lengths", "120"), ("rh_depths", "0.5"), ("rh_needles", "1")):
+    for key, value in (("rh_lengths", "120"), ("rh_depths", "0.2"), ("rh_needles", "0")):
         at.text_input(key=key).set_value(value)
-    at.number_input(key="rh_max_new").set_value(8)
+    at.number_input(key="rh_max_new").set_value(24)
     at.number_input(key="rh_proxy").set_value(2).run()
     assert at.number_input(key="rh_send_decore_k").value == 50
     at.button(key="rh_send_decore").click().run()
