@@ -1,4 +1,4 @@
-"""ACT head search and held-out evaluation (Yu et al. 2024; REFERENCES §3).
+"""ACT head search and held-out evaluation (Yu et al. 2024; docs/sinks.md#hidden-sinks).
 
 Two head searches on the shipped task's ``calib`` split:
 
@@ -33,14 +33,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probes import capture, hooknames
-from probes.act import act_interventions, column_mean, hidden_sink_mask
-from probes.errors import InputError
-from probes.interventions import applied
-from probes.models import model_id
-from probes.readout import logits_from_resid
-from probes.results import Params, Result, analysis
-from probes.tokens import text_ids
+from mechscope.probes import capture, hooknames
+from mechscope.probes.act import act_interventions, column_mean, hidden_sink_mask
+from mechscope.probes.errors import InputError
+from mechscope.probes.interventions import applied
+from mechscope.probes.models import model_id
+from mechscope.probes.readout import logits_from_resid
+from mechscope.probes.results import Params, Result, analysis
+from mechscope.probes.tokens import text_ids
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ def bootstrap_ci(x: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float 
 
 
 def _load(split: str, task: str, max_items: int | None = None):
-    from probes import datasets
+    from mechscope.probes import datasets
 
     items = datasets.load_task(task, split=split)
     if not items:

@@ -14,9 +14,9 @@ import importlib
 import pkgutil
 from pathlib import Path
 
-from probes.results import ANALYSES, Result, result_kinds
+from mechscope.probes.results import ANALYSES, Result, result_kinds
 
-PACKAGES = ("analyses", "saes")
+PACKAGES = ("mechscope.analyses", "mechscope.saes")
 
 
 @functools.lru_cache(maxsize=1)
@@ -29,7 +29,7 @@ def import_all() -> tuple[str, ...]:
             if info.name.startswith("_"):
                 continue
             importlib.import_module(f"{package}.{info.name}")
-            names.append(f"{package}.{info.name}")
+            names.append(f"{package.removeprefix('mechscope.')}.{info.name}")
     return tuple(names)
 
 

@@ -42,12 +42,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probes import attribution as attr
-from probes import path_patching as pp
-from probes.datasets import load_task
-from probes.errors import InputError
-from probes.models import model_id
-from probes.results import Params, Result, analysis
+from mechscope.probes import attribution as attr
+from mechscope.probes import path_patching as pp
+from mechscope.probes.datasets import load_task
+from mechscope.probes.errors import InputError
+from mechscope.probes.models import model_id
+from mechscope.probes.results import Params, Result, analysis
 
 TASKS = ("ioi", "greater_than", "docstring", "induction")
 METHODS = ("patching", "attribution_patching", "eap_ig", "discrete_sae")
@@ -262,7 +262,7 @@ class CircuitDiscoverResult(Result):
 
 def sae_scores(model, pairs: attr.Pairs, p: CircuitDiscoverParams | None = None, **kw):
     """Run the discrete-SAE method: (node scores [L, H], unique counts [L, H], edge counts, top codes)."""
-    from saes import discrete
+    from mechscope.saes import discrete
 
     p = p or CircuitDiscoverParams(**kw)
     L, H = model.cfg.n_layers, model.cfg.n_heads
@@ -275,7 +275,7 @@ def sae_scores(model, pairs: attr.Pairs, p: CircuitDiscoverParams | None = None,
 
 def sae_codes(model, pairs: attr.Pairs, p: CircuitDiscoverParams) -> tuple[np.ndarray, np.ndarray]:
     """The discrete codes [N, heads] of the positive (clean) and negative (corrupted) prompts."""
-    from saes import discrete
+    from mechscope.saes import discrete
 
     iso = p.isometric and not p.shared
     pos = attr.head_vectors(model, pairs.clean, pairs.lengths, isometric=iso, positions=p.positions)
@@ -395,7 +395,7 @@ class CircuitCompareResult(Result):
     def pair_node_scores(self) -> np.ndarray:
         """[layers, heads]: the discrete SAE's top head pairs as node predictions (the reference's
         "edge AUC" protocol, :func:`saes.discrete.pair_node_counts`)."""
-        from saes import discrete
+        from mechscope.saes import discrete
 
         return discrete.pair_node_counts(self.edge_counts).reshape(self.truth.shape)
 

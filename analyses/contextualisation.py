@@ -1,5 +1,5 @@
 """Contextualisation: how much of its prefix a token's hidden states hold (LLM-Microscope,
-Razzhigaev et al. 2025, arXiv 2502.15007; REFERENCES §10).
+Razzhigaev et al. 2025, arXiv 2502.15007; docs/logit_lens.md#llm-microscope-metrics).
 
 The paper measures a token's context memory by how well the preceding text can be
 reconstructed from that token's representations alone. Here, as there:
@@ -31,11 +31,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analyses.microscope import encode_text_set, token_class
-from probes import hooknames
-from probes.errors import InputError
-from probes.models import model_id
-from probes.results import Params, Result, analysis
+from mechscope.analyses.microscope import encode_text_set, token_class
+from mechscope.probes import hooknames
+from mechscope.probes.errors import InputError
+from mechscope.probes.models import model_id
+from mechscope.probes.results import Params, Result, analysis
 
 
 def _tuple_texts(texts):
@@ -220,7 +220,7 @@ def contextualisation(model, params: ContextParams, progress=None) -> ContextRes
             rows.append(_slot_loss(model, e, P_ev[s: s + p.batch_size]).cpu())
             ctrl.append(_slot_loss(model, c.expand_as(e), P_ev[s: s + p.batch_size]).cpu())
     loss_m, ctrl_m = torch.cat(rows).numpy(), torch.cat(ctrl).numpy()
-    from probes.tokens import str_tokens
+    from mechscope.probes.tokens import str_tokens
 
     ids = [int(seqs[i][pos]) for i, pos in ev_picks]
     toks = str_tokens(model, ids)

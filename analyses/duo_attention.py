@@ -1,4 +1,4 @@
-"""DuoAttention gates (Xiao et al. 2024; REFERENCES §7): which KV heads need the full
+"""DuoAttention gates (Xiao et al. 2024; docs/retrieval.md#duoattention): which KV heads need the full
 context (retrieval heads) and which do with sinks + a recent window (streaming heads).
 
 Training, as in mit-han-lab/duo-attention (``duo_attn/train.py``): every KV head gets a gate
@@ -31,14 +31,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analyses.passkey import PasskeySample, passkey_samples
-from probes.duo import FULL_BRANCHES, check_window, final_hidden, gate_hooks, z_capture_hooks
-from probes.errors import InputError
-from probes.interventions import applied
-from probes.locks import model_lock
-from probes.models import model_id
-from probes.razor import kv_group, n_kv_heads
-from probes.results import Params, Result, analysis
+from mechscope.analyses.passkey import PasskeySample, passkey_samples
+from mechscope.probes.duo import FULL_BRANCHES, check_window, final_hidden, gate_hooks, z_capture_hooks
+from mechscope.probes.errors import InputError
+from mechscope.probes.interventions import applied
+from mechscope.probes.locks import model_lock
+from mechscope.probes.models import model_id
+from mechscope.probes.razor import kv_group, n_kv_heads
+from mechscope.probes.results import Params, Result, analysis
 
 THRESHOLD = 0.5
 
@@ -181,7 +181,7 @@ def grouped_max(head_scores: np.ndarray, group: int) -> np.ndarray:
 
 def gate_score_spearman(gates: np.ndarray, head_scores: np.ndarray, group: int) -> float:
     """Spearman rank correlation of the gates with the KV-grouped max retrieval score."""
-    from analyses.retrieval import spearman
+    from mechscope.analyses.retrieval import spearman
 
     kv = grouped_max(head_scores, group)
     if kv.shape != np.asarray(gates).shape:

@@ -18,11 +18,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from analyses.niah import resolve_format, response_text
-from probes.datasets import load_task
-from probes.decoding import generate
-from probes.errors import InputError
-from probes.tokens import encode
+from mechscope.analyses.niah import resolve_format, response_text
+from mechscope.probes.datasets import load_task
+from mechscope.probes.decoding import generate
+from mechscope.probes.errors import InputError
+from mechscope.probes.tokens import encode
 
 INSTRUCTION = "Answer the question using only the story above, in a few words."
 
@@ -68,7 +68,7 @@ def evaluate(model, strategies: dict, items: Sequence[dict] | None = None, max_n
              prompt_format: str = "auto", progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
     """{strategy label: [n_items] 0/1 faithful} decoding each item with each strategy
     (stops at a newline token or EOS)."""
-    from analyses.niah import newline_ids
+    from mechscope.analyses.niah import newline_ids
 
     items = load_items() if items is None else list(items)
     out = {k: np.zeros(len(items)) for k in strategies}

@@ -1,4 +1,4 @@
-"""Isotropy of representations: IsoScore and its rivals on every layer (REFERENCES §13–14).
+"""Isotropy of representations: IsoScore and its rivals on every layer (docs/isotropy.md#isoscore, docs/isotropy.md#self-similarity).
 
 Scores of a point cloud X (N points × n dimensions):
 
@@ -64,14 +64,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probes import capture, hooknames
-from probes import contrastive as _contrastive  # noqa: F401  (registers the "contrastive" strategy)
-from probes.covariance import CloudStats, Workspace, packed_size  # noqa: F401  (CloudStats re-exported)
-from probes.errors import InputError, check_range
-from probes.heap import release_heap
-from probes.models import model_id
-from probes.results import Params, Result, analysis
-from probes.tokens import str_tokens, text_ids
+from mechscope.probes import capture, hooknames
+from mechscope.probes import contrastive as _contrastive  # noqa: F401  (registers the "contrastive" strategy)
+from mechscope.probes.covariance import CloudStats, Workspace, packed_size  # noqa: F401  (CloudStats re-exported)
+from mechscope.probes.errors import InputError, check_range
+from mechscope.probes.heap import release_heap
+from mechscope.probes.models import model_id
+from mechscope.probes.results import Params, Result, analysis
+from mechscope.probes.tokens import str_tokens, text_ids
 
 C0_CHOICES = ("scaled_identity", "identity")
 FINAL_NORM = "ln_final"  # the last block's output after the final norm (Hugging Face's hidden_states[-1])
@@ -457,7 +457,7 @@ def texts_for(params) -> list[str]:
     if params.texts is not None:
         texts = list(params.texts)
     else:
-        from analyses.sinks import load_text_set
+        from mechscope.analyses.sinks import load_text_set
 
         sets = load_text_set(params.text_set, params.n_texts)
         texts = [t for ts in sets.values() for t in ts]
@@ -872,7 +872,7 @@ def isotropy(model, params: IsotropyParams, progress: Callable[[int, int], None]
         x = t if t.ndim == 4 else t[:, :, None, :]
         states[where].add(x, batch, picks)
         if where == last:
-            from probes.readout import final_norm
+            from mechscope.probes.readout import final_norm
 
             states[FINAL_NORM].add(final_norm(model, t)[:, :, None, :], batch, picks)
 
@@ -967,12 +967,12 @@ def figure_rudman(n: int = 10, n_points: int = 5000, seed: int = 0):
 
 
 # ---------------------------------------------------------------------------------------
-# Whitening (REFERENCES §15): fitted on one text set, applied to another
+# Whitening (docs/isotropy.md#whitening): fitted on one text set, applied to another
 
 
 @functools.lru_cache(maxsize=4)
 def _corpus_counts(mid: str, model) -> tuple[np.ndarray, int]:
-    from probes import datasets
+    from mechscope.probes import datasets
 
     counts = np.zeros(model.cfg.d_vocab, dtype=np.int64)
     texts = [t for s in datasets.text_sets() if s != "mixed" for t in datasets.load_texts(s)]
@@ -1067,7 +1067,7 @@ class WhiteningParams(Params):
     save_dir: str | None = field(default=None, metadata={"help": "save each fitted whitening here (safetensors + sha256)"})
 
     def __post_init__(self):
-        from probes.whitening import METHODS
+        from mechscope.probes.whitening import METHODS
 
         object.__setattr__(self, "methods", tuple(self.methods))
         for m in self.methods:
@@ -1089,7 +1089,7 @@ class WhiteningParams(Params):
 
 def split_text_sets(fit_set: str, apply_set: str, n: int) -> tuple[list[str], list[str]]:
     """Fitting and held-out texts; from one set, even-numbered texts fit and odd ones are held out."""
-    from analyses.sinks import load_text_set
+    from mechscope.analyses.sinks import load_text_set
 
     if fit_set != apply_set:
         a = [t for ts in load_text_set(fit_set, n).values() for t in ts]
@@ -1122,7 +1122,7 @@ def _score_variants(model, seqs, site, transforms, params, progress=None):
 def whitening_effect(model, params: WhiteningParams, progress: Callable[[int, int], None] | None = None) -> WhiteningResult:
     """Fit ZCA, Zipfian and outlier-removal whitening on one text set at one residual depth,
     apply them to another, and score both clouds before and after."""
-    from probes import whitening as wh
+    from mechscope.probes import whitening as wh
 
     depth = model.cfg.n_layers if params.depth is None else params.depth
     site = wh.site_for_depth(model, depth)
@@ -1189,7 +1189,7 @@ def whitening_effect(model, params: WhiteningParams, progress: Callable[[int, in
 
 
 def _sample_labels(model, seqs, picks, n_s):
-    from analyses.sinks import token_class
+    from mechscope.analyses.sinks import token_class
 
     tok = np.empty(n_s, dtype=object)
     cls = np.empty(n_s, dtype=object)
@@ -1203,7 +1203,7 @@ def _sample_labels(model, seqs, picks, n_s):
 
 
 # ---------------------------------------------------------------------------------------
-# Contrastive search beside greedy and sampling (REFERENCES §16)
+# Contrastive search beside greedy and sampling (docs/isotropy.md#contrastive-search)
 
 
 def rep_n(tokens: Sequence[int], n: int) -> float:
@@ -1223,7 +1223,7 @@ def final_states(model, prompt_ids: Sequence[int], new_ids: Sequence[int]) -> to
     """Last-layer states after the final norm for the generated tokens [n, d] (teacher-forced)."""
     site = hooknames.name("resid_post", model.cfg.n_layers - 1)
     out = capture.run(model, [list(prompt_ids) + list(new_ids)], capture=[site]).activations[site][0]
-    from probes.readout import final_norm
+    from mechscope.probes.readout import final_norm
 
     with torch.no_grad():
         return final_norm(model, out.to(model.cfg.device))[len(prompt_ids):].double().cpu()
@@ -1272,7 +1272,7 @@ class DecodingIsotropyParams(Params):
     seed: int = field(default=0, metadata={"help": "sampling seed"})
 
     def __post_init__(self):
-        from probes.contrastive import check_alpha_k
+        from mechscope.probes.contrastive import check_alpha_k
 
         check_alpha_k(self.alpha, self.k)
         if self.prompts is not None:
@@ -1289,9 +1289,9 @@ def decoding_isotropy(model, params: DecodingIsotropyParams, progress: Callable[
     diversity and the isotropy of what each generates."""
     import time
 
-    from probes import datasets
-    from probes.contrastive import Contrastive
-    from probes.decoding import Greedy, Sample, generate
+    from mechscope.probes import datasets
+    from mechscope.probes.contrastive import Contrastive
+    from mechscope.probes.decoding import Greedy, Sample, generate
 
     if params.prompts is not None:
         prompts = [text_ids(model, p) for p in params.prompts]

@@ -1,4 +1,4 @@
-"""KV memory vs NIAH accuracy (REFERENCES §8): RazorAttention
+"""KV memory vs NIAH accuracy (docs/retrieval.md#razorattention): RazorAttention
 (:class:`probes.razor.RazorAttention` — the top-m retrieval KV heads keep their whole cache,
 every other KV head sinks + a recent buffer + one compensation token) against a head-agnostic
 sinks + fixed-window cache holding the same number of entries or fewer
@@ -21,12 +21,12 @@ from typing import Callable, ClassVar, Literal
 import numpy as np
 import pandas as pd
 
-from analyses.niah import GridParams, NiahAnswer, grid_tests, newline_ids, response_text
-from probes.batched_greedy import greedy_rows
-from probes.errors import InputError
-from probes.models import model_id
-from probes.razor import RazorAttention, kv_group, n_kv_heads, uniform_window_for
-from probes.results import Result, analysis
+from mechscope.analyses.niah import GridParams, NiahAnswer, grid_tests, newline_ids, response_text
+from mechscope.probes.batched_greedy import greedy_rows
+from mechscope.probes.errors import InputError
+from mechscope.probes.models import model_id
+from mechscope.probes.razor import RazorAttention, kv_group, n_kv_heads, uniform_window_for
+from mechscope.probes.results import Result, analysis
 
 
 def kv_ranking(scores: np.ndarray, model=None) -> list[tuple[int, int, float]]:
@@ -168,7 +168,7 @@ def kv_curve(model, params: KVCurveParams, progress: Callable[[int, int], None] 
         if max(params.kv_heads) > len(ranked):
             raise InputError(f"m = {max(params.kv_heads)} is larger than the {len(ranked)} ranked KV heads given.")
     else:
-        from analyses.retrieval import RetrievalParams, retrieval_heads
+        from mechscope.analyses.retrieval import RetrievalParams, retrieval_heads
 
         det = retrieval_heads(model, RetrievalParams(**{f: getattr(params, f) for f in GridParams.__dataclass_fields__},
                                                      proxy_seqs=0))

@@ -1,6 +1,6 @@
 """Logit lens: every layer × position of one prompt decoded through the unembedding.
 
-nostalgebraist (2020); REFERENCES §9. The residual stream after block l
+nostalgebraist (2020); docs/logit_lens.md#logit-lens. The residual stream after block l
 (``blocks.l.hook_resid_post``) is decoded in one of two ways:
 
 * ``norm="final"`` (the usual logit lens): through the model's own final norm and
@@ -24,12 +24,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analyses.next_token import DEFAULT_PROMPT, normalise_prompt, prompt_ids
-from probes import hooknames
-from probes.errors import InputError
-from probes.models import model_id
-from probes.readout import logits_from_resid
-from probes.results import Params, Result, analysis
+from mechscope.analyses.next_token import DEFAULT_PROMPT, normalise_prompt, prompt_ids
+from mechscope.probes import hooknames
+from mechscope.probes.errors import InputError
+from mechscope.probes.models import model_id
+from mechscope.probes.readout import logits_from_resid
+from mechscope.probes.results import Params, Result, analysis
 
 
 @dataclass(frozen=True)
@@ -130,8 +130,8 @@ def logit_lens(model, params: LogitLensParams) -> LogitLensResult:
     tracked at every position; default the model's final top-1 at each position. ``pos``
     only picks the position the trajectory figure shows (default the last).
     """
-    from probes.capture import run
-    from probes.tokens import single_token, str_tokens
+    from mechscope.probes.capture import run
+    from mechscope.probes.tokens import single_token, str_tokens
 
     norm, k, pos = params.norm, params.k, params.pos
     V = model.cfg.d_vocab

@@ -1,5 +1,5 @@
 """LLM-Microscope layer metrics over a text set (Razzhigaev et al. 2025, arXiv 2502.15007;
-reference code AIRI-Institute/LLM-Microscope; REFERENCES §10).
+reference code AIRI-Institute/LLM-Microscope; docs/logit_lens.md#llm-microscope-metrics).
 
 States, as the reference's HF ``hidden_states``: the embeddings (``blocks.0.hook_resid_pre``),
 the residual stream after blocks 0 … L−2 (``hook_resid_post``) and the final normed state
@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probes.errors import InputError
-from probes.models import model_id
-from probes.results import Params, Result, analysis
+from mechscope.probes.errors import InputError
+from mechscope.probes.models import model_id
+from mechscope.probes.results import Params, Result, analysis
 
 
 @contextmanager
@@ -305,8 +305,8 @@ class MicroscopeResult(Result):
 def encode_text_set(model, texts, max_tokens_per_text: int) -> list[torch.Tensor]:
     """Token tensors of a text set (by name) or of given texts / token-id sequences, each
     cut to ``max_tokens_per_text``; empty texts skipped, an empty result refused."""
-    from probes.datasets import load_texts
-    from probes.tokens import as_token_tensor, encode_batch
+    from mechscope.probes.datasets import load_texts
+    from mechscope.probes.tokens import as_token_tensor, encode_batch
 
     items = list(load_texts(texts)) if isinstance(texts, str) else list(texts)
     seqs = []
@@ -326,10 +326,10 @@ def microscope(model, params: MicroscopeParams, *, progress=False) -> Microscope
     """Linearity, anisotropy, TwoNN dimension per state and per-token nonlinearity over a
     text set, truncated to ``max_tokens`` tokens in all (texts cut to ``max_tokens_per_text``).
     TwoNN runs on the first ``id_points`` tokens (the reference uses the first 4,096)."""
-    from probes import hooknames
-    from probes.capture import run
-    from probes.readout import final_norm
-    from probes.tokens import str_tokens
+    from mechscope.probes import hooknames
+    from mechscope.probes.capture import run
+    from mechscope.probes.readout import final_norm
+    from mechscope.probes.tokens import str_tokens
 
     seqs, total = [], 0
     for s in encode_text_set(model, params.texts, params.max_tokens_per_text):

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probes import capture, hooknames
-from probes.errors import InputError, check_range
-from probes.models import model_id
-from probes.results import Params, Result, analysis
-from probes.tokens import encode, str_tokens
+from mechscope.probes import capture, hooknames
+from mechscope.probes.errors import InputError, check_range
+from mechscope.probes.models import model_id
+from mechscope.probes.results import Params, Result, analysis
+from mechscope.probes.tokens import encode, str_tokens
 
 DEFAULT_PROMPT = "The capital of France is"
 

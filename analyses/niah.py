@@ -1,4 +1,4 @@
-"""Needle in a haystack (NIAH): the test builder and the accuracy grid (REFERENCES §5).
+"""Needle in a haystack (NIAH): the test builder and the accuracy grid (docs/retrieval.md#retrieval-score).
 
 The protocol follows Wu et al. 2024's detection script (nightdessert/Retrieval_Head,
 ``retrieval_head_detection.py``), with every choice explicit and recorded:
@@ -50,12 +50,12 @@ from typing import Callable, ClassVar, Literal, Sequence
 import numpy as np
 import pandas as pd
 
-from probes.decoding import generate
-from probes.errors import InputError, check_range
-from probes.interventions import Intervention, check_scope
-from probes.models import model_id
-from probes.results import Params, Result, analysis, record
-from probes.tokens import bos_id, default_prepend_bos, text_ids
+from mechscope.probes.decoding import generate
+from mechscope.probes.errors import InputError, check_range
+from mechscope.probes.interventions import Intervention, check_scope
+from mechscope.probes.models import model_id
+from mechscope.probes.results import Params, Result, analysis, record
+from mechscope.probes.tokens import bos_id, default_prepend_bos, text_ids
 
 QUESTION = "Based on the content of the book, Question: {question}\nAnswer:"
 BOOK_OPEN, BOOK_CLOSE = "<book>", "</book>\n"
@@ -95,7 +95,7 @@ def answer_offset(needle: Needle) -> int:
 def load_needles(name: str = "needles") -> list[Needle]:
     """The shipped needles (``data/tasks/<name>.jsonl``); InputError if a record lacks a
     field or its answer part does not end its needle (:func:`answer_offset`)."""
-    from probes import datasets
+    from mechscope.probes import datasets
 
     out = []
     for i, it in enumerate(datasets.load_task(name)):
@@ -144,7 +144,7 @@ def _ids(model, text: str) -> list[int]:
 
 @functools.lru_cache(maxsize=4)
 def _haystack_cached(model, name: str, digest: str) -> tuple[int, ...]:
-    from probes import datasets
+    from mechscope.probes import datasets
 
     text = datasets.load_long_text(name)
     return tuple(_ids(model, text))
@@ -152,7 +152,7 @@ def _haystack_cached(model, name: str, digest: str) -> tuple[int, ...]:
 
 def haystack_ids(model, name: str = "paradise_lost") -> tuple[int, ...]:
     """The long text's token ids (no BOS), tokenised once per model and file content."""
-    from probes import datasets
+    from mechscope.probes import datasets
 
     if model.tokenizer is None:
         raise InputError("NIAH needs a model with a tokenizer.")
@@ -430,7 +430,7 @@ class NiahParams(GridParams):
         super().__post_init__()
         object.__setattr__(self, "interventions", tuple(self.interventions))
         if isinstance(self.kv_policy, str) and self.kv_policy != "full":
-            from probes.kv_policies import resolve_kv_policy
+            from mechscope.probes.kv_policies import resolve_kv_policy
 
             object.__setattr__(self, "kv_policy", resolve_kv_policy(self.kv_policy) or "none")
         check_scope(self.mask_scope)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from probes.errors import InputError
+from mechscope.probes.errors import InputError
 
 WORDS = ("amber", "falcon", "granite", "harbor", "island", "jasper", "lantern", "meadow", "nickel", "orchid",
          "pepper", "quartz", "raven", "saddle", "timber", "velvet", "walnut", "willow", "cobalt", "dragon",
@@ -87,8 +87,8 @@ def passkey_samples(model, n: int, lengths: tuple[int, int], n_passkeys: int, pa
     """``n`` samples for ``model``'s tokenizer, deterministic in ``seed``: sample i has a
     context length drawn from the grid :func:`context_lengths` (``n_lengths`` points over
     ``lengths``) and its own passkeys, depths and haystack slice."""
-    from analyses.niah import haystack_ids
-    from probes.tokens import text_ids
+    from mechscope.analyses.niah import haystack_ids
+    from mechscope.probes.tokens import text_ids
 
     lo, hi = lengths
     if lo < 1 or hi < lo:

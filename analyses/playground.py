@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probes.decoding import (
+from mechscope.probes.decoding import (
     STRATEGIES,
     FullCache,
     Greedy,
@@ -37,14 +37,14 @@ from probes.decoding import (
     resolve_strategy,
     score_continuation,
 )
-from probes.errors import InputError
-from probes.interventions import Rows, applied, hooks_for
-from probes.kv_policies import _Data
-from probes.models import model_id
-from probes.results import Params, Result, analysis
-from probes.tokens import str_tokens
+from mechscope.probes.errors import InputError
+from mechscope.probes.interventions import Rows, applied, hooks_for
+from mechscope.probes.kv_policies import _Data
+from mechscope.probes.models import model_id
+from mechscope.probes.results import Params, Result, analysis
+from mechscope.probes.tokens import str_tokens
 
-from analyses.next_token import normalise_prompt, prompt_ids
+from mechscope.analyses.next_token import normalise_prompt, prompt_ids
 
 TokenCallback = Callable[[str, int, str], None]  # (which: "baseline"|"intervened", token id, token text)
 

@@ -1,4 +1,4 @@
-"""Retrieval heads (Wu et al. 2024; REFERENCES §5): detection, a cheap proxy, causal masking.
+"""Retrieval heads (Wu et al. 2024; docs/retrieval.md#retrieval-score): detection, a cheap proxy, causal masking.
 
 **Retrieval score.** For each NIAH test (``analyses.niah``) the model answers greedily. At
 every decoding step that emits token w, each head (layer, *query* head) takes its top-1
@@ -57,7 +57,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analyses.niah import (
+from mechscope.analyses.niah import (
     NIAH_FORMATS,
     GridParams,
     NiahAnswer,
@@ -71,13 +71,13 @@ from analyses.niah import (
     response_text,
     tests_frame,
 )
-from probes.batched_greedy import greedy_rows, length_batches
-from probes.capture import run as capture_run
-from probes.errors import InputError
-from probes.hooknames import name as hook_name
-from probes.interventions import HeadMask, check_scope, hooks_for
-from probes.models import model_id
-from probes.results import Result, analysis
+from mechscope.probes.batched_greedy import greedy_rows, length_batches
+from mechscope.probes.capture import run as capture_run
+from mechscope.probes.errors import InputError
+from mechscope.probes.hooknames import name as hook_name
+from mechscope.probes.interventions import HeadMask, check_scope, hooks_for
+from mechscope.probes.models import model_id
+from mechscope.probes.results import Result, analysis
 
 THRESHOLD = 0.1
 

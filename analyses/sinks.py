@@ -1,4 +1,4 @@
-"""Attention sinks, hidden sinks and extreme tokens (REFERENCES §1, §3, §4).
+"""Attention sinks, hidden sinks and extreme tokens (docs/sinks.md#sink-metric, docs/sinks.md#hidden-sinks, docs/sinks.md#active-and-dormant-heads).
 
 * Gu et al. 2024, "When Attention Sink Emerges in Language Models": importance of key k
   for a head, α_k = (1/(T−k+1)) Σ_{i=k..T} A_{i,k}; Sink_k^ε = 100 · mean over samples,
@@ -29,12 +29,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probes import capture, hooknames
-from probes.act import column_mean, hidden_sink_mask
-from probes.errors import InputError
-from probes.models import model_id
-from probes.results import Params, Result, analysis
-from probes.tokens import bos_id, single_token, str_tokens, text_ids
+from mechscope.probes import capture, hooknames
+from mechscope.probes.act import column_mean, hidden_sink_mask
+from mechscope.probes.errors import InputError
+from mechscope.probes.models import model_id
+from mechscope.probes.results import Params, Result, analysis
+from mechscope.probes.tokens import bos_id, single_token, str_tokens, text_ids
 
 VARIANTS = ("no_bos", "bos", "newline", "space")
 DOMAINS = ("prose", "code", "numbers")
@@ -113,7 +113,7 @@ def variant_ids(model, base: Sequence[int], variant: str, max_tokens: int) -> li
 def load_text_set(text_set: str = "mixed", n_texts: int | None = None) -> dict[str, list[str]]:
     """Texts by domain from ``data/texts`` ("mixed" = prose, code and numbers). ``n_texts``
     caps the total, taken evenly from the domains."""
-    from probes import datasets
+    from mechscope.probes import datasets
 
     names = DOMAINS if text_set == "mixed" else (text_set,)
     sets = {d: list(datasets.load_texts(d)) for d in names}

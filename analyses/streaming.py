@@ -1,4 +1,4 @@
-"""Streaming perplexity: StreamingLLM's comparison (Xiao et al. 2023; REFERENCES §2).
+"""Streaming perplexity: StreamingLLM's comparison (Xiao et al. 2023; docs/sinks.md#streamingllm).
 
 Per-token negative log-likelihood of a long text under four attention regimes, all with the
 same budget of C = S + W cached tokens where bounded:
@@ -26,13 +26,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probes.errors import InputError
-from probes.interventions import applied
-from probes.kv_policies import SinkWindow, WindowOnly, stream_logprobs
-from probes.models import model_id
-from probes.readout import logits_from_resid
-from probes.results import Params, Result, analysis
-from probes.tokens import text_ids
+from mechscope.probes.errors import InputError
+from mechscope.probes.interventions import applied
+from mechscope.probes.kv_policies import SinkWindow, WindowOnly, stream_logprobs
+from mechscope.probes.models import model_id
+from mechscope.probes.readout import logits_from_resid
+from mechscope.probes.results import Params, Result, analysis
+from mechscope.probes.tokens import text_ids
 
 POLICIES = ("full", "window", "sink_window", "recompute")
 
@@ -131,7 +131,7 @@ def streaming_perplexity(model, params: StreamingParams, progress: Callable[[int
         raise InputError("recompute_every must be a positive integer.")
     source = "custom" if text is not None else long_text
     if text is None:
-        from probes import datasets
+        from mechscope.probes import datasets
 
         text = datasets.load_long_text(long_text)
     if isinstance(text, str):

@@ -5,16 +5,9 @@ first one (the next-token view) is the landing page, so the embedded model answe
 as it has loaded.
 """
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-_ROOT = str(Path(__file__).resolve().parents[1])
-if _ROOT not in sys.path:  # `streamlit run app/Home.py` puts app/ on the path, not the repo root
-    sys.path.insert(0, _ROOT)
-
-import streamlit as st  # noqa: E402
-
-from app import ui  # noqa: E402
+from mechscope.app import ui
 
 st.set_page_config(page_title="mechscope", layout="wide")
 ui.navigation().run()

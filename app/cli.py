@@ -13,16 +13,16 @@ import importlib
 import pkgutil
 import sys
 
-from probes.errors import MechscopeError
+from mechscope.probes.errors import MechscopeError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import app.commands as commands
+    import mechscope.app.commands as commands
 
     parser = argparse.ArgumentParser(prog="mechscope", description="Mechanistic-interpretability workbench.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"app.commands.{info.name}")
+        module = importlib.import_module(f"mechscope.app.commands.{info.name}")
         if hasattr(module, "register"):  # helpers such as app.commands.common register nothing
             module.register(sub)
     return parser

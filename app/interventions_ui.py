@@ -33,9 +33,9 @@ from typing import Callable
 
 import streamlit as st
 
-from app.specs import parse_heads
-from probes.errors import MechscopeError
-from probes.interventions import HeadMask, NeuronClamp
+from mechscope.app.specs import parse_heads
+from mechscope.probes.errors import MechscopeError
+from mechscope.probes.interventions import HeadMask, NeuronClamp
 
 SENT = "playground_sent"
 PRESET_STRATEGY = "playground_strategy"
@@ -77,7 +77,7 @@ def send_to_playground(interventions=(), strategy=None, note: str = "") -> None:
 
 
 def _sent(model) -> list:
-    from probes.interventions import from_dict
+    from mechscope.probes.interventions import from_dict
 
     sent = st.session_state.get(SENT)
     if not sent or not sent.get("interventions"):
@@ -99,7 +99,7 @@ def _sent(model) -> list:
 
 def render_strategy(model):
     """The decoding selector: returns the chosen strategy object."""
-    from probes.decoding import STRATEGIES
+    from mechscope.probes.decoding import STRATEGIES
 
     preset = st.session_state.pop(PRESET_STRATEGY, None)
     sent = st.session_state.get(SENT) or {}
@@ -211,14 +211,14 @@ def _neuron_clamp(model) -> list:
 
 @strategy_widget("greedy", "greedy", order=0)
 def _greedy(model):
-    from probes.decoding import Greedy
+    from mechscope.probes.decoding import Greedy
 
     return Greedy()
 
 
 @strategy_widget("sample", "sampling", order=10)
 def _sampling(model):
-    from probes.decoding import Sample
+    from mechscope.probes.decoding import Sample
 
     sb = st.sidebar
     return Sample(
@@ -241,7 +241,7 @@ def _full_cache(model):
 
 @kv_policy_widget("sink_window", "Sinks + window (StreamingLLM)", order=10)
 def _sink_window(model):
-    from probes.kv_policies import SinkWindow
+    from mechscope.probes.kv_policies import SinkWindow
 
     _defaults(pg_sw_sinks=4, pg_sw_window=60)
     a, b = st.columns(2)
@@ -254,7 +254,7 @@ def _sink_window(model):
 
 @kv_policy_widget("window", "Window only", order=20)
 def _window_only(model):
-    from probes.kv_policies import WindowOnly
+    from mechscope.probes.kv_policies import WindowOnly
 
     _defaults(pg_wo_window=64)
     w = st.number_input("W (recent tokens)", min_value=1, step=1, key="pg_wo_window")
@@ -264,7 +264,7 @@ def _window_only(model):
 
 @intervention_widget("act", "ACT calibration", order=30)
 def _act(model) -> list:
-    from probes.act import act_interventions
+    from mechscope.probes.act import act_interventions
 
     found = st.session_state.get("act_heads_for_playground")  # set by the Attention sinks page
     _defaults(pg_act_on=False, pg_act_heads=", ".join(f"{l}:{h}" for l, h in found) if found else "",
@@ -288,8 +288,8 @@ def _act(model) -> list:
 
 @intervention_widget("sae", "SAE latent (steer / clamp / splice)", order=30)
 def _sae(model) -> list:
-    from saes.interventions import SaeClamp, SaeSplice, SaeSteer
-    from saes.store import shipped_names
+    from mechscope.saes.interventions import SaeClamp, SaeSplice, SaeSteer
+    from mechscope.saes.store import shipped_names
 
     names = [n for n in shipped_names() if n.startswith("smollm2-135m/")]
     if model.cfg.d_model != 576 or not names:
@@ -316,7 +316,7 @@ def _sae(model) -> list:
 
 @strategy_widget("decore", "DeCoRe (retrieval heads masked)", order=40)
 def _decore(model):
-    from probes.decore import DeCoRe
+    from mechscope.probes.decore import DeCoRe
 
     sb = st.sidebar
     heads = sb.text_input("Retrieval heads (L:H, …)", "", key="pg_decore_heads",
@@ -336,7 +336,7 @@ def _decore(model):
 
 @kv_policy_widget("razor", "RazorAttention (retrieval heads keep full KV)", order=30)
 def _razor(model):
-    from probes.razor import RazorAttention
+    from mechscope.probes.razor import RazorAttention
 
     found = st.session_state.get("razor_heads_for_playground")  # set by the Retrieval heads page
     _defaults(pg_rz_heads=", ".join(f"{l}:{h}" for l, h in found) if found else "", pg_rz_sinks=4,
@@ -372,7 +372,7 @@ def _razor(model):
 
 @strategy_widget("contrastive", "contrastive search", order=20)
 def _contrastive(model):
-    from probes.contrastive import Contrastive
+    from mechscope.probes.contrastive import Contrastive
 
     sb = st.sidebar
     alpha = sb.slider("α (degeneration penalty)", 0.0, 1.0, 0.6, 0.05, key="pg_cs_alpha")
@@ -383,7 +383,7 @@ def _contrastive(model):
 
 @intervention_widget("whitening", "Whitening (saved artefact)", order=40)
 def _whitening(model) -> list:
-    from probes.whitening import Whitening
+    from mechscope.probes.whitening import Whitening
 
     _defaults(pg_wh_on=False, pg_wh_path="", pg_wh_strength=1.0)
     on = st.toggle("Whiten the residual stream", key="pg_wh_on",

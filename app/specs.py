@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from probes.errors import InputError
+from mechscope.probes.errors import InputError
 
 _HEAD_RE = re.compile(r"^\s*L?(\d+)\s*[:H]\s*(\d+)\s*$", re.IGNORECASE)
 _MASK_RE = re.compile(r"^\s*(\d+):(\d+)(?::(uniform|zero))?\s*$")
@@ -47,7 +47,7 @@ def format_neuron(layer: int, neuron: int) -> str:
 
 def parse_mask(spec: str):
     """``"L:H"`` or ``"L:H:MODE"`` (uniform | zero) → HeadMask."""
-    from probes.interventions import HeadMask
+    from mechscope.probes.interventions import HeadMask
 
     m = _MASK_RE.match(spec or "")
     if not m:
@@ -57,7 +57,7 @@ def parse_mask(spec: str):
 
 def parse_clamp(spec: str):
     """``"L:N=V"`` → NeuronClamp(value=V)."""
-    from probes.interventions import NeuronClamp
+    from mechscope.probes.interventions import NeuronClamp
 
     m = _CLAMP_RE.match(spec or "")
     try:

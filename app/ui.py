@@ -21,8 +21,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from probes.errors import MechscopeError
-from probes.models import DEFAULT_MODEL, available_models, load
+from mechscope.probes.errors import MechscopeError
+from mechscope.probes.models import DEFAULT_MODEL, available_models, load
 
 DEFAULT_PROMPT = "The capital of France is"
 PAGES_DIR = Path(__file__).resolve().parent / "pages"
@@ -215,7 +215,7 @@ def st_progress(label: str = "Forward passes"):
 
 def memo_key(slot: str, params, model=None) -> tuple:
     """What identifies a page result: the slot, the model and the (frozen, typed) Params."""
-    from probes.models import model_id
+    from mechscope.probes.models import model_id
 
     return (slot, model_id(model) if model is not None else None, repr(params))
 

@@ -45,7 +45,7 @@ HEADING = "Circuit discovery"
 
 def naive_sweep_seconds(model, pairs, layers, batch_size: int) -> float:
     """One full forward per head (patched z from the corrupted run), over the given layers."""
-    from probes import attribution as attr
+    from mechscope.probes import attribution as attr
 
     H = model.cfg.n_heads
     dev = model.cfg.device
@@ -68,7 +68,7 @@ def naive_sweep_seconds(model, pairs, layers, batch_size: int) -> float:
 
 
 def batched_sweep_seconds(model, pairs, layers, batch_size: int) -> float:
-    from probes import attribution as attr
+    from mechscope.probes import attribution as attr
 
     t0 = time.perf_counter()
     attr.patch_nodes(model, pairs, "noising", batch_size, mlp=False, layers=layers)
@@ -82,7 +82,7 @@ def edge_batching_seconds(model, pairs, edges, inputs, batch_size: int) -> tuple
     receiver layer and prompt batch) vs one edge per forward; (batched s, one-per-forward s, edges)."""
     from collections import Counter
 
-    from probes import path_patching as pp
+    from mechscope.probes import path_patching as pp
 
     busiest = {l for l, _ in Counter(r[0] for _, r in edges).most_common(2)}
     sub = [e for e in edges if e[1][0] in busiest]
@@ -106,8 +106,8 @@ def sae_diagnostics(model, pairs, res, p) -> tuple[list, list]:
     Returns AUC rows and per-missed-head rows."""
     from scipy.stats import spearmanr
 
-    from analyses.circuits import CircuitDiscoverParams, roc_auc, sae_codes
-    from saes import discrete
+    from mechscope.analyses.circuits import CircuitDiscoverParams, roc_auc, sae_codes
+    from mechscope.saes import discrete
 
     L, H = res.truth.shape
     rows, miss = [], []
@@ -163,9 +163,9 @@ def negatives_doing_the_task(model, task: str, n: int = 32) -> str:
     (IOI's ABC names, greater-than's year 01). High = the negatives still carry the behaviour."""
     import re
 
-    from analyses.circuits import load_circuit_task, task_pairs
-    from probes import attribution as attr
-    from probes.tokens import single_token
+    from mechscope.analyses.circuits import load_circuit_task, task_pairs
+    from mechscope.probes import attribution as attr
+    from mechscope.probes.tokens import single_token
 
     if task not in ("docstring", "induction"):
         return "n/a"
@@ -182,8 +182,8 @@ def negatives_doing_the_task(model, task: str, n: int = 32) -> str:
 
 
 def main(argv=None) -> int:
-    from analyses.circuits import ANCHORS, TASKS, CircuitCompareParams, circuit_compare, select_positive, task_pairs, load_circuit_task
-    from probes.models import load
+    from mechscope.analyses.circuits import ANCHORS, TASKS, CircuitCompareParams, circuit_compare, select_positive, task_pairs, load_circuit_task
+    from mechscope.probes.models import load
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")

@@ -35,19 +35,19 @@ RESULTS_HEADS = "L17H3,L18H6,L23H2,L18H7,L17H4,L23H7,L17H5,L21H8,L24H4"  # RESUL
 
 
 def run(args) -> str:
-    from analyses.duo_attention import DuoParams, duo_gates, gate_score_spearman, split_mse
-    from analyses.passkey import passkey_samples
-    from app.specs import parse_heads
-    from probes.duo import final_hidden
-    from probes.interventions import applied
-    from probes.models import load
+    from mechscope.analyses.duo_attention import DuoParams, duo_gates, gate_score_spearman, split_mse
+    from mechscope.analyses.passkey import passkey_samples
+    from mechscope.app.specs import parse_heads
+    from mechscope.probes.duo import final_hidden
+    from mechscope.probes.interventions import applied
+    from mechscope.probes.models import load
 
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
     model = load(args.model, device=args.device).model
     det = None
     if args.retrieval_from:
-        from analyses.catalog import load_result
+        from mechscope.analyses.catalog import load_result
 
         det = load_result(args.retrieval_from)
         heads = det.retrieval_heads()
@@ -90,7 +90,7 @@ def run(args) -> str:
             final_hidden(model, tokens)
 
     def step():
-        from analyses.duo_attention import train_gates
+        from mechscope.analyses.duo_attention import train_gates
 
         train_gates(model, [(sample.ids, sample.answer_start)], args.n_sink, args.window, args.lr, args.reg_weight,
                     args.full_branch, init=0.5)

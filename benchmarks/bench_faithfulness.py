@@ -2,7 +2,7 @@
 
 Accuracy on the contextual-faithfulness set (``data/tasks/faithfulness.jsonl``: the context
 overrides the model's prior answer; :mod:`analyses.faithfulness`) of greedy decoding vs
-DeCoRe (REFERENCES §6: the top-N retrieval heads masked in the contrast model, entropy-guided
+DeCoRe (docs/retrieval.md#decore: the top-N retrieval heads masked in the contrast model, entropy-guided
 α and fixed α = 0.5), with 95% percentile bootstrap CIs over items and a paired CI of the
 difference from greedy. ``--n-heads`` takes one or several N (default 50, the reference's
 ``num_retrieval_heads``); ``--mask-scope`` one or several of ``decode`` (default: the
@@ -38,11 +38,11 @@ def _list(kind):
 
 
 def run(args) -> str:
-    from analyses.faithfulness import bootstrap_ci, evaluate, load_items
-    from probes.decore import DeCoRe
-    from probes.errors import InputError
-    from probes.interventions import check_scope
-    from probes.models import load
+    from mechscope.analyses.faithfulness import bootstrap_ci, evaluate, load_items
+    from mechscope.probes.decore import DeCoRe
+    from mechscope.probes.errors import InputError
+    from mechscope.probes.interventions import check_scope
+    from mechscope.probes.models import load
 
     for scope in args.mask_scope:
         check_scope(scope)
@@ -56,7 +56,7 @@ def run(args) -> str:
             raise InputError(f"--n-heads {n_max} is more than the {len(ranked)} heads given with --heads.")
         source = "given"
     else:
-        from analyses.retrieval import RetrievalParams, retrieval_heads
+        from mechscope.analyses.retrieval import RetrievalParams, retrieval_heads
 
         det = retrieval_heads(model, RetrievalParams(lengths=tuple(args.detect_lengths), proxy_seqs=0))
         ranked = det.top(n_max)
@@ -97,7 +97,7 @@ def run(args) -> str:
 
 
 def main(argv=None) -> int:
-    from probes.decore import DEFAULT_HEADS
+    from mechscope.probes.decore import DEFAULT_HEADS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")

@@ -42,7 +42,7 @@ def _tokens(model, n: int) -> torch.Tensor:
 
 
 def forward_variants(model, tokens: torch.Tensor, with_full_cache: bool = True) -> dict:
-    from probes import capture
+    from mechscope.probes import capture
 
     n_layers = model.cfg.n_layers
     sink = torch.zeros(n_layers, model.cfg.n_heads)
@@ -111,8 +111,8 @@ def bench_forward(model, rounds: int, lengths=LENGTHS) -> list[list[str]]:
 
 
 def bench_generate(model, rounds: int, new_tokens: int = 64) -> list[list[str]]:
-    from probes.decoding import generate
-    from probes.interventions import HeadMask, NeuronClamp
+    from mechscope.probes.decoding import generate
+    from mechscope.probes.interventions import HeadMask, NeuronClamp
 
     prompt = _tokens(model, 32)[0].tolist()
     ivs = [HeadMask(5, 2, "uniform"), NeuronClamp(10, 100, value=3.0)]
@@ -132,7 +132,7 @@ def bench_generate(model, rounds: int, new_tokens: int = 64) -> list[list[str]]:
 
 
 _LOAD_SNIPPET = (
-    "import time; t=time.perf_counter(); from probes.models import load; load('smollm2-135m'); "
+    "import time; t=time.perf_counter(); from mechscope.probes.models import load; load('smollm2-135m'); "
     "print(time.perf_counter()-t)"
 )
 
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from probes.models import load
+    from mechscope.probes.models import load
 
     model = load("smollm2-135m").model
     started = time.strftime("%Y-%m-%d %H:%M")

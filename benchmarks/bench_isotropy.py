@@ -66,7 +66,7 @@ def cpu_median(samples: list, warmup: int = 1) -> float:
 
 
 def bench_isoscore(n: int, d: int, device: str, rounds: int) -> list:
-    from analyses.isotropy import isoscore
+    from mechscope.analyses.isotropy import isoscore
 
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(0.1, 3, d, dtype=torch.float64)).to(device)
@@ -85,8 +85,8 @@ def bench_isoscore(n: int, d: int, device: str, rounds: int) -> list:
 
 
 def bench_all_layers(model, seqs, batch_size: int, rounds: int, device: str) -> tuple[list, dict]:
-    from analyses.isotropy import isotropy
-    from probes import capture
+    from mechscope.analyses.isotropy import isotropy
+    from mechscope.probes import capture
 
     texts = tuple(tuple(s) for s in seqs)
     variants = {
@@ -104,7 +104,7 @@ def bench_all_layers(model, seqs, batch_size: int, rounds: int, device: str) -> 
 def finalize_time(model, seqs, batch_size: int, device: str) -> tuple[float, float]:
     """(fixed part, streaming pass) of one scoring run: the streaming pass timed inside it
     (``capture.run`` with the reducers), the fixed part = the rest."""
-    import analyses.isotropy as iso
+    import mechscope.analyses.isotropy as iso
 
     texts = tuple(tuple(s) for s in seqs)
     real_run = iso.capture.run
@@ -135,7 +135,7 @@ def _path(name: str, device: str):
     shared cache, where exact) or "k rows" (its fallback), whatever the device's default."""
     from unittest import mock
 
-    import probes.contrastive as pc
+    import mechscope.probes.contrastive as pc
 
     if name == "k rows":
         return mock.patch.object(pc, "shares_one_row", lambda *a, **kw: False)
@@ -147,8 +147,8 @@ def bench_decoding(model, prompt, n_new: int, rounds: int, device: str, short: b
     by both candidate passes (the device's default is marked); ``short=False`` (long
     contexts): greedy and those two only. The last column says whether the two k = 4 paths
     chose the same tokens."""
-    from probes.contrastive import SHARED_ROW_DEVICES, Contrastive
-    from probes.decoding import Sample, generate
+    from mechscope.probes.contrastive import SHARED_ROW_DEVICES, Contrastive
+    from mechscope.probes.decoding import Sample, generate
 
     out = {}
     default = "shared row" if torch.device(device).type in SHARED_ROW_DEVICES else "k rows"
@@ -178,7 +178,7 @@ def bench_decoding(model, prompt, n_new: int, rounds: int, device: str, short: b
 
 def long_prompt(model, n_tokens: int) -> list[int]:
     """A prompt of exactly ``n_tokens`` ids: the isotropy text set's texts, concatenated."""
-    from analyses.isotropy import IsotropyParams, texts_for
+    from mechscope.analyses.isotropy import IsotropyParams, texts_for
 
     ids: list[int] = []
     for text in texts_for(IsotropyParams(n_texts=64)):
@@ -212,8 +212,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(1)
-    from analyses.isotropy import encode_texts, texts_for, IsotropyParams
-    from probes.models import load
+    from mechscope.analyses.isotropy import encode_texts, texts_for, IsotropyParams
+    from mechscope.probes.models import load
 
     model = load("smollm2-135m", device=args.device).model
     d = model.cfg.d_model

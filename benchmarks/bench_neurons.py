@@ -40,7 +40,7 @@ GPU_JSON = Path(__file__).resolve().parent / "gpu_neuron_decode.json"
 
 
 def bench_decode(model, layers, rounds: int, chunk: int):
-    from analyses.neurons import decode_neurons, neuron_directions, unembedding
+    from mechscope.analyses.neurons import decode_neurons, neuron_directions, unembedding
 
     dirs = torch.cat([neuron_directions(model, layer) for layer in layers]).contiguous()
     W = unembedding(model, "final")
@@ -66,7 +66,7 @@ def bench_decode(model, layers, rounds: int, chunk: int):
 
 
 def bench_search(model):
-    from analyses.neurons import neurons_for_token
+    from mechscope.analyses.neurons import neurons_for_token
 
     neurons_for_token(model, " dog")
     ts = []
@@ -78,9 +78,9 @@ def bench_search(model):
 
 
 def dog_demo(model):
-    from analyses.neurons import neurons_for_token
-    from probes.decoding import generate
-    from probes.interventions import NeuronClamp
+    from mechscope.analyses.neurons import neurons_for_token
+    from mechscope.probes.decoding import generate
+    from mechscope.probes.interventions import NeuronClamp
 
     hits = neurons_for_token(model, " dog", top=3).table
     layer, neuron = int(hits.loc[0, "layer"]), int(hits.loc[0, "neuron"])
@@ -101,7 +101,7 @@ def _cell(x) -> str:
 
 
 def taxonomy_summary(model, n_texts: int):
-    from analyses.neurons import neuron_activity
+    from mechscope.analyses.neurons import neuron_activity
 
     t = time.perf_counter()
     res = neuron_activity(model, texts="mixed", max_texts=n_texts)
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-clamp", action="store_true", help="skip the clamp verification and dog demo")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    from probes.models import load
+    from mechscope.probes.models import load
 
     model, spec = load("smollm2-135m")
     layers = list(range(4)) if args.quick else list(range(model.cfg.n_layers))
@@ -171,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
                   "kernels reading the [chunk × vocab] logits back; fusing it into the GEMM epilogue is the next step."]
 
     if not args.no_clamp:
-        from analyses.neurons import clamp_verification, decode_neurons
+        from mechscope.analyses.neurons import clamp_verification, decode_neurons
 
-        from analyses.neurons import method_agreement
+        from mechscope.analyses.neurons import method_agreement
 
         agree = method_agreement(model)
         tot_agree = agree[agree.layer == -1].iloc[0]

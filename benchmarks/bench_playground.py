@@ -27,9 +27,9 @@ SECTION = "Playground comparison"
 
 
 def bench(model, rounds: int, new_tokens: int, device: str | None = None) -> list[list[str]]:
-    from analyses.playground import compare_generations
-    from probes.decoding import generate, score_continuation
-    from probes.interventions import HeadMask, NeuronClamp
+    from mechscope.analyses.playground import compare_generations
+    from mechscope.probes.decoding import generate, score_continuation
+    from mechscope.probes.interventions import HeadMask, NeuronClamp
 
     g = torch.Generator().manual_seed(32)
     prompt = torch.randint(100, model.cfg.d_vocab, (32,), generator=g).tolist()
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from probes.models import load
+    from mechscope.probes.models import load
 
     model = load("smollm2-135m", device=args.device).model
     started = time.strftime("%Y-%m-%d %H:%M")

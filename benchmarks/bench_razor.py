@@ -57,7 +57,7 @@ def evaluate(model, built, configs, args, thr, say):
     """NIAH correctness (key-word recall > ``thr``) and KV fraction of every (config, test),
     every policy × test of one prompt length as rows of shared batches
     (:func:`analyses.kv_curve.answers_under_policies`)."""
-    from analyses.kv_curve import answers_under_policies
+    from mechscope.analyses.kv_curve import answers_under_policies
 
     done = [0]
 
@@ -71,11 +71,11 @@ def evaluate(model, built, configs, args, thr, say):
 
 
 def run(args) -> str:
-    from analyses.kv_curve import kv_ranking
-    from analyses.niah import GridParams, grid_tests
-    from analyses.retrieval import RetrievalParams, retrieval_heads
-    from probes.models import load
-    from probes.razor import RazorAttention, n_kv_heads, uniform_window_for
+    from mechscope.analyses.kv_curve import kv_ranking
+    from mechscope.analyses.niah import GridParams, grid_tests
+    from mechscope.analyses.retrieval import RetrievalParams, retrieval_heads
+    from mechscope.probes.models import load
+    from mechscope.probes.razor import RazorAttention, n_kv_heads, uniform_window_for
 
     if args.device == "cpu":
         torch.set_num_threads(args.threads)

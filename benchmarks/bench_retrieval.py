@@ -1,7 +1,7 @@
 """Benchmark for issue 8 (retrieval heads): ``python -m benchmarks.bench_retrieval``.
 
 **Detection scan vs the materialising step-by-step loop.** Both answer every NIAH test
-greedily and score every head (REFERENCES §5):
+greedily and score every head (docs/retrieval.md#retrieval-score):
 
 * *baseline* — :func:`analyses.retrieval.reference_scores`: the reference's procedure
   without its patched attention kernels: no KV cache, at every step the whole text is run
@@ -26,7 +26,7 @@ Peak extra memory (kernel VmHWM, ``benchmarks.common.PeakMemory``, or
 
 ``--full-grid`` = 3 needles × 20 lengths up to the model's context × 10 depths = 600 tests.
 A test counts (and its answer is correct) when the response's ROUGE-1 recall of the needle's
-answer part exceeds 0.5; copies score on the answer part's tokens only (REFERENCES §5).
+answer part exceeds 0.5; copies score on the answer part's tokens only (docs/retrieval.md#retrieval-score).
 ``--out FILE`` writes the markdown section to FILE; ``--results`` also writes it into
 RESULTS.md. Threads: 1 on CPU (shared 2-core dev box).
 
@@ -67,9 +67,9 @@ def full_grid_lengths(model, n: int = 20, lo: int = 1000, margin: int = 120) -> 
 
 
 def run(args) -> str:
-    from analyses.niah import GridParams, grid_tests
-    from analyses.retrieval import reference_scores, scan, score_test
-    from probes.models import load
+    from mechscope.analyses.niah import GridParams, grid_tests
+    from mechscope.analyses.retrieval import reference_scores, scan, score_test
+    from mechscope.probes.models import load
 
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
@@ -188,7 +188,7 @@ def masking(model, grid, order, args) -> str:
     """The causal check on the detected ranking: top-k retrieval heads vs k random heads
     outside the top ``--random-outside-top``, ``--seeds`` draws, on the NIAH grid of
     ``--masking-lengths``, once per ``--mask-scope``."""
-    from analyses.retrieval import MaskingParams, retrieval_masking
+    from mechscope.analyses.retrieval import MaskingParams, retrieval_masking
 
     ks = tuple(args.ks)
     lengths = tuple(args.masking_lengths) if args.masking_lengths else grid.lengths

@@ -39,13 +39,13 @@ def _best(fn, repeat: int = 3) -> float:
 
 def main(argv=None) -> int:
     torch.set_num_threads(1)
-    from probes.capture import run
-    from probes.datasets import load_texts
-    from probes.decoding import generate
-    from probes.models import load
-    from probes.tokens import encode_batch
-    from saes.features import sae_features
-    from saes.interventions import SaeSplice, sae_for
+    from mechscope.probes.capture import run
+    from mechscope.probes.datasets import load_texts
+    from mechscope.probes.decoding import generate
+    from mechscope.probes.models import load
+    from mechscope.probes.tokens import encode_batch
+    from mechscope.saes.features import sae_features
+    from mechscope.saes.interventions import SaeSplice, sae_for
 
     model, _ = load()
     name = "smollm2-135m/resid-L12"

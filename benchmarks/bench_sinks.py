@@ -30,8 +30,8 @@ HEADING = "Attention sinks"
 
 
 def bench_metric(model, seqs, batch_size, rounds):
-    from analyses.sinks import attention_sinks
-    from probes import capture
+    from mechscope.analyses.sinks import attention_sinks
+    from mechscope.probes import capture
 
     T = max(len(s) for s in seqs)
     variants = {
@@ -43,8 +43,8 @@ def bench_metric(model, seqs, batch_size, rounds):
 
 
 def bench_generation(model, S, W, lengths):
-    from probes.decoding import generate
-    from probes.kv_policies import SinkWindow
+    from mechscope.probes.decoding import generate
+    from mechscope.probes.kv_policies import SinkWindow
 
     prompt = "The history of the old city begins with a small village by the river, where"
     rows = []
@@ -58,8 +58,8 @@ def bench_generation(model, S, W, lengths):
 
 
 def samples(model, S, W, n):
-    from probes.decoding import generate
-    from probes.kv_policies import SinkWindow, WindowOnly
+    from mechscope.probes.decoding import generate
+    from mechscope.probes.kv_policies import SinkWindow, WindowOnly
 
     prompt = "Once upon a time, in a small village at the edge of a great forest, there lived"
     out = []
@@ -113,7 +113,7 @@ def act_section(res) -> list[str]:
 def _load_waiting(path: str, minutes: float):
     from pathlib import Path
 
-    from probes.results import Result
+    from mechscope.probes.results import Result
 
     deadline = time.time() + 60 * minutes
     while not (Path(path) / "result.json").is_file() and time.time() < deadline:
@@ -133,8 +133,8 @@ def main(argv=None) -> int:
                     help="minutes to wait for the --*-from results to appear (runs still in progress)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    from probes import datasets
-    from probes.models import load
+    from mechscope.probes import datasets
+    from mechscope.probes.models import load
 
     model = load("smollm2-135m").model
     tok = model.tokenizer
@@ -176,8 +176,8 @@ def main(argv=None) -> int:
               "perplexity below (teacher-forced), not in these greedy loops.", ""]
 
     if not args.no_streaming:
-        from analyses.streaming import streaming_perplexity
-        from probes.results import Result
+        from mechscope.analyses.streaming import streaming_perplexity
+        from mechscope.probes.results import Result
 
         if args.streaming_from:
             res = _load_waiting(args.streaming_from, args.wait)

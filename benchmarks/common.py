@@ -143,7 +143,7 @@ def release_free_memory() -> None:
     """Collect garbage and hand free heap memory back to the OS (glibc ``malloc_trim``)."""
     import gc
 
-    from probes.heap import release_heap
+    from mechscope.probes.heap import release_heap
 
     gc.collect()
     release_heap()

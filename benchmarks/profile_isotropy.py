@@ -58,7 +58,7 @@ def timed_syncs(fn, device: str, count_syncs: bool) -> tuple:
 
 def timed_pass(model, seqs, bs: int, device: str, count_syncs: bool, **kw) -> dict:
     """One scoring run with the streaming pass timed (and its host syncs counted) inside it."""
-    import analyses.isotropy as iso
+    import mechscope.analyses.isotropy as iso
 
     texts = tuple(tuple(s) for s in seqs)
     real_run = iso.capture.run
@@ -78,7 +78,7 @@ def timed_pass(model, seqs, bs: int, device: str, count_syncs: bool, **kw) -> di
 
 
 def timed_forward(model, seqs, bs: int, device: str, count_syncs: bool) -> tuple[float, int | None]:
-    from probes import capture
+    from mechscope.probes import capture
 
     _, t, n = timed_syncs(lambda: capture.run(model, seqs, batch_size=bs), device, count_syncs)
     return t, n
@@ -125,7 +125,7 @@ def fixed_profile(model, seqs, bs: int, device: str, top: int = 15) -> str:
 
 
 def compare_linalg(model, seqs, bs: int, device: str) -> list:
-    import analyses.isotropy as iso
+    import mechscope.analyses.isotropy as iso
 
     texts = tuple(tuple(s) for s in seqs)
     kw = dict(texts=texts, weights=False, batch_size=bs, max_tokens=max(map(len, texts)))
@@ -150,8 +150,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads or args.device == "cpu":
         torch.set_num_threads(args.threads or 1)
-    from analyses.isotropy import IsotropyParams, encode_texts, texts_for
-    from probes.models import load
+    from mechscope.analyses.isotropy import IsotropyParams, encode_texts, texts_for
+    from mechscope.probes.models import load
 
     cuda = args.device.startswith("cuda")
     model = load("smollm2-135m", device=args.device).model

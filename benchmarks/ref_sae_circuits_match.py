@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from saes import discrete
+from mechscope.saes import discrete
 
 
 def ref_nodes(pos, neg):

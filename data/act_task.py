@@ -197,9 +197,9 @@ def evaluate(path, limit: int | None = None) -> dict:
 
     import torch
 
-    from probes.decoding import score_continuation
-    from probes.models import load
-    from probes.tokens import encode
+    from mechscope.probes.decoding import score_continuation
+    from mechscope.probes.models import load
+    from mechscope.probes.tokens import encode
 
     model = load().model
     items = [json.loads(line) for line in open(path, encoding="utf-8")][:limit]

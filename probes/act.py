@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
-from probes import hooknames
-from probes.errors import InputError, check_range
-from probes.interventions import INTERVENTIONS, Data
+from mechscope.probes import hooknames
+from mechscope.probes.errors import InputError, check_range
+from mechscope.probes.interventions import INTERVENTIONS, Data
 
 
 def column_mean(pattern: torch.Tensor, q_offset: int = 0, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -36,7 +36,7 @@ def column_mean(pattern: torch.Tensor, q_offset: int = 0, lengths: torch.Tensor 
     ``pattern`` [..., q, K] holds queries at absolute positions ``q_offset .. q_offset+q-1``;
     key j is seen by queries i >= j. With ``lengths`` ([B], rows of a [B, ..., q, K] pattern),
     queries at or beyond a row's length are ignored. Returns [..., K]. For a square causal
-    pattern this is Gu et al.'s α_k and ACT's sink criterion (REFERENCES §1, §3).
+    pattern this is Gu et al.'s α_k and ACT's sink criterion (docs/sinks.md#sink-metric, docs/sinks.md#hidden-sinks).
     """
     q, k = pattern.shape[-2], pattern.shape[-1]
     kpos = torch.arange(k, device=pattern.device)

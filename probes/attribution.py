@@ -43,11 +43,11 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 import torch
 
-from probes import hooknames
-from probes.errors import InputError
-from probes.locks import model_lock
-from probes.readout import logits_from_resid
-from probes.tokens import check_length, single_token, text_ids
+from mechscope.probes import hooknames
+from mechscope.probes.errors import InputError
+from mechscope.probes.locks import model_lock
+from mechscope.probes.readout import logits_from_resid
+from mechscope.probes.tokens import check_length, single_token, text_ids
 
 Direction = Literal["noising", "denoising"]
 ProgressFn = Callable[[int, int], None]

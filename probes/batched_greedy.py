@@ -17,7 +17,7 @@ cache) for many prompts at once:
 * ``top1=True`` records, at every forward pass, each layer's and query head's top-1
   attended key of the row's last query (the argmax of ``hook_pattern``, first position on
   ties), reduced inside the hook on the device and returned in **unpadded** positions —
-  Wu et al.'s retrieval-score input (REFERENCES §5). Pad keys get probability exactly 0
+  Wu et al.'s retrieval-score input (docs/retrieval.md#retrieval-score). Pad keys get probability exactly 0
   (their scores are −inf), so they can never be the argmax of a row that attends to
   anything. One host synchronisation per step (the emitted tokens).
 
@@ -43,10 +43,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from probes.errors import InputError
-from probes.hooknames import name as hook_name
-from probes.interventions import Gate, HookList, Intervention, applied, check_scope, hooks_for
-from probes.kv_policies import new_cache
+from mechscope.probes.errors import InputError
+from mechscope.probes.hooknames import name as hook_name
+from mechscope.probes.interventions import Gate, HookList, Intervention, applied, check_scope, hooks_for
+from mechscope.probes.kv_policies import new_cache
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,10 @@ from typing import Callable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from probes.errors import InputError
-from probes.hooknames import Site, site
-from probes.interventions import Intervention, applied
-from probes.tokens import as_token_tensor, check_length
+from mechscope.probes.errors import InputError
+from mechscope.probes.hooknames import Site, site
+from mechscope.probes.interventions import Intervention, applied
+from mechscope.probes.tokens import as_token_tensor, check_length
 
 ProgressFn = Callable[[int, int], None]
 

@@ -1,4 +1,4 @@
-"""Contrastive search (Su et al. 2022, SimCTG; REFERENCES §16) as a decoding strategy.
+"""Contrastive search (Su et al. 2022, SimCTG; docs/isotropy.md#contrastive-search) as a decoding strategy.
 
 At each step, among the top-k candidates v of p(· | x<t):
 
@@ -48,12 +48,12 @@ from typing import ClassVar
 
 import torch
 
-from probes import hooknames
-from probes.decoding import STRATEGIES, StepState
-from probes.errors import InputError
-from probes.interventions import positionwise
-from probes.kv_policies import _Data, cache_len
-from probes.readout import final_norm
+from mechscope.probes import hooknames
+from mechscope.probes.decoding import STRATEGIES, StepState
+from mechscope.probes.errors import InputError
+from mechscope.probes.interventions import positionwise
+from mechscope.probes.kv_policies import _Data, cache_len
+from mechscope.probes.readout import final_norm
 
 
 @dataclass
@@ -184,7 +184,7 @@ def _shared_row_hooks(model, held: _Held) -> list:
 def _score_shared(model, stepper, ids: torch.Tensor, held: _Held) -> torch.Tensor:
     """The k candidates as k positions of one row over the shared cache (see the module
     docstring); their final-norm last-layer states [k, d]."""
-    from probes.capture import Batch
+    from mechscope.probes.capture import Batch
 
     k = ids.numel()
     cand = ids.to(model.cfg.device)[None]  # [1, k]
@@ -219,7 +219,7 @@ def _keep_shared(stepper, b: int, tok: int) -> None:
 def _score_rows(model, stepper, ids: torch.Tensor, held: _Held) -> torch.Tensor:
     """One forward pass of the k candidates as k rows (the cache expanded to k rows, as
     views; or full recomputation without a cache): their final-norm states [k, d]."""
-    from probes.capture import Batch
+    from mechscope.probes.capture import Batch
 
     k = ids.numel()
     device = model.cfg.device

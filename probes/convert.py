@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from probes.errors import MissingPackageError
+from mechscope.probes.errors import MissingPackageError
 
 
 # Storage order per parameter name: TransformerLens 3.9 rearranges these weights on every

@@ -19,7 +19,7 @@ import functools
 
 import torch
 
-from probes.errors import InputError
+from mechscope.probes.errors import InputError
 
 
 class Workspace:

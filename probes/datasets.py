@@ -26,7 +26,7 @@ import json
 import os
 from pathlib import Path
 
-from probes.errors import ChecksumError, InputError
+from mechscope.probes.errors import ChecksumError, InputError
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 ENV_VAR = "MECHSCOPE_DATA"

@@ -32,10 +32,10 @@ from typing import Callable, ClassVar, Protocol, Sequence
 
 import torch
 
-from probes.errors import InputError
-from probes.hooknames import site
-from probes.interventions import Gate, HookList, Intervention, Rows, applied, check_scope, hooks_for
-from probes.kv_policies import (  # noqa: F401  (the cache helpers live with the policies)
+from mechscope.probes.errors import InputError
+from mechscope.probes.hooknames import site
+from mechscope.probes.interventions import Gate, HookList, Intervention, Rows, applied, check_scope, hooks_for
+from mechscope.probes.kv_policies import (  # noqa: F401  (the cache helpers live with the policies)
     KV_POLICIES,
     FullCache,
     KVPolicy,
@@ -46,9 +46,9 @@ from probes.kv_policies import (  # noqa: F401  (the cache helpers live with the
     register_kv_policy,
     resolve_kv_policy,
 )
-from probes.serial import Registry
-from probes import razor as _razor  # noqa: F401,E402  (registers the "razor" KV policy)
-from probes.tokens import as_token_tensor, str_tokens
+from mechscope.probes.serial import Registry
+from mechscope.probes import razor as _razor  # noqa: F401,E402  (registers the "razor" KV policy)
+from mechscope.probes.tokens import as_token_tensor, str_tokens
 
 #: decoding strategies by kind ("greedy", "sample", ...)
 STRATEGIES = Registry("strategy")
@@ -165,7 +165,7 @@ class _Stepper:
 
     def feed(self, tokens: Sequence[Sequence[int]]) -> torch.Tensor:
         """Feed new tokens (one list per row); return the logits at the last one ([rows, d_vocab])."""
-        from probes.capture import Batch
+        from mechscope.probes.capture import Batch
 
         for row, new in zip(self.all_tokens, tokens):
             row.extend(new)

@@ -1,4 +1,4 @@
-"""DeCoRe decoding (Gema et al. 2024; REFERENCES §6) as a registered strategy.
+"""DeCoRe decoding (Gema et al. 2024; docs/retrieval.md#decore) as a registered strategy.
 
 The "masked" model is the same model with its top-N retrieval heads masked (uniform
 attention, :class:`probes.interventions.HeadMask`). Each step picks
@@ -32,10 +32,10 @@ from typing import ClassVar, Literal
 
 import torch
 
-from probes.decoding import STRATEGIES, StepState, _Stepper
-from probes.errors import InputError
-from probes.interventions import HeadMask, applied, check_scope
-from probes.kv_policies import FullCache, _Data
+from mechscope.probes.decoding import STRATEGIES, StepState, _Stepper
+from mechscope.probes.errors import InputError
+from mechscope.probes.interventions import HeadMask, applied, check_scope
+from mechscope.probes.kv_policies import FullCache, _Data
 
 #: the reference's default number of masked retrieval heads (aryopg/DeCoRe,
 #: ``configs/decoder/decore_entropy.yaml``: ``num_retrieval_heads: 50``)

@@ -1,4 +1,4 @@
-"""DuoAttention's gated attention on a hooked model (Xiao et al. 2024; REFERENCES §7).
+"""DuoAttention's gated attention on a hooked model (Xiao et al. 2024; docs/retrieval.md#duoattention).
 
 Every KV head (layer l, KV head k) has a gate α ∈ [0, 1]; its query heads output
 
@@ -37,9 +37,9 @@ from typing import Literal
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from probes.errors import InputError
-from probes.hooknames import name as hook_name
-from probes.razor import kv_group, n_kv_heads
+from mechscope.probes.errors import InputError
+from mechscope.probes.hooknames import name as hook_name
+from mechscope.probes.razor import kv_group, n_kv_heads
 
 FullBranch = Literal["shared", "reference"]
 FULL_BRANCHES = ("shared", "reference")

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from probes.errors import ChecksumError, MissingPackageError
-from probes.convert import hf_from_gguf, quiet_transformers
-from probes.weights_cache import cache_meta, cache_root, converted_cache_dir, load_converted, save_converted, verify_sha256
+from mechscope.probes.errors import ChecksumError, MissingPackageError
+from mechscope.probes.convert import hf_from_gguf, quiet_transformers
+from mechscope.probes.weights_cache import cache_meta, cache_root, converted_cache_dir, load_converted, save_converted, verify_sha256
 
 NAME = "gemma-3-270m"
 TL_NAME = "google/gemma-3-270m"

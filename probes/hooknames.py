@@ -12,7 +12,7 @@ import re
 
 from transformer_lens.utils import get_act_name
 
-from probes.errors import InputError
+from mechscope.probes.errors import InputError
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(?:(attn|mlp|ln1|ln2)\.)?hook_(\w+)$")
 

@@ -17,10 +17,10 @@ from typing import Callable, ClassVar, Iterable, Iterator, Literal, Protocol, Se
 
 import torch
 
-from probes import hooknames
-from probes.errors import InputError, check_range
-from probes.locks import model_lock
-from probes.serial import Registry, to_dict
+from mechscope.probes import hooknames
+from mechscope.probes.errors import InputError, check_range
+from mechscope.probes.locks import model_lock
+from mechscope.probes.serial import Registry, to_dict
 
 HookList = list[tuple[str, Callable]]
 

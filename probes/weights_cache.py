@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from probes.convert import empty_hooked, cfg_json
-from probes.errors import ChecksumError
+from mechscope.probes.convert import empty_hooked, cfg_json
+from mechscope.probes.errors import ChecksumError
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

@@ -1,4 +1,4 @@
-"""Whitening transforms of the residual stream (REFERENCES §15), as stored artefacts and as
+"""Whitening transforms of the residual stream (docs/isotropy.md#whitening), as stored artefacts and as
 an intervention.
 
 A fitted whitening is the affine map x ↦ μ + (x − μ)·W at one hook site, W [d, d] in the
@@ -34,10 +34,10 @@ from pathlib import Path
 
 import torch
 
-from probes import hooknames
-from probes.covariance import CloudStats
-from probes.errors import ChecksumError, InputError
-from probes.interventions import INTERVENTIONS, Data, HookList
+from mechscope.probes import hooknames
+from mechscope.probes.covariance import CloudStats
+from mechscope.probes.errors import ChecksumError, InputError
+from mechscope.probes.interventions import INTERVENTIONS, Data, HookList
 
 METHODS = ("zca", "zipfian", "outlier_removal")
 
@@ -189,7 +189,7 @@ class Whitening(Data):
 
 def site_for_depth(model, depth: int) -> str:
     """Depth 0 = embeddings (blocks.0.hook_resid_pre), depth l = after block l − 1."""
-    from probes.errors import check_range
+    from mechscope.probes.errors import check_range
 
     check_range("depth", depth, model.cfg.n_layers + 1)
     return hooknames.name("resid_pre", 0) if depth == 0 else hooknames.name("resid_post", depth - 1)

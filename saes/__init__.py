@@ -5,4 +5,4 @@ Importing the package registers the SAE interventions (``sae_steer``, ``sae_clam
 ``sae_splice``); SAE-Lens itself is imported only when an SAE is loaded or trained.
 """
 
-from saes import interventions as _interventions  # noqa: F401  (registers the kinds)
+from mechscope.saes import interventions as _interventions  # noqa: F401  (registers the kinds)

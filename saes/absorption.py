@@ -61,8 +61,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probes.errors import InputError
-from probes.results import Params, Result, analysis
+from mechscope.probes.errors import InputError
+from mechscope.probes.results import Params, Result, analysis
 
 LETTERS = string.ascii_lowercase
 TEMPLATE = "{word} has the first letter:"
@@ -168,7 +168,7 @@ def word_absorption(acts: torch.Tensor, cos: torch.Tensor, probe_proj: float, ma
 def alpha_words(model) -> list[tuple[int, str]]:
     """(token id, token text) of every token made only of ASCII letters, with at most one
     leading space (SAEBench's ``get_alpha_tokens``)."""
-    from probes.tokens import str_tokens
+    from mechscope.probes.tokens import str_tokens
 
     if model.tokenizer is None:
         raise InputError("Absorption needs a model with a tokenizer.")
@@ -421,11 +421,11 @@ def score_sae(sae, data: ProbeData, probe: tuple[np.ndarray, np.ndarray], params
 @analysis(AbsorptionParams)
 @torch.no_grad()
 def absorption(model, params: AbsorptionParams, progress=None) -> AbsorptionResult:
-    from probes.capture import run
-    from probes.models import model_id
-    from probes.tokens import encode
-    from saes.interventions import sae_for
-    from saes.store import shipped_names
+    from mechscope.probes.capture import run
+    from mechscope.probes.models import model_id
+    from mechscope.probes.tokens import encode
+    from mechscope.saes.interventions import sae_for
+    from mechscope.saes.store import shipped_names
 
     names = list(params.saes) or shipped_names()
     saes = {n: sae_for(n, model=model) for n in names}

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from probes.errors import InputError
+from mechscope.probes.errors import InputError
 
 
 @dataclass

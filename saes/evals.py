@@ -37,8 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from probes.errors import InputError
-from probes.interventions import applied
+from mechscope.probes.errors import InputError
+from mechscope.probes.interventions import applied
 
 DENSE_THRESHOLD = 0.1
 
@@ -182,7 +182,7 @@ def evaluate(model, sae, rows, batch_size: int = 8, ce: bool = True, mean_rows: 
     reference protocol's under their plain names, the skip-position-0 protocol's with the
     suffix ``_skip0`` (see the module doc). ``ignore_tokens``: the ids the reference protocol
     leaves out (default: the tokenizer's special tokens)."""
-    from saes.store import check_fits
+    from mechscope.saes.store import check_fits
 
     hook = check_fits(sae, model)
     rows = _rows_tensor(rows)
@@ -277,7 +277,7 @@ from typing import ClassVar  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
-from probes.results import Params, Result, analysis  # noqa: E402
+from mechscope.probes.results import Params, Result, analysis  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -329,8 +329,8 @@ def heldout_rows(n: int) -> np.ndarray:
 
 
 def text_rows(model, name: str, n: int, length: int = 128) -> np.ndarray:
-    from probes.datasets import load_texts
-    from probes.tokens import encode_batch
+    from mechscope.probes.datasets import load_texts
+    from mechscope.probes.tokens import encode_batch
 
     seqs = [s[:length].numpy() for s in encode_batch(model, load_texts(name)) if len(s) >= length]
     if not seqs:
@@ -341,8 +341,8 @@ def text_rows(model, name: str, n: int, length: int = 128) -> np.ndarray:
 @analysis(SaeEvalParams)
 def sae_eval(model, params: SaeEvalParams, progress=None) -> SaeEvalResult:
     """The eval table (one row per SAE) over held-out corpus rows or a shipped text set."""
-    from probes.models import model_id
-    from saes.store import load_sae, shipped_names
+    from mechscope.probes.models import model_id
+    from mechscope.saes.store import load_sae, shipped_names
 
     names = list(params.saes) or shipped_names()
     rows = text_rows(model, params.texts, params.rows) if params.texts else heldout_rows(params.rows)

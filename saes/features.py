@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from probes.errors import InputError, check_range
-from probes.results import Params, Result, analysis
+from mechscope.probes.errors import InputError, check_range
+from mechscope.probes.results import Params, Result, analysis
 
 HIST_EDGES = np.logspace(-2, 3, 31)  # activation histogram bins (non-zero activations)
 
@@ -61,7 +61,7 @@ class SaeFeaturesResult(Result):
 
     def contexts(self, model, latent: int, window: int = 8) -> pd.DataFrame:
         """The latent's top contexts as rows (left context, token, right context, activation)."""
-        from probes.tokens import str_tokens
+        from mechscope.probes.tokens import str_tokens
 
         check_range("latent", latent, len(self.density))
         rows = []
@@ -116,11 +116,11 @@ class _TopK:
 @torch.no_grad()
 def sae_features(model, params: SaeFeaturesParams, progress=None) -> SaeFeaturesResult:
     """All latents' top contexts, densities and histograms in one streamed pass."""
-    from probes.capture import run
-    from probes.datasets import load_texts
-    from probes.models import model_id
-    from probes.tokens import encode_batch
-    from saes.interventions import sae_for
+    from mechscope.probes.capture import run
+    from mechscope.probes.datasets import load_texts
+    from mechscope.probes.models import model_id
+    from mechscope.probes.tokens import encode_batch
+    from mechscope.saes.interventions import sae_for
 
     sae = sae_for(params.sae, model=model)
     hook = sae.cfg.metadata.hook_name
@@ -164,8 +164,8 @@ def sae_features(model, params: SaeFeaturesParams, progress=None) -> SaeFeatures
 @torch.no_grad()
 def logit_effects(model, sae, latents=None, k: int = 10) -> dict[str, torch.Tensor]:
     """Top/bottom-``k`` tokens of each latent's decoder direction through the unembedding."""
-    from analyses.neurons import decode_directions, unembedding
-    from saes.interventions import decoder_directions
+    from mechscope.analyses.neurons import decode_directions, unembedding
+    from mechscope.saes.interventions import decoder_directions
 
     dirs = decoder_directions(sae, latents).to(model.cfg.device)
     return decode_directions(dirs, unembedding(model, "final"), k=k)
@@ -174,8 +174,8 @@ def logit_effects(model, sae, latents=None, k: int = 10) -> dict[str, torch.Tens
 @torch.no_grad()
 def latents_on_text(model, sae, text: str, top: int = 20) -> tuple[list[str], torch.Tensor, pd.DataFrame]:
     """(tokens, activations [T, d_sae], table of the ``top`` latents by max activation)."""
-    from probes.capture import run
-    from probes.tokens import encode, str_tokens
+    from mechscope.probes.capture import run
+    from mechscope.probes.tokens import encode, str_tokens
 
     ids = encode(model, text)
     hook = sae.cfg.metadata.hook_name
@@ -193,9 +193,9 @@ def latents_on_text(model, sae, text: str, top: int = 20) -> tuple[list[str], to
 @torch.no_grad()
 def latents_for_token(model, sae, token, top: int = 20) -> pd.DataFrame:
     """The latents whose decoder direction most raises the logit of ``token``."""
-    from analyses.neurons import unembedding
-    from probes.tokens import single_token, str_tokens
-    from saes.interventions import decoder_directions
+    from mechscope.analyses.neurons import unembedding
+    from mechscope.probes.tokens import single_token, str_tokens
+    from mechscope.saes.interventions import decoder_directions
 
     tok = single_token(model, token)
     scores = decoder_directions(sae) @ unembedding(model, "final")[:, tok].cpu()

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saes.evals import evaluate, table_row
-from saes.train import TrainSpec, load_model_for_training, train_resid_saes
+from mechscope.saes.evals import evaluate, table_row
+from mechscope.saes.train import TrainSpec, load_model_for_training, train_resid_saes
 
 
 def log(msg: str, out: Path) -> None:

@@ -26,20 +26,20 @@ from dataclasses import dataclass
 
 import torch
 
-from probes.errors import InputError, check_range
-from probes.interventions import INTERVENTIONS, Data, HookList
+from mechscope.probes.errors import InputError, check_range
+from mechscope.probes.interventions import INTERVENTIONS, Data, HookList
 
 
 @functools.lru_cache(maxsize=8)
 def _cached_sae(name: str):
-    from saes.store import load_sae
+    from mechscope.saes.store import load_sae
 
     return load_sae(name)
 
 
 def sae_for(name: str, sha256: str | None = None, model=None):
     """The (cached) SAE ``name``, checked against ``sha256`` and against ``model``'s shapes."""
-    from saes.store import WEIGHTS, resolve, sha256_file
+    from mechscope.saes.store import WEIGHTS, resolve, sha256_file
 
     sae = _cached_sae(str(name))
     if sha256:
@@ -48,7 +48,7 @@ def sae_for(name: str, sha256: str | None = None, model=None):
         if actual != sha256:
             raise InputError(f"SAE {name!r} weights have sha256 {actual[:12]}…, not the pinned {sha256[:12]}….")
     if model is not None:
-        from saes.store import check_fits
+        from mechscope.saes.store import check_fits
 
         check_fits(sae, model)
         dev = model.cfg.device

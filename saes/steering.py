@@ -16,8 +16,8 @@ from typing import ClassVar
 import pandas as pd
 import torch
 
-from probes.errors import InputError
-from probes.results import Params, Result, analysis
+from mechscope.probes.errors import InputError
+from mechscope.probes.results import Params, Result, analysis
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,11 @@ class SteerVerifyResult(Result):
 @analysis(SteerVerifyParams)
 @torch.no_grad()
 def steer_verification(model, params: SteerVerifyParams) -> SteerVerifyResult:
-    from analyses.neurons import NEUTRAL_PROMPTS, str_token
-    from probes.capture import run
-    from probes.models import model_id
-    from saes.features import logit_effects
-    from saes.interventions import SaeSteer, sae_for
+    from mechscope.analyses.neurons import NEUTRAL_PROMPTS, str_token
+    from mechscope.probes.capture import run
+    from mechscope.probes.models import model_id
+    from mechscope.saes.features import logit_effects
+    from mechscope.saes.interventions import SaeSteer, sae_for
 
     if params.n < 1:
         raise InputError("n must be >= 1.")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from probes.errors import ChecksumError, InputError, ModelNotAvailableError
+from mechscope.probes.errors import ChecksumError, InputError, ModelNotAvailableError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MANIFEST = WEIGHTS_DIR / "manifest.json"

@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from probes.errors import InputError
+from mechscope.probes.errors import InputError
 
 ARCHITECTURES = ("topk", "batchtopk", "jumprelu")
 
@@ -259,12 +259,12 @@ def format_duration(seconds: float) -> str:
 def load_model_for_training(gguf: Path | None, device: str):
     """The embedded model, UNPROCESSED, float32: from the installed wheel or a GGUF path."""
     if gguf is None:
-        from probes.models import load
+        from mechscope.probes.models import load
 
         model, _ = load("smollm2-135m", device=device)
         return model
-    from probes.smollm2 import SMOLLM2_SHA256, smollm2_from_gguf
-    from probes.weights_cache import verify_sha256
+    from mechscope.probes.smollm2 import SMOLLM2_SHA256, smollm2_from_gguf
+    from mechscope.probes.weights_cache import verify_sha256
 
     verify_sha256(Path(gguf), SMOLLM2_SHA256)
     model = smollm2_from_gguf(Path(gguf), device, torch.float32)
@@ -314,14 +314,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rows is not None:
         rows = np.fromfile(args.rows, dtype=np.uint16).reshape(-1, spec.context_size)
     else:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-        from sae_corpus import load_split
+        from mechscope.data.sae_corpus import load_split
 
         rows = load_split("train", args.corpus)
     model = load_model_for_training(args.gguf, args.device)
     info = train_resid_saes(model, rows, spec, args.out, device=args.device)
     if args.ship is not None:
-        from saes.store import export_dir
+        from mechscope.saes.store import export_dir
 
         for name in info["names"]:
             export_dir(args.out / name, args.ship / name)

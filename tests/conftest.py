@@ -24,7 +24,7 @@ def hf_smollm2():
     import torch
     from transformers import AutoModelForCausalLM
 
-    from probes import models
+    from mechscope.probes import models
 
     models.quiet_transformers()
     path = models.smollm2_gguf_path()
@@ -34,7 +34,7 @@ def hf_smollm2():
 @pytest.fixture(scope="session")
 def smollm2():
     """The embedded default model, loaded once for the whole session: LoadedModel(model, spec)."""
-    from probes.models import load
+    from mechscope.probes.models import load
 
     return load("smollm2-135m")
 

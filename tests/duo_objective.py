@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from analyses.duo_attention import reference_lr_factor
-from probes.interventions import applied
+from mechscope.analyses.duo_attention import reference_lr_factor
+from mechscope.probes.interventions import applied
 
 
 def keep_mask(T: int, n_sink: int, window: int) -> torch.Tensor:

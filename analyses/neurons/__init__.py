@@ -44,7 +44,7 @@ available for other combinations (``method="custom"``).
 
 from __future__ import annotations
 
-from analyses.neurons.common import (  # noqa: F401
+from mechscope.analyses.neurons.common import (  # noqa: F401
     Direction,
     METHODS,
     Norm,
@@ -57,7 +57,7 @@ from analyses.neurons.common import (  # noqa: F401
     str_token,
     unembedding,
 )
-from analyses.neurons.decode import (  # noqa: F401
+from mechscope.analyses.neurons.decode import (  # noqa: F401
     DecodeParams,
     NeuronDecodeResult,
     decode_directions,
@@ -65,12 +65,12 @@ from analyses.neurons.decode import (  # noqa: F401
     method_agreement,
     topk_both,
 )
-from analyses.neurons.search import (  # noqa: F401
+from mechscope.analyses.neurons.search import (  # noqa: F401
     NeuronSearchResult,
     SearchParams,
     neurons_for_token,
 )
-from analyses.neurons.activity import (  # noqa: F401
+from mechscope.analyses.neurons.activity import (  # noqa: F401
     ActivityParams,
     MaxActParams,
     MaxActivatingResult,
@@ -78,7 +78,7 @@ from analyses.neurons.activity import (  # noqa: F401
     max_activating,
     neuron_activity,
 )
-from analyses.neurons.clamp import (  # noqa: F401
+from mechscope.analyses.neurons.clamp import (  # noqa: F401
     ClampParams,
     ClampVerificationResult,
     NEUTRAL_PROMPTS,

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analyses.neurons.common import context, encode_texts, resolve_texts
-from probes import hooknames
-from probes.errors import InputError, check_range
-from probes.models import model_id
-from probes.results import Params, Result, analysis
-from probes.tokens import vocab_strings
+from mechscope.analyses.neurons.common import context, encode_texts, resolve_texts
+from mechscope.probes import hooknames
+from mechscope.probes.errors import InputError, check_range
+from mechscope.probes.models import model_id
+from mechscope.probes.results import Params, Result, analysis
+from mechscope.probes.tokens import vocab_strings
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def max_activating(model, params: MaxActParams, progress=False) -> MaxActivating
         raise InputError("k must be at least 1 and window at least 0.")
     texts_list = resolve_texts(texts)[:max_texts]
     seqs = encode_texts(model, texts_list, max_tokens)
-    from probes.capture import run
+    from mechscope.probes.capture import run
 
     acts: list[torch.Tensor | None] = [None] * len(seqs)
 
@@ -82,7 +82,7 @@ def max_activating(model, params: MaxActParams, progress=False) -> MaxActivating
     flat = torch.cat(acts)  # type: ignore[arg-type]
     where = [(i, p) for i, a in enumerate(acts) for p in range(len(a))]  # type: ignore[arg-type]
     order = torch.topk(flat, min(k, len(flat))).indices.tolist()
-    from probes.tokens import str_tokens
+    from mechscope.probes.tokens import str_tokens
 
     rows = []
     for r, f in enumerate(order):
@@ -307,7 +307,7 @@ def neuron_activity(model, params: ActivityParams, progress=False) -> NeuronActi
         st["pos_sum"][li].index_add_(0, pos, acts)
         st["bigram_fires"][li].index_add_(0, bidx, fires)
 
-    from probes.capture import run
+    from mechscope.probes.capture import run
 
     run(model, seqs, reducers={hooknames.name("mlp_post", layer): reduce for layer in layers},
         batch_size=batch_size, progress=progress, desc="neuron activity")

@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analyses.neurons.common import METHODS, method_label, neuron_directions, unembedding
-from analyses.neurons.decode import NeuronDecodeResult, decode_neurons
-from probes import hooknames
-from probes.errors import InputError, check_range
-from probes.models import model_id
-from probes.results import Params, Result, analysis
-from probes.tokens import str_token
+from mechscope.analyses.neurons.common import METHODS, method_label, neuron_directions, unembedding
+from mechscope.analyses.neurons.decode import NeuronDecodeResult, decode_neurons
+from mechscope.probes import hooknames
+from mechscope.probes.errors import InputError, check_range
+from mechscope.probes.models import model_id
+from mechscope.probes.results import Params, Result, analysis
+from mechscope.probes.tokens import str_token
 
 
 NEUTRAL_PROMPTS = [
@@ -102,8 +102,8 @@ def clamp_verification(model, params: ClampParams, decoded: NeuronDecodeResult |
     clamp in this layer moves this token". A label counts as risen only when its Δp exceeds
     ``min_delta_p``.
     """
-    from probes.capture import run
-    from probes.interventions import NeuronClamp
+    from mechscope.probes.capture import run
+    from mechscope.probes.interventions import NeuronClamp
 
     p = params
     prompts = [q for q in p.prompts if (q.strip() if isinstance(q, str) else len(q) > 0)]
@@ -161,7 +161,7 @@ def clamp_verification(model, params: ClampParams, decoded: NeuronDecodeResult |
                      "prompts_up": float((d > p.min_delta_p).float().mean()),
                      "top1_after": float((p1.argmax(-1) == tgt).float().mean())})
     table = pd.DataFrame(rows)
-    from analyses.act import bootstrap_ci
+    from mechscope.analyses.act import bootstrap_ci
 
     over = table["over_control"].to_numpy()
     ci = bootstrap_ci(over, seed=p.seed) if len(over) > 1 else (float(over[0]), float(over[0]))

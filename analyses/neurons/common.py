@@ -7,9 +7,9 @@ from typing import Literal, Sequence
 
 import torch
 
-from probes.datasets import load_texts
-from probes.errors import InputError, check_range
-from probes.tokens import str_token, str_tokens  # noqa: F401  (str_token re-exported)
+from mechscope.probes.datasets import load_texts
+from mechscope.probes.errors import InputError, check_range
+from mechscope.probes.tokens import str_token, str_tokens  # noqa: F401  (str_token re-exported)
 
 METHODS = {"paper": ("up", "raw"), "write": ("out", "final")}  # method -> (direction, norm)
 
@@ -101,7 +101,7 @@ def unembedding(model, norm: Norm = "final") -> torch.Tensor:
 
 def encode_texts(model, texts: Sequence, max_tokens: int | None) -> list[torch.Tensor]:
     """Token tensors of a text list (or token-id sequences), each cut to ``max_tokens``."""
-    from probes.tokens import as_token_tensor, encode
+    from mechscope.probes.tokens import as_token_tensor, encode
 
     seqs = []
     for t in texts:

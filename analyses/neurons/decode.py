@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analyses.neurons.common import (
+from mechscope.analyses.neurons.common import (
     METHODS,
     check_norm_direction,
     method_label,
@@ -18,10 +18,10 @@ from analyses.neurons.common import (
     resolve_method,
     unembedding,
 )
-from probes.errors import InputError, check_range
-from probes.models import model_id
-from probes.results import Params, Result, analysis
-from probes.tokens import vocab_strings
+from mechscope.probes.errors import InputError, check_range
+from mechscope.probes.models import model_id
+from mechscope.probes.results import Params, Result, analysis
+from mechscope.probes.tokens import vocab_strings
 
 
 def topk_both(logits: torch.Tensor, k: int, block: int = 64):

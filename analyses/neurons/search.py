@@ -8,7 +8,7 @@ from typing import ClassVar
 import pandas as pd
 import torch
 
-from analyses.neurons.common import (
+from mechscope.analyses.neurons.common import (
     check_norm_direction,
     final_gamma,
     layer_matvec,
@@ -16,10 +16,10 @@ from analyses.neurons.common import (
     neuron_directions,
     resolve_method,
 )
-from probes.errors import InputError, check_range
-from probes.models import model_id
-from probes.results import Params, Result, analysis
-from probes.tokens import str_tokens, token_ids
+from mechscope.probes.errors import InputError, check_range
+from mechscope.probes.models import model_id
+from mechscope.probes.results import Params, Result, analysis
+from mechscope.probes.tokens import str_tokens, token_ids
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ Flags and defaults come from each analysis' Params."""
 
 from __future__ import annotations
 
-from app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, progress, save_result
+from mechscope.app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, progress, save_result
 
 
 def register(sub) -> None:
-    from analyses.circuits import CircuitCompareParams, CircuitDiscoverParams, CircuitPatchParams
+    from mechscope.analyses.circuits import CircuitCompareParams, CircuitDiscoverParams, CircuitPatchParams
 
     p = sub.add_parser("circuits", help="circuit discovery: patching ground truth, attribution, discrete SAEs",
                        description="Circuit discovery on the shipped clean/corrupted tasks (ioi, greater_than, "
@@ -61,7 +61,7 @@ def _check(check: dict) -> str:
 
 
 def run_patch(args) -> int:
-    from analyses.circuits import CircuitPatchParams, circuit_patch
+    from mechscope.analyses.circuits import CircuitPatchParams, circuit_patch
 
     check_out_dir(args.out)
     params = params_from_args(CircuitPatchParams, args)
@@ -78,7 +78,7 @@ def run_patch(args) -> int:
 
 
 def run_discover(args) -> int:
-    from analyses.circuits import CircuitDiscoverParams, circuit_discover
+    from mechscope.analyses.circuits import CircuitDiscoverParams, circuit_discover
 
     check_out_dir(args.out)
     params = params_from_args(CircuitDiscoverParams, args)
@@ -92,7 +92,7 @@ def run_discover(args) -> int:
 
 
 def run_compare(args) -> int:
-    from analyses.circuits import CircuitCompareParams, circuit_compare
+    from mechscope.analyses.circuits import CircuitCompareParams, circuit_compare
 
     check_out_dir(args.out)
     params = params_from_args(CircuitCompareParams, args)

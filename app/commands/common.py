@@ -10,8 +10,8 @@ import types
 import typing
 from pathlib import Path
 
-from probes.errors import InputError
-from probes.results import check_replaceable
+from mechscope.probes.errors import InputError
+from mechscope.probes.results import check_replaceable
 
 
 def add_model_out(parser, out_required: bool = True) -> None:
@@ -99,7 +99,7 @@ def params_from_args(params_cls, args, **extra):
 
 
 def load_model(args):
-    from probes.models import DEFAULT_MODEL, load
+    from mechscope.probes.models import DEFAULT_MODEL, load
 
     device = getattr(args, "device", None) or "cpu"
     if device.startswith("cuda"):

@@ -4,11 +4,11 @@ frozen model; :mod:`analyses.contextualisation`). Flags and defaults from Contex
 
 from __future__ import annotations
 
-from app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, progress, save_result
+from mechscope.app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, progress, save_result
 
 
 def register(sub) -> None:
-    from analyses.contextualisation import ContextParams
+    from mechscope.analyses.contextualisation import ContextParams
 
     p = sub.add_parser("contextualisation", help="prefix reconstruction from a token's states (LLM-Microscope)",
                        description="Train a linear adapter from each token's all-layer states to an input embedding "
@@ -21,7 +21,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from analyses.contextualisation import ContextParams, contextualisation
+    from mechscope.analyses.contextualisation import ContextParams, contextualisation
 
     check_out_dir(args.out)
     params = params_from_args(ContextParams, args, texts=args.texts)

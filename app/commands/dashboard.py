@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from probes.errors import InputError, MissingPackageError
+from mechscope.probes.errors import InputError, MissingPackageError
 
 HOME = Path(__file__).resolve().parents[1] / "Home.py"
 

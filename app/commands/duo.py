@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, progress, save_result
-from app.specs import format_head, parse_heads
-from probes.errors import InputError
+from mechscope.app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, progress, save_result
+from mechscope.app.specs import format_head, parse_heads
+from mechscope.probes.errors import InputError
 
 
 def register(sub) -> None:
-    from analyses.duo_attention import DuoParams
+    from mechscope.analyses.duo_attention import DuoParams
 
     p = sub.add_parser("duo-gates", help="train DuoAttention gates (one per KV head) on synthetic passkey retrieval",
                        description="DuoAttention: each KV head mixes full and sinks+window attention through a gate "
@@ -29,8 +29,8 @@ def register(sub) -> None:
 
 
 def _retrieval_from(path: Path):
-    from analyses.catalog import load_result
-    from analyses.retrieval import RetrievalResult
+    from mechscope.analyses.catalog import load_result
+    from mechscope.analyses.retrieval import RetrievalResult
 
     res = load_result(path)
     if not isinstance(res, RetrievalResult):
@@ -39,7 +39,7 @@ def _retrieval_from(path: Path):
 
 
 def run(args) -> int:
-    from analyses.duo_attention import DuoParams, duo_gates, gate_score_spearman
+    from mechscope.analyses.duo_attention import DuoParams, duo_gates, gate_score_spearman
 
     check_out_dir(args.out)
     if args.heads_from is not None and args.retrieval_heads:

@@ -5,11 +5,11 @@ output, W_E and W_U (issue 9), saved as a re-runnable Result. Flags come from Is
 
 from __future__ import annotations
 
-from app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, progress, save_result
+from mechscope.app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, progress, save_result
 
 
 def register(sub) -> None:
-    from analyses.isotropy import IsotropyParams
+    from mechscope.analyses.isotropy import IsotropyParams
 
     p = sub.add_parser("isotropy", help="IsoScore and its rivals on every layer, head, W_E and W_U",
                        description="Isotropy scores streamed over a shipped text set: IsoScore and IsoScore* "
@@ -21,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("--sanity", action="store_true", help="print Rudman et al.'s sanity clouds and exit (no model)")
     p.set_defaults(func=run_isotropy)
 
-    from analyses.isotropy import DecodingIsotropyParams, WhiteningParams
+    from mechscope.analyses.isotropy import DecodingIsotropyParams, WhiteningParams
 
     w = sub.add_parser("isotropy-whitening", help="ZCA / Zipfian / outlier-removal whitening: fit on one set, apply to another",
                        description="Fit whitening transforms at one residual depth on one text set, apply them to "
@@ -42,7 +42,7 @@ def register(sub) -> None:
 def run_isotropy(args) -> int:
     import pandas as pd
 
-    from analyses.isotropy import IsotropyParams, isotropy, rudman_table
+    from mechscope.analyses.isotropy import IsotropyParams, isotropy, rudman_table
 
     if args.sanity:
         print(rudman_table().to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -61,7 +61,7 @@ def run_isotropy(args) -> int:
 
 
 def run_whitening(args) -> int:
-    from analyses.isotropy import WhiteningParams, whitening_effect
+    from mechscope.analyses.isotropy import WhiteningParams, whitening_effect
 
     check_out_dir(args.out)
     params = params_from_args(WhiteningParams, args)
@@ -77,7 +77,7 @@ def run_whitening(args) -> int:
 
 
 def run_decoding(args) -> int:
-    from analyses.isotropy import DecodingIsotropyParams, decoding_isotropy
+    from mechscope.analyses.isotropy import DecodingIsotropyParams, decoding_isotropy
 
     check_out_dir(args.out)
     params = params_from_args(DecodingIsotropyParams, args)

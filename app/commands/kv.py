@@ -12,13 +12,13 @@ import dataclasses
 import re
 from pathlib import Path
 
-from probes.errors import InputError
+from mechscope.probes.errors import InputError
 
 _KV_HEAD = re.compile(r"^L(\d+)K(\d+)$", re.IGNORECASE)
 
 
 def add_kv_policy_flags(parser) -> None:
-    from probes.kv_policies import KV_POLICIES
+    from mechscope.probes.kv_policies import KV_POLICIES
 
     parser.add_argument("--kv-policy", default="full", choices=KV_POLICIES.names() + ["none"],
                         help="KV-cache policy while decoding (default full)")
@@ -50,10 +50,10 @@ def parse_kv_heads(text: str) -> list[tuple[int, int]]:
 
 def kv_heads_from(path: Path, model, top: int | None) -> list[tuple[int, int]]:
     """Ranked KV heads from a saved retrieval-heads (grouped max score) or duo-gates result."""
-    from analyses.catalog import load_result
-    from analyses.duo_attention import DuoResult
-    from analyses.kv_curve import kv_ranking
-    from analyses.retrieval import RetrievalResult
+    from mechscope.analyses.catalog import load_result
+    from mechscope.analyses.duo_attention import DuoResult
+    from mechscope.analyses.kv_curve import kv_ranking
+    from mechscope.analyses.retrieval import RetrievalResult
 
     res = load_result(path)
     if isinstance(res, RetrievalResult):
@@ -73,7 +73,7 @@ def kv_heads_from(path: Path, model, top: int | None) -> list[tuple[int, int]]:
 
 def kv_policy_from_args(args, model):
     """The policy object (or "full" / "none") the flags describe."""
-    from probes.kv_policies import KV_POLICIES
+    from mechscope.probes.kv_policies import KV_POLICIES
 
     name = args.kv_policy
     razor_only = args.kv_heads or args.kv_heads_from is not None or args.kv_top is not None or args.no_kv_compensation
@@ -106,13 +106,13 @@ def kv_policy_from_args(args, model):
 
 
 def register(sub) -> None:
-    from analyses.kv_curve import KVCurveParams
+    from mechscope.analyses.kv_curve import KVCurveParams
 
     p = sub.add_parser("kv-curve", help="NIAH accuracy vs KV memory: RazorAttention vs a uniform sinks + window cache",
                        description="For m full-KV retrieval heads (RazorAttention, compensation token) against a "
                                    "head-agnostic sinks + window cache of the same size: NIAH accuracy and the "
                                    "fraction of the KV cache kept.")
-    from app.commands.common import add_model_out, add_params
+    from mechscope.app.commands.common import add_model_out, add_params
 
     add_model_out(p)
     add_params(p, KVCurveParams, skip=("heads",))
@@ -122,14 +122,14 @@ def register(sub) -> None:
 
 
 def run_curve(args) -> int:
-    from analyses.kv_curve import KVCurveParams, kv_curve
-    from app.commands.common import check_out_dir, load_model, params_from_args, progress, save_result
+    from mechscope.analyses.kv_curve import KVCurveParams, kv_curve
+    from mechscope.app.commands.common import check_out_dir, load_model, params_from_args, progress, save_result
 
     check_out_dir(args.out)
     model = load_model(args)
     ranked = []
     if args.heads_from is not None:
-        from probes.razor import n_kv_heads
+        from mechscope.probes.razor import n_kv_heads
 
         ranked = kv_heads_from(args.heads_from, model, model.cfg.n_layers * n_kv_heads(model))
     res = kv_curve(model, params_from_args(KVCurveParams, args, heads=tuple(ranked)), progress=progress("NIAH answers"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from app.commands.common import (
+from mechscope.app.commands.common import (
     add_model_out,
     add_params,
     check_out_dir,
@@ -19,8 +19,8 @@ from app.commands.common import (
 
 
 def register(sub) -> None:
-    from analyses.logit_lens import LogitLensParams
-    from analyses.microscope import MicroscopeParams
+    from mechscope.analyses.logit_lens import LogitLensParams
+    from mechscope.analyses.microscope import MicroscopeParams
 
     p = sub.add_parser("logit-lens", help="logit lens of a prompt; LLM-Microscope metrics of a text set",
                        description="Decode the residual stream after every block through the final norm and "
@@ -44,12 +44,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from probes.errors import InputError
-    from probes.models import model_id
+    from mechscope.probes.errors import InputError
+    from mechscope.probes.models import model_id
 
     check_out_dir(args.out)
     if args.microscope:
-        from analyses.microscope import MicroscopeParams, microscope
+        from mechscope.analyses.microscope import MicroscopeParams, microscope
 
         params = params_from_args(MicroscopeParams, args)
         model = load_model(args)
@@ -60,7 +60,7 @@ def run(args) -> int:
         print("\nnonlinearity by token class:")
         print(res.by_class().to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     else:
-        from analyses.logit_lens import LogitLensParams, logit_lens
+        from mechscope.analyses.logit_lens import LogitLensParams, logit_lens
 
         if not args.prompt or not args.prompt.strip():
             raise InputError("Give --prompt TEXT (or --microscope for the text-set metrics).")

@@ -34,7 +34,7 @@ def cached_transformer_lens_models() -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from probes.models import DEFAULT_MODEL, available_models
+    from mechscope.probes.models import DEFAULT_MODEL, available_models
 
     rows = [["name", "installed", "licence", "source", "install"]]
     for spec, installed in available_models():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, progress, save_result
-from probes.errors import InputError
+from mechscope.app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, progress, save_result
+from mechscope.probes.errors import InputError
 
 
 def _common(p, params_cls) -> None:
@@ -19,7 +19,7 @@ def register(sub) -> None:
                                    "(Voita et al. 2023).")
     ns = p.add_subparsers(dest="neurons_command", metavar="ACTION")
 
-    from analyses.neurons import ActivityParams, ClampParams, DecodeParams, SearchParams
+    from mechscope.analyses.neurons import ActivityParams, ClampParams, DecodeParams, SearchParams
 
     d = ns.add_parser("decode", help="top/bottom-k tokens of every neuron (or one neuron's card)")
     _common(d, DecodeParams)
@@ -48,8 +48,8 @@ def register(sub) -> None:
 
 
 def run_decode(args: argparse.Namespace) -> int:
-    from analyses.neurons import DecodeParams, decode_neurons
-    from probes.models import model_id
+    from mechscope.analyses.neurons import DecodeParams, decode_neurons
+    from mechscope.probes.models import model_id
 
     check_out_dir(args.out)
     if args.neuron is not None and args.layer is None:
@@ -69,8 +69,8 @@ def run_decode(args: argparse.Namespace) -> int:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from analyses.neurons import SearchParams, neurons_for_token
-    from probes.models import model_id
+    from mechscope.analyses.neurons import SearchParams, neurons_for_token
+    from mechscope.probes.models import model_id
 
     check_out_dir(args.out)
     token = args.token
@@ -89,8 +89,8 @@ def run_search(args: argparse.Namespace) -> int:
 
 
 def run_activity(args: argparse.Namespace) -> int:
-    from analyses.neurons import ActivityParams, max_activating, neuron_activity
-    from probes.models import model_id
+    from mechscope.analyses.neurons import ActivityParams, max_activating, neuron_activity
+    from mechscope.probes.models import model_id
 
     check_out_dir(args.out)
     if args.neuron is not None and args.layer is None:
@@ -114,8 +114,8 @@ def run_activity(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from analyses.neurons import ClampParams, clamp_verification
-    from probes.models import model_id
+    from mechscope.analyses.neurons import ClampParams, clamp_verification
+    from mechscope.probes.models import model_id
 
     check_out_dir(args.out)
     model = load_model(args)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, save_result
-from app.specs import parse_clamp, parse_mask
-from probes.errors import InputError
+from mechscope.app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, save_result
+from mechscope.app.specs import parse_clamp, parse_mask
+from mechscope.probes.errors import InputError
 
 
 def register(sub) -> None:
-    from analyses.next_token import NextTokenParams
+    from mechscope.analyses.next_token import NextTokenParams
 
     p = sub.add_parser("next-token", help="top-k next tokens after a prompt",
                        description="Show the model's k most probable next tokens after --prompt; with --out, "
@@ -36,8 +36,8 @@ def parse_interventions(masks: list[str], clamps: list[str]) -> list:
 
 
 def run(args) -> int:
-    from analyses.next_token import NextTokenParams, next_token
-    from probes.models import model_id
+    from mechscope.analyses.next_token import NextTokenParams, next_token
+    from mechscope.probes.models import model_id
 
     check_out_dir(args.out)
     if not args.prompt.strip():

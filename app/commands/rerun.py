@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.commands.common import progress, save_result
+from mechscope.app.commands.common import progress, save_result
 
 
 def register(sub) -> None:
@@ -21,8 +21,8 @@ def register(sub) -> None:
 def run(args) -> int:
     import pandas as pd
 
-    from analyses.catalog import load_result
-    from probes.models import load
+    from mechscope.analyses.catalog import load_result
+    from mechscope.probes.models import load
 
     old = load_result(args.directory)
     model = load(old.model_id).model

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, progress, save_result
-from app.commands.kv import add_kv_policy_flags, kv_policy_from_args
-from app.specs import parse_heads
-from probes.errors import InputError
+from mechscope.app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, progress, save_result
+from mechscope.app.commands.kv import add_kv_policy_flags, kv_policy_from_args
+from mechscope.app.specs import parse_heads
+from mechscope.probes.errors import InputError
 
 
 def register(sub) -> None:
-    from analyses.niah import NiahParams
-    from analyses.retrieval import MaskingParams, RetrievalParams
+    from mechscope.analyses.niah import NiahParams
+    from mechscope.analyses.retrieval import MaskingParams, RetrievalParams
 
     p = sub.add_parser("retrieval-heads", help="retrieval score of every head over a needle-in-a-haystack grid",
                        description="Wu et al.'s retrieval score: greedy NIAH answers, top-1 attended position per "
@@ -53,8 +53,8 @@ def register(sub) -> None:
 def _ranked_from(path: Path | None) -> list[tuple[int, int]]:
     if path is None:
         return []
-    from analyses.catalog import load_result
-    from analyses.retrieval import RetrievalResult
+    from mechscope.analyses.catalog import load_result
+    from mechscope.analyses.retrieval import RetrievalResult
 
     res = load_result(path)
     if not isinstance(res, RetrievalResult):
@@ -68,7 +68,7 @@ def _note_partial(res) -> None:
 
 
 def run_detect(args) -> int:
-    from analyses.retrieval import RetrievalParams, retrieval_heads
+    from mechscope.analyses.retrieval import RetrievalParams, retrieval_heads
 
     check_out_dir(args.out)
     params = params_from_args(RetrievalParams, args)
@@ -85,8 +85,8 @@ def run_detect(args) -> int:
 
 
 def run_niah(args) -> int:
-    from analyses.niah import NiahParams, niah
-    from probes.interventions import HeadMask
+    from mechscope.analyses.niah import NiahParams, niah
+    from mechscope.probes.interventions import HeadMask
 
     check_out_dir(args.out)
     heads = parse_heads(args.mask)
@@ -110,7 +110,7 @@ def run_niah(args) -> int:
 
 
 def run_masking(args) -> int:
-    from analyses.retrieval import MaskingParams, retrieval_masking
+    from mechscope.analyses.retrieval import MaskingParams, retrieval_masking
 
     check_out_dir(args.out)
     ranked = _ranked_from(args.heads_from)  # the whole ranking: random heads come from outside its top

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, progress, save_result
-from probes.errors import InputError
+from mechscope.app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, progress, save_result
+from mechscope.probes.errors import InputError
 
 
 def register(sub) -> None:
@@ -30,9 +30,9 @@ def register(sub) -> None:
     t.add_argument("--yes", action="store_true", help="train on CPU anyway")
     t.set_defaults(func=run_train)
 
-    from saes.absorption import AbsorptionParams
-    from saes.evals import SaeEvalParams
-    from saes.features import SaeFeaturesParams
+    from mechscope.saes.absorption import AbsorptionParams
+    from mechscope.saes.evals import SaeEvalParams
+    from mechscope.saes.features import SaeFeaturesParams
 
     e = ns.add_parser("eval", help="L0, explained variance, CE loss recovered, dead/dense latents")
     e.add_argument("sae", nargs="?", default=None, help="SAE name or folder (default: every shipped SAE)")
@@ -57,7 +57,7 @@ def register(sub) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from saes.store import manifest, shipped_names
+    from mechscope.saes.store import manifest, shipped_names
 
     m = manifest()
     print(f"{'name':28} {'hook':28} {'arch':6} {'L0':>5} {'EV':>6} {'CE rec':>7} {'dead':>6}")
@@ -72,7 +72,7 @@ def run_list(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     import torch
 
-    from saes.train import main as train_main
+    from mechscope.saes.train import main as train_main
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     argv = ["--layers", args.layers, "--arch", args.arch, "--d-sae", str(args.d_sae), "--k", str(args.k),
@@ -85,7 +85,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from saes.evals import SaeEvalParams, sae_eval
+    from mechscope.saes.evals import SaeEvalParams, sae_eval
 
     params = params_from_args(SaeEvalParams, args, saes=(args.sae,) if args.sae else ())
     check_out_dir(args.out)
@@ -96,9 +96,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_features(args: argparse.Namespace) -> int:
-    from probes.tokens import str_tokens
-    from saes.features import SaeFeaturesParams, latents_for_token, latents_on_text, logit_effects, sae_features
-    from saes.interventions import sae_for
+    from mechscope.probes.tokens import str_tokens
+    from mechscope.saes.features import SaeFeaturesParams, latents_for_token, latents_on_text, logit_effects, sae_features
+    from mechscope.saes.interventions import sae_for
 
     params = params_from_args(SaeFeaturesParams, args, sae=args.sae)
     check_out_dir(args.out)
@@ -127,7 +127,7 @@ def run_features(args: argparse.Namespace) -> int:
 
 
 def run_absorption(args: argparse.Namespace) -> int:
-    from saes.absorption import AbsorptionParams, absorption
+    from mechscope.saes.absorption import AbsorptionParams, absorption
 
     params = params_from_args(AbsorptionParams, args)
     check_out_dir(args.out)

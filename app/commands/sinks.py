@@ -6,15 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, progress, save_result
-from app.specs import parse_heads, parse_layers
-from probes.errors import InputError
+from mechscope.app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, progress, save_result
+from mechscope.app.specs import parse_heads, parse_layers
+from mechscope.probes.errors import InputError
 
 
 def register(sub) -> None:
-    from analyses.act import ACTParams
-    from analyses.sinks import SinkParams
-    from analyses.streaming import StreamingParams
+    from mechscope.analyses.act import ACTParams
+    from mechscope.analyses.sinks import SinkParams
+    from mechscope.analyses.streaming import StreamingParams
 
     p = sub.add_parser("sinks", help="attention-sink metric, hidden sinks, extreme tokens, dormancy",
                        description="Gu et al.'s α_k and Sink_k^ε (with/without BOS, first token replaced), hidden "
@@ -44,7 +44,7 @@ def register(sub) -> None:
 
 
 def run_sinks(args) -> int:
-    from analyses.sinks import SinkParams, attention_sinks
+    from mechscope.analyses.sinks import SinkParams, attention_sinks
 
     check_out_dir(args.out)
     params = params_from_args(SinkParams, args)
@@ -57,7 +57,7 @@ def run_sinks(args) -> int:
 
 
 def run_streaming(args) -> int:
-    from analyses.streaming import StreamingParams, streaming_perplexity
+    from mechscope.analyses.streaming import StreamingParams, streaming_perplexity
 
     check_out_dir(args.out)
     text = None
@@ -74,7 +74,7 @@ def run_streaming(args) -> int:
 
 
 def run_act(args) -> int:
-    from analyses.act import ACTParams, act_calibration
+    from mechscope.analyses.act import ACTParams, act_calibration
 
     check_out_dir(args.out)
     try:

@@ -6,8 +6,8 @@ attention pattern (layer and head selectable).
 
 import streamlit as st
 
-from analyses.next_token import AttentionPatternParams, NextTokenParams, attention_pattern, next_token
-from app import ui
+from mechscope.analyses.next_token import AttentionPatternParams, NextTokenParams, attention_pattern, next_token
+from mechscope.app import ui
 
 DEFAULTS = NextTokenParams()
 

@@ -7,8 +7,8 @@ intervention changes its probability.
 
 import streamlit as st
 
-from analyses.playground import PlaygroundParams, compare_generations
-from app import interventions_ui, ui
+from mechscope.analyses.playground import PlaygroundParams, compare_generations
+from mechscope.app import interventions_ui, ui
 
 DEFAULTS = PlaygroundParams()
 

@@ -9,11 +9,11 @@ defaults are the analyses' own (``SinkParams``, ``StreamingParams``, ``ACTParams
 
 import streamlit as st
 
-from analyses.act import ACTParams, act_calibration
-from analyses.sinks import VARIANTS, SinkParams, attention_sinks
-from analyses.streaming import StreamingParams, streaming_perplexity
-from app import ui
-from app.specs import parse_heads
+from mechscope.analyses.act import ACTParams, act_calibration
+from mechscope.analyses.sinks import VARIANTS, SinkParams, attention_sinks
+from mechscope.analyses.streaming import StreamingParams, streaming_perplexity
+from mechscope.app import ui
+from mechscope.app.specs import parse_heads
 
 SK, SP, AP = SinkParams(), StreamingParams(), ACTParams()
 

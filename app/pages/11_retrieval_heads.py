@@ -12,12 +12,12 @@ session.
 
 import streamlit as st
 
-from analyses.duo_attention import DuoParams, duo_gates, gate_score_spearman
-from analyses.kv_curve import KVCurveParams, KVCurveResult, kv_curve, kv_ranking
-from analyses.retrieval import MaskingParams, RetrievalParams, retrieval_heads, retrieval_masking
-from app import interventions_ui, ui
-from probes.errors import InputError
-from probes.interventions import HeadMask
+from mechscope.analyses.duo_attention import DuoParams, duo_gates, gate_score_spearman
+from mechscope.analyses.kv_curve import KVCurveParams, KVCurveResult, kv_curve, kv_ranking
+from mechscope.analyses.retrieval import MaskingParams, RetrievalParams, retrieval_heads, retrieval_masking
+from mechscope.app import interventions_ui, ui
+from mechscope.probes.errors import InputError
+from mechscope.probes.interventions import HeadMask
 
 RP, MP, DP, KP = RetrievalParams(), MaskingParams(), DuoParams(), KVCurveParams()
 
@@ -89,7 +89,7 @@ else:
         interventions_ui.send_to_playground(interventions=[HeadMask(l, h) for l, h in top],
                                             note=f"top-{int(k)} retrieval heads masked (uniform attention)")
         st.switch_page("pages/02_playground.py")
-    from probes.decore import DEFAULT_HEADS, DeCoRe
+    from mechscope.probes.decore import DEFAULT_HEADS, DeCoRe
 
     n_all = len(res.ranked())
     kd = st.number_input("DeCoRe: top heads masked (the reference's default: 50)", 1, n_all, min(DEFAULT_HEADS, n_all),
@@ -187,7 +187,7 @@ saved_dir = st.text_input("Or show a saved kv-curve result (folder)", "", key="k
 kres = None
 if saved_dir:
     with ui.guard():
-        from analyses.catalog import load_result
+        from mechscope.analyses.catalog import load_result
 
         loaded = load_result(saved_dir)
         if not isinstance(loaded, KVCurveResult):

@@ -8,11 +8,11 @@ over a text set. Widget defaults come from the analyses' Params.
 
 import streamlit as st
 
-from analyses.logit_lens import LogitLensParams, logit_lens
-from analyses.contextualisation import ContextParams, contextualisation
-from analyses.microscope import MicroscopeParams, microscope
-from app import ui
-from probes.datasets import text_sets
+from mechscope.analyses.logit_lens import LogitLensParams, logit_lens
+from mechscope.analyses.contextualisation import ContextParams, contextualisation
+from mechscope.analyses.microscope import MicroscopeParams, microscope
+from mechscope.app import ui
+from mechscope.probes.datasets import text_sets
 
 LENS = LogitLensParams()
 MICRO = MicroscopeParams()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from analyses.neurons import (
+from mechscope.analyses.neurons import (
     ActivityParams,
     DecodeParams,
     MaxActParams,
@@ -23,8 +23,8 @@ from analyses.neurons import (
     neurons_for_token,
     resolve_method,
 )
-from app import ui
-from app.interventions_ui import PRESET_CLAMP
+from mechscope.app import ui
+from mechscope.app.interventions_ui import PRESET_CLAMP
 from streamlit.errors import StreamlitAPIException
 
 st.title("Neurons")

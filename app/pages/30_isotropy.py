@@ -11,7 +11,7 @@ et al.'s sanity clouds. Widget defaults are
 
 import streamlit as st
 
-from analyses.isotropy import (
+from mechscope.analyses.isotropy import (
     DecodingIsotropyParams,
     IsotropyParams,
     WhiteningParams,
@@ -21,9 +21,9 @@ from analyses.isotropy import (
     rudman_table,
     whitening_effect,
 )
-from app import ui
-from app.interventions_ui import send_to_playground
-from probes.whitening import Whitening
+from mechscope.app import ui
+from mechscope.app.interventions_ui import send_to_playground
+from mechscope.probes.whitening import Whitening
 
 P, W, D = IsotropyParams(), WhiteningParams(), DecodingIsotropyParams()
 

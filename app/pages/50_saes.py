@@ -8,12 +8,12 @@ a latent browser (top contexts, activation histogram, logit effects), text → l
 import pandas as pd
 import streamlit as st
 
-from app import ui
-from app.interventions_ui import send_to_playground
-from saes.absorption import AbsorptionParams, absorption
-from saes.features import SaeFeaturesParams, latents_for_token, latents_on_text, logit_effects, sae_features
-from saes.interventions import SaeClamp, SaeSteer, sae_for
-from saes.store import manifest, shipped_names
+from mechscope.app import ui
+from mechscope.app.interventions_ui import send_to_playground
+from mechscope.saes.absorption import AbsorptionParams, absorption
+from mechscope.saes.features import SaeFeaturesParams, latents_for_token, latents_on_text, logit_effects, sae_features
+from mechscope.saes.interventions import SaeClamp, SaeSteer, sae_for
+from mechscope.saes.store import manifest, shipped_names
 
 st.title("SAEs")
 model, spec = ui.sidebar_model()
@@ -59,7 +59,7 @@ if feats is not None:
     latent = int(c2.number_input("Latent", 0, sae.cfg.d_sae - 1, int(order.iloc[0]["latent"]), key="sae_latent"))
     with ui.guard():
         le = logit_effects(model, sae, [latent])
-        from probes.tokens import str_tokens
+        from mechscope.probes.tokens import str_tokens
 
         st.markdown("**Promotes:** " + ui.md_escape(" · ".join(repr(t) for t in str_tokens(model, le["top_ids"][0]))))
         st.markdown("**Suppresses:** " + ui.md_escape(" · ".join(repr(t) for t in str_tokens(model, le["bottom_ids"][0]))))

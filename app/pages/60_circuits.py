@@ -11,10 +11,10 @@ Widget defaults are ``CircuitCompareParams``' own.
 import numpy as np
 import streamlit as st
 
-from analyses.circuits import ANCHORS, TASKS, CircuitCompareParams, circuit_compare
-from app import ui
-from app.interventions_ui import send_to_playground
-from probes.interventions import HeadMask
+from mechscope.analyses.circuits import ANCHORS, TASKS, CircuitCompareParams, circuit_compare
+from mechscope.app import ui
+from mechscope.app.interventions_ui import send_to_playground
+from mechscope.probes.interventions import HeadMask
 
 CP = CircuitCompareParams()
 
@@ -56,7 +56,7 @@ figs = res.figures()
 tabs = st.tabs(["Circuit graph", "ROC curves", "Patching heatmap", "Faithfulness", "Table"])
 with tabs[0]:
     method = st.selectbox("Ranking", list(res.methods), index=list(res.methods).index("discrete_sae"), key="ci_graph_m")
-    from analyses.circuits import circuit_graph
+    from mechscope.analyses.circuits import circuit_graph
 
     mi = res.methods.index(method)
     st.plotly_chart(circuit_graph(res.scores[mi], res.edge_matrix(method), res.truth, res.top_codes), key="ci_graph")

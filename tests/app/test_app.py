@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.ui import discover_pages, page_title, token_chips
+from mechscope.app.ui import discover_pages, page_title, token_chips
 
 APP = Path(__file__).resolve().parents[2] / "app"
 HOME = APP / "Home.py"
@@ -77,7 +77,7 @@ def test_every_page_renders(smollm2, page):
 
 
 def _gemma_installed() -> bool:
-    from probes.models import EMBEDDED
+    from mechscope.probes.models import EMBEDDED
 
     return EMBEDDED["gemma-3-270m"].installed()
 
@@ -165,8 +165,8 @@ def test_playground_toggles(smollm2):
 def test_playground_receives_interventions_and_strategy_as_data(smollm2):
     """A page sends registered interventions and a strategy as data; the Playground rebuilds
     them through the registries and uses them."""
-    from probes.decoding import Sample
-    from probes.interventions import HeadMask, NeuronClamp
+    from mechscope.probes.decoding import Sample
+    from mechscope.probes.interventions import HeadMask, NeuronClamp
 
     sent = {"interventions": [HeadMask(2, 1).to_dict(), NeuronClamp(20, 100, value=40.0).to_dict()],
             "strategy": Sample(temperature=0.5, seed=7).to_dict(), "note": "from a test"}

@@ -30,7 +30,7 @@ def test_circuits_page_compares_and_sends(smollm2):
     at.slider(key="ci_k").set_value(3)
     at.button(key="ci_send_keep").click().run()
     assert not at.exception
-    from app.interventions_ui import SENT
+    from mechscope.app.interventions_ui import SENT
 
     sent = at.session_state[SENT]
     assert len(sent["interventions"]) == 30 * 9 - 3

@@ -35,9 +35,9 @@ def test_isotropy_page_computes(smollm2, tmp_path):
     # the saved whitening goes to the Playground as data: its path and the file's sha256
     at.button(key="wh_send_zca").click().run()
     assert not at.exception
-    from app.interventions_ui import SENT
-    from probes.interventions import from_dict
-    from probes.whitening import _sha256
+    from mechscope.app.interventions_ui import SENT
+    from mechscope.probes.interventions import from_dict
+    from mechscope.probes.whitening import _sha256
 
     (sent,) = at.session_state[SENT]["interventions"]
     iv = from_dict(sent)
@@ -54,8 +54,8 @@ def test_playground_applies_a_sent_whitening(smollm2, tmp_path):
     import torch
     from streamlit.testing.v1 import AppTest
 
-    from probes import whitening as wh
-    from probes.covariance import CloudStats
+    from mechscope.probes import whitening as wh
+    from mechscope.probes.covariance import CloudStats
 
     model = smollm2.model
     site = wh.site_for_depth(model, 20)

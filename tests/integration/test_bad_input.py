@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-import probes.models as pm
-import probes.smollm2 as psm
-from app.cli import main
-from probes.errors import ChecksumError
+import mechscope.probes.models as pm
+import mechscope.probes.smollm2 as psm
+from mechscope.app.cli import main
+from mechscope.probes.errors import ChecksumError
 
 ROOT = Path(__file__).resolve().parents[2]
 HOME = ROOT / "app" / "Home.py"
@@ -178,9 +178,9 @@ def test_corrupted_weights_cli(corrupted, capsys, tmp_path):
 
 @pytest.mark.integration
 def test_corrupted_weights_dashboard(corrupted, monkeypatch):
-    import app.ui
+    from mechscope.app import ui
 
-    app.ui._cached_model.clear()  # the process-wide model cache holds the good model
+    ui._cached_model.clear()  # the process-wide model cache holds the good model
     at = home().run()
     assert "is corrupted: sha256" in app_fails(at)
     at.run()  # a rerun tries again rather than remembering the failure

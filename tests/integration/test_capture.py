@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probes import capture
+from mechscope.probes import capture
 from tests.tiny import tiny_model
 
 

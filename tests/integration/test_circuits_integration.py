@@ -12,8 +12,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_the_model_does_every_shipped_task(smollm2):
-    from analyses.circuits import TASKS, load_circuit_task, task_pairs
-    from probes import attribution as attr
+    from mechscope.analyses.circuits import TASKS, load_circuit_task, task_pairs
+    from mechscope.probes import attribution as attr
 
     model = smollm2.model
     for task in TASKS:
@@ -27,8 +27,8 @@ def test_the_model_does_every_shipped_task(smollm2):
 
 
 def test_batched_sweep_equals_single_head_patching_on_smollm2(smollm2):
-    from analyses.circuits import load_circuit_task, task_pairs
-    from probes import attribution as attr
+    from mechscope.analyses.circuits import load_circuit_task, task_pairs
+    from mechscope.probes import attribution as attr
 
     model = smollm2.model
     pairs = task_pairs(model, load_circuit_task("ioi")[:3])
@@ -51,7 +51,7 @@ def test_batched_sweep_equals_single_head_patching_on_smollm2(smollm2):
 
 
 def test_cli_discover_and_bad_task(smollm2, tmp_path, capsys):
-    from app.cli import main
+    from mechscope.app.cli import main
 
     rc = main(["circuits", "discover", "--task", "induction", "--n-prompts", "4", "--n-latents", "16", "--epochs", "20",
                "--out", str(tmp_path / "d")])
@@ -67,8 +67,8 @@ def test_path_patching_equals_the_one_edge_recipe_on_smollm2(smollm2):
     """Batched path patching (sender delta added at the receiver's own q/k/v input, K/V ungrouped)
     equals Wang et al.'s recipe edge by edge on the real GQA model, and the query / key-value split
     is a real split: L19H2→L20H0 and L17H4→L20H0 enter the same receiver by different paths."""
-    from analyses.circuits import load_circuit_task, task_pairs
-    from probes import path_patching as pp
+    from mechscope.analyses.circuits import load_circuit_task, task_pairs
+    from mechscope.probes import path_patching as pp
     from tests.unit.test_path_patching import _naive_path_patch
 
     model = smollm2.model

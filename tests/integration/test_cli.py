@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from app.cli import main
-from probes.results import Result
+from mechscope.app.cli import main
+from mechscope.probes.results import Result
 
 
 @pytest.mark.integration
@@ -71,7 +71,7 @@ def test_rerun_reproduces_a_saved_result(smollm2, tmp_path, capsys):
     capsys.readouterr()
     assert main(["rerun", str(out), "--out", str(tmp_path / "again")]) == 0
     assert "tables equal" in capsys.readouterr().out
-    from analyses.catalog import load_result
+    from mechscope.analyses.catalog import load_result
 
     a, b = load_result(out), load_result(tmp_path / "again")
     assert a.params == b.params

@@ -2,7 +2,7 @@
 
 import pytest
 
-from probes import datasets
+from mechscope.probes import datasets
 
 
 @pytest.mark.integration

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probes.decoding import generate
-from probes.interventions import HeadMask, NeuronClamp
+from mechscope.probes.decoding import generate
+from mechscope.probes.interventions import HeadMask, NeuronClamp
 
 PROMPT = [3, 17, 8, 42, 5, 11, 29, 0, 13, 7]
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.duo_attention import DuoParams, duo_gates
-from analyses.passkey import passkey_samples
+from mechscope.analyses.duo_attention import DuoParams, duo_gates
+from mechscope.analyses.passkey import passkey_samples
 from tests import duo_objective
 
 pytestmark = pytest.mark.integration
@@ -26,7 +26,7 @@ def test_passkey_samples_on_the_real_tokenizer(smollm2):
 
 
 def test_two_steps_follow_the_objective_and_round_trip(smollm2, tmp_path):
-    from analyses.catalog import load_result
+    from mechscope.analyses.catalog import load_result
 
     m = smollm2.model
     params = DuoParams(steps=2, min_length=120, max_length=120, n_passkeys=1, passkey_words=4, n_sink=4, window=16,

@@ -20,8 +20,8 @@ TEXTS = ("The old house stood at the end of the lane, its windows dark and its g
 
 
 def test_streamed_scores_equal_direct_and_the_oracle_on_real_clouds(smollm2):
-    from analyses import isotropy as iso
-    from probes import capture, hooknames
+    from mechscope.analyses import isotropy as iso
+    from mechscope.probes import capture, hooknames
 
     model = smollm2.model
     res = iso.isotropy(model, texts=TEXTS, n_sample=40, n_pairs=500, heads=False, weights=True)
@@ -48,9 +48,9 @@ def test_streamed_scores_equal_direct_and_the_oracle_on_real_clouds(smollm2):
 
 
 def test_whitening_effect_and_artefacts(smollm2, tmp_path):
-    from analyses import isotropy as iso
-    from probes import whitening as wh
-    from probes.decoding import generate
+    from mechscope.analyses import isotropy as iso
+    from mechscope.probes import whitening as wh
+    from mechscope.probes.decoding import generate
 
     model = smollm2.model
     res = iso.whitening_effect(model, depth=10, n_texts=4, max_tokens=32, n_sample=60, n_pairs=500,
@@ -76,9 +76,9 @@ def test_whitening_effect_and_artefacts(smollm2, tmp_path):
 
 def test_contrastive_on_smollm2(smollm2, monkeypatch):
     import probes.decoding
-    from analyses.isotropy import decoding_isotropy
-    from probes.contrastive import Contrastive
-    from probes.decoding import generate
+    from mechscope.analyses.isotropy import decoding_isotropy
+    from mechscope.probes.contrastive import Contrastive
+    from mechscope.probes.decoding import generate
 
     model = smollm2.model
     greedy = generate(model, "The capital of France is", 10).new_tokens
@@ -130,9 +130,9 @@ def test_contrastive_matches_the_reference_algorithm_on_hf(smollm2, hf_smollm2, 
     by Hugging Face's model, step by step along our tokens: at every step our token is the
     reference's best candidate (float32 states of two implementations: a near-tie within
     2e-3 of the best score would be allowed, and is counted)."""
-    import probes.contrastive as pc
-    from probes.decoding import generate
-    from probes.tokens import encode
+    import mechscope.probes.contrastive as pc
+    from mechscope.probes.decoding import generate
+    from mechscope.probes.tokens import encode
 
     model = smollm2.model
     calls = []
@@ -151,7 +151,7 @@ def test_contrastive_matches_the_reference_algorithm_on_hf(smollm2, hf_smollm2, 
 
 
 def test_cli_isotropy(smollm2, tmp_path, capsys):
-    from app.cli import main
+    from mechscope.app.cli import main
 
     out = tmp_path / "iso"
     assert main(["isotropy", "--n-texts", "3", "--max-tokens", "16", "--n-sample", "20", "--no-heads",

@@ -10,8 +10,8 @@ PROMPT = "The capital of France is"
 
 
 def test_paris_and_the_layer_it_appears(smollm2):
-    from analyses.logit_lens import logit_lens
-    from probes.capture import run
+    from mechscope.analyses.logit_lens import logit_lens
+    from mechscope.probes.capture import run
 
     model = smollm2.model
     res = logit_lens(model, PROMPT, target=" Paris")
@@ -31,9 +31,9 @@ def test_paris_and_the_layer_it_appears(smollm2):
 
 
 def test_microscope_metrics_on_real_text(smollm2):
-    from analyses.microscope import linearity_score, microscope
-    from probes.capture import run
-    from probes.readout import final_norm
+    from mechscope.analyses.microscope import linearity_score, microscope
+    from mechscope.probes.capture import run
+    from mechscope.probes.readout import final_norm
     from tests.unit.test_microscope import reference_twonn
 
     model = smollm2.model
@@ -48,7 +48,7 @@ def test_microscope_metrics_on_real_text(smollm2):
     # the same states, captured independently: the last reference transition ends at ln_final(h),
     # and TwoNN equals LLM-Microscope's algorithm (re-implemented in the unit tests)
     seqs, total = [], 0
-    from analyses.microscope import encode_text_set as _encode
+    from mechscope.analyses.microscope import encode_text_set as _encode
     for s in _encode(model, "mixed", 100):
         if total >= 800:
             break

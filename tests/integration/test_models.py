@@ -7,9 +7,9 @@ import shutil
 import pytest
 import torch
 
-from probes import models, smollm2
-from probes.errors import ChecksumError
-from probes.tokens import bos_id, encode
+from mechscope.probes import models, smollm2
+from mechscope.probes.errors import ChecksumError
+from mechscope.probes.tokens import bos_id, encode
 from tests.tiny import tiny_model
 
 PROMPTS = [
@@ -97,7 +97,7 @@ def test_smollm2_checksum_mismatch(tmp_path, monkeypatch):
 
 
 def _gemma_installed() -> bool:
-    from probes.gemma import installed
+    from mechscope.probes.gemma import installed
 
     return installed()
 
@@ -112,7 +112,7 @@ needs_gemma = pytest.mark.skipif(
 def test_gemma_logprobs_match_hf(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from probes import gemma
+    from mechscope.probes import gemma
 
     loaded = models.load("gemma-3-270m")
     model, spec = loaded

@@ -8,7 +8,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def decoded(smollm2):
-    from analyses.neurons import decode_neurons
+    from mechscope.analyses.neurons import decode_neurons
 
     return decode_neurons(smollm2.model, k=5)
 
@@ -21,7 +21,7 @@ def test_decode_all_neurons_shapes(smollm2, decoded):
     assert (decoded.bottom_logits[..., :-1] <= decoded.bottom_logits[..., 1:]).all()
     assert (decoded.top_logits[..., -1] > decoded.bottom_logits[..., -1]).all()
     # spot check one neuron against the full product
-    from analyses.neurons import neuron_directions, unembedding
+    from mechscope.analyses.neurons import neuron_directions, unembedding
 
     full = neuron_directions(smollm2.model, 17)[123] @ unembedding(smollm2.model)
     assert torch.equal(decoded.top_ids[17, 123].long(), torch.topk(full, 5).indices)
@@ -32,7 +32,7 @@ def _doglike(s: str) -> bool:
 
 
 def test_search_dog_finds_a_dog_neuron(smollm2, decoded):
-    from analyses.neurons import neurons_for_token
+    from mechscope.analyses.neurons import neurons_for_token
 
     hits = neurons_for_token(smollm2.model, " dog", top=5).table
     layer, neuron = int(hits.loc[0, "layer"]), int(hits.loc[0, "neuron"])
@@ -46,7 +46,7 @@ def test_search_dog_finds_a_dog_neuron(smollm2, decoded):
 
 
 def test_clamping_the_dog_neuron_raises_its_token(smollm2):
-    from analyses.neurons import clamp_verification, neurons_for_token
+    from mechscope.analyses.neurons import clamp_verification, neurons_for_token
 
     hits = neurons_for_token(smollm2.model, " dog", top=1).table
     pair = (int(hits.loc[0, "layer"]), int(hits.loc[0, "neuron"]))
@@ -60,11 +60,11 @@ def test_clamping_the_dog_neuron_raises_its_token(smollm2):
 
 
 def test_bad_input_on_real_model(smollm2):
-    from analyses.neurons import neuron_activity, neurons_for_token
-    from probes.errors import InputError
+    from mechscope.analyses.neurons import neuron_activity, neurons_for_token
+    from mechscope.probes.errors import InputError
 
     with pytest.raises(InputError, match="neuron"):
-        from analyses.neurons import max_activating
+        from mechscope.analyses.neurons import max_activating
 
         max_activating(smollm2.model, 0, smollm2.model.cfg.d_mlp, texts=["hello"])
     with pytest.raises(InputError):

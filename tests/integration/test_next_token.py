@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from analyses.next_token import attention_pattern, next_token
+from mechscope.analyses.next_token import attention_pattern, next_token
 
 
 @pytest.mark.integration

@@ -2,9 +2,9 @@
 
 import pytest
 
-from analyses.next_token import next_token
-from analyses.playground import compare_generations
-from probes.interventions import NeuronClamp
+from mechscope.analyses.next_token import next_token
+from mechscope.analyses.playground import compare_generations
+from mechscope.probes.interventions import NeuronClamp
 
 
 @pytest.mark.integration

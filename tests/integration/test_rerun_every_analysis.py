@@ -16,23 +16,23 @@ TEXTS = ("The old house stood at the end of the lane, its windows dark and its g
 
 
 def _cases():
-    from analyses.act import ACTParams
-    from analyses.circuits import CircuitCompareParams, CircuitDiscoverParams, CircuitPatchParams
-    from analyses.contextualisation import ContextParams
-    from analyses.isotropy import DecodingIsotropyParams, IsotropyParams, WhiteningParams
-    from analyses.logit_lens import LogitLensParams
-    from analyses.microscope import MicroscopeParams
-    from analyses.neurons import ActivityParams, ClampParams, DecodeParams, MaxActParams, SearchParams
-    from analyses.next_token import AttentionPatternParams, NextTokenParams
-    from analyses.playground import PlaygroundParams
-    from analyses.sinks import SinkParams
-    from analyses.streaming import StreamingParams
-    from probes.decoding import Sample
-    from probes.interventions import HeadMask, NeuronClamp
-    from saes.absorption import AbsorptionParams
-    from saes.evals import SaeEvalParams
-    from saes.features import SaeFeaturesParams
-    from saes.steering import SteerVerifyParams
+    from mechscope.analyses.act import ACTParams
+    from mechscope.analyses.circuits import CircuitCompareParams, CircuitDiscoverParams, CircuitPatchParams
+    from mechscope.analyses.contextualisation import ContextParams
+    from mechscope.analyses.isotropy import DecodingIsotropyParams, IsotropyParams, WhiteningParams
+    from mechscope.analyses.logit_lens import LogitLensParams
+    from mechscope.analyses.microscope import MicroscopeParams
+    from mechscope.analyses.neurons import ActivityParams, ClampParams, DecodeParams, MaxActParams, SearchParams
+    from mechscope.analyses.next_token import AttentionPatternParams, NextTokenParams
+    from mechscope.analyses.playground import PlaygroundParams
+    from mechscope.analyses.sinks import SinkParams
+    from mechscope.analyses.streaming import StreamingParams
+    from mechscope.probes.decoding import Sample
+    from mechscope.probes.interventions import HeadMask, NeuronClamp
+    from mechscope.saes.absorption import AbsorptionParams
+    from mechscope.saes.evals import SaeEvalParams
+    from mechscope.saes.features import SaeFeaturesParams
+    from mechscope.saes.steering import SteerVerifyParams
 
     return {
         "next_token": NextTokenParams(prompt="The capital of France is", k=5, interventions=(HeadMask(3, 2),)),
@@ -67,12 +67,12 @@ def _cases():
 
 
 def _retrieval_cases():
-    from analyses.duo_attention import DuoParams
-    from analyses.kv_curve import KVCurveParams
-    from analyses.niah import NiahParams
-    from analyses.retrieval import MaskingParams, RetrievalParams
-    from probes.interventions import HeadMask
-    from probes.razor import RazorAttention
+    from mechscope.analyses.duo_attention import DuoParams
+    from mechscope.analyses.kv_curve import KVCurveParams
+    from mechscope.analyses.niah import NiahParams
+    from mechscope.analyses.retrieval import MaskingParams, RetrievalParams
+    from mechscope.probes.interventions import HeadMask
+    from mechscope.probes.razor import RazorAttention
 
     grid = dict(lengths=(120,), depths=(0.5,), needles=(1,), max_new_tokens=6)
     return {
@@ -87,15 +87,15 @@ def _retrieval_cases():
 
 
 def test_every_analysis_has_a_case():
-    from analyses.catalog import analyses
+    from mechscope.analyses.catalog import analyses
 
     assert set(analyses()) == {type(p).kind for p in _cases().values()}
 
 
 @pytest.mark.parametrize("kind", sorted(_cases()))
 def test_saved_result_reruns_to_equal_table(kind, smollm2, tmp_path):
-    from analyses.catalog import load_result
-    from probes.results import ANALYSES
+    from mechscope.analyses.catalog import load_result
+    from mechscope.probes.results import ANALYSES
 
     model = smollm2.model
     params = _cases()[kind]

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.niah import QUESTION, build_test, load_needles, needle_pieces, newline_ids, rouge1_recall
-from analyses.retrieval import scan, score_test
-from probes.errors import InputError
-from probes.tokens import text_ids
+from mechscope.analyses.niah import QUESTION, build_test, load_needles, needle_pieces, newline_ids, rouge1_recall
+from mechscope.analyses.retrieval import scan, score_test
+from mechscope.probes.errors import InputError
+from mechscope.probes.tokens import text_ids
 
 pytestmark = pytest.mark.integration
 
@@ -157,10 +157,10 @@ def test_masking_follows_the_reference_on_the_real_model(smollm2):
     tests/unit/test_mask_scope.py). generate (per-test), niah() and the batched masking
     curves (default parameters) all give it; masking the prompt too changes the first
     step's log-prob on this model."""
-    from analyses.niah import NiahAnswer, NiahParams, grid_tests, newline_ids, niah, response_text
-    from analyses.retrieval import MaskingParams, retrieval_masking
-    from probes.decoding import generate
-    from probes.interventions import HeadMask
+    from mechscope.analyses.niah import NiahAnswer, NiahParams, grid_tests, newline_ids, niah, response_text
+    from mechscope.analyses.retrieval import MaskingParams, retrieval_masking
+    from mechscope.probes.decoding import generate
+    from mechscope.probes.interventions import HeadMask
     from tests.unit.test_mask_scope import _direct
 
     m = smollm2.model

@@ -8,8 +8,8 @@ pytestmark = pytest.mark.integration
 
 
 def _rows(model, name="code", n=6, t=128):
-    from probes.datasets import load_texts
-    from probes.tokens import encode_batch
+    from mechscope.probes.datasets import load_texts
+    from mechscope.probes.tokens import encode_batch
 
     seqs = [s[:t] for s in encode_batch(model, load_texts(name)) if len(s) >= t]
     return np.stack([s.numpy() for s in seqs[:n]])
@@ -58,8 +58,8 @@ def test_shipped_sae_evals_recomputed_on_real_text(smollm2):
     """L12 on two 64-token rows of the shipped code texts: every number of ``evaluate`` under
     both protocols equals a direct recomputation, and the CE, explained-variance and L0
     targets hold under the protocol the SAEs were trained for (positions >= 1)."""
-    from saes.evals import evaluate, meets_targets
-    from saes.store import load_sae
+    from mechscope.saes.evals import evaluate, meets_targets
+    from mechscope.saes.store import load_sae
 
     model = smollm2.model
     sae = load_sae("smollm2-135m/resid-L12")
@@ -77,8 +77,8 @@ def test_shipped_sae_evals_recomputed_on_real_text(smollm2):
 
 
 def test_splice_with_error_term_is_identity_on_the_real_model(smollm2):
-    from probes.interventions import applied
-    from saes.interventions import SaeSplice
+    from mechscope.probes.interventions import applied
+    from mechscope.saes.interventions import SaeSplice
 
     model = smollm2.model
     toks = torch.as_tensor(_rows(model, n=2, t=32).astype(np.int64))
@@ -90,7 +90,7 @@ def test_splice_with_error_term_is_identity_on_the_real_model(smollm2):
 
 
 def test_steering_raises_promoted_tokens(smollm2):
-    from saes.steering import steer_verification
+    from mechscope.saes.steering import steer_verification
 
     r = steer_verification(smollm2.model, sae="smollm2-135m/resid-L18", n=4)
     assert r.fraction_up >= 0.75
@@ -98,8 +98,8 @@ def test_steering_raises_promoted_tokens(smollm2):
 
 
 def test_feature_pages_and_search(smollm2):
-    from saes.features import latents_for_token, latents_on_text, sae_features
-    from saes.interventions import sae_for
+    from mechscope.saes.features import latents_for_token, latents_on_text, sae_features
+    from mechscope.saes.interventions import sae_for
 
     model = smollm2.model
     r = sae_features(model, sae="smollm2-135m/resid-L6", n_texts=6, max_tokens=64)
@@ -121,8 +121,8 @@ def test_absorption_scores_recomputed_from_fresh_forward_passes(smollm2):
     recomputed here from a fresh forward pass of each stored prompt, the stored probe and the
     SAE's decoder (the word read at the 6th token from the end); the summary follows the
     letter filters (no score below 20 letters with probe F1 > 0.6)."""
-    from saes.absorption import absorption
-    from saes.store import load_sae
+    from mechscope.saes.absorption import absorption
+    from mechscope.saes.store import load_sae
 
     model = smollm2.model
     name = "smollm2-135m/resid-L6"
@@ -176,8 +176,8 @@ def test_absorption_scores_recomputed_from_fresh_forward_passes(smollm2):
 
 
 def test_feature_result_saves_loads_and_reruns(smollm2, tmp_path):
-    from analyses.catalog import load_result
-    from saes.features import sae_features
+    from mechscope.analyses.catalog import load_result
+    from mechscope.saes.features import sae_features
 
     r = sae_features(smollm2.model, sae="smollm2-135m/resid-L0", n_texts=3, max_tokens=32)
     r.save(tmp_path / "f")

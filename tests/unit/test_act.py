@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from probes import capture
-from probes.act import ACTCalibration, act_interventions, calibrate, column_mean, hidden_sink_mask
-from probes.errors import InputError
+from mechscope.probes import capture
+from mechscope.probes.act import ACTCalibration, act_interventions, calibrate, column_mean, hidden_sink_mask
+from mechscope.probes.errors import InputError
 from tests.tiny import tiny_model
 
 
@@ -103,7 +103,7 @@ def test_bad_input(tiny4):
 def test_search_shortcut_equals_full_scoring(tiny4):
     """Resuming from the cached residual entering layer L gives the same scores as a full
     pass with the same heads (the speed-up used by the greedy search)."""
-    from analyses.act import _encode, _resid_at, score
+    from mechscope.analyses.act import _encode, _resid_at, score
 
     g = torch.Generator().manual_seed(5)
     pairs = [(torch.randint(0, 50, (n,), generator=g).tolist(), torch.randint(0, 50, (2,), generator=g).tolist())
@@ -125,7 +125,7 @@ def test_search_shortcut_equals_full_scoring(tiny4):
 
 
 def test_bootstrap_ci_brackets_mean():
-    from analyses.act import bootstrap_ci
+    from mechscope.analyses.act import bootstrap_ci
 
     x = torch.randn(200, generator=torch.Generator().manual_seed(0)).numpy() + 1.0
     lo, hi = bootstrap_ci(x)
@@ -135,8 +135,8 @@ def test_bootstrap_ci_brackets_mean():
 def test_act_result_roundtrip(tmp_path, tiny4):
     import pandas as pd
 
-    from analyses.act import ACTResult, act_evaluate
-    from probes.results import Result
+    from mechscope.analyses.act import ACTResult, act_evaluate
+    from mechscope.probes.results import Result
 
     items = [{"prompt": [1, 2, 3, 4], "answer": [5], "choices": [[5], [6], [7]]},
              {"prompt": [3, 4, 9, 9, 2], "answer": [8], "choices": [[8], [2]]}]
@@ -144,7 +144,7 @@ def test_act_result_roundtrip(tmp_path, tiny4):
     assert list(df.base_correct) == [bool(x) for x in df.base_correct]
     search = pd.DataFrame([{"layer": 1, "head": 0, "hidden_sink_rate": 1.0, "score_before": -2.0,
                             "score_with": -1.5, "gain": 0.5, "kept": True}])
-    from analyses.act import ACTParams
+    from mechscope.analyses.act import ACTParams
 
     res = ACTResult(model_id="tiny", params=ACTParams(search="greedy"), heads=((1, 0),), search=search, heldout=df,
                     summary=summary)
@@ -157,7 +157,7 @@ def test_act_result_roundtrip(tmp_path, tiny4):
 def test_reference_search_keeps_heads_that_raise_accuracy_alone(tiny4):
     """The reference protocol: each candidate head calibrated alone, kept iff calibration
     accuracy rises; checked against full (non-resumed) evaluations of each head alone."""
-    from analyses.act import act_evaluate, act_search_reference, hidden_sink_rates
+    from mechscope.analyses.act import act_evaluate, act_search_reference, hidden_sink_rates
 
     g = torch.Generator().manual_seed(11)
     items = []

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app.cli import main
+from mechscope.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.niah import Needle, NiahTest
-from analyses.retrieval import RetrievalParams, Top1, scan, score_test
-from probes.batched_greedy import greedy_rows, length_batches
-from probes.decoding import generate
-from probes.errors import InputError
-from probes.interventions import HeadMask
+from mechscope.analyses.niah import Needle, NiahTest
+from mechscope.analyses.retrieval import RetrievalParams, Top1, scan, score_test
+from mechscope.probes.batched_greedy import greedy_rows, length_batches
+from mechscope.probes.decoding import generate
+from mechscope.probes.errors import InputError
+from mechscope.probes.interventions import HeadMask
 from tests.tiny import copy_model
 
 
@@ -90,7 +90,7 @@ def test_length_batches_sort_and_bad_input(tiny):
 def test_row_hooks_one_kv_policy_per_row_equal_separate_runs(tiny64):
     """Rows of equal length, each under its own RazorAttention policy (or none), decoded
     together equal generate(kv_policy=that policy) one by one."""
-    from probes.razor import RazorAttention
+    from mechscope.probes.razor import RazorAttention
 
     g = torch.Generator().manual_seed(4)
     prompts = [torch.randint(0, 50, (24,), generator=g).tolist() for _ in range(2)]
@@ -111,7 +111,7 @@ def test_row_hooks_one_kv_policy_per_row_equal_separate_runs(tiny64):
 def test_row_hooks_with_padding_head_masks_per_row_equal_separate_runs(tiny64):
     """Rows of different lengths, each with its own set of uniformly masked heads (padding-
     safe hooks), equal generate() with those masks as interventions."""
-    from probes.interventions import hooks_for
+    from mechscope.probes.interventions import hooks_for
 
     g = torch.Generator().manual_seed(5)
     prompts = [torch.randint(0, 50, (n,), generator=g).tolist() for n in (9, 17, 5, 12, 7)]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probes import capture
-from probes.errors import InputError
+from mechscope.probes import capture
+from mechscope.probes.errors import InputError
 from tests.tiny import tiny_model
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.attn.hook_pattern", "blocks.1.attn.hook_z", "blocks.2.mlp.hook_post"]
@@ -133,8 +133,8 @@ def test_no_hooks_left_behind(model):
 
 def test_run_with_cache_applies_interventions_and_removes_them(tiny):
     """The front door's one-pass capture: TransformerLens's cache, interventions only inside."""
-    from probes.capture import run_with_cache
-    from probes.interventions import HeadMask
+    from mechscope.probes.capture import run_with_cache
+    from mechscope.probes.interventions import HeadMask
 
     toks = torch.tensor([[1, 5, 9, 3, 7]])
     logits, cache = run_with_cache(tiny, toks, names=["blocks.1.attn.hook_pattern", "blocks.1.hook_resid_post"])

@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from analyses.circuits import roc_auc, roc_curve
-from probes import attribution as attr
-from probes.errors import InputError
-from saes import discrete
+from mechscope.analyses.circuits import roc_auc, roc_curve
+from mechscope.probes import attribution as attr
+from mechscope.probes.errors import InputError
+from mechscope.saes import discrete
 
 NAMES, FILLERS = (0, 1, 2, 3), (4, 5, 6, 7)
 PLANTED = (1, 2)  # layer 1, head 2
@@ -245,7 +245,7 @@ def test_bad_input_one_clear_message(tiny, clean, corrupt, ans, dis, msg):
 
 
 def test_no_positive_prompts_is_refused(monkeypatch):
-    from analyses import circuits
+    from mechscope.analyses import circuits
 
     m = planted_model()
     pairs = planted_pairs(m, n=4)

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import main
+from mechscope.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_models_table(capsys):
-    from probes.models import EMBEDDED
+    from mechscope.probes.models import EMBEDDED
 
     assert main(["models"]) == 0
     out = capsys.readouterr().out
@@ -37,7 +37,7 @@ def test_models_subprocess():
 
 
 def test_dashboard_execs_streamlit(monkeypatch):
-    import app.commands.dashboard as dash
+    import mechscope.app.commands.dashboard as dash
 
     seen = []
     monkeypatch.setattr(dash.os, "execv", lambda path, argv: seen.append((path, argv)))
@@ -50,7 +50,7 @@ def test_dashboard_execs_streamlit(monkeypatch):
 
 
 def test_dashboard_bad_port(capsys, monkeypatch):
-    import app.commands.dashboard as dash
+    import mechscope.app.commands.dashboard as dash
 
     monkeypatch.setattr(dash.os, "execv", lambda *a: pytest.fail("must not start"))
     assert main(["dashboard", "--port", "70000"]) == 2
@@ -59,9 +59,9 @@ def test_dashboard_bad_port(capsys, monkeypatch):
 
 
 def test_parse_interventions():
-    from app.commands.next_token import parse_interventions
-    from probes.errors import InputError
-    from probes.interventions import HeadMask, NeuronClamp
+    from mechscope.app.commands.next_token import parse_interventions
+    from mechscope.probes.errors import InputError
+    from mechscope.probes.interventions import HeadMask, NeuronClamp
 
     assert parse_interventions(["3:2", "4:0:zero"], ["5:17=-2.5", "1:2=1e3"]) == [
         HeadMask(3, 2, "uniform"), HeadMask(4, 0, "zero"), NeuronClamp(5, 17, value=-2.5), NeuronClamp(1, 2, value=1000.0)]

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from analyses.contextualisation import ContextParams, contextualisation
-from probes.errors import InputError
+from mechscope.analyses.contextualisation import ContextParams, contextualisation
+from mechscope.probes.errors import InputError
 from tests.tiny import tiny_model
 
 V = 24

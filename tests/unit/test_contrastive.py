@@ -1,13 +1,13 @@
-"""Contrastive search (Su et al. 2022; REFERENCES §16) on tiny models: α = 0 is greedy, the
+"""Contrastive search (Su et al. 2022; docs/isotropy.md#contrastive-search) on tiny models: α = 0 is greedy, the
 KV-cached batched path equals a naive re-implementation that recomputes everything."""
 
 import pytest
 import torch
 
-from probes.contrastive import Contrastive
-from probes.decoding import STRATEGIES, generate, score_continuation
-from probes.errors import InputError
-from probes.interventions import HeadMask, NeuronClamp, SteeringVector
+from mechscope.probes.contrastive import Contrastive
+from mechscope.probes.decoding import STRATEGIES, generate, score_continuation
+from mechscope.probes.errors import InputError
+from mechscope.probes.interventions import HeadMask, NeuronClamp, SteeringVector
 
 PROMPT = [3, 17, 5, 29, 8, 11]
 
@@ -59,7 +59,7 @@ def test_contrastive_differs_from_greedy_and_reports_true_logprobs(tiny64):
 
 
 def test_bounded_kv_policy_equals_its_own_greedy_when_alpha_zero(tiny):
-    from probes.kv_policies import SinkWindow
+    from mechscope.probes.kv_policies import SinkWindow
 
     pol = SinkWindow(2, 4)
     g = generate(tiny, PROMPT, 14, "greedy", kv_policy=pol)
@@ -75,7 +75,7 @@ def test_registered_and_bad_input(tiny):
 
 
 def test_repetition_and_diversity_by_hand():
-    from analyses.isotropy import diversity, rep_n
+    from mechscope.analyses.isotropy import diversity, rep_n
 
     toks = [1, 2, 1, 2, 1, 2]  # bigrams 12,21,12,21,12: 2 unique of 5 → rep-2 = 60
     assert rep_n(toks, 2) == pytest.approx(60.0)
@@ -91,7 +91,7 @@ def test_repetition_and_diversity_by_hand():
 
 def _spy_paths(monkeypatch):
     """Count which candidate pass each step took."""
-    import probes.contrastive as pc
+    import mechscope.probes.contrastive as pc
 
     calls = {"shared": 0, "rows": 0}
     shared, rows = pc._score_shared, pc._score_rows
@@ -110,7 +110,7 @@ def _spy_paths(monkeypatch):
 
 
 def _rows_only(monkeypatch):
-    import probes.contrastive as pc
+    import mechscope.probes.contrastive as pc
 
     monkeypatch.setattr(pc, "shares_one_row", lambda *a, **kw: False)
 
@@ -134,7 +134,7 @@ def test_shared_row_pass_equals_naive(monkeypatch, variant):
 def test_shared_row_states_equal_k_rows_states(tiny64):
     """The candidates' final states themselves, not only the chosen tokens: equal to float64
     rounding between the shared row and k separate rows, at every step."""
-    import probes.contrastive as pc
+    import mechscope.probes.contrastive as pc
 
     seen = {"shared": [], "rows": []}
     orig_shared = pc._score_shared
@@ -185,9 +185,9 @@ def test_shared_row_pass_under_positionwise_interventions(tiny64, monkeypatch, m
 
 
 def test_falls_back_to_k_rows_where_one_row_would_not_be_exact(monkeypatch):
-    from probes.interventions import AttentionEdit, positionwise
-    from probes.razor import RazorAttention
-    from saes.interventions import SaeClamp, SaeSteer
+    from mechscope.probes.interventions import AttentionEdit, positionwise
+    from mechscope.probes.razor import RazorAttention
+    from mechscope.saes.interventions import SaeClamp, SaeSteer
     from tests.tiny import tiny_model
 
     # no RoPE: positions are added to the embeddings, the candidates cannot share a row
@@ -222,7 +222,7 @@ def test_falls_back_to_k_rows_where_one_row_would_not_be_exact(monkeypatch):
     assert calls == {"shared": 0, "rows": 3}
 
     # a device where k rows are faster (GPUs): no shared-row hooks, k rows, the same text
-    import probes.contrastive as pc
+    import mechscope.probes.contrastive as pc
 
     expected = naive_contrastive(model, PROMPT, 5, 0.6, 4)
     monkeypatch.setattr(pc, "SHARED_ROW_DEVICES", ())
@@ -233,7 +233,7 @@ def test_falls_back_to_k_rows_where_one_row_would_not_be_exact(monkeypatch):
 
 
 def test_shared_row_under_a_bounded_policy_equals_k_rows(tiny64, monkeypatch):
-    from probes.kv_policies import SinkWindow
+    from mechscope.probes.kv_policies import SinkWindow
 
     pol = SinkWindow(2, 5)
     calls = _spy_paths(monkeypatch)

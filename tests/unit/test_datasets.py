@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from probes import datasets
-from probes.errors import ChecksumError, InputError
+from mechscope.probes import datasets
+from mechscope.probes.errors import ChecksumError, InputError
 
 
 @pytest.fixture

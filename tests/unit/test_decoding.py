@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from probes.decoding import Greedy, Sample, generate, score_continuation
-from probes.errors import InputError
-from probes.interventions import AttentionEdit, HeadMask, NeuronClamp, SteeringVector
+from mechscope.probes.decoding import Greedy, Sample, generate, score_continuation
+from mechscope.probes.errors import InputError
+from mechscope.probes.interventions import AttentionEdit, HeadMask, NeuronClamp, SteeringVector
 from tests.tiny import tiny_model
 
 PROMPT = [3, 17, 8, 42, 5, 11, 29, 0, 13, 7]
@@ -177,8 +177,8 @@ def test_length_and_input_checks(gqa):
 
 def test_generate_rows_equals_separate_generations(tiny64):
     """Each row of one batched decode equals its own generate() call (float64: exact routes)."""
-    from probes.decoding import generate_rows
-    from probes.interventions import HeadMask, NeuronClamp
+    from mechscope.probes.decoding import generate_rows
+    from mechscope.probes.interventions import HeadMask, NeuronClamp
 
     prompt = [3, 14, 15, 9, 2, 6]
     variants = [(), (NeuronClamp(0, 5, value=30.0),), (HeadMask(1, 2, "uniform"), NeuronClamp(1, 7, scale=-3.0))]
@@ -194,7 +194,7 @@ def test_generate_rows_equals_separate_generations(tiny64):
 
 def test_generate_reducers_see_every_step(tiny64):
     """Reducers run at the prefill and every decoding step, with the query's absolute position."""
-    from probes import hooknames
+    from mechscope.probes import hooknames
 
     prompt = [3, 14, 15, 9, 2]
     name = hooknames.name("pattern", 1)

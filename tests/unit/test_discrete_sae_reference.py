@@ -9,9 +9,9 @@ import math
 import numpy as np
 import torch
 
-from analyses.circuits import CircuitCompareParams, CircuitDiscoverParams, sae_codes
-from probes import attribution as attr
-from saes import discrete
+from mechscope.analyses.circuits import CircuitCompareParams, CircuitDiscoverParams, sae_codes
+from mechscope.probes import attribution as attr
+from mechscope.saes import discrete
 
 
 def test_default_trains_one_sae_shared_by_all_heads_on_d_model_vectors(tiny64, monkeypatch):
@@ -115,7 +115,7 @@ def test_top_head_pairs_as_node_predictions_by_hand():
 def test_compare_table_reports_the_reference_edge_auc_as_a_node_auc_and_labels_the_anchors():
     import pandas as pd
 
-    from analyses.circuits import ANCHORS, CircuitCompareResult
+    from mechscope.analyses.circuits import ANCHORS, CircuitCompareResult
 
     # 2 layers × 2 heads; ground truth at 0.1: heads 0 (L0H0) and 2 (L1H0)
     truth = np.array([[0.5, 0.0], [0.3, 0.0]])

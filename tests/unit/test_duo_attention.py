@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.duo_attention import (
+from mechscope.analyses.duo_attention import (
     DuoParams,
     gate_overlap,
     gate_score_spearman,
@@ -23,11 +23,11 @@ from analyses.duo_attention import (
     retrieval_kv_heads,
     train_gates,
 )
-from analyses.passkey import make_sample
-from probes.duo import final_hidden, gate_hooks, streaming_mask, z_capture_hooks
-from probes.errors import InputError
-from probes.interventions import applied
-from probes.razor import RazorAttention
+from mechscope.analyses.passkey import make_sample
+from mechscope.probes.duo import final_hidden, gate_hooks, streaming_mask, z_capture_hooks
+from mechscope.probes.errors import InputError
+from mechscope.probes.interventions import applied
+from mechscope.probes.razor import RazorAttention
 from tests import duo_objective
 from tests.tiny import copy_model, tiny_model
 
@@ -234,14 +234,14 @@ def test_bad_input_gets_one_clear_message(tiny_gqa):
             DuoParams(**bad)
     with pytest.raises(InputError, match="cannot hold"):
         make_sample(lambda t: [ord(c) for c in t], tuple(range(500)), 100, 2, 8, np.random.default_rng(0))
-    from analyses.duo_attention import duo_gates
+    from mechscope.analyses.duo_attention import duo_gates
 
     with pytest.raises(InputError, match="tokenizer"):
         duo_gates(tiny_gqa, steps=1)
 
 
 def test_split_mse_all_full_is_zero_and_none_full_is_the_streaming_model():
-    from analyses.duo_attention import split_mse
+    from mechscope.analyses.duo_attention import split_mse
 
     model = tiny_model(n_key_value_heads=2, dtype=torch.float64)
     samples = [(IDS, 8)]

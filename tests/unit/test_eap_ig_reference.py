@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from probes import attribution as attr
-from probes import path_patching as pp
+from mechscope.probes import attribution as attr
+from mechscope.probes import path_patching as pp
 
 N, T = 4, 6
 ANS, DIS = 3, 11

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from analyses.faithfulness import bootstrap_ci, is_faithful, load_items
-from probes.errors import InputError
+from mechscope.analyses.faithfulness import bootstrap_ci, is_faithful, load_items
+from mechscope.probes.errors import InputError
 
 ITEM = {"context": "In this story, the capital of France is Lyon.", "question": "What is the capital of France?",
         "answer": "Lyon", "prior": "Paris"}

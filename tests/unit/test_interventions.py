@@ -8,10 +8,10 @@ import threading
 import pytest
 import torch
 
-from probes import capture
-from probes.decoding import generate
-from probes.errors import InputError
-from probes.interventions import AttentionEdit, HeadMask, NeuronClamp, SteeringVector, applied
+from mechscope.probes import capture
+from mechscope.probes.decoding import generate
+from mechscope.probes.errors import InputError
+from mechscope.probes.interventions import AttentionEdit, HeadMask, NeuronClamp, SteeringVector, applied
 from tests.tiny import tiny_model
 
 TOKENS = torch.tensor([[3, 17, 8, 42, 5, 11, 29, 0, 13]])
@@ -149,7 +149,7 @@ def test_hooks_removed_after_normal_exit_and_exception(model):
 
 
 def model_lock_free(model) -> bool:
-    from probes.models import model_lock
+    from mechscope.probes.models import model_lock
 
     result = []
     t = threading.Thread(target=lambda: result.append(model_lock(model).acquire(timeout=2)))

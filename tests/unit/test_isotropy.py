@@ -1,4 +1,4 @@
-"""Isotropy scores (REFERENCES §13–14): hand-built clouds with known scores, the `isoscore`
+"""Isotropy scores (docs/isotropy.md#isoscore, docs/isotropy.md#self-similarity): hand-built clouds with known scores, the `isoscore`
 package as oracle, and the streamed per-layer analysis against a direct computation."""
 
 import math
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from analyses import isotropy as iso
-from probes import capture, hooknames
-from probes.errors import InputError
+from mechscope.analyses import isotropy as iso
+from mechscope.probes import capture, hooknames
+from mechscope.probes.errors import InputError
 
 from IsoScore import IsoScore as oracle  # the dev extra installs it: a missing oracle fails, never skips
 
@@ -143,7 +143,7 @@ def test_streamed_covariance_matches_direct():
 @pytest.mark.parametrize("g, d", [(1, 300), (3, 9)])  # d ≥ 256: the block-triangle GEMM; G > 1: bmm
 def test_padded_batches_fold_only_real_tokens(g, d):
     """A right-padded batch with junk in the padding gives the covariance of its real tokens."""
-    from probes.covariance import CloudStats, Workspace
+    from mechscope.probes.covariance import CloudStats, Workspace
 
     rng = np.random.default_rng(4)
     lengths = [[7, 3, 1], [5, 5, 2], [9, 1, 4]]
@@ -269,8 +269,8 @@ def test_depth_out_of_range(tiny):
 
 
 def test_whitening_fits_identity_covariance_on_the_fitting_set(tiny64, tmp_path):
-    from probes import whitening as wh
-    from probes.covariance import CloudStats
+    from mechscope.probes import whitening as wh
+    from mechscope.probes.covariance import CloudStats
 
     seqs = [list(range(i, i + 30)) for i in range(8)]  # 240 points in 32 dims
     site = hooknames.name("resid_post", 1)
@@ -304,8 +304,8 @@ def test_whitening_fits_identity_covariance_on_the_fitting_set(tiny64, tmp_path)
 
 
 def test_outlier_removal_finds_planted_dimensions():
-    from probes import whitening as wh
-    from probes.covariance import CloudStats
+    from mechscope.probes import whitening as wh
+    from mechscope.probes.covariance import CloudStats
 
     g = torch.Generator().manual_seed(4)
     x = torch.randn(3000, 40, generator=g, dtype=torch.float64)
@@ -321,9 +321,9 @@ def test_outlier_removal_finds_planted_dimensions():
 
 
 def test_whitening_intervention_writes_the_whitened_stream(tiny64, tmp_path):
-    from probes import whitening as wh
-    from probes.covariance import CloudStats
-    from probes.interventions import INTERVENTIONS, applied
+    from mechscope.probes import whitening as wh
+    from mechscope.probes.covariance import CloudStats
+    from mechscope.probes.interventions import INTERVENTIONS, applied
 
     seqs = [list(range(i, i + 20)) for i in range(6)]
     site = hooknames.name("resid_post", 0)
@@ -345,13 +345,13 @@ def test_whitening_intervention_writes_the_whitened_stream(tiny64, tmp_path):
 
 def test_whitening_effect_analysis(tiny64):
     texts = tuple([list(range(i, i + 16)) for i in range(10)])
-    import analyses.isotropy as mod
+    import mechscope.analyses.isotropy as mod
 
     fit_seqs, held = [list(t) for t in texts[0::2]], [list(t) for t in texts[1::2]]
     p = mod.WhiteningParams(depth=2, methods=("zca", "outlier_removal"), n_sample=20, n_pairs=100, eps=0.0)
     # the pieces whitening_effect runs (its text sets need a tokenizer: integration test), on a
     # fitting and a held-out split
-    from probes import whitening as wh
+    from mechscope.probes import whitening as wh
 
     site = wh.site_for_depth(tiny64, 2)
     assert site == hooknames.name("resid_post", 1)

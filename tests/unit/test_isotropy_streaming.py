@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from analyses import isotropy as iso
-from probes import capture, hooknames
-from probes.covariance import CloudStats, Workspace, pack, packed_size, unpack
+from mechscope.analyses import isotropy as iso
+from mechscope.probes import capture, hooknames
+from mechscope.probes.covariance import CloudStats, Workspace, pack, packed_size, unpack
 
 
 @pytest.mark.parametrize("d", [3, 64, 257, 300])  # 257: odd, and ≥ 256 (the block-triangle GEMM); 300 even

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analyses.kv_curve import KVCurveParams, kv_ranking
-from analyses.niah import NiahParams
-from app.commands.kv import kv_policy_from_args, parse_kv_heads
-from probes.errors import InputError
-from probes.kv_policies import SinkWindow
-from probes.razor import RazorAttention
-from probes.results import Params
+from mechscope.analyses.kv_curve import KVCurveParams, kv_ranking
+from mechscope.analyses.niah import NiahParams
+from mechscope.app.commands.kv import kv_policy_from_args, parse_kv_heads
+from mechscope.probes.errors import InputError
+from mechscope.probes.kv_policies import SinkWindow
+from mechscope.probes.razor import RazorAttention
+from mechscope.probes.results import Params
 
 
 def _args(**kw):
@@ -95,9 +95,9 @@ def test_answers_under_policies_equal_one_answer_per_test_and_policy(tiny_gqa):
     batch) gives each test the answer analyses.niah.answer gives it under that policy alone."""
     import torch
 
-    from analyses.kv_curve import answers_under_policies
-    from analyses.niah import Needle, NiahTest, answer
-    from probes.razor import uniform_window_for
+    from mechscope.analyses.kv_curve import answers_under_policies
+    from mechscope.analyses.niah import Needle, NiahTest, answer
+    from mechscope.probes.razor import uniform_window_for
 
     g = torch.Generator().manual_seed(3)
     nd = Needle("n", "q", "1 2 3")  # key words of the answer: 1, 2, 3 (ids as text, no tokenizer)

@@ -6,15 +6,15 @@ import pandas as pd
 import pytest
 import torch
 
-from analyses.logit_lens import (
+from mechscope.analyses.logit_lens import (
     LogitLensParams,
     LogitLensResult,
     decode_resid,
     logit_lens,
 )
-from probes.capture import run
-from probes.errors import InputError
-from probes.results import Result
+from mechscope.probes.capture import run
+from mechscope.probes.errors import InputError
+from mechscope.probes.results import Result
 from tests.tiny import tiny_model
 
 IDS = [3, 17, 4, 29, 8, 11, 40, 2]
@@ -81,7 +81,7 @@ def test_transformer_lens_loader_loads_unprocessed(monkeypatch):
     """probes.models.load_transformer_lens must call from_pretrained_no_processing (no γ folding)."""
     import transformer_lens
 
-    from probes import models
+    from mechscope.probes import models
 
     calls = []
 
@@ -127,7 +127,7 @@ def test_target_token_and_bad_input():
 
 
 def test_cli_without_prompt_is_one_line(capsys):
-    from app.cli import main
+    from mechscope.app.cli import main
 
     assert main(["logit-lens"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.retrieval import MaskingParams, MaskingResult, random_pool
-from probes.batched_greedy import greedy_rows
-from probes.decoding import generate
-from probes.errors import InputError
-from probes.interventions import HeadMask, hooks_for
+from mechscope.analyses.retrieval import MaskingParams, MaskingResult, random_pool
+from mechscope.probes.batched_greedy import greedy_rows
+from mechscope.probes.decoding import generate
+from mechscope.probes.errors import InputError
+from mechscope.probes.interventions import HeadMask, hooks_for
 from tests.tiny import tiny_model
 
 
@@ -197,7 +197,7 @@ def test_decore_masks_where_the_scope_says(tiny64):
     model has the heads masked from the last prompt token on (the prompt prefilled unmasked,
     as the reference); ``prompt_and_decode`` masks every position. With and without a KV
     cache for the base model."""
-    from probes.decore import DeCoRe
+    from mechscope.probes.decore import DeCoRe
 
     cases = []
     for seed in (5, 6):
@@ -220,7 +220,7 @@ def test_decore_masks_where_the_scope_says(tiny64):
 def test_decore_prefills_the_prompt_once(tiny64):
     """One forward over the prompt but its last token; then one-token passes only (the base
     and the masked branch each feed the newest token), as the reference does."""
-    from probes.decore import DeCoRe
+    from mechscope.probes.decore import DeCoRe
 
     p = _prompt(12, 8)
     sizes = []
@@ -235,8 +235,8 @@ def test_decore_prefills_the_prompt_once(tiny64):
 
 
 def test_decore_defaults_and_round_trip():
-    from probes.decoding import STRATEGIES
-    from probes.decore import DEFAULT_HEADS, DeCoRe
+    from mechscope.probes.decoding import STRATEGIES
+    from mechscope.probes.decore import DEFAULT_HEADS, DeCoRe
 
     assert DEFAULT_HEADS == 50  # aryopg/DeCoRe configs/decoder/decore_entropy.yaml
     s = DeCoRe(((3, 1),))
@@ -291,7 +291,7 @@ def test_old_masking_results_load_as_measured(tmp_path):
     outside the top max(k): they load (and re-run) that way."""
     import pandas as pd
 
-    from probes.results import Result
+    from mechscope.probes.results import Result
 
     new = MaskingResult(model_id="m", params=MaskingParams(ks=(0, 2), heads=((0, 0), (1, 1))),
                         curves=pd.DataFrame([{"k": 0, "which": "random", "seed": 0, "accuracy": 1.0}]),
@@ -312,8 +312,8 @@ def test_old_masking_results_load_as_measured(tmp_path):
 def test_old_niah_results_load_as_measured(tmp_path):
     import pandas as pd
 
-    from analyses.niah import NiahParams, NiahResult
-    from probes.results import Result
+    from mechscope.analyses.niah import NiahParams, NiahResult
+    from mechscope.probes.results import Result
 
     new = NiahResult(model_id="m", params=NiahParams(interventions=(HeadMask(0, 1),)), tests=pd.DataFrame({"correct": [True]}),
                      prompt_format="plain", mask_scope="decode")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.microscope import (
+from mechscope.analyses.microscope import (
     MicroscopeParams,
     MicroscopeResult,
     anisotropy,
@@ -16,8 +16,8 @@ from analyses.microscope import (
     token_nonlinearity,
     twonn_dimension,
 )
-from probes.errors import InputError
-from probes.results import Result
+from mechscope.probes.errors import InputError
+from mechscope.probes.results import Result
 from tests.tiny import tiny_model
 
 
@@ -192,8 +192,8 @@ def test_microscope_on_tiny_model(tmp_path):
     assert res.nonlinearity.shape == (300, 2)
     assert len(res.tokens) == 300
     # the final-norm row is ln_final of the pre-norm row; the last reference transition uses it
-    from probes.capture import run
-    from probes.readout import final_norm
+    from mechscope.probes.capture import run
+    from mechscope.probes.readout import final_norm
     seqs = [torch.tensor(t[:256]) for t in texts][:8]
     acts = run(m, seqs[:7] + [seqs[7][:20]], capture=["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"])
     h0 = torch.cat(acts.activations["blocks.0.hook_resid_post"]).float()

@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from probes import models, smollm2
-from probes.errors import ChecksumError, InputError, ModelNotAvailableError, UnknownModelError
+from mechscope.probes import models, smollm2
+from mechscope.probes.errors import ChecksumError, InputError, ModelNotAvailableError, UnknownModelError
 from tests.tiny import tiny_model
 
 
@@ -151,8 +151,8 @@ def test_model_lock_excludes_other_threads():
 def test_gemma_missing_package_is_clear(monkeypatch):
     import importlib.util
 
-    from probes import gemma
-    from probes.errors import MissingPackageError
+    from mechscope.probes import gemma
+    from mechscope.probes.errors import MissingPackageError
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n.startswith(gemma.PACKAGE) else real(n, *a))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from analyses.neurons import (
+from mechscope.analyses.neurons import (
     NeuronDecodeResult,
     clamp_verification,
     decode_directions,
@@ -14,8 +14,8 @@ from analyses.neurons import (
     topk_both,
     unembedding,
 )
-from probes.errors import InputError
-from probes.results import Result
+from mechscope.probes.errors import InputError
+from mechscope.probes.results import Result
 from tests.tiny import tiny_model
 
 T_PLANT, L_PLANT, N_PLANT = 13, 1, 5
@@ -315,7 +315,7 @@ def test_neuron_results_rerun_to_equal_tables(tmp_path):
     results = [decode_neurons(m, k=3, method="paper"), neurons_for_token(m, 20, top=3),
                neuron_activity(m, texts=_random_texts(n=4, length=10), max_types=16, max_positions=16),
                clamp_verification(m, neurons=[(0, 4)], prompts=[[1, 2, 3]], value=10.0, n_controls=2)]
-    from analyses.neurons import max_activating
+    from mechscope.analyses.neurons import max_activating
 
     results.append(max_activating(m, 0, 4, texts=_random_texts(n=3, length=8), k=3))
     for r in results:
@@ -331,7 +331,7 @@ def test_decode_directions_rejects_bad_k():
 
 
 def test_cli_bad_input_is_one_line(capsys):
-    from app.cli import main
+    from mechscope.app.cli import main
 
     assert main(["neurons", "decode", "--neuron", "3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from analyses.next_token import AttentionPatternResult, NextTokenResult, attention_pattern, next_token
-from probes.errors import InputError
-from probes.interventions import NeuronClamp
-from probes.results import Result
+from mechscope.analyses.next_token import AttentionPatternResult, NextTokenResult, attention_pattern, next_token
+from mechscope.probes.errors import InputError
+from mechscope.probes.interventions import NeuronClamp
+from mechscope.probes.results import Result
 
 
 def test_top_k_known_distribution(tiny):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from probes import attribution as attr
-from probes import path_patching as pp
-from probes.errors import InputError
+from mechscope.probes import attribution as attr
+from mechscope.probes import path_patching as pp
+from mechscope.probes.errors import InputError
 
 MARK = 8  # tokens: names 0–3, fillers 4–7, marker 8
 N_VOCAB, N_CTX = 9, 8
@@ -239,8 +239,8 @@ def test_compare_edges_scores_and_aucs_on_the_planted_path(tmp_path):
     scores, edge ROC-AUC beside node AUC, the graph's edge matrix, and a save/load round trip."""
     import pandas as pd
 
-    from analyses.circuits import CircuitCompareParams, CircuitCompareResult, edge_ground_truth_and_scores
-    from probes.results import Result
+    from mechscope.analyses.circuits import CircuitCompareParams, CircuitCompareResult, edge_ground_truth_and_scores
+    from mechscope.probes.results import Result
 
     m = two_head_path_model()
     pairs = marker_pairs(m)

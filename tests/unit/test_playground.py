@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from analyses.playground import PlaygroundResult, compare_generations
-from probes.decoding import Sample, cache_len, generate, keep_cache_positions
-from probes.errors import InputError
-from probes.interventions import HeadMask, NeuronClamp
-from probes.results import Result
+from mechscope.analyses.playground import PlaygroundResult, compare_generations
+from mechscope.probes.decoding import Sample, cache_len, generate, keep_cache_positions
+from mechscope.probes.errors import InputError
+from mechscope.probes.interventions import HeadMask, NeuronClamp
+from mechscope.probes.results import Result
 
 PROMPT = [7, 3, 11, 3, 19, 2]
 

@@ -11,11 +11,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from probes.decoding import generate
-from probes.errors import InputError
-from probes.interventions import applied
-from probes.kv_policies import KV_POLICIES
-from probes.razor import RazorAttention, as_ratio, buffer_length, dropped_mask, drops_any, uniform_window_for
+from mechscope.probes.decoding import generate
+from mechscope.probes.errors import InputError
+from mechscope.probes.interventions import applied
+from mechscope.probes.kv_policies import KV_POLICIES
+from mechscope.probes.razor import RazorAttention, as_ratio, buffer_length, dropped_mask, drops_any, uniform_window_for
 from tests.tiny import tiny_model
 
 PROMPT = [3, 17, 5, 9, 22, 41, 8, 13, 30, 2, 11, 7]

@@ -11,9 +11,9 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from probes.errors import InputError
-from probes.interventions import HeadMask
-from probes.results import Result
+from mechscope.probes.errors import InputError
+from mechscope.probes.interventions import HeadMask
+from mechscope.probes.results import Result
 
 
 @dataclasses.dataclass(frozen=True)

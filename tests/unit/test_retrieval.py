@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.niah import (
+from mechscope.analyses.niah import (
     GridParams,
     Needle,
     NiahAnswer,
@@ -17,12 +17,12 @@ from analyses.niah import (
     rouge1_recall,
     rouge_tokens,
 )
-from analyses.niah import tests_frame as frame_of_tests
-from analyses.retrieval import MaskingParams, Top1, copy_scores, reference_scores, retrieval_masking, scan, score_test
-from probes.capture import run as capture_run
-from probes.decoding import generate
-from probes.errors import InputError
-from probes.interventions import HeadMask
+from mechscope.analyses.niah import tests_frame as frame_of_tests
+from mechscope.analyses.retrieval import MaskingParams, Top1, copy_scores, reference_scores, retrieval_masking, scan, score_test
+from mechscope.probes.capture import run as capture_run
+from mechscope.probes.decoding import generate
+from mechscope.probes.errors import InputError
+from mechscope.probes.interventions import HeadMask
 from tests.tiny import copy_model
 
 # prompt for the copy model (offset 10): P = 15, so step t re-emits prompt[4 + t]
@@ -202,7 +202,7 @@ def test_needle_pieces_keep_the_answer_span_exact_across_a_merge():
     apart, read the same text, and the answer span holds exactly " blue"."""
     from types import SimpleNamespace
 
-    from analyses.niah import needle_pieces
+    from mechscope.analyses.niah import needle_pieces
 
     model = SimpleNamespace(tokenizer=_CharTokenizer())
     lead, ans, rest = needle_pieces(model, Needle("It is blue.", "What is it?", "blue"))
@@ -257,7 +257,7 @@ def test_masking_refuses_k_larger_than_the_heads(tiny):
 
 def test_decore_alpha_zero_is_greedy(tiny64):
     """α = 0 is greedy (the contrast against a hand computation is in test_mask_scope.py)."""
-    from probes.decore import DeCoRe
+    from mechscope.probes.decore import DeCoRe
 
     prompt = [int(x) for x in torch.randint(0, 50, (12,), generator=torch.Generator().manual_seed(5))]
     heads = ((0, 1), (1, 2), (1, 3))
@@ -267,8 +267,8 @@ def test_decore_alpha_zero_is_greedy(tiny64):
 
 
 def test_decore_round_trips_and_refuses_bad_input():
-    from probes.decoding import STRATEGIES
-    from probes.decore import DeCoRe
+    from mechscope.probes.decoding import STRATEGIES
+    from mechscope.probes.decore import DeCoRe
 
     s = DeCoRe(((3, 1), (5, 2)), alpha=0.5)
     assert STRATEGIES.from_dict(s.to_dict()) == s

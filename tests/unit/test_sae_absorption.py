@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from probes.errors import InputError
-from saes.absorption import (
+from mechscope.probes.errors import InputError
+from mechscope.saes.absorption import (
     AbsorptionParams,
     ProbeData,
     alpha_words,

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from probes.errors import ChecksumError, InputError
-from probes.interventions import SteeringVector, applied, from_dict
-from saes import store
-from saes.evals import EvalStats, density_histogram, recovered
-from saes.interventions import SaeClamp, SaeSplice, SaeSteer, decoder_directions
+from mechscope.probes.errors import ChecksumError, InputError
+from mechscope.probes.interventions import SteeringVector, applied, from_dict
+from mechscope.saes import store
+from mechscope.saes.evals import EvalStats, density_histogram, recovered
+from mechscope.saes.interventions import SaeClamp, SaeSplice, SaeSteer, decoder_directions
 from tests.tiny import tiny_model
 
 
@@ -238,7 +238,7 @@ def test_bad_input_messages(tiny_sae):
     with pytest.raises(InputError, match="does not match the model's d_model"):
         SaeSplice("smollm2-135m/resid-L0").validate(model)
     with pytest.raises(InputError, match="architecture"):
-        from saes.train import TrainSpec
+        from mechscope.saes.train import TrainSpec
 
         TrainSpec(architecture="relu").validate()
 
@@ -256,7 +256,7 @@ def test_shipped_saes_are_checked():
 
 
 def test_train_on_activations_learns_planted_dictionary():
-    from saes.train import train_on_activations
+    from mechscope.saes.train import train_on_activations
 
     g = torch.Generator().manual_seed(0)
     dirs = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=-1)
@@ -294,7 +294,7 @@ def test_reference_protocol_matches_sae_lens_get_recons_loss(tiny_sae, ignore):
     kept and unscored) equal SAE-Lens' ``evals.get_recons_loss`` and its explained variance."""
     from sae_lens.evals import ExplainedVarianceCalculator
 
-    from saes.evals import evaluate
+    from mechscope.saes.evals import evaluate
 
     model = tiny_model(d_model=32, n_heads=4, d_head=8)
     sae = store.load_sae(tiny_sae)
@@ -321,7 +321,7 @@ def test_ce_recovered_both_protocols_by_direct_computation(tiny_sae):
     """CE recovered on a tiny model, recomputed here with plain TransformerLens hooks: the
     reference protocol over every position, ours (``_skip0``) leaving position 0 alone, with
     zero and mean ablation."""
-    from saes.evals import evaluate
+    from mechscope.saes.evals import evaluate
 
     model = tiny_model(d_model=32, n_heads=4, d_head=8)
     sae = store.load_sae(tiny_sae)
@@ -361,7 +361,7 @@ def test_ce_recovered_both_protocols_by_direct_computation(tiny_sae):
 
 
 def test_sae_lens_release_without_hub_gives_one_clear_message():
-    from probes.errors import ModelNotAvailableError
+    from mechscope.probes.errors import ModelNotAvailableError
 
     with pytest.raises(ModelNotAvailableError, match="cannot reach the hub"):
         store.load_sae("sae-lens:gpt2-small-res-jb/blocks.0.hook_resid_pre")
@@ -372,7 +372,7 @@ def test_sae_lens_release_without_hub_gives_one_clear_message():
 
 
 def test_cli_sae_list_and_cpu_train_estimate(capsys, tmp_path):
-    from app.cli import main
+    from mechscope.app.cli import main
 
     assert main(["sae", "list"]) == 0
     out = capsys.readouterr().out
@@ -386,9 +386,9 @@ def test_cli_sae_list_and_cpu_train_estimate(capsys, tmp_path):
 def test_sae_commands_take_model_device_and_never_overwrite_a_folder(tmp_path, capsys):
     """`mechscope sae eval|features|absorption` are built from their Params (defaults in one place),
     honour --model/--device, and refuse --out over a user's folder before any work."""
-    from app.cli import build_parser, main
-    from saes.absorption import AbsorptionParams
-    from saes.evals import SaeEvalParams
+    from mechscope.app.cli import build_parser, main
+    from mechscope.saes.absorption import AbsorptionParams
+    from mechscope.saes.evals import SaeEvalParams
 
     parser = build_parser()
     a = parser.parse_args(["sae", "absorption", "--device", "cuda:1", "--model", "m", "--min-letters", "12"])

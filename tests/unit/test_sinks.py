@@ -12,16 +12,16 @@ import pandas as pd
 import pytest
 import torch
 
-from analyses.sinks import (
+from mechscope.analyses.sinks import (
     SinkResult,
     alpha_from_pattern,
     attention_sinks,
     dormancy_score,
     sink_rate,
 )
-from probes import capture
-from probes.errors import InputError
-from probes.results import Result
+from mechscope.probes import capture
+from mechscope.probes.errors import InputError
+from mechscope.probes.results import Result
 from tests.tiny import tiny_model
 
 A1 = torch.tensor([[1.0, 0, 0, 0], [0.5, 0.5, 0, 0], [0.6, 0.2, 0.2, 0], [0.7, 0.1, 0.1, 0.1]])
@@ -238,7 +238,7 @@ def test_hidden_sinks_need_enough_queries():
 
 
 def test_sinks_result_reruns_to_equal_tables(tmp_path):
-    from probes.results import Result
+    from mechscope.probes.results import Result
 
     m = planted_model(6.0)
     res = attention_sinks(m, [[SINK, 3, 4, 5, 6, 7, 8, 9], [SINK, 9, 8, 7, 6, 5]], k_max=3, variants=("no_bos",))

@@ -12,9 +12,9 @@ on one-layer models, and the deeper model is checked while the text fits.
 import pytest
 import torch
 
-from probes.decoding import KV_POLICIES, generate
-from probes.errors import InputError
-from probes.kv_policies import SinkWindow, WindowOnly, stream_logprobs
+from mechscope.probes.decoding import KV_POLICIES, generate
+from mechscope.probes.errors import InputError
+from mechscope.probes.kv_policies import SinkWindow, WindowOnly, stream_logprobs
 from tests.tiny import tiny_model
 
 
@@ -138,7 +138,7 @@ def test_batched_streaming_matches_generate_on_a_deeper_model(rot):
 def test_streaming_perplexity_small(rot):
     """The analysis on a tiny model: (a) is the full pass, (b)/(c) the cached policies,
     (d) a fresh pass over the previous C+1 tokens; all equal before the cache fills."""
-    from analyses.streaming import streaming_perplexity
+    from mechscope.analyses.streaming import streaming_perplexity
 
     ids = _ids(40, 9)
     S, W = 2, 8
@@ -166,7 +166,7 @@ def test_streaming_perplexity_small(rot):
 
 
 def test_streaming_bad_input(rot):
-    from analyses.streaming import streaming_perplexity
+    from mechscope.analyses.streaming import streaming_perplexity
 
     with pytest.raises(InputError, match="longer than the cache"):
         streaming_perplexity(rot, _ids(10), n_sink=2, window=8)

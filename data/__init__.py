@@ -1,0 +1,1 @@
+"""Shipped corpora, task prompts and their generators (see data/README.md)."""
