@@ -1,4 +1,4 @@
-"""Benchmark for issue 8 item 5 (DuoAttention gates): ``python -m benchmarks.bench_duo``.
+"""Benchmark for DuoAttention gates: ``python -m benchmarks.bench_duo``.
 
 Trains the gates (``analyses.duo_attention.duo_gates``) on the embedded model and reports:
 the gate of every KV head, how many are ≥ 0.5, their overlap with Wu et al.'s retrieval
@@ -13,7 +13,7 @@ CPU (the recorded run; bounded by ``--time-budget``)::
 
     python -m benchmarks.bench_duo --steps 24 --min-length 400 --max-length 700 --time-budget 360
 
-GPU (lent H200; expected ≈ 150 s including the model load, hard stop at the time budget)::
+GPU (H200; expected ≈ 150 s including the model load, hard stop at the time budget)::
 
     PYTHONUNBUFFERED=1 python -m benchmarks.bench_duo --device cuda --steps 400 --min-length 1000 \\
         --max-length 4000 --n-passkeys 5 --passkey-words 16 --n-sink 64 --window 256 --lr 0.05 \\

@@ -1,4 +1,4 @@
-"""Benchmark for issue 8 (DeCoRe): ``python -m benchmarks.bench_faithfulness``.
+"""Benchmark for DeCoRe: ``python -m benchmarks.bench_faithfulness``.
 
 Accuracy on the contextual-faithfulness set (``data/tasks/faithfulness.jsonl``: the context
 overrides the model's prior answer; :mod:`analyses.faithfulness`) of greedy decoding vs

@@ -1,4 +1,4 @@
-"""Foundation benchmark (issue 2): the cost of the probe layer on smollm2-135m.
+"""Foundation benchmark: the cost of the probe layer on smollm2-135m.
 
 At 512 and 2048 tokens (one sequence of seeded random token ids — cost does not depend on
 content), measured round-robin in one process with :func:`benchmarks.common.measure`:

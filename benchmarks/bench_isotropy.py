@@ -1,4 +1,4 @@
-"""Benchmarks for issue 9 (isotropy): ``python -m benchmarks.bench_isotropy``.
+"""Benchmarks for isotropy: ``python -m benchmarks.bench_isotropy``.
 
 1. **IsoScore on 100,000 × d points** vs the baseline "one covariance + eigendecomposition
    of the same points" (``torch.cov`` + ``torch.linalg.eigvalsh``, same dtype, same device);

@@ -1,4 +1,4 @@
-"""Benchmarks for issue 4 (neuron decoding): ``python -m benchmarks.bench_neurons``.
+"""Benchmarks for neuron decoding: ``python -m benchmarks.bench_neurons``.
 
 1. **Decode all 46,080 MLP neurons of smollm2-135m on the CPU** (``decode_neurons``, k = 10,
    float32) against the **bare chunked product** W_out_all · (γ ⊙ W_U) with the same chunk
@@ -16,7 +16,7 @@
    prompts), Δp of the label token at the last position against 5 random control neurons
    of the same layer clamped to the same value. And the "dog neuron" demonstration: the
    neuron that most promotes " dog", clamped during greedy generation from neutral prompts.
-4. The **GPU** numbers come from ``benchmarks/gpu_neuron_decode.py`` run on the lent GPU;
+4. The **GPU** numbers come from ``benchmarks/gpu_neuron_decode.py`` run on a GPU;
    its JSON (``benchmarks/gpu_neuron_decode.json``) is folded into the section if present.
 
 Threads: 1 (the dev box has 2 cores shared with other jobs; one thread per process keeps
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 grow.append((chunk, label, f"{t:.3f}", f"{tf:.0f}", f"{100 * tf / peak:.0f}%"))
         chk = g.get("check_chunk16384") or next(v for k, v in g.items() if k.startswith("check"))
         lines += ["", f"### Llama-3.1-8B-shaped decode on the GPU ({g['device']})", "",
-                  "`benchmarks/gpu_neuron_decode.py` on the lent `nvidia-h100-x1` machine: random bf16 weights of "
+                  "`benchmarks/gpu_neuron_decode.py` on an H100: random bf16 weights of "
                   "Llama-3.1-8B's shapes (32 × 14,336 = 458,752 neurons, d_model 4096, vocab 128,256), "
                   f"k = 10 top and bottom, {g['flops']:.3g} FLOPs (2·N·d·V); CUDA events, median of 3 after a "
                   f"warm-up. Measured bf16 matmul rate of the device (8192³): **{peak:.0f} TFLOP/s**.", "",

@@ -1,4 +1,4 @@
-"""Playground comparison cost (issue 7): baseline + intervened continuations of one prompt.
+"""Playground comparison cost: baseline + intervened continuations of one prompt.
 
 Variants, measured round-robin in one process on smollm2-135m (greedy, full KV cache, a
 uniform head mask and a neuron clamp, ``--new-tokens`` tokens after a 32-token prompt):

@@ -1,4 +1,4 @@
-"""Benchmark for issue 8 (retrieval heads): ``python -m benchmarks.bench_retrieval``.
+"""Benchmark for retrieval heads: ``python -m benchmarks.bench_retrieval``.
 
 **Detection scan vs the materialising step-by-step loop.** Both answer every NIAH test
 greedily and score every head (docs/retrieval.md#retrieval-score):

@@ -1,4 +1,4 @@
-"""Benchmarks for issue 10 (SAEs): ``python -m benchmarks.bench_saes``.
+"""Benchmarks for SAEs: ``python -m benchmarks.bench_saes``.
 
 CPU (this machine, 1 thread, ratios against a baseline timed in the same run, interleaved):
 

@@ -1,4 +1,4 @@
-"""Benchmarks for issue 3 (attention sinks): ``python -m benchmarks.bench_sinks``.
+"""Benchmarks for attention sinks: ``python -m benchmarks.bench_sinks``.
 
 1. **Sink metric vs a plain forward pass**, over 256 texts × 64 tokens and one text of
    T = 2048 tokens. Both go through ``probes.capture.run`` with the same batches; the plain

@@ -1,6 +1,6 @@
 """Decode every MLP neuron of a Llama-3.1-8B-shaped model through the unembedding, on a GPU.
 
-Standalone (torch only) so it runs on the lent GPU machine as it is:
+Standalone (torch only) so it runs on a bare GPU machine as it is:
 
     PYTHONUNBUFFERED=1 python3 benchmarks/gpu_neuron_decode.py
 

@@ -1,4 +1,4 @@
-"""Circuit-discovery tasks (issue 11): clean / corrupted prompt pairs with a logit-difference metric.
+"""Circuit-discovery tasks: clean / corrupted prompt pairs with a logit-difference metric.
 
 Written for mechscope (no external source; the task *designs* follow the circuit literature:
 IOI — Wang et al. 2022; greater-than — Hanna et al. 2023; docstring — Heimersheim & Janiak

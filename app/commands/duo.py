@@ -1,4 +1,4 @@
-"""``mechscope duo-gates`` (issue 8 item 5): train DuoAttention gates (Xiao et al. 2024) on
+"""``mechscope duo-gates``: train DuoAttention gates (Xiao et al. 2024) on
 synthetic passkey retrieval and compare the retrieval/streaming split with Wu et al.'s
 retrieval heads. Ctrl-C stops training and saves the gates reached so far
 (``complete: false``)."""
