@@ -33,6 +33,12 @@ Every path loads *unprocessed* weights (no LayerNorm folding, no centring), so t
 norm's γ stays in ``ln_final`` and a "raw" readout (LM head without the final norm) is
 really raw — TransformerLens' ``from_pretrained`` would fold γ into W_U.
 
+Attention: every loaded model computes attention with ``scaled_dot_product_attention``
+wherever no hook reads the scores or pattern, and with TransformerLens' materialised
+attention where one does (:mod:`probes.fused_attention`, per layer and per call; set
+``MECHSCOPE_FUSED_ATTENTION=0`` before loading, or use ``fused_attention.materialised(model)``,
+to always materialise).
+
 Converted-weights cache: converting a GGUF takes ~20 s (SmolLM2) to ~100 s (Gemma) on two
 CPU cores, so the converted parameters and the tokenizer are cached under
 ``$MECHSCOPE_CACHE`` (default ``~/.cache/mechscope``; ``MECHSCOPE_CACHE=off`` disables it).
@@ -52,6 +58,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
+from mechscope.probes import fused_attention
 from mechscope.probes.convert import contiguous_for_forward, hf_from_gguf, hooked_from_hf_llama, quiet_transformers  # noqa: F401
 from mechscope.probes.errors import (
     ChecksumError,  # noqa: F401
@@ -229,6 +236,7 @@ def _load_cached(name: str, device: str, dtype: torch.dtype) -> LoadedModel:
         spec = replace(spec, n_ctx=model.cfg.n_ctx)
     model.eval()
     contiguous_for_forward(model)
+    fused_attention.install(model)  # SDPA wherever no hook reads the pattern (MECHSCOPE_FUSED_ATTENTION=0: off)
     model.mechscope_spec = spec
     model_lock(model)
     return LoadedModel(model, spec)
