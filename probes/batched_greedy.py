@@ -44,6 +44,7 @@ from typing import Callable, Sequence
 import torch
 
 from mechscope.probes.errors import InputError
+from mechscope.probes.forward import last_logits
 from mechscope.probes.hooknames import name as hook_name
 from mechscope.probes.interventions import Gate, HookList, Intervention, applied, check_scope, hooks_for
 from mechscope.probes.kv_policies import new_cache
@@ -246,7 +247,7 @@ def greedy_rows(
                 per_row.rows = list(g)
             if fed[g[0]]:
                 piece = torch.tensor([prompts[i][: fed[i]] for i in g], device=device)
-                logits.append(model(piece, past_kv_cache=cache, attention_mask=torch.ones_like(piece))[:, -1])
+                logits.append(last_logits(model, piece, past_kv_cache=cache, attention_mask=torch.ones_like(piece)))
                 if top1:
                     tops.append(state.take())
             caches.append(cache)
@@ -264,7 +265,7 @@ def greedy_rows(
             if per_row is not None:
                 per_row.rows = alive
             piece = torch.tensor([[p[-1]] for p in prompts], device=device)
-            logits = model(piece, past_kv_cache=cache, attention_mask=torch.ones_like(piece))[:, -1]
+            logits = last_logits(model, piece, past_kv_cache=cache, attention_mask=torch.ones_like(piece))
             pending_top = state.take() if top1 else None
         else:
             logits = torch.cat(logits, 0)
@@ -297,7 +298,7 @@ def greedy_rows(
             if per_row is not None:
                 per_row.rows = alive
             piece = toks[:, None]
-            logits = model(piece, past_kv_cache=cache, attention_mask=torch.ones_like(piece))[:, -1]
+            logits = last_logits(model, piece, past_kv_cache=cache, attention_mask=torch.ones_like(piece))
             if top1:
                 pending_top = state.take()
         del cache

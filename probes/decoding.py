@@ -33,6 +33,7 @@ from typing import Callable, ClassVar, Protocol, Sequence
 import torch
 
 from mechscope.probes.errors import InputError
+from mechscope.probes.forward import last_logits
 from mechscope.probes.hooknames import site
 from mechscope.probes.interventions import Gate, HookList, Intervention, Rows, applied, check_scope, hooks_for
 from mechscope.probes.kv_policies import (  # noqa: F401  (the cache helpers live with the policies)
@@ -174,7 +175,7 @@ class _Stepper:
         if self.cache is None:
             ids = torch.tensor(self.all_tokens, device=device)
             self.batch = Batch(ids, torch.full((rows,), ids.shape[1]), list(range(rows)), q_offset=0, step=self.step)
-            return model(ids)[:, -1]
+            return last_logits(model, ids)
         chunk = self.policy.prefill_chunk or n_new
         logits = None
         for start in range(0, n_new, chunk):
@@ -182,7 +183,7 @@ class _Stepper:
             offset = cache_len(self.cache) if self.cache.entries[0].past_keys.shape[1] else 0
             self.batch = Batch(piece, torch.full((rows,), piece.shape[1]), list(range(rows)), q_offset=offset,
                                step=self.step)
-            logits = model(piece, past_kv_cache=self.cache, attention_mask=torch.ones_like(piece))[:, -1]
+            logits = last_logits(model, piece, past_kv_cache=self.cache, attention_mask=torch.ones_like(piece))
             self.longest = max(self.longest, cache_len(self.cache))
             self.policy.trim(self.cache)
         return logits

@@ -257,14 +257,7 @@ def fallback_reasons(model) -> dict[int, str]:
 def reads_pattern(attn) -> bool:
     """Whether a hook on this layer's ``hook_attn_scores``/``hook_pattern`` (or a global
     module hook) would observe or edit the materialised scores or pattern."""
-    for point in PATTERN_POINTS:
-        hp = getattr(attn, point)
-        if hp._forward_hooks or hp._forward_pre_hooks or hp._backward_hooks or hp._backward_pre_hooks:
-            return True
-    return bool(
-        _nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks
-        or _nn_module._global_backward_hooks or _nn_module._global_backward_pre_hooks
-    )
+    return any_hooked(getattr(attn, point) for point in PATTERN_POINTS)
 
 
 def will_fuse(attn) -> bool:
@@ -335,7 +328,7 @@ def _norm_forward(self, x):
     result (the attention forward drops it); otherwise TransformerLens' own forward."""
     state = self._mechscope_fused
     version = _version(x) if state.enabled else None
-    if version is None or _any_hooked(self._mechscope_points):
+    if version is None or any_hooked(self._mechscope_points):
         return type(self).forward(self, x)
     memo = self.__dict__.get("_mechscope_memo")
     if memo is not None and memo[0] is x and memo[1] == version:
@@ -345,9 +338,11 @@ def _norm_forward(self, x):
     return out
 
 
-def _any_hooked(points) -> bool:
+def any_hooked(modules) -> bool:
+    """Whether any of ``modules`` (hook points or other modules) has a hook of its own, or a
+    global module hook is registered: then its forward must run as TransformerLens wrote it."""
     return any(
-        p._forward_hooks or p._forward_pre_hooks or p._backward_hooks or p._backward_pre_hooks for p in points
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in modules
     ) or bool(
         _nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks
         or _nn_module._global_backward_hooks or _nn_module._global_backward_pre_hooks
@@ -357,11 +352,7 @@ def _any_hooked(points) -> bool:
 def _hook(point, x: torch.Tensor) -> torch.Tensor:
     """``point(x)`` — skipped when the hook point has no hook at all (its forward is the
     identity, so the result is the same tensor)."""
-    if (
-        point._forward_hooks or point._forward_pre_hooks or point._backward_hooks or point._backward_pre_hooks
-        or _nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks
-        or _nn_module._global_backward_hooks or _nn_module._global_backward_pre_hooks
-    ):
+    if any_hooked((point,)):
         return point(x)
     return x
 
