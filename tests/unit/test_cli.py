@@ -98,3 +98,29 @@ def test_rerun_refuses_crafted_results(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "Unknown" in err[0], err
 
+
+
+def test_out_of_memory_is_one_line_naming_the_flags_that_shrink_the_run(monkeypatch, capsys, tmp_path):
+    import torch
+
+    import mechscope.app.commands.sinks as sinks_cmd
+
+    def oom(args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(sinks_cmd, "run_sinks", oom)
+    assert main(["sinks", "--out", str(tmp_path / "r"), "--batch-size", "8", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mechscope: error: out of memory on cuda: lower ")
+    assert "--batch-size (now 8)" in err[0] and "--max-tokens (now 64)" in err[0]
+
+
+def test_other_runtime_errors_are_not_called_out_of_memory(monkeypatch):
+    import mechscope.app.commands.sinks as sinks_cmd
+
+    def bug(args):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(sinks_cmd, "run_sinks", bug)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        main(["sinks", "--out", "unused"])
