@@ -200,6 +200,9 @@ def install(model, enabled: bool | None = None) -> FusedState:
             ln._mechscope_fused = state
             ln._mechscope_points = [m for m in ln.modules() if isinstance(m, HookPoint)]
             ln.forward = types.MethodType(_norm_forward, ln)
+    from mechscope.probes import fused_block  # the block around it (imports this module)
+
+    fused_block.install(model, state)
     return state
 
 
@@ -212,6 +215,9 @@ def uninstall(model) -> None:
             for name in names:
                 if module is not None:
                     module.__dict__.pop(name, None)
+    from mechscope.probes import fused_block
+
+    fused_block.uninstall(model)
     model.__dict__.pop("_mechscope_fused", None)
 
 
@@ -393,6 +399,17 @@ def _qkv(self, query_input, key_input, value_input):
     return q, k, v
 
 
+def nonzero_bias(b: torch.Tensor) -> torch.Tensor | None:
+    """``b``, or None when every entry is zero (adding 0.0 changes no value; checked again
+    after any in-place edit of ``b``)."""
+    key = (b.data_ptr(), b._version)
+    memo = getattr(b, "_mechscope_zero", None)
+    if memo is None or memo[0] != key:
+        memo = (key, not bool(b.detach().any()))
+        b._mechscope_zero = memo
+    return None if memo[1] else b
+
+
 def _linear(x, w, b):
     """``simple_attn_linear``: x [batch, pos, d_model] @ w [head, d_model, d_head] + b."""
     if x.device != w.device:
@@ -400,7 +417,8 @@ def _linear(x, w, b):
     if x.device != b.device:
         b = b.to(x.device)
     heads, d_model, d_head = w.shape
-    out = F.linear(x, w.permute(0, 2, 1).reshape(heads * d_head, d_model), b.reshape(heads * d_head))
+    b = nonzero_bias(b)
+    out = F.linear(x, w.permute(0, 2, 1).reshape(heads * d_head, d_model), None if b is None else b.reshape(heads * d_head))
     return out.reshape(x.shape[0], x.shape[1], heads, d_head)
 
 
@@ -498,7 +516,7 @@ def _project_out(self, z: torch.Tensor) -> torch.Tensor:
         w = self.W_O.permute(2, 0, 1).reshape(d_model, heads * d_head)
         if w.device != z.device:
             w = w.to(z.device)
-        b_O = self.b_O if self.b_O.device == z.device else self.b_O.to(z.device)
+        b_O = nonzero_bias(self.b_O if self.b_O.device == z.device else self.b_O.to(z.device))
         if z.dtype != w.dtype:
             z = z.to(w.dtype)
         z = z.reshape(z.shape[0], z.shape[1], heads * d_head)

@@ -454,6 +454,11 @@ def test_ln1_is_computed_once_unless_hooked(monkeypatch):
         fa.install(model, True)
         calls.clear()
         out = model(toks)
+        assert calls.count(True) == 0  # nothing hooked in the block: probes.fused_block normalises inline
+        assert (out - ref).abs().max() < ATOL
+        calls.clear()
+        with model.hooks(fwd_hooks=[("blocks.0.hook_resid_mid", lambda t, hook: None)]):
+            out = model(toks)  # a hook in the block: TransformerLens' block forward, ln1 once
         assert calls.count(True) == 1
         assert "_mechscope_memo" not in model.blocks[0].ln1.__dict__  # nothing kept after the pass
         assert (out - ref).abs().max() < ATOL
