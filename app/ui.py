@@ -314,6 +314,14 @@ def _default(f: dataclasses.Field):
     raise TypeError(f"field {f.name} has no default: pass it in values=")
 
 
+def default_of(cls, name: str):
+    """The default of field ``name`` of the dataclass ``cls`` (for a page's own widgets)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return _default(f)
+    raise TypeError(f"{cls.__name__} has no field {name}")
+
+
 def _shown(value) -> str:
     if isinstance(value, (tuple, list)):
         return ", ".join(map(str, value))
