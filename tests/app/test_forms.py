@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-
 from mechscope.app.ui import FieldKind, field_kind
 from mechscope.probes.errors import InputError
 from mechscope.probes.results import Params
