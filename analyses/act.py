@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from mechscope.probes import capture, hooknames
-from mechscope.probes.act import act_interventions, column_mean, hidden_sink_mask
+from mechscope.probes.act import BETA, act_interventions, column_mean, hidden_sink_mask
 from mechscope.probes.errors import InputError
 from mechscope.probes.interventions import applied
 from mechscope.probes.models import model_id
@@ -120,7 +120,7 @@ def _logprob_sums(model, enc: _Encoded, resid: torch.Tensor) -> np.ndarray:
     return np.array(out)
 
 
-def score(model, encoded: list[_Encoded], heads: Sequence[tuple[int, int]] = (), beta: float = 0.4,
+def score(model, encoded: list[_Encoded], heads: Sequence[tuple[int, int]] = (), beta: float = BETA,
           threshold: float = 0.1, start: tuple[int, list[torch.Tensor]] | None = None) -> np.ndarray:
     """Summed log p(continuation) per item, with ACT on ``heads``. ``start=(layer, resids)``
     resumes from cached residual streams entering ``layer``."""
@@ -189,7 +189,7 @@ def act_search(
     calib: Sequence[dict],
     *,
     layers: Sequence[int] | None = None,
-    beta: float = 0.4,
+    beta: float = BETA,
     threshold: float = 0.1,
     min_hidden_rate: float = 0.05,
     max_candidates: int | None = 30,
@@ -256,7 +256,7 @@ def act_search_reference(
     calib: Sequence[dict],
     *,
     layers: Sequence[int] | None = None,
-    beta: float = 0.4,
+    beta: float = BETA,
     threshold: float = 0.1,
     batch_size: int = 60,
     progress: Callable[[int, int], None] | None = None,
@@ -296,7 +296,7 @@ def act_search_reference(
     return selected, pd.DataFrame(rows, columns=cols)
 
 
-def act_evaluate(model, items: Sequence[dict], heads: Sequence[tuple[int, int]], *, beta: float = 0.4,
+def act_evaluate(model, items: Sequence[dict], heads: Sequence[tuple[int, int]], *, beta: float = BETA,
                  threshold: float = 0.1, batch_size: int = 60, n_boot: int = 2000, seed: int = 0):
     """Per-item base vs ACT log p(answer) and choice accuracy, with paired bootstrap CIs."""
     if not items:
@@ -339,7 +339,7 @@ class ACTParams(Params):
         "help": "reference: each head of layers 2..L-2 alone, kept when calibration accuracy rises; greedy: forward selection"})
     task: str = field(default="act_calibration", metadata={"help": "shipped task with calib/heldout splits"})
     layers: tuple[int, ...] | None = field(default=None, metadata={"help": "restrict the search to these layers"})
-    beta: float = field(default=0.4, metadata={"help": "β, scale of hidden-sink columns"})
+    beta: float = field(default=BETA, metadata={"help": "β, scale of hidden-sink columns"})
     threshold: float = field(default=0.1, metadata={"help": "sink threshold on mean received attention"})
     max_candidates: int | None = field(default=30, metadata={"help": "greedy search: candidate heads (most hidden sinks first)"})
     min_hidden_rate: float = field(default=0.05, metadata={"help": "greedy search: minimum hidden-sink rate of a candidate"})

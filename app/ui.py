@@ -1,8 +1,9 @@
 """Shared dashboard pieces: page discovery, the model picker, the prompt box, token views
 and error handling.
 
-Pages stay thin: they gather parameters with these helpers, call one analysis, and draw the
-Result's figures. The model is loaded once per process (``st.cache_resource``) and every
+Pages stay thin: they gather parameters with these helpers (an analysis' parameters with
+:func:`params_form`, generated from its Params, so a default lives only there), call one
+analysis, and draw the Result's figures. The model is loaded once per process (``st.cache_resource``) and every
 use of it goes through the probe layer, which holds the model's lock.
 
 Pages are the files ``app/pages/NN_name.py`` (NN: two-digit order). Their title is a
@@ -13,15 +14,18 @@ finds them without importing them, so adding a page needs no edit anywhere else.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import html
 import re
+import types
+import typing
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
 
-from mechscope.probes.errors import MechscopeError
+from mechscope.probes.errors import InputError, MechscopeError
 from mechscope.probes.models import DEFAULT_MODEL, available_models, load
 
 DEFAULT_PROMPT = "The capital of France is"
@@ -237,3 +241,206 @@ def run_analysis(slot: str, fn, model, params, label: str = "Forward passes", **
         st.session_state[f"memo_{slot}"] = (memo_key(slot, params, model), result)
         return result
     return None
+
+
+# ---------------------------------------------------------------------------------------
+# Forms generated from Params: one widget per simple field, default and help from the field
+
+
+FORMS_STATE = "_params_forms"  # form key -> (Params class, the values its widgets gave)
+
+
+@dataclass(frozen=True)
+class FieldKind:
+    """How a field is drawn: ``bool`` (checkbox), ``int``/``float`` (number input), ``str``
+    (text input), ``choice`` (selectbox), ``multi`` (multiselect of a tuple field with
+    choices) or ``list`` (a tuple of simple items as comma-separated text). ``optional``:
+    the field takes None (an empty input)."""
+
+    kind: str
+    optional: bool = False
+    options: tuple = ()
+    inner: type | None = None
+
+
+def _split_optional(hint) -> tuple[bool, object]:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        return optional, (args[0] if len(args) == 1 else typing.Union[tuple(args)])
+    return False, hint
+
+
+def field_kind(hint, metadata=None, choices=None) -> FieldKind | None:
+    """The widget kind for a field annotation (None: no simple widget). ``choices`` (or the
+    field metadata's "choices": a tuple/list, or a zero-argument callable returning one)
+    turn a field into a selectbox, a tuple field into a multiselect."""
+    optional, base = _split_optional(hint)
+    if choices is None:
+        choices = (metadata or {}).get("choices")
+    if callable(choices):
+        choices = choices()
+    origin = typing.get_origin(base)
+    if origin in (tuple, list):
+        inner = next((a for a in typing.get_args(base) if a is not Ellipsis), str)
+        if choices is not None:
+            return FieldKind("multi", optional, tuple(choices), inner)
+        return FieldKind("list", optional, inner=inner) if inner in (int, float, str) else None
+    if choices is not None:
+        return FieldKind("choice", optional, tuple(choices))
+    if origin is typing.Literal:
+        return FieldKind("choice", optional, typing.get_args(base))
+    if base is bool:
+        return FieldKind("choice", True, (True, False)) if optional else FieldKind("bool")
+    if base in (int, float, str):
+        return FieldKind(base.__name__, optional)
+    if origin in (typing.Union, types.UnionType) and str in typing.get_args(base):
+        return FieldKind("str", optional)  # e.g. a prompt given as text or token ids
+    return None
+
+
+def _none_meaning(help_: str) -> str:
+    """What None means, from a help text's "(None: …)" / "(empty: …)"."""
+    m = re.search(r"(?:None|empty)\s*[:=]\s*([^);]+)", help_ or "")
+    return m.group(1).strip() if m else "none"
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise TypeError(f"field {f.name} has no default: pass it in values=")
+
+
+def default_of(cls, name: str):
+    """The default of field ``name`` of the dataclass ``cls`` (for a page's own widgets)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return _default(f)
+    raise TypeError(f"{cls.__name__} has no field {name}")
+
+
+def _shown(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return ", ".join(map(str, value))
+    return "None" if value is None else str(value)
+
+
+def _widget_value(fk: FieldKind, value):
+    """A field value as its widget holds it."""
+    if fk.kind == "list":
+        return "" if value is None else ", ".join(map(str, value))
+    if fk.kind == "multi":
+        return list(value or ())
+    if fk.kind == "str":
+        return "" if value is None else str(value)
+    if fk.kind == "int" and value is not None:
+        return int(value)
+    if fk.kind == "float" and value is not None:
+        return float(value)
+    return value
+
+
+def _parse_list(fk: FieldKind, text: str, label: str):
+    parts = [p.strip() for p in (text or "").split(",") if p.strip()]
+    if not parts:
+        return None if fk.optional else ()
+    try:
+        return tuple(fk.inner(p) for p in parts)
+    except ValueError:
+        raise InputError(f"{label}: expected comma-separated {fk.inner.__name__} values, not {text!r}.") from None
+
+
+def _draw(where, fk: FieldKind, label: str, help_: str, wkey: str):
+    """Draw one widget (its value already in the session state) and return the field value."""
+    placeholder = _none_meaning(help_) if fk.optional else None
+    if fk.kind == "bool":
+        return bool(where.checkbox(label, key=wkey, help=help_))
+    if fk.kind == "int":
+        v = where.number_input(label, min_value=0, step=1, key=wkey, help=help_, placeholder=placeholder,
+                               **({"value": None} if fk.optional else {}))
+        return None if v is None else int(v)
+    if fk.kind == "float":
+        v = where.number_input(label, step=0.01, format="%g", key=wkey, help=help_, placeholder=placeholder,
+                               **({"value": None} if fk.optional else {}))
+        return None if v is None else float(v)
+    if fk.kind == "str":
+        v = where.text_input(label, key=wkey, help=help_, placeholder=placeholder)
+        return (v or None) if fk.optional else v
+    if fk.kind == "choice":
+        options = list(fk.options)
+        if fk.optional and None not in options:
+            options = [None] + options
+        return where.selectbox(label, options, key=wkey, help=help_,
+                               format_func=lambda o: f"None ({_none_meaning(help_)})" if o is None else str(o))
+    if fk.kind == "multi":
+        return tuple(where.multiselect(label, list(fk.options), key=wkey, help=help_))
+    return _parse_list(fk, where.text_input(label, key=wkey, help=help_ + " (comma-separated)",
+                                            placeholder=placeholder), label)
+
+
+def params_form(cls, *, key: str, fields: typing.Sequence[str] | None = None, skip: typing.Iterable[str] = (),
+                values: dict | None = None, choices: dict | None = None, labels: dict | None = None,
+                columns: int = 4, where=None):
+    """Widgets for the parameters of ``cls`` (a dataclass, normally an analysis' Params) and
+    the instance they give.
+
+    One widget per simple field — bool: checkbox; int/float: number input (an optional one
+    may be left empty for None, its placeholder saying what None means); Literal or choices:
+    selectbox; str: text input; tuple of simple items: comma-separated text (with choices: a
+    multiselect). Each widget starts at the field's default and shows its metadata help, so
+    a page never restates a default. ``fields``: the fields to show, in order (default: every
+    simple one); ``skip``: fields not shown; ``values``: fields set by the page (not shown);
+    ``choices``: field → options (or a callable) where the field's metadata gives none;
+    ``labels``: field → label (default: the field name). Widget keys are ``f"{key}_{field}"``.
+    Bad values (a Params' own checks, unparsable lists) are one ``st.error`` line.
+    """
+    where = st if where is None else where
+    values, choices, labels = dict(values or {}), dict(choices or {}), dict(labels or {})
+    hints = typing.get_type_hints(cls)
+    by_name = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = (set(fields or ()) | set(skip) | set(values) | set(choices) | set(labels)) - set(by_name)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {', '.join(sorted(unknown))}")
+    skip = set(skip) | set(values)
+    kinds = {}
+    for name in (fields if fields is not None else by_name):
+        if name in skip:
+            continue
+        f = by_name[name]
+        fk = field_kind(hints[name], f.metadata, choices.get(name))
+        if fk is None:
+            if fields is not None:
+                raise TypeError(f"{cls.__name__}.{name} ({hints[name]}) has no simple widget: pass it in values=")
+            continue
+        kinds[name] = fk
+    shown = {}
+    slots = _grid(where, len(kinds), columns)
+    with guard():
+        for slot, (name, fk) in zip(slots, kinds.items()):
+            f = by_name[name]
+            default = _default(f)
+            help_ = f.metadata.get("help", "")
+            help_ = f"{help_} (default {_shown(default)})".strip()
+            wkey = f"{key}_{name}"
+            if fk.kind in ("choice", "multi"):  # a default outside the choices stays choosable
+                extra = [d for d in ((default or ()) if fk.kind == "multi" else (default,))
+                         if d is not None and d not in fk.options]
+                fk = dataclasses.replace(fk, options=tuple(extra) + tuple(fk.options))
+            if wkey not in st.session_state:
+                st.session_state[wkey] = _widget_value(fk, default)
+            shown[name] = _draw(slot, fk, labels.get(name, name), help_, wkey)
+        st.session_state.setdefault(FORMS_STATE, {})[key] = (cls, dict(shown))
+        return cls(**shown, **values)
+
+
+def _grid(where, n: int, columns: int) -> list:
+    """``n`` places in rows of ``columns`` (``where`` itself when one column)."""
+    if columns <= 1:
+        return [where] * n
+    out = []
+    for start in range(0, n, columns):
+        out.extend(where.columns(columns)[: min(columns, n - start)])
+    return out

@@ -29,6 +29,8 @@ from mechscope.probes import hooknames
 from mechscope.probes.errors import InputError, check_range
 from mechscope.probes.interventions import INTERVENTIONS, Data
 
+BETA = 0.4  # Yu et al.'s scale of hidden-sink columns: the one default of every ACT entry point
+
 
 def column_mean(pattern: torch.Tensor, q_offset: int = 0, lengths: torch.Tensor | None = None) -> torch.Tensor:
     """Mean attention each key receives from the queries that can see it.
@@ -64,7 +66,7 @@ def hidden_sink_mask(mean_received: torch.Tensor, threshold: float = 0.1) -> tor
 def calibrate(
     pattern: torch.Tensor,
     hidden: torch.Tensor,
-    beta: float = 0.4,
+    beta: float = BETA,
 ) -> torch.Tensor:
     """ACT on a pattern [..., q, K] given the hidden-sink key mask [..., K]: hidden columns
     × ``beta``; each row's removed mass goes to the other keys in proportion to their
@@ -87,7 +89,7 @@ class ACTCalibration(Data):
 
     layer: int
     heads: tuple[int, ...]
-    beta: float = 0.4
+    beta: float = BETA
     threshold: float = 0.1
     lengths: tuple[int, ...] | None = None  # real lengths of right-padded batch rows
 
@@ -123,7 +125,7 @@ class ACTCalibration(Data):
         return f"ACT L{self.layer} heads {list(self.heads)} β={self.beta:g}"
 
 
-def act_interventions(heads: list[tuple[int, int]], beta: float = 0.4, threshold: float = 0.1,
+def act_interventions(heads: list[tuple[int, int]], beta: float = BETA, threshold: float = 0.1,
                       lengths: tuple[int, ...] | None = None) -> list[ACTCalibration]:
     """One ACTCalibration per layer from (layer, head) pairs."""
     by_layer: dict[int, list[int]] = {}

@@ -18,12 +18,16 @@ def register(sub) -> None:
     ls = ns.add_parser("list", help="shipped SAEs and their held-out evals")
     ls.set_defaults(func=run_list)
 
+    from mechscope.saes.train import ARCHITECTURES, TrainSpec
+
+    spec = TrainSpec()  # the training module's defaults are the CLI's
     t = ns.add_parser("train", help="train SAEs (GPU; on CPU it says how long it would take)")
-    t.add_argument("--layers", default="0,6,12,18,24,29")
-    t.add_argument("--arch", default="topk", choices=["topk", "batchtopk", "jumprelu"])
-    t.add_argument("--d-sae", type=int, default=4096)
-    t.add_argument("--k", type=int, default=60)
-    t.add_argument("--tokens", type=float, default=20e6)
+    t.add_argument("--layers", default=",".join(map(str, spec.layers)), help="residual layers (default %(default)s)")
+    t.add_argument("--arch", default=spec.architecture, choices=ARCHITECTURES, help="architecture (default %(default)s)")
+    t.add_argument("--d-sae", type=int, default=spec.d_sae, help="latents per SAE (default %(default)s)")
+    t.add_argument("--k", type=int, default=spec.k, help="TopK/BatchTopK k; JumpReLU target L0 (default %(default)s)")
+    t.add_argument("--tokens", type=float, default=float(spec.training_tokens),
+                   help="training tokens (default %(default).0f)")
     t.add_argument("--corpus", type=Path, default=None, help="data/sae_corpus.py output (default its cache folder)")
     t.add_argument("--device", default=None)
     t.add_argument("--out", type=Path, required=True)

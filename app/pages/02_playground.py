@@ -1,14 +1,14 @@
 """Playground.
 
 Baseline and intervened generations side by side; every registered intervention control
-(``app.interventions_ui``) is toggled live, and each baseline token shows how much the
+(``app.widgets``) is toggled live, and each baseline token shows how much the
 intervention changes its probability.
 """
 
 import streamlit as st
 
 from mechscope.analyses.playground import PlaygroundParams, compare_generations
-from mechscope.app import interventions_ui, ui
+from mechscope.app import ui, widgets
 
 DEFAULTS = PlaygroundParams()
 
@@ -18,16 +18,17 @@ model, spec = ui.sidebar_model()
 st.sidebar.subheader("Generation")
 if "pg_max_new" not in st.session_state:  # a default other pages (and tests) may preset
     st.session_state["pg_max_new"] = DEFAULTS.max_new_tokens
-max_new = st.sidebar.slider("Max new tokens", 1, 64, key="pg_max_new")
+max_new = st.sidebar.slider("Max new tokens", 1, 512, key="pg_max_new",
+                            help="long enough to run past a KV policy's S + W")
 with ui.guard():
-    strategy = interventions_ui.render_strategy(model)
+    strategy = widgets.render_strategy(model)
 
 prompt = ui.prompt_box(key="pg_prompt", default=DEFAULTS.prompt)
 bos = ui.bos_toggle(spec, key="pg_bos")
 controls, outputs = st.columns([1, 2])
 with controls:
     st.subheader("Interventions")
-    interventions, kv_policy = interventions_ui.render_controls(model)
+    interventions, kv_policy = widgets.render_controls(model)
 
 with outputs:
     base_col, int_col = st.columns(2)

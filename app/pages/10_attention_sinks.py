@@ -3,8 +3,8 @@
 Gu et al.'s sink metric (α_k by layer × head, Sink_k^ε by k, with/without BOS and with the
 first token replaced), hidden sinks (ACT criterion), residual- and value-norm extremes by
 position, head dormancy by input domain, StreamingLLM's streaming perplexity, and ACT
-calibration. Every computation runs behind a button and is kept for the session; widget
-defaults are the analyses' own (``SinkParams``, ``StreamingParams``, ``ACTParams``).
+calibration. Every computation runs behind a button and is kept for the session; the forms
+are generated from the analyses' Params (``SinkParams``, ``StreamingParams``, ``ACTParams``).
 """
 
 import streamlit as st
@@ -14,8 +14,7 @@ from mechscope.analyses.sinks import VARIANTS, SinkParams, attention_sinks
 from mechscope.analyses.streaming import StreamingParams, streaming_perplexity
 from mechscope.app import ui
 from mechscope.app.specs import parse_heads
-
-SK, SP, AP = SinkParams(), StreamingParams(), ACTParams()
+from mechscope.probes.datasets import text_sets
 
 st.title("Attention sinks")
 model, spec = ui.sidebar_model()
@@ -24,23 +23,14 @@ cfg = model.cfg
 
 # ---------------------------------------------------------------------------------------
 st.header("Sink metric, hidden sinks, extreme tokens")
-c1, c2, c3, c4 = st.columns(4)
-text_set = c1.selectbox("Text set", ["mixed", "prose", "code", "numbers"], key="sk_text_set")
-n_texts = c2.number_input("Texts", 3, 288, SK.n_texts, step=3, key="sk_n_texts")
-max_tokens = c3.number_input("First T tokens", 8, 512, SK.max_tokens, step=8, key="sk_T")
-k_max = c4.number_input("K (α_1..α_K)", 1, 64, SK.k_max, key="sk_K")
-c5, c6, c7, c8 = st.columns([1, 2, 1, 1])
-eps = c5.slider("ε", 0.05, 0.95, SK.eps, 0.05, key="sk_eps")
-variants = c6.multiselect("First-token variants", list(VARIANTS), list(SK.variants), key="sk_variants",
-                          help="no_bos: the text as-is; bos: BOS prepended; newline/space: first token replaced")
-dormant = c7.slider("Dormancy threshold", 0.5, 0.99, SK.dormant_threshold, 0.01, key="sk_dormant")
-min_q = c8.number_input("Min. queries per key", 1, 512, SK.min_queries, key="sk_min_q",
-                        help="a key can be a hidden sink only when at least this many queries see it")
-
-with ui.guard():
-    sk_params = SinkParams(text_set=text_set, n_texts=int(n_texts), max_tokens=int(max_tokens), k_max=int(k_max),
-                           eps=float(eps), variants=tuple(variants) or ("no_bos",), dormant_threshold=float(dormant),
-                           min_queries=int(min_q))
+sk_params = ui.params_form(
+    SinkParams, key="sk", columns=4,
+    fields=("text_set", "n_texts", "max_tokens", "k_max", "eps", "variants", "dormant_threshold", "min_queries"),
+    choices={"text_set": text_sets, "variants": VARIANTS},
+    labels={"text_set": "Text set", "n_texts": "Texts", "max_tokens": "First T tokens", "k_max": "K (α_1..α_K)",
+            "eps": "ε", "variants": "First-token variants", "dormant_threshold": "Dormancy threshold",
+            "min_queries": "Min. queries per key"})
+eps = sk_params.eps
 if st.button("Compute sink metrics", key="sk_run", type="primary"):
     ui.run_analysis("sinks", attention_sinks, model, sk_params)
 res = ui.stored("sinks", sk_params, model)
@@ -92,13 +82,9 @@ else:
 st.header("Streaming perplexity")
 st.caption("Full attention vs window-only vs sinks + window (StreamingLLM, real KV cache with positions re-assigned) "
            "vs sliding-window recomputation, on the shipped long text.")
-d1, d2, d3, d4 = st.columns(4)
-n_tok = d1.number_input("Tokens of text", 64, 8192, SP.n_tokens, step=64, key="sp_n")
-S = d2.number_input("S (sinks)", 0, 64, SP.n_sink, key="sp_S")
-W = d3.number_input("W (window)", 1, 4096, SP.window, key="sp_W")
-every = d4.number_input("Recompute every", 1, 64, SP.recompute_every, key="sp_every")
-with ui.guard():
-    sp_params = StreamingParams(n_tokens=int(n_tok), n_sink=int(S), window=int(W), recompute_every=int(every))
+sp_params = ui.params_form(StreamingParams, key="sp", fields=("n_tokens", "n_sink", "window", "recompute_every"),
+                           labels={"n_tokens": "Tokens of text", "n_sink": "S (sinks)", "window": "W (window)",
+                                   "recompute_every": "Recompute every"})
 if st.button("Run streaming perplexity", key="sp_run"):
     ui.run_analysis("stream", streaming_perplexity, model, sp_params, label="Streaming")
 sres = ui.stored("stream", sp_params, model)
@@ -112,16 +98,11 @@ st.caption("Hidden-sink columns × β with the mass handed to the other keys (Yu
            "on the calibration split — the reference protocol (each head of layers 2…L−2 calibrated alone, kept when "
            "calibration accuracy rises) or greedy forward selection; the effect is measured on held-out items with "
            "a bootstrap CI.")
-e1, e2, e3, e4 = st.columns([2, 1, 1, 1])
-heads_txt = e1.text_input("Heads (L:H, comma-separated; empty = search)", "", key="act_heads")
-beta = e2.slider("β", 0.0, 1.0, AP.beta, 0.05, key="act_beta")
-how = e3.selectbox("Search", ["reference", "greedy"], index=["reference", "greedy"].index(AP.search), key="act_search",
-                   help="reference: every head with hidden sinks in layers 2…L−2 (minutes on a 2-core CPU)")
-max_c = e4.number_input("Greedy candidates", 1, cfg.n_layers * cfg.n_heads, AP.max_candidates, key="act_max",
-                        help="greedy search only: each candidate costs a partial pass over the calibration split")
+heads_txt = st.text_input("Heads (L:H, comma-separated; empty = search)", "", key="act_heads")
 with ui.guard():
-    act_params = ACTParams(heads=tuple(parse_heads(heads_txt)) or None, beta=float(beta), search=how,
-                           max_candidates=int(max_c))
+    act_heads = tuple(parse_heads(heads_txt)) or None
+act_params = ui.params_form(ACTParams, key="act", fields=("beta", "search", "max_candidates"), values={"heads": act_heads},
+                            labels={"beta": "β", "search": "Search", "max_candidates": "Greedy candidates"})
 if st.button("Run ACT", key="act_run"):
     ui.run_analysis("act", act_calibration, model, act_params, label="ACT search")
 ares = ui.stored("act", act_params, model)

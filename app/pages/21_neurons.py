@@ -24,7 +24,8 @@ from mechscope.analyses.neurons import (
     resolve_method,
 )
 from mechscope.app import ui
-from mechscope.app.interventions_ui import PRESET_CLAMP
+from mechscope.app.widgets import PRESET_CLAMP
+from mechscope.probes.datasets import text_sets
 from streamlit.errors import StreamlitAPIException
 
 st.title("Neurons")
@@ -38,7 +39,7 @@ def _decoded(model_name: str, method: str):
 
 
 method = st.radio("Labelling method", ["write", "paper"], horizontal=True, key="nr_method",
-                  index=["write", "paper"].index(DecodeParams().method),
+                  index=["write", "paper"].index(ui.default_of(DecodeParams, "method")),
                   format_func=lambda m: method_label(m, *resolve_method(m)))
 with ui.guard():
     dec = _decoded(spec.name, method)
@@ -46,11 +47,10 @@ st.caption(f"Labels below: {dec.method}. The two methods agree on the top token 
            "neurons on this model (see benchmarks/RESULTS.md), so a label always names its method.")
 
 st.header("Search by token")
-c1, c2 = st.columns([3, 1])
-query = c1.text_input("Token or string (mind the leading space: ' dog')", " dog", key="nr_query")
-top = c2.number_input("Neurons", 1, 200, SearchParams().top, key="nr_top")
+search = ui.params_form(SearchParams, key="nr_search", fields=("token", "top"), values={"method": method}, columns=2,
+                        labels={"token": "Token or string (mind the leading space: ' dog')", "top": "Neurons"})
 with ui.guard():
-    hits = neurons_for_token(model, SearchParams(token=query, top=int(top), method=method)).table
+    hits = neurons_for_token(model, search).table
 st.dataframe(hits.drop(columns=["query_tokens"]), hide_index=True)
 
 st.header("Neuron card")
@@ -62,11 +62,9 @@ layer, neuron = int(layer), int(neuron)
 with ui.guard():
     st.dataframe(dec.card(layer, neuron), hide_index=True)
 
-c1, c2 = st.columns(2)
-text_set = c1.selectbox("Text set", ["mixed", "prose", "code", "numbers"], key="nr_texts")
-n_texts = c2.number_input("Texts", 4, 288, 48, step=4, key="nr_n_texts")
-with ui.guard():
-    ma_params = MaxActParams(layer=layer, neuron=neuron, texts=text_set, max_texts=int(n_texts))
+ma_params = ui.params_form(MaxActParams, key="nr_maxact", fields=("texts", "max_texts"), columns=2,
+                           values={"layer": layer, "neuron": neuron}, choices={"texts": text_sets},
+                           labels={"texts": "Text set", "max_texts": "Texts (empty: all)"})
 if st.button("Max-activating contexts", key="nr_maxact"):
     ui.run_analysis("nr_maxact", max_activating, model, ma_params)
 mres = ui.stored("nr_maxact", ma_params, model)
@@ -88,14 +86,10 @@ if st.button("Clamp this neuron in the Playground", key="nr_clamp"):
         st.success(f"The Playground will regenerate with L{layer}N{neuron} = {value:g}: open it from the sidebar.")
 
 st.header("Taxonomy (Voita et al.)")
-c1, c2, c3 = st.columns(3)
-threshold = c1.number_input("Firing threshold on |activation|", 0.0, 50.0, ActivityParams().threshold, 0.1,
-                            key="nr_thr", help="silu(gate)·up takes either sign and is never exactly 0: a neuron "
-                                               "fires where |activation| exceeds this")
-tx_texts = c2.number_input("Texts", 4, 288, 48, step=4, key="nr_tax_n")
-tx_set = c3.selectbox("Text set ", ["mixed", "prose", "code", "numbers"], key="nr_tax_set")
-with ui.guard():
-    tx_params = ActivityParams(texts=tx_set, threshold=float(threshold), max_texts=int(tx_texts))
+tx_params = ui.params_form(ActivityParams, key="nr_tax", fields=("texts", "threshold", "max_texts"), columns=3,
+                           choices={"texts": text_sets},
+                           labels={"texts": "Text set", "threshold": "Firing threshold on |activation|",
+                                   "max_texts": "Texts (empty: all)"})
 if st.button("Compute the taxonomy", key="nr_tax_run", type="primary"):
     ui.run_analysis("nr_tax", neuron_activity, model, tx_params)
 tres = ui.stored("nr_tax", tx_params, model)

@@ -5,13 +5,13 @@ score, Su & Collier's within-sequence isotropy and outlier dimensions — per de
 residual stream, per head output, for W_E and W_U — the spectrum, outlier dimensions and a
 2-D PCA of one depth's cloud, whitening (a fitted, saved whitening can be sent to the
 Playground as an intervention), contrastive search beside greedy and sampling, and Rudman
-et al.'s sanity clouds. Widget defaults are
-``IsotropyParams``'.
+et al.'s sanity clouds. The forms are generated from the analyses' Params.
 """
 
 import streamlit as st
 
 from mechscope.analyses.isotropy import (
+    C0_CHOICES,
     DecodingIsotropyParams,
     IsotropyParams,
     WhiteningParams,
@@ -22,28 +22,21 @@ from mechscope.analyses.isotropy import (
     whitening_effect,
 )
 from mechscope.app import ui
-from mechscope.app.interventions_ui import send_to_playground
+from mechscope.app.widgets import send_to_playground
+from mechscope.probes.datasets import text_sets
+from mechscope.probes.whitening import METHODS as WHITENINGS
 from mechscope.probes.whitening import Whitening
-
-P, W, D = IsotropyParams(), WhiteningParams(), DecodingIsotropyParams()
 
 st.title("Isotropy")
 model, spec = ui.sidebar_model()
 
-c1, c2, c3, c4 = st.columns(4)
-text_set = c1.selectbox("Text set", ["mixed", "prose", "code", "numbers"], key="iso_text_set")
-n_texts = c2.number_input("Texts", 1, 288, P.n_texts, key="iso_n_texts")
-max_tokens = c3.number_input("Tokens per text", 2, 1024, P.max_tokens, step=16, key="iso_T")
-n_sample = c4.number_input("Sampled tokens per layer", 2, 20000, P.n_sample, step=100, key="iso_sample",
-                           help="average cosine, partition score and PCA use this seeded sample; IsoScore uses every token")
-c5, c6, c7, c8 = st.columns(4)
-zeta = c5.slider("IsoScore* ζ", 0.0, 1.0, P.zeta, 0.05, key="iso_zeta")
-c0 = c6.selectbox("IsoScore* C0", ["scaled_identity", "identity"], key="iso_c0")
-multiple = c7.number_input("Outlier multiple", 1.5, 100.0, P.outlier_multiple, key="iso_multiple")
-heads = c8.toggle("Per-head outputs", P.heads, key="iso_heads")
-with ui.guard():
-    params = IsotropyParams(text_set=text_set, n_texts=int(n_texts), max_tokens=int(max_tokens), n_sample=int(n_sample),
-                            zeta=float(zeta), c0=c0, outlier_multiple=float(multiple), heads=bool(heads))
+params = ui.params_form(
+    IsotropyParams, key="iso",
+    fields=("text_set", "n_texts", "max_tokens", "n_sample", "zeta", "c0", "outlier_multiple", "heads"),
+    choices={"text_set": text_sets, "c0": C0_CHOICES},
+    labels={"text_set": "Text set", "n_texts": "Texts", "max_tokens": "Tokens per text",
+            "n_sample": "Sampled tokens per layer", "zeta": "IsoScore* ζ", "c0": "IsoScore* C0",
+            "outlier_multiple": "Outlier multiple", "heads": "Per-head outputs"})
 if st.button("Compute isotropy", key="iso_run", type="primary"):
     ui.run_analysis("isotropy", isotropy, model, params)
 res = ui.stored("isotropy", params, model)
@@ -85,19 +78,13 @@ else:
         st.dataframe(res.scores, hide_index=True)
 
 st.header("Whitening: fitted on one text set, applied to another")
-c1, c2, c3, c4 = st.columns(4)
-w_depth = c1.number_input(f"Depth (0–{model.cfg.n_layers})", 0, model.cfg.n_layers, model.cfg.n_layers, key="wh_depth")
-w_fit = c2.selectbox("Fit on", ["mixed", "prose", "code", "numbers"], key="wh_fit")
-w_apply = c3.selectbox("Apply to", ["mixed", "prose", "code", "numbers"], key="wh_apply",
-                       help="the same set: disjoint texts (even ones fit, odd ones are held out)")
-w_n = c4.number_input("Texts per set", 1, 144, W.n_texts, key="wh_n")
-c5, c6 = st.columns([3, 2])
-w_methods = c5.multiselect("Methods", ["zca", "zipfian", "outlier_removal"], list(W.methods), key="wh_methods")
-w_save = c6.text_input("Save fitted whitenings to (folder, optional)", "", key="wh_save",
-                       help="safetensors + sha256 per method; load one in the Playground's Whitening control")
-with ui.guard():
-    w_params = WhiteningParams(depth=int(w_depth), fit_text_set=w_fit, apply_text_set=w_apply, n_texts=int(w_n),
-                               methods=tuple(w_methods), max_tokens=int(max_tokens), save_dir=w_save or None)
+w_params = ui.params_form(
+    WhiteningParams, key="wh", fields=("depth", "fit_text_set", "apply_text_set", "n_texts", "methods", "save_dir"),
+    values={"max_tokens": params.max_tokens}, columns=3,
+    choices={"fit_text_set": text_sets, "apply_text_set": text_sets, "methods": WHITENINGS},
+    labels={"depth": f"Depth (0–{model.cfg.n_layers}; empty: the last)", "fit_text_set": "Fit on",
+            "apply_text_set": "Apply to", "n_texts": "Texts per set", "methods": "Methods",
+            "save_dir": "Save fitted whitenings to (folder, optional)"})
 if st.button("Fit and apply whitening", key="wh_run"):
     ui.run_analysis("whitening", whitening_effect, model, w_params)
 wres = ui.stored("whitening", w_params, model)
@@ -120,13 +107,8 @@ if wres is not None:
         st.caption("Give a folder to save the fitted whitenings in: each saved one can be sent to the Playground.")
 
 st.header("Contrastive search beside greedy and sampling")
-c1, c2, c3, c4 = st.columns(4)
-d_alpha = c1.slider("α", 0.0, 1.0, D.alpha, 0.05, key="cs_alpha")
-d_k = c2.number_input("k", 1, 20, D.k, key="cs_k")
-d_n = c3.number_input("Prose prefixes", 1, 32, D.n_prompts, key="cs_n")
-d_new = c4.number_input("New tokens", 4, 256, D.max_new_tokens, key="cs_new")
-with ui.guard():
-    d_params = DecodingIsotropyParams(alpha=float(d_alpha), k=int(d_k), n_prompts=int(d_n), max_new_tokens=int(d_new))
+d_params = ui.params_form(DecodingIsotropyParams, key="cs", fields=("alpha", "k", "n_prompts", "max_new_tokens"),
+                          labels={"alpha": "α", "n_prompts": "Prose prefixes", "max_new_tokens": "New tokens"})
 if st.button("Generate and compare", key="cs_run"):
     ui.run_analysis("decoding_isotropy", decoding_isotropy, model, d_params, label="Generations")
 dres = ui.stored("decoding_isotropy", d_params, model)

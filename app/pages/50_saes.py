@@ -1,6 +1,6 @@
 """SAEs.
 
-Residual-stream sparse autoencoders (SAE-Lens TopK, trained on an H100): the eval table,
+Residual-stream sparse autoencoders (SAE-Lens TopK): the eval table,
 a latent browser (top contexts, activation histogram, logit effects), text → latent heat,
 "which latents promote token X", steering into the Playground, and first-letter absorption.
 """
@@ -9,7 +9,9 @@ import pandas as pd
 import streamlit as st
 
 from mechscope.app import ui
-from mechscope.app.interventions_ui import send_to_playground
+from mechscope.app.widgets import send_to_playground
+from mechscope.probes.datasets import text_sets
+from mechscope.saes.absorption import METHODS as ABSORPTION_METHODS
 from mechscope.saes.absorption import AbsorptionParams, absorption
 from mechscope.saes.features import SaeFeaturesParams, latents_for_token, latents_on_text, logit_effects, sae_features
 from mechscope.saes.interventions import SaeClamp, SaeSteer, sae_for
@@ -17,9 +19,10 @@ from mechscope.saes.store import manifest, shipped_names
 
 st.title("SAEs")
 model, spec = ui.sidebar_model()
-names = shipped_names()
-if spec.name != "smollm2-135m" or not names:
-    st.info("The shipped SAEs are for smollm2-135m: pick it in the sidebar.")
+names = [n for n in shipped_names() if n.split("/")[0] == spec.name]
+if not names:
+    st.info(f"No shipped SAE is for {spec.name}; the shipped ones are for "
+            f"{', '.join(sorted({n.split('/')[0] for n in shipped_names()}))}: pick it in the sidebar.")
     st.stop()
 
 st.header("Shipped SAEs: held-out evals")
@@ -39,15 +42,14 @@ st.caption(f"{m['saes'][names[0]]['eval_heldout']['tokens']:,.0f} held-out token
            "training); `mechscope sae eval` also reports SAE-Lens' protocol (every position spliced and ablated) and "
            "SAEBench's explained variance. Targets: CE recovered ≥ 0.90, EV ≥ 0.85, L0 ≤ 64, dead ≤ 5%.")
 
-name = st.selectbox("SAE", names, index=min(2, len(names) - 1), key="sae_name")
+default_sae = ui.default_of(SaeFeaturesParams, "sae")
+name = st.selectbox("SAE", names, index=names.index(default_sae) if default_sae in names else 0, key="sae_name")
 with ui.guard():
     sae = sae_for(name, model=model)
 
 st.header("Latent browser")
-c1, c2 = st.columns(2)
-texts = c1.selectbox("Text set", ["mixed", "prose", "code", "numbers"], key="sae_texts")
-n_texts = c2.number_input("Texts", 8, 288, 48, key="sae_ntexts")
-params = SaeFeaturesParams(sae=name, texts=texts, n_texts=int(n_texts))
+params = ui.params_form(SaeFeaturesParams, key="sae_feat", fields=("texts", "n_texts"), values={"sae": name}, columns=2,
+                        choices={"texts": text_sets}, labels={"texts": "Text set", "n_texts": "Texts"})
 feats = ui.stored("sae_features", params, model)
 if feats is None and st.button("Compute feature pages (one pass over the texts)", key="sae_go"):
     feats = ui.run_analysis("sae_features", sae_features, model, params, label="Texts")
@@ -88,14 +90,10 @@ with ui.guard():
     st.dataframe(latents_for_token(model, sae, tok), hide_index=True)
 
 st.header("Feature absorption (first letter)")
-c1, c2 = st.columns(2)
-n_words = c1.number_input("Words (0: every letters-only token, as SAEBench; slow on CPU)", 0, 50000, 1500,
-                          key="sae_abs_n")
-method = c2.selectbox("Main latents", ["k_sparse", "mean_difference"], key="sae_abs_method",
-                      help="k_sparse: SAEBench (k-sparse probing; letters with probe F1 > 0.6; ≥ 20 such letters). "
-                           "mean_difference: one latent per letter, every letter averaged (split features count "
-                           "as absorbers).")
-aparams = AbsorptionParams(saes=(name,), n_words=int(n_words), method=method)
+aparams = ui.params_form(AbsorptionParams, key="sae_abs", fields=("n_words", "method"), values={"saes": (name,)},
+                         columns=2, choices={"method": ABSORPTION_METHODS},
+                         labels={"n_words": "Words (0: every letters-only token, as SAEBench; slow on a CPU)",
+                                 "method": "Main latents"})
 ab = ui.stored("sae_absorption", aparams, model)
 if ab is None and st.button("Run the absorption eval", key="sae_abs_go"):
     ab = ui.run_analysis("sae_absorption", absorption, model, aparams, label="Prompts")

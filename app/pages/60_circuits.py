@@ -5,7 +5,7 @@ ground truth, attribution patching, EAP-IG (Hanna et al. 2024) and the discrete-
 (O'Neill & Bui 2024; by default the reference's one SAE over all heads), compared by node
 ROC-AUC; the circuit as a graph, the patching heatmap, the faithfulness curve, and "send to the
 Playground" (ablate the circuit / keep only the circuit).
-Widget defaults are ``CircuitCompareParams``' own.
+The form is generated from ``CircuitCompareParams``.
 """
 
 import numpy as np
@@ -13,32 +13,20 @@ import streamlit as st
 
 from mechscope.analyses.circuits import ANCHORS, TASKS, CircuitCompareParams, circuit_compare
 from mechscope.app import ui
-from mechscope.app.interventions_ui import send_to_playground
+from mechscope.app.widgets import send_to_playground
 from mechscope.probes.interventions import HeadMask
-
-CP = CircuitCompareParams()
 
 st.title("Circuits")
 model, spec = ui.sidebar_model()
 cfg = model.cfg
 
-c1, c2, c3, c4 = st.columns(4)
-task = c1.selectbox("Task", list(TASKS), index=list(TASKS).index(CP.task), key="ci_task")
-n_prompts = c2.number_input("Prompt pairs", 1, 64, CP.n_prompts, key="ci_n")
-ig_steps = c3.number_input("EAP-IG steps", 1, 32, CP.ig_steps, key="ci_ig")
-epochs = c4.number_input("SAE epochs", 10, 2000, CP.epochs, step=50, key="ci_epochs")
-c5, c6, c7, c8 = st.columns(4)
-latents = c5.number_input("SAE latents", 4, 1024, CP.n_latents, key="ci_latents")
-l1 = c6.number_input("SAE L1", 0.0, 1.0, CP.l1, step=0.005, format="%.3f", key="ci_l1")
-top_n = c7.number_input("Edges among the top-N heads (0 = none)", 0, 40, CP.edge_top_n, key="ci_edges",
-                        help="Path patching of every head pair among the N heads with the largest patching effect")
-shared = c8.checkbox("One SAE shared by all heads (the reference)", CP.shared, key="ci_shared",
-                     help="On: one SAE over every head's d_model output (O'Neill & Bui's code). Off: per-head SAEs, "
-                          "one per head on its own output space (our variant; its codes differ from the reference's).")
-
-with ui.guard():
-    params = CP.replace(task=task, n_prompts=int(n_prompts), ig_steps=int(ig_steps), epochs=int(epochs),
-                        n_latents=int(latents), l1=float(l1), shared=bool(shared), edge_top_n=int(top_n))
+params = ui.params_form(
+    CircuitCompareParams, key="ci", choices={"task": TASKS},
+    fields=("task", "n_prompts", "ig_steps", "epochs", "n_latents", "l1", "edge_top_n", "shared"),
+    labels={"task": "Task", "n_prompts": "Prompt pairs", "ig_steps": "EAP-IG steps", "epochs": "SAE epochs",
+            "n_latents": "SAE latents", "l1": "SAE L1", "edge_top_n": "Edges among the top-N heads (0 = none)",
+            "shared": "One SAE shared by all heads (the reference)"})
+task = params.task
 if st.button("Compare methods", key="ci_run", type="primary"):
     ui.run_analysis("circuits", circuit_compare, model, params, label="Patching sweep")
 res = ui.stored("circuits", params, model)

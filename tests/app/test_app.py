@@ -158,7 +158,9 @@ def test_playground_toggles(smollm2):
 
     at.selectbox(key="pg_strategy_choice").set_value("sample").run()
     _no_problems(at)
-    assert at.slider(key="pg_temperature").value == 1.0
+    assert at.number_input(key="pg_sample_temperature").value == 1.0
+    assert at.number_input(key="pg_sample_top_k").value is None  # the strategy's own defaults: no truncation
+    assert at.number_input(key="pg_sample_top_p").value is None
 
 
 @pytest.mark.integration

@@ -17,10 +17,10 @@ def test_circuits_page_compares_and_sends(smollm2):
     assert not at.exception and not at.error
     assert at.title[0].value == "Circuits"
     at.selectbox(key="ci_task").set_value("induction")
-    at.number_input(key="ci_n").set_value(1)
-    at.number_input(key="ci_ig").set_value(2)
+    at.number_input(key="ci_n_prompts").set_value(1)
+    at.number_input(key="ci_ig_steps").set_value(2)
     at.number_input(key="ci_epochs").set_value(20)
-    at.number_input(key="ci_latents").set_value(16)
+    at.number_input(key="ci_n_latents").set_value(16)
     at.button(key="ci_run").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
@@ -30,7 +30,7 @@ def test_circuits_page_compares_and_sends(smollm2):
     at.slider(key="ci_k").set_value(3)
     at.button(key="ci_send_keep").click().run()
     assert not at.exception
-    from mechscope.app.interventions_ui import SENT
+    from mechscope.app.widgets import SENT
 
     sent = at.session_state[SENT]
     assert len(sent["interventions"]) == 30 * 9 - 3

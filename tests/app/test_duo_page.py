@@ -17,8 +17,8 @@ def test_duo_gates_and_kv_curve_sections(smollm2, tmp_path):
     at.run()
     at.switch_page("pages/11_retrieval_heads.py").run()
     assert not at.exception and not at.error
-    for key, value in (("duo_steps", 1), ("duo_min", 100), ("duo_max", 100), ("duo_keys", 1), ("duo_words", 3),
-                       ("duo_sink", 4), ("duo_window", 16)):
+    for key, value in (("duo_steps", 1), ("duo_min_length", 100), ("duo_max_length", 100), ("duo_n_passkeys", 1),
+                       ("duo_passkey_words", 3), ("duo_n_sink", 4), ("duo_window", 16)):
         at.number_input(key=key).set_value(value)
     at.button(key="duo_run").click().run()
     assert not at.exception, [e.value for e in at.exception]
@@ -28,8 +28,8 @@ def test_duo_gates_and_kv_curve_sections(smollm2, tmp_path):
     # the KV curve, ranked by the gates, on a one-test grid
     for key, value in (("rh_lengths", "120"), ("rh_depths", "0.5"), ("rh_needles", "1")):
         at.text_input(key=key).set_value(value)
-    at.number_input(key="rh_max_new").set_value(6)
-    at.text_input(key="kv_ms").set_value("3")
+    at.number_input(key="rh_max_new_tokens").set_value(6)
+    at.text_input(key="kv_kv_heads").set_value("3")
     at.number_input(key="kv_window").set_value(16)
     at.button(key="kv_run").click().run()
     assert not at.exception, [e.value for e in at.exception]

@@ -18,24 +18,24 @@ def test_isotropy_page_computes(smollm2, tmp_path):
     assert not at.exception and not at.error
     assert at.title[0].value == "Isotropy"
     at.number_input(key="iso_n_texts").set_value(3)
-    at.number_input(key="iso_T").set_value(16)
-    at.number_input(key="iso_sample").set_value(30)
-    at.toggle(key="iso_heads").set_value(False)
+    at.number_input(key="iso_max_tokens").set_value(16)
+    at.number_input(key="iso_n_sample").set_value(30)
+    at.checkbox(key="iso_heads").set_value(False)
     at.button(key="iso_run").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     labels = [m.label for m in at.metric]
     assert "IsoScore, last layer" in labels
     assert len(at.get("plotly_chart")) >= 5
-    at.number_input(key="wh_n").set_value(3)
+    at.number_input(key="wh_n_texts").set_value(3)
     at.multiselect(key="wh_methods").set_value(["zca"])
-    at.text_input(key="wh_save").set_value(str(tmp_path))
+    at.text_input(key="wh_save_dir").set_value(str(tmp_path))
     at.button(key="wh_run").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     # the saved whitening goes to the Playground as data: its path and the file's sha256
     at.button(key="wh_send_zca").click().run()
     assert not at.exception
-    from mechscope.app.interventions_ui import SENT
+    from mechscope.app.widgets import SENT
     from mechscope.probes.interventions import from_dict
     from mechscope.probes.whitening import _sha256
 
@@ -93,7 +93,7 @@ def test_playground_contrastive_strategy(smollm2):
     at.selectbox(key="pg_strategy_choice").set_value("contrastive").run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
-    assert at.slider(key="pg_cs_alpha").value == 0.6 and at.number_input(key="pg_cs_k").value == 4
-    at.slider(key="pg_cs_alpha").set_value(0.0).run()  # α = 0: contrastive search is greedy
+    assert at.number_input(key="pg_cs_alpha").value == 0.6 and at.number_input(key="pg_cs_k").value == 4
+    at.number_input(key="pg_cs_alpha").set_value(0.0).run()  # α = 0: contrastive search is greedy
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]

@@ -19,8 +19,8 @@ def test_retrieval_page_detects_and_sends(smollm2):
     at.text_input(key="rh_lengths").set_value("120")
     at.text_input(key="rh_depths").set_value("0.2")
     at.text_input(key="rh_needles").set_value("0")
-    at.number_input(key="rh_max_new").set_value(24)  # the lead-in and the answer part
-    at.number_input(key="rh_proxy").set_value(2)
+    at.number_input(key="rh_max_new_tokens").set_value(24)  # the lead-in and the answer part
+    at.number_input(key="rh_proxy_seqs").set_value(2)
     at.button(key="rh_run").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
@@ -36,8 +36,8 @@ def test_retrieval_page_detects_and_sends(smollm2):
     at.switch_page("pages/11_retrieval_heads.py").run()
     for key, value in (("rh_lengths", "120"), ("rh_depths", "0.2"), ("rh_needles", "0")):
         at.text_input(key=key).set_value(value)
-    at.number_input(key="rh_max_new").set_value(24)
-    at.number_input(key="rh_proxy").set_value(2).run()  # the stored result shows again, no re-run
+    at.number_input(key="rh_max_new_tokens").set_value(24)
+    at.number_input(key="rh_proxy_seqs").set_value(2).run()  # the stored result shows again, no re-run
     at.number_input(key="rh_send_k").set_value(3)
     at.button(key="rh_send_razor").click().run()
     assert not at.exception, [e.value for e in at.exception]
@@ -49,8 +49,8 @@ def test_retrieval_page_detects_and_sends(smollm2):
     at.switch_page("pages/11_retrieval_heads.py").run()
     for key, value in (("rh_lengths", "120"), ("rh_depths", "0.2"), ("rh_needles", "0")):
         at.text_input(key=key).set_value(value)
-    at.number_input(key="rh_max_new").set_value(24)
-    at.number_input(key="rh_proxy").set_value(2).run()
+    at.number_input(key="rh_max_new_tokens").set_value(24)
+    at.number_input(key="rh_proxy_seqs").set_value(2).run()
     assert at.number_input(key="rh_send_decore_k").value == 50
     at.button(key="rh_send_decore").click().run()
     assert not at.exception, [e.value for e in at.exception]

@@ -15,7 +15,7 @@ def test_saes_page_renders_and_computes_feature_pages(smollm2):
     at.run()
     at.switch_page("pages/50_saes.py").run()
     assert not at.exception, [e.value for e in at.exception]
-    at.number_input(key="sae_ntexts").set_value(8).run()
+    at.number_input(key="sae_feat_n_texts").set_value(8).run()
     at.button(key="sae_go").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]

@@ -17,7 +17,7 @@ def test_sinks_page_computes(smollm2):
     assert not at.exception and not at.error
     assert at.title[0].value == "Attention sinks"
     at.number_input(key="sk_n_texts").set_value(3)
-    at.number_input(key="sk_T").set_value(16)
+    at.number_input(key="sk_max_tokens").set_value(16)
     at.multiselect(key="sk_variants").set_value(["no_bos", "bos"])
     at.button(key="sk_run").click().run()
     assert not at.exception, [e.value for e in at.exception]
@@ -39,7 +39,7 @@ def test_playground_sink_window_and_act_toggles(smollm2):
     at = AppTest.from_file(str(APP / "Home.py"), default_timeout=300)
     at.run()
     at.session_state["pg_max_new"] = 12
-    at.session_state["pg_sw_sinks"] = 2
+    at.session_state["pg_sw_n_sink"] = 2
     at.session_state["pg_sw_window"] = 4  # generation runs past the 6-token cache
     at.session_state["playground_kv_policy"] = "sink_window"
     at.switch_page("pages/02_playground.py").run()

@@ -1,0 +1,78 @@
+"""Every page's forms start at their Params' defaults: a default lives only in the Params.
+
+Each page is rendered untouched (the Playground also with every decoding strategy and KV
+policy chosen in turn); every form ``ui.params_form`` drew records the values its widgets
+gave, and each must equal the field's default read from the dataclass."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from mechscope.app.ui import FORMS_STATE, discover_pages
+
+APP = Path(__file__).resolve().parents[2] / "app"
+
+FORMS = {  # the forms each page draws before anything is computed
+    "next_token": set(),
+    "playground": {"pg_sample", "pg_cs", "pg_decore", "pg_sw", "pg_wo", "pg_rz"},
+    "attention_sinks": {"sk", "sp", "act"},
+    "retrieval_heads": {"rh", "duo"},
+    "logit_lens": {"ll", "ll_micro", "ll_ctx"},
+    "neurons": {"nr_search", "nr_maxact", "nr_tax"},
+    "isotropy": {"iso", "wh", "cs"},
+    "saes": {"sae_feat", "sae_abs"},
+    "circuits": {"ci"},
+}
+
+
+def _defaults(cls) -> dict:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def _forms(at) -> dict:
+    try:
+        return dict(at.session_state[FORMS_STATE])
+    except KeyError:
+        return {}
+
+
+def test_every_page_is_listed():
+    assert {p.slug for p in discover_pages()} == set(FORMS)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("page", discover_pages(), ids=lambda p: p.slug)
+def test_page_forms_start_at_the_params_defaults(smollm2, page):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(APP / "Home.py"), default_timeout=300)
+    at.run()
+    at.session_state["pg_max_new"] = 2  # short generations on the Playground
+    at.switch_page(str(page.path.relative_to(APP))).run()
+    assert not at.exception, [e.value for e in at.exception]
+    if page.slug == "playground":
+        from mechscope.probes.act import BETA
+
+        assert at.slider(key="pg_act_beta").value == BETA
+        for choice in at.selectbox(key="pg_strategy_choice").options:
+            at.selectbox(key="pg_strategy_choice").set_value(choice).run()
+            assert not at.exception, [e.value for e in at.exception]
+        at.selectbox(key="pg_strategy_choice").set_value("greedy").run()
+        for choice in at.selectbox(key="pg_kv_choice").options:
+            at.selectbox(key="pg_kv_choice").set_value(choice).run()
+            assert not at.exception, [e.value for e in at.exception]
+    forms = _forms(at)
+    assert set(forms) == FORMS[page.slug]
+    for key, (cls, shown) in forms.items():
+        defaults = _defaults(cls)
+        assert shown, key
+        for name, value in shown.items():
+            assert value == defaults[name], f"{page.slug}: form {key!r}, {cls.__name__}.{name} = {value!r}, " \
+                                           f"default {defaults[name]!r}"
