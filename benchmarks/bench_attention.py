@@ -9,9 +9,11 @@ warm-up each; medians):
 
 * **fused** — :func:`probes.decoding.generate` as every caller gets it: attention through
   ``scaled_dot_product_attention`` wherever no hook reads the pattern
-  (:mod:`probes.fused_attention`);
+  (:mod:`probes.fused_attention`), the block's arithmetic without TransformerLens' module
+  calls where nothing in it is hooked (:mod:`probes.fused_block`), logits of the last
+  position only (:mod:`probes.forward`);
 * **materialised** — the same call under ``fused_attention.materialised(model)``:
-  TransformerLens' own attention ([heads × T × T] scores and pattern in every layer);
+  TransformerLens' own attention ([heads × T × T] scores and pattern in every layer) and block;
 * **HF SDPA** — ``transformers``' ``generate`` (greedy, its own KV cache,
   ``attn_implementation="sdpa"``) on the same GGUF weights: the baseline of the ratios.
 
