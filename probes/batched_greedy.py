@@ -15,11 +15,14 @@ cache) for many prompts at once:
   ``generate`` does, and is then removed from the batch (and leading columns that only
   pads still use are dropped), so finished rows cost nothing;
 * ``top1=True`` records, at every forward pass, each layer's and query head's top-1
-  attended key of the row's last query (the argmax of ``hook_pattern``, first position on
+  attended key of the row's last query (the argmax of the pattern row, first position on
   ties), reduced inside the hook on the device and returned in **unpadded** positions —
   Wu et al.'s retrieval-score input (docs/retrieval.md#retrieval-score). Pad keys get probability exactly 0
   (their scores are −inf), so they can never be the argmax of a row that attends to
-  anything. One host synchronisation per step (the emitted tokens).
+  anything. One host synchronisation per step (the emitted tokens). When nothing else
+  hooks the pass (no interventions, row or extra hooks) on a rotary model, that row is
+  computed from the rotated last query and cached keys, so attention stays fused and no
+  [rows, heads, T, T] pattern exists; otherwise it is read from ``hook_pattern``.
 
 * ``intervention_scope="decode"``: ``interventions`` and ``row_hooks`` act on decoding
   passes only, as the retrieval-head references mask heads (Wu et al. 2024; Gema et al.
@@ -67,21 +70,47 @@ def length_batches(lengths: Sequence[int], rows: int) -> list[list[int]]:
 
 
 class _Top1State:
-    """Where the pattern hooks write: ``cur[layer]`` = [rows, heads] top-1 − pad offsets."""
+    """Where the top-1 hooks write: ``cur[layer]`` = [rows, heads] top-1 − pad offsets.
 
-    def __init__(self, n_layers: int):
-        self.n_layers = n_layers
+    With ``from_qk`` the top-1 comes from the layer's rotated last query and the cache's
+    rotated keys (``hook_rot_q``/``hook_rot_k``; :func:`probes.attention_reductions.pattern_stats`
+    computes that one pattern row, pads masked), so attention itself stays on the fused path
+    and no [rows, heads, T, T] pattern is ever made; otherwise from ``hook_pattern``."""
+
+    def __init__(self, model, from_qk: bool):
+        self.n_layers = model.cfg.n_layers
+        self.model = model
+        self.from_qk = from_qk
         self.pads: torch.Tensor | None = None
         self.cur: torch.Tensor | None = None
+        self._q: dict[int, torch.Tensor] = {}
+
+    def _put(self, layer: int, top: torch.Tensor) -> None:
+        if self.cur is None:
+            self.cur = torch.empty(self.n_layers, *top.shape, dtype=torch.long, device=top.device)
+        self.cur[layer] = top - self.pads[:, None]
 
     def hooks(self) -> HookList:
-        def hook(pattern, hook=None, layer=0):
-            top = pattern[:, :, -1].argmax(-1)  # [rows, heads]; ties: first position
-            if self.cur is None:
-                self.cur = torch.empty(self.n_layers, *top.shape, dtype=torch.long, device=top.device)
-            self.cur[layer] = top - self.pads[:, None]
+        if not self.from_qk:
+            def on_pattern(pattern, hook=None, layer=0):
+                self._put(layer, pattern[:, :, -1].argmax(-1))  # [rows, heads]; ties: first position
 
-        return [(hook_name("pattern", l), functools.partial(hook, layer=l)) for l in range(self.n_layers)]
+            return [(hook_name("pattern", l), functools.partial(on_pattern, layer=l)) for l in range(self.n_layers)]
+        from mechscope.probes.attention_reductions import Scoring, pattern_stats
+
+        scoring = [Scoring.of(self.model, l) for l in range(self.n_layers)]
+
+        def on_q(q, hook=None, layer=0):
+            self._q[layer] = q[:, -1:]
+
+        def on_k(k, hook=None, layer=0):
+            keys = torch.arange(k.shape[1], device=k.device)
+            real = keys[None, :] >= self.pads.to(k.device)[:, None]  # left pads lead each row
+            stats = pattern_stats(self._q.pop(layer), k, scoring[layer], key_mask=real, want=("top1",))
+            self._put(layer, stats.top1[:, :, 0])
+
+        return ([(hook_name("rot_q", l), functools.partial(on_q, layer=l)) for l in range(self.n_layers)]
+                + [(hook_name("rot_k", l), functools.partial(on_k, layer=l)) for l in range(self.n_layers)])
 
     def take(self) -> torch.Tensor:
         out, self.cur = self.cur, None
@@ -216,8 +245,10 @@ def greedy_rows(
     device = model.cfg.device
     eos = getattr(model.tokenizer, "eos_token_id", None) if model.tokenizer is not None else None
     stops = frozenset(int(t) for t in stop_tokens) | (frozenset([eos]) if stop_at_eos and eos is not None else frozenset())
-    state = _Top1State(model.cfg.n_layers)
     iv_hooks = hooks_for(model, interventions)
+    # nothing else hooks the pass: the top-1 can come from q and k (attention stays fused)
+    qk = model.cfg.positional_embedding_type == "rotary" and not (iv_hooks or extra_hooks or row_hooks)
+    state = _Top1State(model, from_qk=qk)
     split = check_scope(intervention_scope) == "decode" and (bool(iv_hooks) or any(row_hooks or ()))
     gate = Gate(on=not split)  # decode scope: off while the prompts' prefixes are prefilled
     per_row = None

@@ -124,3 +124,24 @@ def test_row_hooks_with_padding_head_masks_per_row_equal_separate_runs(tiny64):
     for p, m, o in zip(prompts, masks, outs):
         tokens, top = _per_prompt(tiny64, p, 5, (), m)
         assert o.new_tokens == tokens and torch.equal(o.top1, top)
+
+
+def test_top1_without_other_hooks_keeps_attention_fused_and_equals_the_pattern_path():
+    """With nothing else hooked, the top-1 comes from q and k: every attention call stays on
+    the fused path, and the positions equal those read from hook_pattern (forced here by a
+    no-op extra hook, which makes the pass read the materialised pattern)."""
+    from mechscope.probes import fused_attention as fa
+    from tests.tiny import tiny_model
+
+    model = tiny_model(n_key_value_heads=2, dtype=torch.float64)
+    state = fa.install(model, True)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 50, (n,), generator=g).tolist() for n in (17, 9, 4)]
+    before = dict(state.calls)
+    fused = greedy_rows(model, prompts, 6, top1=True, stop_at_eos=False)
+    assert state.calls["materialised"] == before["materialised"] and state.calls["fused"] > before["fused"]
+    noop = [("blocks.0.hook_resid_pre", lambda t, hook: t)]
+    ref = greedy_rows(model, prompts, 6, top1=True, stop_at_eos=False, extra_hooks=noop)
+    assert state.calls["materialised"] > before["materialised"]  # the pattern path materialised it
+    for a, b in zip(fused, ref):
+        assert a.new_tokens == b.new_tokens and torch.equal(a.top1, b.top1)
