@@ -61,7 +61,7 @@ class ACTResult(Result):
         figs = {}
         if not self.search.empty:
             s = self.search.copy()
-            s["head_label"] = [f"L{l}H{h}" for l, h in zip(s["layer"], s["head"])]
+            s["head_label"] = [hooknames.head_label(l, h) for l, h in zip(s["layer"], s["head"])]
             what = ("calibration accuracy, each head alone" if self.params.search == "reference" and self.params.heads is None
                     else "mean log p(answer) on the calibration split")
             figs["act_search"] = px.bar(s, x="head_label", y="gain", color="kept", title=f"ACT search: gain in {what}")

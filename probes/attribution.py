@@ -274,9 +274,10 @@ def _keep_into(store: dict):
 
 def _embed_hooks(model):
     """Hook names of the input embeddings (token, and positional where the model has one)."""
-    names = [hooknames.name("embed")] if "hook_embed" in model.hook_dict else []
-    if model.cfg.positional_embedding_type in ("standard", "shortformer") and "hook_pos_embed" in model.hook_dict:
-        names.append("hook_pos_embed")
+    embed, pos_embed = hooknames.name("embed"), hooknames.name("pos_embed")
+    names = [embed] if embed in model.hook_dict else []
+    if model.cfg.positional_embedding_type in ("standard", "shortformer") and pos_embed in model.hook_dict:
+        names.append(pos_embed)
     return names
 
 

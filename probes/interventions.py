@@ -104,7 +104,7 @@ class HeadMask(Data):
         return [(hooknames.name("z", self.layer), zero)]
 
     def describe(self) -> str:
-        return f"mask L{self.layer}H{self.head} ({self.mode})"
+        return f"mask {hooknames.head_label(self.layer, self.head)} ({self.mode})"
 
 
 @INTERVENTIONS.register("neuron_clamp")

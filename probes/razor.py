@@ -52,6 +52,7 @@ from typing import ClassVar
 
 import torch
 
+from mechscope.probes import hooknames
 from mechscope.probes.errors import InputError
 from mechscope.probes.kv_policies import KV_POLICIES, _Data
 
@@ -208,7 +209,7 @@ class RazorAttention(_Data):
                 scores[:, idx] = new
                 return scores
 
-            out.append((f"blocks.{layer}.attn.hook_attn_scores", hook))
+            out.append((hooknames.name("attn_scores", layer), hook))
         return out
 
     # -- memory accounting -----------------------------------------------------------------
