@@ -51,7 +51,8 @@ class SteerVerifyResult(Result):
 @analysis(SteerVerifyParams)
 @torch.no_grad()
 def steer_verification(model, params: SteerVerifyParams) -> SteerVerifyResult:
-    from mechscope.analyses.neurons import NEUTRAL_PROMPTS, str_token
+    from mechscope.probes.readout import NEUTRAL_PROMPTS
+    from mechscope.probes.tokens import str_token
     from mechscope.probes.capture import run
     from mechscope.probes.models import model_id
     from mechscope.saes.features import logit_effects

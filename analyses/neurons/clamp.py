@@ -10,25 +10,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mechscope.analyses.neurons.common import METHODS, method_label, neuron_directions, unembedding
+from mechscope.analyses.neurons.common import METHODS, method_label, neuron_directions
 from mechscope.analyses.neurons.decode import NeuronDecodeResult, decode_neurons
 from mechscope.probes import hooknames
 from mechscope.probes.errors import InputError, check_range
 from mechscope.probes.models import model_id
+from mechscope.probes.readout import NEUTRAL_PROMPTS, unembedding
 from mechscope.probes.results import Params, Result, analysis
 from mechscope.probes.tokens import str_token
-
-
-NEUTRAL_PROMPTS = [
-    "The",
-    "I think that",
-    "Here is a short story:",
-    "Yesterday we",
-    "It is important to",
-    "She said that the",
-    "In the morning",
-    "This is a",
-]
 
 
 @dataclass(frozen=True)
