@@ -31,9 +31,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mechscope.analyses.microscope import encode_text_set, token_class
+from mechscope.analyses.microscope import encode_text_set
 from mechscope.probes import hooknames
 from mechscope.probes.errors import InputError
+from mechscope.probes.lexical import lexical_class
 from mechscope.probes.models import model_id
 from mechscope.probes.results import Params, Result, analysis
 
@@ -226,7 +227,7 @@ def contextualisation(model, params: ContextParams, progress=None) -> ContextRes
     toks = str_tokens(model, ids)
     frame = pd.DataFrame({
         "text": [i for i, _ in ev_picks], "pos": [pos for _, pos in ev_picks], "token_id": ids, "token": toks,
-        "token_class": [token_class(t) for t in toks],
+        "token_class": [lexical_class(t) for t in toks],
         "loss": loss_m.mean(1), "gain": (ctrl_m - loss_m).mean(1),
     })
     return ContextResult(model_id=model_id(model), params=params, loss=loss_m, control=ctrl_m, tokens=frame,
