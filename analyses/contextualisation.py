@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from mechscope.analyses.microscope import encode_text_set
-from mechscope.probes import hooknames
+from mechscope.probes import capture, hooknames
 from mechscope.probes.errors import InputError
 from mechscope.probes.lexical import lexical_class
 from mechscope.probes.models import model_id
@@ -137,7 +137,7 @@ def _states(model, seqs, picks) -> torch.Tensor:
     dev = model.cfg.device
     with torch.no_grad():
         for i, rows in by_text.items():
-            _, cache = model.run_with_cache(seqs[i][None].to(dev), names_filter=lambda n: n in names)
+            _, cache = capture.run_with_cache(model, seqs[i][None].to(dev), names=names)
             pos = torch.tensor([p for _, p in rows])
             idx = torch.tensor([r for r, _ in rows])
             for j, n in enumerate(names):
