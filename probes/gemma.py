@@ -24,7 +24,8 @@ import torch
 
 from mechscope.probes.errors import ChecksumError, MissingPackageError
 from mechscope.probes.convert import hf_from_gguf, quiet_transformers
-from mechscope.probes.weights_cache import cache_meta, cache_root, converted_cache_dir, load_converted, save_converted, verify_sha256
+from mechscope.probes.checksums import verify_sha256
+from mechscope.probes.weights_cache import cache_meta, cache_root, converted_cache_dir, load_converted, save_converted
 
 NAME = "gemma-3-270m"
 TL_NAME = "google/gemma-3-270m"

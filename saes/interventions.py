@@ -39,7 +39,8 @@ def _cached_sae(name: str):
 
 def sae_for(name: str, sha256: str | None = None, model=None):
     """The (cached) SAE ``name``, checked against ``sha256`` and against ``model``'s shapes."""
-    from mechscope.saes.store import WEIGHTS, resolve, sha256_file
+    from mechscope.probes.checksums import sha256_file
+    from mechscope.saes.store import WEIGHTS, resolve
 
     sae = _cached_sae(str(name))
     if sha256:

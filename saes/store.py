@@ -17,7 +17,6 @@ sha256 of every shipped file and each SAE's eval summary.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from mechscope.probes.checksums import sha256_file
 from mechscope.probes.errors import ChecksumError, InputError, ModelNotAvailableError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -32,14 +32,6 @@ MANIFEST = WEIGHTS_DIR / "manifest.json"
 CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 def export_dir(src: Path, dst: Path, dtype: torch.dtype = torch.float16) -> dict:

@@ -264,7 +264,7 @@ def load_model_for_training(gguf: Path | None, device: str):
         model, _ = load("smollm2-135m", device=device)
         return model
     from mechscope.probes.smollm2 import SMOLLM2_SHA256, smollm2_from_gguf
-    from mechscope.probes.weights_cache import verify_sha256
+    from mechscope.probes.checksums import verify_sha256
 
     verify_sha256(Path(gguf), SMOLLM2_SHA256)
     model = smollm2_from_gguf(Path(gguf), device, torch.float32)
