@@ -39,14 +39,13 @@ from mechscope.probes.kv_policies import (  # noqa: F401  (the cache helpers liv
     KV_POLICIES,
     FullCache,
     KVPolicy,
-    _Data,
     cache_len,
     keep_cache_positions,
     new_cache,
     register_kv_policy,
     resolve_kv_policy,
 )
-from mechscope.probes.serial import Registry
+from mechscope.probes.serial import Data, Registry
 from mechscope.probes import razor as _razor  # noqa: F401,E402  (registers the "razor" KV policy)
 from mechscope.probes.tokens import as_token_tensor, str_tokens
 
@@ -78,7 +77,7 @@ class Strategy(Protocol):
 
 @STRATEGIES.register("greedy")
 @dataclass(frozen=True)
-class Greedy(_Data):
+class Greedy(Data):
     name: ClassVar[str] = "greedy"
 
     def select(self, state: StepState) -> int:
@@ -87,7 +86,7 @@ class Greedy(_Data):
 
 @STRATEGIES.register("sample")
 @dataclass(frozen=True)
-class Sample(_Data):
+class Sample(Data):
     """Ancestral sampling with temperature, then top-k, then nucleus (top-p) truncation."""
 
     temperature: float = 1.0

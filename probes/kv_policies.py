@@ -27,12 +27,10 @@ import torch
 
 from mechscope.probes.errors import InputError
 from mechscope.probes.interventions import Intervention, applied
-from mechscope.probes.serial import Registry, to_dict
+from mechscope.probes.serial import Data, Registry
 
 
-class _Data:
-    def to_dict(self) -> dict:
-        return to_dict(self)
+_Data = Data  # the former name of the mixin
 
 
 # ---------------------------------------------------------------------------------------
@@ -52,7 +50,7 @@ class KVPolicy(Protocol):
 
 @KV_POLICIES.register("full")
 @dataclass(frozen=True)
-class FullCache(_Data):
+class FullCache(Data):
     """Keep every key and value (ordinary KV caching)."""
 
     name: ClassVar[str] = "full"
@@ -139,7 +137,7 @@ class _BoundedPolicy:
 
 @KV_POLICIES.register("sink_window")
 @dataclass(frozen=True)
-class SinkWindow(_Data, _BoundedPolicy):
+class SinkWindow(Data, _BoundedPolicy):
     """Keep the first ``n_sink`` cache positions and the last ``window`` (StreamingLLM)."""
 
     n_sink: int = 4
@@ -169,7 +167,7 @@ class SinkWindow(_Data, _BoundedPolicy):
 
 @KV_POLICIES.register("window")
 @dataclass(frozen=True)
-class WindowOnly(_Data, _BoundedPolicy):
+class WindowOnly(Data, _BoundedPolicy):
     """Keep only the ``window`` most recent cache positions (window attention baseline)."""
 
     window: int = 256

@@ -54,7 +54,8 @@ import torch
 
 from mechscope.probes import hooknames
 from mechscope.probes.errors import InputError
-from mechscope.probes.kv_policies import KV_POLICIES, _Data
+from mechscope.probes.kv_policies import KV_POLICIES
+from mechscope.probes.serial import Data
 
 BUFFERS = ("ratio", "fixed")
 
@@ -108,7 +109,7 @@ def drops_any(n_k: int, n_sink: int, window: int, ratio: Fraction | None = None)
 
 @KV_POLICIES.register("razor")
 @dataclass(frozen=True)
-class RazorAttention(_Data):
+class RazorAttention(Data):
     """Full KV for the retrieval ``heads`` ((layer, head), …); sinks + a recent buffer (+ one
     compensation token) for every other KV head: L_h = max(S0, ⌈N / C⌉) (``buffer="ratio"``,
     the paper's) or ``window`` (``buffer="fixed"``). See the module docstring."""

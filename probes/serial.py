@@ -77,6 +77,14 @@ def to_dict(obj) -> dict:
     return out
 
 
+class Data:
+    """Mixin for registered dataclasses (interventions, strategies, KV policies):
+    ``obj.to_dict()`` is :func:`to_dict`."""
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
 def encode(value):
     """JSON-ready form of a field value."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type) and hasattr(type(value), "family"):
