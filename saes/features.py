@@ -120,9 +120,9 @@ def sae_features(model, params: SaeFeaturesParams, progress=None) -> SaeFeatures
     from mechscope.probes.datasets import load_texts
     from mechscope.probes.models import model_id
     from mechscope.probes.tokens import encode_batch
-    from mechscope.saes.interventions import sae_for
+    from mechscope.saes.store import load_sae
 
-    sae = sae_for(params.sae, model=model)
+    sae = load_sae(params.sae, model=model, cached=True)
     hook = sae.cfg.metadata.hook_name
     texts = load_texts(params.texts)[: params.n_texts]
     seqs = [t[: params.max_tokens].tolist() for t in encode_batch(model, texts)]

@@ -17,6 +17,7 @@ sha256 of every shipped file and each SAE's eval summary.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -122,8 +123,35 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[Path, dict[str, str] | Non
                      "a folder with cfg.json + sae_weights.safetensors, or sae-lens:<release>/<sae_id>.")
 
 
-def load_sae(name_or_path: str | os.PathLike, device: str = "cpu"):
-    """A ``sae_lens.SAE`` (float32, eval mode) from a shipped name, folder or SAE-Lens release id."""
+def load_sae(name_or_path: str | os.PathLike, device: str | None = None, *, model=None,
+             sha256: str | None = None, cached: bool = False):
+    """A ``sae_lens.SAE`` (float32, eval mode) from a shipped name, folder or SAE-Lens release id.
+
+    ``model``: check that the SAE fits it (hook point, width) and put it on the model's device.
+    ``sha256``: also pin the digest of the weights file. ``cached``: share one process-wide
+    copy per name (what interventions use: their hooks are rebuilt on every run); a cached
+    SAE is moved, not copied, to the device asked for.
+    """
+    sae = _cached_sae(str(name_or_path)) if cached else _read_sae(name_or_path, device or "cpu")
+    if sha256:
+        path, _ = resolve(name_or_path)
+        actual = sha256_file(path / WEIGHTS)
+        if actual != sha256:
+            raise InputError(f"SAE {str(name_or_path)!r} weights have sha256 {actual[:12]}…, not the pinned {sha256[:12]}….")
+    if model is not None:
+        check_fits(sae, model)
+        device = device or model.cfg.device
+    if device is not None and str(sae.W_dec.device) != str(torch.device(device)):
+        sae = sae.to(device)
+    return sae
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_sae(name: str):
+    return _read_sae(name, "cpu")
+
+
+def _read_sae(name_or_path: str | os.PathLike, device: str):
     text = str(name_or_path).strip()
     if text.startswith("sae-lens:"):
         return _load_pretrained(text.removeprefix("sae-lens:"), device)
