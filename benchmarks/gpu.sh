@@ -54,7 +54,7 @@ job() {  # job NAME SECONDS CMD...
 run_job() {
   case $1 in
     setup) install_wheels; join_gguf; ls .site ;;
-    smoke) job smoke 180 python3 -c "import torch, sae_lens, transformer_lens; from probes.models import load; m = load('smollm2-135m', device='cuda').model; print(torch.__version__, torch.cuda.get_device_name(), m.cfg.n_layers)" ;;
+    smoke) job smoke 180 python3 -c "import torch, sae_lens, transformer_lens; from mechscope.probes.models import load; m = load('smollm2-135m', device='cuda').model; print(torch.__version__, torch.cuda.get_device_name(), m.cfg.n_layers)" ;;
     # retrieval heads: the reference grid (3 needles × 20 lengths 1k–8k × 10 depths), batched scan
     retrieval) job retrieval 480 python3 -m benchmarks.bench_retrieval --device cuda --full-grid --batch-size ${RET_BATCH:-24} --baseline-tests 0 --per-test 2 --out "$OUT/gpu_retrieval.md" --verbose ;;
     # masking curves (decode-only masks, the reference's; and prompt + decode), random heads outside the top 100
@@ -66,8 +66,12 @@ run_job() {
     # RazorAttention: NIAH accuracy vs KV memory, the paper's ratio buffer and the fixed window
     razor) job razor 480 python3 -m benchmarks.bench_razor --device cuda --lengths 1000,2000,4000 --depths 0,0.5,1 --needles 0,1,2 --detect-lengths 1000,2000 --kv-heads 0,3,9,18,45,90 --buffer ratio,fixed --window 64 --batch-size 48 --rows 48 --out "$OUT/gpu_razor.md" --verbose ;;
     # first-letter absorption on every shipped SAE, SAEBench's protocol (and the mean-difference selection)
-    absorption) job absorption 480 python3 -m app.cli sae absorption --device cuda --batch-size 256 --out "$OUT/absorption"
-                job absorption_md 480 python3 -m app.cli sae absorption --device cuda --batch-size 256 --method mean_difference --out "$OUT/absorption_md" ;;
+    absorption) job absorption 480 python3 -m mechscope.app.cli sae absorption --device cuda --batch-size 256 --out "$OUT/absorption"
+                job absorption_md 480 python3 -m mechscope.app.cli sae absorption --device cuda --batch-size 256 --method mean_difference --out "$OUT/absorption_md" ;;
+    # the shipped SAEs: TopK vs BatchTopK vs JumpReLU at equal L0 on one layer, then every layer with the best;
+    # the token rows are data/sae_corpus.py's output ($SAE_CORPUS, default $MECHSCOPE_CACHE/sae_corpus)
+    sae_compare) job sae_compare 900 python3 -m benchmarks.gpu_saes compare ${SAE_CORPUS:+--corpus "$SAE_CORPUS"} --work "$OUT/saework" --out "$OUT/saes" ;;
+    sae_train) job sae_train 900 python3 -m benchmarks.gpu_saes train ${SAE_CORPUS:+--corpus "$SAE_CORPUS"} --work "$OUT/saework" --out "$OUT/saes" ;;
     *) echo "unknown job $1" | tee -a "$OUT/summary.md" ;;
   esac
 }

@@ -232,7 +232,7 @@ def shipped_for_layer(layer: int, model_name: str = "smollm2-135m", point: str =
 
 def import_packed(packed: Path, dst: Path) -> dict:
     """A one-file SAE (fp16 safetensors with SAE-Lens' cfg.json in its metadata, as
-    ``saes.gpu_run`` writes it) -> an SAE-Lens folder with checksums. Tensors are copied as is."""
+    ``benchmarks/gpu_saes.py`` writes it) -> an SAE-Lens folder with checksums. Tensors are copied as is."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
