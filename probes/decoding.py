@@ -124,6 +124,20 @@ def register_strategy(name: str, cls):
     return STRATEGIES.register(name)(cls)
 
 
+def _checked_policy(model, kv_policy, n_prompt: int, max_new_tokens: int):
+    """The resolved KV policy, validated; an unbounded cache must hold prompt + new tokens."""
+    policy = resolve_kv_policy(kv_policy)
+    if policy is not None and hasattr(policy, "validate"):
+        policy.validate(model)
+    bounded = policy is not None and policy.max_cache_len is not None
+    if not bounded and n_prompt + max_new_tokens > model.cfg.n_ctx:
+        raise InputError(
+            f"Prompt ({n_prompt}) + max_new_tokens ({max_new_tokens}) exceeds n_ctx "
+            f"({model.cfg.n_ctx}); use fewer tokens or a bounded KV-cache policy."
+        )
+    return policy
+
+
 def resolve_strategy(strategy) -> Strategy:
     if isinstance(strategy, str):
         if strategy not in STRATEGIES:
@@ -245,15 +259,7 @@ def generate(
         raise InputError("max_new_tokens must be >= 0.")
     prompt_ids = [int(t) for t in as_token_tensor(model, prompt)[0]]
     strat = resolve_strategy(strategy)
-    policy = resolve_kv_policy(kv_policy)
-    if policy is not None and hasattr(policy, "validate"):
-        policy.validate(model)
-    bounded = policy is not None and policy.max_cache_len is not None
-    if not bounded and len(prompt_ids) + max_new_tokens > model.cfg.n_ctx:
-        raise InputError(
-            f"Prompt ({len(prompt_ids)}) + max_new_tokens ({max_new_tokens}) exceeds n_ctx "
-            f"({model.cfg.n_ctx}); use fewer tokens or a bounded KV-cache policy."
-        )
+    policy = _checked_policy(model, kv_policy, len(prompt_ids), max_new_tokens)
     iv_hooks = hooks_for(model, interventions)
     gate = None
     if check_scope(intervention_scope) == "decode" and iv_hooks:
@@ -340,14 +346,7 @@ def generate_rows(
     strat = resolve_strategy(strategy)
     if hasattr(strat, "hooks") or getattr(strat, "needs_model", False):
         raise InputError(f"Strategy {getattr(strat, 'name', strat)!r} runs its own passes: decode its rows one by one.")
-    policy = resolve_kv_policy(kv_policy)
-    if policy is not None and hasattr(policy, "validate"):
-        policy.validate(model)
-    bounded = policy is not None and policy.max_cache_len is not None
-    if not bounded and len(prompt_ids) + max_new_tokens > model.cfg.n_ctx:
-        raise InputError(
-            f"Prompt ({len(prompt_ids)}) + max_new_tokens ({max_new_tokens}) exceeds n_ctx ({model.cfg.n_ctx})."
-        )
+    policy = _checked_policy(model, kv_policy, len(prompt_ids), max_new_tokens)
     rows = len(variants)
     wrapped = [Rows(iv, (b,)) for b, ivs in enumerate(variants) for iv in ivs]
     eos = getattr(model.tokenizer, "eos_token_id", None) if model.tokenizer is not None else None

@@ -133,3 +133,14 @@ def load_converted(directory: Path | None, meta: dict, device: str, dtype: torch
         return None
 
 
+def cached_or_built(name: str, source_sha256: str, device: str, dtype: torch.dtype, build):
+    """The converted model from the cache, else ``build()`` (from the source file), then cached."""
+    meta = cache_meta(name, source_sha256, dtype)
+    cache_dir = converted_cache_dir(name, source_sha256, dtype)
+    model = load_converted(cache_dir, meta, device, dtype)
+    if model is not None:
+        return model
+    model = build()
+    if cache_dir is not None:
+        save_converted(cache_dir, model, meta)
+    return model

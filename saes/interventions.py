@@ -51,6 +51,15 @@ def _first(t: int, skip_first: bool) -> int:
     return 1 if (skip_first and t > 1) else 0
 
 
+class _SkipFirst:
+    skip_first: bool
+
+    @property
+    def positionwise(self) -> bool:
+        """Only without ``skip_first``: which position is first depends on the pass."""
+        return not self.skip_first
+
+
 @INTERVENTIONS.register("sae_steer")
 @dataclass(frozen=True)
 class SaeSteer(Data):
@@ -106,7 +115,7 @@ class SaeSteer(Data):
 
 @INTERVENTIONS.register("sae_clamp")
 @dataclass(frozen=True)
-class SaeClamp(Data):
+class SaeClamp(_SkipFirst, Data):
     """Set ``latent``'s activation to ``value`` (encode → set → decode + error term)."""
 
     sae: str
@@ -114,11 +123,6 @@ class SaeClamp(Data):
     value: float
     skip_first: bool = True
     sha256: str | None = None
-
-    @property
-    def positionwise(self) -> bool:
-        """Only without ``skip_first``: which position is first depends on the pass."""
-        return not self.skip_first
 
     def validate(self, model) -> None:
         sae = load_sae(self.sae, model=model, sha256=self.sha256, cached=True)
@@ -149,18 +153,13 @@ class SaeClamp(Data):
 
 @INTERVENTIONS.register("sae_splice")
 @dataclass(frozen=True)
-class SaeSplice(Data):
+class SaeSplice(_SkipFirst, Data):
     """Replace the activation by the SAE's reconstruction (plus the error term if asked)."""
 
     sae: str
     error_term: bool = False
     skip_first: bool = True
     sha256: str | None = None
-
-    @property
-    def positionwise(self) -> bool:
-        """Only without ``skip_first``: which position is first depends on the pass."""
-        return not self.skip_first
 
     def validate(self, model) -> None:
         load_sae(self.sae, model=model, sha256=self.sha256, cached=True)

@@ -37,16 +37,21 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 
 def export_dir(src: Path, dst: Path, dtype: torch.dtype = torch.float16) -> dict:
     """Copy an SAE-Lens SAE folder with its float tensors cast to ``dtype``; write checksums."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     src, dst = Path(src), Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     state = load_file(str(src / WEIGHTS))
     state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    return _write_folder(dst, state, json.loads((src / CFG).read_text()))
+
+
+def _write_folder(dst: Path, state: dict, cfg: dict) -> dict:
+    """Write an SAE-Lens folder (weights, cfg read as float32 on cpu) and its checksums."""
+    from safetensors.torch import save_file
+
     save_file(state, str(dst / WEIGHTS))
-    cfg = json.loads((src / CFG).read_text())
-    cfg["dtype"] = "float32"
-    cfg["device"] = "cpu"
+    cfg = {**cfg, "dtype": "float32", "device": "cpu"}
     (dst / CFG).write_text(json.dumps(cfg, indent=1, sort_keys=True) + "\n")
     sums = {name: sha256_file(dst / name) for name in (CFG, WEIGHTS)}
     (dst / "checksums.json").write_text(json.dumps(sums, indent=1) + "\n")
@@ -234,7 +239,6 @@ def import_packed(packed: Path, dst: Path) -> dict:
     """A one-file SAE (fp16 safetensors with SAE-Lens' cfg.json in its metadata, as
     ``benchmarks/gpu_saes.py`` writes it) -> an SAE-Lens folder with checksums. Tensors are copied as is."""
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     packed, dst = Path(packed), Path(dst)
     with safe_open(str(packed), framework="pt") as f:
@@ -243,11 +247,4 @@ def import_packed(packed: Path, dst: Path) -> dict:
     if "cfg" not in meta:
         raise InputError(f"{packed} carries no SAE-Lens cfg in its metadata.")
     dst.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(dst / WEIGHTS))
-    cfg = json.loads(meta["cfg"])
-    cfg["dtype"] = "float32"
-    cfg["device"] = "cpu"
-    (dst / CFG).write_text(json.dumps(cfg, indent=1, sort_keys=True) + "\n")
-    sums = {name: sha256_file(dst / name) for name in (CFG, WEIGHTS)}
-    (dst / "checksums.json").write_text(json.dumps(sums, indent=1) + "\n")
-    return sums
+    return _write_folder(dst, state, json.loads(meta["cfg"]))
