@@ -139,13 +139,8 @@ def _checked_policy(model, kv_policy, n_prompt: int, max_new_tokens: int):
 
 
 def resolve_strategy(strategy) -> Strategy:
-    if isinstance(strategy, str):
-        if strategy not in STRATEGIES:
-            raise InputError(f"Unknown decoding strategy {strategy!r}: choose from {', '.join(STRATEGIES.names())}.")
-        return STRATEGIES.create(strategy)
-    if isinstance(strategy, dict):
-        return STRATEGIES.from_dict(strategy)
-    return strategy
+    """A strategy by name, from its saved dict, or as given."""
+    return STRATEGIES.resolve(strategy, "decoding strategy")
 
 
 # ---------------------------------------------------------------------------------------

@@ -89,17 +89,9 @@ def new_cache(model, batch_size: int = 1):
 
 def resolve_kv_policy(kv_policy) -> KVPolicy | None:
     """None (no cache: recompute over the whole text every step), a name, or a policy."""
-    if kv_policy is None:
+    if kv_policy is None or (isinstance(kv_policy, str) and kv_policy == "none"):
         return None
-    if isinstance(kv_policy, str):
-        if kv_policy == "none":
-            return None
-        if kv_policy not in KV_POLICIES:
-            raise InputError(f"Unknown KV-cache policy {kv_policy!r}: choose from {', '.join(KV_POLICIES.names())}.")
-        return KV_POLICIES.create(kv_policy)
-    if isinstance(kv_policy, dict):
-        return KV_POLICIES.from_dict(kv_policy)
-    return kv_policy
+    return KV_POLICIES.resolve(kv_policy, "KV-cache policy")
 
 
 
