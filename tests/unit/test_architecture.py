@@ -210,13 +210,25 @@ def test_analyses_take_no_helper_from_a_sibling():
     assert not bad, "an analysis imports a helper from a sibling analysis (move it to probes):\n" + "\n".join(bad)
 
 
+def sys_path_uses(source: str) -> list[str]:
+    """Every ``sys.path`` in ``source`` (read or edited: the package has no reason to touch it)."""
+    lines = sorted(node.lineno for node in ast.walk(ast.parse(source))
+                   if isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name)
+                   and node.value.id == "sys")
+    return [f"line {n}: sys.path" for n in lines]
+
+
+def test_sys_path_finder():
+    src = "import sys\nsys.path.insert(0, 'data')\nos.path.join('a')\nsys.path = []\n"
+    assert [s.split(":")[0] for s in sys_path_uses(src)] == ["line 2", "line 4"]
+
+
 def _sys_path_edits() -> dict[str, list[str]]:
     offenders: dict[str, list[str]] = {}
     for name, path in _all_modules().items():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if (isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name)
-                    and node.value.id == "sys"):
-                offenders.setdefault(name, []).append(f"line {node.lineno}: sys.path")
+        found = sys_path_uses(path.read_text(encoding="utf-8"))
+        if found:
+            offenders[name] = found
     return offenders
 
 
