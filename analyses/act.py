@@ -40,6 +40,7 @@ from mechscope.probes.interventions import applied
 from mechscope.probes.models import model_id
 from mechscope.probes.readout import logits_from_resid
 from mechscope.probes.results import Params, Result, analysis
+from mechscope.probes.stats import bootstrap_ci
 from mechscope.probes.tokens import text_ids
 
 
@@ -61,7 +62,7 @@ class ACTResult(Result):
         figs = {}
         if not self.search.empty:
             s = self.search.copy()
-            s["head_label"] = [f"L{l}H{h}" for l, h in zip(s["layer"], s["head"])]
+            s["head_label"] = [hooknames.head_label(l, h) for l, h in zip(s["layer"], s["head"])]
             what = ("calibration accuracy, each head alone" if self.params.search == "reference" and self.params.heads is None
                     else "mean log p(answer) on the calibration split")
             figs["act_search"] = px.bar(s, x="head_label", y="gain", color="kept", title=f"ACT search: gain in {what}")
@@ -164,15 +165,6 @@ def hidden_sink_rates(model, prompts: Sequence[str], threshold: float = 0.1, bat
     capture.run(model, list(prompts), reducers={hooknames.name("pattern", l): red for l in range(L)},
                 batch_size=batch_size)
     return hits / max(len(prompts), 1)
-
-
-def bootstrap_ci(x: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean."""
-    x = np.asarray(x, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
-    a = (1 - level) / 2
-    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
 
 
 def _load(split: str, task: str, max_items: int | None = None):
@@ -318,11 +310,11 @@ def act_evaluate(model, items: Sequence[dict], heads: Sequence[tuple[int, int]],
     summary = {
         "n_items": len(df),
         "delta_logprob": float(df["delta_logprob"].mean()),
-        "delta_logprob_ci": bootstrap_ci(df["delta_logprob"].values, n_boot, seed),
+        "delta_logprob_ci": bootstrap_ci(df["delta_logprob"].values, n_boot, seed=seed)[1:],
         "accuracy_base": float(df["base_correct"].mean()),
         "accuracy_act": float(df["act_correct"].mean()),
         "delta_accuracy": float(dacc.mean()),
-        "delta_accuracy_ci": bootstrap_ci(dacc.values, n_boot, seed),
+        "delta_accuracy_ci": bootstrap_ci(dacc.values, n_boot, seed=seed)[1:],
     }
     ci = summary["delta_logprob_ci"]
     summary["verdict"] = ("helps" if ci[0] > 0 else "hurts" if ci[1] < 0 else "no significant effect")

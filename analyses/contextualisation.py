@@ -31,9 +31,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mechscope.analyses.microscope import encode_text_set, token_class
-from mechscope.probes import hooknames
+from mechscope.analyses.microscope import encode_text_set
+from mechscope.probes import capture, hooknames
 from mechscope.probes.errors import InputError
+from mechscope.probes.lexical import lexical_class
 from mechscope.probes.models import model_id
 from mechscope.probes.results import Params, Result, analysis
 
@@ -136,7 +137,7 @@ def _states(model, seqs, picks) -> torch.Tensor:
     dev = model.cfg.device
     with torch.no_grad():
         for i, rows in by_text.items():
-            _, cache = model.run_with_cache(seqs[i][None].to(dev), names_filter=lambda n: n in names)
+            _, cache = capture.run_with_cache(model, seqs[i][None].to(dev), names=names)
             pos = torch.tensor([p for _, p in rows])
             idx = torch.tensor([r for r, _ in rows])
             for j, n in enumerate(names):
@@ -226,7 +227,7 @@ def contextualisation(model, params: ContextParams, progress=None) -> ContextRes
     toks = str_tokens(model, ids)
     frame = pd.DataFrame({
         "text": [i for i, _ in ev_picks], "pos": [pos for _, pos in ev_picks], "token_id": ids, "token": toks,
-        "token_class": [token_class(t) for t in toks],
+        "token_class": [lexical_class(t) for t in toks],
         "loss": loss_m.mean(1), "gain": (ctrl_m - loss_m).mean(1),
     })
     return ContextResult(model_id=model_id(model), params=params, loss=loss_m, control=ctrl_m, tokens=frame,

@@ -1,4 +1,4 @@
-"""Contextual faithfulness (issue 8, DeCoRe): does the model answer from the given context
+"""Contextual faithfulness (DeCoRe, Gema et al. 2024): does the model answer from the given context
 when the context contradicts what it knows?
 
 ``data/tasks/faithfulness.jsonl`` holds counterfactual items written for this project
@@ -6,7 +6,7 @@ when the context contradicts what it knows?
 Lyon." → Lyon, prior Paris). An answer is correct when its first line contains the context's
 answer (case-insensitive, word-bounded) and does not contain the prior answer.
 :func:`evaluate` decodes every item with several strategies (greedy, DeCoRe, …) and
-:func:`bootstrap_ci` gives percentile confidence intervals (paired for differences).
+``probes.stats.bootstrap_ci`` gives percentile confidence intervals (paired for differences).
 Not a registered analysis (no Result kind): the benchmark ``benchmarks/bench_faithfulness.py``
 reports it.
 """
@@ -21,7 +21,6 @@ import numpy as np
 from mechscope.analyses.niah import resolve_format, response_text
 from mechscope.probes.datasets import load_task
 from mechscope.probes.decoding import generate
-from mechscope.probes.errors import InputError
 from mechscope.probes.tokens import encode
 
 INSTRUCTION = "Answer the question using only the story above, in a few words."
@@ -48,20 +47,6 @@ def is_faithful(response: str, item: dict) -> bool:
     """The first line names the context's answer and not the prior one."""
     first = response.strip().split("\n", 1)[0] if response.strip() else ""
     return _has(first, item["answer"]) and not _has(first, item["prior"])
-
-
-def bootstrap_ci(x: Sequence[float], n_boot: int = 10_000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high): percentile bootstrap of the mean of ``x`` (resampling items).
-    For a paired difference pass the per-item differences."""
-    a = np.asarray(x, dtype=float)
-    if a.size == 0:
-        raise InputError("bootstrap_ci needs at least one value.")
-    if not 0 < level < 1:
-        raise InputError("level must lie in (0, 1).")
-    rng = np.random.default_rng(seed)
-    means = a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(a.mean()), float(lo), float(hi)
 
 
 def evaluate(model, strategies: dict, items: Sequence[dict] | None = None, max_new_tokens: int = 12,

@@ -24,7 +24,6 @@ ln_final(h after block L−1); plus one extra, labelled row: after block L−1 b
 
 from __future__ import annotations
 
-import string
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -34,6 +33,7 @@ import pandas as pd
 import torch
 
 from mechscope.probes.errors import InputError
+from mechscope.probes.lexical import lexical_class
 from mechscope.probes.models import model_id
 from mechscope.probes.results import Params, Result, analysis
 
@@ -177,26 +177,6 @@ def twonn_dimension(X, method: Literal["reference", "mle", "fit"] = "reference",
     keep = int(np.floor(n * (1 - discard)))
     x, y = order[:keep], -np.log(1 - F[:keep])
     return float((x * y).sum() / (x * x).sum())
-
-
-_STOP = set("""a an the and or but if of to in on at by for with from as is are was were be been it its
-this that these those he she they we you i his her their our your my me him them us not no so than then
-there here which who whom what when where why how do does did have has had will would can could should
-may might must shall into onto over under about""".split())
-
-
-def token_class(tok: str) -> str:
-    """'punctuation', 'stop word', 'number', 'space' or 'other' (simple surface rules)."""
-    s = tok.strip()
-    if not s:
-        return "space"
-    if all(c in string.punctuation for c in s):
-        return "punctuation"
-    if s.lower() in _STOP:
-        return "stop word"
-    if s.replace(".", "").isdigit():
-        return "number"
-    return "other"
 
 
 def _normalise_texts(obj) -> None:
@@ -365,7 +345,7 @@ def microscope(model, params: MicroscopeParams, *, progress=False) -> Microscope
         "text": np.concatenate([np.full(len(s), i) for i, s in enumerate(seqs)]),
         "pos": np.concatenate([np.arange(len(s)) for s in seqs]),
         "token": toks, "token_id": all_ids.numpy(),
-        "token_class": [token_class(t) for t in toks],
+        "token_class": [lexical_class(t) for t in toks],
         "nonlinearity": E.mean(dim=1).numpy(),
     })
     return MicroscopeResult(

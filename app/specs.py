@@ -1,36 +1,21 @@
 """The one parser and formatter for the short specs users type: ``L:H`` (a head),
 ``L:H:MODE`` (a head mask), ``L:N=V`` (a neuron clamp), ``L:N`` (a neuron), and layer
-lists ``0-9`` / ``2,5,7``. The CLI and the dashboard both use these."""
+lists ``0-9`` / ``2,5,7``. The CLI and the dashboard both use these; heads and layer lists
+are parsed by ``probes.hooknames`` (re-exported here)."""
 
 from __future__ import annotations
 
 import re
 
 from mechscope.probes.errors import InputError
+from mechscope.probes.hooknames import head_label, parse_head, parse_heads, parse_layers  # noqa: F401  (the one home)
 
-_HEAD_RE = re.compile(r"^\s*L?(\d+)\s*[:H]\s*(\d+)\s*$", re.IGNORECASE)
 _MASK_RE = re.compile(r"^\s*(\d+):(\d+)(?::(uniform|zero))?\s*$")
 _CLAMP_RE = re.compile(r"^\s*(\d+):(\d+)\s*=\s*([-+0-9.eE]+)\s*$")
 _NEURON_RE = re.compile(r"^\s*L?(\d+)\s*[:N]\s*(\d+)\s*$", re.IGNORECASE)
 
 
-def parse_head(spec: str) -> tuple[int, int]:
-    """``"3:7"`` or ``"L3H7"`` → (3, 7)."""
-    m = _HEAD_RE.match(spec or "")
-    if not m:
-        raise InputError(f"{spec!r}: expected LAYER:HEAD, e.g. 3:7.")
-    return int(m.group(1)), int(m.group(2))
-
-
-def parse_heads(specs) -> list[tuple[int, int]]:
-    """A list of head specs, or one comma/space-separated string of them."""
-    if isinstance(specs, str):
-        specs = [s for s in re.split(r"[,\s]+", specs) if s]
-    return [parse_head(s) for s in specs]
-
-
-def format_head(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
+format_head = head_label  # "L3H7"
 
 
 def parse_neuron(spec: str) -> tuple[int, int]:
@@ -71,19 +56,3 @@ def parse_clamp(spec: str):
 
 def format_clamp(layer: int, neuron: int, value: float) -> str:
     return f"{layer}:{neuron}={value:g}"
-
-
-def parse_layers(spec: str | None) -> list[int] | None:
-    """``"0-9"``, ``"2,5,7"`` or ``"0-3,8"`` → sorted unique layers (None stays None)."""
-    if spec is None or (isinstance(spec, str) and not spec.strip()):
-        return None
-    out: list[int] = []
-    for part in str(spec).split(","):
-        m = re.match(r"^\s*(\d+)(?:\s*-\s*(\d+))?\s*$", part)
-        if not m:
-            raise InputError(f"{spec!r}: expected layers such as 0-9 or 2,5,7.")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo:
-            raise InputError(f"{spec!r}: the range {lo}-{hi} is empty.")
-        out.extend(range(lo, hi + 1))
-    return sorted(set(out))

@@ -38,11 +38,12 @@ def _list(kind):
 
 
 def run(args) -> str:
-    from mechscope.analyses.faithfulness import bootstrap_ci, evaluate, load_items
+    from mechscope.analyses.faithfulness import evaluate, load_items
     from mechscope.probes.decore import DeCoRe
     from mechscope.probes.errors import InputError
     from mechscope.probes.interventions import check_scope
     from mechscope.probes.models import load
+    from mechscope.probes.stats import bootstrap_ci
 
     for scope in args.mask_scope:
         check_scope(scope)

@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             lines += ["", f"### Clamp verification of {cv.method} labels on smollm2-135m", "",
                       f"The 20 most specialised neurons by this method (largest top-1 − top-2 decoded logit), each "
                       "clamped at every position to max(5, 10 × its largest |activation| on the eight neutral prompts of "
-                      "`analyses.neurons.NEUTRAL_PROMPTS`); p of its label token at the last position, mean over the "
+                      "`probes.readout.NEUTRAL_PROMPTS`); p of its label token at the last position, mean over the "
                       f"prompts; control = 5 random neurons of the same layer clamped to the same value. **Δp above "
                       f"{cv.params.min_delta_p:g} for {100 * cv.fraction_up:.0f}% of the neurons** "
                       f"({100 * cv.pair_fraction_up:.0f}% of neuron × prompt pairs); median Δp {cv.median_delta:+.4f}; "

@@ -9,7 +9,7 @@ CPU (this machine, 1 thread, ratios against a baseline timed in the same run, in
 2. **Spliced generation**: greedy generation of 32 tokens with ``SaeSplice`` (L12, no error
    term) against plain greedy generation, tokens/s. Target: overhead ≤ 1.2× (time ratio).
 
-GPU (H100, from ``saes/weights/training/*.json``, written by ``saes.gpu_run``):
+GPU (H100, from ``saes/weights/training/*.json``, written by ``benchmarks/gpu_saes.py``):
 training throughput with the model's forward included, 6 SAEs from one forward pass, and
 the forward-only rate beside it.
 """

@@ -71,6 +71,10 @@ run_job() {
     # fused attention: generate against HF SDPA at 16 / 1k / 8k tokens, and the CPU targets on 1 thread
     attention) job attention 420 python3 -m benchmarks.bench_attention --device cuda --lengths 16,1000,8000 --rounds 3 --out "$OUT/gpu_attention.md" --verbose ;;
     attention_cpu) job attention_cpu 420 python3 -m benchmarks.bench_attention --device cpu --threads 1 --lengths 16,1000 --rounds 3 --out "$OUT/cpu_attention.md" --verbose ;;
+    # the shipped SAEs: TopK vs BatchTopK vs JumpReLU at equal L0 on one layer, then every layer with the best;
+    # the token rows are data/sae_corpus.py's output ($SAE_CORPUS, default $MECHSCOPE_CACHE/sae_corpus)
+    sae_compare) job sae_compare 900 python3 -m benchmarks.gpu_saes compare ${SAE_CORPUS:+--corpus "$SAE_CORPUS"} --work "$OUT/saework" --out "$OUT/saes" ;;
+    sae_train) job sae_train 900 python3 -m benchmarks.gpu_saes train ${SAE_CORPUS:+--corpus "$SAE_CORPUS"} --work "$OUT/saework" --out "$OUT/saes" ;;
     *) echo "unknown job $1" | tee -a "$OUT/summary.md" ;;
   esac
 }

@@ -12,7 +12,7 @@ not depend on the values). What it does, in order:
 2. times the bare chunked product W_out·(γ⊙W_U) with no top-k (the baseline);
 3. times the full decode: per chunk, the product, then top-k and bottom-k (k=10) per row,
    both with ``torch.topk`` and with the block-max pre-selection used on CPU in
-   ``analyses.neurons.topk_both``;
+   ``probes.readout.topk_both``;
 4. checks a few neurons against a float32 reference (same bf16 inputs, fp32 product).
 
 FLOPs counted: 2·n_neurons·d_model·vocab = 4.82e14. The paper (arXiv 2501.02688) reports

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
 import json
 import os
 import random
@@ -32,6 +31,8 @@ import tarfile
 import textwrap
 from datetime import date, timedelta
 from pathlib import Path
+
+from mechscope.probes.checksums import sha256_file
 
 HERE = Path(__file__).resolve().parent
 
@@ -343,12 +344,8 @@ def data_files(root: Path) -> list[Path]:
                   and "__pycache__" not in p.parts and not p.name.startswith("."))
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def write_checksums(root: Path = HERE) -> dict[str, str]:
-    sums = {p.relative_to(root).as_posix(): sha256(p) for p in data_files(root)}
+    sums = {p.relative_to(root).as_posix(): sha256_file(p) for p in data_files(root)}
     (root / "checksums.json").write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return sums
 

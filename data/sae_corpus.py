@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mechscope.probes.checksums import sha256_file
+
 HERE = Path(__file__).resolve().parent
 
 SEED = 20261122
@@ -131,14 +133,6 @@ def pack(token_lists: list[list[int]], ctx: int) -> np.ndarray:
     return np.asarray(flat[: n * ctx], dtype=np.uint16).reshape(n, ctx)
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def build(shakespeare: Path, stdlib: Path, out: Path, ctx: int = CTX, progress=print) -> dict:
     sources: dict[str, dict] = {}
     docs: list[tuple[str, str]] = []
@@ -175,7 +169,7 @@ def build(shakespeare: Path, stdlib: Path, out: Path, ctx: int = CTX, progress=p
         path = out / f"{split}.u16"
         arr.tofile(path)
         files[split] = {"file": path.name, "rows": int(arr.shape[0]), "ctx": ctx,
-                        "tokens": int(arr.size), "sha256": sha256(path)}
+                        "tokens": int(arr.size), "sha256": sha256_file(path)}
     for name in sources:
         sources[name]["tokens"] = counts[name]
     manifest = {"seed": SEED, "eot": EOT, "heldout": f"sha256(doc_id) % {HELDOUT_MOD} == 0",
@@ -197,7 +191,7 @@ def load_split(split: str, directory: Path | None = None) -> np.ndarray:
     if info is None:
         raise InputError(f"Unknown corpus split {split!r}: use train or heldout.")
     path = directory / info["file"]
-    if sha256(path) != info["sha256"]:
+    if sha256_file(path) != info["sha256"]:
         raise ChecksumError(f"Corpus file {path} does not match its sha256; rebuild it.")
     return np.memmap(path, dtype=np.uint16, mode="r", shape=(info["rows"], info["ctx"]))
 

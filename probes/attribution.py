@@ -274,9 +274,10 @@ def _keep_into(store: dict):
 
 def _embed_hooks(model):
     """Hook names of the input embeddings (token, and positional where the model has one)."""
-    names = [hooknames.name("embed")] if "hook_embed" in model.hook_dict else []
-    if model.cfg.positional_embedding_type in ("standard", "shortformer") and "hook_pos_embed" in model.hook_dict:
-        names.append("hook_pos_embed")
+    embed, pos_embed = hooknames.name("embed"), hooknames.name("pos_embed")
+    names = [embed] if embed in model.hook_dict else []
+    if model.cfg.positional_embedding_type in ("standard", "shortformer") and pos_embed in model.hook_dict:
+        names.append(pos_embed)
     return names
 
 
@@ -368,22 +369,30 @@ def ig_gradients(model, sub: Pairs, tokens: torch.Tensor, emb_src: dict, emb_tgt
     return grads
 
 
-def head_means(model, tokens: torch.Tensor, lengths: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-    """[n_layers, n_heads, d_head]: each head's ``z`` averaged over the prompts' real positions."""
+def _z_batches(model, tokens: torch.Tensor, lengths: torch.Tensor, batch_size: int):
+    """Per batch of prompts: (row indices, padded length t, every layer's ``z`` [b, t, H, d_head]),
+    the blocks run under the model's lock and stopped after the last layer's attention."""
     L = model.cfg.n_layers
     names = [hooknames.name("z", l) for l in range(L)]
-    acc = torch.zeros(L, model.cfg.n_heads, model.cfg.d_head, dtype=torch.float64)
-    count = 0
     with model_lock(model), torch.no_grad():
         for idx in _chunks(tokens.shape[0], batch_size):
             t = int(lengths[idx].max())
             cache = {}
             with model.hooks(fwd_hooks=[(nm, _keep_into(cache)) for nm in names], reset_hooks_end=True):
                 model(tokens[idx, :t].to(model.cfg.device), stop_at_layer=L)
-            mask = (torch.arange(t)[None, :] < lengths[idx][:, None]).to(model.cfg.device)
-            for l, nm in enumerate(names):
-                acc[l] += (cache[nm] * mask[..., None, None]).sum((0, 1)).double().cpu()
-            count += int(lengths[idx].sum())
+            yield idx, t, [cache[nm] for nm in names]
+
+
+def head_means(model, tokens: torch.Tensor, lengths: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """[n_layers, n_heads, d_head]: each head's ``z`` averaged over the prompts' real positions."""
+    L = model.cfg.n_layers
+    acc = torch.zeros(L, model.cfg.n_heads, model.cfg.d_head, dtype=torch.float64)
+    count = 0
+    for idx, t, zs in _z_batches(model, tokens, lengths, batch_size):
+        mask = (torch.arange(t)[None, :] < lengths[idx][:, None]).to(model.cfg.device)
+        for l, z in enumerate(zs):
+            acc[l] += (z * mask[..., None, None]).sum((0, 1)).double().cpu()
+        count += int(lengths[idx].sum())
     return (acc / count).to(model.cfg.dtype)
 
 
@@ -434,21 +443,16 @@ def head_vectors(model, tokens: torch.Tensor, lengths: torch.Tensor, batch_size:
             basis.append(q.to(model.cfg.dtype))
     if positions not in ("mean", "last"):
         raise InputError(f"Head-vector positions must be 'mean' or 'last', not {positions!r}.")
-    names = [hooknames.name("z", l) for l in range(L)]
     out = []
-    with model_lock(model), torch.no_grad():
-        for idx in _chunks(tokens.shape[0], batch_size):
-            t = int(lengths[idx].max())
-            cache = {}
-            with model.hooks(fwd_hooks=[(nm, _keep_into(cache)) for nm in names], reset_hooks_end=True):
-                model(tokens[idx, :t].to(model.cfg.device), stop_at_layer=L)
+    with torch.no_grad():
+        for idx, t, zs in _z_batches(model, tokens, lengths, batch_size):
             mask = (torch.arange(t)[None, :] < lengths[idx][:, None]).to(model.cfg.device).to(model.cfg.dtype)
             per_layer = []
-            for l, nm in enumerate(names):
+            for l, z in enumerate(zs):
                 if positions == "last":
-                    zmean = cache[nm][torch.arange(len(idx)), (lengths[idx] - 1).to(cache[nm].device)]  # [b, H, dh]
+                    zmean = z[torch.arange(len(idx)), (lengths[idx] - 1).to(z.device)]  # [b, H, dh]
                 else:
-                    zmean = (cache[nm] * mask[..., None, None]).sum(1) / mask.sum(1)[:, None, None]
+                    zmean = (z * mask[..., None, None]).sum(1) / mask.sum(1)[:, None, None]
                 out_l = torch.einsum("bhd,hdm->bhm", zmean, model.W_O[l])
                 if basis is not None:
                     out_l = torch.einsum("bhm,hmr->bhr", out_l, basis[l])

@@ -52,7 +52,8 @@ from mechscope.probes import hooknames
 from mechscope.probes.decoding import STRATEGIES, StepState
 from mechscope.probes.errors import InputError
 from mechscope.probes.interventions import positionwise
-from mechscope.probes.kv_policies import _Data, cache_len
+from mechscope.probes.kv_policies import cache_len
+from mechscope.probes.serial import Data
 from mechscope.probes.readout import final_norm
 
 
@@ -93,7 +94,7 @@ def _may_share(model) -> bool:
 
 @STRATEGIES.register("contrastive")
 @dataclass(frozen=True)
-class Contrastive(_Data):
+class Contrastive(Data):
     """Contrastive search: top-k candidates, score (1 − α)·p − α·max cos with the past."""
 
     alpha: float = 0.6

@@ -40,14 +40,13 @@ from mechscope.probes.kv_policies import (  # noqa: F401  (the cache helpers liv
     KV_POLICIES,
     FullCache,
     KVPolicy,
-    _Data,
     cache_len,
     keep_cache_positions,
     new_cache,
     register_kv_policy,
     resolve_kv_policy,
 )
-from mechscope.probes.serial import Registry
+from mechscope.probes.serial import Data, Registry
 from mechscope.probes import razor as _razor  # noqa: F401,E402  (registers the "razor" KV policy)
 from mechscope.probes.tokens import as_token_tensor, str_tokens
 
@@ -79,7 +78,7 @@ class Strategy(Protocol):
 
 @STRATEGIES.register("greedy")
 @dataclass(frozen=True)
-class Greedy(_Data):
+class Greedy(Data):
     name: ClassVar[str] = "greedy"
 
     def select(self, state: StepState) -> int:
@@ -88,7 +87,7 @@ class Greedy(_Data):
 
 @STRATEGIES.register("sample")
 @dataclass(frozen=True)
-class Sample(_Data):
+class Sample(Data):
     """Ancestral sampling with temperature, then top-k, then nucleus (top-p) truncation."""
 
     temperature: float = 1.0
@@ -126,14 +125,23 @@ def register_strategy(name: str, cls):
     return STRATEGIES.register(name)(cls)
 
 
+def _checked_policy(model, kv_policy, n_prompt: int, max_new_tokens: int):
+    """The resolved KV policy, validated; an unbounded cache must hold prompt + new tokens."""
+    policy = resolve_kv_policy(kv_policy)
+    if policy is not None and hasattr(policy, "validate"):
+        policy.validate(model)
+    bounded = policy is not None and policy.max_cache_len is not None
+    if not bounded and n_prompt + max_new_tokens > model.cfg.n_ctx:
+        raise InputError(
+            f"Prompt ({n_prompt}) + max_new_tokens ({max_new_tokens}) exceeds n_ctx "
+            f"({model.cfg.n_ctx}); use fewer tokens or a bounded KV-cache policy."
+        )
+    return policy
+
+
 def resolve_strategy(strategy) -> Strategy:
-    if isinstance(strategy, str):
-        if strategy not in STRATEGIES:
-            raise InputError(f"Unknown decoding strategy {strategy!r}: choose from {', '.join(STRATEGIES.names())}.")
-        return STRATEGIES.create(strategy)
-    if isinstance(strategy, dict):
-        return STRATEGIES.from_dict(strategy)
-    return strategy
+    """A strategy by name, from its saved dict, or as given."""
+    return STRATEGIES.resolve(strategy, "decoding strategy")
 
 
 # ---------------------------------------------------------------------------------------
@@ -247,15 +255,7 @@ def generate(
         raise InputError("max_new_tokens must be >= 0.")
     prompt_ids = [int(t) for t in as_token_tensor(model, prompt)[0]]
     strat = resolve_strategy(strategy)
-    policy = resolve_kv_policy(kv_policy)
-    if policy is not None and hasattr(policy, "validate"):
-        policy.validate(model)
-    bounded = policy is not None and policy.max_cache_len is not None
-    if not bounded and len(prompt_ids) + max_new_tokens > model.cfg.n_ctx:
-        raise InputError(
-            f"Prompt ({len(prompt_ids)}) + max_new_tokens ({max_new_tokens}) exceeds n_ctx "
-            f"({model.cfg.n_ctx}); use fewer tokens or a bounded KV-cache policy."
-        )
+    policy = _checked_policy(model, kv_policy, len(prompt_ids), max_new_tokens)
     iv_hooks = hooks_for(model, interventions)
     gate = None
     if check_scope(intervention_scope) == "decode" and iv_hooks:
@@ -342,14 +342,7 @@ def generate_rows(
     strat = resolve_strategy(strategy)
     if hasattr(strat, "hooks") or getattr(strat, "needs_model", False):
         raise InputError(f"Strategy {getattr(strat, 'name', strat)!r} runs its own passes: decode its rows one by one.")
-    policy = resolve_kv_policy(kv_policy)
-    if policy is not None and hasattr(policy, "validate"):
-        policy.validate(model)
-    bounded = policy is not None and policy.max_cache_len is not None
-    if not bounded and len(prompt_ids) + max_new_tokens > model.cfg.n_ctx:
-        raise InputError(
-            f"Prompt ({len(prompt_ids)}) + max_new_tokens ({max_new_tokens}) exceeds n_ctx ({model.cfg.n_ctx})."
-        )
+    policy = _checked_policy(model, kv_policy, len(prompt_ids), max_new_tokens)
     rows = len(variants)
     wrapped = [Rows(iv, (b,)) for b, ivs in enumerate(variants) for iv in ivs]
     eos = getattr(model.tokenizer, "eos_token_id", None) if model.tokenizer is not None else None

@@ -35,7 +35,8 @@ import torch
 from mechscope.probes.decoding import STRATEGIES, StepState, _Stepper
 from mechscope.probes.errors import InputError
 from mechscope.probes.interventions import HeadMask, applied, check_scope
-from mechscope.probes.kv_policies import FullCache, _Data
+from mechscope.probes.kv_policies import FullCache
+from mechscope.probes.serial import Data
 
 #: the reference's default number of masked retrieval heads (aryopg/DeCoRe,
 #: ``configs/decoder/decore_entropy.yaml``: ``num_retrieval_heads: 50``)
@@ -50,7 +51,7 @@ def entropy(logprobs: torch.Tensor) -> float:
 
 @STRATEGIES.register("decore")
 @dataclass(frozen=True)
-class DeCoRe(_Data):
+class DeCoRe(Data):
     """DeCoRe with the given retrieval ``heads`` ((layer, head), …) masked in the contrast
     model; ``alpha=None``: entropy-guided α, else fixed α; ``mask_scope``: ``"decode"``
     (the reference: prompt prefilled unmasked) or ``"prompt_and_decode"``."""

@@ -24,7 +24,8 @@ import torch
 
 from mechscope.probes.errors import ChecksumError, MissingPackageError
 from mechscope.probes.convert import hf_from_gguf, quiet_transformers
-from mechscope.probes.weights_cache import cache_meta, cache_root, converted_cache_dir, load_converted, save_converted, verify_sha256
+from mechscope.probes.checksums import verify_sha256
+from mechscope.probes.weights_cache import cache_root, cached_or_built
 
 NAME = "gemma-3-270m"
 TL_NAME = "google/gemma-3-270m"
@@ -94,22 +95,18 @@ def load_gemma3(spec=None, device: str = "cpu", dtype: torch.dtype = torch.float
     """Gemma 3 270M as a HookedTransformer (no weight processing: hooks see HF activations)."""
     _require_packages()
     quiet_transformers()
-    meta = cache_meta(NAME, GEMMA3_SHA256, dtype)
-    cache_dir = converted_cache_dir(NAME, GEMMA3_SHA256, dtype)
-    model = load_converted(cache_dir, meta, device, dtype)
-    if model is not None:
-        return model
-    root = cache_root()
-    try:
-        if root is not None:
-            root.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        root = None  # an unwritable cache: assemble in the system temp folder
-    work = Path(tempfile.mkdtemp(prefix=".gemma-gguf.", dir=root))
-    try:
-        model = _from_gguf(assemble_gguf(work), device, dtype)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if cache_dir is not None:
-        save_converted(cache_dir, model, meta)
-    return model
+
+    def build():
+        root = cache_root()
+        try:
+            if root is not None:
+                root.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            root = None  # an unwritable cache: assemble in the system temp folder
+        work = Path(tempfile.mkdtemp(prefix=".gemma-gguf.", dir=root))
+        try:
+            return _from_gguf(assemble_gguf(work), device, dtype)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    return cached_or_built(NAME, GEMMA3_SHA256, device, dtype, build)

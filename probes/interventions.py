@@ -20,7 +20,7 @@ import torch
 from mechscope.probes import hooknames
 from mechscope.probes.errors import InputError, check_range
 from mechscope.probes.locks import model_lock
-from mechscope.probes.serial import Registry, to_dict
+from mechscope.probes.serial import Data, Registry
 
 HookList = list[tuple[str, Callable]]
 
@@ -36,13 +36,6 @@ class Intervention(Protocol):
     def describe(self) -> str: ...
 
     def to_dict(self) -> dict: ...
-
-
-class Data:
-    """Mixin for intervention dataclasses: ``to_dict`` (registered kind + fields)."""
-
-    def to_dict(self) -> dict:
-        return to_dict(self)
 
 
 def positionwise(iv) -> bool:
@@ -104,7 +97,7 @@ class HeadMask(Data):
         return [(hooknames.name("z", self.layer), zero)]
 
     def describe(self) -> str:
-        return f"mask L{self.layer}H{self.head} ({self.mode})"
+        return f"mask {hooknames.head_label(self.layer, self.head)} ({self.mode})"
 
 
 @INTERVENTIONS.register("neuron_clamp")

@@ -27,12 +27,10 @@ import torch
 
 from mechscope.probes.errors import InputError
 from mechscope.probes.interventions import Intervention, applied
-from mechscope.probes.serial import Registry, to_dict
+from mechscope.probes.serial import Data, Registry
 
 
-class _Data:
-    def to_dict(self) -> dict:
-        return to_dict(self)
+_Data = Data  # the former name of the mixin
 
 
 # ---------------------------------------------------------------------------------------
@@ -52,7 +50,7 @@ class KVPolicy(Protocol):
 
 @KV_POLICIES.register("full")
 @dataclass(frozen=True)
-class FullCache(_Data):
+class FullCache(Data):
     """Keep every key and value (ordinary KV caching)."""
 
     name: ClassVar[str] = "full"
@@ -91,17 +89,9 @@ def new_cache(model, batch_size: int = 1):
 
 def resolve_kv_policy(kv_policy) -> KVPolicy | None:
     """None (no cache: recompute over the whole text every step), a name, or a policy."""
-    if kv_policy is None:
+    if kv_policy is None or (isinstance(kv_policy, str) and kv_policy == "none"):
         return None
-    if isinstance(kv_policy, str):
-        if kv_policy == "none":
-            return None
-        if kv_policy not in KV_POLICIES:
-            raise InputError(f"Unknown KV-cache policy {kv_policy!r}: choose from {', '.join(KV_POLICIES.names())}.")
-        return KV_POLICIES.create(kv_policy)
-    if isinstance(kv_policy, dict):
-        return KV_POLICIES.from_dict(kv_policy)
-    return kv_policy
+    return KV_POLICIES.resolve(kv_policy, "KV-cache policy")
 
 
 
@@ -139,7 +129,7 @@ class _BoundedPolicy:
 
 @KV_POLICIES.register("sink_window")
 @dataclass(frozen=True)
-class SinkWindow(_Data, _BoundedPolicy):
+class SinkWindow(Data, _BoundedPolicy):
     """Keep the first ``n_sink`` cache positions and the last ``window`` (StreamingLLM)."""
 
     n_sink: int = 4
@@ -169,7 +159,7 @@ class SinkWindow(_Data, _BoundedPolicy):
 
 @KV_POLICIES.register("window")
 @dataclass(frozen=True)
-class WindowOnly(_Data, _BoundedPolicy):
+class WindowOnly(Data, _BoundedPolicy):
     """Keep only the ``window`` most recent cache positions (window attention baseline)."""
 
     window: int = 256

@@ -67,6 +67,7 @@ from mechscope.probes.errors import (
     ModelNotAvailableError,
     UnknownModelError,
 )
+from mechscope.probes.checksums import sha256_file, verify_sha256  # noqa: F401
 from mechscope.probes.locks import model_lock
 from mechscope.probes.weights_cache import (  # noqa: F401
     CACHE_FORMAT,
@@ -75,8 +76,6 @@ from mechscope.probes.weights_cache import (  # noqa: F401
     converted_cache_dir,
     load_converted,
     save_converted,
-    sha256_file,
-    verify_sha256,
 )
 
 if TYPE_CHECKING:  # pragma: no cover

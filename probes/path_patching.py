@@ -32,7 +32,6 @@ model is linear from the receiver's input to the metric (tested).
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
@@ -50,28 +49,27 @@ Edge = tuple[Node, Node]
 #: receiver input groups: which of the receiver's q / k / v inputs get the sender's delta
 INPUT_GROUPS = {"q": ("q",), "k": ("k",), "v": ("v",), "kv": ("k", "v"), "qk": ("q", "k"), "qv": ("q", "v"),
                 "qkv": ("q", "k", "v")}
-_NODE_RE = re.compile(r"L(\d+)H(\d+)")
 
 
 def node_name(node: Node) -> str:
-    return f"L{node[0]}H{node[1]}"
+    return hooknames.head_label(*node)
 
 
 def parse_node(model, node) -> Node:
     """``"L3H2"`` or ``(3, 2)`` → (layer, head), checked against the model."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     if isinstance(node, str):
-        m = _NODE_RE.fullmatch(node.strip())
-        if not m:
-            raise InputError(f"Unknown node {node!r}: name heads 'L<layer>H<head>' (e.g. 'L3H2').")
-        layer, head = int(m[1]), int(m[2])
+        try:
+            layer, head = hooknames.parse_head(node)
+        except InputError:
+            raise InputError(f"Unknown node {node!r}: name heads 'L<layer>H<head>' (e.g. 'L3H2').") from None
     else:
         try:
             layer, head = (int(x) for x in node)
         except (TypeError, ValueError):
             raise InputError(f"Unknown node {node!r}: give a head as (layer, head) or 'L<layer>H<head>'.") from None
     if not (0 <= layer < L and 0 <= head < H):
-        raise InputError(f"Unknown node L{layer}H{head}: the model has {L} layers of {H} heads.")
+        raise InputError(f"Unknown node {hooknames.head_label(layer, head)}: the model has {L} layers of {H} heads.")
     return layer, head
 
 

@@ -52,8 +52,10 @@ from typing import ClassVar
 
 import torch
 
+from mechscope.probes import hooknames
 from mechscope.probes.errors import InputError
-from mechscope.probes.kv_policies import KV_POLICIES, _Data
+from mechscope.probes.kv_policies import KV_POLICIES
+from mechscope.probes.serial import Data
 
 BUFFERS = ("ratio", "fixed")
 
@@ -107,7 +109,7 @@ def drops_any(n_k: int, n_sink: int, window: int, ratio: Fraction | None = None)
 
 @KV_POLICIES.register("razor")
 @dataclass(frozen=True)
-class RazorAttention(_Data):
+class RazorAttention(Data):
     """Full KV for the retrieval ``heads`` ((layer, head), …); sinks + a recent buffer (+ one
     compensation token) for every other KV head: L_h = max(S0, ⌈N / C⌉) (``buffer="ratio"``,
     the paper's) or ``window`` (``buffer="fixed"``). See the module docstring."""
@@ -208,7 +210,7 @@ class RazorAttention(_Data):
                 scores[:, idx] = new
                 return scores
 
-            out.append((f"blocks.{layer}.attn.hook_attn_scores", hook))
+            out.append((hooknames.name("attn_scores", layer), hook))
         return out
 
     # -- memory accounting -----------------------------------------------------------------

@@ -51,10 +51,19 @@ class Registry:
     def __contains__(self, kind: str) -> bool:
         return kind in self._classes
 
-    def get(self, kind: str) -> type:
+    def get(self, kind: str, label: str | None = None) -> type:
         if kind not in self._classes:
-            raise InputError(f"Unknown {self.what} {kind!r}: choose from {', '.join(self._classes) or '(none)'}.")
+            raise InputError(f"Unknown {label or self.what} {kind!r}: choose from {', '.join(self._classes) or '(none)'}.")
         return self._classes[kind]
+
+    def resolve(self, obj, label: str | None = None) -> Any:
+        """A member given by kind name (built with its defaults), by its saved dict, or as is;
+        ``label`` names the family in the message for an unknown kind."""
+        if isinstance(obj, str):
+            return self.get(obj, label)()
+        if isinstance(obj, dict):
+            return self.from_dict(obj)
+        return obj
 
     def create(self, kind: str, **fields) -> Any:
         return self.get(kind)(**fields)
@@ -75,6 +84,14 @@ def to_dict(obj) -> dict:
         if f.metadata.get("serialise", True):
             out[f.name] = encode(getattr(obj, f.name))
     return out
+
+
+class Data:
+    """Mixin for registered dataclasses (interventions, strategies, KV policies):
+    ``obj.to_dict()`` is :func:`to_dict`."""
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
 
 
 def encode(value):

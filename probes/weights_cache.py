@@ -1,4 +1,4 @@
-"""Converted-weights cache and sha256 checks for weight files.
+"""Converted-weights cache, sha256-checked (``probes.checksums``).
 
 Reading a GGUF (de-quantisation, HF model, TransformerLens conversion) takes ~20 s on two
 CPU cores, so converted parameters are cached as safetensors (never pickle) with a sidecar
@@ -7,32 +7,15 @@ CPU cores, so converted parameters are cached as safetensors (never pickle) with
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import torch
 
+from mechscope.probes.checksums import sha256_file
 from mechscope.probes.convert import empty_hooked, cfg_json
 from mechscope.probes.errors import ChecksumError
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def verify_sha256(path: Path, expected: str) -> None:
-    actual = sha256_file(path)
-    if actual != expected:
-        raise ChecksumError(
-            f"Weight file {path} is corrupted: sha256 {actual[:12]}… does not match the expected "
-            f"{expected[:12]}…; reinstall its package."
-        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -150,3 +133,14 @@ def load_converted(directory: Path | None, meta: dict, device: str, dtype: torch
         return None
 
 
+def cached_or_built(name: str, source_sha256: str, device: str, dtype: torch.dtype, build):
+    """The converted model from the cache, else ``build()`` (from the source file), then cached."""
+    meta = cache_meta(name, source_sha256, dtype)
+    cache_dir = converted_cache_dir(name, source_sha256, dtype)
+    model = load_converted(cache_dir, meta, device, dtype)
+    if model is not None:
+        return model
+    model = build()
+    if cache_dir is not None:
+        save_converted(cache_dir, model, meta)
+    return model

@@ -26,7 +26,6 @@ checks before using it.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -35,9 +34,12 @@ from pathlib import Path
 import torch
 
 from mechscope.probes import hooknames
+from mechscope.probes.checksums import sha256_file
 from mechscope.probes.covariance import CloudStats
 from mechscope.probes.errors import ChecksumError, InputError
 from mechscope.probes.interventions import INTERVENTIONS, Data, HookList
+
+_sha256 = sha256_file  # the former private name, still imported by a dashboard test
 
 METHODS = ("zca", "zipfian", "outlier_removal")
 
@@ -100,18 +102,10 @@ def save(fit: WhiteningFit, path: str | Path) -> str:
     meta = {"method": fit.method, "site": fit.site, "info": json.dumps(fit.info)}
     save_file({"matrix": fit.matrix.cpu().contiguous(), "mean": fit.mean.cpu().contiguous(),
                "dims": torch.tensor(fit.dims, dtype=torch.long)}, str(tmp), metadata=meta)
-    digest = _sha256(tmp)
+    digest = sha256_file(tmp)
     tmp.replace(path)
     path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
     return digest
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=8)
@@ -119,7 +113,7 @@ def _load_cached(path: str, sha256: str, mtime: float) -> WhiteningFit:
     from safetensors import safe_open
 
     p = Path(path)
-    actual = _sha256(p)
+    actual = sha256_file(p)
     if sha256 and actual != sha256:
         raise ChecksumError(f"Whitening file {p} is corrupted or changed: sha256 {actual[:12]}… is not {sha256[:12]}….")
     try:

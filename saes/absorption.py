@@ -424,11 +424,11 @@ def absorption(model, params: AbsorptionParams, progress=None) -> AbsorptionResu
     from mechscope.probes.capture import run
     from mechscope.probes.models import model_id
     from mechscope.probes.tokens import encode
-    from mechscope.saes.interventions import sae_for
+    from mechscope.saes.store import load_sae
     from mechscope.saes.store import shipped_names
 
     names = list(params.saes) or shipped_names()
-    saes = {n: sae_for(n, model=model) for n in names}
+    saes = {n: load_sae(n, model=model, cached=True) for n in names}
     rng = random.Random(params.seed)
     vocab = alpha_words(model)
     if params.n_words:

@@ -6,7 +6,7 @@
   (fixed log-spaced bins). Position 0 is skipped (the SAEs were not trained on it).
 * :func:`logit_effects` — each latent's decoder direction through the unembedding (final
   norm weight folded in), decoded with the neuron-decoding code
-  (``analyses.neurons.decode_directions``): the tokens it promotes and suppresses.
+  (``probes.readout.decode_directions``): the tokens it promotes and suppresses.
 * :func:`latents_on_text` — which latents fire on a text (token-level activations).
 * :func:`latents_for_token` — which latents most promote a token (one mat-vec).
 """
@@ -120,9 +120,9 @@ def sae_features(model, params: SaeFeaturesParams, progress=None) -> SaeFeatures
     from mechscope.probes.datasets import load_texts
     from mechscope.probes.models import model_id
     from mechscope.probes.tokens import encode_batch
-    from mechscope.saes.interventions import sae_for
+    from mechscope.saes.store import load_sae
 
-    sae = sae_for(params.sae, model=model)
+    sae = load_sae(params.sae, model=model, cached=True)
     hook = sae.cfg.metadata.hook_name
     texts = load_texts(params.texts)[: params.n_texts]
     seqs = [t[: params.max_tokens].tolist() for t in encode_batch(model, texts)]
@@ -164,7 +164,7 @@ def sae_features(model, params: SaeFeaturesParams, progress=None) -> SaeFeatures
 @torch.no_grad()
 def logit_effects(model, sae, latents=None, k: int = 10) -> dict[str, torch.Tensor]:
     """Top/bottom-``k`` tokens of each latent's decoder direction through the unembedding."""
-    from mechscope.analyses.neurons import decode_directions, unembedding
+    from mechscope.probes.readout import decode_directions, unembedding
     from mechscope.saes.interventions import decoder_directions
 
     dirs = decoder_directions(sae, latents).to(model.cfg.device)
@@ -193,7 +193,7 @@ def latents_on_text(model, sae, text: str, top: int = 20) -> tuple[list[str], to
 @torch.no_grad()
 def latents_for_token(model, sae, token, top: int = 20) -> pd.DataFrame:
     """The latents whose decoder direction most raises the logit of ``token``."""
-    from mechscope.analyses.neurons import unembedding
+    from mechscope.probes.readout import unembedding
     from mechscope.probes.tokens import single_token, str_tokens
     from mechscope.saes.interventions import decoder_directions
 

@@ -21,40 +21,18 @@ are always edited. ``positions`` (steering only) index the sequence axis of full
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 
 from mechscope.probes.errors import InputError, check_range
 from mechscope.probes.interventions import INTERVENTIONS, Data, HookList
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_sae(name: str):
-    from mechscope.saes.store import load_sae
-
-    return load_sae(name)
+from mechscope.saes.store import load_sae
 
 
 def sae_for(name: str, sha256: str | None = None, model=None):
-    """The (cached) SAE ``name``, checked against ``sha256`` and against ``model``'s shapes."""
-    from mechscope.saes.store import WEIGHTS, resolve, sha256_file
-
-    sae = _cached_sae(str(name))
-    if sha256:
-        path, _ = resolve(name)
-        actual = sha256_file(path / WEIGHTS)
-        if actual != sha256:
-            raise InputError(f"SAE {name!r} weights have sha256 {actual[:12]}…, not the pinned {sha256[:12]}….")
-    if model is not None:
-        from mechscope.saes.store import check_fits
-
-        check_fits(sae, model)
-        dev = model.cfg.device
-        if str(sae.W_dec.device) != str(torch.device(dev)):
-            sae = sae.to(dev)
-    return sae
+    """``load_sae(name, model=model, sha256=sha256, cached=True)``: the process-wide copy."""
+    return load_sae(name, model=model, sha256=sha256, cached=True)
 
 
 @torch.no_grad()
@@ -71,6 +49,15 @@ def decoder_directions(sae, latents=None) -> torch.Tensor:
 
 def _first(t: int, skip_first: bool) -> int:
     return 1 if (skip_first and t > 1) else 0
+
+
+class _SkipFirst:
+    skip_first: bool
+
+    @property
+    def positionwise(self) -> bool:
+        """Only without ``skip_first``: which position is first depends on the pass."""
+        return not self.skip_first
 
 
 @INTERVENTIONS.register("sae_steer")
@@ -95,7 +82,7 @@ class SaeSteer(Data):
         return self.positions is None and not self.skip_first
 
     def validate(self, model) -> None:
-        sae = sae_for(self.sae, self.sha256, model)
+        sae = load_sae(self.sae, model=model, sha256=self.sha256, cached=True)
         check_range("latent", self.latent, sae.cfg.d_sae)
         if not isinstance(self.value, (int, float)) or self.value != self.value:
             raise InputError(f"Steering value must be a number, not {self.value!r}.")
@@ -103,7 +90,7 @@ class SaeSteer(Data):
             raise InputError(f"Positions must be non-negative integers, not {self.positions!r}.")
 
     def hooks(self, model) -> HookList:
-        sae = sae_for(self.sae, self.sha256, model)
+        sae = load_sae(self.sae, model=model, sha256=self.sha256, cached=True)
         vec = decoder_directions(sae, [self.latent])[0] * float(self.value)
         positions = None if self.positions is None else sorted(set(self.positions))
 
@@ -128,7 +115,7 @@ class SaeSteer(Data):
 
 @INTERVENTIONS.register("sae_clamp")
 @dataclass(frozen=True)
-class SaeClamp(Data):
+class SaeClamp(_SkipFirst, Data):
     """Set ``latent``'s activation to ``value`` (encode → set → decode + error term)."""
 
     sae: str
@@ -137,19 +124,14 @@ class SaeClamp(Data):
     skip_first: bool = True
     sha256: str | None = None
 
-    @property
-    def positionwise(self) -> bool:
-        """Only without ``skip_first``: which position is first depends on the pass."""
-        return not self.skip_first
-
     def validate(self, model) -> None:
-        sae = sae_for(self.sae, self.sha256, model)
+        sae = load_sae(self.sae, model=model, sha256=self.sha256, cached=True)
         check_range("latent", self.latent, sae.cfg.d_sae)
         if not isinstance(self.value, (int, float)) or self.value != self.value:
             raise InputError(f"Clamp value must be a number, not {self.value!r}.")
 
     def hooks(self, model) -> HookList:
-        sae = sae_for(self.sae, self.sha256, model)
+        sae = load_sae(self.sae, model=model, sha256=self.sha256, cached=True)
         i, value = self.latent, float(self.value)
 
         def clamp(act: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001
@@ -171,7 +153,7 @@ class SaeClamp(Data):
 
 @INTERVENTIONS.register("sae_splice")
 @dataclass(frozen=True)
-class SaeSplice(Data):
+class SaeSplice(_SkipFirst, Data):
     """Replace the activation by the SAE's reconstruction (plus the error term if asked)."""
 
     sae: str
@@ -179,16 +161,11 @@ class SaeSplice(Data):
     skip_first: bool = True
     sha256: str | None = None
 
-    @property
-    def positionwise(self) -> bool:
-        """Only without ``skip_first``: which position is first depends on the pass."""
-        return not self.skip_first
-
     def validate(self, model) -> None:
-        sae_for(self.sae, self.sha256, model)
+        load_sae(self.sae, model=model, sha256=self.sha256, cached=True)
 
     def hooks(self, model) -> HookList:
-        sae = sae_for(self.sae, self.sha256, model)
+        sae = load_sae(self.sae, model=model, sha256=self.sha256, cached=True)
 
         def splice(act: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001
             s = _first(act.shape[1], self.skip_first)

@@ -51,15 +51,17 @@ class SteerVerifyResult(Result):
 @analysis(SteerVerifyParams)
 @torch.no_grad()
 def steer_verification(model, params: SteerVerifyParams) -> SteerVerifyResult:
-    from mechscope.analyses.neurons import NEUTRAL_PROMPTS, str_token
+    from mechscope.probes.readout import NEUTRAL_PROMPTS
+    from mechscope.probes.tokens import str_token
     from mechscope.probes.capture import run
     from mechscope.probes.models import model_id
     from mechscope.saes.features import logit_effects
-    from mechscope.saes.interventions import SaeSteer, sae_for
+    from mechscope.saes.interventions import SaeSteer
+    from mechscope.saes.store import load_sae
 
     if params.n < 1:
         raise InputError("n must be >= 1.")
-    sae = sae_for(params.sae, model=model)
+    sae = load_sae(params.sae, model=model, cached=True)
     hook = sae.cfg.metadata.hook_name
     le = logit_effects(model, sae, k=2)
     gap = le["top_logits"][:, 0] - le["top_logits"][:, 1]

@@ -17,7 +17,7 @@ sha256 of every shipped file and each SAE's eval summary.
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from mechscope.probes.checksums import sha256_file
 from mechscope.probes.errors import ChecksumError, InputError, ModelNotAvailableError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -34,26 +35,23 @@ WEIGHTS = "sae_weights.safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def export_dir(src: Path, dst: Path, dtype: torch.dtype = torch.float16) -> dict:
     """Copy an SAE-Lens SAE folder with its float tensors cast to ``dtype``; write checksums."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     src, dst = Path(src), Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     state = load_file(str(src / WEIGHTS))
     state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    return _write_folder(dst, state, json.loads((src / CFG).read_text()))
+
+
+def _write_folder(dst: Path, state: dict, cfg: dict) -> dict:
+    """Write an SAE-Lens folder (weights, cfg read as float32 on cpu) and its checksums."""
+    from safetensors.torch import save_file
+
     save_file(state, str(dst / WEIGHTS))
-    cfg = json.loads((src / CFG).read_text())
-    cfg["dtype"] = "float32"
-    cfg["device"] = "cpu"
+    cfg = {**cfg, "dtype": "float32", "device": "cpu"}
     (dst / CFG).write_text(json.dumps(cfg, indent=1, sort_keys=True) + "\n")
     sums = {name: sha256_file(dst / name) for name in (CFG, WEIGHTS)}
     (dst / "checksums.json").write_text(json.dumps(sums, indent=1) + "\n")
@@ -130,8 +128,35 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[Path, dict[str, str] | Non
                      "a folder with cfg.json + sae_weights.safetensors, or sae-lens:<release>/<sae_id>.")
 
 
-def load_sae(name_or_path: str | os.PathLike, device: str = "cpu"):
-    """A ``sae_lens.SAE`` (float32, eval mode) from a shipped name, folder or SAE-Lens release id."""
+def load_sae(name_or_path: str | os.PathLike, device: str | None = None, *, model=None,
+             sha256: str | None = None, cached: bool = False):
+    """A ``sae_lens.SAE`` (float32, eval mode) from a shipped name, folder or SAE-Lens release id.
+
+    ``model``: check that the SAE fits it (hook point, width) and put it on the model's device.
+    ``sha256``: also pin the digest of the weights file. ``cached``: share one process-wide
+    copy per name (what interventions use: their hooks are rebuilt on every run); a cached
+    SAE is moved, not copied, to the device asked for.
+    """
+    sae = _cached_sae(str(name_or_path)) if cached else _read_sae(name_or_path, device or "cpu")
+    if sha256:
+        path, _ = resolve(name_or_path)
+        actual = sha256_file(path / WEIGHTS)
+        if actual != sha256:
+            raise InputError(f"SAE {str(name_or_path)!r} weights have sha256 {actual[:12]}…, not the pinned {sha256[:12]}….")
+    if model is not None:
+        check_fits(sae, model)
+        device = device or model.cfg.device
+    if device is not None and str(sae.W_dec.device) != str(torch.device(device)):
+        sae = sae.to(device)
+    return sae
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_sae(name: str):
+    return _read_sae(name, "cpu")
+
+
+def _read_sae(name_or_path: str | os.PathLike, device: str):
     text = str(name_or_path).strip()
     if text.startswith("sae-lens:"):
         return _load_pretrained(text.removeprefix("sae-lens:"), device)
@@ -212,9 +237,8 @@ def shipped_for_layer(layer: int, model_name: str = "smollm2-135m", point: str =
 
 def import_packed(packed: Path, dst: Path) -> dict:
     """A one-file SAE (fp16 safetensors with SAE-Lens' cfg.json in its metadata, as
-    ``saes.gpu_run`` writes it) -> an SAE-Lens folder with checksums. Tensors are copied as is."""
+    ``benchmarks/gpu_saes.py`` writes it) -> an SAE-Lens folder with checksums. Tensors are copied as is."""
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     packed, dst = Path(packed), Path(dst)
     with safe_open(str(packed), framework="pt") as f:
@@ -223,11 +247,4 @@ def import_packed(packed: Path, dst: Path) -> dict:
     if "cfg" not in meta:
         raise InputError(f"{packed} carries no SAE-Lens cfg in its metadata.")
     dst.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(dst / WEIGHTS))
-    cfg = json.loads(meta["cfg"])
-    cfg["dtype"] = "float32"
-    cfg["device"] = "cpu"
-    (dst / CFG).write_text(json.dumps(cfg, indent=1, sort_keys=True) + "\n")
-    sums = {name: sha256_file(dst / name) for name in (CFG, WEIGHTS)}
-    (dst / "checksums.json").write_text(json.dumps(sums, indent=1) + "\n")
-    return sums
+    return _write_folder(dst, state, json.loads(meta["cfg"]))

@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from mechscope.probes import hooknames
 from mechscope.probes.errors import InputError
 
 ARCHITECTURES = ("topk", "batchtopk", "jumprelu")
@@ -60,7 +60,7 @@ class TrainSpec:
     extra: tuple[tuple[str, int], ...] = ()  # (architecture, layer) SAEs trained alongside
 
     def hook(self, layer: int) -> str:
-        return f"blocks.{layer}.hook_{self.point}"
+        return hooknames.name(self.point, layer)
 
     def validate(self, n_layers: int | None = None) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -264,7 +264,7 @@ def load_model_for_training(gguf: Path | None, device: str):
         model, _ = load("smollm2-135m", device=device)
         return model
     from mechscope.probes.smollm2 import SMOLLM2_SHA256, smollm2_from_gguf
-    from mechscope.probes.weights_cache import verify_sha256
+    from mechscope.probes.checksums import verify_sha256
 
     verify_sha256(Path(gguf), SMOLLM2_SHA256)
     model = smollm2_from_gguf(Path(gguf), device, torch.float32)
@@ -272,16 +272,9 @@ def load_model_for_training(gguf: Path | None, device: str):
     return model
 
 
-def parse_layers(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in str(text).split(",") if x.strip())
-    except ValueError:
-        raise InputError(f"Layers must be comma-separated integers, got {text!r}.") from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="saes.train", description="Train residual-stream SAEs with SAE-Lens.")
-    ap.add_argument("--layers", default="0,6,12,18,24,29")
+    ap.add_argument("--layers", default="0,6,12,18,24,29", help="layers such as 0,6,12 or 0-3")
     ap.add_argument("--arch", default="batchtopk", choices=ARCHITECTURES)
     ap.add_argument("--extra", default="", help="more SAEs from the same forward: arch:layer,arch:layer")
     ap.add_argument("--d-sae", type=int, default=4096)
@@ -298,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     extra = tuple((a.split(":")[0], int(a.split(":")[1])) for a in args.extra.split(",") if a.strip())
-    spec = TrainSpec(layers=parse_layers(args.layers), architecture=args.arch, d_sae=args.d_sae, k=args.k,
+    spec = TrainSpec(layers=tuple(hooknames.parse_layers(args.layers) or ()), architecture=args.arch, d_sae=args.d_sae, k=args.k,
                      training_tokens=int(args.tokens), lr=args.lr, extra=extra)
     spec.validate()
     est = estimate_seconds(spec, device=args.device)

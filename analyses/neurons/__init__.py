@@ -1,6 +1,6 @@
 """MLP neurons read through the unembedding, their activity, and clamp verification.
 
-One module per job: ``common`` (methods, directions, unembedding), ``decode``, ``search``,
+One module per job: ``common`` (methods, directions), ``decode``, ``search``,
 ``activity`` and ``clamp``; this package re-exports their public names.
 
 * :func:`decode_neurons` — every neuron of every layer pushed through the LM head (Davies et
@@ -47,7 +47,6 @@ from __future__ import annotations
 from mechscope.analyses.neurons.common import (  # noqa: F401
     Direction,
     METHODS,
-    Norm,
     context,
     encode_texts,
     method_label,
@@ -55,15 +54,12 @@ from mechscope.analyses.neurons.common import (  # noqa: F401
     resolve_method,
     resolve_texts,
     str_token,
-    unembedding,
 )
 from mechscope.analyses.neurons.decode import (  # noqa: F401
     DecodeParams,
     NeuronDecodeResult,
-    decode_directions,
     decode_neurons,
     method_agreement,
-    topk_both,
 )
 from mechscope.analyses.neurons.search import (  # noqa: F401
     NeuronSearchResult,
@@ -81,6 +77,12 @@ from mechscope.analyses.neurons.activity import (  # noqa: F401
 from mechscope.analyses.neurons.clamp import (  # noqa: F401
     ClampParams,
     ClampVerificationResult,
-    NEUTRAL_PROMPTS,
     clamp_verification,
+)
+from mechscope.probes.readout import (  # noqa: F401  (direction readout lives in probes)
+    NEUTRAL_PROMPTS,
+    Norm,
+    decode_directions,
+    topk_both,
+    unembedding,
 )

@@ -10,25 +10,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mechscope.analyses.neurons.common import METHODS, method_label, neuron_directions, unembedding
+from mechscope.analyses.neurons.common import METHODS, method_label, neuron_directions
 from mechscope.analyses.neurons.decode import NeuronDecodeResult, decode_neurons
 from mechscope.probes import hooknames
 from mechscope.probes.errors import InputError, check_range
 from mechscope.probes.models import model_id
+from mechscope.probes.readout import NEUTRAL_PROMPTS, unembedding
 from mechscope.probes.results import Params, Result, analysis
+from mechscope.probes.stats import bootstrap_ci
 from mechscope.probes.tokens import str_token
-
-
-NEUTRAL_PROMPTS = [
-    "The",
-    "I think that",
-    "Here is a short story:",
-    "Yesterday we",
-    "It is important to",
-    "She said that the",
-    "In the morning",
-    "This is a",
-]
 
 
 @dataclass(frozen=True)
@@ -161,10 +151,9 @@ def clamp_verification(model, params: ClampParams, decoded: NeuronDecodeResult |
                      "prompts_up": float((d > p.min_delta_p).float().mean()),
                      "top1_after": float((p1.argmax(-1) == tgt).float().mean())})
     table = pd.DataFrame(rows)
-    from mechscope.analyses.act import bootstrap_ci
 
     over = table["over_control"].to_numpy()
-    ci = bootstrap_ci(over, seed=p.seed) if len(over) > 1 else (float(over[0]), float(over[0]))
+    ci = bootstrap_ci(over, n_boot=2000, seed=p.seed)[1:] if len(over) > 1 else (float(over[0]), float(over[0]))
     return ClampVerificationResult(
         model_id=model_id(model), params=params, table=table,
         fraction_up=float((table["delta_p"] > p.min_delta_p).mean()),

@@ -1,5 +1,6 @@
-"""What every neuron analysis shares: the named labelling methods, neuron directions, the
-unembedding with or without the final norm's γ, and text-set helpers."""
+"""What every neuron analysis shares: the named labelling methods, neuron directions
+and text-set helpers (the unembedding, with or without the final norm's γ, is
+``probes.readout.unembedding``)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,6 @@ def method_label(method: str, direction: str, norm: str) -> str:
     return f"custom ({direction} → {'final norm γ → ' if norm == 'final' else ''}unembedding)"
 
 
-Norm = Literal["final", "raw"]
 Direction = Literal["out", "up", "gate"]
 
 
@@ -72,11 +72,6 @@ def neuron_directions(model, layer: int, direction: Direction = "out") -> torch.
     return w.detach().float()
 
 
-def final_gamma(model) -> torch.Tensor | None:
-    w = getattr(getattr(model, "ln_final", None), "w", None)
-    return None if w is None else w.detach().float()
-
-
 def layer_matvec(model, layer: int, direction: str, v: torch.Tensor) -> torch.Tensor:
     """[d_mlp]: every neuron direction of ``layer`` dotted with ``v`` (no copies)."""
     mlp = model.blocks[layer].mlp
@@ -84,19 +79,6 @@ def layer_matvec(model, layer: int, direction: str, v: torch.Tensor) -> torch.Te
         return mlp.W_out.detach().float() @ v
     W = mlp.W_in if direction == "up" else mlp.W_gate
     return v @ W.detach().float()
-
-
-def unembedding(model, norm: Norm = "final") -> torch.Tensor:
-    """[d_model, d_vocab] float32: W_U, with the final norm's weight γ folded in for
-    ``norm="final"`` (rows scaled by γ). Bias-free, see the module docstring."""
-    W = model.W_U.detach().float()
-    if norm == "final":
-        ln = getattr(model, "ln_final", None)
-        w = getattr(ln, "w", None)
-        if w is not None:
-            W = W * w.detach().float()[:, None]
-    return W.contiguous()
-
 
 
 def encode_texts(model, texts: Sequence, max_tokens: int | None) -> list[torch.Tensor]:

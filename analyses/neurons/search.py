@@ -10,7 +10,6 @@ import torch
 
 from mechscope.analyses.neurons.common import (
     check_norm_direction,
-    final_gamma,
     layer_matvec,
     method_label,
     neuron_directions,
@@ -18,6 +17,7 @@ from mechscope.analyses.neurons.common import (
 )
 from mechscope.probes.errors import InputError, check_range
 from mechscope.probes.models import model_id
+from mechscope.probes.readout import final_gamma
 from mechscope.probes.results import Params, Result, analysis
 from mechscope.probes.tokens import str_tokens, token_ids
 

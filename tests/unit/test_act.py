@@ -125,10 +125,10 @@ def test_search_shortcut_equals_full_scoring(tiny4):
 
 
 def test_bootstrap_ci_brackets_mean():
-    from mechscope.analyses.act import bootstrap_ci
+    from mechscope.probes.stats import bootstrap_ci
 
     x = torch.randn(200, generator=torch.Generator().manual_seed(0)).numpy() + 1.0
-    lo, hi = bootstrap_ci(x)
+    _, lo, hi = bootstrap_ci(x, n_boot=2000)  # ACT's resample count
     assert lo < x.mean() < hi and hi - lo < 0.6 and lo > 0.5
 
 

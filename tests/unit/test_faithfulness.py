@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from mechscope.analyses.faithfulness import bootstrap_ci, is_faithful, load_items
+from mechscope.analyses.faithfulness import is_faithful, load_items
 from mechscope.probes.errors import InputError
+from mechscope.probes.stats import bootstrap_ci
 
 ITEM = {"context": "In this story, the capital of France is Lyon.", "question": "What is the capital of France?",
         "answer": "Lyon", "prior": "Paris"}

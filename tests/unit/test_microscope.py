@@ -12,7 +12,6 @@ from mechscope.analyses.microscope import (
     anisotropy,
     linearity_score,
     microscope,
-    token_class,
     token_nonlinearity,
     twonn_dimension,
 )
@@ -171,11 +170,13 @@ def test_twonn_drops_duplicates_and_rejects_tiny_input():
         twonn_dimension(np.zeros((2, 3)))
 
 
-def test_token_class():
-    assert token_class(",") == "punctuation"
-    assert token_class(" the") == "stop word"
-    assert token_class(" 1999") == "number"
-    assert token_class(" house") == "other"
+def test_lexical_class():
+    from mechscope.probes.lexical import lexical_class
+
+    assert lexical_class(",") == "punctuation"
+    assert lexical_class(" the") == "stop word"
+    assert lexical_class(" 1999") == "number"
+    assert lexical_class(" house") == "other"
 
 
 def test_microscope_on_tiny_model(tmp_path):

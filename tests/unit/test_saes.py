@@ -402,3 +402,22 @@ def test_sae_commands_take_model_device_and_never_overwrite_a_folder(tmp_path, c
         assert main([*cmd, "--model", "no-such-model", "--out", str(thesis)]) == 2
         assert "holds no saved result" in capsys.readouterr().err
     assert [p.name for p in thesis.iterdir()] == ["chapter.tex"] and (thesis / "chapter.tex").read_text() == "mine"
+
+
+def test_one_loader_pins_checks_fit_and_caches(tiny_sae):
+    """``load_sae`` is the one loader: a pinned digest, the fit to a model, one cached copy."""
+    import hashlib
+    from pathlib import Path
+
+    from mechscope.saes.interventions import sae_for
+
+    digest = hashlib.sha256((Path(tiny_sae) / store.WEIGHTS).read_bytes()).hexdigest()
+    model = tiny_model(d_model=32, n_heads=4, d_head=8)
+    a = store.load_sae(tiny_sae, model=model, sha256=digest, cached=True)
+    assert store.load_sae(tiny_sae, cached=True) is a and sae_for(tiny_sae) is a
+    assert store.load_sae(tiny_sae) is not a  # uncached: a fresh copy, same weights
+    assert torch.equal(store.load_sae(tiny_sae).W_dec, a.W_dec)
+    with pytest.raises(InputError, match="sha256"):
+        store.load_sae(tiny_sae, sha256="0" * 64)
+    with pytest.raises(InputError, match="d_model"):
+        store.load_sae(tiny_sae, model=tiny_model(d_model=16, n_heads=2, d_head=8))

