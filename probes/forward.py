@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from transformer_lens.utilities.activation_functions import apply_softcap
 
-from mechscope.probes.fused_attention import any_hooked
+from mechscope.probes.module_state import any_hooked
 
 
 def reads_final_positions(model) -> bool:

@@ -77,11 +77,12 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch.nn.modules import module as _nn_module
 
 from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
 from transformer_lens.hook_points import HookPoint
 
+from mechscope.probes import fused_block
+from mechscope.probes.module_state import any_hooked, nonzero_bias
 from mechscope.probes.errors import MechscopeError
 
 _NORMS = (LayerNorm, LayerNormPre, RMSNorm, RMSNormPre)
@@ -200,8 +201,6 @@ def install(model, enabled: bool | None = None) -> FusedState:
             ln._mechscope_fused = state
             ln._mechscope_points = [m for m in ln.modules() if isinstance(m, HookPoint)]
             ln.forward = types.MethodType(_norm_forward, ln)
-    from mechscope.probes import fused_block  # the block around it (imports this module)
-
     fused_block.install(model, state)
     return state
 
@@ -215,8 +214,6 @@ def uninstall(model) -> None:
             for name in names:
                 if module is not None:
                     module.__dict__.pop(name, None)
-    from mechscope.probes import fused_block
-
     fused_block.uninstall(model)
     model.__dict__.pop("_mechscope_fused", None)
 
@@ -344,17 +341,6 @@ def _norm_forward(self, x):
     return out
 
 
-def any_hooked(modules) -> bool:
-    """Whether any of ``modules`` (hook points or other modules) has a hook of its own, or a
-    global module hook is registered: then its forward must run as TransformerLens wrote it."""
-    return any(
-        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in modules
-    ) or bool(
-        _nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks
-        or _nn_module._global_backward_hooks or _nn_module._global_backward_pre_hooks
-    )
-
-
 def _hook(point, x: torch.Tensor) -> torch.Tensor:
     """``point(x)`` — skipped when the hook point has no hook at all (its forward is the
     identity, so the result is the same tensor)."""
@@ -397,17 +383,6 @@ def _qkv(self, query_input, key_input, value_input):
         q = self._apply_qk_norm(q, self.q_norm)
         k = self._apply_qk_norm(k, self.k_norm)
     return q, k, v
-
-
-def nonzero_bias(b: torch.Tensor) -> torch.Tensor | None:
-    """``b``, or None when every entry is zero (adding 0.0 changes no value; checked again
-    after any in-place edit of ``b``)."""
-    key = (b.data_ptr(), b._version)
-    memo = getattr(b, "_mechscope_zero", None)
-    if memo is None or memo[0] != key:
-        memo = (key, not bool(b.detach().any()))
-        b._mechscope_zero = memo
-    return None if memo[1] else b
 
 
 def _linear(x, w, b):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformer_lens.hook_points import HookPoint
 
-from mechscope.probes.fused_attention import any_hooked, nonzero_bias
+from mechscope.probes.module_state import any_hooked, nonzero_bias
 
 
 def unsupported_reason(block) -> str | None:
