@@ -44,10 +44,10 @@ class TrainSpec:
     """Hyper-parameters of one multi-layer training run (all SAEs share them)."""
 
     layers: tuple[int, ...] = (0, 6, 12, 18, 24, 29)
-    architecture: str = "batchtopk"
+    architecture: str = "topk"  # what ships: best of the three at equal L0 (saes/TRAINING.md)
     d_sae: int = 4096
     k: int = 60  # TopK/BatchTopK k; JumpReLU target L0
-    training_tokens: int = 30_000_000
+    training_tokens: int = 20_000_000
     batch_tokens: int = 4096
     lr: float = 4e-4
     warmup_steps: int = 500
@@ -273,14 +273,15 @@ def load_model_for_training(gguf: Path | None, device: str):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    d = TrainSpec()  # every default from the spec
     ap = argparse.ArgumentParser(prog="saes.train", description="Train residual-stream SAEs with SAE-Lens.")
-    ap.add_argument("--layers", default="0,6,12,18,24,29", help="layers such as 0,6,12 or 0-3")
-    ap.add_argument("--arch", default="batchtopk", choices=ARCHITECTURES)
+    ap.add_argument("--layers", default=",".join(map(str, d.layers)), help="layers such as 0,6,12 or 0-3")
+    ap.add_argument("--arch", default=d.architecture, choices=ARCHITECTURES)
     ap.add_argument("--extra", default="", help="more SAEs from the same forward: arch:layer,arch:layer")
-    ap.add_argument("--d-sae", type=int, default=4096)
-    ap.add_argument("--k", type=int, default=60)
-    ap.add_argument("--tokens", type=float, default=30e6)
-    ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--d-sae", type=int, default=d.d_sae)
+    ap.add_argument("--k", type=int, default=d.k)
+    ap.add_argument("--tokens", type=float, default=float(d.training_tokens))
+    ap.add_argument("--lr", type=float, default=d.lr)
     ap.add_argument("--corpus", type=Path, default=None, help="folder of data/sae_corpus.py output")
     ap.add_argument("--rows", type=Path, default=None, help="a raw uint16 rows file instead of --corpus")
     ap.add_argument("--gguf", type=Path, default=None)
