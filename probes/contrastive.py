@@ -76,11 +76,9 @@ def check_alpha_k(alpha, k) -> None:
         raise InputError(f"Contrastive search k must be an integer >= 1, not {k!r}.")
 
 
-# Device types on which the shared row is used where it is exact. Measured (benchmarks/RESULTS.md,
-# wave 6), k = 4 against greedy: on the CPU 1.44× / 1.27× / 1.10× after 16 / 340 / 1,000 prompt
-# tokens (k rows: 1.73× / 1.98× / 1.86×); on an H100 1.22× / 1.35× / 1.37× after 16 / 1,000 /
-# 4,000 (k rows: 0.99× / 1.19× / 1.30×) — there a step costs its kernel launches, not the cache
-# reads, and the shared row's hooks add launches.
+# Device types on which the shared row is used where it is exact: on the CPU a step costs its
+# cache reads, which the shared row saves; on a GPU it costs kernel launches, which the shared
+# row's hooks add (timings: benchmarks/RESULTS.md, "Contrastive search vs greedy").
 SHARED_ROW_DEVICES = ("cpu",)
 
 

@@ -1,4 +1,4 @@
-"""Head→head edges: path patching (ground truth) and edge attribution (EAP / EAP-IG) (issue 11).
+"""Head→head edges: path patching (ground truth) and edge attribution (EAP / EAP-IG).
 
 An edge s→r joins a sender head s (layer ls) to a receiver head r (layer lr > ls) through the
 residual stream. Replacing s's output by its source-run value changes the residual of every later

@@ -1,4 +1,4 @@
-"""Circuit discovery on the embedded SmolLM2 (issue 11): the shipped tasks are tasks the model
+"""Circuit discovery on the embedded SmolLM2: the shipped tasks are tasks the model
 does, the batched patching sweep equals one-head-at-a-time patching on the real model (GQA:
 9 query heads on 3 K/V heads), and the CLI / bad input paths."""
 

@@ -1,5 +1,5 @@
 """Every registered analysis, run through the CLI's save path on the embedded model with
-small parameters, re-runs from its saved folder to an equal table (issue 7). A new analysis
+small parameters, re-runs from its saved folder to an equal table. A new analysis
 without a case here fails ``test_every_analysis_has_a_case``."""
 
 from __future__ import annotations

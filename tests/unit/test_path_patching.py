@@ -1,4 +1,4 @@
-"""Head→head edges (issue 11): path patching and edge attribution on hand-wired models whose
+"""Head→head edges: path patching and edge attribution on hand-wired models whose
 edges are known, a linear toy where attribution is exact, an independent un-batched path
 patching on a GQA model, and bad input."""
 
