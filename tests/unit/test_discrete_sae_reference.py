@@ -126,8 +126,9 @@ def test_compare_table_reports_the_reference_edge_auc_as_a_node_auc_and_labels_t
     # negatives {2, 0}: of the 4 (positive, negative) pairs 3 won and 1 tied → AUC 3.5 / 4
     p = CircuitCompareParams(task="docstring", thresholds=(0.1,), edge_top_n=0)
     methods = ("patching", "discrete_sae")
-    res = CircuitCompareResult("toy", p, methods, np.stack([np.abs(truth), np.zeros((2, 2))]), truth, np.zeros(2),
-                               counts, ("",) * 4, {}, {}, pd.DataFrame(), {}, 3)
+    res = CircuitCompareResult(model_id="toy", params=p, methods=methods, scores=np.stack([np.abs(truth), np.zeros((2, 2))]),
+                               truth=truth, mlp=np.zeros(2), edge_counts=counts, top_codes=("",) * 4, seconds={}, passes={},
+                               faithfulness=pd.DataFrame(), check={}, n_used=3)
     np.testing.assert_array_equal(res.pair_node_scores(), [[4, 2], [2, 0]])
     tab = res.auc_table(anchors=True)
     ours = tab[tab.method == "discrete_sae"]

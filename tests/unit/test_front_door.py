@@ -28,3 +28,18 @@ def test_front_door_capture_and_intervene(tiny, tmp_path):
         masked = tiny(torch.tensor([[1, 2, 3, 4]]))
     assert not torch.allclose(masked, logits)
     assert torch.allclose(tiny(torch.tensor([[1, 2, 3, 4]])), logits)  # nothing left behind
+
+
+def test_every_subpackage_is_listed_for_the_wheel():
+    """pyproject's explicit package list (the folders map onto ``mechscope.*``) names every
+    folder with an ``__init__.py``: a new subpackage left out would be missing from the wheel."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"mechscope"} | {
+        "mechscope." + ".".join(init.parent.relative_to(root).parts)
+        for top in ("app", "probes", "analyses", "saes", "data") for init in (root / top).rglob("__init__.py")
+    }
+    assert found == listed, f"missing {sorted(found - listed)}, stale {sorted(listed - found)}"

@@ -239,7 +239,7 @@ def test_compare_edges_scores_and_aucs_on_the_planted_path(tmp_path):
     scores, edge ROC-AUC beside node AUC, the graph's edge matrix, and a save/load round trip."""
     import pandas as pd
 
-    from mechscope.analyses.circuits import CircuitCompareParams, CircuitCompareResult, edge_ground_truth_and_scores
+    from mechscope.analyses.circuits import CircuitCompareParams, CircuitCompareResult, NodeScores, edge_ground_truth_and_scores
     from mechscope.probes.results import Result
 
     m = two_head_path_model()
@@ -250,16 +250,19 @@ def test_compare_edges_scores_and_aucs_on_the_planted_path(tmp_path):
     sae[0, 2] = sae[2, 0] = 1.0  # the discrete SAE's co-occurrence, hand-made: A–B only
     p = CircuitCompareParams(task="ioi", thresholds=(0.01, 0.5), edge_top_n=4, ig_steps=3, edge_inputs=("qkv", "q"))
     seconds, passes = {}, {}
-    flat, edge_truth, scores = edge_ground_truth_and_scores(m, pairs, p, truth, sae, seconds, passes)
+    runs = {"discrete_sae": NodeScores(scores=np.zeros_like(truth), passes={}, edge_counts=sae)}
+    flat, edge_truth, scores = edge_ground_truth_and_scores(m, pairs, p, truth, runs, seconds, passes)
     names = [(int(a), int(b)) for a, b in flat]
     assert sorted(names) == [(0, 2), (0, 3), (1, 2), (1, 3)]  # flat index = layer × 2 + head
     ab = names.index((0, 2))
     assert edge_truth[0, ab] > 0.5 and np.abs(edge_truth[1]).max() < 1e-12  # no query path into B
     assert set(seconds) == {"patching_edges", "attribution_patching_edges", "eap_ig_edges"}
     methods = ("patching", "attribution_patching", "eap_ig", "discrete_sae")
-    res = CircuitCompareResult("toy", p, methods, np.stack([np.abs(truth)] * 4), truth, np.zeros(2), sae, ("",) * 4,
-                               {"patching": 1.0, **seconds}, {"patching": {}, **passes}, pd.DataFrame({"method": ["eap_ig"], "size": [1], "mode": ["keep"], "recovered": [0.5]}), {}, 10,
-                               flat, edge_truth, np.stack([scores[k] for k in methods]))
+    res = CircuitCompareResult(
+        model_id="toy", params=p, methods=methods, scores=np.stack([np.abs(truth)] * 4), truth=truth, mlp=np.zeros(2),
+        edge_counts=sae, top_codes=("",) * 4, seconds={"patching": 1.0, **seconds}, passes={"patching": {}, **passes},
+        faithfulness=pd.DataFrame({"method": ["eap_ig"], "size": [1], "mode": ["keep"], "recovered": [0.5]}),
+        check={}, n_used=10, edges=flat, edge_truth=edge_truth, edge_scores=np.stack([scores[k] for k in methods]))
     tab = res.auc_table(anchors=True)
     ours = tab[tab.threshold == 0.5]
     assert (ours.gt_edges == 1).all() and (ours.n_edges == 4).all()
@@ -275,3 +278,52 @@ def test_compare_edges_scores_and_aucs_on_the_planted_path(tmp_path):
     back = Result.load(res.save(tmp_path / "r"))
     np.testing.assert_array_equal(back.edges, flat)
     np.testing.assert_array_equal(back.edge_truth, edge_truth)
+
+
+def test_a_registered_method_is_compared_on_nodes_edges_faithfulness_and_timing(monkeypatch):
+    """Adding a method to circuit_compare is one registration: an oracle scoring the wired heads
+    A and B (and the edge A→B) 1 and everything else 0 gets node and edge AUC 1 against the
+    patching ground truth at 0.5 (A and B alone; A→B alone), faithfulness rows equal to those of
+    any ranking with the same top 2, and its own timing."""
+    from mechscope.analyses.circuits import CircuitCompareParams, compare, methods
+
+    m = two_head_path_model()
+    pairs = marker_pairs(m)
+
+    def nodes(model, pairs, params, progress=None):
+        s = np.zeros((2, 2))
+        s[A] = s[B] = 1.0
+        return methods.NodeScores(scores=s, passes={"forward_prompt_sets": 0})
+
+    def edges(model, pairs, params, edge_list, flat, run=None, progress=None):
+        return methods.EdgeScores(scores=np.array([float(e == (A, B)) for e in edge_list]), passes={"forward_prompt_sets": 0})
+
+    monkeypatch.setitem(methods.METHODS, "oracle", methods.CircuitMethod("oracle", "the wired heads", nodes, edges))
+    monkeypatch.setattr(compare, "positive_pairs", lambda model, task, n: (pairs, {"frac_positive": 1.0, "mean_ld_clean": 1.0}))
+    p = CircuitCompareParams(task="ioi", n_prompts=10, batch_size=5, thresholds=(0.5,), ig_steps=2, n_latents=8, epochs=20,
+                             sizes=(2,), edge_top_n=4)
+    res = compare.circuit_compare(m, p)
+    assert res.methods == ("patching", "attribution_patching", "eap_ig", "discrete_sae", "oracle")
+    gt = np.abs(res.truth) >= 0.5
+    assert gt[A] and gt[B] and gt.sum() == 2
+    np.testing.assert_array_equal(res.scores[-1], [[1, 0], [1, 0]])
+    tab = res.auc_table().set_index("method")
+    assert tab.loc["oracle", "node_auc"] == 1.0 and tab.loc["oracle", "edge_auc"] == 1.0
+    assert {"oracle", "oracle_edges"} <= set(res.seconds) and res.passes["oracle_edges"] == {"forward_prompt_sets": 0}
+    faith = res.faithfulness.set_index(["method", "mode"])
+    patch_top2 = set(np.argsort(-res.scores[0].ravel(), kind="stable")[:2].tolist())
+    assert patch_top2 == {0, 2}  # A, B: the ground truth ranks the same two heads first
+    for mode in ("keep", "ablate"):
+        assert faith.loc[("oracle", mode), "recovered"] == faith.loc[("patching", mode), "recovered"]
+
+
+def test_the_registry_holds_the_compared_methods_with_one_ground_truth():
+    from mechscope.analyses.circuits import METHODS, CircuitMethod, ground_truth, register
+
+    assert list(METHODS) == ["patching", "attribution_patching", "eap_ig", "discrete_sae"]
+    assert ground_truth() is METHODS["patching"] and sum(m.ground_truth for m in METHODS.values()) == 1
+    with pytest.raises(ValueError, match="registered twice"):
+        register(METHODS["eap_ig"])
+    with pytest.raises(ValueError, match="Only one"):
+        register(CircuitMethod("another_truth", "", METHODS["patching"].nodes, METHODS["patching"].edges, ground_truth=True))
+    assert "another_truth" not in METHODS
