@@ -3,7 +3,7 @@ context (retrieval heads) and which do with sinks + a recent window (streaming h
 
 Training, as in mit-han-lab/duo-attention (``duo_attn/train.py``): every KV head gets a gate
 α (init 1); the gated model (:mod:`probes.duo`) is distilled towards the unmodified model
-on synthetic multi-passkey retrieval samples (:mod:`analyses.passkey`):
+on synthetic multi-passkey retrieval samples (:mod:`probes.passkey`):
 
     loss = mean over supervised positions of mean_d (h_gated − h_full)²  +  λ · mean |α|
 
@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mechscope.analyses.passkey import PasskeySample, passkey_samples
+from mechscope.probes.passkey import PasskeySample, passkey_samples
 from mechscope.probes.duo import FULL_BRANCHES, check_window, final_hidden, gate_hooks, z_capture_hooks
 from mechscope.probes.errors import InputError
 from mechscope.probes.interventions import applied
@@ -181,7 +181,7 @@ def grouped_max(head_scores: np.ndarray, group: int) -> np.ndarray:
 
 def gate_score_spearman(gates: np.ndarray, head_scores: np.ndarray, group: int) -> float:
     """Spearman rank correlation of the gates with the KV-grouped max retrieval score."""
-    from mechscope.analyses.retrieval import spearman
+    from mechscope.probes.stats import spearman
 
     kv = grouped_max(head_scores, group)
     if kv.shape != np.asarray(gates).shape:

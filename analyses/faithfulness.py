@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from mechscope.analyses.niah import resolve_format, response_text
+from mechscope.probes.niah import resolve_format, response_text
 from mechscope.probes.datasets import load_task
 from mechscope.probes.decoding import generate
 from mechscope.probes.tokens import encode
@@ -53,7 +53,7 @@ def evaluate(model, strategies: dict, items: Sequence[dict] | None = None, max_n
              prompt_format: str = "auto", progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
     """{strategy label: [n_items] 0/1 faithful} decoding each item with each strategy
     (stops at a newline token or EOS)."""
-    from mechscope.analyses.niah import newline_ids
+    from mechscope.probes.niah import newline_ids
 
     items = load_items() if items is None else list(items)
     out = {k: np.zeros(len(items)) for k in strategies}

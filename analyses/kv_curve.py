@@ -21,7 +21,7 @@ from typing import Callable, ClassVar, Literal
 import numpy as np
 import pandas as pd
 
-from mechscope.analyses.niah import GridParams, NiahAnswer, grid_tests, newline_ids, response_text
+from mechscope.probes.niah import GridParams, NiahAnswer, grid_tests, newline_ids, response_text
 from mechscope.probes.batched_greedy import greedy_rows
 from mechscope.probes.errors import InputError
 from mechscope.probes.models import model_id

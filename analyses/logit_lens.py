@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mechscope.analyses.next_token import DEFAULT_PROMPT, normalise_prompt, prompt_ids
+from mechscope.probes.prompts import DEFAULT_PROMPT, normalise_prompt, prompt_ids
 from mechscope.probes import hooknames
 from mechscope.probes.errors import InputError
 from mechscope.probes.models import model_id

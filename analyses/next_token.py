@@ -19,20 +19,8 @@ from mechscope.probes import capture, hooknames
 from mechscope.probes.errors import InputError, check_range
 from mechscope.probes.models import model_id
 from mechscope.probes.results import Params, Result, analysis
-from mechscope.probes.tokens import encode, str_tokens
-
-DEFAULT_PROMPT = "The capital of France is"
-
-
-def _prompt_field(default: str = DEFAULT_PROMPT):
-    return field(default=default, metadata={"help": "the text (or token ids) to read"})
-
-
-def normalise_prompt(obj) -> None:
-    """Store a prompt given as a list of ids as a tuple (frozen, hashable, saved as data)."""
-    if not isinstance(obj.prompt, str):
-        object.__setattr__(obj, "prompt", tuple(int(i) for i in torch.as_tensor(obj.prompt).reshape(-1).tolist()))
-
+from mechscope.probes.prompts import _prompt_field, normalise_prompt, prompt_ids  # noqa: F401
+from mechscope.probes.tokens import str_tokens
 
 @dataclass(frozen=True)
 class NextTokenParams(Params):
@@ -59,16 +47,6 @@ class AttentionPatternParams(Params):
 
     def __post_init__(self):
         normalise_prompt(self)
-
-
-def prompt_ids(model, prompt, prepend_bos: bool | None = None) -> torch.Tensor:
-    """1-D token ids of ``prompt`` (text under the model's BOS policy, or ids as given)."""
-    if isinstance(prompt, str):
-        return encode(model, prompt, prepend_bos=prepend_bos)
-    ids = torch.as_tensor(prompt, dtype=torch.long).reshape(-1)
-    if ids.numel() == 0:
-        raise InputError("The prompt is empty: enter some text.")
-    return ids
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from mechscope.probes.models import model_id
 from mechscope.probes.results import Params, Result, analysis
 from mechscope.probes.tokens import str_tokens
 
-from mechscope.analyses.next_token import normalise_prompt, prompt_ids
+from mechscope.probes.prompts import normalise_prompt, prompt_ids
 
 TokenCallback = Callable[[str, int, str], None]  # (which: "baseline"|"intervened", token id, token text)
 

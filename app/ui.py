@@ -27,8 +27,8 @@ import streamlit as st
 
 from mechscope.probes.errors import InputError, MechscopeError
 from mechscope.probes.models import DEFAULT_MODEL, available_models, load
+from mechscope.probes.prompts import DEFAULT_PROMPT
 
-DEFAULT_PROMPT = "The capital of France is"
 PAGES_DIR = Path(__file__).resolve().parent / "pages"
 _PAGE_RE = re.compile(r"^(\d\d)_(\w+)\.py$")
 

@@ -36,7 +36,7 @@ RESULTS_HEADS = "L17H3,L18H6,L23H2,L18H7,L17H4,L23H7,L17H5,L21H8,L24H4"  # RESUL
 
 def run(args) -> str:
     from mechscope.analyses.duo_attention import DuoParams, duo_gates, gate_score_spearman, split_mse
-    from mechscope.analyses.passkey import passkey_samples
+    from mechscope.probes.passkey import passkey_samples
     from mechscope.app.specs import parse_heads
     from mechscope.probes.duo import final_hidden
     from mechscope.probes.interventions import applied

@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from mechscope.analyses.retrieval.params import THRESHOLD
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra = pd.Series(np.ravel(a)).rank().to_numpy()
-    rb = pd.Series(np.ravel(b)).rank().to_numpy()
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
+from mechscope.probes.stats import spearman  # noqa: F401  (re-exported)
 
 
 def jaccard(a: set, b: set) -> float:

@@ -6,7 +6,7 @@ from typing import Callable
 
 import numpy as np
 
-from mechscope.analyses.niah import NIAH_FORMATS, NiahAnswer, grid_tests, resolve_format, tests_frame
+from mechscope.probes.niah import NIAH_FORMATS, NiahAnswer, grid_tests, resolve_format, tests_frame
 from mechscope.analyses.retrieval.params import RetrievalParams
 from mechscope.analyses.retrieval.proxy import induction_scores
 from mechscope.analyses.retrieval.results import RetrievalResult

@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from mechscope.analyses.niah import GridParams, grid_tests
+from mechscope.probes.niah import GridParams, grid_tests
 from mechscope.analyses.retrieval.detection import retrieval_heads
 from mechscope.analyses.retrieval.params import MaskingParams, RetrievalParams
 from mechscope.analyses.retrieval.results import MaskingResult

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from mechscope.analyses.niah import GridParams
+from mechscope.probes.niah import GridParams
 from mechscope.probes.errors import InputError
 from mechscope.probes.interventions import check_scope
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mechscope.analyses.niah import grid_figure
+from mechscope.probes.niah import grid_figure
 from mechscope.analyses.retrieval.agreement import head_agreement, spearman
 from mechscope.analyses.retrieval.params import MaskingParams
 from mechscope.probes.results import Result

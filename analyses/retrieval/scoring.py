@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from mechscope.analyses.niah import NiahAnswer, NiahTest, Needle, answer, newline_ids, response_text
+from mechscope.probes.niah import NiahAnswer, NiahTest, Needle, answer, newline_ids, response_text
 from mechscope.probes.batched_greedy import greedy_rows, length_batches
 from mechscope.probes.capture import run as capture_run
 from mechscope.probes.errors import InputError

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mechscope.analyses.duo_attention import DuoParams, duo_gates
-from mechscope.analyses.passkey import passkey_samples
+from mechscope.probes.passkey import passkey_samples
 from tests import duo_objective
 
 pytestmark = pytest.mark.integration

@@ -29,14 +29,6 @@ ALLOWED = {
         # text loading and encoding move to probes with the one input pipeline
         "analyses.contextualisation",  # microscope.encode_text_set
         "analyses.isotropy",  # sinks.load_text_set, sinks.token_class
-        # helpers of niah / retrieval / passkey / next_token, which move to probes with their splits
-        "analyses.faithfulness",  # niah.resolve_format, response_text, newline_ids
-        "analyses.retrieval",  # niah's grid and answer helpers
-        "analyses.kv_curve",  # niah.grid_tests, newline_ids, response_text, NiahAnswer
-        "analyses.duo_attention",  # passkey.passkey_samples, PasskeySample; retrieval.spearman
-        "analyses.passkey",  # niah.haystack_ids
-        "analyses.playground",  # next_token.normalise_prompt, prompt_ids
-        "analyses.logit_lens",  # next_token.DEFAULT_PROMPT, normalise_prompt, prompt_ids
     },
 }
 

@@ -1,4 +1,4 @@
-"""DuoAttention gates (probes/duo.py, analyses/duo_attention.py, analyses/passkey.py):
+"""DuoAttention gates (probes/duo.py, analyses/duo_attention.py, probes/passkey.py):
 α = 1 is the unmodified model, α = 0 is pure sinks + window attention (checked against
 RazorAttention's eviction and a hand computation), only the gates get gradients, training
 follows the objective written out independently (tests/duo_objective.py: MSE of the final
@@ -23,7 +23,7 @@ from mechscope.analyses.duo_attention import (
     retrieval_kv_heads,
     train_gates,
 )
-from mechscope.analyses.passkey import make_sample
+from mechscope.probes.passkey import make_sample
 from mechscope.probes.duo import final_hidden, gate_hooks, streaming_mask, z_capture_hooks
 from mechscope.probes.errors import InputError
 from mechscope.probes.interventions import applied

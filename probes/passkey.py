@@ -1,7 +1,7 @@
 """Synthetic multi-passkey retrieval samples, DuoAttention's training data (Xiao et al.
 2024, ``MultiplePasskeyRetrievalDataset`` in mit-han-lab/duo-attention), written for this
 project: deterministic from a seed, haystack from the shipped long text
-(:func:`analyses.niah.haystack_ids`).
+(:func:`probes.niah.haystack_ids`).
 
 A sample is ``head + context + qa`` as token ids: ``head`` opens a book, ``context`` is a
 slice of the haystack with ``n_passkeys`` passkey sentences inserted at sorted random depths
@@ -87,7 +87,7 @@ def passkey_samples(model, n: int, lengths: tuple[int, int], n_passkeys: int, pa
     """``n`` samples for ``model``'s tokenizer, deterministic in ``seed``: sample i has a
     context length drawn from the grid :func:`context_lengths` (``n_lengths`` points over
     ``lengths``) and its own passkeys, depths and haystack slice."""
-    from mechscope.analyses.niah import haystack_ids
+    from mechscope.probes.niah import haystack_ids
     from mechscope.probes.tokens import text_ids
 
     lo, hi = lengths
