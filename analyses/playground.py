@@ -39,7 +39,7 @@ from mechscope.probes.decoding import (
 )
 from mechscope.probes.errors import InputError
 from mechscope.probes.interventions import Rows, applied, hooks_for
-from mechscope.probes.kv_policies import _Data
+from mechscope.probes.serial import Data
 from mechscope.probes.models import model_id
 from mechscope.probes.results import Params, Result, analysis
 from mechscope.probes.tokens import str_tokens
@@ -53,7 +53,7 @@ DEFAULT_PROMPT = "Once upon a time, there was a little robot who"
 
 @STRATEGIES.register("forced")
 @dataclass(frozen=True)
-class Forced(_Data):
+class Forced(Data):
     """A 'strategy' that replays given tokens, so ``generate`` reports their log-probs."""
 
     tokens: tuple[int, ...]

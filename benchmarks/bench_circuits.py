@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import machine_info, markdown_table, write_section
+from mechscope.probes.hooknames import head_label
 
 HEADING = "Circuit discovery"
 
@@ -132,7 +133,7 @@ def sae_diagnostics(model, pairs, res, p) -> tuple[list, list]:
     t = p.thresholds[len(p.thresholds) // 2]
     gt = [(l, h) for l in range(L) for h in range(H) if abs(res.truth[l, h]) >= t]
     for l, h in sorted(gt, key=lambda x: -rank[x])[:6]:
-        miss.append([p.task, f"L{l}H{h}", f"{res.truth[l, h]:+.2f}", int(rank[l, h]), int(ref[l, h]), int(div["mean"][l, h]),
+        miss.append([p.task, head_label(l, h), f"{res.truth[l, h]:+.2f}", int(rank[l, h]), int(ref[l, h]), int(div["mean"][l, h]),
                      int(div["last"][l, h])])
     return rows, miss
 

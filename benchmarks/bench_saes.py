@@ -45,11 +45,12 @@ def main(argv=None) -> int:
     from mechscope.probes.models import load
     from mechscope.probes.tokens import encode_batch
     from mechscope.saes.features import sae_features
-    from mechscope.saes.interventions import SaeSplice, sae_for
+    from mechscope.saes.interventions import SaeSplice
+    from mechscope.saes.store import load_sae
 
     model, _ = load()
     name = "smollm2-135m/resid-L12"
-    sae_for(name, model=model)
+    load_sae(name, model=model, cached=True)
     seqs = [t[:128].tolist() for t in encode_batch(model, load_texts("mixed")[:24])]
     n_tok = sum(len(s) for s in seqs)
     sae_features(model, sae=name, n_texts=2, max_tokens=32)  # warm-up

@@ -30,7 +30,6 @@ from mechscope.probes.interventions import Intervention, applied
 from mechscope.probes.serial import Data, Registry
 
 
-_Data = Data  # the former name of the mixin
 
 
 # ---------------------------------------------------------------------------------------

@@ -39,7 +39,6 @@ from mechscope.probes.covariance import CloudStats
 from mechscope.probes.errors import ChecksumError, InputError
 from mechscope.probes.interventions import INTERVENTIONS, Data, HookList
 
-_sha256 = sha256_file  # the former private name, still imported by a dashboard test
 
 METHODS = ("zca", "zipfian", "outlier_removal")
 

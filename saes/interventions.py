@@ -30,11 +30,6 @@ from mechscope.probes.interventions import INTERVENTIONS, Data, HookList
 from mechscope.saes.store import load_sae
 
 
-def sae_for(name: str, sha256: str | None = None, model=None):
-    """``load_sae(name, model=model, sha256=sha256, cached=True)``: the process-wide copy."""
-    return load_sae(name, model=model, sha256=sha256, cached=True)
-
-
 @torch.no_grad()
 def decoder_directions(sae, latents=None) -> torch.Tensor:
     """[n, d_in]: how the SAE's output moves per unit activation of each latent,

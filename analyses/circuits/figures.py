@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from mechscope.probes.hooknames import head_label
 
 
 def heatmap(values: np.ndarray, title: str):
@@ -46,7 +47,7 @@ def circuit_graph(scores: np.ndarray, edges: np.ndarray | None, effects: np.ndar
             t += f"<br>top codes {codes[int(i)]}"
         hover.append(t)
     fig.add_trace(go.Scatter(x=[xy[int(i)][0] for i in keep], y=[xy[int(i)][1] for i in keep], mode="markers+text",
-                             text=[f"L{int(i) // H}H{int(i) % H}" for i in keep], textposition="middle right",
+                             text=[head_label(int(i) // H, int(i) % H) for i in keep], textposition="middle right",
                              hovertext=hover, hoverinfo="text", showlegend=False,
                              marker={"size": [10 + 30 * flat[i] / (smax or 1) for i in keep], "color": "#d62728"}))
     fig.update_layout(title="Circuit (top heads by score; layers top to bottom)", xaxis={"title": "head", "range": [-0.5, H]},

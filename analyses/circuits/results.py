@@ -12,6 +12,7 @@ from mechscope.analyses.circuits.figures import circuit_graph, heatmap
 from mechscope.analyses.circuits.roc import roc_auc, roc_curve
 from mechscope.analyses.circuits.sae import SAE_METHOD
 from mechscope.probes.results import Result
+from mechscope.probes.hooknames import head_label
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class CircuitPatchResult(Result):
             L, H = self.heads.shape[1:]
             for l in range(L):
                 for h in range(H):
-                    rows.append({"direction": d, "node": f"L{l}H{h}", "layer": l, "head": h, "effect": float(self.heads[di, l, h])})
+                    rows.append({"direction": d, "node": head_label(l, h), "layer": l, "head": h, "effect": float(self.heads[di, l, h])})
                 rows.append({"direction": d, "node": f"L{l}MLP", "layer": l, "head": -1, "effect": float(self.mlp[di, l])})
         return pd.DataFrame(rows)
 
@@ -56,7 +57,7 @@ class CircuitDiscoverResult(Result):
 
     def to_frame(self) -> pd.DataFrame:
         L, H = self.node_scores.shape
-        return pd.DataFrame([{"node": f"L{l}H{h}", "layer": l, "head": h, "score": float(self.node_scores[l, h]),
+        return pd.DataFrame([{"node": head_label(l, h), "layer": l, "head": h, "score": float(self.node_scores[l, h]),
                               "positive_only_codes": int(self.unique_counts[l, h]), "top_codes": self.top_codes[l * H + h]}
                              for l in range(L) for h in range(H)])
 
@@ -131,7 +132,7 @@ class CircuitCompareResult(Result):
         H = self.truth.shape[1]
         rows = []
         for e, (a, b) in enumerate(self.edges):
-            row = {"sender": f"L{a // H}H{a % H}", "receiver": f"L{b // H}H{b % H}"}
+            row = {"sender": head_label(a // H, a % H), "receiver": head_label(b // H, b % H)}
             row.update({f"effect_{g}": float(self.edge_truth[gi, e]) for gi, g in enumerate(self.params.edge_inputs)})
             row.update({m: float(self.edge_scores[mi, e]) for mi, m in enumerate(self.methods)})
             rows.append(row)
@@ -160,7 +161,7 @@ class CircuitCompareResult(Result):
         mi = self.methods.index(method)
         L, H = self.truth.shape
         rank = (-self.scores[mi]).ravel().argsort().argsort().reshape(L, H) + 1
-        rows = [{"node": f"L{l}H{h}", "effect": float(self.truth[l, h]), "rank": int(rank[l, h])}
+        rows = [{"node": head_label(l, h), "effect": float(self.truth[l, h]), "rank": int(rank[l, h])}
                 for l in range(L) for h in range(H) if abs(self.truth[l, h]) >= t]
         return pd.DataFrame(rows).sort_values("rank", ascending=False).head(k) if rows else pd.DataFrame(rows)
 

@@ -16,6 +16,7 @@ from mechscope.probes.errors import InputError
 from mechscope.probes.interventions import HeadMask, hooks_for
 from mechscope.probes.models import model_id
 from mechscope.probes.results import analysis
+from mechscope.probes.hooknames import head_label
 
 
 def random_pool(ranked: Sequence[tuple[int, int]], n_layers: int, n_heads: int, kmax: int, outside_top: int,
@@ -104,7 +105,7 @@ def retrieval_masking(model, params: MaskingParams, progress: Callable[[int, int
         plain = np.array([rec[j] for j in range(len(built))])
         rows.append({"k": k, "which": which, "seed": seed, "accuracy": float(np.mean(plain > params.recall_threshold)),
                      "mean_recall": float(plain.mean()), "n_tests": len(built),
-                     "heads": " ".join(f"L{l}H{h}" for l, h in heads)})
+                     "heads": " ".join(head_label(l, h) for l, h in heads)})
     return MaskingResult(model_id=model_id(model), params=params, curves=pd.DataFrame(rows),
                          ranked_heads=tuple(ranked), complete=complete, mask_scope=params.mask_scope,
                          random_pool=pool_text)

@@ -11,6 +11,7 @@ from mechscope.probes.niah import grid_figure
 from mechscope.analyses.retrieval.agreement import head_agreement, spearman
 from mechscope.analyses.retrieval.params import MaskingParams
 from mechscope.probes.results import Result
+from mechscope.probes.hooknames import head_label
 
 #: the pool rule of results saved before the pool was recorded
 _LEGACY_POOL = "outside the top max(k) ranked heads and the heads above the threshold"
@@ -110,7 +111,7 @@ class RetrievalResult(Result):
         if self.induction.size:
             figs["proxy"] = go.Figure(go.Scatter(
                 x=self.induction.ravel(), y=self.head_scores.ravel(), mode="markers",
-                text=[f"L{l}H{h}" for l in range(L) for h in range(H)],
+                text=[head_label(l, h) for l in range(L) for h in range(H)],
                 hovertemplate="%{text}<br>induction %{x:.3f}<br>retrieval %{y:.3f}<extra></extra>"))
             figs["proxy"].update_layout(title=f"Induction proxy vs retrieval score (Spearman "
                                               f"{s.get('spearman_induction', float('nan')):.2f})",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from mechscope.app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, progress, save_result
@@ -102,12 +101,12 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_features(args: argparse.Namespace) -> int:
     from mechscope.probes.tokens import str_tokens
     from mechscope.saes.features import SaeFeaturesParams, latents_for_token, latents_on_text, logit_effects, sae_features
-    from mechscope.saes.interventions import sae_for
+    from mechscope.saes.store import load_sae
 
     params = params_from_args(SaeFeaturesParams, args, sae=args.sae)
     check_out_dir(args.out)
     model = load_model(args)
-    sae = sae_for(args.sae, model=model)
+    sae = load_sae(args.sae, model=model, cached=True)
     if args.fires_on:
         _, _, table = latents_on_text(model, sae, args.fires_on)
         print(table.to_string(index=False))

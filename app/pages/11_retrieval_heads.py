@@ -18,6 +18,7 @@ from mechscope.analyses.retrieval import MaskingParams, RetrievalParams, retriev
 from mechscope.app import ui, widgets
 from mechscope.probes.errors import InputError
 from mechscope.probes.interventions import HeadMask
+from mechscope.probes.hooknames import head_label
 
 NIAH = ("lengths", "depths", "needles", "prompt_format", "max_new_tokens")  # the grid every section shares
 
@@ -66,7 +67,7 @@ else:
     st.subheader("Send to the Playground")
     k = st.number_input("Top-k heads", 1, 270, max(1, min(5, s["n_above"] or 5)), key="rh_send_k")
     top = res.top(int(k))
-    st.caption("Heads: " + ", ".join(f"L{l}H{h}" for l, h in top))
+    st.caption("Heads: " + ", ".join(head_label(l, h) for l, h in top))
     if st.button("Mask these heads in the Playground", key="rh_send"):
         widgets.send_to_playground(interventions=[HeadMask(l, h) for l, h in top],
                                    note=f"top-{int(k)} retrieval heads masked (uniform attention)")

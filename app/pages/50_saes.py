@@ -14,7 +14,8 @@ from mechscope.probes.datasets import text_sets
 from mechscope.saes.absorption import METHODS as ABSORPTION_METHODS
 from mechscope.saes.absorption import AbsorptionParams, absorption
 from mechscope.saes.features import SaeFeaturesParams, latents_for_token, latents_on_text, logit_effects, sae_features
-from mechscope.saes.interventions import SaeClamp, SaeSteer, sae_for
+from mechscope.saes.interventions import SaeClamp, SaeSteer
+from mechscope.saes.store import load_sae
 from mechscope.saes.store import manifest, shipped_names
 
 st.title("SAEs")
@@ -45,7 +46,7 @@ st.caption(f"{m['saes'][names[0]]['eval_heldout']['tokens']:,.0f} held-out token
 default_sae = ui.default_of(SaeFeaturesParams, "sae")
 name = st.selectbox("SAE", names, index=names.index(default_sae) if default_sae in names else 0, key="sae_name")
 with ui.guard():
-    sae = sae_for(name, model=model)
+    sae = load_sae(name, model=model, cached=True)
 
 st.header("Latent browser")
 params = ui.params_form(SaeFeaturesParams, key="sae_feat", fields=("texts", "n_texts"), values={"sae": name}, columns=2,

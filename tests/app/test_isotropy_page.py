@@ -37,12 +37,12 @@ def test_isotropy_page_computes(smollm2, tmp_path):
     assert not at.exception
     from mechscope.app.widgets import SENT
     from mechscope.probes.interventions import from_dict
-    from mechscope.probes.whitening import _sha256
+    from mechscope.probes.checksums import sha256_file
 
     (sent,) = at.session_state[SENT]["interventions"]
     iv = from_dict(sent)
     path = tmp_path / "whitening-zca-depth30.safetensors"
-    assert type(iv).__name__ == "Whitening" and Path(iv.path) == path and iv.sha256 == _sha256(path)
+    assert type(iv).__name__ == "Whitening" and Path(iv.path) == path and iv.sha256 == sha256_file(path)
     at.multiselect(key="wh_methods").set_value([]).run()  # bad input: one clear line
     assert at.error and "at least one whitening" in at.error[0].value
 

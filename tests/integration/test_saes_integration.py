@@ -99,7 +99,7 @@ def test_steering_raises_promoted_tokens(smollm2):
 
 def test_feature_pages_and_search(smollm2):
     from mechscope.saes.features import latents_for_token, latents_on_text, sae_features
-    from mechscope.saes.interventions import sae_for
+    from mechscope.saes.store import load_sae
 
     model = smollm2.model
     r = sae_features(model, sae="smollm2-135m/resid-L6", n_texts=6, max_tokens=64)
@@ -109,7 +109,7 @@ def test_feature_pages_and_search(smollm2):
     ctx = r.contexts(model, lat)
     assert ctx["activation"].iloc[0] == pytest.approx(float(r.top_values[lat, 0]))
     assert r.hist[lat].sum() == round(r.density[lat] * r.n_tokens)
-    sae = sae_for("smollm2-135m/resid-L6", model=model)
+    sae = load_sae("smollm2-135m/resid-L6", model=model, cached=True)
     toks, acts, table = latents_on_text(model, sae, "for i in range(10):")
     assert acts.shape == (len(toks), 4096) and len(table) > 0
     hits = latents_for_token(model, sae, " range", top=5)
