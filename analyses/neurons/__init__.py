@@ -49,11 +49,9 @@ from mechscope.analyses.neurons.common import (  # noqa: F401
     METHODS,
     Norm,
     context,
-    encode_texts,
     method_label,
     neuron_directions,
     resolve_method,
-    resolve_texts,
     str_token,
     unembedding,
 )
