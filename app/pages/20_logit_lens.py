@@ -52,12 +52,12 @@ st.caption("States as the reference's hidden states: embeddings, after blocks 0�
            "'after block L−1 (pre-norm)' is not in the reference. TwoNN on the first tokens (reference: 4,096).")
 sets = text_sets()
 c1, c2, c3 = st.columns(3)
-text_set = c1.selectbox("Text set", sets, index=sets.index(MICRO.texts) if MICRO.texts in sets else 0, key="ll_texts")
-max_tokens = c2.number_input("Tokens", 600, 16384, MICRO.max_tokens, step=256, key="ll_max_tokens")
+text_set = c1.selectbox("Text set", sets, index=sets.index(MICRO.text_set) if MICRO.text_set in sets else 0, key="ll_texts")
+max_tokens = c2.number_input("Tokens", 600, 16384, MICRO.total_tokens, step=256, key="ll_max_tokens")
 id_method = c3.radio("TwoNN estimator", list(ID_LABELS), index=list(ID_LABELS).index(MICRO.id_method),
                      format_func=ID_LABELS.get, key="ll_id")
 with ui.guard():
-    mparams = MicroscopeParams(texts=text_set, max_tokens=int(max_tokens), id_method=id_method)
+    mparams = MicroscopeParams(text_set=text_set, total_tokens=int(max_tokens), id_method=id_method)
 mres = ui.stored("microscope", mparams, model)
 if st.button("Compute the layer metrics", key="ll_micro_run", type="primary"):
     mres = ui.run_analysis("microscope", microscope, model, mparams, label="Forward passes")
@@ -78,11 +78,11 @@ st.caption("How much of its prefix a token's states hold: a linear adapter maps 
            "control embedding − loss. Texts are split between training and scoring.")
 CTX = ContextParams()
 c1, c2, c3 = st.columns(3)
-ctx_set = c1.selectbox("Text set", sets, index=sets.index(CTX.texts) if CTX.texts in sets else 0, key="ll_ctx_texts")
+ctx_set = c1.selectbox("Text set", sets, index=sets.index(CTX.text_set) if CTX.text_set in sets else 0, key="ll_ctx_texts")
 ctx_k = c2.number_input("Prefix tokens k", 1, 32, CTX.prefix, key="ll_ctx_k")
 ctx_steps = c3.number_input("Training steps", 10, 5000, CTX.steps, step=50, key="ll_ctx_steps")
 with ui.guard():
-    cparams = ContextParams(texts=ctx_set, prefix=int(ctx_k), steps=int(ctx_steps))
+    cparams = ContextParams(text_set=ctx_set, prefix=int(ctx_k), steps=int(ctx_steps))
 cres = ui.stored("contextualisation", cparams, model)
 if st.button("Train the adapter and score", key="ll_ctx_run"):
     cres = ui.run_analysis("contextualisation", contextualisation, model, cparams, label="Adapter training")

@@ -66,7 +66,7 @@ c1, c2 = st.columns(2)
 text_set = c1.selectbox("Text set", ["mixed", "prose", "code", "numbers"], key="nr_texts")
 n_texts = c2.number_input("Texts", 4, 288, 48, step=4, key="nr_n_texts")
 with ui.guard():
-    ma_params = MaxActParams(layer=layer, neuron=neuron, texts=text_set, max_texts=int(n_texts))
+    ma_params = MaxActParams(layer=layer, neuron=neuron, text_set=text_set, n_texts=int(n_texts))
 if st.button("Max-activating contexts", key="nr_maxact"):
     ui.run_analysis("nr_maxact", max_activating, model, ma_params)
 mres = ui.stored("nr_maxact", ma_params, model)
@@ -95,7 +95,7 @@ threshold = c1.number_input("Firing threshold on |activation|", 0.0, 50.0, Activ
 tx_texts = c2.number_input("Texts", 4, 288, 48, step=4, key="nr_tax_n")
 tx_set = c3.selectbox("Text set ", ["mixed", "prose", "code", "numbers"], key="nr_tax_set")
 with ui.guard():
-    tx_params = ActivityParams(texts=tx_set, threshold=float(threshold), max_texts=int(tx_texts))
+    tx_params = ActivityParams(text_set=tx_set, threshold=float(threshold), n_texts=int(tx_texts))
 if st.button("Compute the taxonomy", key="nr_tax_run", type="primary"):
     ui.run_analysis("nr_tax", neuron_activity, model, tx_params)
 tres = ui.stored("nr_tax", tx_params, model)

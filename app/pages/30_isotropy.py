@@ -96,7 +96,7 @@ w_methods = c5.multiselect("Methods", ["zca", "zipfian", "outlier_removal"], lis
 w_save = c6.text_input("Save fitted whitenings to (folder, optional)", "", key="wh_save",
                        help="safetensors + sha256 per method; load one in the Playground's Whitening control")
 with ui.guard():
-    w_params = WhiteningParams(depth=int(w_depth), fit_text_set=w_fit, apply_text_set=w_apply, n_texts=int(w_n),
+    w_params = WhiteningParams(depth=int(w_depth), text_set=w_fit, apply_text_set=w_apply, n_texts=int(w_n),
                                methods=tuple(w_methods), max_tokens=int(max_tokens), save_dir=w_save or None)
 if st.button("Fit and apply whitening", key="wh_run"):
     ui.run_analysis("whitening", whitening_effect, model, w_params)
@@ -123,10 +123,10 @@ st.header("Contrastive search beside greedy and sampling")
 c1, c2, c3, c4 = st.columns(4)
 d_alpha = c1.slider("α", 0.0, 1.0, D.alpha, 0.05, key="cs_alpha")
 d_k = c2.number_input("k", 1, 20, D.k, key="cs_k")
-d_n = c3.number_input("Prose prefixes", 1, 32, D.n_prompts, key="cs_n")
+d_n = c3.number_input("Prose prefixes", 1, 32, D.n_texts, key="cs_n")
 d_new = c4.number_input("New tokens", 4, 256, D.max_new_tokens, key="cs_new")
 with ui.guard():
-    d_params = DecodingIsotropyParams(alpha=float(d_alpha), k=int(d_k), n_prompts=int(d_n), max_new_tokens=int(d_new))
+    d_params = DecodingIsotropyParams(alpha=float(d_alpha), k=int(d_k), n_texts=int(d_n), max_new_tokens=int(d_new))
 if st.button("Generate and compare", key="cs_run"):
     ui.run_analysis("decoding_isotropy", decoding_isotropy, model, d_params, label="Generations")
 dres = ui.stored("decoding_isotropy", d_params, model)

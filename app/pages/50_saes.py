@@ -47,7 +47,7 @@ st.header("Latent browser")
 c1, c2 = st.columns(2)
 texts = c1.selectbox("Text set", ["mixed", "prose", "code", "numbers"], key="sae_texts")
 n_texts = c2.number_input("Texts", 8, 288, 48, key="sae_ntexts")
-params = SaeFeaturesParams(sae=name, texts=texts, n_texts=int(n_texts))
+params = SaeFeaturesParams(sae=name, text_set=texts, n_texts=int(n_texts))
 feats = ui.stored("sae_features", params, model)
 if feats is None and st.button("Compute feature pages (one pass over the texts)", key="sae_go"):
     feats = ui.run_analysis("sae_features", sae_features, model, params, label="Texts")

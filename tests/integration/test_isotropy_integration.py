@@ -91,7 +91,7 @@ def test_contrastive_on_smollm2(smollm2, monkeypatch):
         return out
 
     monkeypatch.setattr(probes.decoding, "generate", spy)
-    res = decoding_isotropy(model, n_prompts=1, max_new_tokens=24)
+    res = decoding_isotropy(model, n_texts=1, max_new_tokens=24)
     summ = res.summary().set_index("strategy")
     assert len(summ) == 3 and len(res.table) == 3 == len(runs)
     # Su & Collier's isotropy of each generation, computed directly: the generated tokens' last-layer

@@ -37,7 +37,7 @@ def test_microscope_metrics_on_real_text(smollm2):
     from tests.unit.test_microscope import reference_twonn
 
     model = smollm2.model
-    res = microscope(model, texts="mixed", max_tokens=800, max_tokens_per_text=100, id_points=800)
+    res = microscope(model, text_set="mixed", total_tokens=800, max_tokens=100, id_points=800)
     L = model.cfg.n_layers
     assert res.linearity.shape == (L,) and res.anisotropy.shape == (L + 2,)
     assert res.states[0] == "embed" and res.states[-1] == "final norm" and res.in_reference[-2] is False
