@@ -31,27 +31,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mechscope.analyses.microscope import encode_text_set
 from mechscope.probes import capture, hooknames
 from mechscope.probes.errors import InputError
 from mechscope.probes.lexical import lexical_class
 from mechscope.probes.models import model_id
-from mechscope.probes.results import Params, Result, analysis
-
-
-def _tuple_texts(texts):
-    if isinstance(texts, str):
-        return texts
-    return tuple(t if isinstance(t, str) else tuple(int(i) for i in t) for t in texts)
+from mechscope.probes.results import Result, analysis
+from mechscope.probes.texts import TextInputs, encode_texts, max_tokens_field
 
 
 @dataclass(frozen=True)
-class ContextParams(Params):
+class ContextParams(TextInputs):
     kind: ClassVar[str] = "contextualisation"
-    texts: str | tuple = field(default="mixed", metadata={"help": "text set name or the texts themselves"})
+    LEGACY_FIELDS: ClassVar[dict] = {"max_tokens_per_text": "max_tokens"}
+    max_tokens: int | None = max_tokens_field(128)
     prefix: int = field(default=8, metadata={"help": "k: prefix tokens reconstructed (x_{t-k+1}..x_t)"})
     eval_fraction: float = field(default=0.25, metadata={"help": "share of the texts held out for scoring"})
-    max_tokens_per_text: int = field(default=128, metadata={"help": "each text cut to this many tokens"})
     max_train: int = field(default=4096, metadata={"help": "training positions at most"})
     max_eval: int = field(default=1024, metadata={"help": "scored positions at most"})
     steps: int = field(default=300, metadata={"help": "adapter training steps"})
@@ -60,12 +54,12 @@ class ContextParams(Params):
     seed: int = field(default=0, metadata={"help": "position sampling and batching seed"})
 
     def __post_init__(self):
-        object.__setattr__(self, "texts", _tuple_texts(self.texts))
+        super().__post_init__()
         if self.prefix < 1:
             raise InputError("prefix must be at least 1 token.")
         if not 0 < self.eval_fraction < 1:
             raise InputError("eval_fraction must lie in (0, 1).")
-        for name in ("max_tokens_per_text", "max_train", "max_eval", "steps", "batch_size"):
+        for name in ("max_train", "max_eval", "steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1.")
         if not self.lr > 0:
@@ -175,7 +169,7 @@ def contextualisation(model, params: ContextParams, progress=None) -> ContextRes
     the reconstruction loss (see the module docstring)."""
     p = params
     k = p.prefix
-    seqs = [x.cpu() for x in encode_text_set(model, p.texts, p.max_tokens_per_text)]
+    seqs = [x.cpu() for x in encode_texts(model, p.selected(), p.max_tokens)]
     usable = [i for i, s in enumerate(seqs) if len(s) >= k]
     if len(usable) < 2:
         raise InputError(f"Need at least 2 texts of ≥ {k} tokens (prefix) to train and score; got {len(usable)}.")

@@ -35,7 +35,8 @@ import torch
 from mechscope.probes.errors import InputError
 from mechscope.probes.lexical import lexical_class
 from mechscope.probes.models import model_id
-from mechscope.probes.results import Params, Result, analysis
+from mechscope.probes.results import Result, analysis
+from mechscope.probes.texts import TextInputs, encode_texts
 
 
 @contextmanager
@@ -179,32 +180,23 @@ def twonn_dimension(X, method: Literal["reference", "mle", "fit"] = "reference",
     return float((x * y).sum() / (x * x).sum())
 
 
-def _normalise_texts(obj) -> None:
-    t = obj.texts
-    if isinstance(t, str):
-        return
-    out = []
-    for x in t:
-        out.append(x if isinstance(x, str) else tuple(int(i) for i in torch.as_tensor(x).reshape(-1).tolist()))
-    object.__setattr__(obj, "texts", tuple(out))
 
 
 @dataclass(frozen=True)
-class MicroscopeParams(Params):
+class MicroscopeParams(TextInputs):
     kind: ClassVar[str] = "microscope"
-    texts: str | tuple = field(default="mixed", metadata={"help": "text set name (probes.datasets) or the texts themselves"})
-    max_tokens: int = field(default=4096, metadata={"help": "tokens used in all (the reference uses 4,096)"})
-    max_tokens_per_text: int = field(default=256, metadata={"help": "each text cut to this many tokens"})
+    LEGACY_FIELDS: ClassVar[dict] = {"max_tokens": "total_tokens", "max_tokens_per_text": "max_tokens"}
+    total_tokens: int = field(default=4096, metadata={"help": "tokens used in all (the reference uses 4,096)"})
     id_points: int = field(default=4096, metadata={"help": "TwoNN on the first this-many tokens"})
     id_method: Literal["reference", "mle", "fit"] = field(default="reference", metadata={
         "help": "TwoNN estimator: reference (LLM-Microscope: smallest 20%% of mu), mle or fit"})
     batch_size: int = field(default=8, metadata={"help": "texts per forward pass"})
 
     def __post_init__(self):
-        _normalise_texts(self)
+        super().__post_init__()
         if self.id_method not in ("reference", "mle", "fit"):
             raise InputError(f"id_method must be 'reference', 'mle' or 'fit', not {self.id_method!r}.")
-        for name in ("max_tokens", "max_tokens_per_text", "id_points", "batch_size"):
+        for name in ("total_tokens", "id_points", "batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise InputError(f"{name} must be a positive integer, not {v!r}.")
@@ -282,29 +274,10 @@ class MicroscopeResult(Result):
         return {"layer_metrics": fig, "nonlinearity_by_class": bar, "most_nonlinear_tokens": top}
 
 
-def encode_text_set(model, texts, max_tokens_per_text: int) -> list[torch.Tensor]:
-    """Token tensors of a text set (by name) or of given texts / token-id sequences, each
-    cut to ``max_tokens_per_text``; empty texts skipped, an empty result refused."""
-    from mechscope.probes.datasets import load_texts
-    from mechscope.probes.tokens import as_token_tensor, encode_batch
-
-    items = list(load_texts(texts)) if isinstance(texts, str) else list(texts)
-    seqs = []
-    for t in items:
-        if isinstance(t, str):
-            if t.strip():
-                seqs.extend(encode_batch(model, [t], max_tokens=max_tokens_per_text, truncate=True))
-        elif len(t):
-            seqs.append(as_token_tensor(model, list(t))[0][:max_tokens_per_text])
-    if not seqs:
-        raise InputError("The text set is empty: give at least one non-empty text.")
-    return seqs
-
-
 @analysis(MicroscopeParams)
 def microscope(model, params: MicroscopeParams, *, progress=False) -> MicroscopeResult:
     """Linearity, anisotropy, TwoNN dimension per state and per-token nonlinearity over a
-    text set, truncated to ``max_tokens`` tokens in all (texts cut to ``max_tokens_per_text``).
+    text set, truncated to ``total_tokens`` tokens in all (texts cut to ``max_tokens``).
     TwoNN runs on the first ``id_points`` tokens (the reference uses the first 4,096)."""
     from mechscope.probes import hooknames
     from mechscope.probes.capture import run
@@ -312,10 +285,10 @@ def microscope(model, params: MicroscopeParams, *, progress=False) -> Microscope
     from mechscope.probes.tokens import str_tokens
 
     seqs, total = [], 0
-    for s in encode_text_set(model, params.texts, params.max_tokens_per_text):
-        if total >= params.max_tokens:
+    for s in encode_texts(model, params.selected(), params.max_tokens):
+        if total >= params.total_tokens:
             break
-        s = s[: params.max_tokens - total]
+        s = s[: params.total_tokens - total]
         seqs.append(s)
         total += len(s)
     d = model.cfg.d_model

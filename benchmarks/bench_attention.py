@@ -29,6 +29,15 @@ CPU (the targets; ~15 min on 2 shared cores)::
 GPU (adds the 8k-context case; peak GPU memory; ~2 min on an H100)::
 
     python -m benchmarks.bench_attention --device cuda --lengths 16,1000,8000 --rounds 3 --out gpu_attention.md
+
+``--memory N`` instead measures peak memory at N tokens (one row, batch 1): the sink metric
+(``attention_sinks`` on the first N tokens of *Paradise Lost*, one first-token variant, residual
+and value norms on) and the retrieval scan (one NIAH test of N tokens, greedy with the top-1
+reducer, ``analyses.retrieval.scan``), each against a plain forward of the same N tokens —
+Hugging Face's SDPA forward (last-position logits) and mechscope's own fused forward without
+hooks. Target: ≤ 1.3× the plain forward::
+
+    python -m benchmarks.bench_attention --device cuda --memory 8000 --out gpu_attention_memory.md
 """
 
 from __future__ import annotations
@@ -93,6 +102,56 @@ def variants(model, hf, ids: list[int], new_tokens: int, device: str, out: dict)
     return {"fused": fused, "materialised": materialised, "HF SDPA": hf_sdpa}
 
 
+def peak_extra_mb(fn, device: str) -> float:
+    """Peak memory of ``fn()`` above what was allocated before it (GPU: the allocator's peak;
+    CPU: peak RSS, as :func:`benchmarks.common.measure`)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    res = measure({"x": fn}, rounds=1, warmup=0, device=device)
+    return res["x"].peak_mb
+
+
+def memory_rows(model, hf, n: int, device: str) -> list[list]:
+    from mechscope.analyses.retrieval import scan
+    from mechscope.analyses.sinks import VARIANTS, SinkParams, attention_sinks
+    from mechscope.probes.forward import last_logits
+    from mechscope.probes.niah import build_test, load_needles
+
+    ids = prompt_ids(model, n)
+    x = torch.tensor([ids], device=device)
+    needle = load_needles()[0]
+    test = build_test(model, needle, n - 64, 0.5)  # prompt = n − 64 context tokens + question ≈ n
+
+    def hf_forward():
+        with torch.no_grad():
+            hf(x, logits_to_keep=1)
+
+    def own_forward():
+        with torch.no_grad():
+            last_logits(model, x)
+
+    def sinks():
+        attention_sinks(model, SinkParams(texts=[ids], max_tokens=n, n_texts=None, variants=VARIANTS[:1],
+                                          batch_size=1, norms=True))
+
+    def retrieval():
+        list(scan(model, [(test, needle)], max_new_tokens=20, batch_size=1))
+
+    runs = {"plain forward (HF SDPA)": hf_forward, "plain forward (mechscope, fused)": own_forward,
+            "sink metric": sinks, f"retrieval scan ({len(test.prompt_ids)} tokens)": retrieval}
+    for f in runs.values():  # warm-up: caches, kernels
+        f()
+    peaks = {name: peak_extra_mb(f, device) for name, f in runs.items()}
+    base = peaks["plain forward (HF SDPA)"]
+    return [[n, name, f"{mb:.0f}", f"{ratio(mb, base):.2f}"] for name, mb in peaks.items()]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -100,6 +159,7 @@ def main(argv=None) -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
+    ap.add_argument("--memory", type=int, default=None, help="measure peak memory at this many tokens instead")
     add_output_flags(ap)
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
@@ -109,6 +169,17 @@ def main(argv=None) -> None:
     t0 = time.time()
     model, hf = load_models(args.device)
     from mechscope.probes import fused_attention
+
+    if args.memory:
+        rows = memory_rows(model, hf, args.memory, args.device)
+        info = machine_info()
+        body = (f"Machine: {info['cpu']}, device {args.device}" + (f", GPU {info['gpu']}" if "gpu" in info else "")
+                + f", torch {info['torch']}. smollm2-135m, float32, one row of {args.memory} tokens; peak memory above "
+                "what was allocated before each call (after one warm-up call each); ratio to HF's SDPA forward "
+                f"(last-position logits). {time.time() - t0:.0f} s.\n\n"
+                + markdown_table(["tokens", "run", "peak extra MB", "× plain forward"], rows))
+        publish(HEADING + ": peak memory", body, args.out, args.results)
+        return
 
     layers_fused = model.cfg.n_layers - len(fused_attention.fallback_reasons(model))
     rows = []

@@ -178,11 +178,11 @@ def bench_decoding(model, prompt, n_new: int, rounds: int, device: str, short: b
 
 def long_prompt(model, n_tokens: int) -> list[int]:
     """A prompt of exactly ``n_tokens`` ids: the isotropy text set's texts, concatenated."""
-    from mechscope.analyses.isotropy import IsotropyParams, texts_for
+    from mechscope.analyses.isotropy import IsotropyParams
 
     ids: list[int] = []
-    for text in texts_for(IsotropyParams(n_texts=64)):
-        ids += model.to_tokens(text, prepend_bos=False)[0].tolist()
+    for item in IsotropyParams(n_texts=64).selected(grouped=True):
+        ids += model.to_tokens(item.text, prepend_bos=False)[0].tolist()
         if len(ids) >= n_tokens:
             break
     if len(ids) < n_tokens:
@@ -212,7 +212,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(1)
-    from mechscope.analyses.isotropy import encode_texts, texts_for, IsotropyParams
+    from mechscope.analyses.isotropy import IsotropyParams, token_ids
     from mechscope.probes.models import load
 
     model = load("smollm2-135m", device=args.device).model
@@ -234,7 +234,7 @@ def main(argv=None) -> int:
     rows = []
     for size in sizes:
         n, t, bs = parse_size(size)
-        seqs = encode_texts(model, texts_for(IsotropyParams(n_texts=n)), t)
+        seqs = token_ids(model, IsotropyParams(n_texts=n).selected(grouped=True), t)
         print(f"all-layer scores: {size} ({sum(map(len, seqs)):,} tokens), {args.rounds} rounds …", flush=True)
         m, meta = bench_all_layers(model, seqs, bs, args.rounds, args.device)
         fixed, stream = finalize_time(model, seqs, bs, args.device)

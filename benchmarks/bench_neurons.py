@@ -104,7 +104,7 @@ def taxonomy_summary(model, n_texts: int):
     from mechscope.analyses.neurons import neuron_activity
 
     t = time.perf_counter()
-    res = neuron_activity(model, texts="mixed", max_texts=n_texts)
+    res = neuron_activity(model, text_set="mixed", n_texts=n_texts)
     elapsed = time.perf_counter() - t
     counts = res.counts()
     det = res.neurons("token detector").sort_values("fire_rate", ascending=False).head(8)

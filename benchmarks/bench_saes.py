@@ -40,10 +40,9 @@ def _best(fn, repeat: int = 3) -> float:
 def main(argv=None) -> int:
     torch.set_num_threads(1)
     from mechscope.probes.capture import run
-    from mechscope.probes.datasets import load_texts
     from mechscope.probes.decoding import generate
     from mechscope.probes.models import load
-    from mechscope.probes.tokens import encode_batch
+    from mechscope.probes.texts import encode_texts, select_texts
     from mechscope.saes.features import sae_features
     from mechscope.saes.interventions import SaeSplice
     from mechscope.saes.store import load_sae
@@ -51,7 +50,7 @@ def main(argv=None) -> int:
     model, _ = load()
     name = "smollm2-135m/resid-L12"
     load_sae(name, model=model, cached=True)
-    seqs = [t[:128].tolist() for t in encode_batch(model, load_texts("mixed")[:24])]
+    seqs = [t.tolist() for t in encode_texts(model, select_texts(text_set="mixed", n_texts=24), 128)]
     n_tok = sum(len(s) for s in seqs)
     sae_features(model, sae=name, n_texts=2, max_tokens=32)  # warm-up
     t_feat, t_fwd = [], []

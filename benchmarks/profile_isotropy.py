@@ -150,13 +150,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads or args.device == "cpu":
         torch.set_num_threads(args.threads or 1)
-    from mechscope.analyses.isotropy import IsotropyParams, encode_texts, texts_for
+    from mechscope.analyses.isotropy import IsotropyParams, token_ids
     from mechscope.probes.models import load
 
     cuda = args.device.startswith("cuda")
     model = load("smollm2-135m", device=args.device).model
     n, t, bs = parse_size(args.size)
-    seqs = encode_texts(model, texts_for(IsotropyParams(n_texts=n)), t)
+    seqs = token_ids(model, IsotropyParams(n_texts=n).selected(grouped=True), t)
     tokens = sum(map(len, seqs))
     timed_pass(model, seqs, bs, args.device, False)  # warm-up
     timed_forward(model, seqs, bs, args.device, False)

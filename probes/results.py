@@ -93,7 +93,7 @@ def analysis(params_cls: type[P], kind: str | None = None):
     field_names = {f.name for f in dataclasses.fields(params_cls)}
 
     def deco(fn):
-        fields = [f.name for f in dataclasses.fields(params_cls) if f.init]
+        fields = [f.name for f in dataclasses.fields(params_cls) if f.init and not f.kw_only]
         import inspect
 
         sig = inspect.signature(fn).parameters

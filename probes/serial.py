@@ -124,6 +124,8 @@ def build(cls: type[T], fields: dict) -> T:
     """Instantiate ``cls`` from decoded data, turning lists back into tuples where the
     field's annotation asks for a tuple."""
     hints = typing.get_type_hints(cls)
+    if hasattr(cls, "upgrade_saved"):  # fields saved under older names
+        fields = cls.upgrade_saved(fields)
     known = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = set(fields) - known
     if unknown:

@@ -82,25 +82,6 @@ def str_tokens(model, ids) -> list[str]:
     return [model.tokenizer.decode([i]) for i in ids]
 
 
-def encode_batch(model, texts, prepend_bos: bool | None = None, max_tokens: int | None = None,
-                 truncate: bool = False) -> list[torch.Tensor]:
-    """Token ids (1-D long tensors) for each text, under the model's BOS policy.
-
-    ``truncate=True`` cuts each text to ``max_tokens`` instead of refusing longer ones.
-    """
-    texts = list(texts)
-    if not texts:
-        raise InputError("No texts were given.")
-    out = []
-    for text in texts:
-        if truncate and max_tokens is not None:
-            ids = encode(model, text, prepend_bos=prepend_bos, max_tokens=model.cfg.n_ctx)[:max_tokens]
-        else:
-            ids = encode(model, text, prepend_bos=prepend_bos, max_tokens=max_tokens)
-        out.append(ids)
-    return out
-
-
 def single_token(model, token) -> int:
     """The id of a single-token string (or an id, range-checked). A string that is not
     exactly one token is refused with a message that shows how it splits."""

@@ -277,20 +277,25 @@ from typing import ClassVar  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
-from mechscope.probes.results import Params, Result, analysis  # noqa: E402
+from mechscope.probes.results import Result, analysis  # noqa: E402
+from mechscope.probes.texts import TextInputs, max_tokens_field, n_texts_field, text_set_field  # noqa: E402
 
 
 @dataclass(frozen=True)
-class SaeEvalParams(Params):
+class SaeEvalParams(TextInputs):
     kind: ClassVar[str] = "sae_eval"
+    LEGACY_FIELDS: ClassVar[dict] = {"rows": "n_texts"}
+    text_set: str | None = text_set_field(None, "shipped text set (its texts of max_tokens+ tokens, cut to max_tokens) "
+                                                "instead of the held-out corpus rows (None)")
+    n_texts: int | None = n_texts_field(32, "token rows to evaluate on")
+    max_tokens: int | None = max_tokens_field(128, "tokens per row taken from texts or text_set")
     saes: tuple[str, ...] = field(default=(), metadata={"help": "SAE names (default: every shipped SAE)"})
-    rows: int = field(default=32, metadata={"help": "token rows to evaluate on"})
-    texts: str = field(default="", metadata={"help": "a shipped text set (128-token rows) instead of the held-out corpus"})
     batch_size: int = 8
 
     def __post_init__(self):
-        if self.rows < 1 or self.batch_size < 1:
-            raise InputError("rows and batch_size must be >= 1.")
+        super().__post_init__()
+        if self.n_texts is None or self.max_tokens is None or self.batch_size < 1:
+            raise InputError("n_texts, max_tokens and batch_size must be >= 1.")
         if not isinstance(self.saes, tuple):
             object.__setattr__(self, "saes", tuple(self.saes))
 
@@ -328,13 +333,14 @@ def heldout_rows(n: int) -> np.ndarray:
     return np.asarray(module.load_split("heldout")[:n])
 
 
-def text_rows(model, name: str, n: int, length: int = 128) -> np.ndarray:
-    from mechscope.probes.datasets import load_texts
-    from mechscope.probes.tokens import encode_batch
+def text_rows(model, texts, n: int, length: int = 128) -> np.ndarray:
+    """The first ``n`` of the given texts (``probes.texts.select_texts``) that have at least
+    ``length`` tokens, cut to ``length`` (BOS as the model's policy)."""
+    from mechscope.probes.texts import encode_texts
 
-    seqs = [s[:length].numpy() for s in encode_batch(model, load_texts(name)) if len(s) >= length]
+    seqs = [s.numpy() for s in encode_texts(model, texts, length) if len(s) >= length]
     if not seqs:
-        raise InputError(f"Text set {name!r} has no text of {length}+ tokens.")
+        raise InputError(f"No text has {length}+ tokens.")
     return np.stack(seqs[:n])
 
 
@@ -345,7 +351,10 @@ def sae_eval(model, params: SaeEvalParams, progress=None) -> SaeEvalResult:
     from mechscope.saes.store import load_sae, shipped_names
 
     names = list(params.saes) or shipped_names()
-    rows = text_rows(model, params.texts, params.rows) if params.texts else heldout_rows(params.rows)
+    if params.texts is not None or params.text_set:
+        rows = text_rows(model, params.selected(), params.n_texts, params.max_tokens)
+    else:
+        rows = heldout_rows(params.n_texts)
     table, dens = [], []
     for i, name in enumerate(names):
         s = evaluate(model, load_sae(name), rows, batch_size=params.batch_size)

@@ -21,24 +21,24 @@ import pandas as pd
 import torch
 
 from mechscope.probes.errors import InputError, check_range
-from mechscope.probes.results import Params, Result, analysis
+from mechscope.probes.results import Result, analysis
+from mechscope.probes.texts import TextInputs, encode_texts, n_texts_field
 
 HIST_EDGES = np.logspace(-2, 3, 31)  # activation histogram bins (non-zero activations)
 
 
 @dataclass(frozen=True)
-class SaeFeaturesParams(Params):
+class SaeFeaturesParams(TextInputs):
     kind: ClassVar[str] = "sae_features"
+    n_texts: int | None = n_texts_field(96)
     sae: str = field(default="smollm2-135m/resid-L12", metadata={"help": "shipped SAE name or folder"})
-    texts: str = field(default="mixed", metadata={"help": "shipped text set (prose, code, numbers, mixed)"})
-    n_texts: int = field(default=96, metadata={"help": "texts to stream"})
     k: int = field(default=10, metadata={"help": "top contexts kept per latent"})
-    max_tokens: int = field(default=256, metadata={"help": "tokens per text"})
     batch_size: int = field(default=8, metadata={"help": "texts per forward"})
 
     def __post_init__(self):
-        if self.k < 1 or self.n_texts < 1 or self.max_tokens < 2 or self.batch_size < 1:
-            raise InputError("k, n_texts, batch_size must be >= 1 and max_tokens >= 2.")
+        super().__post_init__()
+        if self.k < 1 or self.batch_size < 1 or (self.max_tokens is not None and self.max_tokens < 2):
+            raise InputError("k and batch_size must be >= 1 and max_tokens >= 2.")
 
 
 @dataclass(frozen=True)
@@ -117,15 +117,12 @@ class _TopK:
 def sae_features(model, params: SaeFeaturesParams, progress=None) -> SaeFeaturesResult:
     """All latents' top contexts, densities and histograms in one streamed pass."""
     from mechscope.probes.capture import run
-    from mechscope.probes.datasets import load_texts
     from mechscope.probes.models import model_id
-    from mechscope.probes.tokens import encode_batch
     from mechscope.saes.store import load_sae
 
     sae = load_sae(params.sae, model=model, cached=True)
     hook = sae.cfg.metadata.hook_name
-    texts = load_texts(params.texts)[: params.n_texts]
-    seqs = [t[: params.max_tokens].tolist() for t in encode_batch(model, texts)]
+    seqs = [t.tolist() for t in encode_texts(model, params.selected(), params.max_tokens)]
     d_sae = sae.cfg.d_sae
     top = _TopK(d_sae, params.k)
     fires = torch.zeros(d_sae, dtype=torch.int64)

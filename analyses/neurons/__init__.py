@@ -48,11 +48,9 @@ from mechscope.analyses.neurons.common import (  # noqa: F401
     Direction,
     METHODS,
     context,
-    encode_texts,
     method_label,
     neuron_directions,
     resolve_method,
-    resolve_texts,
     str_token,
 )
 from mechscope.analyses.neurons.decode import (  # noqa: F401

@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mechscope.analyses.neurons.common import context, encode_texts, resolve_texts
+from mechscope.analyses.neurons.common import context
 from mechscope.probes import hooknames
 from mechscope.probes.errors import InputError, check_range
 from mechscope.probes.models import model_id
-from mechscope.probes.results import Params, Result, analysis
+from mechscope.probes.results import Result, analysis
+from mechscope.probes.texts import TextInputs, encode_texts
 from mechscope.probes.tokens import vocab_strings
 
 
@@ -42,34 +43,41 @@ class MaxActivatingResult(Result):
 
 
 @dataclass(frozen=True)
-class MaxActParams(Params):
+class _NeuronTexts(TextInputs):
+    """Results saved before the shared text fields named the text cap ``max_texts`` and
+    applied it to given texts too."""
+
+    LEGACY_FIELDS: ClassVar[dict] = {"max_texts": "n_texts"}
+
+    @classmethod
+    def upgrade_saved(cls, fields: dict) -> dict:
+        out = super().upgrade_saved(fields)
+        if out.get("texts") is not None and out.get("n_texts") is not None and "max_texts" in fields:
+            out["texts"], out["n_texts"] = list(out["texts"])[: out["n_texts"]], None
+        return out
+
+
+@dataclass(frozen=True)
+class MaxActParams(_NeuronTexts):
     kind: ClassVar[str] = "max_activating"
     layer: int = field(default=0, metadata={"help": "layer"})
     neuron: int = field(default=0, metadata={"help": "neuron"})
-    texts: object = field(default="mixed", metadata={"help": "shipped text set, or a list of texts"})
     k: int = field(default=10, metadata={"help": "contexts to keep"})
     window: int = field(default=12, metadata={"help": "tokens of context before the token"})
-    max_tokens: int | None = field(default=256, metadata={"help": "first tokens of each text"})
-    max_texts: int | None = field(default=None, metadata={"help": "texts to use (None: all)"})
     batch_size: int = field(default=8, metadata={"help": "texts per forward pass"})
-
-    def __post_init__(self):
-        if not isinstance(self.texts, str):
-            object.__setattr__(self, "texts", tuple(self.texts))
 
 
 @analysis(MaxActParams)
 def max_activating(model, params: MaxActParams, progress=False) -> MaxActivatingResult:
     """Top-``k`` (text, position, activation) of one neuron over a text set, with ``window``
     tokens of context before the token (⟦marked⟧) and three after. Keeps one float per token."""
-    layer, neuron, texts, k, window = params.layer, params.neuron, params.texts, params.k, params.window
-    max_tokens, max_texts, batch_size = params.max_tokens, params.max_texts, params.batch_size
+    layer, neuron, k, window = params.layer, params.neuron, params.k, params.window
+    max_tokens, batch_size = params.max_tokens, params.batch_size
     check_range("layer", layer, model.cfg.n_layers)
     check_range("neuron", neuron, model.cfg.d_mlp)
     if k < 1 or window < 0:
         raise InputError("k must be at least 1 and window at least 0.")
-    texts_list = resolve_texts(texts)[:max_texts]
-    seqs = encode_texts(model, texts_list, max_tokens)
+    seqs = encode_texts(model, params.selected(), max_tokens)
     from mechscope.probes.capture import run
 
     acts: list[torch.Tensor | None] = [None] * len(seqs)
@@ -171,9 +179,8 @@ class NeuronActivityResult(Result):
 
 
 @dataclass(frozen=True)
-class ActivityParams(Params):
+class ActivityParams(_NeuronTexts):
     kind: ClassVar[str] = "neuron_activity"
-    texts: object = field(default="mixed", metadata={"help": "shipped text set, or a list of texts"})
     threshold: float = field(default=0.5, metadata={"help": "a neuron fires where |activation| exceeds this"})
     layers: tuple[int, ...] | None = field(default=None, metadata={"help": "layers (None: all)"})
     n_top_types: int = field(default=3, metadata={"help": "token types that may explain a detector"})
@@ -185,13 +192,10 @@ class ActivityParams(Params):
     max_types: int = field(default=512, metadata={"help": "most frequent token types told apart"})
     max_bigrams: int = field(default=512, metadata={"help": "most frequent bigram types told apart (n-gram detectors)"})
     max_positions: int = field(default=128, metadata={"help": "position buckets"})
-    max_tokens: int | None = field(default=256, metadata={"help": "first tokens of each text"})
-    max_texts: int | None = field(default=None, metadata={"help": "texts to use (None: all)"})
     batch_size: int = field(default=8, metadata={"help": "texts per forward pass"})
 
     def __post_init__(self):
-        if not isinstance(self.texts, str):
-            object.__setattr__(self, "texts", tuple(self.texts))
+        super().__post_init__()
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
 
@@ -227,16 +231,15 @@ def neuron_activity(model, params: ActivityParams, progress=False) -> NeuronActi
     State is O(layers × neurons × (types + bigrams + positions)), never the activations.
     """
     p = params
-    texts, threshold, layers, n_top_types, token_share = p.texts, p.threshold, p.layers, p.n_top_types, p.token_share
+    threshold, layers, n_top_types, token_share = p.threshold, p.layers, p.n_top_types, p.token_share
     min_coverage, min_fires, positional_r2, positional_ratio = p.min_coverage, p.min_fires, p.positional_r2, p.positional_ratio
-    max_types, max_positions, max_tokens, max_texts, batch_size = p.max_types, p.max_positions, p.max_tokens, p.max_texts, p.batch_size
+    max_types, max_positions, max_tokens, batch_size = p.max_types, p.max_positions, p.max_tokens, p.batch_size
     layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
     for layer in layers:
         check_range("layer", layer, model.cfg.n_layers)
     if max_positions < 2 or max_types < 1 or n_top_types < 1:
         raise InputError("max_positions must be ≥ 2 and max_types, n_top_types ≥ 1.")
-    texts_list = resolve_texts(texts)[:max_texts]
-    seqs = encode_texts(model, texts_list, max_tokens)
+    seqs = encode_texts(model, params.selected(), max_tokens)
     all_ids = torch.cat(seqs)
     uniq, freq = torch.unique(all_ids, return_counts=True)
     keep = torch.argsort(freq, descending=True)[:max_types]

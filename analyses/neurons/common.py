@@ -1,14 +1,13 @@
-"""What every neuron analysis shares: the named labelling methods, neuron directions
-and text-set helpers (the unembedding, with or without the final norm's γ, is
+"""What every neuron analysis shares: the named labelling methods, neuron directions and
+the context of a token (the unembedding, with or without the final norm's γ, is
 ``probes.readout.unembedding``)."""
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 
-from mechscope.probes.datasets import load_texts
 from mechscope.probes.errors import InputError, check_range
 from mechscope.probes.tokens import str_token, str_tokens  # noqa: F401  (str_token re-exported)
 
@@ -33,20 +32,6 @@ def method_label(method: str, direction: str, norm: str) -> str:
 
 
 Direction = Literal["out", "up", "gate"]
-
-
-def resolve_texts(texts: str | Sequence) -> list:
-    """A text set by name (``probes.datasets.load_texts``) or as a list of texts (or token-id
-    sequences, for models without a tokenizer); never empty."""
-    if isinstance(texts, str):
-        out = list(load_texts(texts))
-    else:
-        out = [t for t in texts if (t.strip() if isinstance(t, str) else len(t) > 0)]
-    if not out:
-        raise InputError("The text set is empty: give at least one non-empty text.")
-    return out
-
-
 
 
 def check_norm_direction(model, norm: str, direction: str) -> None:
@@ -81,22 +66,6 @@ def layer_matvec(model, layer: int, direction: str, v: torch.Tensor) -> torch.Te
     return v @ W.detach().float()
 
 
-def encode_texts(model, texts: Sequence, max_tokens: int | None) -> list[torch.Tensor]:
-    """Token tensors of a text list (or token-id sequences), each cut to ``max_tokens``."""
-    from mechscope.probes.tokens import as_token_tensor, encode
-
-    seqs = []
-    for t in texts:
-        if isinstance(t, str):
-            if not t.strip():
-                continue
-            ids = encode(model, t)
-        else:
-            ids = as_token_tensor(model, t)[0]
-        seqs.append(ids[: max_tokens or None])
-    if not seqs:
-        raise InputError("The text set is empty: no text produced any tokens.")
-    return seqs
 
 
 def context(model, ids: torch.Tensor, pos: int, window: int) -> str:

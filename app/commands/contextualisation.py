@@ -15,8 +15,7 @@ def register(sub) -> None:
                                    "from which the frozen model reconstructs the token's prefix; score held-out "
                                    "tokens by the reconstruction loss (lower = more context stored).")
     add_model_out(p, out_required=False)
-    add_params(p, ContextParams, skip=("texts",))
-    p.add_argument("--texts", default=ContextParams.texts, help=f"shipped text set (default {ContextParams.texts})")
+    add_params(p, ContextParams)
     p.set_defaults(func=run)
 
 
@@ -24,7 +23,7 @@ def run(args) -> int:
     from mechscope.analyses.contextualisation import ContextParams, contextualisation
 
     check_out_dir(args.out)
-    params = params_from_args(ContextParams, args, texts=args.texts)
+    params = params_from_args(ContextParams, args)
     model = load_model(args)
     res = contextualisation(model, params, progress=progress("adapter training"))
     d = res.by_distance()

@@ -1,6 +1,6 @@
 """``mechscope isotropy``: IsoScore, IsoScore*, average cosine, partition score,
 self-similarity and outlier dimensions of the residual stream at every depth, every head's
-output, W_E and W_U (issue 9), saved as a re-runnable Result. Flags come from IsotropyParams.
+output, W_E and W_U, saved as a re-runnable Result. Flags come from IsotropyParams.
 ``mechscope isotropy --sanity`` prints Rudman et al.'s sanity clouds instead (no model)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def register(sub) -> None:
                                    "within-sequence self-similarity (Su & Collier's isotropy = 1 − it) and outlier "
                                    "dimensions, for the residual stream at every depth, each head's output, W_E and W_U.")
     add_model_out(p, out_required=False)
-    add_params(p, IsotropyParams, skip=("texts",))
+    add_params(p, IsotropyParams)
     p.add_argument("--sanity", action="store_true", help="print Rudman et al.'s sanity clouds and exit (no model)")
     p.set_defaults(func=run_isotropy)
 
@@ -35,7 +35,7 @@ def register(sub) -> None:
                        description="Su et al.'s comparison: rep-2/3/4, diversity and the isotropy of the generated "
                                    "text's final-layer states, for greedy, top-p sampling and contrastive search.")
     add_model_out(c, out_required=False)
-    add_params(c, DecodingIsotropyParams, skip=("prompts",))
+    add_params(c, DecodingIsotropyParams)
     c.set_defaults(func=run_decoding)
 
 

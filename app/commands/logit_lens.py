@@ -26,7 +26,7 @@ def register(sub) -> None:
                        description="Decode the residual stream after every block through the final norm and "
                                    "unembedding (--norm raw: LLM-Microscope's variant without the final norm). "
                                    "With --microscope, compute linearity / anisotropy / intrinsic dimension per "
-                                   "state and per-token nonlinearity over --texts instead.")
+                                   "state and per-token nonlinearity over --text-set instead.")
     add_model_out(p, out_required=False)
     p.add_argument("--prompt", default=None, help="the text to decode (logit lens)")
     p.add_argument("--target", default=None, help="a single token to track across layers (default: the final top-1)")
@@ -37,9 +37,8 @@ def register(sub) -> None:
     if not any(a.dest == "prepend_bos" for a in p._actions):
         p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=LogitLensParams.prepend_bos,
                        help="prepend the model's BOS token (default: the model's policy)")
-    p.add_argument("--microscope", action="store_true", help="LLM-Microscope metrics over --texts instead")
-    p.add_argument("--texts", default=MicroscopeParams.texts, help=f"text set name for --microscope (default {MicroscopeParams.texts})")
-    add_params(p, MicroscopeParams, skip=("texts",))
+    p.add_argument("--microscope", action="store_true", help="LLM-Microscope metrics over --text-set instead")
+    add_params(p, MicroscopeParams)
     p.set_defaults(func=run)
 
 

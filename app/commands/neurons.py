@@ -35,7 +35,6 @@ def register(sub) -> None:
 
     a = ns.add_parser("activity", help="taxonomy over a text set, or one neuron's max-activating contexts")
     _common(a, ActivityParams)
-    a.add_argument("--texts", default="mixed", help="text set name (default mixed)")
     a.add_argument("--layer", type=int, default=None)
     a.add_argument("--neuron", type=int, default=None, help="max-activating contexts of this neuron (needs --layer)")
     a.add_argument("--k", type=int, default=10, help="contexts to show with --neuron (default 10)")
@@ -97,14 +96,13 @@ def run_activity(args: argparse.Namespace) -> int:
         raise InputError("--neuron needs --layer.")
     model = load_model(args)
     if args.neuron is not None:
-        res = max_activating(model, args.layer, args.neuron, texts=args.texts, k=args.k, max_texts=args.max_texts,
-                             progress=True)
+        res = max_activating(model, args.layer, args.neuron, text_set=args.text_set, n_texts=args.n_texts,
+                             max_tokens=args.max_tokens, k=args.k, progress=True)
         print(f"{model_id(model)} L{args.layer}N{args.neuron}: top {args.k} of {len(res.activations)} tokens")
         for row in res.contexts.itertuples():
             print(f"{row.rank:>3}  {row.activation:8.3f}  {row.context!r}")
     else:
-        params = params_from_args(ActivityParams, args, texts=args.texts,
-                                  layers=None if args.layer is None else (args.layer,))
+        params = params_from_args(ActivityParams, args, layers=None if args.layer is None else (args.layer,))
         res = neuron_activity(model, params, progress=True)
         print(f"{model_id(model)}: {res.n_tokens} tokens, fires at |activation| > {params.threshold:g}; "
               "neurons per category and layer:")

@@ -1,5 +1,5 @@
 """``mechscope sinks``, ``mechscope streaming-ppl`` and ``mechscope act``: attention sinks,
-streaming perplexity and ACT calibration (issue 3), each saved as a re-runnable Result.
+streaming perplexity and ACT calibration, each saved as a re-runnable Result.
 Flags and their defaults come from each analysis' Params."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def register(sub) -> None:
                                    "sinks (ACT criterion, keys seen by ≥ min-queries queries), residual/value norms "
                                    "by position and head dormancy by domain over a shipped text set.")
     add_model_out(p)
-    add_params(p, SinkParams, skip=("texts",))
+    add_params(p, SinkParams)
     p.set_defaults(func=run_sinks)
 
     q = sub.add_parser("streaming-ppl", help="perplexity under full / window / sinks+window / recomputation",

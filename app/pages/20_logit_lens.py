@@ -12,7 +12,6 @@ from mechscope.analyses.logit_lens import LogitLensParams, logit_lens
 from mechscope.analyses.contextualisation import ContextParams, contextualisation
 from mechscope.analyses.microscope import MicroscopeParams, microscope
 from mechscope.app import ui
-from mechscope.probes.datasets import text_sets
 
 
 st.title("Logit lens")
@@ -40,8 +39,8 @@ if res is not None:
 st.header("LLM-Microscope: linearity, anisotropy, intrinsic dimension")
 st.caption("States as the reference's hidden states: embeddings, after blocks 0…L−2, final norm; the extra row "
            "'after block L−1 (pre-norm)' is not in the reference. TwoNN on the first tokens (reference: 4,096).")
-mparams = ui.params_form(MicroscopeParams, key="ll_micro", fields=("texts", "max_tokens", "id_method"), columns=3,
-                         choices={"texts": text_sets}, labels={"texts": "Text set", "max_tokens": "Tokens",
+mparams = ui.params_form(MicroscopeParams, key="ll_micro", fields=("text_set", "total_tokens", "id_method"), columns=3,
+                         labels={"text_set": "Text set", "total_tokens": "Tokens",
                                                                "id_method": "TwoNN estimator"})
 mres = ui.stored("microscope", mparams, model)
 if st.button("Compute the layer metrics", key="ll_micro_run", type="primary"):
@@ -61,8 +60,8 @@ st.caption("How much of its prefix a token's states hold: a linear adapter maps 
            "one input embedding of the frozen model, which must then reconstruct the k preceding tokens (teacher "
            "forced). Score = held-out reconstruction loss (nats; lower = more context); gain = loss of a state-free "
            "control embedding − loss. Texts are split between training and scoring.")
-cparams = ui.params_form(ContextParams, key="ll_ctx", fields=("texts", "prefix", "steps"), columns=3,
-                         choices={"texts": text_sets}, labels={"texts": "Text set", "prefix": "Prefix tokens k",
+cparams = ui.params_form(ContextParams, key="ll_ctx", fields=("text_set", "prefix", "steps"), columns=3,
+                         labels={"text_set": "Text set", "prefix": "Prefix tokens k",
                                                                "steps": "Training steps"})
 cres = ui.stored("contextualisation", cparams, model)
 if st.button("Train the adapter and score", key="ll_ctx_run"):

@@ -25,7 +25,6 @@ from mechscope.analyses.neurons import (
 )
 from mechscope.app import ui
 from mechscope.app.widgets import PRESET_CLAMP
-from mechscope.probes.datasets import text_sets
 from streamlit.errors import StreamlitAPIException
 
 st.title("Neurons")
@@ -62,9 +61,9 @@ layer, neuron = int(layer), int(neuron)
 with ui.guard():
     st.dataframe(dec.card(layer, neuron), hide_index=True)
 
-ma_params = ui.params_form(MaxActParams, key="nr_maxact", fields=("texts", "max_texts"), columns=2,
-                           values={"layer": layer, "neuron": neuron}, choices={"texts": text_sets},
-                           labels={"texts": "Text set", "max_texts": "Texts (empty: all)"})
+ma_params = ui.params_form(MaxActParams, key="nr_maxact", fields=("text_set", "n_texts"), columns=2,
+                           values={"layer": layer, "neuron": neuron},
+                           labels={"text_set": "Text set", "n_texts": "Texts (empty: all)"})
 if st.button("Max-activating contexts", key="nr_maxact"):
     ui.run_analysis("nr_maxact", max_activating, model, ma_params)
 mres = ui.stored("nr_maxact", ma_params, model)
@@ -86,10 +85,9 @@ if st.button("Clamp this neuron in the Playground", key="nr_clamp"):
         st.success(f"The Playground will regenerate with L{layer}N{neuron} = {value:g}: open it from the sidebar.")
 
 st.header("Taxonomy (Voita et al.)")
-tx_params = ui.params_form(ActivityParams, key="nr_tax", fields=("texts", "threshold", "max_texts"), columns=3,
-                           choices={"texts": text_sets},
-                           labels={"texts": "Text set", "threshold": "Firing threshold on |activation|",
-                                   "max_texts": "Texts (empty: all)"})
+tx_params = ui.params_form(ActivityParams, key="nr_tax", fields=("text_set", "threshold", "n_texts"), columns=3,
+                           labels={"text_set": "Text set", "threshold": "Firing threshold on |activation|",
+                                   "n_texts": "Texts (empty: all)"})
 if st.button("Compute the taxonomy", key="nr_tax_run", type="primary"):
     ui.run_analysis("nr_tax", neuron_activity, model, tx_params)
 tres = ui.stored("nr_tax", tx_params, model)

@@ -79,10 +79,10 @@ else:
 
 st.header("Whitening: fitted on one text set, applied to another")
 w_params = ui.params_form(
-    WhiteningParams, key="wh", fields=("depth", "fit_text_set", "apply_text_set", "n_texts", "methods", "save_dir"),
+    WhiteningParams, key="wh", fields=("depth", "text_set", "apply_text_set", "n_texts", "methods", "save_dir"),
     values={"max_tokens": params.max_tokens}, columns=3,
-    choices={"fit_text_set": text_sets, "apply_text_set": text_sets, "methods": WHITENINGS},
-    labels={"depth": f"Depth (0–{model.cfg.n_layers}; empty: the last)", "fit_text_set": "Fit on",
+    choices={"apply_text_set": text_sets, "methods": WHITENINGS},
+    labels={"depth": f"Depth (0–{model.cfg.n_layers}; empty: the last)", "text_set": "Fit on",
             "apply_text_set": "Apply to", "n_texts": "Texts per set", "methods": "Methods",
             "save_dir": "Save fitted whitenings to (folder, optional)"})
 if st.button("Fit and apply whitening", key="wh_run"):
@@ -107,8 +107,8 @@ if wres is not None:
         st.caption("Give a folder to save the fitted whitenings in: each saved one can be sent to the Playground.")
 
 st.header("Contrastive search beside greedy and sampling")
-d_params = ui.params_form(DecodingIsotropyParams, key="cs", fields=("alpha", "k", "n_prompts", "max_new_tokens"),
-                          labels={"alpha": "α", "n_prompts": "Prose prefixes", "max_new_tokens": "New tokens"})
+d_params = ui.params_form(DecodingIsotropyParams, key="cs", fields=("alpha", "k", "n_texts", "max_new_tokens"),
+                          labels={"alpha": "α", "n_texts": "Prose prefixes", "max_new_tokens": "New tokens"})
 if st.button("Generate and compare", key="cs_run"):
     ui.run_analysis("decoding_isotropy", decoding_isotropy, model, d_params, label="Generations")
 dres = ui.stored("decoding_isotropy", d_params, model)

@@ -10,7 +10,6 @@ import streamlit as st
 
 from mechscope.app import ui
 from mechscope.app.widgets import send_to_playground
-from mechscope.probes.datasets import text_sets
 from mechscope.saes.absorption import METHODS as ABSORPTION_METHODS
 from mechscope.saes.absorption import AbsorptionParams, absorption
 from mechscope.saes.features import SaeFeaturesParams, latents_for_token, latents_on_text, logit_effects, sae_features
@@ -49,8 +48,8 @@ with ui.guard():
     sae = load_sae(name, model=model, cached=True)
 
 st.header("Latent browser")
-params = ui.params_form(SaeFeaturesParams, key="sae_feat", fields=("texts", "n_texts"), values={"sae": name}, columns=2,
-                        choices={"texts": text_sets}, labels={"texts": "Text set", "n_texts": "Texts"})
+params = ui.params_form(SaeFeaturesParams, key="sae_feat", fields=("text_set", "n_texts"), values={"sae": name}, columns=2,
+                        labels={"text_set": "Text set", "n_texts": "Texts"})
 feats = ui.stored("sae_features", params, model)
 if feats is None and st.button("Compute feature pages (one pass over the texts)", key="sae_go"):
     feats = ui.run_analysis("sae_features", sae_features, model, params, label="Texts")

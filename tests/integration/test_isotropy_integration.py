@@ -75,7 +75,7 @@ def test_whitening_effect_and_artefacts(smollm2, tmp_path):
 
 
 def test_contrastive_on_smollm2(smollm2, monkeypatch):
-    import probes.decoding
+    import mechscope.probes.decoding as decoding
     from mechscope.analyses.isotropy import decoding_isotropy
     from mechscope.probes.contrastive import Contrastive
     from mechscope.probes.decoding import generate
@@ -90,8 +90,8 @@ def test_contrastive_on_smollm2(smollm2, monkeypatch):
         runs.append((list(prompt), list(out.new_tokens)))
         return out
 
-    monkeypatch.setattr(probes.decoding, "generate", spy)
-    res = decoding_isotropy(model, n_prompts=1, max_new_tokens=24)
+    monkeypatch.setattr(decoding, "generate", spy)
+    res = decoding_isotropy(model, n_texts=1, max_new_tokens=24)
     summ = res.summary().set_index("strategy")
     assert len(summ) == 3 and len(res.table) == 3 == len(runs)
     # Su & Collier's isotropy of each generation, computed directly: the generated tokens' last-layer

@@ -37,7 +37,7 @@ def test_microscope_metrics_on_real_text(smollm2):
     from tests.unit.test_microscope import reference_twonn
 
     model = smollm2.model
-    res = microscope(model, texts="mixed", max_tokens=800, max_tokens_per_text=100, id_points=800)
+    res = microscope(model, text_set="mixed", total_tokens=800, max_tokens=100, id_points=800)
     L = model.cfg.n_layers
     assert res.linearity.shape == (L,) and res.anisotropy.shape == (L + 2,)
     assert res.states[0] == "embed" and res.states[-1] == "final norm" and res.in_reference[-2] is False
@@ -48,8 +48,8 @@ def test_microscope_metrics_on_real_text(smollm2):
     # the same states, captured independently: the last reference transition ends at ln_final(h),
     # and TwoNN equals LLM-Microscope's algorithm (re-implemented in the unit tests)
     seqs, total = [], 0
-    from mechscope.analyses.microscope import encode_text_set as _encode
-    for s in _encode(model, "mixed", 100):
+    from mechscope.probes.texts import encode_texts, select_texts
+    for s in encode_texts(model, select_texts(None, "mixed"), 100):
         if total >= 800:
             break
         seqs.append(s[: 800 - total])

@@ -8,10 +8,9 @@ pytestmark = pytest.mark.integration
 
 
 def _rows(model, name="code", n=6, t=128):
-    from mechscope.probes.datasets import load_texts
-    from mechscope.probes.tokens import encode_batch
+    from mechscope.probes.texts import encode_texts, select_texts
 
-    seqs = [s[:t] for s in encode_batch(model, load_texts(name)) if len(s) >= t]
+    seqs = [s for s in encode_texts(model, select_texts(text_set=name), t) if len(s) >= t]
     return np.stack([s.numpy() for s in seqs[:n]])
 
 

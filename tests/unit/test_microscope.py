@@ -183,7 +183,7 @@ def test_microscope_on_tiny_model(tmp_path):
     m = tiny_model(n_layers=2, d_model=16, d_vocab=50, seed=0)
     g = torch.Generator().manual_seed(0)
     texts = [torch.randint(0, 50, (40,), generator=g).tolist() for _ in range(10)]
-    res = microscope(m, texts=texts, max_tokens=300, id_points=300)
+    res = microscope(m, texts=texts, total_tokens=300, id_points=300)
     assert isinstance(res.params, MicroscopeParams) and res.params.id_method == "reference"
     # rows as the reference's hidden_states (embed, after block 0, final norm) + the labelled extra row
     assert res.states == ["embed", "after block 0", "after block 1 (pre-norm)", "final norm"]

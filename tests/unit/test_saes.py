@@ -394,7 +394,7 @@ def test_sae_commands_take_model_device_and_never_overwrite_a_folder(tmp_path, c
     a = parser.parse_args(["sae", "absorption", "--device", "cuda:1", "--model", "m", "--min-letters", "12"])
     assert (a.device, a.model, a.min_letters, a.method) == ("cuda:1", "m", 12, AbsorptionParams.method)
     e = parser.parse_args(["sae", "eval"])
-    assert (e.rows, e.batch_size) == (SaeEvalParams.rows, SaeEvalParams.batch_size)
+    assert (e.n_texts, e.batch_size) == (SaeEvalParams.n_texts, SaeEvalParams.batch_size)
     thesis = tmp_path / "thesis"
     thesis.mkdir()
     (thesis / "chapter.tex").write_text("mine")
