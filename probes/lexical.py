@@ -1,5 +1,7 @@
-"""Lexical classes of token strings, for tables of per-token scores grouped by kind of token
-(LLM-Microscope's per-token nonlinearity and contextualisation, Razzhigaev et al. 2025)."""
+"""Classes of token strings, for tables of per-token scores grouped by kind of token:
+:func:`lexical_class` (LLM-Microscope's per-token nonlinearity and contextualisation,
+Razzhigaev et al. 2025, with stop words) and :func:`surface_class` (hidden-sink tables and
+isotropy's token clouds: newline, space, punctuation, number, word)."""
 
 from __future__ import annotations
 
@@ -24,3 +26,18 @@ def lexical_class(tok: str) -> str:
     if s.replace(".", "").isdigit():
         return "number"
     return "other"
+
+
+def surface_class(tok: str) -> str:
+    """'newline' (contains one), 'space', 'punctuation' (no letter or digit), 'number'
+    (digits only) or 'word'."""
+    if "\n" in tok:
+        return "newline"
+    t = tok.strip()
+    if not t:
+        return "space"
+    if all(not c.isalnum() for c in t):
+        return "punctuation"
+    if t.isdigit():
+        return "number"
+    return "word"

@@ -379,7 +379,7 @@ class _preallocate:
 
 
 def _sample_labels(model, seqs, picks, n_s):
-    from mechscope.analyses.sinks import token_class
+    from mechscope.probes.lexical import surface_class
 
     tok = np.empty(n_s, dtype=object)
     cls = np.empty(n_s, dtype=object)
@@ -388,5 +388,5 @@ def _sample_labels(model, seqs, picks, n_s):
         strs = str_tokens(model, ids) if model.tokenizer is not None else [str(t) for t in ids]
         for p, sl, s in zip(pos.tolist(), slots.tolist(), strs):
             tok[sl] = s
-            cls[sl] = "first token" if p == 0 else token_class(s)
+            cls[sl] = "first token" if p == 0 else surface_class(s)
     return tok, cls

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mechscope.probes.lexical import surface_class as token_class  # noqa: F401  (re-exported)
 from mechscope.probes.act import column_mean
 from mechscope.probes.errors import InputError
 from mechscope.probes.tokens import str_tokens
@@ -53,19 +54,6 @@ def enough_queries(lengths: torch.Tensor, n_keys: int, min_queries: int) -> torc
     where that is at least ``min_queries``."""
     k = torch.arange(n_keys, device=lengths.device)
     return (lengths[:, None] - k[None, :]) >= min_queries
-
-
-def token_class(s: str) -> str:
-    if "\n" in s:
-        return "newline"
-    t = s.strip()
-    if not t:
-        return "space"
-    if all(not c.isalnum() for c in t):
-        return "punctuation"
-    if t.isdigit():
-        return "number"
-    return "word"
 
 
 def _token_table(model, token_ids: np.ndarray, counts: np.ndarray, lengths=None, min_queries: int = 1) -> pd.DataFrame:
