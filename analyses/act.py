@@ -34,7 +34,8 @@ import pandas as pd
 import torch
 
 from mechscope.probes import capture, hooknames
-from mechscope.probes.act import BETA, act_interventions, column_mean, hidden_sink_mask
+from mechscope.probes.attention_reductions import column_mean_reducers
+from mechscope.probes.act import BETA, act_interventions, hidden_sink_mask
 from mechscope.probes.errors import InputError
 from mechscope.probes.interventions import applied
 from mechscope.probes.models import model_id
@@ -158,12 +159,10 @@ def hidden_sink_rates(model, prompts: Sequence[str], threshold: float = 0.1, bat
     L, H = model.cfg.n_layers, model.cfg.n_heads
     hits = np.zeros((L, H))
 
-    def red(pattern, site, batch):
-        mean = column_mean(pattern, 0, batch.lengths)
-        hits[site.layer] += hidden_sink_mask(mean, threshold).any(-1).sum(0).cpu().numpy()
+    def red(layer, mean, batch):
+        hits[layer] += hidden_sink_mask(mean, threshold).any(-1).sum(0).cpu().numpy()
 
-    capture.run(model, list(prompts), reducers={hooknames.name("pattern", l): red for l in range(L)},
-                batch_size=batch_size)
+    capture.run(model, list(prompts), reducers=column_mean_reducers(model, red), batch_size=batch_size)
     return hits / max(len(prompts), 1)
 
 

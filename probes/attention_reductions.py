@@ -243,3 +243,27 @@ class QKReducer:
             out[hook_name("rot_q", layer)] = self._on_q
             out[hook_name("rot_k", layer)] = self._on_k
         return out
+
+
+def column_mean_reducers(model, fn: Callable, layers: Sequence[int] | None = None, block: int = 256) -> dict:
+    """``{hook name: reducer}`` for :func:`probes.capture.run` that call ``fn(layer, alpha,
+    batch)`` with each layer's column mean of the attention pattern over the real queries,
+    ``alpha`` [B, H, K] = :func:`probes.act.column_mean` ``(pattern, 0, batch.lengths)`` —
+    Gu et al.'s α_k and ACT's sink criterion. On rotary models it comes from q and k,
+    blockwise (:class:`QKReducer`, :func:`pattern_stats`), so attention stays on the fused path
+    and no layer holds [B, H, T, T]; otherwise from ``hook_pattern``."""
+    from mechscope.probes.act import column_mean
+
+    layers = list(range(model.cfg.n_layers)) if layers is None else [int(x) for x in layers]
+    if model.cfg.positional_embedding_type != "rotary":
+        def on_pattern(pattern, site, batch):
+            fn(site.layer, column_mean(pattern, 0, batch.lengths), batch)
+
+        return {hook_name("pattern", layer): on_pattern for layer in layers}
+    scoring = {layer: Scoring.of(model, layer) for layer in layers}
+
+    def on_qk(layer, q, k, batch):
+        stats = pattern_stats(q, k, scoring[layer], lengths=batch.lengths, block=block, want=("colsum",))
+        fn(layer, stats.column_mean(), batch)
+
+    return QKReducer(model, on_qk, layers).reducers()

@@ -11,7 +11,8 @@ import numpy as np
 from mechscope.analyses.sinks.metrics import _token_table, check_eps, enough_queries
 from mechscope.analyses.sinks.result import SinkResult
 from mechscope.probes import capture, hooknames
-from mechscope.probes.act import column_mean, hidden_sink_mask
+from mechscope.probes.attention_reductions import column_mean_reducers
+from mechscope.probes.act import hidden_sink_mask
 from mechscope.probes.errors import InputError
 from mechscope.probes.models import model_id
 from mechscope.probes.results import analysis
@@ -126,11 +127,8 @@ def attention_sinks(model, params: SinkParams, progress: bool | Callable[[int, i
         r_sum = np.zeros((L, T)); r_cnt = np.zeros(T)
         v_sum = np.zeros((L, G, T))
 
-        def on_pattern(pattern, site, batch, _v=v, _first=first, hc=hid_counts, hh=hid_heads):
-            layer = site.layer
-            lens = batch.lengths
-            full = bool((lens == pattern.shape[-1]).all())
-            a = column_mean(pattern, 0, None if full else lens)  # [B, H, T]
+        def on_alpha(layer, a, batch, _v=v, _first=first, hc=hid_counts, hh=hid_heads):
+            lens = batch.lengths  # a: [B, H, T], the column mean over each text's real queries
             kk = min(k_max, a.shape[-1])
             alpha[_v, batch.index, layer, :, :kk] = a[..., :kk].float().cpu().numpy()
             if _first:
@@ -151,7 +149,7 @@ def attention_sinks(model, params: SinkParams, progress: bool | Callable[[int, i
             m = batch.mask.to(x.dtype)[:, :, None]
             v_sum[layer, :, : x.shape[1]] += (x.norm(dim=-1) * m).sum(0).T.cpu().numpy()
 
-        reducers = {hooknames.name("pattern", l): on_pattern for l in range(L)}
+        reducers = column_mean_reducers(model, on_alpha)  # from q and k: attention stays fused
         if first and norms:
             reducers.update({hooknames.name("resid_post", l): on_resid for l in range(L)})
             reducers.update({hooknames.name("v", l): on_v for l in range(L)})

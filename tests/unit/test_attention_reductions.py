@@ -180,3 +180,36 @@ def test_bad_input_and_out_of_memory(monkeypatch):
     monkeypatch.setattr(torch, "softmax", oom)
     with pytest.raises(fa.AttentionMemoryError, match=r"lower block \(now 3\)"):
         pattern_stats(q, k[:, :, :2], Scoring(1.0), block=3)
+
+
+def test_column_mean_reducers_equal_the_pattern_over_ragged_batches():
+    """The sinks/ACT reducer: texts of different lengths in one right-padded batch; each
+    layer's α equals probes.act.column_mean of the materialised pattern with the batch's
+    lengths, and every attention call stays fused."""
+    from mechscope.probes import capture
+    from mechscope.probes.attention_reductions import column_mean_reducers
+
+    model = tiny_model(n_key_value_heads=2, dtype=torch.float64)
+    state = fa.install(model, True)
+    g = torch.Generator().manual_seed(4)
+    seqs = [torch.randint(0, 50, (n,), generator=g) for n in (11, 7, 3, 11)]
+    got, ref = {}, {}
+
+    def on_alpha(layer, alpha, batch):
+        for r, i in enumerate(batch.index):
+            got[(i, layer)] = alpha[r, :, : int(batch.lengths[r])]
+
+    before = dict(state.calls)
+    capture.run(model, seqs, reducers=column_mean_reducers(model, on_alpha, block=4), batch_size=3)
+    assert state.calls["materialised"] == before["materialised"]
+
+    def on_pattern(pattern, site, batch):
+        a = column_mean(pattern, 0, batch.lengths)
+        for r, i in enumerate(batch.index):
+            ref[(i, site.layer)] = a[r, :, : int(batch.lengths[r])]
+
+    with fa.materialised(model):
+        capture.run(model, seqs, reducers={f"blocks.{l}.attn.hook_pattern": on_pattern for l in range(2)}, batch_size=3)
+    assert got.keys() == ref.keys() and len(got) == 8
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-9, atol=1e-12)
