@@ -70,6 +70,7 @@ run_job() {
                 job absorption_md 480 python3 -m mechscope.app.cli sae absorption --device cuda --batch-size 256 --method mean_difference --out "$OUT/absorption_md" ;;
     # fused attention: generate against HF SDPA at 16 / 1k / 8k tokens, and the CPU targets on 1 thread
     attention) job attention 420 python3 -m benchmarks.bench_attention --device cuda --lengths 16,1000,8000 --rounds 3 --out "$OUT/gpu_attention.md" --verbose ;;
+    attention_memory) job attention_memory 420 python3 -m benchmarks.bench_attention --device cuda --memory 8000 --out "$OUT/gpu_attention_memory.md" ;;
     attention_cpu) job attention_cpu 420 python3 -m benchmarks.bench_attention --device cpu --threads 1 --lengths 16,1000 --rounds 3 --out "$OUT/cpu_attention.md" --verbose ;;
     # the shipped SAEs: TopK vs BatchTopK vs JumpReLU at equal L0 on one layer, then every layer with the best;
     # the token rows are data/sae_corpus.py's output ($SAE_CORPUS, default $MECHSCOPE_CACHE/sae_corpus)
