@@ -6,7 +6,7 @@ sinks + fixed-window cache holding the same number of entries or fewer
 L_h = max(S0, ⌈N / C⌉) (``buffer="ratio"``, S0 = ``window``, C = ``compression_ratio``) or a
 fixed ``window`` (``buffer="fixed"``). The memory column is the exact entry count a real cache
 would hold at the end of each prompt (``kv_fraction``), averaged over the tests; accuracy is
-greedy NIAH (ROUGE-1 recall of the needle's answer part > 0.5, :func:`analyses.niah.rouge1_recall`).
+greedy NIAH (ROUGE-1 recall of the needle's answer part > 0.5, :func:`probes.niah.rouge1_recall`).
 
 The KV-head ranking is given (``heads``, e.g. from DuoAttention gates) or detected on the
 same grid with Wu et al.'s retrieval score, a KV head scoring the max of its query heads
@@ -122,7 +122,7 @@ def answers_under_policies(model, built, policies, max_new_tokens: int, rows: in
     for the full cache), and the KV fraction it keeps. The tests of one prompt length run with
     every policy as rows of shared batches (:func:`probes.batched_greedy.greedy_rows`, each row
     under its own policy's hooks; rows of equal length, no padding, since the eviction masks are
-    positional) — the greedy procedure of ``analyses.niah.answer(..., kv_policy=policy)``."""
+    positional) — the greedy procedure of ``probes.niah.answer(..., kv_policy=policy)``."""
     n_pol = len(policies)
     answers: list[list] = [[None] * len(built) for _ in range(n_pol)]
     fracs = [[1.0] * len(built) for _ in range(n_pol)]

@@ -72,7 +72,7 @@ def evaluate(model, built, configs, args, thr, say):
 
 def run(args) -> str:
     from mechscope.analyses.kv_curve import kv_ranking
-    from mechscope.analyses.niah import GridParams, grid_tests
+    from mechscope.probes.niah import GridParams, grid_tests
     from mechscope.analyses.retrieval import RetrievalParams, retrieval_heads
     from mechscope.probes.models import load
     from mechscope.probes.razor import RazorAttention, n_kv_heads, uniform_window_for

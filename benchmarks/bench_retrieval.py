@@ -67,7 +67,7 @@ def full_grid_lengths(model, n: int = 20, lo: int = 1000, margin: int = 120) -> 
 
 
 def run(args) -> str:
-    from mechscope.analyses.niah import GridParams, grid_tests
+    from mechscope.probes.niah import GridParams, grid_tests
     from mechscope.analyses.retrieval import reference_scores, scan, score_test
     from mechscope.probes.models import load
 

@@ -5,7 +5,7 @@ Modules: :mod:`.scoring` (a head's score on NIAH tests), :mod:`.proxy` (the indu
 :mod:`.detection` (:func:`retrieval_heads`) and :mod:`.masking` (:func:`retrieval_masking`);
 the top-1 reducer is :class:`probes.top1.Top1`.
 
-**Retrieval score.** For each NIAH test (``analyses.niah``) the model answers greedily. At
+**Retrieval score.** For each NIAH test (``probes.niah``) the model answers greedily. At
 every decoding step that emits token w, each head (layer, *query* head) takes its top-1
 attended position j (over every key the step sees: the prompt, the answer so far and
 itself); when j lies in the span of the needle's *answer part* (the reference's

@@ -53,7 +53,7 @@ def scan(model, built: Sequence[tuple[NiahTest, Needle]], max_new_tokens: int = 
          prefill_rows: int = 1, interventions=(), scores: bool = True, row_hooks: Sequence | None = None,
          progress: Callable[[int, int], None] | None = None,
          intervention_scope: str = "prompt_and_decode") -> Iterator[tuple[int, NiahAnswer, np.ndarray | None]]:
-    """Batched :func:`score_test` (or :func:`analyses.niah.answer` with ``scores=False``):
+    """Batched :func:`score_test` (or :func:`probes.niah.answer` with ``scores=False``):
     tests sorted by prompt length, ``batch_size`` at a time, decoded greedily as rows of one
     batch (:func:`probes.batched_greedy.greedy_rows`: left padding, finished rows leave the
     batch, top-1 reduced in the hooks). Yields (index into ``built``, answer, [L, H] score)
