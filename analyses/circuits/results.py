@@ -167,17 +167,11 @@ class CircuitCompareResult(Result):
 
     def figures(self) -> dict:
         import plotly.express as px
-        import plotly.graph_objects as go
 
         t = self.params.thresholds[len(self.params.thresholds) // 2]
         gt = np.abs(self.truth) >= t
-        roc = go.Figure()
-        for mi, m in enumerate(self.methods):
-            fpr, tpr = roc_curve(self.scores[mi], gt)
-            roc.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{m} (AUC {roc_auc(self.scores[mi], gt):.3f})"))
-        roc.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, showlegend=False))
-        roc.update_layout(title=f"Node ROC vs patching ground truth (|effect| ≥ {t:g}; {int(gt.sum())} heads), task "
-                                f"{self.params.task}", xaxis_title="false-positive rate", yaxis_title="true-positive rate")
+        roc = _roc_figure(self.methods, self.scores, gt, f"Node ROC vs patching ground truth (|effect| ≥ {t:g}; "
+                                                             f"{int(gt.sum())} heads), task {self.params.task}")
         faith = px.line(self.faithfulness, x="size", y="recovered", color="method", line_dash="mode", markers=True,
                         title="Faithfulness: logit difference recovered (fraction of clean) vs circuit size")
         sae = self.methods.index(SAE_METHOD) if SAE_METHOD in self.methods else 0
@@ -187,13 +181,19 @@ class CircuitCompareResult(Result):
                 "graph": circuit_graph(self.scores[sae], self.edge_counts, self.truth, self.top_codes)}
         if self.has_edges:
             ge = np.abs(self.edge_truth[0]) >= t
-            er = go.Figure()
-            for mi, m in enumerate(self.methods):
-                fpr, tpr = roc_curve(self.edge_scores[mi], ge)
-                er.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{m} (AUC {roc_auc(self.edge_scores[mi], ge):.3f})"))
-            er.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, showlegend=False))
-            er.update_layout(title=f"Edge ROC vs path patching (|effect| ≥ {t:g}; {int(ge.sum())} of {len(ge)} edges among the "
-                                   f"top-{self.params.edge_top_n} heads), task {self.params.task}",
-                             xaxis_title="false-positive rate", yaxis_title="true-positive rate")
-            figs["edge_roc"] = er
+            figs["edge_roc"] = _roc_figure(
+                self.methods, self.edge_scores, ge, f"Edge ROC vs path patching (|effect| ≥ {t:g}; {int(ge.sum())} of "
+                f"{len(ge)} edges among the top-{self.params.edge_top_n} heads), task {self.params.task}")
         return figs
+
+
+def _roc_figure(methods, scores, truth, title: str):
+    """One ROC curve per method (its AUC in the legend) against the boolean ground truth."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for mi, m in enumerate(methods):
+        fpr, tpr = roc_curve(scores[mi], truth)
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{m} (AUC {roc_auc(scores[mi], truth):.3f})"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, showlegend=False))
+    return fig.update_layout(title=title, xaxis_title="false-positive rate", yaxis_title="true-positive rate")
