@@ -103,3 +103,31 @@ def test_other_block_kinds_keep_transformerlens_forward():
     assert fused_block.unsupported_reason(llama.blocks[0]) is None and "forward" in llama.blocks[0].__dict__
     fa.uninstall(llama)
     assert "forward" not in llama.blocks[0].__dict__
+
+
+def test_flags_switched_after_loading_run_transformerlens_forward():
+    """set_use_split_qkv_input / set_use_hook_mlp_in after install (path patching does this):
+    the block's own forward runs, with its extra hook points."""
+    model = tiny_model(n_layers=2, dtype=torch.float64)
+    fa.install(model, True)
+    x = tokens()
+    with torch.no_grad():
+        ref = model(x)
+    for setter in (model.set_use_split_qkv_input, model.set_use_hook_mlp_in):
+        setter(True)
+        seen = []
+        point = "blocks.1.hook_q_input" if setter == model.set_use_split_qkv_input else "blocks.1.hook_mlp_in"
+        try:
+            with model.hooks(fwd_hooks=[(point, lambda t, hook: seen.append(1))]), torch.no_grad():
+                out = model(x)
+        finally:
+            setter(False)
+        assert seen, point
+        torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-10)
+    with torch.no_grad():
+        model.set_use_split_qkv_input(True)
+        try:
+            out = model(x)  # no hook at all: still TransformerLens' per-head inputs, no error
+        finally:
+            model.set_use_split_qkv_input(False)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-10)
