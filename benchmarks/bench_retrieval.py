@@ -170,7 +170,7 @@ def run(args) -> str:
     T = max(t.prompt_len for t, _ in built)
     rows.append(["attention kept per step (T = %d)" % T,
                  f"baseline {L * H * T * T * 4 / 2**20:.0f} MB (every layer's T×T, float32); "
-                 f"fast {L * H * 8} B per row (one int64 per head) + one layer's pattern while that layer runs"])
+                 f"fast {L * H * 8} B per row (one int64 per head) + one layer's last-query pattern row, from q and k, while that layer runs"])
     rows.append(["wall time of the benchmark", f"{time.perf_counter() - t_start:.0f} s"])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     body = (f"Machine: {info.get('cpu')}, {info.get('cores')} cores, torch threads {torch.get_num_threads()}, "
