@@ -1,5 +1,5 @@
-"""``mechscope retrieval-heads``, ``mechscope niah`` and ``mechscope retrieval-masking``
-(issue 8): retrieval-head detection (Wu et al. 2024), NIAH accuracy (optionally with heads
+"""``mechscope retrieval-heads``, ``mechscope niah`` and ``mechscope retrieval-masking``:
+retrieval-head detection (Wu et al. 2024), NIAH accuracy (optionally with heads
 masked) and the causal masking curves, each saved as a re-runnable Result. Ctrl-C stops a
 long run and saves the tests finished so far (the Result says ``complete: false``)."""
 

@@ -1,4 +1,4 @@
-"""Circuit discovery (issue 11): patching, attribution patching, EAP-IG, the discrete-SAE method,
+"""Circuit discovery: patching, attribution patching, EAP-IG, the discrete-SAE method,
 ROC-AUC — on hand-built models and rankings whose answers are known."""
 
 from __future__ import annotations
