@@ -58,6 +58,9 @@ def add_params(parser, params_cls, skip: typing.Iterable[str] = ()) -> None:
             continue
         if kind is not None:
             choices = list(typing.get_args(hint)) if typing.get_origin(hint) is typing.Literal else None
+            listed = f.metadata.get("choices")  # e.g. the shipped text sets, read from the data
+            if choices is None and listed is not None:
+                choices = list(listed() if callable(listed) else listed)
             parser.add_argument(_flag(f.name), type=kind, default=default, choices=choices,
                                 help=f"{help_} (default {default})")
             continue

@@ -124,3 +124,15 @@ def test_other_runtime_errors_are_not_called_out_of_memory(monkeypatch):
     monkeypatch.setattr(sinks_cmd, "run_sinks", bug)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         main(["sinks", "--out", "unused"])
+
+
+def test_a_field_with_listed_choices_gets_them_as_flag_choices(capsys):
+    """The shared text_set field lists the shipped sets (read from the data): the CLI refuses
+    another name with argparse's one-line usage error."""
+    from mechscope.probes.datasets import text_sets
+
+    with pytest.raises(SystemExit) as exc:
+        main(["sinks", "--out", "unused", "--text-set", "no-such-set"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'no-such-set'" in err and all(name in err for name in text_sets())
