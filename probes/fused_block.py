@@ -89,7 +89,10 @@ def _forward(self, resid_pre, shortformer_pos_embed=None, past_kv_cache_entry=No
     state, cfg = self._mechscope_fused, self.cfg
     # the flags TransformerLens lets a user switch at run time (set_use_split_qkv_input, ...)
     switched = cfg.use_split_qkv_input or cfg.use_attn_in or cfg.use_hook_mlp_in
-    if not state.enabled or switched or shortformer_pos_embed is not None or any_hooked(self._mechscope_points):
+    # TransformerLens' RMSNorm computes in float32 for other dtypes (a model cast after loading)
+    low_precision = resid_pre.dtype not in (torch.float32, torch.float64)
+    if (not state.enabled or switched or low_precision or shortformer_pos_embed is not None
+            or any_hooked(self._mechscope_points)):
         return type(self).forward(self, resid_pre, shortformer_pos_embed=shortformer_pos_embed,
                                   past_kv_cache_entry=past_kv_cache_entry, attention_mask=attention_mask)
     x = _rms(self.ln1, resid_pre)

@@ -131,3 +131,15 @@ def test_flags_switched_after_loading_run_transformerlens_forward():
         finally:
             model.set_use_split_qkv_input(False)
     torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-10)
+
+
+def test_a_model_cast_to_bfloat16_after_install_keeps_transformerlens_norms():
+    """RMSNorm in TransformerLens normalises in float32 for low-precision inputs; the lean
+    block steps aside for them, so a bfloat16 model gives TransformerLens' exact outputs."""
+    model = tiny_model(n_layers=2, dtype=torch.float32)
+    fa.install(model, True)
+    model = model.to(torch.bfloat16)
+    block = model.blocks[0]
+    resid = torch.randn(2, 6, model.cfg.d_model, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(block(resid), type(block).forward(block, resid))
