@@ -112,7 +112,7 @@ class SaeGeometryResult(Result):
                                 error_y={"type": "data", "array": t["alpha_ci95"]}), secondary_y=False)
         by.add_trace(go.Scatter(x=t["layer"], y=t["log_volume"], mode="lines+markers",
                                 name=f"log volume Σ ln λ (ranks {p.fit_start + 1}–{p.fit_stop})"), secondary_y=True)
-        by.update_layout(title="Galaxy shape by layer (Li et al. 2024, fig. 7)", xaxis_title="layer")
+        by.update_layout(title="Galaxy shape by layer (Li et al. 2024)", xaxis_title="layer")
         by.update_yaxes(title_text="α", secondary_y=False)
         by.update_yaxes(title_text="Σ ln λ", secondary_y=True)
         return {"by_layer": by, "spectrum": spec}
