@@ -60,8 +60,8 @@ def register(sub) -> None:
     from mechscope.saes.geometry import SaeGeometryParams
 
     g = ns.add_parser("geometry", help="decoder-direction cloud: eigenvalue power law and volume (Li et al. 2024)")
-    g.add_argument("--out", type=Path, default=None, help="directory to save the Result in")
-    add_params(g, SaeGeometryParams)
+    add_model_out(g, out_required=False)  # the model is loaded only for --lobes
+    add_params(g, SaeGeometryParams, skip=("texts",))
     g.set_defaults(func=run_geometry)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -152,7 +152,8 @@ def run_geometry(args: argparse.Namespace) -> int:
 
     params = params_from_args(SaeGeometryParams, args)
     check_out_dir(args.out)
-    res = sae_geometry(None, params)  # reads only the SAEs' weights: no model is loaded
+    model = load_model(args) if params.lobes else None  # the galaxy reads only the SAEs' weights
+    res = sae_geometry(model, params, progress=progress("texts"))
     print(res.to_frame().drop(columns=["hook"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     save_result(res, args.out)
     return 0

@@ -139,3 +139,84 @@ def test_cli_geometry(tmp_path, capsys):
     back = Result.load(tmp_path / "g")
     assert back.params == SaeGeometryParams(saes=(name,), fit_stop=100)
     assert int(back.to_frame()["n_fit"].iloc[0]) == 90
+
+
+def _planted_lobes(n_groups=3, per=20, n_windows=3000, d=32, spatial=True, seed=0):
+    """Latents in groups that fire together in windows; with ``spatial`` each group's decoder
+    directions also sit around one direction of its own."""
+    rng = np.random.default_rng(seed)
+    group = np.repeat(np.arange(n_groups), per)
+    active = rng.integers(n_groups, size=n_windows)
+    fires = rng.random((n_windows, len(group))) < np.where(active[:, None] == group[None, :], 0.7, 0.03)
+    centres = np.linalg.qr(rng.standard_normal((d, n_groups)))[0].T
+    dirs = (centres[group] if spatial else rng.standard_normal((len(group), d))) + 0.15 * rng.standard_normal((len(group), d))
+    return fires, dirs, group
+
+
+def test_phi_coefficient_matches_the_correlation_of_the_indicators():
+    from mechscope.saes.geometry import phi_coefficient
+
+    fires, _, _ = _planted_lobes(n_windows=500)
+    fires[:, 5] = False  # a latent that never fires: phi 0, not nan
+    f = fires.astype(np.float64)
+    phi = phi_coefficient(f.T @ f, len(f))
+    live = np.flatnonzero(f.any(0))
+    np.testing.assert_allclose(phi[np.ix_(live, live)], np.corrcoef(f[:, live], rowvar=False), atol=1e-12)
+    assert np.all(phi[5] == 0) and np.all(phi[:, 5] == 0)
+
+
+def test_angular_similarity():
+    from mechscope.saes.geometry import angular_similarity
+
+    a = angular_similarity(np.array([[2.0, 0.0], [0.0, 3.0], [-1.0, 0.0]]))
+    np.testing.assert_allclose(a, [[1, 0.5, 0], [0.5, 1, 0.5], [0, 0.5, 1]], atol=1e-12)
+
+
+@pytest.mark.parametrize("spatial", [True, False])
+def test_planted_lobes_agree_only_when_cooccurrence_groups_are_also_spatial(spatial):
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    from mechscope.saes.geometry import angular_similarity, lobe_agreement, phi_coefficient
+
+    fires, dirs, group = _planted_lobes(spatial=spatial)
+    f = fires.astype(np.float64)
+    got = lobe_agreement(phi_coefficient(f.T @ f, len(f)) + 1.0, angular_similarity(dirs), n_clusters=3, n_shuffles=50)
+    # the co-occurrence clustering finds the planted groups either way
+    assert adjusted_mutual_info_score(got["cooc_labels"], group) > 0.9
+    # AMI of independent labels has mean 0 and, for 60 items in 3 groups, a spread well under 0.1
+    assert abs(got["ami_shuffled"]) < 0.05 and got["ami_shuffled_sd"] < 0.1
+    if spatial:
+        assert got["ami"] > 0.9 and got["ami"] > got["ami_shuffled"] + 5 * got["ami_shuffled_sd"]
+    else:
+        assert got["ami"] < got["ami_shuffled"] + 4 * got["ami_shuffled_sd"]
+
+
+def test_cooccurrence_counts_full_windows_from_position_1():
+    import torch
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    from mechscope.probes.capture import run_with_cache
+    from mechscope.saes.geometry import cooccurrence
+    from tests.tiny import tiny_model
+
+    model = tiny_model()
+    torch.manual_seed(0)
+    cfg = TopKSAEConfig(d_in=32, d_sae=24, k=6, dtype="float32", device="cpu")
+    cfg.metadata.hook_name = "blocks.1.hook_resid_post"
+    sae = TopKSAE(cfg)
+    g = torch.Generator().manual_seed(1)
+    seqs = [torch.randint(1, 50, (n,), generator=g).tolist() for n in (2, 4, 7, 10, 13)]
+    w = 3
+    params = SaeGeometryParams(texts=tuple(seqs), max_tokens=None, window=w, batch_size=2)
+    got, n_windows = cooccurrence(model, {"s": sae}, params)["s"]
+    want, n_want = np.zeros((24, 24)), 0
+    for s in seqs:  # one sequence at a time, no padding
+        _, cache = run_with_cache(model, torch.tensor([s]), names=[cfg.metadata.hook_name])
+        fires = (sae.encode(cache[cfg.metadata.hook_name][0]) > 0).numpy()
+        for start in range(1, len(s) - w + 1, w):  # full windows, position 0 left out
+            f = fires[start : start + w].any(0).astype(np.float64)
+            want += np.outer(f, f)
+            n_want += 1
+    assert n_windows == n_want == 0 + 1 + 2 + 3 + 4
+    np.testing.assert_array_equal(got, want)
+    assert want.sum() > 0
