@@ -110,14 +110,17 @@ if ab is not None:
     if len(full):
         st.dataframe(full.drop(columns=["prompt"]), hide_index=True)
 
-st.header("Feature geometry (galaxy scale)")
-st.caption("Eigenvalues of the covariance of each shipped SAE's unit decoder directions: power-law exponent α and "
-           "log volume Σ ln λ over the fit range, by layer (Li et al. 2024, The Geometry of Concepts).")
-gparams = ui.params_form(SaeGeometryParams, key="sae_geo", fields=("fit_start", "fit_stop", "normalize"),
-                         values={"saes": tuple(names)}, columns=3)
+st.header("Feature geometry")
+st.caption("Galaxy: eigenvalues of the covariance of each shipped SAE's unit decoder directions — power-law exponent α "
+           "and log volume Σ ln λ over the fit range, by layer. Lobes: spectral clusters of the latents by co-occurrence "
+           "(phi) and by decoder angle, their agreement (AMI) against shuffled labels (Li et al. 2024, The Geometry of "
+           "Concepts).")
+gparams = ui.params_form(SaeGeometryParams, key="sae_geo",
+                         fields=("fit_start", "fit_stop", "normalize", "lobes", "n_clusters", "text_set", "n_texts"),
+                         values={"saes": tuple(names)}, columns=4)
 geo = ui.stored("sae_geometry", gparams, model)
 if geo is None and st.button("Measure the decoder clouds", key="sae_geo_go"):
-    geo = ui.run_analysis("sae_geometry", sae_geometry, model, gparams, label="SAEs")
+    geo = ui.run_analysis("sae_geometry", sae_geometry, model, gparams, label="Texts")
 if geo is not None:
     for fig in geo.figures().values():
         st.plotly_chart(fig, use_container_width=True)
