@@ -220,3 +220,19 @@ def test_cooccurrence_counts_full_windows_from_position_1():
     assert n_windows == n_want == 0 + 1 + 2 + 3 + 4
     np.testing.assert_array_equal(got, want)
     assert want.sum() > 0
+
+
+def test_lobes_figure_only_with_lobe_columns():
+    import pandas as pd
+
+    from mechscope.saes.geometry import SaeGeometryResult
+
+    base = {"sae": ["a", "b"], "layer": [0, 6], "alpha": [0.3, 0.4], "alpha_ci95": [0.01, 0.01],
+            "log_volume": [-700.0, -710.0]}
+    lam = np.tile(np.linspace(1, 0.01, 200), (2, 1))
+    plain = SaeGeometryResult(model_id="m", params=SaeGeometryParams(), table=pd.DataFrame(base), eigenvalues=lam)
+    assert set(plain.figures()) == {"by_layer", "spectrum"}
+    lobes = {**base, "ami": [0.2, 0.3], "ami_shuffled": [0.0, 0.0], "ami_shuffled_sd": [0.01, 0.01]}
+    res = SaeGeometryResult(model_id="m", params=SaeGeometryParams(lobes=True), table=pd.DataFrame(lobes), eigenvalues=lam)
+    fig = res.figures()["lobes"]
+    assert list(fig.data[0].y) == [0.2, 0.3] and list(fig.data[1].y) == [0.0, 0.0]
