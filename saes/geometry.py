@@ -243,8 +243,11 @@ def sae_geometry(model, params: SaeGeometryParams, progress=None) -> SaeGeometry
         sae = load_sae(name, model=model, cached=True)
         w = sae.W_dec.detach().double().cpu().numpy()
         lam = cloud_eigenvalues(w, normalize=params.normalize)
-        rows.append({"sae": name, "hook": sae.cfg.metadata.hook_name, "layer": layer_of(sae.cfg.metadata.hook_name), "n_latents": w.shape[0],
-                     "d_in": w.shape[1], **power_law_fit(lam, params.fit_start, params.fit_stop)})
+        if spectra and len(lam) != len(spectra[0]):
+            raise InputError("These SAEs read spaces of different widths: measure them separately.")
+        hook = sae.cfg.metadata.hook_name
+        rows.append({"sae": name, "hook": hook, "layer": layer_of(hook), "n_latents": w.shape[0], "d_in": w.shape[1],
+                     **power_law_fit(lam, params.fit_start, params.fit_stop)})
         spectra.append(lam)
     if params.lobes:
         saes = {n: load_sae(n, model=model, cached=True) for n in names}
@@ -259,8 +262,6 @@ def sae_geometry(model, params: SaeGeometryParams, progress=None) -> SaeGeometry
                                    params.n_clusters, params.seed, params.n_shuffles)
             row.update({"n_windows": n_windows, "n_clustered": len(keep),
                         **{k: v for k, v in agree.items() if not k.endswith("labels")}})
-    if len({len(s) for s in spectra}) > 1:
-        raise InputError("These SAEs read spaces of different widths: measure them separately.")
     if model is not None:
         from mechscope.probes.models import model_id
 
