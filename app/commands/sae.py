@@ -1,4 +1,4 @@
-"""``mechscope sae train|eval|features|absorption|list``: sparse autoencoders (SAE-Lens)."""
+"""``mechscope sae train|eval|features|absorption|geometry|list``: sparse autoencoders (SAE-Lens)."""
 
 from __future__ import annotations
 
@@ -56,6 +56,13 @@ def register(sub) -> None:
     add_model_out(a, out_required=False)
     add_params(a, AbsorptionParams)
     a.set_defaults(func=run_absorption)
+
+    from mechscope.saes.geometry import SaeGeometryParams
+
+    g = ns.add_parser("geometry", help="decoder-direction cloud: eigenvalue power law and volume (Li et al. 2024)")
+    add_model_out(g, out_required=False)  # the model is loaded only for --lobes
+    add_params(g, SaeGeometryParams, skip=("texts",))
+    g.set_defaults(func=run_geometry)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -136,5 +143,17 @@ def run_absorption(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
     res = absorption(load_model(args), params, progress=progress("SAEs"))
     print(res.summary.to_string(index=False))
+    save_result(res, args.out)
+    return 0
+
+
+def run_geometry(args: argparse.Namespace) -> int:
+    from mechscope.saes.geometry import SaeGeometryParams, sae_geometry
+
+    params = params_from_args(SaeGeometryParams, args)
+    check_out_dir(args.out)
+    model = load_model(args) if params.lobes else None  # the galaxy reads only the SAEs' weights
+    res = sae_geometry(model, params, progress=progress("texts"))
+    print(res.to_frame().drop(columns=["hook"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     save_result(res, args.out)
     return 0

@@ -2,7 +2,8 @@
 
 Residual-stream sparse autoencoders (SAE-Lens TopK): the eval table,
 a latent browser (top contexts, activation histogram, logit effects), text → latent heat,
-"which latents promote token X", steering into the Playground, and first-letter absorption.
+"which latents promote token X", steering into the Playground, first-letter absorption and the
+geometry of the decoder directions.
 """
 
 import pandas as pd
@@ -13,6 +14,7 @@ from mechscope.app.widgets import send_to_playground
 from mechscope.saes.absorption import METHODS as ABSORPTION_METHODS
 from mechscope.saes.absorption import AbsorptionParams, absorption
 from mechscope.saes.features import SaeFeaturesParams, latents_for_token, latents_on_text, logit_effects, sae_features
+from mechscope.saes.geometry import SaeGeometryParams, sae_geometry
 from mechscope.saes.interventions import SaeClamp, SaeSteer
 from mechscope.saes.store import load_sae
 from mechscope.saes.store import manifest, shipped_names
@@ -107,3 +109,19 @@ if ab is not None:
     full = ab.words[ab.words["full_absorption"]]
     if len(full):
         st.dataframe(full.drop(columns=["prompt"]), hide_index=True)
+
+st.header("Feature geometry")
+st.caption("Galaxy: eigenvalues of the covariance of each shipped SAE's unit decoder directions — power-law exponent α "
+           "and log volume Σ ln λ over the fit range, by layer. Lobes: spectral clusters of the latents by co-occurrence "
+           "(phi) and by decoder angle, their agreement (AMI) against shuffled labels (Li et al. 2024, The Geometry of "
+           "Concepts).")
+gparams = ui.params_form(SaeGeometryParams, key="sae_geo",
+                         fields=("fit_start", "fit_stop", "normalize", "lobes", "n_clusters", "text_set", "n_texts"),
+                         values={"saes": tuple(names)}, columns=4)
+geo = ui.stored("sae_geometry", gparams, model)
+if geo is None and st.button("Measure the decoder clouds", key="sae_geo_go"):
+    geo = ui.run_analysis("sae_geometry", sae_geometry, model, gparams, label="Texts")
+if geo is not None:
+    for fig in geo.figures().values():
+        st.plotly_chart(fig, use_container_width=True)
+    st.dataframe(geo.to_frame(), hide_index=True)
