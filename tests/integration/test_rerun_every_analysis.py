@@ -32,6 +32,7 @@ def _cases():
     from mechscope.saes.absorption import AbsorptionParams
     from mechscope.saes.evals import SaeEvalParams
     from mechscope.saes.features import SaeFeaturesParams
+    from mechscope.saes.geometry import SaeGeometryParams
     from mechscope.saes.steering import SteerVerifyParams
 
     return {
@@ -55,6 +56,7 @@ def _cases():
         "sae_features": SaeFeaturesParams(sae="smollm2-135m/resid-L12", n_texts=3, k=2, max_tokens=32),
         "sae_steer_verify": SteerVerifyParams(sae="smollm2-135m/resid-L12", n=2),
         "sae_absorption": AbsorptionParams(saes=("smollm2-135m/resid-L12",), n_words=120),
+        "sae_geometry": SaeGeometryParams(saes=("smollm2-135m/resid-L0", "smollm2-135m/resid-L12")),
         "circuit_patch": CircuitPatchParams(task="induction", n_prompts=1, directions=("noising",)),
         "circuit_discover": CircuitDiscoverParams(task="ioi", n_prompts=3, n_latents=16, epochs=30),
         "circuit_compare": CircuitCompareParams(task="induction", n_prompts=1, ig_steps=2, n_latents=16, epochs=20, edge_top_n=5,
