@@ -21,7 +21,7 @@ FORMS = {  # the forms each page draws before anything is computed
     "logit_lens": {"ll", "ll_micro", "ll_ctx"},
     "neurons": {"nr_search", "nr_maxact", "nr_tax"},
     "isotropy": {"iso", "wh", "cs"},
-    "saes": {"sae_feat", "sae_abs"},
+    "saes": {"sae_feat", "sae_abs", "sae_geo"},
     "circuits": {"ci"},
 }
 
