@@ -37,11 +37,10 @@ def unsupported_reason(block) -> str | None:
         return "an MLP other than the gated SiLU one"
     if cfg.dtype not in (torch.float32, torch.float64):
         return f"{cfg.dtype} (TransformerLens' RMSNorm computes in float32 and casts back)"
+    # (per-head / split q/k/v inputs and hook_mlp_in can be switched at any time: _forward checks them)
     flags = {
-        "use_attn_in": "per-head attention inputs", "use_split_qkv_input": "split q/k/v inputs",
         "use_normalization_before_and_after": "norms after attention and MLP",
         "attn_only": "attention-only blocks", "parallel_attn_mlp": "parallel attention and MLP",
-        "use_hook_mlp_in": "hook_mlp_in",
     }
     for flag, what in flags.items():
         if getattr(cfg, flag, False):
