@@ -224,6 +224,7 @@ def _run_ray(store: SweepStore, todo: list[Job], device: str, outcome: Outcome, 
 
     pool = [new_actor(m) for m in queues for _ in range(min(actors, len(queues[m])))]
     in_flight: dict = {}  # ObjectRef -> actor state
+    early_deaths: dict[str, int] = {}  # model -> actors that died before taking a job
     try:
         while True:
             for a in pool:
@@ -242,8 +243,16 @@ def _run_ray(store: SweepStore, todo: list[Job], device: str, outcome: Outcome, 
                     in_flight[a["ref"]] = a
             for a in [a for a in pool if a.get("dead")]:  # died before taking a job: replace it
                 pool.remove(a)
-                if queues[a["model"]]:
-                    pool.append(new_actor(a["model"]))
+                m = a["model"]
+                early_deaths[m] = early_deaths.get(m, 0) + 1
+                if early_deaths[m] > max_retries + actors:  # its actors cannot start: fail its jobs
+                    for job in queues[m]:
+                        _record(store, job, {"event": "failed", "seconds": 0.0,
+                                             "error": f"no actor for {m} could start ({early_deaths[m]} tried)"},
+                                outcome, bar, executor="ray")
+                    queues[m] = []
+                elif queues[m]:
+                    pool.append(new_actor(m))
             bar.update(running=len(in_flight))
             if not in_flight:
                 if any(queues.values()) and pool:

@@ -357,3 +357,23 @@ def test_recent_runs_survive_a_restart(tmp_path):
     from mechscope import load_result
 
     assert load_result(runs[1]["directory"]).kind == "sinks"
+
+
+def test_the_documented_spec_parses_to_the_documented_jobs():
+    import re
+    import tomllib
+
+    from mechscope.sweeps import parse_spec
+
+    doc = (ROOT / "docs" / "sweeps.md").read_text()
+    data = tomllib.loads(re.search(r"```toml\n(.*?)```", doc, re.S).group(1))
+    assert data["models"] == ["smollm2-135m", "gemma-3-270m"]
+    data["models"] = [{"name": "tiny-a", "loader": "tests.sweeps.models:tiny_a"}]  # gemma may not be installed
+    jobs = parse_spec(data).jobs()
+    sinks = [j for j in jobs if j.kind == "sinks"]
+    assert len(sinks) == 24  # 3 eps x 2 k_max x 4 shards, one model
+    assert {(j.params.eps, j.params.k_max) for j in sinks} == {(e, k) for e in (0.1, 0.3, 0.5) for k in (4, 8)}
+    assert [len(j.params.selected()) for j in sinks[:4]] == [16] * 4
+    nt = [j for j in jobs if j.kind == "next_token"]
+    assert [(j.model.name, j.params.prompt, j.params.k) for j in nt] == [
+        ("smollm2-135m", "The capital of France is", nt[0].params.k), ("smollm2-135m", "2 + 2 =", 3)]
