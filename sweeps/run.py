@@ -58,12 +58,14 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, executor: str = "local", addr
         raise InputError("--gpus-per-actor and --cpus-per-actor cannot be negative.")
     if max_retries < 0:
         raise InputError("max_retries cannot be negative.")
+    device = device or spec.device
+    if executor == "ray" and device.startswith("cuda") and gpus_per_actor == 0:
+        raise InputError(f"device {device} on Ray needs --gpus-per-actor (e.g. 1, or 0.25 to share a GPU).")
     jobs = spec.jobs()
     store = SweepStore.open_for_run(out, spec.name)
     store.write_plan(jobs, spec_text)
     store.recover(jobs)
     todo = pending_jobs(store, jobs)
-    device = device or spec.device
     outcome = Outcome(total=len(jobs), skipped=len(jobs) - len(todo), done=0, failed=0, errors={})
     if not todo:
         return outcome

@@ -377,3 +377,18 @@ def test_the_documented_spec_parses_to_the_documented_jobs():
     nt = [j for j in jobs if j.kind == "next_token"]
     assert [(j.model.name, j.params.prompt, j.params.k) for j in nt] == [
         ("smollm2-135m", "The capital of France is", nt[0].params.k), ("smollm2-135m", "2 + 2 =", 3)]
+
+
+def test_bad_executor_options_are_refused_before_anything_runs(tmp_path):
+    from mechscope.probes.errors import InputError
+    from mechscope.sweeps import run_sweep
+
+    spec = _spec(tmp_path)
+    out = tmp_path / "out"
+    for kw, msg in [({"executor": "ray", "device": "cuda"}, "needs --gpus-per-actor"),
+                    ({"executor": "ray", "actors": 0}, "at least 1"),
+                    ({"executor": "dask"}, "Unknown executor"),
+                    ({"executor": "ray", "gpus_per_actor": -1.0}, "cannot be negative")]:
+        with pytest.raises(InputError, match=msg):
+            run_sweep(spec, out, show_progress=False, **kw)
+        assert not out.exists()
