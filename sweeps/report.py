@@ -83,7 +83,7 @@ def report_table(directory) -> pd.DataFrame:
 def _varied(frame: pd.DataFrame) -> list[str]:
     out = []
     for c in frame.columns:
-        if c.startswith("param.") or c == "shard":
+        if c.startswith("param."):  # shards are averaged over, never an axis
             vals = frame[c].dropna()
             if vals.nunique() > 1:
                 out.append(c)
@@ -92,7 +92,8 @@ def _varied(frame: pd.DataFrame) -> list[str]:
 
 def figures(table: pd.DataFrame) -> dict:
     """Comparison figures: for each analysis kind, each numeric metric against each varied
-    parameter (x), one colour per model; a second varied parameter splits the panels."""
+    parameter (x), one colour per model, averaged over text shards; a second varied parameter
+    splits the panels."""
     import plotly.express as px
 
     out = {}

@@ -392,3 +392,21 @@ def test_bad_executor_options_are_refused_before_anything_runs(tmp_path):
         with pytest.raises(InputError, match=msg):
             run_sweep(spec, out, show_progress=False, **kw)
         assert not out.exists()
+
+
+def test_figures_plot_each_metric_by_each_varied_parameter_averaged_over_shards():
+    from mechscope.sweeps.report import figures
+
+    rows = []
+    for model, offset in (("a", 0.0), ("b", 10.0)):
+        for eps in (0.1, 0.3):
+            for shard, v in ((0, 1.0), (1, 3.0)):
+                rows.append({"key": f"{model}{eps}{shard}", "status": "done", "kind": "sinks", "model": model,
+                             "shard": shard, "param.eps": eps, "metric.rate": offset + v + eps})
+    rows.append({"key": "x", "status": "failed", "kind": "sinks", "model": "a", "shard": 0, "param.eps": 0.5,
+                 "metric.rate": None})
+    figs = figures(pd.DataFrame(rows))
+    assert list(figs) == ["sinks: rate by eps"]
+    lines = {tr.name: (list(tr.x), list(tr.y)) for tr in figs["sinks: rate by eps"].data}
+    assert lines["a"][0] == [0.1, 0.3] and lines["a"][1] == pytest.approx([2.1, 2.3])  # mean of shards 1 and 3
+    assert lines["b"][1] == pytest.approx([12.1, 12.3])
