@@ -271,7 +271,7 @@ def _run_ray(store: SweepStore, todo: list[Job], device: str, outcome: Outcome, 
                     pool.remove(a)
                     if attempts[job.key] > max_retries:
                         _record(store, job, {"event": "failed", "seconds": 0.0,
-                                             "error": f"worker died {attempts[job.key]} times: {error_line(exc)}"},
+                                             "error": f"worker died {attempts[job.key]} time(s): {error_line(exc)}"},
                                 outcome, bar, executor="ray")
                     else:
                         queues[job.model.name].insert(0, job)

@@ -48,14 +48,16 @@ def test_local_and_ray_give_identical_tables(tmp_path, ray_instance):
             pd.testing.assert_frame_equal(a.to_frame(), b.to_frame())
 
 
-def test_killed_worker_job_is_retried_on_another_actor(tmp_path, ray_instance):
+def _run_and_kill(tmp_path, max_retries: int):
+    """Run a 3-job sweep on Ray in a thread; kill the worker of the first job to start while it
+    runs. Returns (outcome, events, the killed job's started event, the job keys)."""
     from mechscope.sweeps import load_spec, run_sweep
     from mechscope.sweeps.store import SweepStore
 
     spec = load_spec(write_spec(tmp_path / "spec.toml", spec_text(models="slow_tiny", eps=(0.1, 0.2, 0.3), failing=False)))
     out = tmp_path / "out"
     box = {}
-    t = threading.Thread(target=lambda: box.update(outcome=run_sweep(spec, out, executor="ray", max_retries=1,
+    t = threading.Thread(target=lambda: box.update(outcome=run_sweep(spec, out, executor="ray", max_retries=max_retries,
                                                                      show_progress=False)))
     t.start()
     victim = None
@@ -71,10 +73,21 @@ def test_killed_worker_job_is_retried_on_another_actor(tmp_path, ray_instance):
     os.kill(victim["worker"], signal.SIGKILL)
     t.join(180)
     assert not t.is_alive()
-    outcome = box["outcome"]
+    return box["outcome"], SweepStore(out).events(), victim, [j.key for j in spec.jobs()]
+
+
+def test_killed_worker_job_is_retried_on_another_actor(tmp_path, ray_instance):
+    outcome, events, victim, keys = _run_and_kill(tmp_path, max_retries=1)
     assert (outcome.done, outcome.failed) == (3, 0)
-    events = SweepStore(out).events()
     tries = [e for e in events if e["key"] == victim["key"] and e["event"] == "started"]
     assert [e["attempt"] for e in tries] == [1, 2] and tries[1]["worker"] != victim["worker"]
     done = [e for e in events if e["event"] == "done"]
-    assert sorted(e["key"] for e in done) == sorted(j.key for j in spec.jobs())  # each job once
+    assert sorted(e["key"] for e in done) == sorted(keys)  # each job once
+
+
+def test_a_job_out_of_retries_is_failed_and_the_others_finish(tmp_path, ray_instance):
+    outcome, events, victim, keys = _run_and_kill(tmp_path, max_retries=0)
+    assert (outcome.done, outcome.failed) == (2, 1)
+    assert "worker died 1 time(s)" in outcome.errors[victim["key"]]
+    done = {e["key"] for e in events if e["event"] == "done"}
+    assert done == set(keys) - {victim["key"]}
