@@ -185,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     gpu = args.device.startswith("cuda")
     import torch
 
+    if gpu and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: no CUDA device is available here.")
+    if gpu and args.gpus_per_actor <= 0:
+        raise SystemExit("--device cuda needs --gpus-per-actor (e.g. 0.25: four actors share the GPU).")
+
     # the local executor gets the threads a Ray actor gets (Ray sets OMP_NUM_THREADS to its CPUs)
     torch.set_num_threads(max(1, int(args.cpus_per_actor)))
     spec = parse_spec(make_spec(args.model, args.jobs, args.texts_per_job, args.max_tokens, args.device))
