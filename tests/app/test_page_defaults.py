@@ -23,6 +23,7 @@ FORMS = {  # the forms each page draws before anything is computed
     "isotropy": {"iso", "wh", "cs"},
     "saes": {"sae_feat", "sae_abs", "sae_geo"},
     "circuits": {"ci"},
+    "sweeps": set(),
 }
 
 

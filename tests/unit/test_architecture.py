@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "mechscope"
-SUBPACKAGES = ("probes", "analyses", "saes", "app", "data")
+SUBPACKAGES = ("probes", "analyses", "saes", "app", "data", "sweeps")
 
 # rule -> modules excused from it; empty: every rule holds everywhere (an entry whose module
 # keeps the rule fails the test, so nothing stays excused by accident)
@@ -318,8 +318,8 @@ def test_analyses_tokenise_through_probes():
 
 
 RULES = {
-    "probes_up": lambda: _importers(("probes",), ("analyses", "app", "saes")),
-    "app_down": lambda: _importers(("analyses", "saes", "data"), ("app",)),
+    "probes_up": lambda: _importers(("probes",), ("analyses", "app", "saes", "sweeps")),
+    "app_down": lambda: _importers(("analyses", "saes", "data", "sweeps"), ("app",)),
     "saes_analyses": lambda: _importers(("saes",), ("analyses",)),
     "sibling_helper": _sibling_helpers,
     "sys_path": _sys_path_edits,

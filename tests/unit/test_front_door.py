@@ -40,6 +40,6 @@ def test_every_subpackage_is_listed_for_the_wheel():
     listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {"mechscope"} | {
         "mechscope." + ".".join(init.parent.relative_to(root).parts)
-        for top in ("app", "probes", "analyses", "saes", "data") for init in (root / top).rglob("__init__.py")
+        for top in ("app", "probes", "analyses", "saes", "data", "sweeps") for init in (root / top).rglob("__init__.py")
     }
     assert found == listed, f"missing {sorted(found - listed)}, stale {sorted(listed - found)}"
