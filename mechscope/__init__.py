@@ -60,7 +60,7 @@ _EXPORTS = {
     # SAEs
     "load_sae": "mechscope.saes.store:load_sae",
 }
-_SUBPACKAGES = ("probes", "analyses", "saes", "app", "data")
+_SUBPACKAGES = ("probes", "analyses", "saes", "app", "data", "sweeps")
 
 
 def _analyses() -> dict:

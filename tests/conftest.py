@@ -5,10 +5,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-if os.environ.get("MECHSCOPE_TORCH_THREADS"):  # `make test` re-runs the fast tests on 1 thread
+# `make test` runs the suite on two pytest-xdist workers of one torch thread each, then the fast
+# tests again in one process at the machine's thread count: thread-dependent rounding must not
+# change any verdict. MECHSCOPE_TORCH_THREADS sets the count explicitly.
+_threads = os.environ.get("MECHSCOPE_TORCH_THREADS") or ("1" if os.environ.get("PYTEST_XDIST_WORKER") else "")
+if _threads:
     import torch
 
-    torch.set_num_threads(int(os.environ["MECHSCOPE_TORCH_THREADS"]))
+    torch.set_num_threads(int(_threads))
 
 
 def pytest_report_header(config):
