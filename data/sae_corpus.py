@@ -246,7 +246,8 @@ EVAL_DIR = HERE / "sae_eval"
 PROMPTS_DIR = HERE / "sae_prompts"
 # held-out documents: sha256(doc_id) % mod == 0. Literature and code keep the code_shakespeare
 # recipe's rule (the same documents), so the shipped eval sets are unseen by both corpora.
-HELDOUT_MODS = {"literature": HELDOUT_MOD, "code": HELDOUT_MOD, "documentation": 5, "tables": 5, "generations": 10}
+HELDOUT_MODS = {"literature": HELDOUT_MOD, "code": HELDOUT_MOD, "documentation": 5, "tables": 5, "generations": 10,
+                "handwritten": 1}  # hand-written dialogues: always held out, never trained on
 MIN_LINE_CHARS = 24  # shorter normalised lines are too common to mark a near-duplicate
 NEAR_DUP_FRACTION = 0.5
 GEN_DEFAULTS = {"temperature": 0.8, "top_p": 0.95, "max_new_tokens": 256, "samples_per_prompt": 4,
@@ -383,6 +384,17 @@ def generation_docs(path: Path) -> list[Doc]:
     for line in Path(path).read_text().splitlines():
         r = json.loads(line)
         docs.append(Doc(r["id"], r["text"], "generations", "dialogue" if r["kind"] == "chat" else "prose"))
+    return docs
+
+
+def handwritten_dialogue_docs(tok, directory: Path = PROMPTS_DIR) -> list[Doc]:
+    """The hand-written chat dialogues (``dialogues_handwritten.jsonl``, written for mechscope)
+    rendered with the model's chat template (its default system prompt): the ``dialogue`` eval
+    set until the model's own held-out chat answers replace it (a corpus built with generations)."""
+    docs = []
+    for line in (directory / "dialogues_handwritten.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        docs.append(Doc(r["id"], tok.apply_chat_template(r["messages"], tokenize=False), "handwritten", "dialogue"))
     return docs
 
 
@@ -620,7 +632,10 @@ def collect_general(shakespeare: Path, stdlib: Path, generations: Path | None) -
                          "documents": len(items)}
         docs.extend(items)
 
-    if generations is not None:
+    if generations is None:
+        add("handwritten", handwritten_dialogue_docs(tokenizer()), "written for mechscope (Apache-2.0)",
+            "data/sae_prompts/dialogues_handwritten.jsonl")
+    else:
         add("generations", generation_docs(generations), "model output (SmolLM2-135M-Instruct, Apache-2.0)",
             json.loads((Path(generations).parent / (Path(generations).stem + ".info.json")).read_text()).get("sha256", "")
             if (Path(generations).parent / (Path(generations).stem + ".info.json")).exists() else "")
