@@ -59,19 +59,26 @@ def pack_file(src_dir: Path, dst: Path) -> None:
 
 
 @torch.no_grad()
-def forward_rate(model, rows: np.ndarray, hooks: list[str], batch: int = 64, reps: int = 10) -> dict:
+def forward_rate(model, rows: np.ndarray, hooks: list[str], batch: int = 64, reps: int = 10,
+                 autocast: bool = False) -> dict:
+    """Tokens/s of the model forward alone and with the hooks' activations cached (under
+    bfloat16 autocast with ``autocast``, as the training run's ``autocast_lm``)."""
+    import contextlib
+
     toks = torch.as_tensor(rows[: batch].astype(np.int64)).to(model.cfg.device)
+    ctx = (lambda: torch.autocast(toks.device.type, dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
     sync = torch.cuda.synchronize if toks.is_cuda else (lambda: None)
     out = {}
     for label, names in (("forward", []), ("forward+cache", hooks)):
         names = names or [hooknames.name("embed")]
-        for _ in range(2):
-            capture.run_with_cache(model, toks, names=names, stop_at_layer=model.cfg.n_layers)
-        sync()
-        t = time.perf_counter()
-        for _ in range(reps):
-            capture.run_with_cache(model, toks, names=names, stop_at_layer=model.cfg.n_layers)
-        sync()
+        with ctx():
+            for _ in range(2):
+                capture.run_with_cache(model, toks, names=names, stop_at_layer=model.cfg.n_layers)
+            sync()
+            t = time.perf_counter()
+            for _ in range(reps):
+                capture.run_with_cache(model, toks, names=names, stop_at_layer=model.cfg.n_layers)
+            sync()
         out[label] = reps * toks.numel() / (time.perf_counter() - t)
     return out
 
@@ -173,7 +180,7 @@ def general_main(args) -> int:
         work = args.work / "general"
     layers = sorted({*spec.layers, *(l for _, l in spec.extra)})
     rate = forward_rate(model, train, [hooknames.name("resid_post", l) for l in layers], batch=args.rate_batch,
-                        reps=args.rate_reps)
+                        reps=args.rate_reps, autocast=args.autocast_lm)
     log(f"forward-only rate (tokens/s): {json.dumps(rate)}", args.out)
     info = train_resid_saes(model, train, spec, work, device=dev, autocast_lm=args.autocast_lm,
                             autocast=args.autocast, store_batch_prompts=args.store_batch,

@@ -719,6 +719,7 @@ def build_general(shakespeare: Path, stdlib: Path, out: Path, generations: Path 
         out.mkdir(parents=True, exist_ok=True)
         (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
         return manifest
+    props = {d: v for d, v in props.items() if any(x.domain == d for x in train)}  # sources this machine lacks
     by_domain: dict[str, list[list[int]]] = {d: [] for d in props}
     by_domain_ids: dict[str, list[str]] = {d: [] for d in props}
     for d, ids in zip(train, encode(train)):

@@ -306,3 +306,47 @@ def test_geometry_params_check_crystal_fields():
         SaeGeometryParams(crystal_cos=1.5)
     with pytest.raises(InputError, match="crystal"):
         SaeGeometryParams(crystal_latents=2)
+
+
+# ---------------------------------------------------------------------------------------
+# prompts, generation records, CLI and GPU-script pieces
+
+
+def test_shipped_prompts_and_generation_records():
+    ins, ops = C.load_prompts()
+    assert len(ins) >= 300 and len({r["text"] for r in ins}) == len(ins)
+    assert {"advice", "science", "history", "creative", "dialogue", "maths", "coding", "tables"} <= {r["domain"] for r in ins}
+    assert len(ops) >= 60
+
+    class Tok:
+        def apply_chat_template(self, msgs, tokenize, add_generation_prompt):
+            assert not tokenize and add_generation_prompt
+            return f"<user>{msgs[0]['content']}<assistant>"
+
+    recs = C.generation_prompts(ins[:3], ops[:2], Tok(), samples_per_prompt=2)
+    assert len(recs) == 10 and len({r["id"] for r in recs}) == 10
+    assert recs[0]["prompt"] == f"<user>{ins[0]['text']}<assistant>" and recs[0]["kind"] == "chat"
+    assert recs[-1]["prompt"] == ops[1]["text"] and recs[-1]["kind"] == "continuation"
+    assert recs[0]["prompt_id"] == recs[1]["prompt_id"] == recs[0]["id"].rsplit(":", 1)[0]
+
+
+def test_cli_flags_for_domains_casting_and_crystals():
+    from mechscope.app.cli import build_parser
+
+    parser = build_parser()
+    e = parser.parse_args(["sae", "eval", "--source", "corpus", "--domains", "code,prose", "--weights-dtype", "bfloat16"])
+    assert (e.source, tuple(e.domains), e.weights_dtype) == ("corpus", ("code", "prose"), "bfloat16")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["sae", "eval", "--weights-dtype", "int4"])
+    g = parser.parse_args(["sae", "geometry", "--crystals", "--crystal-latents", "64", "--crystal-distractors", "1"])
+    assert (g.crystals, g.crystal_latents, g.crystal_distractors) == (True, 64, 1)
+
+
+def test_gpu_script_domain_table():
+    from benchmarks.gpu_saes import domain_table
+
+    s = {"explained_variance": 0.91234, "ce_recovered": 0.98, "l0": 60.0, "dead_fraction": 0.01}
+    md = domain_table({"topk-L12": {"float32": {"code": s, "prose": {**s, "explained_variance": 0.8}}}})
+    lines = md.strip().split("\n")
+    assert lines[0].startswith("| SAE | code EV |") and len(lines) == 3
+    assert lines[2] == "| topk-L12 | 0.912 | 0.980 | 60.0 | 0.010 | 0.800 | 0.980 | 60.0 | 0.010 |"
