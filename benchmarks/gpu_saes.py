@@ -184,7 +184,8 @@ def general_main(args) -> int:
     log(f"forward-only rate (tokens/s): {json.dumps(rate)}", args.out)
     info = train_resid_saes(model, train, spec, work, device=dev, autocast_lm=args.autocast_lm,
                             autocast=args.autocast, store_batch_prompts=args.store_batch,
-                            buffer_batches=args.buffer_batches, log=lambda m: log(m, args.out))
+                            buffer_batches=args.buffer_batches, norm_batches=args.norm_batches,
+                            log=lambda m: log(m, args.out))
     names = list(info["names"])
     new = load_dir_saes(work, names, dev)
     dtypes = ("float32", "float16", "bfloat16") if args.mode == "train-general" else ("float32",)
@@ -260,6 +261,7 @@ def main(argv=None) -> int:
                    help="model forward under bf16 autocast")
     g.add_argument("--autocast", action=argparse.BooleanOptionalAction, default=False,
                    help="SAE training steps under bf16 autocast")
+    g.add_argument("--norm-batches", type=int, default=50, help="store batches for the activation-norm estimate")
     g.add_argument("--rate-batch", type=int, default=64)
     g.add_argument("--rate-reps", type=int, default=10)
     g.add_argument("--domains", type=lambda v: v.split(","), default=None, help="eval domains (default: all shipped)")

@@ -131,13 +131,14 @@ def _hf_dataset(rows: np.ndarray):
 
 def train_resid_saes(model, rows: np.ndarray, spec: TrainSpec, out_dir: Path, device: str = "cuda",
                      store_batch_prompts: int = 32, buffer_batches: int = 256, autocast_lm: bool = False,
-                     autocast: bool = False, log: Callable[[str], None] = print) -> dict:
+                     autocast: bool = False, norm_batches: int = 50, log: Callable[[str], None] = print) -> dict:
     """Train one SAE per layer of ``spec`` (plus ``spec.extra``) from shared forward passes.
 
     ``rows``: uint16/int token rows [N, context_size] (the corpus' train split). Writes each SAE
     with SAE-Lens' ``save_inference_model`` to ``out_dir/<name>`` and returns
     ``{"names": {name: hook}, "seconds": ..., "tokens_per_s": ...}``. ``autocast_lm``: the model
     forward under bfloat16 autocast; ``autocast``: the SAEs' training steps too (SAE-Lens' options).
+    ``norm_batches``: store batches read to estimate the activation-norm scale.
     """
     from sae_lens import MultiSAETrainingRunner, MultiSAETrainingRunnerConfig
     from sae_lens.config import LoggingConfig
@@ -155,7 +156,7 @@ def train_resid_saes(model, rows: np.ndarray, spec: TrainSpec, out_dir: Path, de
         context_size=spec.context_size, seqpos_slice=(1, None), prepend_bos=False,
         training_tokens=spec.training_tokens, train_batch_size_tokens=spec.batch_tokens,
         store_batch_size_prompts=store_batch_prompts, n_batches_in_buffer=buffer_batches,
-        device=device, seed=spec.seed, dtype="float32", n_batches_for_norm_estimate=50,
+        device=device, seed=spec.seed, dtype="float32", n_batches_for_norm_estimate=norm_batches,
         output_path=str(out_dir), checkpoint_path=None, logger=LoggingConfig(log_to_wandb=False),
         dead_feature_window=1000, feature_sampling_window=2000, autocast_lm=autocast_lm, autocast=autocast,
         **_schedule(spec),
