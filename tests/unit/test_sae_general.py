@@ -350,3 +350,17 @@ def test_gpu_script_domain_table():
     lines = md.strip().split("\n")
     assert lines[0].startswith("| SAE | code EV |") and len(lines) == 3
     assert lines[2] == "| topk-L12 | 0.912 | 0.980 | 60.0 | 0.010 | 0.800 | 0.980 | 60.0 | 0.010 |"
+
+
+def test_samples_of_one_prompt_are_judged_on_their_own_tokens(tmp_path):
+    prompt = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+              "<|im_start|>user\nHow do I keep my kitchen knives sharp and safe to use?<|im_end|>\n<|im_start|>assistant\n")
+    answers = [f"Answer number {k}: hone the blade every week and store it in a block, variant {k}." for k in range(6)]
+    answers.append(answers[0])  # an exact repeat of a sample
+    f = tmp_path / "g.jsonl"
+    f.write_text("".join(json.dumps({"id": f"gen:chat:p1:{k}", "kind": "chat", "prompt": prompt, "text": prompt + a}) + "\n"
+                         for k, a in enumerate(answers)))
+    docs = C.generation_docs(f)
+    assert docs[0].dedupe_text == answers[0] and docs[0].text == prompt + answers[0]
+    train, held, dropped = C.split_docs(docs)
+    assert len(train) + len(held) == 6 and dropped["exact"] == 1  # the shared prompt lines do not count
