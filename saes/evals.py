@@ -281,23 +281,39 @@ from mechscope.probes.results import Result, analysis  # noqa: E402
 from mechscope.probes.texts import TextInputs, max_tokens_field, n_texts_field, text_set_field  # noqa: E402
 
 
+EVAL_SOURCES = ("domains", "corpus")
+WEIGHT_DTYPES = ("float32", "float16", "bfloat16")
+
+
 @dataclass(frozen=True)
 class SaeEvalParams(TextInputs):
     kind: ClassVar[str] = "sae_eval"
     LEGACY_FIELDS: ClassVar[dict] = {"rows": "n_texts"}
     text_set: str | None = text_set_field(None, "shipped text set (its texts of max_tokens+ tokens, cut to max_tokens) "
-                                                "instead of the held-out corpus rows (None)")
-    n_texts: int | None = n_texts_field(32, "token rows to evaluate on")
+                                                "instead of the per-domain eval sets (None)")
+    n_texts: int | None = n_texts_field(32, "token rows to evaluate on (per domain)")
     max_tokens: int | None = max_tokens_field(128, "tokens per row taken from texts or text_set")
     saes: tuple[str, ...] = field(default=(), metadata={"help": "SAE names (default: every shipped SAE)"})
     batch_size: int = 8
+    source: str = field(default="domains", metadata={
+        "help": "without texts/text_set: 'domains' (the shipped per-domain held-out sets, data/sae_eval) or "
+                "'corpus' (the held-out rows of a built data/sae_corpus.py corpus)", "choices": EVAL_SOURCES})
+    domains: tuple[str, ...] = field(default=(), metadata={"help": "eval domains (default: every shipped one)"})
+    weights_dtype: str = field(default="float32", metadata={
+        "help": "cast the SAE's weights to this dtype and back before evaluating (what storing them so costs)",
+        "choices": WEIGHT_DTYPES})
 
     def __post_init__(self):
         super().__post_init__()
         if self.n_texts is None or self.max_tokens is None or self.batch_size < 1:
             raise InputError("n_texts, max_tokens and batch_size must be >= 1.")
-        if not isinstance(self.saes, tuple):
-            object.__setattr__(self, "saes", tuple(self.saes))
+        for name in ("saes", "domains"):
+            if not isinstance(getattr(self, name), tuple):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.source not in EVAL_SOURCES:
+            raise InputError(f"Unknown eval source {self.source!r}: use one of {', '.join(EVAL_SOURCES)}.")
+        if self.weights_dtype not in WEIGHT_DTYPES:
+            raise InputError(f"Unknown weights_dtype {self.weights_dtype!r}: use one of {', '.join(WEIGHT_DTYPES)}.")
 
 
 @dataclass(frozen=True)
@@ -313,7 +329,8 @@ class SaeEvalResult(Result):
         import plotly.graph_objects as go
 
         fig = go.Figure()
-        for name, d in zip(self.table["sae"], self.density):
+        labels = (self.table["sae"] + " · " + self.table["domain"]) if "domain" in self.table else self.table["sae"]
+        for name, d in zip(labels, self.density):
             counts, edges = density_histogram(d)
             fig.add_trace(go.Scatter(x=(edges[:-1] + edges[1:]) / 2, y=counts, mode="lines", name=name))
         fig.update_layout(title="latent density (log10 fraction of tokens; dead latents left out)",
@@ -344,22 +361,73 @@ def text_rows(model, texts, n: int, length: int = 128) -> np.ndarray:
     return np.stack(seqs[:n])
 
 
+def eval_domains(data_dir=None) -> list[str]:
+    """The shipped per-domain eval sets present (``data/sae_eval/<domain>.jsonl``), in the
+    order of ``data.sae_corpus.EVAL_DOMAINS``."""
+    from mechscope.data.sae_corpus import EVAL_DOMAINS
+    from mechscope.probes.datasets import resolve_data_dir
+
+    root = resolve_data_dir(data_dir) / "sae_eval"
+    return [d for d in EVAL_DOMAINS if (root / f"{d}.jsonl").exists()]
+
+
+def domain_rows(domain: str, n: int | None = None, data_dir=None) -> np.ndarray:
+    """The first ``n`` token rows [n, ctx] of a shipped eval domain (sha256-checked against
+    ``data/checksums.json``; held-out documents, never in the training corpora)."""
+    from mechscope.probes.datasets import _jsonl, resolve_data_dir
+
+    root = resolve_data_dir(data_dir)
+    have = eval_domains(data_dir)
+    if domain not in have:
+        raise InputError(f"No shipped eval set {domain!r}: use one of {', '.join(have) or '(none in ' + str(root) + ')'}.")
+    recs = _jsonl(root, root / "sae_eval" / f"{domain}.jsonl")[:n]
+    return np.asarray([r["tokens"] for r in recs], dtype=np.int64)
+
+
+def cast_weights(sae, dtype: str):
+    """A copy of ``sae`` whose floating parameters were rounded to ``dtype`` (stored so) and
+    back to their own dtype."""
+    import copy
+
+    if dtype == "float32":
+        return sae
+    out = copy.deepcopy(sae)
+    with torch.no_grad():
+        for prm in out.parameters():
+            if prm.is_floating_point():
+                prm.copy_(prm.to(getattr(torch, dtype)).to(prm.dtype))
+    return out
+
+
 @analysis(SaeEvalParams)
 def sae_eval(model, params: SaeEvalParams, progress=None) -> SaeEvalResult:
-    """The eval table (one row per SAE) over held-out corpus rows or a shipped text set."""
+    """The eval table: one row per SAE and eval domain — the shipped per-domain held-out sets
+    (default), the held-out rows of a built corpus (``source="corpus"``, domain ``corpus``) or a
+    text set (domain ``texts``)."""
     from mechscope.probes.models import model_id
     from mechscope.saes.store import load_sae, shipped_names
 
     names = list(params.saes) or shipped_names()
     if params.texts is not None or params.text_set:
-        rows = text_rows(model, params.selected(), params.n_texts, params.max_tokens)
+        sets = {"texts": text_rows(model, params.selected(), params.n_texts, params.max_tokens)}
+    elif params.source == "corpus":
+        sets = {"corpus": heldout_rows(params.n_texts)}
     else:
-        rows = heldout_rows(params.n_texts)
+        doms = list(params.domains) or eval_domains()
+        if not doms:
+            raise InputError("No shipped per-domain eval set was found (data/sae_eval): use source='corpus' or a text set.")
+        sets = {d: domain_rows(d, params.n_texts) for d in doms}
     table, dens = [], []
-    for i, name in enumerate(names):
-        s = evaluate(model, load_sae(name), rows, batch_size=params.batch_size)
-        table.append({**table_row(name, s), **meets_targets(s)})
-        dens.append(s["density"])
-        if progress is not None:
-            progress(i + 1, len(names))
-    return SaeEvalResult(model_id=model_id(model), params=params, table=pd.DataFrame(table), density=np.stack(dens))
+    total, done = len(names) * len(sets), 0
+    for name in names:
+        sae = cast_weights(load_sae(name), params.weights_dtype)
+        for dom, rows in sets.items():
+            s = evaluate(model, sae, rows, batch_size=params.batch_size)
+            table.append({**table_row(name, s), "domain": dom, **meets_targets(s)})
+            dens.append(s["density"])
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    frame = pd.DataFrame(table)
+    frame.insert(1, "domain", frame.pop("domain"))
+    return SaeEvalResult(model_id=model_id(model), params=params, table=frame, density=np.stack(dens))

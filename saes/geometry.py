@@ -27,10 +27,26 @@ coefficient of co-occurrence plus 1 (``cluster_phi.py``), one on the angular sim
 ``1 - arccos(cos)/pi`` of the decoder directions (``cluster_ang.py``); their agreement is the
 adjusted mutual information (AMI), against a shuffled control (the co-occurrence labels
 permuted, ``n_shuffles`` times).
+
+**Crystals** (``crystals=True``; section 3 of the paper, reference ``atom/``): parallelogram and
+trapezoid faces are pairs of latent pairs whose difference vectors are parallel
+(man−woman ∥ king−queen). Among ``crystal_latents`` latents (a seeded sample, unit decoder
+rows) every difference ``w_i - w_j`` (i < j) is formed; two differences of disjoint latent pairs
+are parallel when ``|cos| >= crystal_cos``; a **crystal** is a connected group of at least
+``crystal_min_size`` mutually linked differences (a parallelogram when the two edges have equal
+length, a trapezoid otherwise; ``length_ratio`` reports the spread). ``crystal_distractors``
+global directions — the top principal components of the sampled cloud, such as the paper's
+word-length direction — are projected out first (0: none). The crystals' quality is the
+reference's: the silhouette score (cosine) of the crystals' difference vectors labelled by
+crystal, raw and after linear discriminant analysis onto ``min(crystals - 1, 8)`` components
+(the reference's ``LDA(n_components=8)`` + ``silhouette_score``), which projects out the
+directions that vary within crystals. The shuffled control runs the same search on the cloud
+with each coordinate permuted independently across latents (``n_shuffles`` times).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -57,7 +73,14 @@ class SaeGeometryParams(TextInputs):
     n_clusters: int = field(default=8, metadata={"help": "clusters of each spectral clustering"})
     window: int = field(default=64, metadata={"help": "tokens per co-occurrence window (reference: 256)"})
     min_fires: int = field(default=5, metadata={"help": "latents clustered: those firing in this many windows"})
-    n_shuffles: int = field(default=20, metadata={"help": "shuffled-label controls of the AMI"})
+    n_shuffles: int = field(default=20, metadata={"help": "shuffled-label controls of the AMI (crystals: at most 5)"})
+    crystals: bool = field(default=False, metadata={
+        "help": "also search for crystals: parallel difference vectors between latents (weights only)"})
+    crystal_latents: int = field(default=128, metadata={"help": "latents sampled for the crystal search"})
+    crystal_cos: float = field(default=0.9, metadata={"help": "|cos| at which two differences count as parallel"})
+    crystal_min_size: int = field(default=3, metadata={"help": "parallel differences a crystal needs"})
+    crystal_distractors: int = field(default=0, metadata={
+        "help": "top principal directions of the cloud projected out before the crystal search"})
     seed: int = 0
     batch_size: int = field(default=8, metadata={"help": "texts per forward"})
     n_texts: int | None = n_texts_field(128)
@@ -69,6 +92,10 @@ class SaeGeometryParams(TextInputs):
         if self.fit_start < 0 or self.fit_stop - self.fit_start < 3:
             raise InputError("fit_start must be >= 0 and the fit must span at least 3 eigenvalues "
                              f"(got {self.fit_start}..{self.fit_stop}).")
+        if (self.crystal_latents < 4 or not 0 < self.crystal_cos <= 1 or self.crystal_min_size < 2
+                or self.crystal_distractors < 0):
+            raise InputError("crystal_latents must be >= 4, crystal_cos in (0, 1], crystal_min_size >= 2 and "
+                             "crystal_distractors >= 0.")
         if self.n_clusters < 2 or self.window < 1 or self.min_fires < 1 or self.n_shuffles < 1 or self.batch_size < 1:
             raise InputError("n_clusters must be >= 2; window, min_fires, n_shuffles and batch_size >= 1.")
 
@@ -149,6 +176,110 @@ def lobe_agreement(cooc_affinity: np.ndarray, geo_affinity: np.ndarray, n_cluste
             "cooc_labels": a, "geo_labels": b}
 
 
+def project_out(points: np.ndarray, k: int) -> np.ndarray:
+    """``points`` with their top ``k`` principal directions (of the centred cloud) removed."""
+    x = np.asarray(points, dtype=np.float64)
+    if k <= 0:
+        return x
+    _, _, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+    v = vt[:k]
+    return x - (x @ v.T) @ v
+
+
+def find_crystals(points: np.ndarray, cos_threshold: float = 0.9, min_size: int = 3, block: int = 2048) -> dict:
+    """Crystals among the rows of ``points`` [m, d] (see the module doc): every difference
+    ``p_i - p_j`` (i < j); links between differences of disjoint pairs with
+    ``|cos| >= cos_threshold``; connected groups of ``min_size``+ differences.
+
+    Returns ``pairs`` [P, 2], ``diffs`` [P, d], ``labels`` [P] (crystal index or -1) and
+    ``crystals``: per crystal ``{"size", "pairs", "parallelism"`` (mean |cos| of its
+    differences to their sign-aligned mean direction), ``"length_ratio"`` (longest / shortest
+    difference; 1 for parallelograms)``}``, largest first."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    x = np.asarray(points, dtype=np.float64)
+    m = x.shape[0]
+    i, j = np.triu_indices(m, 1)
+    diffs = x[i] - x[j]
+    norms = np.linalg.norm(diffs, axis=1)
+    ok = norms > 0
+    unit = np.where(ok[:, None], diffs / np.where(ok, norms, 1.0)[:, None], 0.0)
+    rows, cols = [], []
+    for a in range(0, len(unit), block):
+        c = np.abs(unit[a : a + block] @ unit.T)
+        r, q = np.nonzero(c >= cos_threshold)
+        r = r + a
+        keep = (r < q) & (i[r] != i[q]) & (i[r] != j[q]) & (j[r] != i[q]) & (j[r] != j[q])
+        rows.append(r[keep])
+        cols.append(q[keep])
+    r, q = np.concatenate(rows), np.concatenate(cols)
+    n = len(unit)
+    _, comp = connected_components(coo_matrix((np.ones(len(r)), (r, q)), shape=(n, n)), directed=False)
+    sizes = np.bincount(comp, minlength=n)
+    labels = np.full(n, -1)
+    crystals = []
+    for c in sorted(np.flatnonzero(sizes >= min_size), key=lambda c: -sizes[c]):
+        members = np.flatnonzero(comp == c)
+        u = unit[members]
+        u = u * np.sign(u @ u[0])[:, None]  # align signs: p_i - p_j and p_j - p_i are the same edge
+        mean = u.mean(0)
+        mean /= np.linalg.norm(mean)
+        labels[members] = len(crystals)
+        crystals.append({"size": int(len(members)), "pairs": [(int(i[k]), int(j[k])) for k in members],
+                         "parallelism": float(np.abs(u @ mean).mean()),
+                         "length_ratio": float(norms[members].max() / norms[members].min())})
+    return {"pairs": np.stack([i, j], 1), "diffs": diffs, "labels": labels, "crystals": crystals}
+
+
+def crystal_quality(diffs: np.ndarray, labels: np.ndarray, max_components: int = 8) -> dict:
+    """The reference's quality of clusters of difference vectors: silhouette score of the
+    labelled differences (label >= 0; signs aligned within each cluster), raw and after LDA
+    onto ``min(clusters - 1, max_components)`` components. NaN with fewer than 2 clusters."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.metrics import silhouette_score
+
+    keep = labels >= 0
+    y = labels[keep]
+    n_cl = len(np.unique(y))
+    if n_cl < 2 or keep.sum() <= n_cl:
+        return {"silhouette": float("nan"), "silhouette_lda": float("nan")}
+    x = np.asarray(diffs, dtype=np.float64)[keep].copy()
+    for c in np.unique(y):
+        g = y == c
+        x[g] *= np.sign(x[g] @ x[g][0])[:, None]
+    lda = LinearDiscriminantAnalysis(n_components=min(n_cl - 1, max_components)).fit(x, y)
+    return {"silhouette": float(silhouette_score(x, y, metric="cosine")),
+            "silhouette_lda": float(silhouette_score(lda.transform(x), y))}
+
+
+def crystal_summary(directions: np.ndarray, n_latents: int = 128, cos_threshold: float = 0.9, min_size: int = 3,
+                    distractors: int = 0, n_shuffles: int = 3, seed: int = 0, normalize: bool = True) -> dict:
+    """Crystal search on a seeded sample of ``n_latents`` directions (unit norm with
+    ``normalize``) and on
+    ``n_shuffles`` coordinate-shuffled copies (the control): counts, sizes, parallelism and
+    the reference's silhouette quality (:func:`crystal_quality`)."""
+    w = np.asarray(directions, dtype=np.float64)
+    if normalize:
+        w = w / np.linalg.norm(w, axis=1, keepdims=True)
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(w), size=min(n_latents, len(w)), replace=False))
+    x = project_out(w[pick], distractors)
+    found = find_crystals(x, cos_threshold, min_size)
+    q = crystal_quality(found["diffs"], found["labels"])
+    null = []
+    for _ in range(n_shuffles):
+        xs = np.stack([rng.permutation(col) for col in w[pick].T], 1)
+        null.append(len(find_crystals(project_out(xs, distractors), cos_threshold, min_size)["crystals"]))
+    cr = found["crystals"]
+    return {"crystal_latents": len(pick), "n_crystals": len(cr),
+            "crystal_max_size": max((c["size"] for c in cr), default=0),
+            "crystal_parallelism": float(np.mean([c["parallelism"] for c in cr])) if cr else float("nan"),
+            "crystal_silhouette": q["silhouette"], "crystal_silhouette_lda": q["silhouette_lda"],
+            "n_crystals_shuffled": float(np.mean(null)) if null else float("nan"),
+            "crystal_latent_ids": [[(int(pick[a]), int(pick[b])) for a, b in c["pairs"]] for c in cr]}
+
+
 @torch.no_grad()
 def cooccurrence(model, saes: dict, params: SaeGeometryParams, progress=None) -> dict:
     """Per SAE name: (co-occurrence counts [d_sae, d_sae], number of windows) over the texts."""
@@ -211,6 +342,13 @@ class SaeGeometryResult(Result):
         by.update_yaxes(title_text="α", secondary_y=False)
         by.update_yaxes(title_text="Σ ln λ", secondary_y=True)
         figs = {"by_layer": by, "spectrum": spec}
+        if "n_crystals" in self.table:
+            cr = go.Figure([go.Bar(x=t["layer"], y=t["n_crystals"], name="crystals"),
+                            go.Bar(x=t["layer"], y=t["n_crystals_shuffled"], name="shuffled control")])
+            cr.update_layout(title=f"Crystals: groups of ≥ {p.crystal_min_size} parallel latent differences "
+                                   f"(|cos| ≥ {p.crystal_cos}) among {p.crystal_latents} latents",
+                             xaxis_title="layer", yaxis_title="crystals", barmode="group")
+            figs["crystals"] = cr
         if "ami" in self.table:
             lobes = go.Figure([go.Scatter(x=t["layer"], y=t["ami"], mode="lines+markers", name="co-occurrence vs geometry"),
                                go.Scatter(x=t["layer"], y=t["ami_shuffled"], mode="lines+markers",
@@ -249,6 +387,14 @@ def sae_geometry(model, params: SaeGeometryParams, progress=None) -> SaeGeometry
         rows.append({"sae": name, "hook": hook, "layer": layer_of(hook), "n_latents": w.shape[0], "d_in": w.shape[1],
                      **power_law_fit(lam, params.fit_start, params.fit_stop)})
         spectra.append(lam)
+    if params.crystals:
+        for row, name in zip(rows, names):
+            w = load_sae(name, model=model, cached=True).W_dec.detach().double().cpu().numpy()
+            summ = crystal_summary(w, params.crystal_latents, params.crystal_cos, params.crystal_min_size,
+                                   params.crystal_distractors, min(params.n_shuffles, 5), params.seed,
+                                   params.normalize)
+            row.update({k: v for k, v in summ.items() if k != "crystal_latent_ids"})
+            row["crystals"] = json.dumps(summ["crystal_latent_ids"][:20])
     if params.lobes:
         saes = {n: load_sae(n, model=model, cached=True) for n in names}
         cooc = cooccurrence(model, saes, params, progress=progress)

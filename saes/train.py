@@ -14,7 +14,9 @@
 
 Architectures (SAE-Lens training configs): ``topk`` (Gao et al. 2024, with the AuxK loss),
 ``batchtopk`` (Bussmann et al. 2024; saved as a JumpReLU SAE with the learned global
-threshold), ``jumprelu`` (Rajamanoharan et al. 2024; quadratic L0 penalty around a target
+threshold), ``matryoshka_batchtopk`` (Bussmann et al. 2025, "Learning Multi-Level Features with
+Matryoshka SAEs": BatchTopK whose nested prefixes of ``matryoshka_fractions`` × d_sae latents
+each reconstruct the input too; saved as a JumpReLU SAE like BatchTopK), ``jumprelu`` (Rajamanoharan et al. 2024; quadratic L0 penalty around a target
 L0 as in Gemma Scope 2, so it can be compared with the others at equal L0; the straight-through
 estimator also reaches the encoder, as in Anthropic's set-up, so L0 settles within a short run).
 """
@@ -36,7 +38,7 @@ import torch
 from mechscope.probes import hooknames
 from mechscope.probes.errors import InputError
 
-ARCHITECTURES = ("topk", "batchtopk", "jumprelu")
+ARCHITECTURES = ("topk", "batchtopk", "matryoshka_batchtopk", "jumprelu")
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class TrainSpec:
     seed: int = 42
     jumprelu_l0_coefficient: float = 2.0
     jumprelu_bandwidth: float = 0.05
+    matryoshka_fractions: tuple[float, ...] = (1 / 16, 1 / 4, 1.0)  # nested widths as fractions of d_sae
     extra: tuple[tuple[str, int], ...] = ()  # (architecture, layer) SAEs trained alongside
 
     def hook(self, layer: int) -> str:
@@ -94,12 +97,23 @@ def training_sae_config(architecture: str, d_in: int, spec: TrainSpec, device: s
         return TopKTrainingSAEConfig(k=spec.k, **common)
     if architecture == "batchtopk":
         return BatchTopKTrainingSAEConfig(k=float(spec.k), **common)
+    if architecture == "matryoshka_batchtopk":
+        from sae_lens import MatryoshkaBatchTopKTrainingSAEConfig
+
+        return MatryoshkaBatchTopKTrainingSAEConfig(k=float(spec.k), matryoshka_widths=matryoshka_widths(spec),
+                                                    **common)
     if architecture == "jumprelu":
         return JumpReLUTrainingSAEConfig(
             jumprelu_sparsity_loss_mode="quadratic", target_l0=float(spec.k),
             l0_coefficient=spec.jumprelu_l0_coefficient, jumprelu_bandwidth=spec.jumprelu_bandwidth,
             jumprelu_init_threshold=0.2, jumprelu_ste_to_input=True, **common)
     raise InputError(f"Unknown SAE architecture {architecture!r}: use one of {', '.join(ARCHITECTURES)}.")
+
+
+def matryoshka_widths(spec: TrainSpec) -> list[int]:
+    """The nested prefix widths (strictly increasing, the last = d_sae)."""
+    widths = sorted({max(1, round(f * spec.d_sae)) for f in spec.matryoshka_fractions} | {spec.d_sae})
+    return [w for w in widths if w <= spec.d_sae]
 
 
 def _schedule(spec: TrainSpec) -> dict:
@@ -116,13 +130,15 @@ def _hf_dataset(rows: np.ndarray):
 
 
 def train_resid_saes(model, rows: np.ndarray, spec: TrainSpec, out_dir: Path, device: str = "cuda",
-                     store_batch_prompts: int = 32, buffer_batches: int = 256,
-                     log: Callable[[str], None] = print) -> dict:
+                     store_batch_prompts: int = 32, buffer_batches: int = 256, autocast_lm: bool = False,
+                     autocast: bool = False, norm_batches: int = 50, log: Callable[[str], None] = print) -> dict:
     """Train one SAE per layer of ``spec`` (plus ``spec.extra``) from shared forward passes.
 
     ``rows``: uint16/int token rows [N, context_size] (the corpus' train split). Writes each SAE
     with SAE-Lens' ``save_inference_model`` to ``out_dir/<name>`` and returns
-    ``{"names": {name: hook}, "seconds": ..., "tokens_per_s": ...}``.
+    ``{"names": {name: hook}, "seconds": ..., "tokens_per_s": ...}``. ``autocast_lm``: the model
+    forward under bfloat16 autocast; ``autocast``: the SAEs' training steps too (SAE-Lens' options).
+    ``norm_batches``: store batches read to estimate the activation-norm scale.
     """
     from sae_lens import MultiSAETrainingRunner, MultiSAETrainingRunnerConfig
     from sae_lens.config import LoggingConfig
@@ -140,9 +156,10 @@ def train_resid_saes(model, rows: np.ndarray, spec: TrainSpec, out_dir: Path, de
         context_size=spec.context_size, seqpos_slice=(1, None), prepend_bos=False,
         training_tokens=spec.training_tokens, train_batch_size_tokens=spec.batch_tokens,
         store_batch_size_prompts=store_batch_prompts, n_batches_in_buffer=buffer_batches,
-        device=device, seed=spec.seed, dtype="float32", n_batches_for_norm_estimate=50,
+        device=device, seed=spec.seed, dtype="float32", n_batches_for_norm_estimate=norm_batches,
         output_path=str(out_dir), checkpoint_path=None, logger=LoggingConfig(log_to_wandb=False),
-        dead_feature_window=1000, feature_sampling_window=2000, **_schedule(spec),
+        dead_feature_window=1000, feature_sampling_window=2000, autocast_lm=autocast_lm, autocast=autocast,
+        **_schedule(spec),
     )
     torch.manual_seed(spec.seed)
     runner = MultiSAETrainingRunner(cfg, override_dataset=_hf_dataset(rows[:, : spec.context_size]),
@@ -152,7 +169,8 @@ def train_resid_saes(model, rows: np.ndarray, spec: TrainSpec, out_dir: Path, de
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    info = {"names": hooks, "seconds": seconds, "tokens": spec.training_tokens,
+    info = {"names": hooks, "seconds": seconds, "tokens": spec.training_tokens, "autocast_lm": autocast_lm,
+            "autocast": autocast,
             "tokens_per_s": spec.training_tokens / seconds, "spec": asdict(spec)}
     (Path(out_dir) / "train_info.json").write_text(json.dumps(info, indent=1))
     log(f"trained {len(hooks)} SAEs on {spec.training_tokens:,} tokens in {seconds:.0f} s "

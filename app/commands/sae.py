@@ -37,7 +37,10 @@ def register(sub) -> None:
     from mechscope.saes.evals import SaeEvalParams
     from mechscope.saes.features import SaeFeaturesParams
 
-    e = ns.add_parser("eval", help="L0, explained variance, CE loss recovered, dead/dense latents")
+    e = ns.add_parser("eval", help="L0, explained variance, CE loss recovered, dead/dense latents, per eval domain",
+                      description="Every shipped SAE (or the one named) on every shipped per-domain held-out set "
+                                  "(data/sae_eval: prose, code, documentation, numbers, dialogue), or on --source corpus "
+                                  "(a built data/sae_corpus.py corpus) or --text-set.")
     e.add_argument("sae", nargs="?", default=None, help="SAE name or folder (default: every shipped SAE)")
     add_model_out(e, out_required=False)
     add_params(e, SaeEvalParams, skip=("saes",))
@@ -99,8 +102,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
     params = params_from_args(SaeEvalParams, args, saes=(args.sae,) if args.sae else ())
     check_out_dir(args.out)
-    res = sae_eval(load_model(args), params, progress=progress("SAEs"))
-    print(res.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    res = sae_eval(load_model(args), params, progress=progress("SAE × domain"))
+    cols = ["sae", "domain", "explained_variance", "ce_recovered", "l0", "dead_fraction",
+            "explained_variance_skip0", "ce_recovered_skip0", "tokens"]
+    print(res.table[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print("(reference protocol; *_skip0: position 0 left out, as in training; every column in the saved table)")
     save_result(res, args.out)
     return 0
 

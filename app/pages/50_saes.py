@@ -113,10 +113,13 @@ if ab is not None:
 st.header("Feature geometry")
 st.caption("Galaxy: eigenvalues of the covariance of each shipped SAE's unit decoder directions — power-law exponent α "
            "and log volume Σ ln λ over the fit range, by layer. Lobes: spectral clusters of the latents by co-occurrence "
-           "(phi) and by decoder angle, their agreement (AMI) against shuffled labels (Li et al. 2024, The Geometry of "
+           "(phi) and by decoder angle, their agreement (AMI) against shuffled labels. Crystals: groups of parallel "
+           "differences between latents (parallelograms, trapezoids) and their LDA silhouette, against a shuffled cloud "
+           "(Li et al. 2024, The Geometry of "
            "Concepts).")
 gparams = ui.params_form(SaeGeometryParams, key="sae_geo",
-                         fields=("fit_start", "fit_stop", "normalize", "lobes", "n_clusters", "text_set", "n_texts"),
+                         fields=("fit_start", "fit_stop", "normalize", "lobes", "n_clusters", "text_set", "n_texts",
+                                 "crystals", "crystal_latents", "crystal_cos", "crystal_distractors"),
                          values={"saes": tuple(names)}, columns=4)
 geo = ui.stored("sae_geometry", gparams, model)
 if geo is None and st.button("Measure the decoder clouds", key="sae_geo_go"):
