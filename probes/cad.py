@@ -58,7 +58,7 @@ class CAD(Data):
         if isinstance(self.context, str):
             if model.tokenizer is None:
                 raise InputError("A text context needs a model with a tokenizer; give token ids.")
-            return [int(t) for t in encode(model, self.context, prepend_bos=False)[0]]
+            return [int(t) for t in encode(model, self.context, prepend_bos=False).tolist()]
         ids = list(self.context)
         if max(ids) >= model.cfg.d_vocab or min(ids) < 0:
             raise InputError(f"Context token ids must lie in 0..{model.cfg.d_vocab - 1}.")

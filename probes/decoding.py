@@ -2,9 +2,10 @@
 
 The loop in :func:`generate` never changes when a new decoding method arrives:
 
-* a **strategy** picks the next token from the step's logits (``Greedy``, ``Sample``; later
-  contrastive search, DeCoRe, context-aware decoding). A strategy may add its own hooks
-  (``hooks(model)``) and may run extra forward passes through ``state``.
+* a **strategy** picks the next token from the step's logits (``Greedy``, ``Sample``;
+  contrastive search, DeCoRe, context-aware decoding, contrastive decoding, DoLa in their own
+  modules). A strategy may add its own hooks (``hooks(model)``) and may run extra forward
+  passes through ``state`` (:func:`side_logits`: a second KV-cached view).
 * a **KV-cache policy** decides what the cache keeps after each forward pass (``FullCache``;
   later sinks + window). TransformerLens caches keys *before* rotary embedding and
   re-applies rotary from position 0 over the cache on every call, so a policy that drops

@@ -239,3 +239,31 @@ def test_bad_layers_and_amateur(model):
         generate(model, PROMPT, 2, CAD(context=(99,)))
     with pytest.raises(InputError):
         generate_rows(model, PROMPT, [()], 2, DoLa())
+
+
+class _CharTokenizer:
+    """A tokenizer for the tiny model: each character is its code point mod 50; BOS = 1."""
+
+    bos_token_id = 1
+    eos_token_id = None
+    padding_side = "right"
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) % 50 for c in text]}
+
+    def decode(self, ids, **kw):
+        return "".join(chr(65 + int(i) % 26) for i in ids)
+
+
+def test_cad_text_context_goes_after_bos(model):
+    model.tokenizer = _CharTokenizer()
+    try:
+        cad = CAD(context="hey")
+        ctx = [ord(c) % 50 for c in "hey"]
+        assert cad.context_ids(model) == ctx
+        assert cad.with_context(model, [1, 5, 6]) == [1, *ctx, 5, 6]  # after the BOS token
+        assert cad.with_context(model, [5, 6]) == [*ctx, 5, 6]
+        got = generate(model, [1, *PROMPT], 4, cad).new_tokens
+        assert got == generate(model, [1, *PROMPT], 4, CAD(context=tuple(ctx))).new_tokens
+    finally:
+        model.tokenizer = None
