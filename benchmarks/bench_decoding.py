@@ -24,6 +24,15 @@ GPU (H100/H200)::
 
     PYTHONUNBUFFERED=1 python -m benchmarks.bench_decoding --device cuda --out gpu_decoding.md
 
+DoLa against Hugging Face's model (``--check-dola-hf N``): the GGUF de-quantised by transformers
+is decoded with HF's ``_dola_decoding`` steps written out over HF's own forward
+(``output_hidden_states``, ``lm_head`` on ``hidden_states[l]``, ``RepetitionPenaltyLogitsProcessor``)
+and compared token by token with ``DoLa()`` on the converted model, on N knowledge-conflict
+prompts (transformers ≥ 5 serves ``generate(dola_layers=...)`` from the Hub, unreachable
+offline)::
+
+    python -m benchmarks.bench_decoding --check-dola-hf 5
+
 CPU (a few minutes)::
 
     python -m benchmarks.bench_decoding --items 30 --decore-heads 18:6,17:3,23:2,17:4,18:7,23:7,21:8,24:4,21:5,17:5
@@ -139,6 +148,9 @@ def run(args) -> str:
         f"DoLa ({args.dola_layers}, rep. penalty {args.dola_penalty:g})":
             DoLa(layers=args.dola_layers, repetition_penalty=args.dola_penalty),
     }
+    if args.dola_norm_variant:
+        strategies[f"DoLa ({args.dola_layers}, final norm on early layers)"] = DoLa(
+            layers=args.dola_layers, repetition_penalty=args.dola_penalty, premature_norm=True)
     sections = []
     greedy_cost = {}
     all_cost = {k: [0.0, 0] for k in strategies}
@@ -178,6 +190,61 @@ def run(args) -> str:
             f"{', '.join(f'L{l}H{h}' for l, h in heads)}. {wall:.0f} s.\n\n" + "\n\n".join(sections) + "\n")
 
 
+def check_dola_hf(args) -> str:
+    """Our DoLa on the converted SmolLM2 vs HF's DoLa steps on the HF model (same GGUF)."""
+    import torch.nn.functional as F
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from mechscope.probes.convert import hf_from_gguf
+    from mechscope.probes.datasets import load_task
+    from mechscope.probes.decoding import generate
+    from mechscope.probes.dola import DoLa
+    from mechscope.probes.models import load
+    from mechscope.probes.smollm2 import smollm2_gguf_path
+    from mechscope.probes.tokens import encode
+
+    model = load("smollm2-135m", device="cpu").model
+    hf, _ = hf_from_gguf(smollm2_gguf_path())
+    hf.eval()
+    n = hf.config.num_hidden_layers
+    tied = bool(hf.config.tie_word_embeddings)
+    start = 0 if not tied else (2 if n > 2 else 1 if n == 2 else 0)
+    layers = list(range(n // 2, n, 2)) if n <= 40 else list(range(n - 20, n, 2))  # dola_layers="high"
+    low = [start] if start == n // 2 else (list(range(start, n // 2, 2)) if n <= 40 else list(range(start, 20, 2)))
+    buckets_ok = DoLa("high").candidates(model) == layers and DoLa("low").candidates(model) == low
+    penalty = RepetitionPenaltyLogitsProcessor(1.2)
+    same, rows = 0, []
+    items = load_task("knowledge_conflict")[: args.check_dola_hf]
+    for item in items:
+        ids = [int(t) for t in encode(model, f"{item['context']}\n{query_text(item)}").tolist()]
+        ours = list(generate(model, ids, args.max_new_tokens, DoLa(), stop_at_eos=False).new_tokens)
+        seq = torch.tensor([ids])
+        theirs = []
+        with torch.no_grad():
+            for _ in range(args.max_new_tokens):
+                out = hf(seq, output_hidden_states=True)
+                final = out.logits[:, -1].float()
+                prem = torch.stack([hf.lm_head(out.hidden_states[l][:, -1]).float() for l in layers])
+                m = 0.5 * (final.softmax(-1)[None] + prem.softmax(-1))
+                js = 0.5 * (F.kl_div(final.log_softmax(-1)[None].expand_as(m), m, reduction="none").mean(-1)
+                            + F.kl_div(prem.log_softmax(-1), m, reduction="none").mean(-1)).mean(-1)
+                base = prem[int(js.argmax())]
+                f, b = final.log_softmax(-1), base.log_softmax(-1)
+                drop = f < f.max(-1, keepdim=True).values + np.log(0.1)
+                scores = penalty(seq, f.masked_fill(drop, float("-inf")) - b.masked_fill(drop, -1e-3))
+                tok = int(scores.argmax(-1))
+                theirs.append(tok)
+                seq = torch.cat([seq, torch.tensor([[tok]])], 1)
+        same += ours == theirs
+        rows.append([item["question"], model.tokenizer.decode(ours), model.tokenizer.decode(theirs),
+                     "yes" if ours == theirs else "no"])
+    return (f"DoLa (high, relative top 0.1, repetition penalty 1.2) on smollm2-135m vs HF's steps on the HF model "
+            f"(candidate layers {layers}, start {start}, tied {tied}; our high/low buckets "
+            f"{'equal' if buckets_ok else 'DIFFER from'} HF's): {same}/{len(items)} identical "
+            f"{args.max_new_tokens}-token continuations.\n\n"
+            + markdown_table(["question", "ours", "HF", "same"], rows) + "\n")
+
+
 def _list(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
@@ -197,8 +264,15 @@ def main(argv=None) -> int:
     ap.add_argument("--cd-amateur", default="layer:", help="layer:L (default N // 2), heads:L:H,... or model:NAME")
     ap.add_argument("--dola-layers", default="high", help="high, low")
     ap.add_argument("--dola-penalty", type=float, default=1.2)
+    ap.add_argument("--dola-norm-variant", action="store_true",
+                    help="also DoLa with the final norm on the premature layers (not HF's protocol)")
+    ap.add_argument("--check-dola-hf", type=int, default=0, metavar="N",
+                    help="instead: compare DoLa with HF's steps on the HF model on N prompts")
     add_output_flags(ap)
     args = ap.parse_args(argv)
+    if args.check_dola_hf:
+        publish("DoLa vs Hugging Face", check_dola_hf(args), args.out, False)
+        return 0
     publish(HEADING, run(args), args.out, args.results)
     return 0
 

@@ -23,6 +23,9 @@ value HF recommends for DoLa) then divides positive / multiplies negative scores
 token already in the text (prompt included), as HF's ``RepetitionPenaltyLogitsProcessor``,
 and greedy decoding takes the argmax.
 
+``premature_norm=True`` (not HF's protocol) applies the final norm before the LM head on the
+premature layers too (a logit-lens readout); the default is HF's raw ``lm_head``.
+
 A candidate list holding only the final layer N has nothing to contrast (HF drops layers
 ≥ N and then fails); here it means no contrast: the final logits with the repetition penalty
 (greedy decoding at ``repetition_penalty=1``). Importing this module registers ``"dola"``
@@ -42,7 +45,7 @@ import torch.nn.functional as F
 from mechscope.probes import hooknames
 from mechscope.probes.decoding import STRATEGIES, StepState
 from mechscope.probes.errors import InputError
-from mechscope.probes.readout import unembed
+from mechscope.probes.readout import final_norm, unembed
 from mechscope.probes.serial import Data
 
 _HELD: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -109,11 +112,13 @@ def repetition_penalty(scores: torch.Tensor, tokens, penalty: float) -> torch.Te
 @dataclass(frozen=True)
 class DoLa(Data):
     """DoLa (Chuang et al. 2023) with HF's protocol: ``layers`` "high" / "low" / indices,
-    dynamic premature layer by max JS divergence, relative-top filter, repetition penalty."""
+    dynamic premature layer by max JS divergence, relative-top filter, repetition penalty;
+    ``premature_norm``: final norm on the premature layers too (not HF's)."""
 
     layers: str | tuple = "high"
     relative_top: float = 0.1
     repetition_penalty: float = 1.2
+    premature_norm: bool = False
     name: ClassVar[str] = "dola"
     needs_model: ClassVar[bool] = True
 
@@ -155,7 +160,8 @@ class DoLa(Data):
         held = _HELD.get(model)
         if held is None or any(l not in held for l in layers):
             raise InputError("DoLa runs inside probes.decoding.generate (it reads the model's layers).")
-        premature = torch.stack([unembed(model, held[l][0]).float().to(final.device) for l in layers])
+        premature = torch.stack([unembed(model, final_norm(model, held[l][0]) if self.premature_norm else held[l][0])
+                                 .float().to(final.device) for l in layers])
         pick = 0 if len(layers) == 1 else int(torch.argmax(js_divergence(final, premature)))
         state.scratch.setdefault("dola_layers", []).append(layers[pick])
         f, p = relative_top_filter(final, premature[pick], self.relative_top)

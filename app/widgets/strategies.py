@@ -127,9 +127,10 @@ def dola(model):
         except ValueError:
             st.sidebar.error(f"Layers must be integers, not {text!r}.")
             st.stop()
-    strat = ui.params_form(DoLa, key="pg_dola", fields=("relative_top", "repetition_penalty"),
+    strat = ui.params_form(DoLa, key="pg_dola", fields=("relative_top", "repetition_penalty", "premature_norm"),
                            values={"layers": layers}, where=st.sidebar, columns=1,
-                           labels={"relative_top": "Relative top", "repetition_penalty": "Repetition penalty"})
+                           labels={"relative_top": "Relative top", "repetition_penalty": "Repetition penalty",
+                                   "premature_norm": "Final norm on early layers (not HF's)"})
     st.sidebar.caption("Chuang et al. 2023: log p_final − log p_premature over the plausible tokens, premature "
                        "layer by max JS divergence.")
     _side_choice()

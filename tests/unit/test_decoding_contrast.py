@@ -146,13 +146,19 @@ def test_dola_final_layer_only_is_greedy(model):
     assert got == generate(model, PROMPT, N_NEW, "greedy").new_tokens
 
 
-def _dola_direct(model, ids, layers, relative_top=0.1, penalty=1.2) -> tuple[int, int]:
-    """One DoLa step written out in numpy float64 from the HF protocol."""
+def _dola_direct(model, ids, layers, relative_top=0.1, penalty=1.2, norm=False) -> tuple[int, int]:
+    """One DoLa step written out in numpy float64 from the HF protocol (``norm``: RMSNorm by
+    hand on the premature layers, the non-HF variant)."""
     with torch.no_grad():
         logits, cache = model.run_with_cache(torch.tensor([ids]))
     final = logits[0, -1].double().numpy()
     W_U, b_U = model.W_U.detach().double().numpy(), model.b_U.detach().double().numpy()
-    prem = {l: cache[f"blocks.{l}.hook_resid_pre"][0, -1].double().numpy() @ W_U + b_U for l in layers}
+    gamma = model.ln_final.w.detach().double().numpy()
+
+    def readin(h):
+        return h / np.sqrt((h ** 2).mean() + model.cfg.eps) * gamma if norm else h
+
+    prem = {l: readin(cache[f"blocks.{l}.hook_resid_pre"][0, -1].double().numpy()) @ W_U + b_U for l in layers}
 
     def log_softmax(x):
         x = x - x.max()
@@ -194,6 +200,15 @@ def test_dola_matches_direct_formula(model, layers, expected):
         assert len(set(chosen)) > 1
         for l in expected:
             assert list(generate(model, PROMPT, N_NEW, DoLa(layers=(l,))).new_tokens) != gen
+
+
+def test_dola_premature_norm_variant(model):
+    gen: list[int] = []
+    for _ in range(N_NEW):
+        gen.append(_dola_direct(model, PROMPT + gen, [3, 5], norm=True)[0])
+    got = generate(model, PROMPT, N_NEW, DoLa(layers="high", premature_norm=True)).new_tokens
+    assert list(got) == gen
+    assert got != generate(model, PROMPT, N_NEW, DoLa(layers="high")).new_tokens
 
 
 def test_dola_differs_from_greedy_and_picks_layers(model):
