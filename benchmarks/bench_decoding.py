@@ -151,6 +151,10 @@ def run(args) -> str:
     if args.dola_norm_variant:
         strategies[f"DoLa ({args.dola_layers}, final norm on early layers)"] = DoLa(
             layers=args.dola_layers, repetition_penalty=args.dola_penalty, premature_norm=True)
+    if args.only:
+        keep = [k.lower() for k in args.only]
+        strategies = {k: v for k, v in strategies.items()
+                      if k == "greedy" or any(k.lower().startswith(p) for p in keep)}
     sections = []
     greedy_cost = {}
     all_cost = {k: [0.0, 0] for k in strategies}
@@ -268,6 +272,8 @@ def main(argv=None) -> int:
                     help="also DoLa with the final norm on the premature layers (not HF's protocol)")
     ap.add_argument("--check-dola-hf", type=int, default=0, metavar="N",
                     help="instead: compare DoLa with HF's steps on the HF model on N prompts")
+    ap.add_argument("--only", type=_list, default=[],
+                    help="run greedy and the strategies whose label starts with one of these (decore,cad,cd,dola)")
     add_output_flags(ap)
     args = ap.parse_args(argv)
     if args.check_dola_hf:
