@@ -240,7 +240,7 @@ def check_dola_hf(args) -> str:
                 theirs.append(tok)
                 seq = torch.cat([seq, torch.tensor([[tok]])], 1)
         same += ours == theirs
-        rows.append([item["question"], model.tokenizer.decode(ours), model.tokenizer.decode(theirs),
+        rows.append([item["question"], repr(model.tokenizer.decode(ours)), repr(model.tokenizer.decode(theirs)),
                      "yes" if ours == theirs else "no"])
     return (f"DoLa (high, relative top 0.1, repetition penalty 1.2) on smollm2-135m vs HF's steps on the HF model "
             f"(candidate layers {layers}, start {start}, tied {tied}; our high/low buckets "

@@ -53,9 +53,9 @@ _HELD: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def tied_embeddings(model) -> bool:
     """Whether the model's unembedding is its embedding transposed (HF ``tie_word_embeddings``)."""
-    tied = getattr(model.cfg, "tie_word_embeddings", None)
-    if tied is not None:
-        return bool(tied)
+    if getattr(model.cfg, "tie_word_embeddings", False):
+        return True
+    # TransformerLens' config leaves the flag False for converted models: compare the weights
     return model.W_E.shape == model.W_U.T.shape and bool(torch.equal(model.W_E, model.W_U.T))
 
 

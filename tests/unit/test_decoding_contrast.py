@@ -140,6 +140,15 @@ def test_dola_candidate_buckets():
     assert candidate_layers(6, "high", tied=False) == [3, 5]
 
 
+def test_dola_detects_tied_embeddings():
+    tied = tiny_model(n_layers=6, d_vocab=50, n_ctx=64, seed=4)
+    assert DoLa(layers="low").candidates(tied) == [0, 2]  # untied: start at the embeddings
+    with torch.no_grad():
+        tied.W_U.copy_(tied.W_E.T)  # the cfg flag stays False, as in converted models
+    assert not tied.cfg.tie_word_embeddings
+    assert DoLa(layers="low").candidates(tied) == [2]  # tied: the embedding layer is skipped
+
+
 def test_dola_final_layer_only_is_greedy(model):
     n = model.cfg.n_layers
     got = generate(model, PROMPT, N_NEW, DoLa(layers=(n,), repetition_penalty=1.0)).new_tokens
