@@ -10,6 +10,15 @@ in one more batched pass; other combinations decode one after the other. To show
 baseline continuation is then teacher-forced through both models, giving each baseline
 token its probability with and without the intervention (p_base, p_intervened, Δp).
 
+``strategy_side="intervened"`` makes the decoding strategy itself the intervention: the
+baseline is greedy decoding of the plain model (for context-aware decoding, on the context
+and the prompt), the intervened run uses the strategy (with any interventions and KV-cache
+policy), and p_intervened is each baseline token's probability under the strategy's own
+step distribution — the softmax of its scores (CAD, contrastive decoding, DoLa) — with the
+baseline tokens forced; for strategies without scores, under the (intervened) model.
+``"both"`` (the default, and what results saved before the option load as) decodes both
+sides with the strategy.
+
 With the full cache (or none) the teacher-forced scores come from
 :func:`probes.decoding.score_continuation` (one pass). A policy that drops cache entries
 changes what each step sees, so there the baseline tokens are forced step by step through
@@ -20,7 +29,7 @@ the policy's own cache instead (``Forced`` below); with the full cache both rout
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -72,9 +81,14 @@ class PlaygroundParams(Params):
     strategy: object = field(default=Greedy(), metadata={"help": "decoding strategy (a registered strategy)"})
     kv_policy: object = field(default=FullCache(), metadata={"help": "KV-cache policy of the intervened run (None: no cache)"})
     prepend_bos: bool | None = field(default=None, metadata={"help": "prepend the model's BOS token (None: the model's policy)"})
+    strategy_side: Literal["both", "intervened"] = field(
+        default="both", metadata={"help": "decode both sides with the strategy, or only the intervened side "
+                                          "(the baseline is then greedy)"})
 
     def __post_init__(self):
         normalise_prompt(self)
+        if self.strategy_side not in ("both", "intervened"):
+            raise InputError(f"strategy_side must be 'both' or 'intervened', not {self.strategy_side!r}.")
         object.__setattr__(self, "interventions", tuple(self.interventions))
         object.__setattr__(self, "strategy", resolve_strategy(self.strategy))
         object.__setattr__(self, "kv_policy", resolve_kv_policy(self.kv_policy))
@@ -154,6 +168,8 @@ def compare_generations(model, params: PlaygroundParams, on_token: TokenCallback
         return None if on_token is None else (lambda tok, text: on_token(which, tok, text))
 
     full = isinstance(policy, FullCache)
+    if params.strategy_side == "intervened":
+        return _strategy_vs_greedy(model, params, ids, stream)
     batched = full and not hasattr(strat, "hooks") and not getattr(strat, "needs_model", False)
     if batched:  # one forward per step for both continuations
         names = ("baseline", "intervened")
@@ -181,6 +197,56 @@ def compare_generations(model, params: PlaygroundParams, on_token: TokenCallback
         intervened_text=inter.text,
         p_base=np.exp(np.asarray(lp_base, dtype=np.float64)),
         p_intervened=np.exp(np.asarray(lp_int, dtype=np.float64)),
+    )
+
+
+class _ForcedScores:
+    """Replays ``tokens`` under ``inner`` (its hooks and side passes run as when it decodes),
+    recording log softmax(inner.scores) of each forced token (the model's log-prob for a
+    strategy without scores)."""
+
+    name = "forced"
+
+    def __init__(self, inner, tokens):
+        self.inner, self.tokens, self.logprobs = inner, tuple(tokens), []
+        self.needs_model = True
+        self.wants_prefix_cache = bool(getattr(inner, "wants_prefix_cache", False))
+
+    def hooks(self, model):
+        return list(self.inner.hooks(model)) if hasattr(self.inner, "hooks") else []
+
+    def select(self, state: StepState) -> int:
+        tok = int(self.tokens[state.step])
+        scores = self.inner.scores(state) if hasattr(self.inner, "scores") else state.logits
+        self.logprobs.append(float(scores.float().log_softmax(-1)[tok]))
+        return tok
+
+
+def _strategy_vs_greedy(model, params: PlaygroundParams, ids, stream) -> PlaygroundResult:
+    """Greedy baseline (plain model) vs the strategy (with the interventions and policy)."""
+    strat, policy, interventions, n_new = params.strategy, params.kv_policy, params.interventions, params.max_new_tokens
+    prompt = [int(i) for i in ids]
+    base_prompt = strat.with_context(model, prompt) if hasattr(strat, "with_context") else prompt
+    base = generate(model, base_prompt, n_new, Greedy(), (), "full", on_token=stream("baseline"))
+    inter = generate(model, prompt, n_new, strat, interventions, policy, on_token=stream("intervened"))
+    cont = list(base.new_tokens)
+    lp_int = np.zeros(0)
+    if cont:
+        forced = _ForcedScores(strat, cont)
+        generate(model, prompt, len(cont), forced, interventions, policy, stop_at_eos=False)
+        lp_int = np.asarray(forced.logprobs)
+    return PlaygroundResult(
+        model_id=model_id(model),
+        params=params,
+        prompt_tokens=str_tokens(model, ids),
+        baseline_ids=np.asarray(cont, dtype=np.int64),
+        baseline_tokens=str_tokens(model, cont) if cont else [],
+        baseline_text=base.text,
+        intervened_ids=np.asarray(inter.new_tokens, dtype=np.int64),
+        intervened_tokens=str_tokens(model, inter.new_tokens) if inter.new_tokens else [],
+        intervened_text=inter.text,
+        p_base=np.exp(np.asarray(base.logprobs, dtype=np.float64)),
+        p_intervened=np.exp(lp_int.astype(np.float64)),
     )
 
 

@@ -48,7 +48,8 @@ PLAYS = (
     "midsummer_nights_dream", "merchant_of_venice", "twelfth_night", "as_you_like_it",
     "richard_ii", "henry_iv_part_1", "winters_tale",
 )
-NON_DATA = {"checksums.json", "README.md", "build.py", "act_task.py", "sae_corpus.py", "circuit_tasks.py", "LICENSE-PSF.txt"}
+NON_DATA = {"checksums.json", "README.md", "build.py", "act_task.py", "sae_corpus.py", "circuit_tasks.py", "knowledge_conflict.py",
+            "LICENSE-PSF.txt"}
 
 
 # ---------------------------------------------------------------------------------------

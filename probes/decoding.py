@@ -2,9 +2,10 @@
 
 The loop in :func:`generate` never changes when a new decoding method arrives:
 
-* a **strategy** picks the next token from the step's logits (``Greedy``, ``Sample``; later
-  contrastive search, DeCoRe, context-aware decoding). A strategy may add its own hooks
-  (``hooks(model)``) and may run extra forward passes through ``state``.
+* a **strategy** picks the next token from the step's logits (``Greedy``, ``Sample``;
+  contrastive search, DeCoRe, context-aware decoding, contrastive decoding, DoLa in their own
+  modules). A strategy may add its own hooks (``hooks(model)``) and may run extra forward
+  passes through ``state`` (:func:`side_logits`: a second KV-cached view).
 * a **KV-cache policy** decides what the cache keeps after each forward pass (``FullCache``;
   later sinks + window). TransformerLens caches keys *before* rotary embedding and
   re-applies rotary from position 0 over the cache on every call, so a policy that drops
@@ -317,6 +318,29 @@ def generate(
     )
 
 
+def side_logits(state: StepState, key: str, tokens: Sequence[int], interventions: Sequence[Intervention] = ()) -> torch.Tensor:
+    """Next-token logits ([d_vocab], float32) of a second view of the generation: a KV-cached
+    branch (the main stepper's policy, a full cache without one) kept in ``state.scratch[key]``
+    and fed ``tokens`` — the branch's whole token sequence so far, which must extend what it
+    was fed before — under ``interventions`` (the generation's own hooks stay attached).
+    One pass over the new tokens per call (CAD's no-context view, DeCoRe-style masked views)."""
+    branch = state.scratch.get(key)
+    if branch is None:
+        base = state.scratch.get("_stepper")
+        policy = base.policy if base is not None and base.policy is not None else FullCache()
+        branch = state.scratch[key] = _Stepper(state.model, policy)
+    seen = branch.all_tokens[0]
+    tokens = [int(t) for t in tokens]
+    if tokens[: len(seen)] != seen or len(tokens) == len(seen):
+        raise InputError("A side branch must be fed a strict extension of its tokens.")
+    bounded = branch.policy.max_cache_len is not None
+    if not bounded and len(tokens) > state.model.cfg.n_ctx:
+        raise InputError(f"The side branch's {len(tokens)} tokens exceed n_ctx ({state.model.cfg.n_ctx}).")
+    with applied(state.model, list(interventions)):
+        logits = branch.feed([tokens[len(seen):]])[0]
+    return logits.float()
+
+
 def generate_rows(
     model,
     prompt,
@@ -401,3 +425,7 @@ def score_continuation(model, prompt, continuation: Sequence[int], interventions
     return logits.log_softmax(-1).gather(-1, torch.tensor(cont, device=logits.device)[:, None])[:, 0].cpu()
 
 
+# the strategies defined beside the loop register themselves on import
+from mechscope.probes import cad as _cad  # noqa: F401,E402
+from mechscope.probes import contrastive_decoding as _cd  # noqa: F401,E402
+from mechscope.probes import dola as _dola  # noqa: F401,E402

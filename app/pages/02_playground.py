@@ -40,7 +40,7 @@ with outputs:
 
 with ui.guard():
     params = PlaygroundParams(prompt=prompt, interventions=tuple(interventions), max_new_tokens=max_new,
-                              strategy=strategy, kv_policy=kv_policy, prepend_bos=bos)
+                              strategy=strategy, kv_policy=kv_policy, prepend_bos=bos, strategy_side=st.session_state.get("pg_strategy_side", "both"))
 key = (spec.name, repr(params))
 memo = st.session_state.get("pg_memo")
 if memo is not None and memo[0] == key:
