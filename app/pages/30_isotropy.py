@@ -102,7 +102,7 @@ if wres is not None:
                        help="applied there as an intervention on the residual stream at this site"):
             send_to_playground([Whitening(a["path"], a["sha256"])],
                                note=f"{m} whitening at {wres.site} (from the Isotropy page)")
-            st.success(f"Sent: open the Playground to generate with the {m} whitening.")
+            st.switch_page("pages/02_playground.py")
     if not wres.artefacts:
         st.caption("Give a folder to save the fitted whitenings in: each saved one can be sent to the Playground.")
 
