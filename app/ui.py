@@ -356,25 +356,25 @@ def run_label(what: str) -> str:
 @contextmanager
 def model_turn(model, what: str):
     """Hold the model's lock (:func:`probes.locks.turn`) for the block; while another run
-    holds it, a status line says "Queued behind <run> (position n)" and goes once the model
-    is ours."""
+    holds it, a status line says "Queued behind <run> (position n)", and once the model is
+    ours, how long we waited and behind whom."""
     from mechscope.probes.locks import turn
 
+    import time
+
     status = st.empty()
-    waited = []
+    waited: list[str] = []
+    t0 = time.monotonic()
 
     def on_wait(holder: str, position: int) -> None:
-        waited.append(position)
+        waited.append(holder)
         status.info(f"Queued behind {holder} (position {position}): the model runs one analysis at a time.",
                     icon="⏳")
 
-    try:
-        with turn(model, run_label(what), on_wait=on_wait):
-            if waited:
-                status.empty()
-            yield
-    finally:
-        status.empty()
+    with turn(model, run_label(what), on_wait=on_wait):
+        if waited:
+            status.caption(f"Waited {time.monotonic() - t0:.0f} s for the model behind {waited[-1]}.")
+        yield
 
 
 def run_analysis(slot: str, fn, model, params, label: str = "Forward passes", **runtime):
@@ -612,6 +612,10 @@ def table_bytes(df, fmt: str) -> bytes:
     """``df`` as a CSV or Parquet file's bytes (object columns as text for Parquet)."""
     import io
 
+    import pandas as pd
+
+    if not isinstance(df.index, pd.RangeIndex):  # a labelled index (e.g. a pivot's) is data too
+        df = df.reset_index()
     if fmt == "csv":
         return df.to_csv(index=False).encode("utf-8")
     buf = io.BytesIO()
@@ -622,16 +626,29 @@ def table_bytes(df, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def show_table(df, name: str, *, key: str | None = None, static: bool = False, **kwargs) -> None:
+def number_formats(df) -> dict:
+    """``column_config`` giving float columns 6 significant digits (``%.6g``: 1.2e-50, not
+    fifty leading zeros)."""
+    import pandas as pd
+
+    return {c: st.column_config.NumberColumn(format="%.6g") for c in df.columns
+            if pd.api.types.is_float_dtype(df[c])}
+
+
+def show_table(df, name: str, *, key: str | None = None, static: bool = False, where=None, **kwargs) -> None:
     """``st.dataframe(df)`` (``static``: ``st.table``, for short tables read as text) with CSV
-    and Parquet downloads (``name``: the file name's stem)."""
+    and Parquet downloads (``name``: the file name's stem); floats shown to 6 significant
+    digits unless ``column_config`` says otherwise. ``where``: a column or container."""
+    where = st if where is None else where
     key = key or f"tbl_{_file_name(name)}"
-    if static:
-        st.table(df, **kwargs)
-    else:
-        st.dataframe(df, key=key, **kwargs)
     data = getattr(df, "data", df)  # a Styler downloads its frame
-    a, b, _ = st.columns([1, 1, 4])
+    if static:
+        where.table(df, **kwargs)
+    else:
+        if not hasattr(df, "data"):
+            kwargs["column_config"] = {**number_formats(df), **(kwargs.get("column_config") or {})}
+        where.dataframe(df, key=key, **kwargs)
+    a, b, _ = where.columns([1, 1, 4])
     a.download_button("CSV", table_bytes(data, "csv"), f"{_file_name(name)}.csv", "text/csv", key=f"{key}_csv")
     b.download_button("Parquet", table_bytes(data, "parquet"), f"{_file_name(name)}.parquet",
                       "application/octet-stream", key=f"{key}_parquet")
@@ -643,13 +660,64 @@ def kaleido_available() -> bool:
     return importlib.util.find_spec("kaleido") is not None
 
 
-def show_figure(fig, name: str, *, key: str | None = None, **kwargs) -> None:
-    """``st.plotly_chart(fig)`` with downloads: offline HTML always (plotly.js inlined), PNG
-    and SVG when kaleido is installed (else one note per session)."""
+def _nice_log_ticks(lo: float, hi: float) -> list[int]:
+    """Integer ticks within [lo, hi]: every integer over a short range, else 1, 2, 5, 10, 20,
+    50, … plus both ends."""
+    lo, hi = max(1, int(round(lo))), max(1, int(round(hi)))
+    if hi - lo <= 10:
+        return list(range(lo, hi + 1))
+    ticks = {lo, hi}
+    p = 1
+    while p <= hi:
+        ticks.update(m * p for m in (1, 2, 5) if lo <= m * p <= hi)
+        p *= 10
+    return sorted(ticks)
+
+
+def tidy_figure(fig):
+    """Readable in a dashboard column: rank axes get integer ticks (never "5, 6, 6, 7"),
+    legends sit in a row above the plot (never clipped at a narrow column's edge) and
+    stacked subplots get room for their titles. Returns the figure (changed in place)."""
+    import numpy as np
+
+    layout = fig.layout
+    for name in [n for n in layout if n.startswith("yaxis") or n.startswith("xaxis")]:
+        axis = layout[name]
+        title = (axis.title.text or "") if axis.title is not None else ""
+        if "rank" not in title.lower() or axis.tickvals is not None:
+            continue
+        ref = name.replace("axis", "")  # yaxis2 -> y2
+        vals = [np.asarray(t[ref[0]], dtype=float) for t in fig.data
+                if (getattr(t, f"{ref[0]}axis", None) or ref[0]) == ref and getattr(t, ref[0], None) is not None]
+        vals = np.concatenate([v.ravel() for v in vals]) if vals else np.array([])
+        vals = vals[np.isfinite(vals)]
+        if not len(vals):
+            continue
+        if axis.type == "log":
+            ticks = _nice_log_ticks(vals.min(), vals.max())
+            axis.update(tickvals=ticks, ticktext=[str(t) for t in ticks])
+        else:
+            axis.update(tickformat="d", dtick=max(1, int(np.ceil((vals.max() - vals.min()) / 8))))
+    entries = [t for t in fig.data if t.showlegend is not False and t.name]
+    if layout.showlegend is not False and len(entries) > 1 and layout.legend.orientation is None:
+        layout.legend.update(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0)
+        layout.margin.update(t=max(layout.margin.t or 0, 90))
+    n_rows = len([n for n in layout if n.startswith("yaxis")])
+    if n_rows > 1 and layout.grid.rows is None and all(layout[n].overlaying is None for n in layout if n.startswith("yaxis")):
+        layout.height = max(layout.height or 0, 340 * n_rows)
+    return fig
+
+
+def show_figure(fig, name: str, *, key: str | None = None, where=None, **kwargs) -> None:
+    """``st.plotly_chart(fig)`` (tidied: :func:`tidy_figure`) with downloads: offline HTML
+    always (plotly.js inlined), PNG and SVG when kaleido is installed (else one note per
+    session). ``where``: a column or container."""
+    where = st if where is None else where
     key = key or f"fig_{_file_name(name)}"
-    st.plotly_chart(fig, key=key, **kwargs)
+    fig = tidy_figure(fig)
+    where.plotly_chart(fig, key=key, **kwargs)
     stem = _file_name(name)
-    cols = st.columns([1, 1, 1, 3])
+    cols = where.columns([1, 1, 1, 3])
     cols[0].download_button("HTML", fig.to_html(include_plotlyjs=True, full_html=True).encode("utf-8"),
                             f"{stem}.html", "text/html", key=f"{key}_html")
     if kaleido_available():
