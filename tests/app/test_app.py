@@ -227,3 +227,40 @@ def test_a_link_reproduces_the_playground(smollm2):
     texts = [m.value for m in at.markdown if m.value.startswith("**")]
     texts_first = [m.value for m in first.markdown if m.value.startswith("**")]
     assert texts == texts_first  # the same two generations
+
+
+@pytest.mark.integration
+def test_next_token_page_with_a_long_prompt_is_windowed(smollm2):
+    """A prompt of a few hundred tokens: at most MAX_CHIPS chips and a WINDOW × WINDOW
+    heatmap, whose rows are those of the full pattern (computed here by the analysis)."""
+    import json
+
+    import numpy as np
+
+    from mechscope.analyses.next_token import attention_pattern
+    from mechscope.app.ui import MAX_CHIPS
+
+    prompt = " ".join(f"word{i % 97} and" for i in range(260))
+    at = home_at(APP / "pages" / "01_next_token.py")
+    at.text_area(key="prompt").set_value(prompt).run()
+    at.slider(key="attn_layer").set_value(3).run()
+    at.slider(key="attn_head").set_value(2).run()
+    _no_problems(at)
+    chips = [m.value for m in at.markdown if "mechscope-token" in m.value][0]
+    assert chips.count('class="mechscope-token"') == MAX_CHIPS
+    at.slider(key="attn_window").set_value(200).run()
+    _no_problems(at)
+    spec = json.loads([c for c in at.get("plotly_chart") if "queries 200" in c.proto.spec][0].proto.spec)
+    z = spec["data"][0]["z"]
+    if isinstance(z, dict):  # plotly's typed-array encoding
+        import base64
+
+        shape = [int(n) for n in str(z.get("shape", "")).split(",") if n.strip()] or [-1]
+        z = np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"]).reshape(shape)
+    z = np.array(z, dtype=float)
+    assert z.shape == (128, 128)
+    full = attention_pattern(smollm2.model, prompt, 3, 2).pattern
+    k0 = 200 + 128 - 128
+    want = np.array(full[200:328, k0:328], dtype=float)
+    want[np.triu_indices(128, 1)] = np.nan
+    np.testing.assert_allclose(z, want, rtol=1e-4, atol=1e-6)

@@ -252,3 +252,46 @@ def test_a_run_waiting_for_the_model_says_behind_whom():
     # alone, nothing is said
     at = AppTest.from_function(_waits_for_the_model, default_timeout=30).run()
     assert not [c for c in at.caption if c.value.startswith("Waited")]
+
+
+# --- readable figures ------------------------------------------------------------------------
+
+
+def test_rank_axes_get_integer_ticks_and_legends_a_row_above():
+    import plotly.graph_objects as go
+
+    from mechscope.app.ui import tidy_figure
+
+    fig = go.Figure([go.Scatter(x=[0, 1, 2, 3], y=[0.1, 0.2, 0.3, 0.2], name="probability"),
+                     go.Scatter(x=[0, 1, 2, 3], y=[5, 6, 7, 6], name="rank", yaxis="y2")])
+    fig.update_layout(yaxis2={"title": "rank", "overlaying": "y", "side": "right", "type": "log"})
+    tidy_figure(fig)
+    assert list(fig.layout.yaxis2.tickvals) == [5, 6, 7] and list(fig.layout.yaxis2.ticktext) == ["5", "6", "7"]
+    assert fig.layout.legend.orientation == "h" and fig.layout.legend.y > 1
+
+    wide = go.Figure(go.Scatter(x=[0, 1], y=[1, 3000], name="rank", yaxis="y"))
+    wide.update_layout(yaxis={"title": "target rank", "type": "log"})
+    tidy_figure(wide)
+    assert list(wide.layout.yaxis.tickvals) == [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 3000]
+    assert wide.layout.legend.orientation is None  # one trace: no legend to move
+
+
+def test_stacked_subplots_get_room():
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from mechscope.app.ui import tidy_figure
+
+    fig = make_subplots(rows=3, cols=1, subplot_titles=("a", "b", "c"))
+    for r in (1, 2, 3):
+        fig.add_trace(go.Scatter(y=[1, 2]), r, 1)
+    fig.update_layout(height=850)
+    assert tidy_figure(fig).layout.height >= 3 * 340
+
+
+def test_float_columns_show_significant_digits_not_leading_zeros():
+    from mechscope.app.ui import number_formats
+
+    df = pd.DataFrame({"iso": [1.5e-50, 0.25], "n": [1, 2], "name": ["a", "b"]})
+    fmts = number_formats(df)
+    assert set(fmts) == {"iso"} and fmts["iso"]["type_config"]["format"] == "%.6g"
