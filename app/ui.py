@@ -604,6 +604,9 @@ def _grid(where, n: int, columns: int) -> list:
 # Export and share: tables, figures and saved results, each with its downloads
 
 
+_DOWNLOAD = dict(type="tertiary", icon=":material/download:", on_click="ignore")  # a download never reruns the page
+
+
 def _file_name(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", str(name)).strip("_") or "table"
 
@@ -648,10 +651,11 @@ def show_table(df, name: str, *, key: str | None = None, static: bool = False, w
         if not hasattr(df, "data"):
             kwargs["column_config"] = {**number_formats(df), **(kwargs.get("column_config") or {})}
         where.dataframe(df, key=key, **kwargs)
-    a, b, _ = where.columns([1, 1, 4])
-    a.download_button("CSV", table_bytes(data, "csv"), f"{_file_name(name)}.csv", "text/csv", key=f"{key}_csv")
-    b.download_button("Parquet", table_bytes(data, "parquet"), f"{_file_name(name)}.parquet",
-                      "application/octet-stream", key=f"{key}_parquet")
+    row = where.container(horizontal=True, gap="small")
+    row.download_button("CSV", table_bytes(data, "csv"), f"{_file_name(name)}.csv", "text/csv", key=f"{key}_csv",
+                        **_DOWNLOAD)
+    row.download_button("Parquet", table_bytes(data, "parquet"), f"{_file_name(name)}.parquet",
+                        "application/octet-stream", key=f"{key}_parquet", **_DOWNLOAD)
 
 
 def kaleido_available() -> bool:
@@ -717,18 +721,19 @@ def show_figure(fig, name: str, *, key: str | None = None, where=None, **kwargs)
     fig = tidy_figure(fig)
     where.plotly_chart(fig, key=key, **kwargs)
     stem = _file_name(name)
-    cols = where.columns([1, 1, 1, 3])
-    cols[0].download_button("HTML", fig.to_html(include_plotlyjs=True, full_html=True).encode("utf-8"),
-                            f"{stem}.html", "text/html", key=f"{key}_html")
+    row = where.container(horizontal=True, gap="small")
+    row.download_button("HTML", fig.to_html(include_plotlyjs=True, full_html=True).encode("utf-8"),
+                        f"{stem}.html", "text/html", key=f"{key}_html", help="standalone, works offline", **_DOWNLOAD)
     if kaleido_available():
-        for col, fmt, mime in ((cols[1], "png", "image/png"), (cols[2], "svg", "image/svg+xml")):
+        for fmt, mime in (("png", "image/png"), ("svg", "image/svg+xml")):
             try:
-                col.download_button(fmt.upper(), fig.to_image(format=fmt), f"{stem}.{fmt}", mime, key=f"{key}_{fmt}")
+                row.download_button(fmt.upper(), fig.to_image(format=fmt), f"{stem}.{fmt}", mime, key=f"{key}_{fmt}",
+                                    **_DOWNLOAD)
             except Exception as exc:  # kaleido present but unable to render (e.g. no browser for it)
-                col.caption(f"{fmt.upper()}: {exc}".splitlines()[0][:80])
+                row.caption(f"{fmt.upper()}: {exc}".splitlines()[0][:80])
     elif not st.session_state.get("_kaleido_note"):
         st.session_state["_kaleido_note"] = True
-        cols[1].caption("PNG/SVG downloads need kaleido (pip install kaleido); HTML works offline.")
+        row.caption("PNG/SVG downloads need kaleido (pip install kaleido).")
 
 
 def results_dir() -> Path:

@@ -35,7 +35,7 @@ def test_analyses_in_several_orders_on_one_model(smollm2):
     cases["niah_long"] = replace(cases["niah"], lengths=(2100,), max_new_tokens=2, interventions=())
     # each order runs a gradient-based analysis right after a decoding one
     sequence = ["circuit_compare", "next_token", "niah_long", "circuit_compare", "duo_gates", "retrieval_heads",
-                "circuit_compare", "niah_long", "duo_gates", "kv_curve", "circuit_compare", "next_token"]
+                "duo_gates", "niah_long", "next_token"]
     first: dict[str, pd.DataFrame] = {}
     for step, name in enumerate(sequence):
         params = cases[name]
