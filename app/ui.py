@@ -70,6 +70,9 @@ def discover_pages(pages_dir: Path | str = PAGES_DIR) -> list[PageInfo]:
     return sorted(out, key=lambda i: (i.order, i.slug))
 
 
+PAGE_STATE = "_page_title"  # the title of the page this session shows (set by Home.py)
+
+
 def navigation(pages_dir: Path | str = PAGES_DIR, home=None):
     """Build ``st.navigation`` over the discovered pages. The landing page is ``home`` (a
     callable: the front page) if given, else the first page."""
@@ -78,7 +81,9 @@ def navigation(pages_dir: Path | str = PAGES_DIR, home=None):
              for n, i in enumerate(infos)]
     if home is not None:
         pages.insert(0, st.Page(home, title="Home", url_path="home", default=True))
-    return st.navigation(pages)
+    page = st.navigation(pages)
+    st.session_state[PAGE_STATE] = page.title
+    return page
 
 
 # ---------------------------------------------------------------------------------------
@@ -127,6 +132,7 @@ def sidebar_model():
     st.sidebar.text_input("…or a TransformerLens model name (local HF cache only)", key="model_other",
                           placeholder="e.g. gpt2")
     name = current_model_name()
+    declare_page(st.session_state.get(PAGE_STATE) or "a page")  # probe calls below report any wait here
     with guard():
         loaded = _cached_model(name)
         spec = loaded.spec
@@ -353,27 +359,45 @@ def run_label(what: str) -> str:
     return f"{what} ({_session_tag()})"
 
 
-@contextmanager
-def model_turn(model, what: str):
-    """Hold the model's lock (:func:`probes.locks.turn`) for the block; while another run
-    holds it, a status line says "Queued behind <run> (position n)", and once the model is
-    ours, how long we waited and behind whom."""
-    from mechscope.probes.locks import turn
-
+def queue_notice(status=None):
+    """An ``on_wait(holder, position)`` for :mod:`probes.locks` drawing into ``status`` (an
+    ``st.empty``): "Queued behind <run> (position n)" while waiting, then how long it waited
+    and behind whom."""
     import time
 
-    status = st.empty()
-    waited: list[str] = []
-    t0 = time.monotonic()
+    status = st.empty() if status is None else status
+    start: list[float] = []
 
     def on_wait(holder: str, position: int) -> None:
-        waited.append(holder)
+        if position == 0:  # our turn
+            waited = time.monotonic() - start[0] if start else 0.0
+            status.caption(f"Waited {waited:.0f} s for the model behind {holder}.")
+            start.clear()
+            return
+        if not start:
+            start.append(time.monotonic())
         status.info(f"Queued behind {holder} (position {position}): the model runs one analysis at a time.",
                     icon="⏳")
 
-    with turn(model, run_label(what), on_wait=on_wait):
-        if waited:
-            status.caption(f"Waited {time.monotonic() - t0:.0f} s for the model behind {waited[-1]}.")
+    return on_wait
+
+
+def declare_page(what: str) -> None:
+    """Name this script run to users queued behind it and, wherever it waits for a model
+    (any probe call), show the queue in a status line here (:func:`queue_notice`)."""
+    from mechscope.probes.locks import declare
+
+    declare(run_label(what), queue_notice())
+
+
+@contextmanager
+def model_turn(model, what: str):
+    """Hold the model's lock (:func:`probes.locks.turn`) for the block as ``what``; while
+    another run holds it, a status line here says "Queued behind <run> (position n)", then
+    how long it waited and behind whom."""
+    from mechscope.probes.locks import turn
+
+    with turn(model, run_label(what), on_wait=queue_notice()):
         yield
 
 

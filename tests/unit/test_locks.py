@@ -57,6 +57,40 @@ def test_waiters_see_the_holder_and_their_place_in_line():
     model_lock(model).release()
 
 
+def test_a_declared_thread_hears_the_queue_from_any_probe_call():
+    """The dashboard declares each script run; a probe call that waits for the model (here
+    ``applied``, which every hooked run goes through) then reports the queue."""
+    from mechscope.probes.interventions import applied
+    from mechscope.probes.locks import declare
+
+    model = tiny_model(n_layers=1)
+    holding, heard = threading.Event(), []
+
+    def holder():
+        with turn(model, "Circuits: comparison (session b)"):
+            holding.set()
+            _wait_until(lambda: heard, timeout=20)
+            time.sleep(0.1)
+
+    def page():
+        declare("Next token (session c)", lambda who, pos: heard.append((who, pos)), poll_s=0.02)
+        try:
+            with applied(model, ()):
+                heard.append(("ran", queue_state(model)[0]))
+        finally:
+            declare(None, None)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    holding.wait(10)
+    p = threading.Thread(target=page)
+    p.start()
+    for x in (t, p):
+        x.join(20)
+    assert heard[0] == ("Circuits: comparison (session b)", 1)
+    assert heard[-2:] == [("Circuits: comparison (session b)", 0), ("ran", "Next token (session c)")]
+
+
 def test_a_nested_turn_does_not_wait_and_keeps_the_outer_label():
     model = tiny_model(n_layers=1)
     calls = []
