@@ -42,12 +42,15 @@ except MechscopeError as exc:
     st.sidebar.error(str(exc))
 
 prompt = ui.prompt_box(key="pg_prompt", default=DEFAULTS.prompt)
-bos = ui.bos_toggle(spec, key="pg_bos")
+bos_col, go_col = st.columns([3, 1])
+with bos_col:
+    bos = ui.bos_toggle(spec, key="pg_bos")
+go = go_col.button("Generate", key="pg_generate", type="primary", use_container_width=True,
+                   help="edits take effect when pressed")
 controls, outputs = st.columns([1, 2])
 with controls:
     st.subheader("Interventions")
     interventions, kv_policy = widgets.render_controls(model)
-    go = st.button("Generate", key="pg_generate", type="primary", use_container_width=True)
     params, params_error = None, None
     try:
         params = PlaygroundParams(prompt=prompt, interventions=tuple(interventions), max_new_tokens=max_new,
