@@ -359,6 +359,15 @@ def run_label(what: str) -> str:
     return f"{what} ({_session_tag()})"
 
 
+def _in_cached_function() -> bool:
+    try:
+        from streamlit.runtime.scriptrunner_utils.script_run_context import in_cached_function
+
+        return bool(in_cached_function.get())
+    except ImportError:  # another Streamlit layout: assume not
+        return False
+
+
 def queue_notice(status=None):
     """An ``on_wait(holder, position)`` for :mod:`probes.locks` drawing into ``status`` (an
     ``st.empty``): "Queued behind <run> (position n)" while waiting, then how long it waited
@@ -369,6 +378,8 @@ def queue_notice(status=None):
     start: list[float] = []
 
     def on_wait(holder: str, position: int) -> None:
+        if _in_cached_function():  # a cached function may not draw outside itself; it waits silently
+            return
         if position == 0:  # our turn
             waited = time.monotonic() - start[0] if start else 0.0
             status.caption(f"Waited {waited:.0f} s for the model behind {holder}.")

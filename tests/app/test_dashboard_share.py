@@ -295,3 +295,54 @@ def test_float_columns_show_significant_digits_not_leading_zeros():
     df = pd.DataFrame({"iso": [1.5e-50, 0.25], "n": [1, 2], "name": ["a", "b"]})
     fmts = number_formats(df)
     assert set(fmts) == {"iso"} and fmts["iso"]["type_config"]["format"] == "%.6g"
+
+
+def _waits_inside_a_cached_function():
+    import streamlit as st
+
+    from mechscope.app import ui
+    from mechscope.probes.interventions import applied
+    from tests.app.test_dashboard_share import SHARED
+
+    ui.declare_page("Neurons")
+
+    @st.cache_data(show_spinner=False)
+    def decoded(n: int) -> int:
+        with applied(SHARED["model"], ()):
+            return n + 1
+
+    st.write(f"got {decoded(SHARED['n'])}")
+    with applied(SHARED["model"], ()):
+        st.write("ran")
+
+
+def test_a_wait_inside_a_cached_function_is_silent():
+    from streamlit.testing.v1 import AppTest
+
+    from mechscope.probes.locks import turn
+    from tests.tiny import tiny_model
+
+    SHARED["model"] = model = tiny_model(n_layers=1)
+    SHARED["n"] = int(time.time() * 1000) % 100000  # a fresh cache key
+    holding = threading.Event()
+
+    def other_user(waits: int):
+        for _ in range(waits):  # hold the model until the page has queued, twice
+            with turn(model, "SAEs (session d)"):
+                holding.set()
+                deadline = time.monotonic() + 60
+                while queue_state(model)[1] == 0 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                time.sleep(0.3)
+            time.sleep(0.05)
+
+    from mechscope.probes.locks import queue_state
+
+    t = threading.Thread(target=other_user, args=(1,))
+    t.start()
+    holding.wait(10)
+    at = AppTest.from_function(_waits_inside_a_cached_function, default_timeout=60).run()
+    t.join(20)
+    _ok(at)
+    assert [m.value for m in at.markdown][-2:] == [f"got {SHARED['n'] + 1}", "ran"]
+    assert not [c for c in at.caption if c.value.startswith("Waited")]  # the cached function waited silently
