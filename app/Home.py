@@ -1,13 +1,13 @@
 """mechscope dashboard entry point: ``streamlit run app/Home.py``.
 
-It only routes. Pages are discovered from ``app/pages/NN_name.py`` (see ``app.ui``); the
-first one (the next-token view) is the landing page, so the embedded model answers as soon
-as it has loaded.
+It only routes. The landing page is the front page (``app.front``: the families, the shipped
+model and SAEs, recent saved results, a tour); the analysis pages are discovered from
+``app/pages/NN_name.py`` (see ``app.ui``).
 """
 
 import streamlit as st
 
-from mechscope.app import ui
+from mechscope.app import front, ui
 
 st.set_page_config(page_title="mechscope", layout="wide")
-ui.navigation().run()
+ui.navigation(home=front.render).run()

@@ -70,11 +70,20 @@ def discover_pages(pages_dir: Path | str = PAGES_DIR) -> list[PageInfo]:
     return sorted(out, key=lambda i: (i.order, i.slug))
 
 
-def navigation(pages_dir: Path | str = PAGES_DIR):
-    """Build ``st.navigation`` over the discovered pages; the first is the landing page."""
+PAGE_STATE = "_page_title"  # the title of the page this session shows (set by Home.py)
+
+
+def navigation(pages_dir: Path | str = PAGES_DIR, home=None):
+    """Build ``st.navigation`` over the discovered pages. The landing page is ``home`` (a
+    callable: the front page) if given, else the first page."""
     infos = discover_pages(pages_dir)
-    pages = [st.Page(str(i.path), title=i.title, url_path=i.slug, default=(n == 0)) for n, i in enumerate(infos)]
-    return st.navigation(pages)
+    pages = [st.Page(str(i.path), title=i.title, url_path=i.slug, default=(home is None and n == 0))
+             for n, i in enumerate(infos)]
+    if home is not None:
+        pages.insert(0, st.Page(home, title="Home", url_path="home", default=True))
+    page = st.navigation(pages)
+    st.session_state[PAGE_STATE] = page.title
+    return page
 
 
 # ---------------------------------------------------------------------------------------
@@ -123,6 +132,7 @@ def sidebar_model():
     st.sidebar.text_input("…or a TransformerLens model name (local HF cache only)", key="model_other",
                           placeholder="e.g. gpt2")
     name = current_model_name()
+    declare_page(st.session_state.get(PAGE_STATE) or "a page")  # probe calls below report any wait here
     with guard():
         loaded = _cached_model(name)
         spec = loaded.spec
@@ -135,10 +145,67 @@ def sidebar_model():
     st.stop()
 
 
+# ---------------------------------------------------------------------------------------
+# The view in the URL: a link with these query parameters reproduces what a page shows
+
+
+URL_PARAMS = ("prompt", "layer", "head", "interventions", "strategy")
+
+
+def url_value(name: str, default=None):
+    """The URL's value for ``name`` (one of :data:`URL_PARAMS`; JSON for interventions and
+    strategy), else ``default``."""
+    raw = st.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if name in ("interventions", "strategy"):
+        import json
+
+        try:
+            return json.loads(raw)
+        except ValueError:
+            st.error(f"The link's {name} is not valid JSON; ignored.")
+            return default
+    return raw
+
+
+def set_url(name: str, value) -> None:
+    """Write the value in use to the URL (so copying the link reproduces the view)."""
+    if name in ("interventions", "strategy"):
+        import json
+
+        text = "" if not value else json.dumps(value, separators=(",", ":"), sort_keys=True)
+    else:
+        text = "" if value is None else str(value)
+    if text:
+        if st.query_params.get(name) != text:
+            st.query_params[name] = text
+    elif name in st.query_params:
+        del st.query_params[name]
+
+
+def url_index(name: str, default: int, size: int | None = None) -> int:
+    """An index (layer, head) from the URL, checked by :func:`check_index`; a bad one is one
+    ``st.error`` line and ``default`` is used."""
+    linked = url_value(name)
+    if linked is None:
+        return default
+    try:
+        return check_index(name, linked, size)
+    except InputError as exc:
+        st.error(f"Link: {exc}")
+        return default
+
+
 def prompt_box(label: str = "Prompt", key: str = "prompt", default: str = DEFAULT_PROMPT, height: int = 100) -> str:
+    """A prompt text area; it starts from the URL's ``prompt`` if given and writes its value
+    back there."""
     if key not in st.session_state:
-        st.session_state[key] = default
-    return st.text_area(label, key=key, height=height)
+        st.session_state[key] = url_value("prompt", default)
+    value = st.text_area(label, key=key, height=height)
+    if len(value) <= 2000:  # longer prompts do not fit a link
+        set_url("prompt", value)
+    return value
 
 
 def bos_toggle(spec, key: str = "prepend_bos") -> bool:
@@ -146,6 +213,21 @@ def bos_toggle(spec, key: str = "prepend_bos") -> bool:
     label = f"Prepend BOS ({spec.bos_token})" if spec.bos_token else "Prepend BOS"
     return st.checkbox(label, value=bool(spec.prepend_bos), key=f"{key}:{spec.name}",
                        disabled=spec.bos_token is None and not spec.prepend_bos)
+
+
+def check_index(what: str, value, size: int | None) -> int:
+    """One message everywhere for an out-of-range index typed into a widget (a layer, head,
+    neuron, SAE latent…): an int in ``0..size-1`` (``size`` None: any non-negative int)."""
+    try:
+        i = int(value)
+        if i != float(value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a whole number, not {value!r}.") from None
+    if i < 0 or (size is not None and i >= size):
+        rng = f"0..{size - 1}" if size is not None else "0 or more"
+        raise InputError(f"{what} {i} is out of range ({rng}).")
+    return i
 
 
 @contextmanager
@@ -169,18 +251,22 @@ def _chip_colour(value: float, vmax: float) -> str:
     return f"rgba({rgb},{0.08 + 0.72 * a:.3f})"
 
 
-def token_chips(tokens, values=None, vmax: float | None = None, fmt: str = "{:+.3f}") -> str:
+MAX_CHIPS = 400  # token chips drawn at once; longer inputs are shown through a window
+
+
+def token_chips(tokens, values=None, vmax: float | None = None, fmt: str = "{:+.3f}", offset: int = 0) -> str:
     """HTML for tokens as chips (whitespace made visible); with ``values``, coloured by sign
-    and size and shown on hover."""
+    and size and shown on hover. ``offset``: the position of ``tokens[0]`` (hover labels)."""
     parts = []
     if values is not None and vmax is None:
         vmax = max((abs(float(v)) for v in values), default=0.0)
-    for i, tok in enumerate(tokens):
+    for j, tok in enumerate(tokens):
+        i = j + offset
         shown = html.escape(str(tok)).replace(" ", "␣").replace("\n", "↵")
         if values is None:
             bg, title = "rgba(128,128,128,0.15)", f"{i}"
         else:
-            v = float(values[i])
+            v = float(values[j])
             bg, title = _chip_colour(v, vmax or 0.0), f"{i}: {fmt.format(v)}"
         parts.append(
             f'<span class="mechscope-token" title="{html.escape(title)}" style="background:{bg};'
@@ -197,8 +283,36 @@ def md_escape(text: str) -> str:
     return _MD_SPECIAL.sub(r"\\\1", str(text)).replace("\n", "  \n")
 
 
-def show_tokens(tokens, values=None, vmax: float | None = None, caption: str | None = None) -> None:
-    st.markdown(token_chips(tokens, values, vmax), unsafe_allow_html=True)
+def window(n: int, size: int, key: str, label: str = "First position shown") -> tuple[int, int]:
+    """``(start, stop)`` of a window of at most ``size`` of ``n`` positions: everything when
+    it fits, else a position slider (key ``key``)."""
+    if n <= size:
+        return 0, n
+    start = st.slider(label, 0, n - size, 0, step=max(1, size // 4), key=key,
+                      help=f"{n} positions; {size} are shown at a time")
+    return int(start), int(start) + size
+
+
+def show_tokens(tokens, values=None, vmax: float | None = None, caption: str | None = None,
+                key: str = "tokens", max_chips: int = MAX_CHIPS) -> None:
+    """Token chips; beyond ``max_chips`` tokens, a window with a position slider and a
+    one-line summary of the whole (the colour scale stays that of the whole input)."""
+    tokens = list(tokens)
+    n = len(tokens)
+    if values is not None and vmax is None:
+        vmax = max((abs(float(v)) for v in values), default=0.0)
+    a, b = window(n, max_chips, key=f"{key}_window", label="Tokens from position")
+    vals = None if values is None else [float(v) for v in list(values)[a:b]]
+    st.markdown(token_chips(tokens[a:b], vals, vmax, offset=a), unsafe_allow_html=True)
+    if b - a < n:
+        note = f"Tokens {a}–{b - 1} of {n}."
+        if values is not None:
+            import numpy as np
+
+            v = np.asarray(values, dtype=float)
+            note += (f" Whole input: min {v.min():+.3g} at {int(v.argmin())}, max {v.max():+.3g} at "
+                     f"{int(v.argmax())}, mean {v.mean():+.3g}.")
+        st.caption(note)
     if caption:
         st.caption(caption)
 
@@ -230,15 +344,86 @@ def stored(slot: str, params, model=None):
     return memo[1] if memo is not None and memo[0] == memo_key(slot, params, model) else None
 
 
+def _session_tag() -> str:
+    try:
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+        ctx = get_script_run_ctx()
+        return f"session {ctx.session_id[:6]}" if ctx is not None else "this process"
+    except Exception:  # outside a Streamlit run (a plain script or a test harness)
+        return "this process"
+
+
+def run_label(what: str) -> str:
+    """How a run is named to the users queued behind it: what it is and whose session."""
+    return f"{what} ({_session_tag()})"
+
+
+def _in_cached_function() -> bool:
+    try:
+        from streamlit.runtime.scriptrunner_utils.script_run_context import in_cached_function
+
+        return bool(in_cached_function.get())
+    except ImportError:  # another Streamlit layout: assume not
+        return False
+
+
+def queue_notice(status=None):
+    """An ``on_wait(holder, position)`` for :mod:`probes.locks` drawing into ``status`` (an
+    ``st.empty``): "Queued behind <run> (position n)" while waiting, then how long it waited
+    and behind whom."""
+    import time
+
+    status = st.empty() if status is None else status
+    start: list[float] = []
+
+    def on_wait(holder: str, position: int) -> None:
+        if _in_cached_function():  # a cached function may not draw outside itself; it waits silently
+            return
+        if position == 0:  # our turn
+            waited = time.monotonic() - start[0] if start else 0.0
+            status.caption(f"Waited {waited:.0f} s for the model behind {holder}.")
+            start.clear()
+            return
+        if not start:
+            start.append(time.monotonic())
+        status.info(f"Queued behind {holder} (position {position}): the model runs one analysis at a time.",
+                    icon="⏳")
+
+    return on_wait
+
+
+def declare_page(what: str) -> None:
+    """Name this script run to users queued behind it and, wherever it waits for a model
+    (any probe call), show the queue in a status line here (:func:`queue_notice`)."""
+    from mechscope.probes.locks import declare
+
+    declare(run_label(what), queue_notice())
+
+
+@contextmanager
+def model_turn(model, what: str):
+    """Hold the model's lock (:func:`probes.locks.turn`) for the block as ``what``; while
+    another run holds it, a status line here says "Queued behind <run> (position n)", then
+    how long it waited and behind whom."""
+    from mechscope.probes.locks import turn
+
+    with turn(model, run_label(what), on_wait=queue_notice()):
+        yield
+
+
 def run_analysis(slot: str, fn, model, params, label: str = "Forward passes", **runtime):
     """Run ``fn(model, params, progress=...)`` once per distinct parameters and keep the
-    Result in the session (errors shown as one ``st.error`` line; returns None then)."""
+    Result in the session (errors shown as one ``st.error`` line; returns None then). The
+    run waits its turn for the model (:func:`model_turn`), saying behind whom."""
     hit = stored(slot, params, model)
     if hit is not None:
+        result_box(hit, slot)
         return hit
-    with guard():
+    with guard(), model_turn(model, f"{type(params).__name__.removesuffix('Params') or slot}"):
         result = fn(model, params, progress=st_progress(label), **runtime)
         st.session_state[f"memo_{slot}"] = (memo_key(slot, params, model), result)
+        result_box(result, slot)
         return result
     return None
 
@@ -425,6 +610,8 @@ def params_form(cls, *, key: str, fields: typing.Sequence[str] | None = None, sk
             help_ = f.metadata.get("help", "")
             help_ = f"{help_} (default {_shown(default)})".strip()
             wkey = f"{key}_{name}"
+            if name in ("layer", "head") and fk.kind == "int" and wkey not in st.session_state:
+                default = url_index(name, default)
             if fk.kind in ("choice", "multi"):  # a default outside the choices stays choosable
                 extra = [d for d in ((default or ()) if fk.kind == "multi" else (default,))
                          if d is not None and d not in fk.options]
@@ -432,6 +619,8 @@ def params_form(cls, *, key: str, fields: typing.Sequence[str] | None = None, sk
             if wkey not in st.session_state:
                 st.session_state[wkey] = _widget_value(fk, default)
             shown[name] = _draw(slot, fk, labels.get(name, name), help_, wkey)
+            if name in ("layer", "head") and fk.kind == "int":
+                set_url(name, shown[name])
         st.session_state.setdefault(FORMS_STATE, {})[key] = (cls, dict(shown))
         return cls(**shown, **values)
 
@@ -444,3 +633,226 @@ def _grid(where, n: int, columns: int) -> list:
     for start in range(0, n, columns):
         out.extend(where.columns(columns)[: min(columns, n - start)])
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# Export and share: tables, figures and saved results, each with its downloads
+
+
+_DOWNLOAD = dict(type="tertiary", icon=":material/download:", on_click="ignore")  # a download never reruns the page
+
+
+def _file_name(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", str(name)).strip("_") or "table"
+
+
+def table_bytes(df, fmt: str) -> bytes:
+    """``df`` as a CSV or Parquet file's bytes (object columns as text for Parquet)."""
+    import io
+
+    import pandas as pd
+
+    if not isinstance(df.index, pd.RangeIndex):  # a labelled index (e.g. a pivot's) is data too
+        df = df.reset_index()
+    if fmt == "csv":
+        return df.to_csv(index=False).encode("utf-8")
+    buf = io.BytesIO()
+    try:
+        df.to_parquet(buf, index=False)
+    except Exception:  # mixed-type object columns: write them as text
+        df.astype({c: str for c in df.columns if df[c].dtype == object}).to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def number_formats(df) -> dict:
+    """``column_config`` giving float columns 6 significant digits (``%.6g``: 1.2e-50, not
+    fifty leading zeros)."""
+    import pandas as pd
+
+    return {c: st.column_config.NumberColumn(format="%.6g") for c in df.columns
+            if pd.api.types.is_float_dtype(df[c])}
+
+
+def show_table(df, name: str, *, key: str | None = None, static: bool = False, where=None, **kwargs) -> None:
+    """``st.dataframe(df)`` (``static``: ``st.table``, for short tables read as text) with CSV
+    and Parquet downloads (``name``: the file name's stem); floats shown to 6 significant
+    digits unless ``column_config`` says otherwise. ``where``: a column or container."""
+    where = st if where is None else where
+    key = key or f"tbl_{_file_name(name)}"
+    data = getattr(df, "data", df)  # a Styler downloads its frame
+    if static:
+        where.table(df, **kwargs)
+    else:
+        if not hasattr(df, "data"):
+            kwargs["column_config"] = {**number_formats(df), **(kwargs.get("column_config") or {})}
+        where.dataframe(df, key=key, **kwargs)
+    row = where.container(horizontal=True, gap="small")
+    row.download_button("CSV", table_bytes(data, "csv"), f"{_file_name(name)}.csv", "text/csv", key=f"{key}_csv",
+                        **_DOWNLOAD)
+    row.download_button("Parquet", table_bytes(data, "parquet"), f"{_file_name(name)}.parquet",
+                        "application/octet-stream", key=f"{key}_parquet", **_DOWNLOAD)
+
+
+def kaleido_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("kaleido") is not None
+
+
+def _nice_log_ticks(lo: float, hi: float) -> list[int]:
+    """Integer ticks within [lo, hi]: every integer over a short range, else 1, 2, 5, 10, 20,
+    50, … plus both ends."""
+    lo, hi = max(1, int(round(lo))), max(1, int(round(hi)))
+    if hi - lo <= 10:
+        return list(range(lo, hi + 1))
+    ticks = {lo, hi}
+    p = 1
+    while p <= hi:
+        ticks.update(m * p for m in (1, 2, 5) if lo <= m * p <= hi)
+        p *= 10
+    return sorted(ticks)
+
+
+def tidy_figure(fig):
+    """Readable in a dashboard column: rank axes get integer ticks (never "5, 6, 6, 7"),
+    legends sit in a row above the plot (never clipped at a narrow column's edge) and
+    stacked subplots get room for their titles. Returns the figure (changed in place)."""
+    import numpy as np
+
+    layout = fig.layout
+    for name in [n for n in layout if n.startswith("yaxis") or n.startswith("xaxis")]:
+        axis = layout[name]
+        title = (axis.title.text or "") if axis.title is not None else ""
+        if "rank" not in title.lower() or axis.tickvals is not None:
+            continue
+        ref = name.replace("axis", "")  # yaxis2 -> y2
+        vals = [np.asarray(t[ref[0]], dtype=float) for t in fig.data
+                if (getattr(t, f"{ref[0]}axis", None) or ref[0]) == ref and getattr(t, ref[0], None) is not None]
+        vals = np.concatenate([v.ravel() for v in vals]) if vals else np.array([])
+        vals = vals[np.isfinite(vals)]
+        if not len(vals):
+            continue
+        if axis.type == "log":
+            ticks = _nice_log_ticks(vals.min(), vals.max())
+            axis.update(tickvals=ticks, ticktext=[str(t) for t in ticks])
+        else:
+            axis.update(tickformat="d", dtick=max(1, int(np.ceil((vals.max() - vals.min()) / 8))))
+    entries = [t for t in fig.data if t.showlegend is not False and t.name]
+    if layout.showlegend is not False and len(entries) > 1 and layout.legend.orientation is None:
+        layout.legend.update(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0)
+        layout.margin.update(t=max(layout.margin.t or 0, 90))
+    n_rows = len([n for n in layout if n.startswith("yaxis")])
+    if n_rows > 1 and layout.grid.rows is None and all(layout[n].overlaying is None for n in layout if n.startswith("yaxis")):
+        layout.height = max(layout.height or 0, 340 * n_rows)
+    return fig
+
+
+def show_figure(fig, name: str, *, key: str | None = None, where=None, **kwargs) -> None:
+    """``st.plotly_chart(fig)`` (tidied: :func:`tidy_figure`) with downloads: offline HTML
+    always (plotly.js inlined), PNG and SVG when kaleido is installed (else one note per
+    session). ``where``: a column or container."""
+    where = st if where is None else where
+    key = key or f"fig_{_file_name(name)}"
+    fig = tidy_figure(fig)
+    where.plotly_chart(fig, key=key, **kwargs)
+    stem = _file_name(name)
+    row = where.container(horizontal=True, gap="small")
+    row.download_button("HTML", fig.to_html(include_plotlyjs=True, full_html=True).encode("utf-8"),
+                        f"{stem}.html", "text/html", key=f"{key}_html", help="standalone, works offline", **_DOWNLOAD)
+    if kaleido_available():
+        for fmt, mime in (("png", "image/png"), ("svg", "image/svg+xml")):
+            try:
+                row.download_button(fmt.upper(), fig.to_image(format=fmt), f"{stem}.{fmt}", mime, key=f"{key}_{fmt}",
+                                    **_DOWNLOAD)
+            except Exception as exc:  # kaleido present but unable to render (e.g. no browser for it)
+                row.caption(f"{fmt.upper()}: {exc}".splitlines()[0][:80])
+    elif not st.session_state.get("_kaleido_note"):
+        st.session_state["_kaleido_note"] = True
+        row.caption("PNG/SVG downloads need kaleido (pip install kaleido).")
+
+
+def results_dir() -> Path:
+    """Where the dashboard saves results: ``$MECHSCOPE_RESULTS`` or ``~/mechscope-results``."""
+    import os
+
+    return Path(os.environ.get("MECHSCOPE_RESULTS") or "~/mechscope-results").expanduser()
+
+
+def recent_results(limit: int = 10) -> list[tuple[Path, str, object]]:
+    """(folder, analysis kind, modified time) of the newest saved results in :func:`results_dir`."""
+    import datetime
+    import json
+
+    root = results_dir()
+    if not root.is_dir():
+        return []
+    out = []
+    for meta in root.glob("*/result.json"):
+        try:
+            kind = json.loads(meta.read_text()).get("type", "?")
+        except (OSError, ValueError):
+            continue
+        out.append((meta.parent, str(kind), datetime.datetime.fromtimestamp(meta.stat().st_mtime)))
+    return sorted(out, key=lambda r: r[2], reverse=True)[:limit]
+
+
+def result_zip(result, name: str) -> bytes:
+    """A saved result (with HTML figures and a CSV table) as one zip file's bytes."""
+    import io
+    import tempfile
+    import zipfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = result.save(Path(tmp) / _file_name(name), html=True)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for f in sorted(folder.rglob("*")):
+                if f.is_file():
+                    zf.write(f, f"{folder.name}/{f.relative_to(folder)}")
+        return buf.getvalue()
+
+
+def result_box(result, name: str) -> None:
+    """Save a result under :func:`results_dir` (a link to it then reopens it) or download
+    it as a zip."""
+    import datetime
+
+    key = _file_name(name)
+    with st.expander("Save / share this result"):
+        if st.button(f"Save to {results_dir()}", key=f"save_{key}"):
+            with guard():
+                stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+                folder = result.save(results_dir() / f"{key}-{stamp}", html=True)
+                st.session_state[f"saved_{key}"] = str(folder)
+        if st.session_state.get(f"saved_{key}"):
+            where = st.session_state[f"saved_{key}"]
+            st.markdown(f"Saved: `{where}` — [link that reopens it](?result={where})")
+        if st.button("Prepare a zip download", key=f"zip_{key}"):
+            st.session_state[f"zip_{key}"] = result_zip(result, name)
+        if st.session_state.get(f"zip_{key}"):
+            st.download_button("Download zip", st.session_state[f"zip_{key}"], f"{key}.zip", "application/zip",
+                               key=f"zipdl_{key}")
+
+
+def open_saved_result() -> bool:
+    """If the URL names ``?result=<folder>``, draw that saved result (its table and figures,
+    with downloads) and return True."""
+    where = st.query_params.get("result")
+    if not where:
+        return False
+    from mechscope.analyses.catalog import load_result
+
+    with guard():
+        result = load_result(where)
+        st.title(f"Saved result: {Path(where).name}")
+        st.caption(f"{type(result).__name__} from `{where}`; model {result.model_id}")
+        with st.expander("Parameters"):
+            st.code(repr(result.params))
+        try:
+            show_table(result.to_frame(), Path(where).name)
+        except NotImplementedError:
+            pass
+        for name, fig in result.figures().items():
+            show_figure(fig, f"{Path(where).name}-{name}")
+        return True
+    return True

@@ -269,7 +269,10 @@ def greedy_rows(
     out: list[list[int]] = [[] for _ in range(n)]
     passes: list[tuple[list[int], torch.Tensor]] = []  # (rows alive, [L, rows, H] top-1) per pass
     fed = [L - 1 for L in lengths] if split else lengths  # decode scope: the last prompt token comes later
-    with applied(model, (), extra_hooks=hooks), torch.inference_mode():
+    # no_grad, not inference_mode: whatever the pass builds and keeps on the model (e.g.
+    # TransformerLens' rotary sin/cos tables, extended for a longer context) must stay a
+    # normal tensor, or a later gradient-based analysis on the same model fails.
+    with applied(model, (), extra_hooks=hooks), torch.no_grad():
         caches, logits, tops, order = [], [], [], []
         for g in groups:
             cache = new_cache(model, len(g))

@@ -11,6 +11,9 @@ from pathlib import Path
 from mechscope.probes.errors import InputError, MissingPackageError
 
 HOME = Path(__file__).resolve().parents[1] / "Home.py"
+# what the repository's .streamlit/config.toml sets, passed as flags so it holds from any
+# directory: no usage statistics; the toolbar of a local tool (rerun, settings; no deploy button)
+SETTINGS = {"--browser.gatherUsageStats": "false", "--client.toolbarMode": "viewer"}
 
 
 def register(sub) -> None:
@@ -25,7 +28,7 @@ def streamlit_argv(port: int, headless: bool) -> list[str]:
     if not 0 < port < 65536:
         raise InputError(f"Port {port} is out of range (1..65535).")
     return [sys.executable, "-m", "streamlit", "run", str(HOME), "--server.port", str(port),
-            "--server.headless", "true" if headless else "false", "--browser.gatherUsageStats", "false"]
+            "--server.headless", "true" if headless else "false", *[a for k, v in SETTINGS.items() for a in (k, v)]]
 
 
 def run(args: argparse.Namespace) -> int:

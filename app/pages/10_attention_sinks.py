@@ -48,35 +48,35 @@ else:
         a, b = st.columns(2)
         k = a.slider("k", 1, res.alpha.shape[-1], 1, key="sk_k_show")
         v = b.selectbox("Variant", list(res.variants), key="sk_variant_show")
-        st.plotly_chart(res.figure_alpha(k, v), key="sk_alpha")
+        ui.show_figure(res.figure_alpha(k, v), "sk_alpha", key="sk_alpha")
     with tabs[1]:
-        st.plotly_chart(res.figure_sink_rates(eps), key="sk_rates")
-        st.dataframe(rates.pivot(index="k", columns="variant", values="sink_rate").round(2))
+        ui.show_figure(res.figure_sink_rates(eps), "sk_rates", key="sk_rates")
+        ui.show_table(rates.pivot(index="k", columns="variant", values="sink_rate").round(2), "attention_sinks_table1")
     figs = res.figures()
     with tabs[2]:
         st.caption(f"A key is a sink when its mean received attention exceeds {res.params.sink_threshold:g} "
                    "(Yu et al. 2024); sinks after the first are hidden sinks. Only keys seen by at least "
                    f"{res.params.min_queries} queries are judged: near the end of a text the column mean averages "
                    "a handful of queries and would flag keys by position alone. Primary variant: " + res.variants[0])
-        st.plotly_chart(figs["hidden_sinks_by_head"], key="sk_hidden_heads")
+        ui.show_figure(figs["hidden_sinks_by_head"], "sk_hidden_heads", key="sk_hidden_heads")
         a, b = st.columns(2)
-        a.dataframe(res.hidden_by_class(), hide_index=True)
-        b.dataframe(res.token_table[res.token_table.sink_occurrences > 0].head(50), hide_index=True)
+        ui.show_table(res.hidden_by_class(), "attention_sinks_table2", where=a, hide_index=True)
+        ui.show_table(res.token_table[res.token_table.sink_occurrences > 0].head(50), "attention_sinks_table3", where=b, hide_index=True)
         if "hidden_sink_tokens" in figs:
-            st.plotly_chart(figs["hidden_sink_tokens"], key="sk_hidden_tokens")
-        st.plotly_chart(figs["hidden_sink_positions"], key="sk_hidden_pos")
+            ui.show_figure(figs["hidden_sink_tokens"], "sk_hidden_tokens", key="sk_hidden_tokens")
+        ui.show_figure(figs["hidden_sink_positions"], "sk_hidden_pos", key="sk_hidden_pos")
     with tabs[3]:
         if "residual_norm" in figs:
-            st.plotly_chart(figs["residual_norm"], key="sk_resid")
-            st.plotly_chart(figs["residual_norm_lines"], key="sk_resid_lines")
-            st.plotly_chart(figs["value_norm"], key="sk_value")
+            ui.show_figure(figs["residual_norm"], "sk_resid", key="sk_resid")
+            ui.show_figure(figs["residual_norm_lines"], "sk_resid_lines", key="sk_resid_lines")
+            ui.show_figure(figs["value_norm"], "sk_value", key="sk_value")
             st.caption("Value norms are per KV head (hook_v)" + (" — query heads share them on this GQA model."
                                                                   if res.value_norm_heads == "kv" else "."))
     with tabs[4]:
-        st.plotly_chart(figs["dormancy_by_domain"], key="sk_dormancy")
+        ui.show_figure(figs["dormancy_by_domain"], "sk_dormancy", key="sk_dormancy")
         sw = res.switching_heads()
         st.write(f"Heads dormant on most texts of one domain and active on most of another: {len(sw)}")
-        st.dataframe(sw, hide_index=True)
+        ui.show_table(sw, "attention_sinks_table4", hide_index=True)
 
 # ---------------------------------------------------------------------------------------
 st.header("Streaming perplexity")
@@ -89,8 +89,8 @@ if st.button("Run streaming perplexity", key="sp_run"):
     ui.run_analysis("stream", streaming_perplexity, model, sp_params, label="Streaming")
 sres = ui.stored("stream", sp_params, model)
 if sres is not None:
-    st.plotly_chart(sres.figures()["streaming_ppl"], key="sp_fig")
-    st.dataframe(sres.summary().round(3), hide_index=True)
+    ui.show_figure(sres.figures()["streaming_ppl"], "sp_fig", key="sp_fig")
+    ui.show_table(sres.summary().round(3), "attention_sinks_table5", hide_index=True)
 
 # ---------------------------------------------------------------------------------------
 st.header("ACT calibration")
@@ -115,5 +115,5 @@ if ares is not None:
     m2.metric("Accuracy", f"{s['accuracy_act']:.3f}", f"{s['delta_accuracy']:+.3f}")
     m3.metric("Verdict", s["verdict"])
     for name, fig in ares.figures().items():
-        st.plotly_chart(fig, key=f"act_{name}")
+        ui.show_figure(fig, f"act_{name}", key=f"act_{name}")
     st.session_state["act_heads_for_playground"] = list(ares.heads)

@@ -50,19 +50,19 @@ else:
     figs = res.figures()
     tabs = st.tabs(["Scores", "NIAH grid", "Proxy", "Stability", "Tests"])
     with tabs[0]:
-        st.plotly_chart(figs["retrieval_scores"], key="rh_heat")
+        ui.show_figure(figs["retrieval_scores"], "rh_heat", key="rh_heat")
     with tabs[1]:
-        st.plotly_chart(figs["niah_grid"], key="rh_grid")
+        ui.show_figure(figs["niah_grid"], "rh_grid", key="rh_grid")
     with tabs[2]:
         if "proxy" in figs:
-            st.plotly_chart(figs["proxy"], key="rh_proxy_fig")
+            ui.show_figure(figs["proxy"], "rh_proxy_fig", key="rh_proxy_fig")
         else:
             st.caption("The induction proxy was skipped.")
     with tabs[3]:
         st.caption("Agreement of the per-needle score maps (top-10 sets, sets above the threshold, Spearman).")
-        st.dataframe(res.stability(), hide_index=True)
+        ui.show_table(res.stability(), "retrieval_heads_table1", hide_index=True)
     with tabs[4]:
-        st.dataframe(res.tests, hide_index=True)
+        ui.show_table(res.tests, "retrieval_heads_table2", hide_index=True)
 
     st.subheader("Send to the Playground")
     k = st.number_input("Top-k heads", 1, 270, max(1, min(5, s["n_above"] or 5)), key="rh_send_k")
@@ -99,9 +99,9 @@ else:
         ui.run_analysis("retrieval_masking", retrieval_masking, model, mp, label="masking configurations")
     mres = ui.stored("retrieval_masking", mp, model)
     if mres is not None:
-        st.plotly_chart(mres.figures()["masking_curves"], key="rh_mask_fig")
+        ui.show_figure(mres.figures()["masking_curves"], "rh_mask_fig", key="rh_mask_fig")
         st.caption(f"Random heads {mres.random_pool}.")
-        st.dataframe(mres.summary().round(3), hide_index=True)
+        ui.show_table(mres.summary().round(3), "retrieval_heads_table3", hide_index=True)
 
 # ---------------------------------------------------------------------------------------
 # DuoAttention gates
@@ -136,8 +136,8 @@ else:
     if not dres.complete:
         st.warning("Interrupted: these are the gates reached so far.")
     figs = dres.figures()
-    st.plotly_chart(figs["gate_map"], key="duo_map")
-    st.plotly_chart(figs["training"], key="duo_training")
+    ui.show_figure(figs["gate_map"], "duo_map", key="duo_map")
+    ui.show_figure(figs["training"], "duo_training", key="duo_training")
 
 # ---------------------------------------------------------------------------------------
 # KV memory vs accuracy
@@ -171,5 +171,5 @@ else:
 if kres is not None:
     if not kres.complete:
         st.warning("Interrupted: the points finished so far.")
-    st.plotly_chart(kres.figures()["kv_curve"], key="kv_fig")
-    st.dataframe(kres.curve.round(3), hide_index=True)
+    ui.show_figure(kres.figures()["kv_curve"], "kv_fig", key="kv_fig")
+    ui.show_table(kres.curve.round(3), "retrieval_heads_table4", hide_index=True)

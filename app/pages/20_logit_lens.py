@@ -29,12 +29,12 @@ if res is not None:
     c2.metric(f"Target {res.target_tokens[last]!r}: first layer at top-1", res.first_top1_layer[last])
     c3.metric("p(target) at the last layer", f"{float(res.target_prob[-1, last]):.3f}")
     figs = res.figures()
-    st.plotly_chart(figs["top_token_heatmap"], key="ll_heat")
+    ui.show_figure(figs["top_token_heatmap"], "ll_heat", key="ll_heat")
     a, b = st.columns(2)
-    a.plotly_chart(figs["target_trajectory"], key="ll_traj")
-    b.plotly_chart(figs["kl_to_final"], key="ll_kl")
+    ui.show_figure(figs["target_trajectory"], "ll_traj", key="ll_traj", where=a)
+    ui.show_figure(figs["kl_to_final"], "ll_kl", key="ll_kl", where=b)
     with st.expander("Table"):
-        st.dataframe(res.to_frame(), hide_index=True)
+        ui.show_table(res.to_frame(), "logit_lens_table1", hide_index=True)
 
 st.header("LLM-Microscope: linearity, anisotropy, intrinsic dimension")
 st.caption("States as the reference's hidden states: embeddings, after blocks 0…L−2, final norm; the extra row "
@@ -49,11 +49,11 @@ if mres is None:
     st.info("Press **Compute the layer metrics** (about a minute on a CPU).")
 else:
     mf = mres.figures()
-    st.plotly_chart(mf["layer_metrics"], key="ll_layer_metrics")
+    ui.show_figure(mf["layer_metrics"], "ll_layer_metrics", key="ll_layer_metrics")
     a, b = st.columns(2)
-    a.plotly_chart(mf["nonlinearity_by_class"], key="ll_by_class")
-    b.plotly_chart(mf["most_nonlinear_tokens"], key="ll_top_tokens")
-    st.dataframe(mres.to_frame(), hide_index=True)
+    ui.show_figure(mf["nonlinearity_by_class"], "ll_by_class", key="ll_by_class", where=a)
+    ui.show_figure(mf["most_nonlinear_tokens"], "ll_top_tokens", key="ll_top_tokens", where=b)
+    ui.show_table(mres.to_frame(), "logit_lens_table2", hide_index=True)
 
 st.header("LLM-Microscope: contextualisation")
 st.caption("How much of its prefix a token's states hold: a linear adapter maps the token's states at every layer to "
@@ -71,6 +71,6 @@ if cres is None:
 else:
     cf = cres.figures()
     a, b = st.columns(2)
-    a.plotly_chart(cf["loss_by_distance"], key="ll_ctx_curve")
-    b.plotly_chart(cf["loss_by_class"], key="ll_ctx_class")
-    st.dataframe(cres.to_frame(), hide_index=True)
+    ui.show_figure(cf["loss_by_distance"], "ll_ctx_curve", key="ll_ctx_curve", where=a)
+    ui.show_figure(cf["loss_by_class"], "ll_ctx_class", key="ll_ctx_class", where=b)
+    ui.show_table(cres.to_frame(), "logit_lens_table3", hide_index=True)

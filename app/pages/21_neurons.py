@@ -50,7 +50,7 @@ search = ui.params_form(SearchParams, key="nr_search", fields=("token", "top"), 
                         labels={"token": "Token or string (mind the leading space: ' dog')", "top": "Neurons"})
 with ui.guard():
     hits = neurons_for_token(model, search).table
-st.dataframe(hits.drop(columns=["query_tokens"]), hide_index=True)
+ui.show_table(hits.drop(columns=["query_tokens"]), "neurons_table1", hide_index=True)
 
 st.header("Neuron card")
 first = hits.iloc[0] if len(hits) else None
@@ -59,7 +59,7 @@ layer = c1.number_input("Layer", 0, cfg.n_layers - 1, int(first["layer"]) if fir
 neuron = c2.number_input("Neuron", 0, cfg.d_mlp - 1, int(first["neuron"]) if first is not None else 0, key="nr_neuron")
 layer, neuron = int(layer), int(neuron)
 with ui.guard():
-    st.dataframe(dec.card(layer, neuron), hide_index=True)
+    ui.show_table(dec.card(layer, neuron), "neurons_table2", hide_index=True)
 
 ma_params = ui.params_form(MaxActParams, key="nr_maxact", fields=("text_set", "n_texts"), columns=2,
                            values={"layer": layer, "neuron": neuron},
@@ -68,8 +68,8 @@ if st.button("Max-activating contexts", key="nr_maxact"):
     ui.run_analysis("nr_maxact", max_activating, model, ma_params)
 mres = ui.stored("nr_maxact", ma_params, model)
 if mres is not None:
-    st.plotly_chart(mres.figures()["activation_histogram"], key="nr_hist")
-    st.dataframe(mres.contexts, hide_index=True)
+    ui.show_figure(mres.figures()["activation_histogram"], "nr_hist", key="nr_hist")
+    ui.show_table(mres.contexts, "neurons_table3", hide_index=True)
     default_clamp = float(max(5.0, 2 * abs(mres.contexts["activation"].max())))
 else:
     default_clamp = 10.0
@@ -92,8 +92,8 @@ if st.button("Compute the taxonomy", key="nr_tax_run", type="primary"):
     ui.run_analysis("nr_tax", neuron_activity, model, tx_params)
 tres = ui.stored("nr_tax", tx_params, model)
 if tres is not None:
-    st.plotly_chart(tres.figures()["taxonomy_by_layer"], key="nr_tax_fig")
+    ui.show_figure(tres.figures()["taxonomy_by_layer"], "nr_tax_fig", key="nr_tax_fig")
     cat = st.selectbox("Show", list(tres.CATEGORIES[1:]), key="nr_tax_cat")
-    st.dataframe(tres.neurons(cat), hide_index=True)
+    ui.show_table(tres.neurons(cat), "neurons_table4", hide_index=True)
 else:
     st.info("Press **Compute the taxonomy** (one forward pass over the texts, statistics kept per neuron).")

@@ -51,31 +51,31 @@ else:
     m[3].metric("Tokens", res.n_tokens)
     tabs = st.tabs(["Scores by layer", "Heads", "Spectrum & outliers", "PCA", "W_E / W_U", "Table"])
     with tabs[0]:
-        st.plotly_chart(res.figure_curves(), key="iso_curves")
+        ui.show_figure(res.figure_curves(), "iso_curves", key="iso_curves")
     with tabs[1]:
         if res.heads().empty:
             st.info("Per-head outputs were not scored.")
         else:
             score = st.selectbox("Score", ["isoscore", "isoscore_z", "isoscore_star", "avg_cosine", "self_similarity"],
                                  key="iso_head_score")
-            st.plotly_chart(res.figure_heads(score), key="iso_heads_fig")
+            ui.show_figure(res.figure_heads(score), "iso_heads_fig", key="iso_heads_fig")
     n_depth = res.pca.shape[0]
     with tabs[2]:
         depth = st.slider("Depth (0 = embeddings)", 0, n_depth - 1, n_depth - 1, key="iso_depth")
-        st.plotly_chart(res.figure_spectrum(depth), key="iso_spectrum")
-        st.plotly_chart(res.figure_outliers(depth), key="iso_outliers")
-        st.dataframe(res.outliers(depth), hide_index=True)
+        ui.show_figure(res.figure_spectrum(depth), "iso_spectrum", key="iso_spectrum")
+        ui.show_figure(res.figure_outliers(depth), "iso_outliers", key="iso_outliers")
+        ui.show_table(res.outliers(depth), "isotropy_table1", hide_index=True)
     with tabs[3]:
         d2 = st.slider("Depth", 0, n_depth - 1, n_depth - 1, key="iso_pca_depth")
-        st.plotly_chart(res.figure_pca(d2), key="iso_pca")
+        ui.show_figure(res.figure_pca(d2), "iso_pca", key="iso_pca")
     with tabs[4]:
         if res.weights().empty:
             st.info("W_E and W_U were not scored.")
         else:
-            st.plotly_chart(res.figure_weights(), key="iso_weights")
-            st.dataframe(res.weights(), hide_index=True)
+            ui.show_figure(res.figure_weights(), "iso_weights", key="iso_weights")
+            ui.show_table(res.weights(), "isotropy_table2", hide_index=True)
     with tabs[5]:
-        st.dataframe(res.scores, hide_index=True)
+        ui.show_table(res.scores, "isotropy_table3", hide_index=True)
 
 st.header("Whitening: fitted on one text set, applied to another")
 w_params = ui.params_form(
@@ -92,9 +92,9 @@ if wres is not None:
     st.caption(f"Site {wres.site}; outlier dimensions removed: {list(wres.removed_dims)}. ZCA/Zipfian make the "
                "fitting set's covariance the identity on the span of its points (cov_distance_to_identity).")
     figs = wres.figures()
-    st.plotly_chart(figs["scores"], key="wh_scores")
-    st.plotly_chart(figs["pca"], key="wh_pca")
-    st.dataframe(wres.scores, hide_index=True)
+    ui.show_figure(figs["scores"], "wh_scores", key="wh_scores")
+    ui.show_figure(figs["pca"], "wh_pca", key="wh_pca")
+    ui.show_table(wres.scores, "isotropy_table4", hide_index=True)
     for m, a in wres.artefacts.items():
         code, send = st.columns([4, 1])
         code.code(f"{m}: {a['path']}  sha256 {a['sha256']}")
@@ -102,7 +102,7 @@ if wres is not None:
                        help="applied there as an intervention on the residual stream at this site"):
             send_to_playground([Whitening(a["path"], a["sha256"])],
                                note=f"{m} whitening at {wres.site} (from the Isotropy page)")
-            st.success(f"Sent: open the Playground to generate with the {m} whitening.")
+            st.switch_page("pages/02_playground.py")
     if not wres.artefacts:
         st.caption("Give a folder to save the fitted whitenings in: each saved one can be sent to the Playground.")
 
@@ -113,11 +113,11 @@ if st.button("Generate and compare", key="cs_run"):
     ui.run_analysis("decoding_isotropy", decoding_isotropy, model, d_params, label="Generations")
 dres = ui.stored("decoding_isotropy", d_params, model)
 if dres is not None:
-    st.dataframe(dres.summary().round(3), hide_index=True)
+    ui.show_table(dres.summary().round(3), "isotropy_table5", hide_index=True)
     figs = dres.figures()
     a, b = st.columns(2)
-    a.plotly_chart(figs["repetition"], key="cs_rep")
-    b.plotly_chart(figs["diversity_isotropy"], key="cs_div")
+    ui.show_figure(figs["repetition"], "cs_rep", key="cs_rep", where=a)
+    ui.show_figure(figs["diversity_isotropy"], "cs_div", key="cs_div", where=b)
     with st.expander("Generations"):
         for name, i, text in dres.texts:
             st.markdown(f"**{name}**, prompt {i}: {ui.md_escape(text)}")
@@ -127,5 +127,5 @@ st.header("Rudman et al.'s sanity clouds")
 st.caption("An isotropic Gaussian scores 1, all variance in one dimension 0, k of n dimensions used equally "
            "(k−1)/(n−1). Shifting the mean or rescaling leaves IsoScore alone; the average cosine and the "
            "partition score move.")
-st.plotly_chart(figure_rudman(), key="iso_rudman")
-st.dataframe(rudman_table(), hide_index=True)
+ui.show_figure(figure_rudman(), "iso_rudman", key="iso_rudman")
+ui.show_table(rudman_table(), "isotropy_table6", hide_index=True)

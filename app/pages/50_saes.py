@@ -71,11 +71,12 @@ if feats is not None:
         st.dataframe(feats.contexts(model, latent), hide_index=True)
     c1, c2, c3 = st.columns(3)
     how = c1.radio("Send to the Playground", ["steer", "clamp"], horizontal=True, key="sae_how")
-    value = c2.number_input("Value", -2000.0, 2000.0, float(min(2000.0, max(10.0, feats.max_act[latent]))), key="sae_value")
+    value = c2.number_input("Value", -2000.0, 2000.0, float(min(2000.0, max(10.0, feats.max_act[latent]))),
+                            key=f"sae_value_{name}_{latent}")  # one per latent: never another latent's value
     if c3.button("Send", key="sae_send"):
         iv = SaeSteer(name, latent, float(value)) if how == "steer" else SaeClamp(name, latent, float(value))
         send_to_playground([iv], note=f"{iv.describe()} (from the SAEs page)")
-        st.success("Sent: open the Playground.")
+        st.switch_page("pages/02_playground.py")
 
 st.header("Which latents fire on this text")
 text = ui.prompt_box("Text", key="sae_text", default="def add(a, b):\n    return a + b")

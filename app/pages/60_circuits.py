@@ -57,12 +57,12 @@ with tabs[0]:
     a, b = st.columns(2)
     if a.button("Send to the Playground: ablate the circuit", key="ci_send_ablate"):
         send_to_playground([HeadMask(l, h, "zero") for l, h in heads], note=f"{task}: circuit of {k} heads ablated ({method})")
-        st.success(f"{k} head masks sent; open the Playground.")
+        st.switch_page("pages/02_playground.py")
     if b.button("Send to the Playground: keep only the circuit", key="ci_send_keep"):
         keep = set(heads)
         rest = [HeadMask(l, h, "zero") for l in range(cfg.n_layers) for h in range(cfg.n_heads) if (l, h) not in keep]
         send_to_playground(rest, note=f"{task}: only the {k}-head circuit kept ({method})")
-        st.success(f"{len(rest)} head masks sent; open the Playground.")
+        st.switch_page("pages/02_playground.py")
 with tabs[1]:
     st.plotly_chart(figs["roc"], key="ci_roc")
     if "edge_roc" in figs:

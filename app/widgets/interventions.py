@@ -25,7 +25,23 @@ def head_mask(model) -> list:
     head = b.number_input(f"Head (0–{cfg.n_heads - 1})", min_value=0, step=1, key="pg_mask_head", disabled=not on)
     mode = c.selectbox("Mode", ["uniform", "zero"], key="pg_mask_mode", disabled=not on,
                        help="uniform: pre-softmax scores zeroed (attend uniformly); zero: head output zeroed")
-    return [HeadMask(int(layer), int(head), mode)] if on else []
+    if not on or not _in_range(("Layer", layer, cfg.n_layers), ("Head", head, cfg.n_heads)):
+        return []
+    return [HeadMask(int(layer), int(head), mode)]
+
+
+def _in_range(*checks) -> bool:
+    """Each (name, value, size) in range, else the one shared message (``ui.check_index``)
+    under the control and False."""
+    from mechscope.app.ui import check_index
+
+    try:
+        for name, value, size in checks:
+            check_index(name, value, size)
+    except MechscopeError as exc:
+        st.error(f"{exc} Not applied.")
+        return False
+    return True
 
 
 @intervention_widget("neuron_clamp", "Neuron clamp", order=20)
@@ -38,7 +54,9 @@ def neuron_clamp(model) -> list:
     layer = a.number_input(f"Layer (0–{cfg.n_layers - 1})", min_value=0, step=1, key="pg_clamp_layer", disabled=not on)
     neuron = b.number_input(f"Neuron (0–{cfg.d_mlp - 1})", min_value=0, step=1, key="pg_clamp_neuron", disabled=not on)
     value = c.number_input("Value", step=1.0, key="pg_clamp_value", disabled=not on)
-    return [NeuronClamp(int(layer), int(neuron), value=float(value))] if on else []
+    if not on or not _in_range(("Layer", layer, cfg.n_layers), ("Neuron", neuron, cfg.d_mlp)):
+        return []
+    return [NeuronClamp(int(layer), int(neuron), value=float(value))]
 
 
 @intervention_widget("act", "ACT calibration", order=30)
@@ -91,15 +109,13 @@ def sae(model) -> list:
                        help="steer: add value × the latent's decoder direction; clamp: set the latent (error term "
                             "kept); splice: replace the activation by the SAE reconstruction")
     last = int(saes[name]["d_sae"]) - 1
-    if st.session_state["pg_sae_latent"] > last:  # another SAE chosen: keep the latent in range
-        st.session_state["pg_sae_latent"] = last
-    latent = c.number_input(f"Latent (0–{last})", min_value=0, max_value=last, step=1, key="pg_sae_latent",
+    latent = c.number_input(f"Latent (0–{last})", min_value=0, step=1, key="pg_sae_latent",
                             disabled=not on or mode == "splice")
     if mode == "splice":
         error = d.checkbox("keep error term", key="pg_sae_error", disabled=not on)
         return [SaeSplice(name, error_term=bool(error))] if on else []
     value = d.number_input("Value", step=1.0, key="pg_sae_value", disabled=not on)
-    if not on:
+    if not on or not _in_range(("Latent", latent, last + 1)):
         return []
     cls = SaeSteer if mode == "steer" else SaeClamp
     return [cls(name, int(latent), float(value))]

@@ -87,7 +87,7 @@ def _gemma_installed() -> bool:
 
 @pytest.mark.integration
 def test_next_token_page(smollm2):
-    at = home_at()  # the landing page is the next-token view
+    at = home_at(APP / "pages" / "01_next_token.py")
     _no_problems(at)
     assert at.title[0].value == "Next token"
     table = at.table[0].value
@@ -148,6 +148,12 @@ def test_playground_toggles(smollm2):
     at.number_input(key="pg_clamp_value").set_value(40.0)
     at.run()
     _no_problems(at)
+    frame = at.dataframe[0].value
+    assert (frame["delta_p"].abs() < 1e-6).all()  # edits do not regenerate
+    assert any("press **Generate**" in w.value for w in at.warning)
+    at.button(key="pg_generate").click().run()
+    _no_problems(at)
+    assert not at.warning
     caption = " ".join(c.value for c in at.caption)
     assert "mask L3H2 (uniform)" in caption and "neuron L20N100 = 40" in caption
     frame = at.dataframe[0].value
@@ -188,3 +194,73 @@ def test_playground_clamp_preset_from_another_page(smollm2):
     assert at.number_input(key="pg_clamp_neuron").value == 100
     assert "neuron L20N100 = 40" in " ".join(c.value for c in at.caption)
     assert "playground_clamp" not in at.session_state  # consumed once
+
+
+@pytest.mark.integration
+def test_playground_out_of_range_values_are_one_line_next_to_the_control(smollm2):
+    at = _playground(playground_clamp=(20, 99999, 40.0))
+    assert not at.exception, [e.value for e in at.exception]
+    assert [e.value for e in at.error] == ["Neuron 99999 is out of range (0..1535). Not applied."]
+    assert at.number_input(key="pg_clamp_neuron").value == 99999  # the widget shows the value typed
+    assert len(at.dataframe) == 1  # the page is not blank: the generation (without the clamp) is there
+    assert "no interventions" in " ".join(c.value for c in at.caption)
+
+
+@pytest.mark.integration
+def test_a_link_reproduces_the_playground(smollm2):
+    """The interventions and strategy in use are written to the URL; a fresh session opened
+    with that URL generates with them."""
+    from streamlit.testing.v1 import AppTest
+
+    first = _playground(playground_head_mask=(2, 1, "uniform"))
+    _no_problems(first)
+    url = {k: first.query_params[k] for k in ("prompt", "interventions", "strategy")}
+    url = {k: v[0] if isinstance(v, list) else v for k, v in url.items()}
+    assert "HeadMask" in url["interventions"] or '"layer":2' in url["interventions"]
+    at = AppTest.from_file(str(HOME), default_timeout=TIMEOUT)
+    at.run()
+    at.session_state["pg_max_new"] = 5
+    at.query_params.update(url)
+    at.switch_page("pages/02_playground.py").run()
+    _no_problems(at)
+    assert "mask L2H1 (uniform)" in " ".join(c.value for c in at.caption)
+    texts = [m.value for m in at.markdown if m.value.startswith("**")]
+    texts_first = [m.value for m in first.markdown if m.value.startswith("**")]
+    assert texts == texts_first  # the same two generations
+
+
+@pytest.mark.integration
+def test_next_token_page_with_a_long_prompt_is_windowed(smollm2):
+    """A prompt of a few hundred tokens: at most MAX_CHIPS chips and a WINDOW × WINDOW
+    heatmap, whose rows are those of the full pattern (computed here by the analysis)."""
+    import json
+
+    import numpy as np
+
+    from mechscope.analyses.next_token import attention_pattern
+    from mechscope.app.ui import MAX_CHIPS
+
+    prompt = " ".join(f"word{i % 97} and" for i in range(260))
+    at = home_at(APP / "pages" / "01_next_token.py")
+    at.text_area(key="prompt").set_value(prompt).run()
+    at.slider(key="attn_layer").set_value(3).run()
+    at.slider(key="attn_head").set_value(2).run()
+    _no_problems(at)
+    chips = [m.value for m in at.markdown if "mechscope-token" in m.value][0]
+    assert chips.count('class="mechscope-token"') == MAX_CHIPS
+    at.slider(key="attn_window").set_value(200).run()
+    _no_problems(at)
+    spec = json.loads([c for c in at.get("plotly_chart") if "queries 200" in c.proto.spec][0].proto.spec)
+    z = spec["data"][0]["z"]
+    if isinstance(z, dict):  # plotly's typed-array encoding
+        import base64
+
+        shape = [int(n) for n in str(z.get("shape", "")).split(",") if n.strip()] or [-1]
+        z = np.frombuffer(base64.b64decode(z["bdata"]), dtype=z["dtype"]).reshape(shape)
+    z = np.array(z, dtype=float)
+    assert z.shape == (128, 128)
+    full = attention_pattern(smollm2.model, prompt, 3, 2).pattern
+    k0 = 200 + 128 - 128
+    want = np.array(full[200:328, k0:328], dtype=float)
+    want[np.triu_indices(128, 1)] = np.nan
+    np.testing.assert_allclose(z, want, rtol=1e-4, atol=1e-6)

@@ -88,6 +88,10 @@ def test_dashboard_in_chromium(server, shots):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(server)
+            expect(page.get_by_role("heading", name="Two-minute tour")).to_be_visible(timeout=LOAD_TIMEOUT_MS)
+            assert page.locator('[data-testid="stAppDeployButton"]').count() == 0  # a local tool: no deploy
+            page.screenshot(path=str(shots / "front.png"), full_page=True)
+            page.goto(f"{server}/next_token")
             prompt = page.get_by_role("textbox", name="Prompt", exact=True)
             expect(prompt).to_be_visible(timeout=LOAD_TIMEOUT_MS)  # appears once the model has loaded
             tokens = page.locator(".mechscope-token")
@@ -117,5 +121,46 @@ def test_dashboard_in_chromium(server, shots):
             page.screenshot(path=str(shots / "playground.png"))
             page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
             page.screenshot(path=str(shots / "playground_delta_p.png"))
+        finally:
+            browser.close()
+
+
+def _intervened_text(page) -> str:
+    col = page.locator('[data-testid="stColumn"]').filter(
+        has=page.get_by_role("heading", name="Intervened", exact=True)).last
+    return " ".join(col.inner_text().split())
+
+
+def test_two_users_generating_at_once_each_get_what_they_get_alone(server, shots, smollm2):
+    """Two sessions open the Playground with different interventions (from links) at the same
+    moment; each shows the continuation its interventions give when run alone."""
+    import json
+    import urllib.parse
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from mechscope.analyses.playground import PlaygroundParams, compare_generations
+    from mechscope.probes.interventions import HeadMask, NeuronClamp
+
+    prompt = "The capital of France is"
+    users = {"mask": (HeadMask(3, 2), HeadMask(5, 1)), "clamp": (NeuronClamp(20, 100, value=40.0),)}
+    alone = {k: compare_generations(smollm2.model, PlaygroundParams(prompt=prompt, interventions=iv))
+             for k, iv in users.items()}
+    assert alone["mask"].intervened_text != alone["clamp"].intervened_text
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            pages = {}
+            for k, ivs in users.items():  # both fire before either is awaited
+                q = urllib.parse.urlencode({"prompt": prompt, "interventions": json.dumps([iv.to_dict() for iv in ivs])})
+                ctx = browser.new_context(viewport={"width": 1400, "height": 1000})  # separate sessions
+                pages[k] = ctx.new_page()
+                pages[k].goto(f"{server}/playground?{q}", wait_until="commit")
+            for k, page in pages.items():
+                expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=LOAD_TIMEOUT_MS)
+                assert page.locator('[data-testid="stException"]').count() == 0
+                want = " ".join((prompt + alone[k].intervened_text).split())
+                assert _intervened_text(page).endswith(want) or want in _intervened_text(page), k
+                page.screenshot(path=str(shots / f"playground_{k}.png"))
         finally:
             browser.close()

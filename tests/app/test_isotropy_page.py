@@ -33,8 +33,15 @@ def test_isotropy_page_computes(smollm2, tmp_path):
     at.button(key="wh_run").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     # the saved whitening goes to the Playground as data: its path and the file's sha256
+    at.session_state["pg_max_new"] = 4
     at.button(key="wh_send_zca").click().run()
-    assert not at.exception
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == "Playground"  # the hand-off lands there and generates with it
+    assert not at.error, [e.value for e in at.error]
+    texts = [m.value for m in at.markdown if m.value.startswith("**")]
+    assert len(texts) == 2
+    if texts[1].endswith("**"):  # nothing visible came out: the page says why, never a blank
+        assert any("No visible text: the intervened run" in i.value for i in at.info)
     from mechscope.app.widgets import SENT
     from mechscope.probes.interventions import from_dict
     from mechscope.probes.checksums import sha256_file
@@ -43,6 +50,7 @@ def test_isotropy_page_computes(smollm2, tmp_path):
     iv = from_dict(sent)
     path = tmp_path / "whitening-zca-depth30.safetensors"
     assert type(iv).__name__ == "Whitening" and Path(iv.path) == path and iv.sha256 == sha256_file(path)
+    at.switch_page("pages/30_isotropy.py").run()
     at.multiselect(key="wh_methods").set_value([]).run()  # bad input: one clear line
     assert at.error and "at least one whitening" in at.error[0].value
 

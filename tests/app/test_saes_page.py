@@ -27,6 +27,28 @@ def test_saes_page_renders_and_computes_feature_pages(smollm2):
     assert len(at.get("plotly_chart")) == 2  # density histogram + the latent's activation histogram
     assert any("activation per token" in c.value for c in at.caption)
 
+    # steering hand-off: the value offered is the chosen latent's own, and the send lands in the Playground
+    first = at.number_input(key="sae_latent").value
+    other = 7 if first != 7 else 8
+    name = at.selectbox(key="sae_name").value
+    values = [n for n in at.number_input if n.key and n.key.startswith("sae_value_")]
+    assert len(values) == 1 and values[0].key.endswith(f"_{first}")
+    values[0].set_value(123.0).run()
+    at.number_input(key="sae_latent").set_value(other).run()
+    values = [n for n in at.number_input if n.key and n.key.startswith("sae_value_")]
+    assert len(values) == 1 and values[0].key.endswith(f"_{other}") and values[0].value != 123.0
+    offered = values[0].value
+    at.session_state["pg_max_new"] = 3
+    at.button(key="sae_send").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    from mechscope.app.widgets import SENT
+
+    (sent,) = at.session_state[SENT]["interventions"]
+    assert sent["latent"] == other and sent["value"] == offered
+    assert at.title[0].value == "Playground"  # landed there, and generated with it
+    assert sent["sae"] == name
+    assert f"SAE {name} latent {other} += {offered:g}" in " ".join(c.value for c in at.caption)
+
 
 @pytest.mark.integration
 def test_playground_sae_widget(smollm2):

@@ -46,7 +46,21 @@ def test_dashboard_execs_streamlit(monkeypatch):
     assert path == sys.executable and argv[1:4] == ["-m", "streamlit", "run"]
     assert Path(argv[4]) == ROOT / "app" / "Home.py" and Path(argv[4]).is_file()
     opts = dict(zip(argv[5::2], argv[6::2]))
-    assert opts == {"--server.port": "8765", "--server.headless": "true", "--browser.gatherUsageStats": "false"}
+    assert opts == {"--server.port": "8765", "--server.headless": "true", "--browser.gatherUsageStats": "false",
+                    "--client.toolbarMode": "viewer"}
+
+
+def test_dashboard_flags_match_the_repository_config():
+    """``make run`` reads .streamlit/config.toml; ``mechscope dashboard`` passes the same as flags."""
+    import tomllib
+
+    from mechscope.app.commands.dashboard import SETTINGS
+
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    from_file = {f"--{section}.{k}": str(v).lower() if isinstance(v, bool) else str(v)
+                 for section, table in cfg.items() for k, v in table.items()}
+    assert from_file == SETTINGS
+    assert SETTINGS["--client.toolbarMode"] in ("viewer", "minimal")  # never the developer toolbar (deploy)
 
 
 def test_dashboard_bad_port(capsys, monkeypatch):

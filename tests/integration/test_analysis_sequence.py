@@ -1,0 +1,48 @@
+"""One loaded model, many analyses in sequence (as in one long-lived dashboard process):
+gradient-based analyses (circuits' AtP / EAP-IG, DuoAttention's gate training) after
+decoding ones — including a needle test longer than TransformerLens' initial 2,048-row
+rotary table, which extends that table on the model — all succeed and give the tables
+they give when run first. Parameters are those of ``test_rerun_every_analysis``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.integration.test_rerun_every_analysis import _cases
+
+pytestmark = pytest.mark.integration
+
+
+def _assert_same_table(a: pd.DataFrame, b: pd.DataFrame, what: str) -> None:
+    assert list(a.columns) == list(b.columns) and len(a) == len(b), what
+    for col in a.columns:
+        if pd.api.types.is_float_dtype(a[col]):
+            np.testing.assert_allclose(b[col].to_numpy(float), a[col].to_numpy(float), rtol=1e-5, atol=1e-7,
+                                       equal_nan=True, err_msg=f"{what}: {col}")
+        else:
+            assert a[col].tolist() == b[col].tolist(), f"{what}: {col}"
+
+
+def test_analyses_in_several_orders_on_one_model(smollm2):
+    from dataclasses import replace
+
+    from mechscope.probes.results import ANALYSES
+
+    model = smollm2.model
+    cases = _cases()
+    cases["niah_long"] = replace(cases["niah"], lengths=(2100,), max_new_tokens=2, interventions=())
+    # each order runs a gradient-based analysis right after a decoding one
+    sequence = ["circuit_compare", "next_token", "niah_long", "circuit_compare", "duo_gates", "retrieval_heads",
+                "duo_gates", "niah_long", "next_token"]
+    first: dict[str, pd.DataFrame] = {}
+    for step, name in enumerate(sequence):
+        params = cases[name]
+        table = ANALYSES[type(params).kind](model, params).to_frame()
+        if name in first:
+            _assert_same_table(first[name], table, f"{name} at step {step}")
+        else:
+            first[name] = table
+    assert model.blocks[0].attn.rotary_cos.shape[0] > 2048  # the long needle test did extend the table
+    assert not any(b.is_inference() for b in model.buffers())
