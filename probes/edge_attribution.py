@@ -241,13 +241,14 @@ def _output_hooks(model, graph: EdgeGraph, sink: Callable[[int, torch.Tensor], N
 
 
 def node_outputs(model, graph: EdgeGraph, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every upstream node's output on ``tokens``: [b, T, n_forward, d_model]; and the logits
-    at each row's last real position."""
+    """Every upstream node's output on ``tokens``: [n_forward, b, T, d_model] (node-major, so
+    that a prefix of the nodes is one matrix for the products below); and the logits at each
+    row's last real position."""
     b, t = tokens.shape
-    out = torch.zeros(b, t, graph.n_forward, model.cfg.d_model, dtype=model.cfg.dtype, device=model.cfg.device)
+    out = torch.zeros(graph.n_forward, b, t, model.cfg.d_model, dtype=model.cfg.dtype, device=model.cfg.device)
 
     def sink(i, x):
-        out[:, :, i:i + x.shape[2]] = x
+        out[i:i + x.shape[2]] = x.permute(2, 0, 1, 3)
 
     with torch.no_grad(), model.hooks(fwd_hooks=_output_hooks(model, graph, sink), reset_hooks_end=True):
         logits = attr.last_logits(model, tokens.to(model.cfg.device), lengths)
@@ -264,7 +265,7 @@ def node_means(model, graph: EdgeGraph, pairs: attr.Pairs, batch_size: int = 8, 
             sub = pairs.subset(idx)
             acts, _ = node_outputs(model, graph, sub.tokens(which), sub.lengths)
             mask = _mask(sub).to(acts.device).to(acts.dtype)
-            acc += torch.einsum("btnd,bt->nd", acts, mask).double().cpu()
+            acc += torch.einsum("nbtd,bt->nd", acts, mask).double().cpu()
             count += int(sub.lengths.sum())
     return (acc / count).to(model.cfg.dtype)
 
@@ -279,11 +280,12 @@ def _mask(sub: attr.Pairs) -> torch.Tensor:
 
 
 def _ablated(model, graph, sub, ablation, means):
-    """[b, T, n_forward, d_model] ablated upstream outputs of a batch (corrupted run or means)."""
+    """[n_forward, b, T, d_model] ablated upstream outputs of a batch (corrupted run or means)."""
     if ablation == "patching":
         return node_outputs(model, graph, sub.corrupt, sub.lengths)[0]
     b, t = sub.clean.shape
-    return means.to(model.cfg.device, model.cfg.dtype)[None, None].expand(b, t, -1, -1).clone()
+    n, d = means.shape
+    return means.to(model.cfg.device, model.cfg.dtype)[:, None, None].expand(n, b, t, d).clone()
 
 
 @dataclass
@@ -333,18 +335,20 @@ def edge_scores(model, pairs: attr.Pairs, steps: int = 1, ablation: Ablation = "
             else:
                 abl_acts = _ablated(model, graph, sub, ablation, means)
             base_clean += float(attr.logit_diff(clean_logits, sub).double().sum())
-            e_clean, e_abl = clean_acts[:, :, 0].clone(), abl_acts[:, :, 0].clone()
-            diff = abl_acts - clean_acts  # [b, T, n_forward, d]
+            e_clean, e_abl = clean_acts[0].clone(), abl_acts[0].clone()
+            diff = abl_acts - clean_acts  # [n_forward, b, T, d]
+            flat = diff.permute(1, 0, 2, 3).reshape(b, graph.n_forward, -1)  # [b, n, T·d], a view
             del clean_acts, abl_acts
             batch = torch.zeros(b, graph.n_forward, graph.n_backward, dtype=diff.dtype, device=dev)
 
             def grad_hook(prev: int, cols, x: torch.Tensor):
                 def on_grad(g):  # g: [b, T, H, d] (head inputs) or [b, T, d]
                     with torch.no_grad():
-                        if g.ndim == 4:
-                            batch[:, :prev, cols] += torch.einsum("btnd,bthd->bnh", diff[:, :, :prev], g)
+                        if g.ndim == 4:  # Σ_{t, d} diff[n, b, t, d] g[b, t, h, d] as one batched product
+                            gg = g.permute(0, 1, 3, 2).reshape(b, -1, g.shape[2])  # [b, T·d, H]
+                            batch[:, :prev, cols] += torch.bmm(flat[:, :prev], gg)
                         else:
-                            batch[:, :prev, cols] += torch.einsum("btnd,btd->bn", diff[:, :, :prev], g)
+                            batch[:, :prev, cols] += torch.bmm(flat[:, :prev], g.reshape(b, -1, 1))[..., 0]
                 x.register_hook(on_grad)
 
             hooks = []
@@ -420,38 +424,40 @@ def evaluate_circuits(model, pairs: attr.Pairs, circuits: Sequence[np.ndarray], 
         for idx in _chunks(n, batch_size):
             sub = pairs.subset(idx)
             b, t = sub.clean.shape
-            abl = _ablated(model, graph, sub, ablation, means)  # [b, T, n_forward, d]
+            abl = _ablated(model, graph, sub, ablation, means)  # [n_forward, b, T, d]
             per_row = t * graph.n_forward * model.cfg.d_model * abl.element_size()
             n_c = max(1, min(len(masks), max_bytes // max(1, per_row * b)))
             for c0 in range(0, len(masks), n_c):
                 pruned = pruned_all[c0:c0 + n_c].to(dev, abl.dtype)  # [C, n_forward, n_backward]
                 C = pruned.shape[0]
-                delta = abl.unsqueeze(0).repeat(C, 1, 1, 1, 1)  # [C, b, T, n_forward, d]: ablated − running
+                delta = abl.unsqueeze(0).repeat(C, 1, 1, 1, 1)  # [C, n_forward, b, T, d]: ablated − running
+                flat = delta.view(C, graph.n_forward, -1)  # [C, n, b·T·d]
 
-                def sink(i, x, delta=delta, C=C):
-                    delta[:, :, :, i:i + x.shape[2]] -= x.view(C, -1, *x.shape[1:])
+                def sink(i, x, delta=delta, C=C):  # x: [C·b, T, k, d]
+                    delta[:, i:i + x.shape[2]] -= x.view(C, -1, *x.shape[1:]).permute(0, 3, 1, 2, 4)
 
                 pending: dict[int, torch.Tensor] = {}
 
-                def attn_in(x, hook, l, which, pruned=pruned, delta=delta, pending=pending, C=C):
+                def attn_in(x, hook, l, which, pruned=pruned, flat=flat, pending=pending, C=C):
                     if which == "q":
                         pending.clear()
                         p = graph.prev_attn(l)
                         c = graph.bwd_head(l, 0, "q")
                         m = pruned[:, :p, c:c + 3 * H]
-                        if bool(m.any()):
-                            pending[l] = torch.einsum("cbtnd,cnh->cbthd", delta[:, :, :, :p], m).flatten(0, 1)
+                        if bool(m.any()):  # Σ_n pruned[n, h] delta[n] as one batched product
+                            add = torch.bmm(m.transpose(1, 2), flat[:, :p])  # [C, 3H, b·T·d]
+                            pending[l] = add.view(C, 3 * H, b, t, -1).permute(0, 2, 3, 1, 4).reshape(C * b, t, 3 * H, -1)
                     add = pending.get(l)
                     if add is None:
                         return x
                     k = "qkv".index(which)
                     return x + add[:, :, k * H:(k + 1) * H]
 
-                def single_in(x, hook, prev, col, pruned=pruned, delta=delta):
+                def single_in(x, hook, prev, col, pruned=pruned, flat=flat, C=C):
                     m = pruned[:, :prev, col]
                     if not bool(m.any()):
                         return x
-                    return x + torch.einsum("cbtnd,cn->cbtd", delta[:, :, :, :prev], m).flatten(0, 1)
+                    return x + torch.bmm(m.unsqueeze(1), flat[:, :prev]).view(C * b, t, -1)
 
                 hooks = _output_hooks(model, graph, sink)
                 for l in range(L):

@@ -38,12 +38,12 @@ from mechscope.analyses.circuits.patch import circuit_patch
 from mechscope.analyses.circuits.results import CircuitCompareResult, CircuitDiscoverResult, CircuitPatchResult
 from mechscope.analyses.circuits.roc import roc_auc, roc_curve
 from mechscope.analyses.circuits.sae import SAE_METHOD, sae_codes, sae_scores
-from mechscope.analyses.circuits.tasks import MIN_FRAC_POSITIVE, TASKS, load_circuit_task, positive_pairs, select_positive, task_pairs
+from mechscope.analyses.circuits.tasks import ALL_TASKS, MIB_TASKS, MIN_FRAC_POSITIVE, TASKS, load_circuit_task, positive_pairs, select_positive, task_pairs
 
 __all__ = [
     "EDGE_METHODS", "PERCENTAGES", "EdgeCircuitParams", "EdgeCircuitResult", "MIBCircuit", "areas", "circuit_edges",
     "edge_circuit_graph", "edge_circuits_on", "export_circuit", "faithfulness_curves", "import_circuit", "make_circuit",
-    "ANCHORS", "METHODS", "MIN_FRAC_POSITIVE", "SAE_METHOD", "TASKS",
+    "ALL_TASKS", "MIB_TASKS", "ANCHORS", "METHODS", "MIN_FRAC_POSITIVE", "SAE_METHOD", "TASKS",
     "CircuitCompareParams", "CircuitCompareResult", "CircuitDiscoverParams", "CircuitDiscoverResult", "CircuitMethod",
     "CircuitPatchParams", "CircuitPatchResult", "EdgeScores", "NodeScores",
     "circuit_compare", "circuit_discover", "circuit_graph", "circuit_patch", "edge_ground_truth_and_scores",

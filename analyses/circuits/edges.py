@@ -38,7 +38,7 @@ from typing import Callable, ClassVar
 import numpy as np
 import pandas as pd
 
-from mechscope.analyses.circuits.tasks import MIN_FRAC_POSITIVE, TASKS, check_task, load_circuit_task, select_positive, task_pairs
+from mechscope.analyses.circuits.tasks import ALL_TASKS, MIN_FRAC_POSITIVE, check_task, load_circuit_task, select_positive, task_pairs
 from mechscope.probes import attribution as attr
 from mechscope.probes import edge_attribution as ea
 from mechscope.probes.errors import InputError
@@ -65,7 +65,7 @@ class EdgeCircuitParams(Params):
     """Edge circuits of every method on one task, scored by faithfulness (CPR, CMD) as MIB does."""
 
     kind: ClassVar[str] = "circuit_edges"
-    task: str = field(default="ioi", metadata={"help": "task: " + ", ".join(TASKS)})
+    task: str = field(default="ioi", metadata={"help": "task: " + ", ".join(ALL_TASKS)})
     n_prompts: int = field(default=24, metadata={"help": "positive prompt pairs the attribution runs on"})
     n_eval: int = field(default=24, metadata={"help": "other positive pairs the faithfulness curves are measured on"})
     held_out: bool = field(default=True, metadata={"help": "measure on pairs not used for attribution (MIB's train / "
@@ -83,6 +83,8 @@ class EdgeCircuitParams(Params):
     jaccard_percent: float = field(default=1.0, metadata={"help": "top percent of edges whose overlap the Jaccard reports"})
     batch_size: int = field(default=8, metadata={"help": "prompt pairs per batch"})
     seed: int = field(default=0, metadata={"help": "seed of the random baseline and the bootstrap"})
+    circuit_file: str = field(default="", metadata={"help": "a MIB circuit file (.json / .pt) whose edge scores are scored "
+                                                             "beside the methods, as method 'file'"})
 
     def __post_init__(self):
         check_task(self.task)
@@ -186,6 +188,7 @@ class EdgeCircuitResult(Result):
     check: dict
     n_attr: int
     n_evaluated: int
+    d_model: int
 
     kind = "circuit_edges"
 
@@ -213,8 +216,7 @@ class EdgeCircuitResult(Result):
     def figures(self) -> dict:
         from mechscope.analyses.circuits.figures import edge_circuit_graph, faithfulness_curves
 
-        figs = {f"faithfulness_{r}": faithfulness_curves(self.curves, r, self.params.task)
-                for r in self.curves["ranking"].unique()}
+        figs = {f"faithfulness_{c}": faithfulness_curves(self.curves, c, self.params.task) for c in ("cpr", "cmd")}
         if self.scored:
             m = self.scored[-1] if "eap_ig" not in self.scored else "eap_ig"
             figs["circuit_graph"] = edge_circuit_graph(self.circuit(m, 1.0), title=f"{m}: top 1% of edges")
@@ -285,10 +287,16 @@ def edge_circuits_on(model, attr_pairs: attr.Pairs, eval_pairs: attr.Pairs, para
     means = ea.node_means(model, graph, attr_pairs, params.batch_size) if params.ablation == "mean" else None
     eval_means = ea.node_means(model, graph, eval_pairs, params.batch_size) if params.ablation == "mean" else None
     seconds, scores, per_prompt = {}, {}, {}
-    for name in params.methods:
+    methods = list(params.methods)
+    for name in methods:
         t0 = time.perf_counter()
         scores[name], per_prompt[name] = _scores_for(model, name, attr_pairs, graph, params, means, rng, None)
         seconds[name] = time.perf_counter() - t0
+    if params.circuit_file:
+        from mechscope.analyses.circuits.mib import import_circuit
+
+        scores["file"], per_prompt["file"], seconds["file"] = import_circuit(params.circuit_file, graph).scores, None, 0.0
+        methods.append("file")
 
     rankings = {"cpr": params.ranking == "absolute", "cmd": True}  # curve -> absolute?
     sizes = [n_edges_at(p, E) for p in params.percentages]
@@ -302,7 +310,7 @@ def edge_circuits_on(model, attr_pairs: attr.Pairs, eval_pairs: attr.Pairs, para
             masks.append(mask)
         return key_of[k]
 
-    for name in params.methods:
+    for name in methods:
         draws = scores[name] if isinstance(scores[name], list) else [scores[name]]
         for curve, absolute in rankings.items():
             for d, s in enumerate(draws):
@@ -316,7 +324,7 @@ def edge_circuits_on(model, attr_pairs: attr.Pairs, eval_pairs: attr.Pairs, para
     boot = np.random.default_rng(params.seed).integers(0, n, size=(params.n_boot, n))
     lo_q, hi_q = 2.5, 97.5
     curve_rows, summary = [], []
-    for name in params.methods:
+    for name in methods:
         n_draws = len(scores[name]) if isinstance(scores[name], list) else 1
         row = {"method": name, "seconds": seconds[name]}
         for curve, absolute in rankings.items():
@@ -343,10 +351,11 @@ def edge_circuits_on(model, attr_pairs: attr.Pairs, eval_pairs: attr.Pairs, para
         else:
             row["jaccard"] = float("nan")  # no per-prompt scores to resample
         summary.append(row)
-    scored = tuple(m for m in params.methods if m != "random")
+    scored = tuple(m for m in methods if m != "random")
     return EdgeCircuitResult(
-        model_id=model_id(model), params=params, methods=tuple(params.methods), scored=scored,
+        model_id=model_id(model), params=params, methods=tuple(methods), scored=scored,
         graph_shape=(graph.n_layers, graph.n_heads, int(graph.mlp)),
         scores=np.stack([scores[m] for m in scored]) if scored else np.zeros((0, graph.n_forward, graph.n_backward)),
         curves=pd.DataFrame(curve_rows), summary=pd.DataFrame(summary).assign(eval_seconds=eval_seconds, n_circuits=len(masks)),
-        m_full=m_full, m_empty=m_empty, check=check or {}, n_attr=len(attr_pairs), n_evaluated=n)
+        m_full=m_full, m_empty=m_empty, check=check or {}, n_attr=len(attr_pairs), n_evaluated=n,
+        d_model=int(model.cfg.d_model))

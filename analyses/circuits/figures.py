@@ -79,7 +79,8 @@ def faithfulness_curves(curves, curve: str = "cpr", task: str = ""):
                                                "<br>f = %{y:.3f}<extra>" + method + "</extra>"))
     fig.add_hline(y=1, line={"color": "black", "width": 1, "dash": "dot"})
     fig.add_hline(y=0, line={"color": "black", "width": 1, "dash": "dot"})
-    what = "signed scores (CPR)" if curve == "cpr" else "|scores| (CMD)"
+    ranking = sub["ranking"].iloc[0] if len(sub) else ""
+    what = f"{'|scores|' if ranking == 'absolute' else 'signed scores'} ({curve.upper()})"
     fig.update_layout(title=f"Faithfulness of the top-x% edge circuits, ranked by {what}" + (f", task {task}" if task else ""),
                       xaxis={"title": "circuit size (% of edges)", "type": "log"},
                       yaxis={"title": "faithfulness (m(C) − m(∅)) / (m(N) − m(∅))"}, height=480)
