@@ -229,7 +229,7 @@ def _output_hooks(model, graph: EdgeGraph, sink: Callable[[int, torch.Tensor], N
     d_model] for a layer's heads at once) to ``sink(first forward index, tensor)``."""
     hooks = [(hooknames.name("resid_pre", 0), lambda x, hook: sink(0, x.unsqueeze(2)))]
     for l in range(graph.n_layers):
-        W_O = model.W_O[l]
+        W_O = model.blocks[l].attn.W_O
 
         def heads(z, hook, l=l, W_O=W_O):
             sink(graph.fwd_head(l, 0), torch.einsum("bthe,hed->bthd", z, W_O))

@@ -27,6 +27,9 @@ cfg = model.cfg
 def edge_section():
     """Edge circuits (MIB circuit track): curves, CPR / CMD, the circuit at a chosen size."""
     st.header("Edge circuits (MIB circuit track)")
+    if not st.toggle("Show edge circuits: every edge of the residual graph, scored by faithfulness as MIB does",
+                     key="ce_show"):
+        return
     ep = ui.params_form(
         EdgeCircuitParams, key="ce", choices={"task": ALL_TASKS, "methods": EDGE_METHODS},
         fields=("task", "n_prompts", "n_eval", "methods", "ablation", "ig_steps", "n_random"),
