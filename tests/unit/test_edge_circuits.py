@@ -399,3 +399,15 @@ def test_bad_circuit_size_and_mask_raise_input_error():
     with pytest.raises(InputError):
         ea.evaluate_circuits(model, pairs, [np.ones((2, 2), bool)])
     assert math.isfinite(res.m_full) and res.figures()
+
+
+def test_cli_bad_input_is_one_line_before_loading_a_model(capsys, tmp_path):
+    from mechscope.app.cli import main
+
+    for argv, msg in ((["circuits", "edges", "--percentages", "0,100"], "(0, 100]"),
+                      (["circuits", "edges", "--task", "nope"], "Unknown circuit task 'nope'"),
+                      (["circuits", "faithfulness", "--percentages", "5,500"], "(0, 100]"),
+                      (["circuits", "export", str(tmp_path), "--file", str(tmp_path / "c.json")], "no saved result")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert msg in err and err.count("\n") == 1, err
