@@ -35,6 +35,7 @@ K/V group.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
@@ -99,21 +100,21 @@ class EdgeGraph:
     def prev_mlp(self, layer: int) -> int:
         return 1 + layer * (self.n_heads + self.m) + self.n_heads
 
-    @property
+    @functools.cached_property
     def forward_names(self) -> list[str]:
         names = ["input"]
         for l in range(self.n_layers):
             names += [f"a{l}.h{h}" for h in range(self.n_heads)] + ([f"m{l}"] if self.mlp else [])
         return names
 
-    @property
+    @functools.cached_property
     def backward_names(self) -> list[str]:
         names = []
         for l in range(self.n_layers):
             names += [f"a{l}.h{h}<{x}>" for x in "qkv" for h in range(self.n_heads)] + ([f"m{l}"] if self.mlp else [])
         return names + ["logits"]
 
-    @property
+    @functools.cached_property
     def real(self) -> np.ndarray:
         r = np.zeros((self.n_forward, self.n_backward), dtype=bool)
         H = self.n_heads
@@ -123,9 +124,10 @@ class EdgeGraph:
             if self.mlp:
                 r[: self.prev_mlp(l), self.bwd_mlp(l)] = True
         r[:, -1] = True
+        r.flags.writeable = False
         return r
 
-    @property
+    @functools.cached_property
     def forward_to_backward(self) -> np.ndarray:
         """[n_forward, n_backward]: the downstream inputs that belong to each node."""
         f2b = np.zeros((self.n_forward, self.n_backward), dtype=bool)
@@ -135,9 +137,10 @@ class EdgeGraph:
                     f2b[self.fwd_head(l, h), self.bwd_head(l, h, x)] = True
             if self.mlp:
                 f2b[self.fwd_mlp(l), self.bwd_mlp(l)] = True
+        f2b.flags.writeable = False
         return f2b
 
-    @property
+    @functools.cached_property
     def n_edges(self) -> int:
         return int(self.real.sum())
 
@@ -154,17 +157,17 @@ class EdgeGraph:
                 out.append(f"{fw[i]}->{b}")
         return out
 
+    @functools.cached_property
+    def _edge_map(self) -> dict:
+        return {n: (int(i), int(j)) for n, i, j in zip(self.edge_names(), *np.nonzero(self.real))}
+
     def edge_index(self, name: str) -> tuple[int, int]:
         """(forward, backward) index of a MIB edge name such as ``"a0.h1->a2.h3<q>"``."""
         try:
-            parent, child = name.split("->")
-            fi = self.forward_names.index(parent)
-            bj = self.backward_names.index(child if "<" in child or child.startswith(("m", "logits")) else child)
-        except ValueError:
-            raise InputError(f"Unknown edge {name!r} for a graph of {self.n_layers} layers × {self.n_heads} heads.") from None
-        if not self.real[fi, bj]:
-            raise InputError(f"Edge {name!r} does not exist (a node reads only earlier nodes).")
-        return fi, bj
+            return self._edge_map[name]
+        except KeyError:
+            raise InputError(f"Unknown edge {name!r}: not an edge of a graph of {self.n_layers} layers × {self.n_heads} heads "
+                             f"(a node reads only earlier nodes).") from None
 
 
 def prune(graph: EdgeGraph, in_graph: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
