@@ -22,6 +22,15 @@ attribution patching, EAP-IG and the discrete-SAE co-occurrence; edge ROC-AUC at
 thresholds, runtimes and passes, and the batched path patching (all edges of a receiver layer per
 forward) timed against one edge per forward on the edges into the two busiest receiver layers.
 
+``--edges`` runs the edge benchmark instead (MIB circuit track, :func:`analyses.circuits.circuit_edges`):
+edge attribution (EAP, EAP-IG) of every edge of the residual graph over ``--n-prompts`` pairs —
+seconds and peak memory — then the faithfulness curves (seconds, circuits evaluated), CPR and CMD
+with bootstrap intervals per method beside the random baseline, and the Jaccard stability of the
+top 1% of edges. It prints (or writes ``--out``), never RESULTS.md. GPU: ``python -m
+benchmarks.bench_circuits --edges --device cuda --tasks ioi,greater_than,docstring,induction
+--n-prompts 64 --n-eval 32 --batch-size 16 --out /tmp/circuits_edges_gpu.md``. Tiny CPU check:
+``--edges --tasks ioi --n-prompts 4 --n-eval 4 --batch-size 4 --ig-steps 2 --n-random 1 --quick``.
+
 ``--device cuda`` runs on the GPU; ``--out FILE`` writes the markdown there (else, unless
 ``--quick``, into RESULTS.md's section). GPU: ``python -m benchmarks.bench_circuits --device cuda
 --n-prompts 32 --batch-size 32 --edge-top-n 20 --edge-inputs qkv,q,kv --per-head --sae-diagnostics
@@ -182,6 +191,73 @@ def negatives_doing_the_task(model, task: str, n: int = 32) -> str:
     return f"{(top == want).float().mean().item():.0%} of {len(recs)}"
 
 
+def _peak_bytes(device: str) -> int:
+    if device != "cpu":
+        return int(torch.cuda.max_memory_allocated())
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def edge_benchmark(model, args) -> str:
+    """The MIB edge benchmark (module doc): attribution cost, faithfulness cost, CPR / CMD."""
+    from mechscope.analyses.circuits import EdgeCircuitParams, edge_circuits_on
+    from mechscope.analyses.circuits.edges import _split
+    from mechscope.probes import edge_attribution as ea
+
+    dev = args.device
+    g = ea.EdgeGraph.from_model(model)
+    cost_rows, score_rows, checks = [], [], []
+    for task in [t for t in args.tasks.split(",") if t]:
+        params = EdgeCircuitParams(task=task, n_prompts=args.n_prompts, n_eval=args.n_eval, batch_size=args.batch_size,
+                                   ig_steps=args.ig_steps, n_random=args.n_random, methods=tuple(args.methods.split(",")))
+        try:
+            attr_pairs, eval_pairs, check = _split(model, params)
+        except Exception as e:  # a task the model does not do: reported, not scored
+            checks.append([task, str(e)])
+            continue
+        checks.append([task, f"{check['frac_positive']:.0%} of {check['n_pairs']} clean prompts positive; "
+                             f"{len(attr_pairs)} attribution + {len(eval_pairs)} evaluation pairs"])
+        for steps, name in ((1, "eap"), (args.ig_steps, "eap_ig")):
+            if dev != "cpu":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            before = _peak_bytes(dev)
+            t0 = time.perf_counter()
+            ea.edge_scores(model, attr_pairs, steps=steps, batch_size=args.batch_size)
+            if dev != "cpu":
+                torch.cuda.synchronize()
+            sec = time.perf_counter() - t0
+            peak = _peak_bytes(dev)
+            mem = f"{peak / 2**20:.0f} MiB (GPU peak)" if dev != "cpu" else f"+{max(0, peak - before) / 2**20:.0f} MiB (RSS peak rise)"
+            cost_rows.append([task, name, g.n_edges, len(attr_pairs), f"{sec:.2f}", mem])
+        t0 = time.perf_counter()
+        res = edge_circuits_on(model, attr_pairs, eval_pairs, params, check)
+        total = time.perf_counter() - t0
+        s = res.summary
+        ev = float(s["eval_seconds"].iloc[0])
+        cost_rows.append([task, f"faithfulness curves ({int(s['n_circuits'].iloc[0])} circuits incl. full and empty)",
+                          g.n_edges, len(eval_pairs), f"{ev:.2f}", ""])
+        cost_rows.append([task, "whole analysis (scores + curves + bootstrap)", g.n_edges, len(attr_pairs) + len(eval_pairs),
+                          f"{total:.2f}", ""])
+        for r in s.itertuples():
+            score_rows.append([task, r.method, f"{r.cpr:.3f} [{r.cpr_lo:.3f}, {r.cpr_hi:.3f}]",
+                               f"{r.cmd:.3f} [{r.cmd_lo:.3f}, {r.cmd_hi:.3f}]", f"{r.jaccard:.2f}"])
+        print(f"{task}: {total:.1f} s")
+    info = machine_info()
+    body = [f"Machine: {info.get('cpu', '?')}, {info.get('cores', '?')} cores, device {dev}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} thread(s). Model {args.model}: {g.n_forward} upstream × {g.n_backward} downstream "
+            f"nodes, {g.n_edges} edges. EAP-IG {args.ig_steps} steps; patching ablation; random baseline averaged over "
+            f"{args.n_random} rankings; 95% bootstrap intervals over the evaluation prompts.", "",
+            markdown_table(["task", "task check"], checks), "",
+            markdown_table(["task", "step", "edges", "prompt pairs", "seconds", "memory"], cost_rows), "",
+            "CPR (area under the faithfulness curve over 0.1–100% of edges, signed ranking; higher is better) and CMD "
+            "(area of |1 − f|, |score| ranking; lower is better), as the MIB circuit track defines them; Jaccard = mean "
+            "pairwise overlap of the top 1% edges over bootstrap resamples of the attribution prompts:", "",
+            markdown_table(["task", "method", "CPR [95% CI]", "CMD [95% CI]", "Jaccard"], score_rows)]
+    return "\n".join(body)
+
+
 def main(argv=None) -> int:
     from mechscope.analyses.circuits import ANCHORS, TASKS, CircuitCompareParams, circuit_compare, select_positive, task_pairs, load_circuit_task
     from mechscope.probes.models import load
@@ -206,10 +282,20 @@ def main(argv=None) -> int:
     ap.add_argument("--no-edge-batching", action="store_true", help="skip the batched vs one-edge-per-forward timing")
     ap.add_argument("--sae-diagnostics", action="store_true",
                     help="also: SAE node AUC with last-position head outputs and a label-free code-diversity baseline")
+    ap.add_argument("--edges", action="store_true", help="run the MIB edge benchmark instead (prints or writes --out only)")
+    ap.add_argument("--n-eval", type=int, default=32, help="--edges: evaluation pairs (other than the attribution pairs)")
+    ap.add_argument("--n-random", type=int, default=3, help="--edges: random rankings for the baseline")
+    ap.add_argument("--methods", default="eap,eap_ig,node_patching,random", help="--edges: methods")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load(args.model, device=args.device).model if args.device != "cpu" else load(args.model).model
+    if args.edges:
+        text = edge_benchmark(model, args)
+        print(text)
+        if args.out:
+            args.out.write_text(f"## Edge circuits (MIB)\n\n{text}\n")
+        return 0
     tasks = [t for t in args.tasks.split(",") if t]
     sizes = tuple(int(s) for s in args.sizes.split(","))
     naive_layers = [int(x) for x in args.naive_layers.split(",") if x]

@@ -26,6 +26,16 @@ Tasks:
 ``induction``    (our own choice) a list of random words and its repeat, cut after the third
                  repeated word → the fourth word vs the word put in its place in the corrupt
                  prompt's first half.
+
+Two tasks in the formats of the MIB circuit track (Mueller et al. 2025), written here:
+
+``mcqa``         MIB's multiple-choice format (copy-colours MCQA): "The pen is blue. What color
+                 is the pen?" with four lettered options and "Answer:" → the letter of the
+                 right option vs the letter it moves to in the corrupt prompt, whose options are
+                 reordered (MIB's answer-position counterfactual).
+``arithmetic``   two worked sums then "a+b=" with a single-digit answer (MIB's arithmetic task,
+                 cut to sums below 10 so that the answer is one token) → a+b vs a+b', the
+                 corrupt prompt's sum (its second operand changed).
 """
 
 from __future__ import annotations
@@ -118,7 +128,43 @@ def _induction(rng: random.Random) -> dict:
             "answers": [" " + seq[3]], "distractors": [" " + swap]}
 
 
-MAKERS = {"ioi": _ioi, "greater_than": _greater_than, "docstring": _docstring, "induction": _induction}
+COLORS = ["red", "blue", "green", "yellow", "white", "black", "brown", "pink", "purple", "gray"]
+THINGS = ["pen", "car", "cup", "hat", "ball", "box", "shirt", "chair", "bag", "door", "book", "lamp", "bike", "kite"]
+LETTERS = "ABCD"
+
+
+def _mcqa(rng: random.Random) -> dict:
+    thing = rng.choice(THINGS)
+    opts = rng.sample(COLORS, 4)
+    right = opts[0]
+    clean_opts = rng.sample(opts, 4)
+    pos = clean_opts.index(right)
+    other = rng.choice([i for i in range(4) if i != pos])
+    corrupt_opts = clean_opts.copy()
+    corrupt_opts[pos], corrupt_opts[other] = corrupt_opts[other], corrupt_opts[pos]
+
+    def prompt(o):
+        lines = "".join(f"\n{LETTERS[i]}. {c}" for i, c in enumerate(o))
+        return f"The {thing} is {right}. What color is the {thing}?{lines}\nAnswer:"
+
+    return {"task": "mcqa", "clean": prompt(clean_opts), "corrupt": prompt(corrupt_opts),
+            "answers": [" " + LETTERS[pos]], "distractors": [" " + LETTERS[other]]}
+
+
+def _arithmetic(rng: random.Random) -> dict:
+    shots = []
+    for _ in range(2):
+        x, y = rng.randint(0, 4), rng.randint(0, 4)
+        shots.append(f"{x}+{y}={x + y}\n")
+    a = rng.randint(0, 8)
+    b, b2 = rng.sample(range(0, 10 - a), 2)
+    head = "".join(shots)
+    return {"task": "arithmetic", "clean": f"{head}{a}+{b}=", "corrupt": f"{head}{a}+{b2}=",
+            "answers": [str(a + b)], "distractors": [str(a + b2)]}
+
+
+MAKERS = {"ioi": _ioi, "greater_than": _greater_than, "docstring": _docstring, "induction": _induction,
+          "mcqa": _mcqa, "arithmetic": _arithmetic}
 
 
 def _ok(tok, rec: dict) -> bool:
@@ -148,9 +194,11 @@ def items(tok, n: int = N_PER_TASK) -> dict[str, list[dict]]:
     return out
 
 
-def write(tok, root: Path) -> list[Path]:
+def write(tok, root: Path, names=None) -> list[Path]:
     paths = []
     for name, recs in items(tok).items():
+        if names and name not in names:
+            continue
         p = root / "tasks" / f"circuit_{name}.jsonl"
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from mechscope.analyses.circuits.tasks import TASKS, check_task
+from mechscope.analyses.circuits.tasks import ALL_TASKS, check_task
 from mechscope.probes import path_patching as pp
 from mechscope.probes.errors import InputError
 from mechscope.probes.results import Params
@@ -16,7 +16,7 @@ class CircuitPatchParams(Params):
     """Activation patching of every head and MLP layer on a shipped task."""
 
     kind: ClassVar[str] = "circuit_patch"
-    task: str = field(default="ioi", metadata={"help": "task: " + ", ".join(TASKS)})
+    task: str = field(default="ioi", metadata={"help": "task: " + ", ".join(ALL_TASKS)})
     n_prompts: int = field(default=32, metadata={"help": "positive prompt pairs used"})
     directions: tuple[str, ...] = field(default=("noising", "denoising"), metadata={"help": "noising, denoising"})
     batch_size: int = field(default=8, metadata={"help": "prompt pairs per patching batch"})
@@ -36,7 +36,7 @@ class CircuitDiscoverParams(Params):
     """The discrete-SAE method (O'Neill & Bui 2024) on a shipped task."""
 
     kind: ClassVar[str] = "circuit_discover"
-    task: str = field(default="ioi", metadata={"help": "task: " + ", ".join(TASKS)})
+    task: str = field(default="ioi", metadata={"help": "task: " + ", ".join(ALL_TASKS)})
     n_prompts: int = field(default=32, metadata={"help": "positive prompt pairs used"})
     n_latents: int = field(default=200, metadata={"help": "latents of each SAE (reference 200)"})
     l1: float = field(default=0.02, metadata={"help": "L1 coefficient (reference 0.02)"})
@@ -63,7 +63,7 @@ class CircuitCompareParams(Params):
     """Every method on one task against the noising patching ground truth."""
 
     kind: ClassVar[str] = "circuit_compare"
-    task: str = field(default="ioi", metadata={"help": "task: " + ", ".join(TASKS)})
+    task: str = field(default="ioi", metadata={"help": "task: " + ", ".join(ALL_TASKS)})
     n_prompts: int = field(default=32, metadata={"help": "positive prompt pairs used"})
     batch_size: int = field(default=8, metadata={"help": "prompt pairs per batch"})
     thresholds: tuple[float, ...] = field(default=(0.01, 0.02, 0.05, 0.1), metadata={"help": "ground-truth thresholds on |effect|"})

@@ -15,14 +15,19 @@ from mechscope.probes import attribution as attr
 from mechscope.probes.datasets import load_task
 from mechscope.probes.errors import InputError
 
+#: the tasks the embedded model does
 TASKS = ("ioi", "greater_than", "docstring", "induction")
+#: tasks in the formats of the MIB circuit track (Mueller et al. 2025): multiple choice and
+#: single-digit arithmetic; a task the model does not do is reported (its accuracy), not scored
+MIB_TASKS = ("mcqa", "arithmetic")
+ALL_TASKS = TASKS + MIB_TASKS
 #: a task the model "does": at least this fraction of clean prompts with a positive logit difference
 MIN_FRAC_POSITIVE = 0.6
 
 
 def check_task(name: str) -> None:
-    if name not in TASKS:
-        raise InputError(f"Unknown circuit task {name!r}: use one of {', '.join(TASKS)}.")
+    if name not in ALL_TASKS:
+        raise InputError(f"Unknown circuit task {name!r}: use one of {', '.join(ALL_TASKS)}.")
 
 
 def load_circuit_task(name: str) -> list[dict]:

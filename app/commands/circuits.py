@@ -1,15 +1,23 @@
-"""``mechscope circuits patch|discover|compare``: circuit discovery on the shipped tasks.
+"""``mechscope circuits patch|discover|compare|edges|faithfulness|export``: circuit discovery on the shipped tasks.
 
 * ``patch``    — activation patching of every head and MLP layer (the ground truth);
 * ``discover`` — the discrete-SAE method (O'Neill & Bui 2024; by default the reference's one SAE
   over all heads' outputs, ``--no-shared``: our per-head SAEs);
 * ``compare``  — patching, attribution patching, EAP-IG and the discrete-SAE method on one task:
   node ROC-AUC at several ground-truth thresholds, edge ROC-AUC against path patching of the pairs
-  among the top-N heads (``--edge-top-n``), runtimes, faithfulness curves.
+  among the top-N heads (``--edge-top-n``), runtimes, faithfulness curves;
+* ``edges``    — edge circuits of the whole residual graph scored as the MIB circuit track scores
+  them (EAP, EAP-IG, node-patching-derived, random): faithfulness curves, CPR and CMD with
+  bootstrap intervals, Jaccard stability;
+* ``faithfulness`` — the same curves for a MIB circuit file's edge scores (``--circuit-file``),
+  beside the random baseline;
+* ``export``   — one method's top-x% circuit from a saved ``edges`` result, as a MIB circuit file.
 
 Flags and defaults come from each analysis' Params."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from mechscope.app.commands.common import add_model_out, add_params, check_out_dir, load_model, params_from_args, progress, save_result
 
@@ -33,6 +41,23 @@ def register(sub) -> None:
     add_model_out(c, out_required=False)
     add_params(c, CircuitCompareParams)
     c.set_defaults(func=run_compare)
+    from mechscope.analyses.circuits import EdgeCircuitParams
+
+    e = inner.add_parser("edges", help="edge circuits of every method, scored as MIB does (CPR, CMD, random baseline)")
+    add_model_out(e, out_required=False)
+    add_params(e, EdgeCircuitParams)
+    e.set_defaults(func=run_edges)
+    f = inner.add_parser("faithfulness", help="faithfulness curve, CPR and CMD of a MIB circuit file's edge scores")
+    add_model_out(f, out_required=False)
+    add_params(f, EdgeCircuitParams, skip=("methods",))
+    f.set_defaults(func=run_faithfulness)
+    x = inner.add_parser("export", help="export a method's top-x%% edge circuit of a saved 'edges' result as a MIB file")
+    x.add_argument("result", type=Path, help="directory of a saved 'circuits edges' result")
+    x.add_argument("--method", default="eap_ig", help="method whose scores rank the edges (default eap_ig)")
+    x.add_argument("--percent", type=float, default=1.0, help="circuit size, percent of all edges, in (0, 100] (default 1)")
+    x.add_argument("--signed", action="store_true", help="rank by signed score (MIB's CPR ranking) instead of |score|")
+    x.add_argument("--file", type=Path, required=True, help="output file: .json or .pt (MIB's formats)")
+    x.set_defaults(func=run_export)
 
     def _help(args) -> int:
         p.print_help()
@@ -108,4 +133,51 @@ def run_compare(args) -> int:
     print("discrete SAE: ground-truth heads it ranks lowest:")
     print(res.missed().to_string(index=False))
     save_result(res, args.out)
+    return 0
+
+
+def _edge_report(res) -> None:
+    if res.check:
+        print(_check(res.check))
+    print(f"{res.n_attr} attribution pairs, {res.n_evaluated} evaluation pairs; m(N) = {res.m_full:.3f}, m(∅) = {res.m_empty:.3f}")
+    cols = ["method", "cpr", "cpr_lo", "cpr_hi", "cmd", "cmd_lo", "cmd_hi", "jaccard", "seconds"]
+    print(res.summary[cols].round(3).to_string(index=False))
+
+
+def run_edges(args) -> int:
+    from mechscope.analyses.circuits import EdgeCircuitParams, circuit_edges
+
+    check_out_dir(args.out)
+    params = params_from_args(EdgeCircuitParams, args)
+    res = circuit_edges(load_model(args), params, progress=progress("circuits (forwards × prompts)"))
+    _edge_report(res)
+    save_result(res, args.out)
+    return 0
+
+
+def run_faithfulness(args) -> int:
+    from mechscope.analyses.circuits import EdgeCircuitParams, circuit_edges
+    from mechscope.probes.errors import InputError
+
+    check_out_dir(args.out)
+    params = params_from_args(EdgeCircuitParams, args, methods=("random",))
+    if not params.circuit_file:
+        raise InputError("circuits faithfulness needs --circuit-file (a MIB .json or .pt circuit file).")
+    res = circuit_edges(load_model(args), params, progress=progress("circuits (forwards × prompts)"))
+    _edge_report(res)
+    save_result(res, args.out)
+    return 0
+
+
+def run_export(args) -> int:
+    from mechscope.analyses.circuits import EdgeCircuitResult, export_circuit
+    from mechscope.probes.errors import InputError
+    from mechscope.probes.results import Result
+
+    res = Result.load(args.result)
+    if not isinstance(res, EdgeCircuitResult):
+        raise InputError(f"{args.result} holds a {res.kind} result, not a 'circuits edges' one.")
+    circ = res.circuit(args.method, args.percent, absolute=not args.signed)
+    path = export_circuit(circ, args.file, res.d_model)
+    print(f"{int(circ.in_graph.sum())} edges, {int(circ.nodes.sum())} nodes -> {path}")
     return 0

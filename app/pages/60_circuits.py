@@ -4,14 +4,17 @@ Circuit discovery on the shipped clean/corrupted tasks: activation patching of e
 ground truth, attribution patching, EAP-IG (Hanna et al. 2024) and the discrete-SAE method
 (O'Neill & Bui 2024; by default the reference's one SAE over all heads), compared by node
 ROC-AUC; the circuit as a graph, the patching heatmap, the faithfulness curve, and "send to the
-Playground" (ablate the circuit / keep only the circuit).
-The form is generated from ``CircuitCompareParams``.
+Playground" (ablate the circuit / keep only the circuit). Below it, edge circuits of the whole
+residual graph scored as the MIB circuit track scores them (``circuit_edges``): faithfulness
+curves with bootstrap bands beside the random baseline, CPR / CMD, and the circuit graph at a
+chosen size. The forms are generated from ``CircuitCompareParams`` and ``EdgeCircuitParams``.
 """
 
 import numpy as np
 import streamlit as st
 
-from mechscope.analyses.circuits import ANCHORS, TASKS, CircuitCompareParams, circuit_compare
+from mechscope.analyses.circuits import (ALL_TASKS, ANCHORS, EDGE_METHODS, TASKS, CircuitCompareParams, EdgeCircuitParams, circuit_compare,
+                                        circuit_edges, edge_circuit_graph)
 from mechscope.app import ui
 from mechscope.app.widgets import send_to_playground
 from mechscope.probes.interventions import HeadMask
@@ -19,6 +22,43 @@ from mechscope.probes.interventions import HeadMask
 st.title("Circuits")
 model, spec = ui.sidebar_model()
 cfg = model.cfg
+
+
+def edge_section():
+    """Edge circuits (MIB circuit track): curves, CPR / CMD, the circuit at a chosen size."""
+    st.header("Edge circuits (MIB circuit track)")
+    if not st.toggle("Show edge circuits: every edge of the residual graph, scored by faithfulness as MIB does",
+                     key="ce_show"):
+        return
+    ep = ui.params_form(
+        EdgeCircuitParams, key="ce", choices={"task": ALL_TASKS, "methods": EDGE_METHODS},
+        fields=("task", "n_prompts", "n_eval", "methods", "ablation", "ig_steps", "n_random"),
+        labels={"task": "Task", "n_prompts": "Attribution pairs", "n_eval": "Evaluation pairs", "methods": "Methods",
+                "ablation": "Ablation", "ig_steps": "EAP-IG steps", "n_random": "Random rankings"})
+    if st.button("Score edge circuits", key="ce_run"):
+        ui.run_analysis("circuit_edges", circuit_edges, model, ep, label="Circuits")
+    er = ui.stored("circuit_edges", ep, model)
+    if er is None:
+        st.info("Press **Score edge circuits**: every method ranks every edge (input, heads' q/k/v inputs, MLPs, "
+                "logits); the top 0.1–100% of edges are kept and the rest ablated (several minutes on a CPU).")
+        return
+    st.caption(f"{er.n_attr} attribution pairs, {er.n_evaluated} other evaluation pairs; m(full) = {er.m_full:.2f}, "
+               f"m(empty) = {er.m_empty:.2f}.")
+    efigs = er.figures()
+    t1, t2, t3 = st.tabs(["Faithfulness curves", "Circuit graph", "CPR / CMD"])
+    with t1:
+        st.plotly_chart(efigs["faithfulness_cpr"], key="ce_curve_cpr")
+        st.plotly_chart(efigs["faithfulness_cmd"], key="ce_curve_cmd")
+        st.caption("Bands: 95% bootstrap intervals over the evaluation prompts. Dashed: random edge rankings.")
+    with t2:
+        if er.scored:
+            m = st.selectbox("Method", list(er.scored), key="ce_graph_m")
+            pct = st.select_slider("Circuit size (% of edges)", options=list(er.params.percentages), value=1.0
+                                   if 1.0 in er.params.percentages else er.params.percentages[0], key="ce_graph_pct")
+            st.plotly_chart(edge_circuit_graph(er.circuit(m, pct), title=f"{m}: top {pct:g}% of edges"), key="ce_graph")
+    with t3:
+        st.dataframe(er.summary.round(3), hide_index=True)
+        st.dataframe(er.curves.round(3), hide_index=True)
 
 params = ui.params_form(
     CircuitCompareParams, key="ci", choices={"task": TASKS},
@@ -33,6 +73,7 @@ res = ui.stored("circuits", params, model)
 if res is None:
     st.info("Choose a task and press **Compare methods** (patching sweep, attribution patching, EAP-IG and the "
             "discrete-SAE method; about a minute per 16 prompt pairs on a CPU).")
+    edge_section()
     st.stop()
 
 ch = res.check
@@ -92,3 +133,5 @@ with tabs[4]:
     st.dataframe(pd.DataFrame(ANCHORS), hide_index=True)
     st.caption("Ground-truth heads the discrete-SAE method ranks lowest:")
     st.dataframe(res.missed(), hide_index=True)
+
+edge_section()
