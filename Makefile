@@ -22,11 +22,12 @@ install: $(STAMP)
 run: install
 	$(BIN)/streamlit run app/Home.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
-# The whole suite at the machine's default thread count, then the fast (non-integration)
-# tests again with torch on 1 thread: thread-dependent rounding must not change any verdict.
+# The whole suite on two pytest-xdist workers (torch on 1 thread each), then the fast
+# (non-integration) tests again in one process at the machine's thread count:
+# thread-dependent rounding must not change any verdict.
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider
-	MECHSCOPE_TORCH_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration and not browser"
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration and not browser and not ray"
 
 test-fast: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration and not browser"
