@@ -26,7 +26,7 @@ run: install
 # (non-integration) tests again in one process at the machine's thread count:
 # thread-dependent rounding must not change any verdict.
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration and not browser and not ray"
 
 test-fast: install
