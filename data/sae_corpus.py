@@ -432,6 +432,8 @@ def hf_model(device: str):
     path = smollm2_gguf_path()
     tok = tokenizer()
     tok.padding_side = "left"
+    if tok.pad_token is None:  # some transformers versions read no pad token from the GGUF
+        tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, torch_dtype=torch.float32)
     return model.to(device).eval(), tok
 
