@@ -229,10 +229,10 @@ class _Stepper:
 class _Side:
     """A side branch that rides along with the main stepper as row 1 of its forward passes."""
 
-    def __init__(self, key: str, branch: "_Stepper", interventions: tuple):
+    def __init__(self, key: str, branch: "_Stepper", interventions: tuple, logits: torch.Tensor):
         self.key, self.branch, self.interventions = key, branch, interventions
         self.pending = True  # its cache is still separate (merged at the next main step)
-        self.logits: torch.Tensor | None = None
+        self.logits = logits  # its latest next-token logits
 
 
 def _two_row_cache(model, main, side):
@@ -394,7 +394,7 @@ def side_logits(state: StepState, key: str, tokens: Sequence[int], interventions
     branch (the main stepper's policy, a full cache without one) kept in ``state.scratch[key]``
     and fed ``tokens`` — the branch's whole token sequence so far, which must extend what it
     was fed before — under ``interventions`` (the generation's own hooks stay attached).
-    CAD's no-context view, contrastive decoding's masked-heads amateur.
+    CAD's with-context view, contrastive decoding's masked-heads amateur.
 
     The first call prefills the branch on its own. After that, where :func:`can_join` allows
     (full KV cache, per-row positions; no reducers, position-wise generation interventions)
@@ -420,7 +420,7 @@ def side_logits(state: StepState, key: str, tokens: Sequence[int], interventions
         raise InputError(f"The side branch's {len(tokens)} tokens exceed n_ctx ({state.model.cfg.n_ctx}).")
     with applied(state.model, list(interventions)):
         logits = branch.feed([tokens[len(seen):]])[0]
-    join(state, key, branch, interventions)
+    join(state, key, branch, interventions, logits)
     return logits.float()
 
 
@@ -431,24 +431,24 @@ def joined_logits(state: StepState, key: str, tokens: Sequence[int], interventio
     joined = base.side if base is not None else None
     if joined is None or joined.key != key:
         return None
-    if joined.pending:  # called twice before the main row moved on
-        raise InputError("A side branch must be fed a strict extension of its tokens.")
     if [int(t) for t in tokens] != joined.branch.all_tokens[0] or tuple(interventions) != joined.interventions:
         raise InputError("A side branch joined to the main pass is fed the step's token, under the same "
                          "interventions, at every step.")
     return joined.logits.float()
 
 
-def join(state: StepState, key: str, branch: "_Stepper", interventions: Sequence[Intervention]) -> bool:
-    """Make ``branch`` (a 1-row KV-cached stepper of the same model, under ``interventions``)
-    ride along as row 1 of the generation's next forward passes, where :func:`can_join` and
-    the generation allow; True if it now does (then read it with :func:`joined_logits`)."""
+def join(state: StepState, key: str, branch: "_Stepper", interventions: Sequence[Intervention],
+         logits: torch.Tensor) -> bool:
+    """Make ``branch`` (a 1-row KV-cached stepper of the same model, under ``interventions``,
+    whose latest pass gave ``logits``) ride along as row 1 of the generation's next forward
+    passes, where :func:`can_join` and the generation allow; True if it now does (then read
+    it with :func:`joined_logits`)."""
     base = state.scratch.get("_stepper")
     interventions = tuple(interventions)
     if (base is None or not base.joinable or base.side is not None or branch.cache is None
             or branch.model is not base.model or not all(positionwise(iv) for iv in interventions)):
         return False
-    base.side = _Side(key, branch, interventions)
+    base.side = _Side(key, branch, interventions, logits)
     return True
 
 

@@ -19,13 +19,9 @@ entries. ``"prompt_and_decode"`` masks the heads on the prompt too (a stronger c
 The base distribution is the step's logits from :func:`probes.decoding.generate` (any
 interventions and KV-cache policy in force). The masked branch is a second KV cache under
 the same policy (a full cache when ``generate`` runs without one), fed one token per step
-under the head masks *and* the generation's own interventions (its hooks stay attached).
-After its first pass the masked branch rides along as row 1 of the generation's own
-forward pass (:func:`probes.decoding.join`; masks on row 1 only): one batched one-token
-pass per step. Where that is not exact (a KV policy other than the full cache, reducers,
-interventions that are not position-wise; see :func:`probes.decoding.can_join`) it runs
-its own pass: two one-token passes per step, as in the reference, and reducers given to
-``generate`` see the masked branch's passes. Importing this module registers ``"decore"`` in
+under the head masks *and* the generation's own interventions (its hooks stay attached):
+two one-token passes per step, as in the reference. Reducers given to ``generate`` also
+see the masked branch's passes. Importing this module registers ``"decore"`` in
 :data:`probes.decoding.STRATEGIES`.
 """
 
@@ -36,7 +32,7 @@ from typing import ClassVar, Literal
 
 import torch
 
-from mechscope.probes.decoding import STRATEGIES, StepState, _Stepper, join, joined_logits
+from mechscope.probes.decoding import STRATEGIES, StepState, _Stepper
 from mechscope.probes.errors import InputError
 from mechscope.probes.interventions import HeadMask, applied, check_scope
 from mechscope.probes.kv_policies import FullCache
@@ -94,10 +90,6 @@ class DeCoRe(Data):
         """log p_masked(next | state.tokens), [d_vocab] float32: the masked branch's cache
         is fed the tokens it has not seen yet, under the head masks."""
         scratch, model = state.scratch, state.model
-        masks = [HeadMask(l, h) for l, h in self.heads]
-        held = joined_logits(state, "decore_masked", state.tokens, masks)
-        if held is not None:  # fed as row 1 of the step's main pass
-            return held.log_softmax(-1)
         branch = scratch.get("decore_masked")
         if branch is None:
             base = scratch.get("_stepper")
@@ -113,7 +105,6 @@ class DeCoRe(Data):
                     branch.feed([prefix])  # unmasked
             scratch["decore_masked"] = branch
         pending = list(state.tokens[len(branch.all_tokens[0]):])
-        with applied(model, masks):
+        with applied(model, [HeadMask(l, h) for l, h in self.heads]):
             logits = branch.feed([pending])[0]
-        join(state, "decore_masked", branch, masks)
         return logits.float().log_softmax(-1)

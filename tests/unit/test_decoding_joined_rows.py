@@ -1,5 +1,5 @@
 """A side view of the generation (CAD's with-context view, contrastive decoding's masked-heads
-amateur, DeCoRe's masked model) as row 1 of the generation's own forward pass: one batched
+amateur) as row 1 of the generation's own forward pass: one batched
 one-token pass per step, each row equal to its own unpadded run (tiny float64 models)."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import mechscope.probes.decoding as decoding
 from mechscope.probes.cad import CAD
 from mechscope.probes.contrastive_decoding import ContrastiveDecoding
 from mechscope.probes.decoding import _two_row_cache, generate, new_cache
-from mechscope.probes.decore import DeCoRe
 from mechscope.probes.interventions import HeadMask, applied
 from tests.tiny import tiny_model
 
@@ -203,28 +202,3 @@ def test_cd_masked_heads_one_batched_pass_per_step(model, monkeypatch):
     assert list(tokens) == gen
     _close(scores, want)
     assert count.steps() == [(2, 1)] * (N_NEW - 1)
-
-
-@pytest.mark.parametrize("scope", ["decode", "prompt_and_decode"])
-def test_decore_one_batched_pass_per_step(model, scope, monkeypatch):
-    """DeCoRe's masked branch as row 1: the tokens of two forwards per step computed by hand,
-    and one 2-row pass per step."""
-    strat = DeCoRe(HEADS, alpha=0.7, mask_scope=scope)
-    count = _Counter(monkeypatch)
-    got = generate(model, PROMPT, N_NEW, strat, stop_at_eos=False).new_tokens
-    # "decode": the last prompt token's two passes (plain, then masked) come before the steps
-    assert count.steps() == ([(1, 1), (1, 1)] if scope == "decode" else []) + [(2, 1)] * (N_NEW - 1)
-    masks = [HeadMask(l, h) for l, h in HEADS]
-    gen: list[int] = []
-    for _ in range(N_NEW):
-        base = _logits(model, PROMPT + gen).log_softmax(-1)
-        if scope == "decode":  # masked branch: the prompt but its last token prefilled unmasked
-            cache = _prefilled(model, PROMPT[:-1])
-            with applied(model, masks), torch.no_grad():
-                rest = PROMPT[-1:] + gen
-                masked = model(torch.tensor([rest]), past_kv_cache=cache,
-                               attention_mask=torch.ones(1, len(rest), dtype=torch.long))[0, -1].double()
-        else:
-            masked = _logits(model, PROMPT + gen, masks)
-        gen.append(int((1.7 * base - 0.7 * masked.log_softmax(-1)).argmax()))
-    assert list(got) == gen
