@@ -202,3 +202,17 @@ def test_cd_masked_heads_one_batched_pass_per_step(model, monkeypatch):
     assert list(tokens) == gen
     _close(scores, want)
     assert count.steps() == [(2, 1)] * (N_NEW - 1)
+
+
+@dataclass(frozen=True)
+class _TwiceCAD(CAD):
+    def select(self, state):
+        first = self.scores(state)
+        assert torch.equal(self.scores(state), first)  # a second read at the same step: the same view
+        return int(torch.argmax(first))
+
+
+def test_cad_view_can_be_read_twice_per_step(model):
+    context = (21, 9, 33)
+    got = generate(model, PROMPT, N_NEW, _TwiceCAD(context=context, alpha=0.5), stop_at_eos=False).new_tokens
+    assert got == generate(model, PROMPT, N_NEW, CAD(context=context, alpha=0.5), stop_at_eos=False).new_tokens
