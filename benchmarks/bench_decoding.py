@@ -33,6 +33,12 @@ offline)::
 
     python -m benchmarks.bench_decoding --check-dola-hf 5
 
+Cost per generated token only (``--cost-only N``: one short prompt, N new tokens, median of
+``--repeats`` rounds)::
+
+    python -m benchmarks.bench_decoding --device cuda --cost-only 64 --cd-amateur heads:18:6,17:3,23:2 \
+        --decore-heads 18:6,17:3,23:2,17:4,18:7,23:7,21:8,24:4,21:5,17:5
+
 CPU (a few minutes)::
 
     python -m benchmarks.bench_decoding --items 30 --decore-heads 18:6,17:3,23:2,17:4,18:7,23:7,21:8,24:4,21:5,17:5
@@ -194,6 +200,59 @@ def run(args) -> str:
             f"{', '.join(f'L{l}H{h}' for l, h in heads)}. {wall:.0f} s.\n\n" + "\n\n".join(sections) + "\n")
 
 
+COST_CONTEXT = "The Eiffel Tower stands in Rome, beside the Colosseum.\n"
+COST_QUESTION = "Where does the Eiffel Tower stand?"
+
+
+def cost_only(args) -> str:
+    """Wall time per generated token of greedy, CAD, CD (its amateur from ``--cd-amateur``)
+    and, with ``--decore-heads``, DeCoRe on one short prompt: ``--cost-only`` new tokens
+    (no early stop), the strategies interleaved, ``--repeats`` rounds after a warm-up; the
+    median of the rounds and the median of the per-round ratios to greedy."""
+    from mechscope.probes.cad import CAD
+    from mechscope.probes.contrastive_decoding import ContrastiveDecoding
+    from mechscope.probes.decoding import generate
+    from mechscope.probes.decore import DeCoRe
+    from mechscope.probes.models import load
+    from mechscope.probes.tokens import encode
+
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    model = load(args.model, device=args.device).model
+    query = [int(t) for t in encode(model, query_text({"question": COST_QUESTION})).tolist()]
+    amateur = parse_amateur(args.cd_amateur, model.cfg.n_layers)
+    strategies = {
+        "greedy": ("greedy", CAD(context=COST_CONTEXT).with_context(model, query)),
+        f"CAD (α = {args.cad_alpha:g})": (CAD(context=COST_CONTEXT, alpha=args.cad_alpha), query),
+        f"CD (β = {args.cd_beta:g}, {args.cd_amateur})": (ContrastiveDecoding(beta=args.cd_beta, **amateur), query),
+    }
+    if args.decore_heads:
+        heads = tuple(tuple(int(x) for x in h.split(":")) for h in args.decore_heads.split(",") if h)
+        strategies[f"DeCoRe ({len(heads)} heads)"] = (DeCoRe(heads), query)
+    cuda = str(args.device).startswith("cuda")
+    per_token = {k: [] for k in strategies}
+    for round_ in range(args.repeats + 1):  # round 0 warms up
+        for label, (strat, prompt) in strategies.items():
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            gen = generate(model, prompt, max_new_tokens=args.cost_only, strategy=strat, stop_at_eos=False)
+            if cuda:
+                torch.cuda.synchronize()
+            if round_:
+                per_token[label].append((time.perf_counter() - t0) / max(len(gen.new_tokens), 1))
+    greedy = np.array(per_token["greedy"])
+    rows = [[label, f"{1e3 * np.median(t):.2f}", f"{np.median(np.array(t) / greedy):.2f}×",
+             ", ".join(f"{x:.2f}" for x in np.array(t) / greedy)] for label, t in per_token.items()]
+    info = machine_info()
+    device = torch.cuda.get_device_name() if cuda else info.get("cpu")
+    return (f"Machine: {device}, {info.get('cores')} cores, torch threads {torch.get_num_threads()}, device "
+            f"{args.device}; model {args.model}. One short prompt (query {len(query)} tokens; CAD's context "
+            f"{len(CAD(context=COST_CONTEXT).context_ids(model))} more), {args.cost_only} new tokens without "
+            f"early stop, prefill included; median of {args.repeats} rounds.\n\n"
+            + markdown_table(["decoding", "ms per token", "cost per token vs greedy", "per round"], rows) + "\n")
+
+
 def check_dola_hf(args) -> str:
     """Our DoLa on the converted SmolLM2 vs HF's DoLa steps on the HF model (same GGUF)."""
     import torch.nn.functional as F
@@ -274,8 +333,15 @@ def main(argv=None) -> int:
                     help="instead: compare DoLa with HF's steps on the HF model on N prompts")
     ap.add_argument("--only", type=_list, default=[],
                     help="run greedy and the strategies whose label starts with one of these (decore,cad,cd,dola)")
+    ap.add_argument("--cost-only", type=int, default=0, metavar="N",
+                    help="instead: time per token of greedy, CAD, CD (and DeCoRe with --decore-heads) "
+                         "generating N tokens after one short prompt")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of --cost-only (median reported)")
     add_output_flags(ap)
     args = ap.parse_args(argv)
+    if args.cost_only:
+        publish("Decoding cost per token", cost_only(args), args.out, False)
+        return 0
     if args.check_dola_hf:
         publish("DoLa vs Hugging Face", check_dola_hf(args), args.out, False)
         return 0

@@ -13,8 +13,13 @@ Usage: ``generate(model, query, strategy=CAD(context="..."))``. The prompt given
 :func:`probes.decoding.generate` is the query x; the strategy's context c goes in front of
 it (after the BOS token when the prompt starts with one). The with-context view is a
 KV-cached side branch fed c + x + the generated tokens; the step's own logits (the plain
-generation over x) are the no-context view. So a step costs two one-token passes (plus the
-context's prefill once); the Generation's ``logprobs`` are those of the no-context view.
+generation over x) are the no-context view; the Generation's ``logprobs`` are those of the
+no-context view. After the context's prefill (once), the with-context view rides along as
+row 1 of the generation's own forward pass (its cache left-padded to the longer row, per-row
+positions from the attention mask; :func:`probes.decoding.side_logits`): one batched
+one-token pass per step. With a KV policy other than the full cache, without a cache,
+with reducers, or with interventions that are not position-wise it runs its own pass
+(two one-token passes per step).
 Importing this module registers ``"cad"`` in :data:`probes.decoding.STRATEGIES`.
 """
 

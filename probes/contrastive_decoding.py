@@ -17,8 +17,10 @@ The expert is the generation's model (its step logits, with any interventions). 
   (l blocks applied) through the final norm and unembedding (the logit lens at layer l).
   Free: read by a hook from the expert's own forward pass.
 * ``amateur_heads``: the same model with these (layer, head)s masked (uniform attention,
-  :class:`probes.interventions.HeadMask`), a KV-cached side branch (one more one-token pass
-  per step), as DeCoRe's masked model.
+  :class:`probes.interventions.HeadMask`), as DeCoRe's masked model: a KV-cached side branch
+  that, after its first pass, runs as row 1 of the expert's own forward pass with the masks
+  on row 1 only (:func:`probes.decoding.side_logits`; one batched one-token pass per step;
+  its own pass per step where the rows cannot be joined exactly).
 
 ``amateur_temperature`` τ divides the amateur's logits before its softmax (1: none; Li et al.
 use τ < 1 for small amateurs). Importing this module registers ``"contrastive_decoding"`` in

@@ -36,7 +36,8 @@ import torch
 from mechscope.probes.errors import InputError
 from mechscope.probes.forward import last_logits
 from mechscope.probes.hooknames import site
-from mechscope.probes.interventions import Gate, HookList, Intervention, Rows, applied, check_scope, hooks_for
+from mechscope.probes.interventions import (Gate, HookList, Intervention, Rows, applied, check_scope, hooks_for,
+                                            positionwise)
 from mechscope.probes.kv_policies import (  # noqa: F401  (the cache helpers live with the policies)
     KV_POLICIES,
     FullCache,
@@ -172,11 +173,15 @@ class _Stepper:
         self.longest = 0
         self.step: int | None = None  # None while prefilling
         self.batch = None  # the Batch reducers see during the current forward
+        self.joinable = False  # generate's main stepper: may carry one side branch as a second row
+        self.side: _Side | None = None  # the side branch riding along as row 1 (see side_logits)
 
     def feed(self, tokens: Sequence[Sequence[int]]) -> torch.Tensor:
         """Feed new tokens (one list per row); return the logits at the last one ([rows, d_vocab])."""
         from mechscope.probes.capture import Batch
 
+        if self.side is not None:
+            return self._feed_joined(tokens)
         for row, new in zip(self.all_tokens, tokens):
             row.extend(new)
         model, device = self.model, self.model.cfg.device
@@ -196,6 +201,68 @@ class _Stepper:
             self.longest = max(self.longest, cache_len(self.cache))
             self.policy.trim(self.cache)
         return logits
+
+    def _feed_joined(self, tokens: Sequence[Sequence[int]]) -> torch.Tensor:
+        """One token for the main row and the same token for the side branch, in ONE batched
+        forward pass (row 0 main, row 1 the side branch under its own interventions)."""
+        side = self.side
+        if len(tokens) != 1 or len(tokens[0]) != 1:
+            raise InputError("A joined side branch advances one token per step.")
+        tok = int(tokens[0][0])
+        n_ctx = self.model.cfg.n_ctx
+        if len(side.branch.all_tokens[0]) + 1 > n_ctx:
+            raise InputError(f"The side branch's {len(side.branch.all_tokens[0]) + 1} tokens exceed n_ctx ({n_ctx}).")
+        if side.pending:  # first joined step: both caches become the two rows of one
+            self.cache = _two_row_cache(self.model, self.cache, side.branch.cache)
+            side.branch.cache = None
+            side.pending = False
+        self.all_tokens[0].append(tok)
+        side.branch.all_tokens[0].append(tok)
+        piece = torch.tensor([[tok], [tok]], device=self.model.cfg.device)
+        with applied(self.model, [Rows(iv, (1,)) for iv in side.interventions]):
+            logits = last_logits(self.model, piece, past_kv_cache=self.cache, attention_mask=torch.ones_like(piece))
+        self.longest = max(self.longest, len(self.all_tokens[0]))
+        side.logits = logits[1]
+        return logits[:1]
+
+
+class _Side:
+    """A side branch that rides along with the main stepper as row 1 of its forward passes."""
+
+    def __init__(self, key: str, branch: "_Stepper", interventions: tuple, logits: torch.Tensor):
+        self.key, self.branch, self.interventions = key, branch, interventions
+        self.pending = True  # its cache is still separate (merged at the next main step)
+        self.logits = logits  # its latest next-token logits
+
+
+def _two_row_cache(model, main, side):
+    """A 2-row KV cache from two 1-row ones, the shorter left-padded: zero keys and values
+    with attention mask 0. TransformerLens caches keys before rotary and re-derives each row's
+    positions from the cumulative attention mask, so every row keeps its unpadded positions."""
+    n = max(main.previous_attention_mask.shape[1], side.previous_attention_mask.shape[1])
+
+    def pad(t: torch.Tensor) -> torch.Tensor:  # left-pad axis 1 to n
+        extra = n - t.shape[1]
+        if extra == 0:
+            return t
+        return torch.cat([t.new_zeros((t.shape[0], extra) + tuple(t.shape[2:])), t], dim=1)
+
+    out = new_cache(model, 2)
+    for mine, a, b in zip(out.entries, main.entries, side.entries):
+        mine.past_keys = torch.cat([pad(a.past_keys), pad(b.past_keys)])
+        mine.past_values = torch.cat([pad(a.past_values), pad(b.past_values)])
+    out.previous_attention_mask = torch.cat([pad(main.previous_attention_mask), pad(side.previous_attention_mask)])
+    return out
+
+
+def can_join(model, policy) -> bool:
+    """Whether a side branch may ride as a left-padded second row of the main forward pass:
+    a full KV cache (a policy that trims or re-places entries would mix the padded rows) and
+    positions TransformerLens derives per row from the attention mask (rotary without dynamic
+    NTK scaling, or learned absolute positions). Otherwise the side branch runs its own pass."""
+    cfg = model.cfg
+    return (type(policy) is FullCache and cfg.positional_embedding_type in ("rotary", "standard")
+            and not getattr(cfg, "use_dynamic_ntk_rope", False))
 
 
 def clone_cache(model, cache):
@@ -275,6 +342,10 @@ def generate(
     new: list[int] = []
     logprobs: list[float] = []
     stepper = _Stepper(model, policy)
+    # a side branch (side_logits) joins the main pass as a second row where the rows stay
+    # exact: no reducers (they would see two rows), position-wise interventions only
+    stepper.joinable = (not reducers and can_join(model, policy)
+                        and all(positionwise(iv) for iv in interventions))
     extra += _reducer_hooks(model, reducers, stepper)
     # a strategy that runs its own forward passes (contrastive search) finds the stepper here
     # and may hand back the next step's logits as scratch["next_logits"] (token already fed)
@@ -323,14 +394,25 @@ def side_logits(state: StepState, key: str, tokens: Sequence[int], interventions
     branch (the main stepper's policy, a full cache without one) kept in ``state.scratch[key]``
     and fed ``tokens`` — the branch's whole token sequence so far, which must extend what it
     was fed before — under ``interventions`` (the generation's own hooks stay attached).
-    One pass over the new tokens per call (CAD's no-context view, DeCoRe-style masked views)."""
+    CAD's with-context view, contrastive decoding's masked-heads amateur.
+
+    The first call prefills the branch on its own. After that, where :func:`can_join` allows
+    (full KV cache, per-row positions; no reducers, position-wise generation interventions)
+    the branch becomes row 1 of the generation's own forward pass — its cache left-padded
+    beside the main row's, ``interventions`` applied to row 1 only (:class:`Rows`) — so a step
+    costs ONE batched one-token pass; every later call must then give the branch's previous
+    tokens plus the step's new token. Otherwise each call is one more pass over the new tokens."""
+    base = state.scratch.get("_stepper")
+    tokens = [int(t) for t in tokens]
+    interventions = tuple(interventions)
+    held = joined_logits(state, key, tokens, interventions)
+    if held is not None:
+        return held
     branch = state.scratch.get(key)
     if branch is None:
-        base = state.scratch.get("_stepper")
         policy = base.policy if base is not None and base.policy is not None else FullCache()
         branch = state.scratch[key] = _Stepper(state.model, policy)
     seen = branch.all_tokens[0]
-    tokens = [int(t) for t in tokens]
     if tokens[: len(seen)] != seen or len(tokens) == len(seen):
         raise InputError("A side branch must be fed a strict extension of its tokens.")
     bounded = branch.policy.max_cache_len is not None
@@ -338,7 +420,36 @@ def side_logits(state: StepState, key: str, tokens: Sequence[int], interventions
         raise InputError(f"The side branch's {len(tokens)} tokens exceed n_ctx ({state.model.cfg.n_ctx}).")
     with applied(state.model, list(interventions)):
         logits = branch.feed([tokens[len(seen):]])[0]
+    join(state, key, branch, interventions, logits)
     return logits.float()
+
+
+def joined_logits(state: StepState, key: str, tokens: Sequence[int], interventions: Sequence[Intervention]):
+    """The logits the side branch ``key`` got as row 1 of the step's main pass ([d_vocab]
+    float32), or None when it is not joined; ``tokens`` must be all the branch was fed."""
+    base = state.scratch.get("_stepper")
+    joined = base.side if base is not None else None
+    if joined is None or joined.key != key:
+        return None
+    if [int(t) for t in tokens] != joined.branch.all_tokens[0] or tuple(interventions) != joined.interventions:
+        raise InputError("A side branch joined to the main pass is fed the step's token, under the same "
+                         "interventions, at every step.")
+    return joined.logits.float()
+
+
+def join(state: StepState, key: str, branch: "_Stepper", interventions: Sequence[Intervention],
+         logits: torch.Tensor) -> bool:
+    """Make ``branch`` (a 1-row KV-cached stepper of the same model, under ``interventions``,
+    whose latest pass gave ``logits``) ride along as row 1 of the generation's next forward
+    passes, where :func:`can_join` and the generation allow; True if it now does (then read
+    it with :func:`joined_logits`)."""
+    base = state.scratch.get("_stepper")
+    interventions = tuple(interventions)
+    if (base is None or not base.joinable or base.side is not None or branch.cache is None
+            or branch.model is not base.model or not all(positionwise(iv) for iv in interventions)):
+        return False
+    base.side = _Side(key, branch, interventions, logits)
+    return True
 
 
 def generate_rows(
