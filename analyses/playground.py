@@ -49,6 +49,9 @@ from mechscope.probes.decoding import (
 from mechscope.probes.errors import InputError
 from mechscope.probes.interventions import Rows, applied, hooks_for
 from mechscope.probes.serial import Data
+
+# every decoding strategy a saved Playground result may name registers itself on import
+from mechscope.probes import cad, contrastive, contrastive_decoding, decore, dola  # noqa: F401,E402  isort: skip
 from mechscope.probes.models import model_id
 from mechscope.probes.results import Params, Result, analysis
 from mechscope.probes.tokens import str_tokens

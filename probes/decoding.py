@@ -534,9 +534,3 @@ def score_continuation(model, prompt, continuation: Sequence[int], interventions
     with applied(model, interventions), torch.no_grad():
         logits = model(ids)[0, len(prompt_ids) - 1 : -1].float()
     return logits.log_softmax(-1).gather(-1, torch.tensor(cont, device=logits.device)[:, None])[:, 0].cpu()
-
-
-# the strategies defined beside the loop register themselves on import
-from mechscope.probes import cad as _cad  # noqa: F401,E402
-from mechscope.probes import contrastive_decoding as _cd  # noqa: F401,E402
-from mechscope.probes import dola as _dola  # noqa: F401,E402

@@ -34,7 +34,7 @@ def register(sub) -> None:
 
 def strategy_from_args(name: str, fields: str):
     """A registered strategy built from its name and a JSON object of fields."""
-    from mechscope.probes import contrastive, decore  # noqa: F401  (register their strategies)
+    from mechscope.probes import cad, contrastive, contrastive_decoding, decore, dola  # noqa: F401  (register their strategies)
     from mechscope.probes.decoding import STRATEGIES
 
     try:

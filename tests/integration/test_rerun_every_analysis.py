@@ -18,6 +18,7 @@ TEXTS = ("The old house stood at the end of the lane, its windows dark and its g
 def _cases():
     from mechscope.analyses.act import ACTParams
     from mechscope.analyses.circuits import CircuitCompareParams, CircuitDiscoverParams, CircuitPatchParams
+    from mechscope.analyses.circuits.edges import EdgeCircuitParams
     from mechscope.analyses.contextualisation import ContextParams
     from mechscope.analyses.isotropy import DecodingIsotropyParams, IsotropyParams, WhiteningParams
     from mechscope.analyses.logit_lens import LogitLensParams
@@ -59,6 +60,8 @@ def _cases():
         "sae_geometry": SaeGeometryParams(saes=("smollm2-135m/resid-L0", "smollm2-135m/resid-L12")),
         "circuit_patch": CircuitPatchParams(task="induction", n_prompts=1, directions=("noising",)),
         "circuit_discover": CircuitDiscoverParams(task="ioi", n_prompts=3, n_latents=16, epochs=30),
+        "circuit_edges": EdgeCircuitParams(task="ioi", n_prompts=2, n_eval=2, methods=("eap", "random"), n_random=1,
+                                           percentages=(1.0, 100.0), n_boot=20, n_boot_jaccard=2),
         "circuit_compare": CircuitCompareParams(task="induction", n_prompts=1, ig_steps=2, n_latents=16, epochs=20, edge_top_n=5,
                                                 sizes=(3,)),
         "isotropy": IsotropyParams(texts=TEXTS, max_tokens=24, n_sample=40, n_pairs=200, weights=False),
