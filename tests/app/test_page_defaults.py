@@ -24,6 +24,7 @@ FORMS = {  # the forms each page draws before anything is computed
     "saes": {"sae_feat", "sae_abs", "sae_geo"},
     "circuits": {"ci"},
     "sweeps": set(),
+    "runs": set(),
 }
 
 

@@ -1,0 +1,37 @@
+"""Runs.
+
+Every background run in the runs folder (analyses estimated over a few seconds run in the
+background; see ``ui.run_analysis``), newest first: status, progress, a link that opens the
+run in its page, and Cancel for runs of this server. Refreshes while one runs.
+"""
+
+import datetime
+
+import streamlit as st
+
+from mechscope.app import ui
+
+TITLE = "Runs"
+
+st.title("Runs")
+st.caption(f"Folder: `{ui.runs_dir()}` (under `$MECHSCOPE_RESULTS` if set, else the user's cache).")
+
+
+def _body() -> None:
+    runs = ui.recent_background_runs(200)
+    if not runs:
+        st.info("No background runs yet: a page's long analysis (its form shows the estimate) runs here.")
+        return
+    for r in runs:
+        when = datetime.datetime.fromtimestamp(r["submitted"] or 0).strftime("%Y-%m-%d %H:%M:%S")
+        left, right = st.columns([5, 1])
+        left.markdown(f"**[{ui.md_escape(r['kind'])}]({ui.run_link(r)})** · `{r['run']}` · {r['model']} · {when} · "
+                      f"{r['status']}" + (f" — {ui.md_escape(r['error'])}" if r.get("error") else ""))
+        h = ui.live_handle(r["run"])
+        if h is not None and h.status == "running":
+            left.progress(h.progress, text=h.message)
+            if not h.cancelled and right.button("Cancel", key=f"runs_cancel_{r['run']}"):
+                h.cancel()
+
+
+st.fragment(run_every=2.0 if ui.any_running() else None)(_body)()
