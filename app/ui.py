@@ -853,9 +853,12 @@ def _draw(where, fk: FieldKind, label: str, help_: str, wkey: str):
                                             placeholder=placeholder), label)
 
 
+PRESETS_STATE = "_params_presets"  # form key -> the page preset its widgets started from
+
+
 def params_form(cls, *, key: str, fields: typing.Sequence[str] | None = None, skip: typing.Iterable[str] = (),
                 values: dict | None = None, choices: dict | None = None, labels: dict | None = None,
-                columns: int = 4, where=None):
+                columns: int = 4, where=None, preset: dict | None = None):
     """Widgets for the parameters of ``cls`` (a dataclass, normally an analysis' Params) and
     the instance they give.
 
@@ -866,7 +869,9 @@ def params_form(cls, *, key: str, fields: typing.Sequence[str] | None = None, sk
     a page never restates a default. ``fields``: the fields to show, in order (default: every
     simple one); ``skip``: fields not shown; ``values``: fields set by the page (not shown);
     ``choices``: field → options (or a callable) where the field's metadata gives none;
-    ``labels``: field → label (default: the field name). Widget keys are ``f"{key}_{field}"``.
+    ``labels``: field → label (default: the field name); ``preset``: field → the value its
+    widget starts at instead of the default (a page's quick setting; :func:`reference_button`
+    restores the defaults). Widget keys are ``f"{key}_{field}"``.
     Bad values (a Params' own checks, unparsable lists) are one ``st.error`` line.
     """
     where = st if where is None else where
@@ -896,6 +901,8 @@ def params_form(cls, *, key: str, fields: typing.Sequence[str] | None = None, sk
             default = _default(f)
             help_ = f.metadata.get("help", "")
             help_ = f"{help_} (default {_shown(default)})".strip()
+            if preset and name in preset:
+                default = preset[name]
             wkey = f"{key}_{name}"
             if name in ("layer", "head") and fk.kind == "int" and wkey not in st.session_state:
                 default = url_index(name, default)
@@ -909,9 +916,32 @@ def params_form(cls, *, key: str, fields: typing.Sequence[str] | None = None, sk
             if name in ("layer", "head") and fk.kind == "int":
                 set_url(name, shown[name])
         st.session_state.setdefault(FORMS_STATE, {})[key] = (cls, dict(shown))
+        st.session_state.setdefault(PRESETS_STATE, {})[key] = dict(preset or {})
         params = cls(**shown, **values)
     _estimate_caption(params, where)
     return params
+
+
+def _set_form(cls, key: str, fields, values: dict) -> None:
+    hints = typing.get_type_hints(cls)
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    for name in fields:
+        fk = field_kind(hints[name], by_name[name].metadata)
+        if fk is not None:
+            st.session_state[f"{key}_{name}"] = _widget_value(fk, values[name])
+
+
+def reference_button(cls, *, key: str, fields: typing.Sequence[str], model, label: str = "Reference defaults",
+                     where=None) -> None:
+    """A button that sets the form ``key``'s ``fields`` to the Params defaults (the paper's
+    setting), labelled with their estimated time on this machine."""
+    where = st if where is None else where
+    ref = cls()
+    seconds = estimate(ref, model)
+    text = label + (f" (≈ {fmt_seconds(seconds)} on this machine)" if seconds is not None else "")
+    where.button(text, key=f"{key}_reference", on_click=_set_form,
+                 args=(cls, key, tuple(fields), {n: getattr(ref, n) for n in fields}),
+                 help="sets the form to the analysis' reference defaults; press the run button to run them")
 
 
 def _estimate_caption(params, where) -> None:

@@ -33,7 +33,7 @@ def main(argv=None) -> dict:
         next_token(model, prompt, k=10)  # warm-up
         with PeakMemory(device="cuda" if args.device.startswith("cuda") else "cpu") as mem:
             next_token(model, prompt, k=10)
-        t = time_call(lambda: next_token(model, prompt, k=10), repeat=3, warmup=0)
+        t = time_call(lambda: next_token(model, prompt, k=10), repeat=1, warmup=0)
         rows[n] = {"tokens": int(len(prompt_ids(model, prompt, None))), "peak_extra_mb": round(mem.peak_extra_mb, 1),
                    "seconds": round(t.median, 3), "method": mem.method}
     short, long_ = rows[min(rows)], rows[max(rows)]
