@@ -107,7 +107,7 @@ def _runs() -> None:
     if not ui.recent_background_runs(1):
         st.caption("None yet.")
         return
-    ui.runs_list(10)
+    ui.runs_list(10, key="front_runs")
     st.page_link("pages/75_runs.py", label="All runs", icon=":material/list:")
 
 

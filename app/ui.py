@@ -636,21 +636,27 @@ def run_link(run: dict) -> str:
 
 
 def open_linked_run() -> None:
-    """``?run=<id>`` in the URL: set the page's form to the run's parameters (once per
-    session) and, for a finished run of an earlier process, keep its saved Result as the
-    page's result, so the page shows it as if it had just computed it."""
+    """``?run=<id>`` in the URL: :func:`open_run` (once per session)."""
     rid = st.query_params.get("run")
     if not rid or st.session_state.get("_opened_run") == rid:
         return
     st.session_state["_opened_run"] = rid
+    open_run(rid)
+
+
+def open_run(rid: str, quiet: bool = False) -> None:
+    """Set the run's page form to the run's parameters and, for a finished run of an earlier
+    process, keep its saved Result as the page's result, so the page shows it as if it had
+    just computed it (a run of this process is followed by :func:`stored`)."""
     meta = dashboard_runs().get(rid)
     if meta is None:
-        st.warning(f"No dashboard run {rid} in {runs_dir()}.")
+        if not quiet:
+            st.warning(f"No dashboard run {rid} in {runs_dir()}.")
         return
     for k, v in (meta.get("widgets") or {}).items():
         st.session_state[k] = v
     if live_handle(rid) is not None:
-        return  # stored() follows it
+        return
     from mechscope.sweeps.background import recent_runs
 
     run = next((r for r in recent_runs(runs_dir(), limit=10_000) if r["run"] == rid), None)
@@ -659,7 +665,7 @@ def open_linked_run() -> None:
 
         with guard():
             st.session_state[f"memo_{meta['slot']}"] = (tuple(meta["key"]), load_result(run["directory"]))
-    elif run is not None:
+    elif run is not None and not quiet:
         st.caption(f"Run {rid} is {run['status']}" + (f": {run['error']}" if run.get("error") else "."))
 
 
@@ -683,25 +689,49 @@ def _run_panel_body(run_id: str) -> None:
 _run_panel = st.fragment(run_every=1.0)(_run_panel_body)
 
 
-def _runs_list_body(limit: int) -> None:
+def run_entry(run: dict, label: str, where=None, key: str = "runs") -> None:
+    """A button that opens ``run`` in its page (its form set to the run's parameters:
+    :func:`open_run`), or a link to its saved result when no page is noted for it."""
+    where = st if where is None else where
+    page = next((p for p in discover_pages() if p.slug == run.get("page")), None)
+    if page is None:
+        where.markdown(f"[{md_escape(label)}]({run_link(run)})", help=run.get("error") or run["run"])
+        return
+    where.button(label, key=f"{key}_open_{run['run']}", type="tertiary", help=run.get("error") or run["run"],
+                 on_click=_request_open, args=(run["run"], f"pages/{page.path.name}"))
+    if st.session_state.get(OPEN_REQUEST):
+        st.rerun(scope="app")  # out of the fragment: the full run switches page (runs_list)
+
+
+OPEN_REQUEST = "_open_run_page"
+
+
+def _request_open(rid: str, page: str) -> None:
+    open_run(rid, quiet=True)
+    st.session_state[OPEN_REQUEST] = page
+
+
+def _runs_list_body(limit: int, key: str) -> None:
     import datetime
 
     runs = recent_background_runs(limit)
     for r in runs:
         when = datetime.datetime.fromtimestamp(r["submitted"] or 0).strftime("%m-%d %H:%M")
         extra = f" {100 * r.get('progress', 0):.0f}%" if r["status"] == "running" and "progress" in r else ""
-        st.markdown(f"{_ICONS.get(r['status'], '')} [{md_escape(r['kind'])}]({run_link(r)}) · {when} · "
-                    f"{r['status']}{extra}", help=r.get("error") or r["run"])
+        run_entry(r, f"{_ICONS.get(r['status'], '')} {r['kind']} · {when} · {r['status']}{extra}", key=key)
 
 
 _runs_list_live = st.fragment(run_every=2.0)(_runs_list_body)
 _runs_list_still = st.fragment(_runs_list_body)
 
 
-def runs_list(limit: int = 5) -> None:
+def runs_list(limit: int = 5, key: str = "runs") -> None:
     """The newest background runs with their status (refreshed while one of this process runs);
-    each links to its page."""
-    (_runs_list_live if any_running() else _runs_list_still)(limit)
+    each opens in its page."""
+    page = st.session_state.pop(OPEN_REQUEST, None)
+    if page:
+        st.switch_page(page)
+    (_runs_list_live if any_running() else _runs_list_still)(limit, key)
 
 
 def sidebar_runs(limit: int = 5) -> None:
@@ -712,7 +742,7 @@ def sidebar_runs(limit: int = 5) -> None:
         return
     with st.sidebar:
         st.subheader("Recent runs")
-        runs_list(limit)
+        runs_list(limit, key="sidebar_runs")
 
 
 # ---------------------------------------------------------------------------------------

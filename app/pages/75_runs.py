@@ -25,8 +25,8 @@ def _body() -> None:
     for r in runs:
         when = datetime.datetime.fromtimestamp(r["submitted"] or 0).strftime("%Y-%m-%d %H:%M:%S")
         left, right = st.columns([5, 1])
-        left.markdown(f"**[{ui.md_escape(r['kind'])}]({ui.run_link(r)})** · `{r['run']}` · {r['model']} · {when} · "
-                      f"{r['status']}" + (f" — {ui.md_escape(r['error'])}" if r.get("error") else ""))
+        ui.run_entry(r, f"{r['kind']} · {r['run']} · {r['model']} · {when} · {r['status']}"
+                        + (f" — {r['error']}" if r.get("error") else ""), where=left, key="runs_page")
         h = ui.live_handle(r["run"])
         if h is not None and h.status == "running":
             left.progress(h.progress, text=h.message)
@@ -34,4 +34,7 @@ def _body() -> None:
                 h.cancel()
 
 
+page = st.session_state.pop(ui.OPEN_REQUEST, None)
+if page:
+    st.switch_page(page)
 st.fragment(run_every=2.0 if ui.any_running() else None)(_body)()

@@ -54,8 +54,7 @@ def test_background_run_shows_its_result_in_its_page_and_reopens(smollm2, tmp_pa
     assert run["status"] == "done"
     shown = at.session_state["memo_isotropy"][1]
     assert type(shown).__name__ == "IsotropyResult" and shown.params.n_texts == 3
-    sidebar = " ".join(m.value for m in at.sidebar.markdown)
-    assert f"?run={run['run']}" in sidebar and "/isotropy" in sidebar
+    assert f"sidebar_runs_open_{run['run']}" in [b.key for b in at.sidebar.button]  # "Recent runs" lists it
 
     # a new session (a reload) opened by the link: the form takes the run's parameters and
     # the page shows the finished run's result without running anything
