@@ -14,6 +14,7 @@ from mechscope.app import ui
 TITLE = "Runs"
 
 st.title("Runs")
+ui.sidebar_model()
 st.caption(f"Folder: `{ui.runs_dir()}` (under `$MECHSCOPE_RESULTS` if set, else the user's cache).")
 
 
