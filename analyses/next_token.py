@@ -17,10 +17,12 @@ import torch
 
 from mechscope.probes import capture, hooknames
 from mechscope.probes.errors import InputError, check_range
+from mechscope.probes.forward import last_logits
+from mechscope.probes.interventions import applied
 from mechscope.probes.models import model_id
 from mechscope.probes.results import Params, Result, analysis
 from mechscope.probes.prompts import _prompt_field, normalise_prompt, prompt_ids  # noqa: F401
-from mechscope.probes.tokens import str_tokens
+from mechscope.probes.tokens import check_length, str_tokens
 
 @dataclass(frozen=True)
 class NextTokenParams(Params):
@@ -100,13 +102,16 @@ class NextTokenResult(Result):
 def next_token(model, params: NextTokenParams) -> NextTokenResult:
     """The ``k`` most probable next tokens after ``prompt`` (text or ids).
 
-    One forward pass through :func:`probes.capture.run` (so interventions are applied under
-    the model's lock); probabilities are the softmax of the last position's logits.
+    One forward pass under the model's lock with the interventions applied; only the last
+    position is unembedded (:func:`probes.forward.last_logits`), so memory does not grow with
+    the prompt by T × d_vocab logits. Probabilities are the softmax of those logits.
     """
     ids = prompt_ids(model, params.prompt, params.prepend_bos)
+    check_length(len(ids), model.cfg.n_ctx)
     k = min(params.k, model.cfg.d_vocab)
-    out = capture.run(model, [ids], return_logits=True, interventions=params.interventions)
-    logprobs = out.logits[0][-1].float().log_softmax(-1)
+    with applied(model, params.interventions), torch.no_grad():
+        last = last_logits(model, ids[None].to(model.cfg.device))[0]
+    logprobs = last.to("cpu").float().log_softmax(-1)
     top = torch.topk(logprobs, k)
     top_ids = top.indices.to(torch.long)
     probs = logprobs.exp()

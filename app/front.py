@@ -1,5 +1,5 @@
 """The dashboard's front page: what each family of analyses does and which paper it follows,
-the shipped model and SAEs, recent saved results, and a two-minute tour (one click per
+the shipped model and SAEs, recent saved results and background runs, and a two-minute tour (one click per
 family, landing on its page with a quick default). ``?result=<folder>`` opens a saved result.
 """
 
@@ -100,6 +100,17 @@ def _recent() -> None:
         st.markdown(f"- [{ui.md_escape(path.name)}](?result={path}) — {kind}, {when:%Y-%m-%d %H:%M}")
 
 
+def _runs() -> None:
+    st.subheader("Recent runs")
+    st.caption(f"Analyses estimated over {ui.BACKGROUND_AFTER_S:.0f} s run in the background, kept in `{ui.runs_dir()}`; "
+               "a link opens a run in its page (progress while it runs, its result when done).")
+    if not ui.recent_background_runs(1):
+        st.caption("None yet.")
+        return
+    ui.runs_list(10, key="front_runs")
+    st.page_link("pages/75_runs.py", label="All runs", icon=":material/list:")
+
+
 def render() -> None:
     if ui.open_saved_result():
         return
@@ -122,3 +133,4 @@ def render() -> None:
         _shipped()
     with right:
         _recent()
+        _runs()

@@ -141,6 +141,8 @@ def sidebar_model():
         st.sidebar.caption(f"{spec.description}  \nSource: {spec.source}  \nLicence: {spec.licence}  \n"
                            f"{cfg.n_layers} layers × {cfg.n_heads} heads ({kv} KV heads), d_mlp {cfg.d_mlp}  \n"
                            f"n_ctx {spec.n_ctx}; BOS by default: {'yes' if spec.prepend_bos else 'no'}")
+        sidebar_runs()
+        open_linked_run()
         return loaded
     st.stop()
 
@@ -339,9 +341,31 @@ def memo_key(slot: str, params, model=None) -> tuple:
 
 
 def stored(slot: str, params, model=None):
-    """The result kept for ``slot`` if it was computed with these parameters, else None."""
+    """The result kept for ``slot`` if it was computed with these parameters, else None.
+
+    A background run of the same parameters (:func:`run_analysis`) counts too: while it runs,
+    its progress bar and Cancel button are drawn here; once done, its saved Result is
+    returned (and kept) exactly as a foreground one."""
     memo = st.session_state.get(f"memo_{slot}")
-    return memo[1] if memo is not None and memo[0] == memo_key(slot, params, model) else None
+    key = memo_key(slot, params, model)
+    if memo is not None and memo[0] == key:
+        return memo[1]
+    handle = _live_run(key)
+    if handle is None:
+        return None
+    if handle.status == "running":
+        _run_panel(handle.run_id)
+        return None
+    if handle.status == "done":
+        with guard():
+            result = handle.result()
+            st.session_state[f"memo_{slot}"] = (key, result)
+            return result
+    if handle.status == "failed":
+        st.error(f"Background run {handle.run_id} failed: {handle.error}")
+    else:
+        st.caption(f"Background run {handle.run_id} was {handle.status}; press the button to run it again.")
+    return None
 
 
 def _session_tag() -> str:
@@ -412,20 +436,313 @@ def model_turn(model, what: str):
         yield
 
 
-def run_analysis(slot: str, fn, model, params, label: str = "Forward passes", **runtime):
+def _background_after() -> float:
+    import os
+
+    try:
+        return float(os.environ.get("MECHSCOPE_BACKGROUND_AFTER_S", 20.0))
+    except ValueError:
+        return 20.0
+
+
+BACKGROUND_AFTER_S = _background_after()  # runs estimated longer than this (seconds; env override) go to the background
+
+
+def run_analysis(slot: str, fn, model, params, label: str = "Forward passes", *, background: bool | None = None,
+                 **runtime):
     """Run ``fn(model, params, progress=...)`` once per distinct parameters and keep the
-    Result in the session (errors shown as one ``st.error`` line; returns None then). The
+    Result in the session (errors shown as one ``st.error`` line; returns None then).
+
+    A run estimated (:func:`estimate`) over :data:`BACKGROUND_AFTER_S` seconds — or any run
+    with ``background=True`` — goes to a background job (:mod:`mechscope.sweeps.background`,
+    saved in :func:`runs_dir`): the page reruns at once and :func:`stored` shows its
+    progress, a Cancel button and, when done, its Result; returns None then. A foreground
     run waits its turn for the model (:func:`model_turn`), saying behind whom."""
     hit = stored(slot, params, model)
     if hit is not None:
         result_box(hit, slot)
         return hit
+    if background is None:
+        seconds = estimate(params, model)
+        background = not runtime and seconds is not None and seconds > BACKGROUND_AFTER_S
+    if background:
+        with guard():
+            submit_background(slot, params, model)
+        st.rerun()
     with guard(), model_turn(model, f"{type(params).__name__.removesuffix('Params') or slot}"):
         result = fn(model, params, progress=st_progress(label), **runtime)
         st.session_state[f"memo_{slot}"] = (memo_key(slot, params, model), result)
         result_box(result, slot)
         return result
     return None
+
+
+# ---------------------------------------------------------------------------------------
+# Background runs: submitted from pages, listed in the sidebar, reopened by a link
+
+
+DASHBOARD_INDEX = "dashboard.jsonl"  # run id -> page, slot, form widgets (beside the runs' own index)
+
+
+def runs_dir() -> Path:
+    """The background runs' folder: ``$MECHSCOPE_RESULTS/runs`` if that is set, else
+    ``mechscope/runs`` in the user's cache (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+    import os
+
+    if os.environ.get("MECHSCOPE_RESULTS"):
+        return Path(os.environ["MECHSCOPE_RESULTS"]).expanduser() / "runs"
+    cache = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(cache).expanduser() / "mechscope" / "runs"
+
+
+@st.cache_resource(show_spinner=False)
+def _live_runs() -> dict:
+    """Background runs started by this process: run id -> (memo key, RunHandle)."""
+    return {}
+
+
+def _live_run(key: tuple):
+    """The newest background run of this process for memo key ``key``, else None."""
+    found = [h for k, h in _live_runs().values() if k == key]
+    return max(found, key=lambda h: h.run_id) if found else None
+
+
+def any_running() -> bool:
+    """Whether a background run of this process is running."""
+    return any(h.status == "running" for _, h in _live_runs().values())
+
+
+def live_handle(run_id: str):
+    entry = _live_runs().get(run_id)
+    return entry[1] if entry is not None else None
+
+
+def estimate(params, model) -> float | None:
+    """Seconds ``params`` should take on ``model`` here (:func:`analyses.catalog.estimate_seconds`),
+    None when its analysis has no cost formula."""
+    from mechscope.analyses.catalog import estimate_seconds
+
+    try:
+        return estimate_seconds(params, model)
+    except MechscopeError:
+        return None
+
+
+def fmt_seconds(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def estimate_line(params, model) -> str | None:
+    """"≈ N on this machine (tokens, model calls)[; runs in the background]" or None."""
+    from mechscope.analyses.catalog import cost_of
+
+    seconds = estimate(params, model)
+    if seconds is None:
+        return None
+    tokens, passes = cost_of(params)
+    where = "; runs in the background" if seconds > BACKGROUND_AFTER_S else ""
+    return f"≈ {fmt_seconds(seconds)} on this machine ({tokens:,} tokens, {passes:,} model calls){where}"
+
+
+def _form_widgets(params) -> dict:
+    """The widget values of the form that drew ``params`` (to reopen the run in its page)."""
+    import json
+
+    for fkey, (cls, shown) in (st.session_state.get(FORMS_STATE) or {}).items():
+        if cls is type(params) and all(getattr(params, n, object()) == v for n, v in shown.items()):
+            out = {}
+            for n in shown:
+                v = st.session_state.get(f"{fkey}_{n}")
+                try:
+                    json.dumps(v)
+                except (TypeError, ValueError):
+                    continue
+                out[f"{fkey}_{n}"] = v
+            return out
+    return {}
+
+
+def _current_page() -> PageInfo | None:
+    """The page whose script is running (the innermost page file on the call stack)."""
+    import inspect
+
+    pages = {p.path: p for p in discover_pages()}
+    for frame in inspect.stack(context=0):
+        page = pages.get(Path(frame.filename).resolve())
+        if page is not None:
+            return page
+    return None
+
+
+def submit_background(slot: str, params, model):
+    """Start ``params``' analysis as a background run (:func:`sweeps.background.submit`) on
+    the loaded model; note its page, slot and form widgets so a link reopens it there."""
+    import json
+
+    from mechscope.probes.models import model_id
+    from mechscope.sweeps.background import submit
+
+    key = memo_key(slot, params, model)
+    handle = submit(params.kind, params, model_name=current_model_name(), out_dir=runs_dir(), model=model)
+    _live_runs()[handle.run_id] = (key, handle)
+    page = _current_page()
+    meta = {"run": handle.run_id, "slot": slot, "key": list(key), "model": model_id(model),
+            "page": page.slug if page else None, "widgets": _form_widgets(params)}
+    with open(runs_dir() / DASHBOARD_INDEX, "a", encoding="utf-8") as f:
+        f.write(json.dumps(meta, default=str) + "\n")
+    return handle
+
+
+def dashboard_runs() -> dict:
+    """run id -> what the dashboard noted when it submitted the run."""
+    import json
+
+    path = runs_dir() / DASHBOARD_INDEX
+    out = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                e = json.loads(line)
+                out[e["run"]] = e
+            except (ValueError, KeyError, TypeError):
+                continue
+    return out
+
+
+def recent_background_runs(limit: int = 20) -> list[dict]:
+    """The runs in :func:`runs_dir` (newest first), with live progress for this process' own
+    and the page each opens in."""
+    from mechscope.sweeps.background import recent_runs
+
+    runs = recent_runs(runs_dir(), limit=limit)
+    meta = dashboard_runs()
+    for r in runs:
+        h = live_handle(r["run"])
+        if h is not None:
+            r.update(status=h.status, progress=h.progress, message=h.message)
+        r["page"] = (meta.get(r["run"]) or {}).get("page")
+    return runs
+
+
+def run_link(run: dict) -> str:
+    """A link that opens a run in its page (``/<page>?run=<id>``), else its saved result."""
+    if run.get("page"):
+        return f"/{run['page']}?run={run['run']}"
+    return f"/?result={run['directory']}"
+
+
+def open_linked_run() -> None:
+    """``?run=<id>`` in the URL: :func:`open_run` (once per session)."""
+    rid = st.query_params.get("run")
+    if not rid or st.session_state.get("_opened_run") == rid:
+        return
+    st.session_state["_opened_run"] = rid
+    open_run(rid)
+
+
+def open_run(rid: str, quiet: bool = False) -> None:
+    """Set the run's page form to the run's parameters and, for a finished run of an earlier
+    process, keep its saved Result as the page's result, so the page shows it as if it had
+    just computed it (a run of this process is followed by :func:`stored`)."""
+    meta = dashboard_runs().get(rid)
+    if meta is None:
+        if not quiet:
+            st.warning(f"No dashboard run {rid} in {runs_dir()}.")
+        return
+    for k, v in (meta.get("widgets") or {}).items():
+        st.session_state[k] = v
+    if live_handle(rid) is not None:
+        return
+    from mechscope.sweeps.background import recent_runs
+
+    run = next((r for r in recent_runs(runs_dir(), limit=10_000) if r["run"] == rid), None)
+    if run is not None and run["status"] == "done":
+        from mechscope.analyses.catalog import load_result
+
+        with guard():
+            st.session_state[f"memo_{meta['slot']}"] = (tuple(meta["key"]), load_result(run["directory"]))
+    elif run is not None and not quiet:
+        st.caption(f"Run {rid} is {run['status']}" + (f": {run['error']}" if run.get("error") else "."))
+
+
+_ICONS = {"running": "⏳", "done": "✅", "failed": "❌", "cancelled": "⏹", "interrupted": "⚠️"}
+
+
+def _run_panel_body(run_id: str) -> None:
+    h = live_handle(run_id)
+    if h is None:
+        return
+    if h.done():
+        st.rerun()  # the whole page: it now shows the result
+    st.progress(h.progress, text=f"Background run `{run_id}` ({h.kind}): {h.message}")
+    if h.cancelled:
+        st.caption("Cancelling: the run stops at its next progress report.")
+    elif st.button("Cancel", key=f"bg_cancel_{run_id}", icon=":material/cancel:"):
+        h.cancel()
+        st.caption("Cancelling: the run stops at its next progress report.")
+
+
+_run_panel = st.fragment(run_every=1.0)(_run_panel_body)
+
+
+def run_entry(run: dict, label: str, where=None, key: str = "runs") -> None:
+    """A button that opens ``run`` in its page (its form set to the run's parameters:
+    :func:`open_run`), or a link to its saved result when no page is noted for it."""
+    where = st if where is None else where
+    page = next((p for p in discover_pages() if p.slug == run.get("page")), None)
+    if page is None:
+        where.markdown(f"[{md_escape(label)}]({run_link(run)})", help=run.get("error") or run["run"])
+        return
+    where.button(label, key=f"{key}_open_{run['run']}", type="tertiary", help=run.get("error") or run["run"],
+                 on_click=_request_open, args=(run["run"], f"pages/{page.path.name}"))
+    if st.session_state.get(OPEN_REQUEST):
+        st.rerun(scope="app")  # out of the fragment: the full run switches page (runs_list)
+
+
+OPEN_REQUEST = "_open_run_page"
+
+
+def _request_open(rid: str, page: str) -> None:
+    open_run(rid, quiet=True)
+    st.session_state[OPEN_REQUEST] = page
+
+
+def _runs_list_body(limit: int, key: str) -> None:
+    import datetime
+
+    runs = recent_background_runs(limit)
+    for r in runs:
+        when = datetime.datetime.fromtimestamp(r["submitted"] or 0).strftime("%m-%d %H:%M")
+        extra = f" {100 * r.get('progress', 0):.0f}%" if r["status"] == "running" and "progress" in r else ""
+        run_entry(r, f"{_ICONS.get(r['status'], '')} {r['kind']} · {when} · {r['status']}{extra}", key=key)
+
+
+_runs_list_live = st.fragment(run_every=2.0)(_runs_list_body)
+_runs_list_still = st.fragment(_runs_list_body)
+
+
+def runs_list(limit: int = 5, key: str = "runs") -> None:
+    """The newest background runs with their status (refreshed while one of this process runs);
+    each opens in its page."""
+    page = st.session_state.pop(OPEN_REQUEST, None)
+    if page:
+        st.switch_page(page)
+    (_runs_list_live if any_running() else _runs_list_still)(limit, key)
+
+
+def sidebar_runs(limit: int = 5) -> None:
+    """"Recent runs" in the sidebar (nothing when there are none)."""
+    from mechscope.sweeps.background import recent_runs
+
+    if not recent_runs(runs_dir(), limit=1):
+        return
+    with st.sidebar:
+        st.subheader("Recent runs")
+        runs_list(limit, key="sidebar_runs")
 
 
 # ---------------------------------------------------------------------------------------
@@ -566,9 +883,12 @@ def _draw(where, fk: FieldKind, label: str, help_: str, wkey: str):
                                             placeholder=placeholder), label)
 
 
+PRESETS_STATE = "_params_presets"  # form key -> the page preset its widgets started from
+
+
 def params_form(cls, *, key: str, fields: typing.Sequence[str] | None = None, skip: typing.Iterable[str] = (),
                 values: dict | None = None, choices: dict | None = None, labels: dict | None = None,
-                columns: int = 4, where=None):
+                columns: int = 4, where=None, preset: dict | None = None):
     """Widgets for the parameters of ``cls`` (a dataclass, normally an analysis' Params) and
     the instance they give.
 
@@ -579,7 +899,9 @@ def params_form(cls, *, key: str, fields: typing.Sequence[str] | None = None, sk
     a page never restates a default. ``fields``: the fields to show, in order (default: every
     simple one); ``skip``: fields not shown; ``values``: fields set by the page (not shown);
     ``choices``: field → options (or a callable) where the field's metadata gives none;
-    ``labels``: field → label (default: the field name). Widget keys are ``f"{key}_{field}"``.
+    ``labels``: field → label (default: the field name); ``preset``: field → the value its
+    widget starts at instead of the default (a page's quick setting; :func:`reference_button`
+    restores the defaults). Widget keys are ``f"{key}_{field}"``.
     Bad values (a Params' own checks, unparsable lists) are one ``st.error`` line.
     """
     where = st if where is None else where
@@ -609,6 +931,8 @@ def params_form(cls, *, key: str, fields: typing.Sequence[str] | None = None, sk
             default = _default(f)
             help_ = f.metadata.get("help", "")
             help_ = f"{help_} (default {_shown(default)})".strip()
+            if preset and name in preset:
+                default = preset[name]
             wkey = f"{key}_{name}"
             if name in ("layer", "head") and fk.kind == "int" and wkey not in st.session_state:
                 default = url_index(name, default)
@@ -622,7 +946,48 @@ def params_form(cls, *, key: str, fields: typing.Sequence[str] | None = None, sk
             if name in ("layer", "head") and fk.kind == "int":
                 set_url(name, shown[name])
         st.session_state.setdefault(FORMS_STATE, {})[key] = (cls, dict(shown))
-        return cls(**shown, **values)
+        st.session_state.setdefault(PRESETS_STATE, {})[key] = dict(preset or {})
+        params = cls(**shown, **values)
+    _estimate_caption(params, where)
+    return params
+
+
+def _set_form(cls, key: str, fields, values: dict) -> None:
+    hints = typing.get_type_hints(cls)
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    for name in fields:
+        fk = field_kind(hints[name], by_name[name].metadata)
+        if fk is not None:
+            st.session_state[f"{key}_{name}"] = _widget_value(fk, values[name])
+
+
+def reference_button(cls, *, key: str, fields: typing.Sequence[str], model, label: str = "Reference defaults",
+                     where=None) -> None:
+    """A button that sets the form ``key``'s ``fields`` to the Params defaults (the paper's
+    setting), labelled with their estimated time on this machine."""
+    where = st if where is None else where
+    ref = cls()
+    seconds = estimate(ref, model)
+    text = label + (f" (≈ {fmt_seconds(seconds)} on this machine)" if seconds is not None else "")
+    where.button(text, key=f"{key}_reference", on_click=_set_form,
+                 args=(cls, key, tuple(fields), {n: getattr(ref, n) for n in fields}),
+                 help="sets the form to the analysis' reference defaults; press the run button to run them")
+
+
+def _estimate_caption(params, where) -> None:
+    """Under a form whose analysis has a cost formula: its estimated time here."""
+    from mechscope.analyses.catalog import COSTS, import_all
+
+    import_all()
+    if getattr(params, "kind", None) not in COSTS:
+        return
+    try:
+        model = _cached_model(current_model_name()).model
+    except Exception:  # no model loaded (the page stops elsewhere)
+        return
+    line = estimate_line(params, model)
+    if line:
+        where.caption(line)
 
 
 def _grid(where, n: int, columns: int) -> list:

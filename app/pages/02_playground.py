@@ -10,7 +10,17 @@ import streamlit as st
 
 from mechscope.analyses.playground import PlaygroundParams, compare_generations
 from mechscope.app import ui, widgets
-from mechscope.app.widgets.handoff import PRESET_CLAMP, PRESET_HEAD_MASK, PRESET_KV_POLICY, PRESET_STRATEGY, SENT
+from mechscope.app.widgets.handoff import (
+    PRESET_CLAMP,
+    PRESET_HEAD_MASK,
+    PRESET_KV_POLICY,
+    PRESET_STRATEGY,
+    PRESET_WHITENING,
+    SENT,
+    WHITENING_KEYS,
+    WHITENING_ON,
+    apply_preset,
+)
 from mechscope.probes.errors import MechscopeError
 
 DEFAULTS = PlaygroundParams()
@@ -26,9 +36,12 @@ if not st.session_state.get("_pg_link_taken"):
     if (linked_ivs or linked_strategy) and SENT not in st.session_state:
         st.session_state[SENT] = {"interventions": list(linked_ivs or []), "strategy": linked_strategy,
                                   "note": "from the link"}
-incoming = (any(k in st.session_state for k in (PRESET_CLAMP, PRESET_HEAD_MASK, PRESET_KV_POLICY, PRESET_STRATEGY))
+incoming = (any(k in st.session_state for k in (PRESET_CLAMP, PRESET_HEAD_MASK, PRESET_KV_POLICY, PRESET_STRATEGY,
+                                                 PRESET_WHITENING))
             or (st.session_state.get(SENT) is not None and st.session_state.get(SENT) is not st.session_state.get("_pg_seen_sent")))
 st.session_state["_pg_seen_sent"] = st.session_state.get(SENT)
+
+apply_preset(PRESET_WHITENING, WHITENING_KEYS, WHITENING_ON)  # before the whitening control is drawn
 
 st.sidebar.subheader("Generation")
 if "pg_max_new" not in st.session_state:  # a default other pages (and tests) may preset
@@ -108,6 +121,12 @@ for which, text, toks, col in (("baseline", result.baseline_text, result.baselin
         col.info(f"No visible text: the {which} run emitted {len(toks)} token(s) {list(toks)[:8]!r} — e.g. the "
                  "end-of-text token at once, which stops generation (an intervention that pushes the model off its "
                  "distribution often does this; try a lower strength or value).")
+        whitenings = [iv for iv in interventions if type(iv).__name__ == "Whitening"]
+        if which == "intervened" and whitenings:
+            col.info("A whitening maps the residual stream to equal variance in every direction; at full strength at "
+                     "a late depth this flattens the few directions the unembedding reads, so the model's next-token "
+                     "distribution collapses (here to whitespace). Lower **Strength** in the whitening control (on "
+                     "SmolLM2 at the last depth, 0.5 already gives text) or fit the whitening at an earlier depth.")
 
 st.subheader("Per-token probability change on the baseline continuation")
 d = result.delta_p

@@ -26,8 +26,13 @@ NIAH = ("lengths", "depths", "needles", "prompt_format", "max_new_tokens")  # th
 st.title("Retrieval heads")
 model, spec = ui.sidebar_model()
 
+# The page starts on a quick grid (one needle, one length, three depths: about a minute on a
+# 2-core CPU); the reference grid (RetrievalParams' defaults) is one click away.
+QUICK = {"lengths": (500,), "depths": (0.0, 0.5, 1.0), "needles": (0,), "proxy_seqs": 0}
+
 st.header("Detection (needle in a haystack)")
-rp = ui.params_form(RetrievalParams, key="rh", fields=NIAH + ("threshold", "proxy_seqs"),
+ui.reference_button(RetrievalParams, key="rh", fields=NIAH + ("proxy_seqs",), model=model, label="Reference grid")
+rp = ui.params_form(RetrievalParams, key="rh", fields=NIAH + ("threshold", "proxy_seqs"), preset=QUICK,
                     labels={"lengths": "Context lengths (tokens)", "depths": "Depths in [0, 1]",
                             "needles": "Needles (empty: all)", "prompt_format": "Prompt format",
                             "max_new_tokens": "Max new tokens", "threshold": "Retrieval-head threshold",

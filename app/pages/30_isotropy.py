@@ -22,10 +22,9 @@ from mechscope.analyses.isotropy import (
     whitening_effect,
 )
 from mechscope.app import ui
-from mechscope.app.widgets import send_to_playground
+from mechscope.app.widgets.handoff import send_whitening
 from mechscope.probes.datasets import text_sets
 from mechscope.probes.whitening import METHODS as WHITENINGS
-from mechscope.probes.whitening import Whitening
 
 st.title("Isotropy")
 model, spec = ui.sidebar_model()
@@ -99,9 +98,9 @@ if wres is not None:
         code, send = st.columns([4, 1])
         code.code(f"{m}: {a['path']}  sha256 {a['sha256']}")
         if send.button("Send to the Playground", key=f"wh_send_{m}",
-                       help="applied there as an intervention on the residual stream at this site"):
-            send_to_playground([Whitening(a["path"], a["sha256"])],
-                               note=f"{m} whitening at {wres.site} (from the Isotropy page)")
+                       help="switches on the Playground's whitening control with this file (its Strength slider "
+                            "beside it; full strength at a late depth often collapses the continuation)"):
+            send_whitening(a["path"], 1.0)
             st.switch_page("pages/02_playground.py")
     if not wres.artefacts:
         st.caption("Give a folder to save the fitted whitenings in: each saved one can be sent to the Playground.")

@@ -10,7 +10,11 @@ One-shot presets (each consumed once; it switches its control on):
 * ``st.session_state[PRESET_HEAD_MASK] = (layer, head, mode)`` — head mask (``"uniform"`` or
   ``"zero"``);
 * ``st.session_state[PRESET_KV_POLICY] = key`` — a registered KV-policy widget key;
-* ``st.session_state[PRESET_STRATEGY] = key`` — a registered strategy widget key.
+* ``st.session_state[PRESET_STRATEGY] = key`` — a registered strategy widget key;
+* ``st.session_state[PRESET_WHITENING] = (path, strength)`` — a saved whitening, into the
+  Playground's whitening control (its Strength slider beside it: a whitening of the last
+  residual depth at full strength flattens the directions the unembedding reads, and the
+  continuation often collapses to one repeated token such as a newline).
 """
 
 from __future__ import annotations
@@ -24,6 +28,15 @@ PRESET_STRATEGY = "playground_strategy"
 PRESET_CLAMP = "playground_clamp"
 PRESET_HEAD_MASK = "playground_head_mask"
 PRESET_KV_POLICY = "playground_kv_policy"
+PRESET_WHITENING = "playground_whitening"
+WHITENING_KEYS = ("pg_wh_path", "pg_wh_strength")  # the Playground whitening control's widgets
+WHITENING_ON = "pg_wh_on"
+
+
+def send_whitening(path: str, strength: float = 1.0) -> None:
+    """Hand a saved whitening (its file; the digest is read from ``path.sha256`` there) to the
+    Playground's whitening control, switched on, with ``strength``."""
+    st.session_state[PRESET_WHITENING] = (str(path), float(strength))
 
 
 def send_to_playground(interventions=(), strategy=None, note: str = "") -> None:

@@ -32,24 +32,34 @@ def test_isotropy_page_computes(smollm2, tmp_path):
     at.text_input(key="wh_save_dir").set_value(str(tmp_path))
     at.button(key="wh_run").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    # the saved whitening goes to the Playground as data: its path and the file's sha256
+    # the saved whitening lands in the Playground's whitening control (switched on, its file,
+    # the Strength slider beside it) and generates with it
     at.session_state["pg_max_new"] = 4
     at.button(key="wh_send_zca").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert at.title[0].value == "Playground"  # the hand-off lands there and generates with it
+    assert at.title[0].value == "Playground"
     assert not at.error, [e.value for e in at.error]
-    texts = [m.value for m in at.markdown if m.value.startswith("**")]
-    assert len(texts) == 2
-    if texts[1].endswith("**"):  # nothing visible came out: the page says why, never a blank
-        assert any("No visible text: the intervened run" in i.value for i in at.info)
-    from mechscope.app.widgets import SENT
-    from mechscope.probes.interventions import from_dict
+    path = tmp_path / "whitening-zca-depth30.safetensors"
+    assert at.toggle(key="pg_wh_on").value is True
+    assert Path(at.text_input(key="pg_wh_path").value) == path
+    assert at.slider(key="pg_wh_strength").value == 1.0
+    result = at.session_state["pg_memo"][1]
+    (iv,) = result.params.interventions
     from mechscope.probes.checksums import sha256_file
 
-    (sent,) = at.session_state[SENT]["interventions"]
-    iv = from_dict(sent)
-    path = tmp_path / "whitening-zca-depth30.safetensors"
     assert type(iv).__name__ == "Whitening" and Path(iv.path) == path and iv.sha256 == sha256_file(path)
+    texts = [m.value for m in at.markdown if m.value.startswith("**")]
+    assert len(texts) == 2
+    if not result.intervened_text.strip():  # nothing visible came out: the page says why and what to change
+        info = " ".join(i.value for i in at.info)
+        assert "No visible text: the intervened run" in info and "Strength" in info and "whitening" in info
+    # a lower strength (the slider beside it) changes the generation
+    at.switch_page("pages/02_playground.py").run()  # AppTest keeps the page a script switched to for one run only
+    at.slider(key="pg_wh_strength").set_value(0.1).run()
+    at.button(key="pg_generate").click().run()
+    assert not at.exception and not at.error
+    (iv,) = at.session_state["pg_memo"][1].params.interventions
+    assert iv.strength == 0.1
     at.switch_page("pages/30_isotropy.py").run()
     at.multiselect(key="wh_methods").set_value([]).run()  # bad input: one clear line
     assert at.error and "at least one whitening" in at.error[0].value

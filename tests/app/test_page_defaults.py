@@ -1,4 +1,5 @@
-"""Every page's forms start at their Params' defaults: a default lives only in the Params.
+"""Every page's forms start at their Params' defaults: a default lives only in the Params
+(or in a page's documented quick preset, :data:`PAGE_PRESETS`, with the reference one click away).
 
 Each page is rendered untouched (the Playground also with every decoding strategy and KV
 policy chosen in turn); every form ``ui.params_form`` drew records the values its widgets
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mechscope.app.ui import FORMS_STATE, discover_pages
+from mechscope.app.ui import FORMS_STATE, PRESETS_STATE, discover_pages
 
 APP = Path(__file__).resolve().parents[2] / "app"
 
@@ -24,7 +25,20 @@ FORMS = {  # the forms each page draws before anything is computed
     "saes": {"sae_feat", "sae_abs", "sae_geo"},
     "circuits": {"ci"},
     "sweeps": set(),
+    "runs": set(),
 }
+
+
+def _page_presets() -> dict:
+    """The quick settings pages start on instead of a Params default (documented in the page)."""
+    import ast
+
+    tree = ast.parse((APP / "pages" / "11_retrieval_heads.py").read_text())
+    quick = next(n.value for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "QUICK")
+    return {"rh": ast.literal_eval(quick)}
+
+
+PAGE_PRESETS = _page_presets()
 
 
 def _defaults(cls) -> dict:
@@ -71,8 +85,10 @@ def test_page_forms_start_at_the_params_defaults(smollm2, page):
             assert not at.exception, [e.value for e in at.exception]
     forms = _forms(at)
     assert set(forms) == FORMS[page.slug]
+    presets = dict(at.session_state[PRESETS_STATE]) if forms else {}
     for key, (cls, shown) in forms.items():
-        defaults = _defaults(cls)
+        defaults = {**_defaults(cls), **PAGE_PRESETS.get(key, {})}
+        assert presets.get(key, {}) == PAGE_PRESETS.get(key, {}), key  # only the documented presets
         assert shown, key
         for name, value in shown.items():
             assert value == defaults[name], f"{page.slug}: form {key!r}, {cls.__name__}.{name} = {value!r}, " \

@@ -111,3 +111,63 @@ def test_saved_results_rerun_to_equal_tables(tiny, tmp_path):
         pd.testing.assert_frame_equal(again.to_frame(), r.to_frame())
     assert back.params.layer == 1 and back.params.head == 2
 
+
+
+def _peak_rss_growth(fn) -> int:
+    """Peak resident-memory growth (bytes) while ``fn`` runs, sampled every millisecond."""
+    import os
+    import threading
+    import time
+
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    base, peak, stop = rss(), [0], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.001)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        fn()
+        peak[0] = max(peak[0], rss())
+    finally:
+        stop.set()
+        t.join()
+    return peak[0] - base
+
+
+def test_only_the_last_position_is_unembedded():
+    """The unembedding sees one position (not T), and a long prompt's peak memory does not
+    grow by T × d_vocab logits: with a 50k vocabulary, 2,000 positions of float32 logits are
+    400 MB; the growth stays under a quarter of that (what remains is the attention scores
+    and activations of one forward pass)."""
+    import gc
+
+    from tests.tiny import tiny_model
+
+    model = tiny_model(n_heads=1, d_head=32, d_vocab=50_000, n_ctx=2048)
+    seen, plain = [], model.unembed.forward
+
+    def spy(x):  # an instance attribute, not a module hook (a hook would force the full unembedding)
+        seen.append(tuple(x.shape))
+        return plain(x)
+
+    model.unembed.forward = spy
+    try:
+        r = next_token(model, list(range(1, 2001)), k=3)
+    finally:
+        del model.unembed.forward
+    assert seen == [(1, 1, model.cfg.d_model)]
+    with torch.no_grad():
+        ref = model(torch.arange(1, 2001)[None])[0, -1].log_softmax(-1)
+    np.testing.assert_allclose(r.top_logprobs, torch.topk(ref, 3).values.numpy(), atol=1e-4)
+    gc.collect()
+    long_ = _peak_rss_growth(lambda: next_token(model, list(range(1, 2001)), k=3))
+    assert long_ < 2000 * 50_000 * 4 / 4, long_
