@@ -29,7 +29,7 @@ FAMILIES = (
     Family("02_playground.py", "Playground",
            "Baseline and intervened generations side by side (head masks, neuron clamps, SAE steering, "
            "KV-cache policies, decoding strategies) with each token's probability change.",
-           "Head masking and decoding as in the retrieval-head, DeCoRe and contrastive-search papers (Wu et al. 2024; Gema et al. 2024; Su et al. 2022)",
+           "Head masking and decoding as in the retrieval-head, DeCoRe, contrastive-search, CAD, contrastive-decoding and DoLa papers (Wu et al. 2024; Gema et al. 2024; Su et al. 2022; Shi et al. 2023; Li et al. 2022; Chuang et al. 2023)",
            "generates 8 tokens with no intervention; switch on a head mask", (("pg_max_new", 8),)),
     Family("10_attention_sinks.py", "Attention sinks",
            "Sink metric by layer × head, hidden sinks, streaming perplexity and ACT calibration.",
@@ -58,10 +58,19 @@ FAMILIES = (
            "TopK SAEs (SAE-Lens); Chanin et al. 2024 (absorption); Li et al. 2024 (geometry)",
            "opens the eval table of the shipped SAEs"),
     Family("60_circuits.py", "Circuits",
-           "Activation patching, attribution patching, EAP-IG and discrete-SAE circuits compared by ROC-AUC.",
-           "Hanna et al. 2024 (EAP-IG); attribution patching; O'Neill & Bui 2024 (discrete SAEs)",
+           "Activation patching, attribution patching, EAP-IG and discrete-SAE circuits compared by ROC-AUC; "
+           "edge-level circuits scored by faithfulness curves (CPR / CMD) with intervals, MIB circuit files.",
+           "Hanna et al. 2024 (EAP-IG); attribution patching; O'Neill & Bui 2024 (discrete SAEs); Mueller et al. 2025 (MIB)",
            "press the comparison button with the default task"),
+    Family("70_sweeps.py", "Sweeps",
+           "Grids of analyses × parameters × models × text shards from a TOML spec, resumable, on one process or "
+           "Ray; one table across jobs with comparison figures.",
+           "the analyses' own protocols; runs keyed by content so only missing jobs run",
+           "open a sweep folder written by `mechscope sweep run`"),
 )
+
+# pages that are not an analysis family: the list of background runs
+UTILITY_PAGES = ("75_runs.py",)
 
 
 def _go(family: Family) -> None:

@@ -35,7 +35,7 @@ def _saved_result(folder: Path) -> Path:
 def test_front_page_has_one_tour_click_per_family_and_lists_saved_results(tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from mechscope.app.front import FAMILIES
+    from mechscope.app.front import FAMILIES, UTILITY_PAGES
     from mechscope.app.ui import discover_pages
 
     monkeypatch.setenv("MECHSCOPE_RESULTS", str(tmp_path))
@@ -43,7 +43,7 @@ def test_front_page_has_one_tour_click_per_family_and_lists_saved_results(tmp_pa
     at = AppTest.from_file(str(APP / "Home.py"), default_timeout=60).run()
     _ok(at)
     assert at.title[0].value == "mechscope"
-    assert sorted(f.page for f in FAMILIES) == sorted(p.path.name for p in discover_pages())
+    assert sorted(f.page for f in FAMILIES) == sorted(p.path.name for p in discover_pages() if p.path.name not in UTILITY_PAGES)
     tour = {b.key for b in at.button if b.key and b.key.startswith("tour_")}
     assert tour == {f"tour_{f.page}" for f in FAMILIES}
     text = "\n".join(m.value for m in at.markdown)

@@ -16,7 +16,7 @@ APP = Path(__file__).resolve().parents[2] / "app"
 
 FORMS = {  # the forms each page draws before anything is computed
     "next_token": set(),
-    "playground": {"pg_sample", "pg_cs", "pg_decore", "pg_sw", "pg_wo", "pg_rz"},
+    "playground": {"pg_sample", "pg_cs", "pg_decore", "pg_cd", "pg_dola", "pg_sw", "pg_wo", "pg_rz"},
     "attention_sinks": {"sk", "sp", "act"},
     "retrieval_heads": {"rh", "duo"},
     "logit_lens": {"ll", "ll_micro", "ll_ctx"},

