@@ -198,7 +198,8 @@ class EdgeCircuitResult(Result):
         return ea.EdgeGraph(int(L), int(H), bool(mlp))
 
     def to_frame(self) -> pd.DataFrame:
-        return self.summary
+        """The summary without its timings (a re-run reproduces the numbers, not the seconds)."""
+        return self.summary.drop(columns=["seconds", "eval_seconds"], errors="ignore")
 
     def circuit(self, method: str, percent: float, absolute: bool = True):
         """The :class:`analyses.circuits.mib.MIBCircuit` of ``method``'s top ``percent``% edges."""
