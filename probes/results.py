@@ -217,13 +217,7 @@ class Result:
                     self.to_frame().to_csv(tmp / "table.csv", index=False)
                 except NotImplementedError:
                     pass
-            if directory.exists():  # a saved result (checked above): swap it out under a fresh name
-                old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
-                directory.rename(old / "result")
-                tmp.rename(directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(directory)
+            swap_in(tmp, directory)  # a saved result there (checked above) is replaced
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return directory
@@ -255,6 +249,18 @@ class Result:
 def _is_saved_entry(path: Path) -> bool:
     """A file that :meth:`Result.save` writes."""
     return path.is_file() and (path.name in SAVED_FILES or path.suffix in (".parquet", ".html"))
+
+
+def swap_in(tmp: Path, directory: Path) -> None:
+    """Move the finished folder ``tmp`` to ``directory``; an existing ``directory`` (already
+    checked as replaceable) is first renamed aside under a fresh name, then removed."""
+    if directory.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
+        directory.rename(old / "replaced")
+        tmp.rename(directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(directory)
 
 
 def check_replaceable(directory: Path) -> None:

@@ -55,7 +55,7 @@ def write_folder(files: dict[str, bytes], directory: Path) -> None:
     import shutil
     import tempfile
 
-    from mechscope.probes.results import check_replaceable
+    from mechscope.probes.results import check_replaceable, swap_in
 
     directory = Path(directory)
     check_replaceable(directory)
@@ -65,12 +65,6 @@ def write_folder(files: dict[str, bytes], directory: Path) -> None:
             if "/" in name or name.startswith("."):
                 raise ValueError(f"unexpected file name {name!r}")
             (tmp / name).write_bytes(data)
-        if directory.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
-            directory.rename(old / "x")
-            tmp.rename(directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(directory)
+        swap_in(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
