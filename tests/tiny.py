@@ -60,8 +60,10 @@ def tiny_model(
     return model
 
 
-def copy_model(d_vocab: int = 20, n_ctx: int = 32, offset: int = 10, dtype: torch.dtype = torch.float32) -> HookedTransformer:
-    """A 1-layer, 2-head attention-only model wired by hand to copy.
+def copy_model(d_vocab: int = 20, n_ctx: int = 32, offset: int = 10, dtype: torch.dtype = torch.float32,
+               n_layers: int = 1, n_heads: int = 2) -> HookedTransformer:
+    """A 1-layer, 2-head attention-only model wired by hand to copy (more layers or heads
+    than that get zero weights: only head 0 of layer 0 is wired).
 
     Residual = [token one-hot (d_vocab) | position one-hot (n_ctx)]. Head 0's query at
     position p matches only the key at p − ``offset`` (score 30 there, 0 elsewhere) and
@@ -72,7 +74,7 @@ def copy_model(d_vocab: int = 20, n_ctx: int = 32, offset: int = 10, dtype: torc
     """
     d_model = d_vocab + n_ctx
     cfg = HookedTransformerConfig(
-        n_layers=1, d_model=d_model, n_heads=2, d_head=n_ctx, d_vocab=d_vocab, n_ctx=n_ctx, attn_only=True,
+        n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=n_ctx, d_vocab=d_vocab, n_ctx=n_ctx, attn_only=True,
         normalization_type=None, positional_embedding_type="standard", default_prepend_bos=False,
         device="cpu", dtype=dtype, act_fn="relu", d_mlp=4,
     )

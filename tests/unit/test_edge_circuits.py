@@ -11,14 +11,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import HookedTransformer
 
 from mechscope.analyses.circuits import edges as ed
 from mechscope.analyses.circuits import mib
 from mechscope.probes import attribution as attr
 from mechscope.probes import edge_attribution as ea
 from mechscope.probes.errors import InputError
-from tests.tiny import tiny_model
+from tests.tiny import copy_model, tiny_model
 
 N, T = 5, 6
 ANS, DIS = 3, 11
@@ -246,26 +246,7 @@ def planted_model(n_heads: int = 8, d_vocab: int = 20, n_ctx: int = 24, offset: 
     tests.tiny.copy_model): its query at position p attends to the key at p − offset and writes
     10 × that key's token. Every other head has zero weights. The answer travels through
     exactly two edges: input→a0.h0<v> and a0.h0→logits."""
-    d_model = d_vocab + n_ctx
-    cfg = HookedTransformerConfig(n_layers=2, d_model=d_model, n_heads=n_heads, d_head=n_ctx, d_vocab=d_vocab, n_ctx=n_ctx,
-                                  attn_only=True, normalization_type=None, positional_embedding_type="standard",
-                                  default_prepend_bos=False, device="cpu", dtype=torch.float64, act_fn="relu", d_mlp=4)
-    model = HookedTransformer(cfg, move_to_device=False)
-    a = (30.0 * n_ctx ** 0.5) ** 0.5
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        model.embed.W_E[torch.arange(d_vocab), torch.arange(d_vocab)] = 1.0
-        model.pos_embed.W_pos[torch.arange(n_ctx), d_vocab + torch.arange(n_ctx)] = 1.0
-        attn = model.blocks[0].attn
-        for p in range(n_ctx):
-            attn.W_Q[0, d_vocab + p, p] = a
-            if p + offset < n_ctx:
-                attn.W_K[0, d_vocab + p, p + offset] = a
-        attn.W_V[0, torch.arange(d_vocab), torch.arange(d_vocab)] = 1.0
-        attn.W_O[0, torch.arange(d_vocab), torch.arange(d_vocab)] = 10.0
-        model.unembed.W_U[torch.arange(d_vocab), torch.arange(d_vocab)] = 1.0
-    return model.eval()
+    return copy_model(d_vocab=d_vocab, n_ctx=n_ctx, offset=offset, dtype=torch.float64, n_layers=2, n_heads=n_heads)
 
 
 def planted_pairs(model, n=6, t=8, offset=3, seed=0):
