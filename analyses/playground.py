@@ -188,6 +188,12 @@ def compare_generations(model, params: PlaygroundParams, on_token: TokenCallback
         lp_base = score_continuation(model, ids, cont).numpy()
         forced = generate(model, ids, len(cont), Forced(tuple(cont)), interventions, policy, stop_at_eos=False)
         lp_int = np.asarray(forced.logprobs)
+    return _result(model, params, ids, cont, base, inter, lp_base, lp_int)
+
+
+def _result(model, params, ids, cont: list[int], base, inter, lp_base, lp_int) -> "PlaygroundResult":
+    """The Result of a baseline generation ``base`` and an intervened one ``inter``, with the
+    log-probabilities of the baseline tokens under each side."""
     return PlaygroundResult(
         model_id=model_id(model),
         params=params,
@@ -238,19 +244,7 @@ def _strategy_vs_greedy(model, params: PlaygroundParams, ids, stream) -> Playgro
         forced = _ForcedScores(strat, cont)
         generate(model, prompt, len(cont), forced, interventions, policy, stop_at_eos=False)
         lp_int = np.asarray(forced.logprobs)
-    return PlaygroundResult(
-        model_id=model_id(model),
-        params=params,
-        prompt_tokens=str_tokens(model, ids),
-        baseline_ids=np.asarray(cont, dtype=np.int64),
-        baseline_tokens=str_tokens(model, cont) if cont else [],
-        baseline_text=base.text,
-        intervened_ids=np.asarray(inter.new_tokens, dtype=np.int64),
-        intervened_tokens=str_tokens(model, inter.new_tokens) if inter.new_tokens else [],
-        intervened_text=inter.text,
-        p_base=np.exp(np.asarray(base.logprobs, dtype=np.float64)),
-        p_intervened=np.exp(lp_int.astype(np.float64)),
-    )
+    return _result(model, params, ids, cont, base, inter, base.logprobs, lp_int)
 
 
 def _score_both(model, ids: torch.Tensor, cont: list[int], interventions) -> tuple[np.ndarray, np.ndarray]:
