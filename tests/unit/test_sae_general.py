@@ -88,6 +88,19 @@ def test_take_proportions_exact_shares_of_the_largest_feasible_total():
         C.take_proportions({"a": [[1]], "b": [[2]], "c": []}, props)
 
 
+def test_take_proportions_filler_makes_up_a_small_domains_shortfall():
+    toks = {"gen": [[9] * 500] * 4, "lit": [[1] * 30], "code": [[2] * 400]}
+    props = {"gen": 0.3, "lit": 0.2, "code": 0.5}
+    cut, total = C.take_proportions(toks, props, total=1000, filler="gen")
+    got = {d: sum(map(len, v)) for d, v in cut.items()}
+    # lit can give 30 of its 200, code all of its 400 of 500: gen takes 300 + 170 + 100 = 570
+    assert got == {"gen": 570, "lit": 30, "code": 400} and total == 1000
+    cut, total = C.take_proportions({**toks, "gen": [[9] * 100]}, props, total=1000, filler="gen")
+    assert total == 530 and sum(map(len, cut["gen"])) == 100  # the filler runs short too: a smaller total
+    with pytest.raises(ValueError, match="filler"):
+        C.take_proportions(toks, {"lit": 1, "code": 1}, total=10, filler="gen")
+
+
 def test_pack_rows_joins_documents_with_eot_and_names_their_sources():
     rows = C.pack_rows([("x", [1, 2, 3]), ("y", [4, 5, 6, 7, 8]), ("z", [9])], ctx=4)
     assert [r["tokens"] for r in rows] == [[1, 2, 3, 0], [4, 5, 6, 7], [8, 0, 9, 0]]
