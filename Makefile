@@ -22,12 +22,10 @@ install: $(STAMP)
 run: install
 	$(BIN)/streamlit run app/Home.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
-# The whole suite on two pytest-xdist workers (torch on 1 thread each), then the fast
-# unit tests again in one process at the machine's thread count:
-# thread-dependent rounding must not change any verdict.
+# The whole suite on two pytest-xdist workers (torch on 1 thread each); a module's tests share
+# a worker, except the modules tests/conftest.py spreads.
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not ray" tests/unit
 
 test-fast: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration and not browser"

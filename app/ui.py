@@ -232,6 +232,18 @@ def check_index(what: str, value, size: int | None) -> int:
     return i
 
 
+def index_input(where, label: str, size: int, default: int, key: str) -> int:
+    """A typed index (layer, neuron, SAE latent…) with the one out-of-range message: the widget
+    takes any whole number; one outside ``0..size-1`` gives :func:`check_index`'s line plus
+    "Not applied." under it, and ``default`` is used."""
+    value = where.number_input(f"{label} (0–{size - 1})", value=int(default), step=1, key=key)
+    try:
+        return check_index(label, value, size)
+    except InputError as exc:
+        where.error(f"{exc} Not applied.")
+        return int(default)
+
+
 @contextmanager
 def guard():
     """Show a MechscopeError as one ``st.error`` line and stop the page, never a traceback."""

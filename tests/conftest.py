@@ -5,14 +5,30 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# `make test` runs the suite on two pytest-xdist workers of one torch thread each, then the fast
-# tests again in one process at the machine's thread count: thread-dependent rounding must not
-# change any verdict. MECHSCOPE_TORCH_THREADS sets the count explicitly.
+# `make test` runs the suite on two pytest-xdist workers of one torch thread each
+# (MECHSCOPE_TORCH_THREADS sets the count explicitly).
 _threads = os.environ.get("MECHSCOPE_TORCH_THREADS") or ("1" if os.environ.get("PYTEST_XDIST_WORKER") else "")
 if _threads:
     import torch
 
     torch.set_num_threads(int(_threads))
+
+# Under `--dist loadfile` a module's tests share one worker (its module fixtures are built
+# once), except these modules of independent cases, whose tests are spread over the workers.
+SPREAD_MODULES = {"test_rerun_every_analysis.py", "test_app.py"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return nodeid if module.rsplit("/", 1)[-1] in SPREAD_MODULES else module
+
+    return ModuleScheduling(config, log)
 
 
 def pytest_report_header(config):

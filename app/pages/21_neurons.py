@@ -55,9 +55,8 @@ ui.show_table(hits.drop(columns=["query_tokens"]), "neurons_table1", hide_index=
 st.header("Neuron card")
 first = hits.iloc[0] if len(hits) else None
 c1, c2 = st.columns(2)
-layer = c1.number_input("Layer", 0, cfg.n_layers - 1, int(first["layer"]) if first is not None else 0, key="nr_layer")
-neuron = c2.number_input("Neuron", 0, cfg.d_mlp - 1, int(first["neuron"]) if first is not None else 0, key="nr_neuron")
-layer, neuron = int(layer), int(neuron)
+layer = ui.index_input(c1, "Layer", cfg.n_layers, int(first["layer"]) if first is not None else 0, key="nr_layer")
+neuron = ui.index_input(c2, "Neuron", cfg.d_mlp, int(first["neuron"]) if first is not None else 0, key="nr_neuron")
 with ui.guard():
     ui.show_table(dec.card(layer, neuron), "neurons_table2", hide_index=True)
 

@@ -60,7 +60,7 @@ if feats is not None:
     c1, c2 = st.columns(2)
     by = c1.radio("Pick latents by", ["top activation", "density"], horizontal=True, key="sae_by")
     order = feats.to_frame().sort_values("top_act" if by == "top activation" else "density", ascending=False)
-    latent = int(c2.number_input("Latent", 0, sae.cfg.d_sae - 1, int(order.iloc[0]["latent"]), key="sae_latent"))
+    latent = ui.index_input(c2, "Latent", sae.cfg.d_sae, int(order.iloc[0]["latent"]), key="sae_latent")
     with ui.guard():
         le = logit_effects(model, sae, [latent])
         from mechscope.probes.tokens import str_tokens

@@ -27,6 +27,14 @@ def test_saes_page_renders_and_computes_feature_pages(smollm2):
     assert len(at.get("plotly_chart")) == 2  # density histogram + the latent's activation histogram
     assert any("activation per token" in c.value for c in at.caption)
 
+    # a typed latent out of range: the one range line, and the default latent stays in use
+    top = at.number_input(key="sae_latent").value
+    at.number_input(key="sae_latent").set_value(5000).run()
+    assert [e.value for e in at.error] == ["Latent 5000 is out of range (0..4095). Not applied."]
+    assert [n.key for n in at.number_input if n.key and n.key.startswith("sae_value_")][0].endswith(f"_{top}")
+    at.number_input(key="sae_latent").set_value(top).run()
+    assert not at.error
+
     # steering hand-off: the value offered is the chosen latent's own, and the send lands in the Playground
     first = at.number_input(key="sae_latent").value
     other = 7 if first != 7 else 8
