@@ -31,7 +31,10 @@ permuted, ``n_shuffles`` times).
 **Crystals** (``crystals=True``; section 3 of the paper, reference ``atom/``): parallelogram and
 trapezoid faces are pairs of latent pairs whose difference vectors are parallel
 (man−woman ∥ king−queen). Among ``crystal_latents`` latents (a seeded sample, unit decoder
-rows) every difference ``w_i - w_j`` (i < j) is formed; two differences of disjoint latent pairs
+rows) every difference ``w_i - w_j`` (i < j) is formed — or, with ``crystal_neighbours`` k > 0,
+only those of each latent with its k nearest latents (cosine), which makes the search over all
+4,096 latents affordable and keeps the short edges that analogies are made of (king−queen, not
+king−carrot); two differences of disjoint latent pairs
 are parallel when ``|cos| >= crystal_cos``; a **crystal** is a connected group of at least
 ``crystal_min_size`` mutually linked differences (a parallelogram when the two edges have equal
 length, a trapezoid otherwise; ``length_ratio`` reports the spread). ``crystal_distractors``
@@ -81,6 +84,8 @@ class SaeGeometryParams(TextInputs):
     crystal_min_size: int = field(default=3, metadata={"help": "parallel differences a crystal needs"})
     crystal_distractors: int = field(default=0, metadata={
         "help": "top principal directions of the cloud projected out before the crystal search"})
+    crystal_neighbours: int = field(default=0, metadata={
+        "help": "0: every pair of the sampled latents; k: each latent paired with its k nearest latents"})
     seed: int = 0
     batch_size: int = field(default=8, metadata={"help": "texts per forward"})
     n_texts: int | None = n_texts_field(128)
@@ -93,9 +98,9 @@ class SaeGeometryParams(TextInputs):
             raise InputError("fit_start must be >= 0 and the fit must span at least 3 eigenvalues "
                              f"(got {self.fit_start}..{self.fit_stop}).")
         if (self.crystal_latents < 4 or not 0 < self.crystal_cos <= 1 or self.crystal_min_size < 2
-                or self.crystal_distractors < 0):
-            raise InputError("crystal_latents must be >= 4, crystal_cos in (0, 1], crystal_min_size >= 2 and "
-                             "crystal_distractors >= 0.")
+                or self.crystal_distractors < 0 or self.crystal_neighbours < 0):
+            raise InputError("crystal_latents must be >= 4, crystal_cos in (0, 1], crystal_min_size >= 2, "
+                             "crystal_distractors and crystal_neighbours >= 0.")
         if self.n_clusters < 2 or self.window < 1 or self.min_fires < 1 or self.n_shuffles < 1 or self.batch_size < 1:
             raise InputError("n_clusters must be >= 2; window, min_fires, n_shuffles and batch_size >= 1.")
 
@@ -186,10 +191,28 @@ def project_out(points: np.ndarray, k: int) -> np.ndarray:
     return x - (x @ v.T) @ v
 
 
-def find_crystals(points: np.ndarray, cos_threshold: float = 0.9, min_size: int = 3, block: int = 2048) -> dict:
+def neighbour_pairs(points: np.ndarray, k: int) -> np.ndarray:
+    """[P, 2] pairs (i < j, unique) joining each row of ``points`` to its ``k`` nearest rows by
+    cosine similarity."""
+    x = np.asarray(points, dtype=np.float64)
+    u = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-300)
+    k = min(k, len(x) - 1)
+    pairs = []
+    for a in range(0, len(u), 2048):
+        sim = u[a : a + 2048] @ u.T
+        rows = np.arange(a, min(a + 2048, len(u)))
+        sim[rows - a, rows] = -np.inf
+        near = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        pairs.append(np.stack([np.repeat(rows, k), near.ravel()], 1))
+    p = np.sort(np.concatenate(pairs), axis=1)
+    return np.unique(p, axis=0)
+
+
+def find_crystals(points: np.ndarray, cos_threshold: float = 0.9, min_size: int = 3, block: int = 2048,
+                  pairs: np.ndarray | None = None) -> dict:
     """Crystals among the rows of ``points`` [m, d] (see the module doc): every difference
-    ``p_i - p_j`` (i < j); links between differences of disjoint pairs with
-    ``|cos| >= cos_threshold``; connected groups of ``min_size``+ differences.
+    ``p_i - p_j`` (i < j), or those of ``pairs`` [P, 2] only; links between differences of
+    disjoint pairs with ``|cos| >= cos_threshold``; connected groups of ``min_size``+ differences.
 
     Returns ``pairs`` [P, 2], ``diffs`` [P, d], ``labels`` [P] (crystal index or -1) and
     ``crystals``: per crystal ``{"size", "pairs", "parallelism"`` (mean |cos| of its
@@ -200,7 +223,7 @@ def find_crystals(points: np.ndarray, cos_threshold: float = 0.9, min_size: int 
 
     x = np.asarray(points, dtype=np.float64)
     m = x.shape[0]
-    i, j = np.triu_indices(m, 1)
+    i, j = np.triu_indices(m, 1) if pairs is None else (np.asarray(pairs)[:, 0], np.asarray(pairs)[:, 1])
     diffs = x[i] - x[j]
     norms = np.linalg.norm(diffs, axis=1)
     ok = norms > 0
@@ -254,23 +277,27 @@ def crystal_quality(diffs: np.ndarray, labels: np.ndarray, max_components: int =
 
 
 def crystal_summary(directions: np.ndarray, n_latents: int = 128, cos_threshold: float = 0.9, min_size: int = 3,
-                    distractors: int = 0, n_shuffles: int = 3, seed: int = 0, normalize: bool = True) -> dict:
+                    distractors: int = 0, n_shuffles: int = 3, seed: int = 0, normalize: bool = True,
+                    neighbours: int = 0) -> dict:
     """Crystal search on a seeded sample of ``n_latents`` directions (unit norm with
-    ``normalize``) and on
-    ``n_shuffles`` coordinate-shuffled copies (the control): counts, sizes, parallelism and
-    the reference's silhouette quality (:func:`crystal_quality`)."""
+    ``normalize``; every pair, or each latent with its ``neighbours`` nearest: :func:`neighbour_pairs`)
+    and on ``n_shuffles`` coordinate-shuffled copies (the control, paired the same way among
+    its own points): counts, sizes, parallelism and the reference's silhouette quality
+    (:func:`crystal_quality`)."""
     w = np.asarray(directions, dtype=np.float64)
     if normalize:
         w = w / np.linalg.norm(w, axis=1, keepdims=True)
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(w), size=min(n_latents, len(w)), replace=False))
-    x = project_out(w[pick], distractors)
-    found = find_crystals(x, cos_threshold, min_size)
+    def search(points):
+        x = project_out(points, distractors)
+        return find_crystals(x, cos_threshold, min_size, pairs=neighbour_pairs(x, neighbours) if neighbours else None)
+
+    found = search(w[pick])
     q = crystal_quality(found["diffs"], found["labels"])
     null = []
     for _ in range(n_shuffles):
-        xs = np.stack([rng.permutation(col) for col in w[pick].T], 1)
-        null.append(len(find_crystals(project_out(xs, distractors), cos_threshold, min_size)["crystals"]))
+        null.append(len(search(np.stack([rng.permutation(col) for col in w[pick].T], 1))["crystals"]))
     cr = found["crystals"]
     return {"crystal_latents": len(pick), "n_crystals": len(cr),
             "crystal_max_size": max((c["size"] for c in cr), default=0),
@@ -346,7 +373,8 @@ class SaeGeometryResult(Result):
             cr = go.Figure([go.Bar(x=t["layer"], y=t["n_crystals"], name="crystals"),
                             go.Bar(x=t["layer"], y=t["n_crystals_shuffled"], name="shuffled control")])
             cr.update_layout(title=f"Crystals: groups of ≥ {p.crystal_min_size} parallel latent differences "
-                                   f"(|cos| ≥ {p.crystal_cos}) among {p.crystal_latents} latents",
+                                   f"(|cos| ≥ {p.crystal_cos}) among {p.crystal_latents} latents"
+                                   + (f", each paired with its {p.crystal_neighbours} nearest" if p.crystal_neighbours else ""),
                              xaxis_title="layer", yaxis_title="crystals", barmode="group")
             figs["crystals"] = cr
         if "ami" in self.table:
@@ -392,7 +420,7 @@ def sae_geometry(model, params: SaeGeometryParams, progress=None) -> SaeGeometry
             w = load_sae(name, model=model, cached=True).W_dec.detach().double().cpu().numpy()
             summ = crystal_summary(w, params.crystal_latents, params.crystal_cos, params.crystal_min_size,
                                    params.crystal_distractors, min(params.n_shuffles, 5), params.seed,
-                                   params.normalize)
+                                   params.normalize, params.crystal_neighbours)
             row.update({k: v for k, v in summ.items() if k != "crystal_latent_ids"})
             row["crystals"] = json.dumps(summ["crystal_latent_ids"][:20])
     if params.lobes:

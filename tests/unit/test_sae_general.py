@@ -300,6 +300,23 @@ def test_planted_parallelogram_families_are_found_and_shuffled_cloud_has_none():
     assert find_crystals(shuffled, 0.9, 3)["crystals"] == []
 
 
+def test_nearest_neighbour_pairs_find_the_planted_families_with_few_differences():
+    from mechscope.saes.geometry import crystal_summary, find_crystals, neighbour_pairs
+
+    pts, fams = _cloud_with_families(300, 48, [(0.8, 5), (0.6, 4)])
+    pairs = neighbour_pairs(pts, 2)
+    # each latent with its 2 nearest (cosine; computed here directly): pairs are unique, i < j
+    u = pts / np.linalg.norm(pts, axis=1, keepdims=True)
+    sim = u @ u.T - 3 * np.eye(len(u))
+    want = {tuple(sorted((a, int(b)))) for a in range(len(u)) for b in np.argsort(-sim[a])[:2]}
+    assert {tuple(p) for p in pairs.tolist()} == want and len(pairs) == len(want)
+    assert len(pairs) < len(pts) * (len(pts) - 1) // 2 // 50
+    found = find_crystals(pts, 0.9, 3, pairs=pairs)
+    assert sorted(sorted(c["pairs"]) for c in found["crystals"]) == sorted(sorted(f) for f in fams)
+    summ = crystal_summary(pts, n_latents=len(pts), neighbours=2, n_shuffles=2, normalize=False)
+    assert summ["n_crystals"] == 2 and summ["n_crystals_shuffled"] == 0
+
+
 def test_projecting_out_a_global_distractor_recovers_the_crystal():
     from mechscope.saes.geometry import crystal_summary
 
