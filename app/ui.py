@@ -555,7 +555,7 @@ def estimate_line(params, model) -> str | None:
     seconds = estimate(params, model)
     if seconds is None:
         return None
-    tokens, passes = cost_of(params)
+    tokens, passes = cost_of(params, model)
     where = "; runs in the background" if seconds > BACKGROUND_AFTER_S else ""
     return f"≈ {fmt_seconds(seconds)} on this machine ({tokens:,} tokens, {passes:,} model calls){where}"
 
