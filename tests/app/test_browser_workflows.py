@@ -22,7 +22,7 @@ from tests.app.browser import LOAD_TIMEOUT_MS, MARKS, no_exception, sidebar
 pytestmark = MARKS
 SERVER_ENV = {"MECHSCOPE_BACKGROUND_AFTER_S": "0"}
 
-RUN_TIMEOUT_MS = 300_000
+RUN_TIMEOUT_MS = 240_000  # a 5,000-token forward pass on a busy 2-core CPU takes a minute or more
 
 
 def _runs(server) -> list[dict]:
@@ -236,7 +236,7 @@ def test_every_download_kind_gives_a_file_of_its_format(server, page, tmp_path):
     assert len(table) == len(pd.read_csv(io.BytesIO(csv))) > 0
 
     html = _download(page, page.get_by_role("button", name="HTML", exact=True).first).decode("utf-8")
-    assert html.lstrip().lower().startswith("<html") and "Plotly.newPlot" in html
+    assert "<html>" in html[:100] and html.rstrip().endswith("</html>") and "Plotly.newPlot" in html
     assert "plotly.js v" in html and '<script src="http' not in html  # plotly.js inlined: works offline
     if kaleido_available():
         png = _download(page, page.get_by_role("button", name="PNG", exact=True).first)
