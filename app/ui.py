@@ -1199,10 +1199,10 @@ def result_box(result, name: str) -> None:
         if st.session_state.get(f"saved_{key}"):
             where = st.session_state[f"saved_{key}"]
             st.markdown(f"Saved: `{where}` — [link that reopens it](?result={where})")
-        if st.button("Prepare a zip download", key=f"zip_{key}"):
-            st.session_state[f"zip_{key}"] = result_zip(result, name)
-        if st.session_state.get(f"zip_{key}"):
-            st.download_button("Download zip", st.session_state[f"zip_{key}"], f"{key}.zip", "application/zip",
+        if st.button("Prepare a zip download", key=f"zip_{key}"):  # the button's key holds its state, not the zip
+            st.session_state[f"zipdata_{key}"] = result_zip(result, name)
+        if st.session_state.get(f"zipdata_{key}"):
+            st.download_button("Download zip", st.session_state[f"zipdata_{key}"], f"{key}.zip", "application/zip",
                                key=f"zipdl_{key}")
 
 
