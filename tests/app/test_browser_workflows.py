@@ -15,7 +15,6 @@ import time
 import urllib.parse
 import zipfile
 
-
 from tests.app.browser import LOAD_TIMEOUT_MS, MARKS, no_exception, sidebar
 
 pytestmark = MARKS
