@@ -1124,25 +1124,32 @@ def tidy_figure(fig):
     return fig
 
 
+def _figure_file(fig, fmt: str):
+    """A callable giving ``fig`` as an offline HTML page (plotly.js inlined) or a PNG/SVG
+    image (kaleido): run only when its download button is clicked."""
+    if fmt == "html":
+        return lambda: fig.to_html(include_plotlyjs=True, full_html=True).encode("utf-8")
+    return lambda: fig.to_image(format=fmt)
+
+
 def show_figure(fig, name: str, *, key: str | None = None, where=None, **kwargs) -> None:
     """``st.plotly_chart(fig)`` (tidied: :func:`tidy_figure`) with downloads: offline HTML
     always (plotly.js inlined), PNG and SVG when kaleido is installed (else one note per
-    session). ``where``: a column or container."""
+    session). The files are made when their button is clicked (an image takes kaleido
+    seconds; a page of several figures would pay for all on every rerun). ``where``: a
+    column or container."""
     where = st if where is None else where
     key = key or f"fig_{_file_name(name)}"
     fig = tidy_figure(fig)
     where.plotly_chart(fig, key=key, **kwargs)
     stem = _file_name(name)
     row = where.container(horizontal=True, gap="small")
-    row.download_button("HTML", fig.to_html(include_plotlyjs=True, full_html=True).encode("utf-8"),
-                        f"{stem}.html", "text/html", key=f"{key}_html", help="standalone, works offline", **_DOWNLOAD)
+    row.download_button("HTML", _figure_file(fig, "html"), f"{stem}.html", "text/html", key=f"{key}_html",
+                        help="standalone, works offline", **_DOWNLOAD)
     if kaleido_available():
         for fmt, mime in (("png", "image/png"), ("svg", "image/svg+xml")):
-            try:
-                row.download_button(fmt.upper(), fig.to_image(format=fmt), f"{stem}.{fmt}", mime, key=f"{key}_{fmt}",
-                                    **_DOWNLOAD)
-            except Exception as exc:  # kaleido present but unable to render (e.g. no browser for it)
-                row.caption(f"{fmt.upper()}: {exc}".splitlines()[0][:80])
+            row.download_button(fmt.upper(), _figure_file(fig, fmt), f"{stem}.{fmt}", mime, key=f"{key}_{fmt}",
+                                **_DOWNLOAD)
     elif not st.session_state.get("_kaleido_note"):
         st.session_state["_kaleido_note"] = True
         row.caption("PNG/SVG downloads need kaleido (pip install kaleido).")
@@ -1204,10 +1211,10 @@ def result_box(result, name: str) -> None:
         if st.session_state.get(f"saved_{key}"):
             where = st.session_state[f"saved_{key}"]
             st.markdown(f"Saved: `{where}` — [link that reopens it](?result={where})")
-        if st.button("Prepare a zip download", key=f"zip_{key}"):
-            st.session_state[f"zip_{key}"] = result_zip(result, name)
-        if st.session_state.get(f"zip_{key}"):
-            st.download_button("Download zip", st.session_state[f"zip_{key}"], f"{key}.zip", "application/zip",
+        if st.button("Prepare a zip download", key=f"zip_{key}"):  # the button's key holds its state, not the zip
+            st.session_state[f"zipdata_{key}"] = result_zip(result, name)
+        if st.session_state.get(f"zipdata_{key}"):
+            st.download_button("Download zip", st.session_state[f"zipdata_{key}"], f"{key}.zip", "application/zip",
                                key=f"zipdl_{key}")
 
 

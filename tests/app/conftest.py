@@ -9,3 +9,53 @@ def _foreground_runs(monkeypatch):
     from mechscope.app import ui
 
     monkeypatch.setattr(ui, "BACKGROUND_AFTER_S", float("inf"))
+
+
+# --- real-browser tests (tests/app/browser.py): one server and one Chromium per module --------
+
+
+@pytest.fixture(scope="module")
+def server(request, tmp_path_factory):
+    """The dashboard served by ``streamlit run`` for this module (``SERVER_ENV`` of the module
+    adds environment variables)."""
+    from tests.app.browser import start_server
+
+    tmp = tmp_path_factory.mktemp("server")
+    yield from start_server(tmp, getattr(request.module, "SERVER_ENV", None))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    from tests.app.browser import launch
+
+    with sync_playwright() as pw:
+        b = launch(pw)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser session (context) with one page."""
+    from tests.app.browser import VIEWPORT
+
+    ctx = browser.new_context(viewport=VIEWPORT)
+    try:
+        yield ctx.new_page()
+    finally:
+        ctx.close()
+
+
+@pytest.fixture
+def shots(tmp_path):
+    """Where screenshots go: ``$MECHSCOPE_SCREENSHOTS`` if set, else the test's tmp dir."""
+    import os
+    from pathlib import Path
+
+    d = Path(os.environ.get("MECHSCOPE_SCREENSHOTS") or tmp_path / "screenshots")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
