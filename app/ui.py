@@ -1071,9 +1071,15 @@ def show_table(df, name: str, *, key: str | None = None, static: bool = False, w
 
 
 def kaleido_available() -> bool:
+    """kaleido (PNG/SVG export) installed, and a Chrome or Chromium for it to drive."""
     import importlib.util
+    import os
+    import shutil
 
-    return importlib.util.find_spec("kaleido") is not None
+    if importlib.util.find_spec("kaleido") is None:
+        return False
+    return bool(os.environ.get("BROWSER_PATH")) or any(
+        shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome"))
 
 
 def _nice_log_ticks(lo: float, hi: float) -> list[int]:
@@ -1152,7 +1158,7 @@ def show_figure(fig, name: str, *, key: str | None = None, where=None, **kwargs)
                                 **_DOWNLOAD)
     elif not st.session_state.get("_kaleido_note"):
         st.session_state["_kaleido_note"] = True
-        row.caption("PNG/SVG downloads need kaleido (pip install kaleido).")
+        row.caption("PNG/SVG downloads need kaleido and Chrome or Chromium (pip install 'mechscope[export]').")
 
 
 def results_dir() -> Path:
@@ -1211,11 +1217,8 @@ def result_box(result, name: str) -> None:
         if st.session_state.get(f"saved_{key}"):
             where = st.session_state[f"saved_{key}"]
             st.markdown(f"Saved: `{where}` — [link that reopens it](?result={where})")
-        if st.button("Prepare a zip download", key=f"zip_{key}"):  # the button's key holds its state, not the zip
-            st.session_state[f"zipdata_{key}"] = result_zip(result, name)
-        if st.session_state.get(f"zipdata_{key}"):
-            st.download_button("Download zip", st.session_state[f"zipdata_{key}"], f"{key}.zip", "application/zip",
-                               key=f"zipdl_{key}")
+        st.download_button("Download zip", lambda: result_zip(result, name), f"{key}.zip", "application/zip",
+                           key=f"zipdl_{key}", help="the saved folder, zipped when clicked")
 
 
 def open_saved_result() -> bool:

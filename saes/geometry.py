@@ -229,8 +229,9 @@ def find_crystals(points: np.ndarray, cos_threshold: float = 0.9, min_size: int 
     ok = norms > 0
     unit = np.where(ok[:, None], diffs / np.where(ok, norms, 1.0)[:, None], 0.0)
     rows, cols = [], []
+    unit32 = unit.astype(np.float32)  # the threshold test needs no more precision
     for a in range(0, len(unit), block):
-        c = np.abs(unit[a : a + block] @ unit.T)
+        c = np.abs(unit32[a : a + block] @ unit32.T)
         r, q = np.nonzero(c >= cos_threshold)
         r = r + a
         keep = (r < q) & (i[r] != i[q]) & (i[r] != j[q]) & (j[r] != i[q]) & (j[r] != j[q])
