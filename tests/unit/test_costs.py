@@ -302,7 +302,6 @@ def test_sae_steer_count(monkeypatch, tmp_path):
     m = tiny_model(n_layers=3)
     sae = _tiny_sae_folder(tmp_path)
     monkeypatch.setattr(readout, "NEUTRAL_PROMPTS", _ragged(4, seed=6, lo=3, hi=9))
-    monkeypatch.setattr("mechscope.probes.tokens.str_token", lambda model, t: str(t))
     p = SteerVerifyParams(sae=sae, n=3)
     tokens, calls = _counted_work(m, monkeypatch, steer_verification, p)
     assert calls == 4
@@ -338,9 +337,6 @@ def test_logit_lens_count(monkeypatch):
     from mechscope.analyses.logit_lens import LogitLensParams, logit_lens
 
     m = tiny_model(n_layers=3)
-    monkeypatch.setattr("mechscope.analyses.logit_lens.str_tokens", lambda model, ids: [str(int(i)) for i in ids],
-                        raising=False)
-    monkeypatch.setattr("mechscope.probes.tokens.str_tokens", lambda model, ids: [str(int(i)) for i in ids])
     p = LogitLensParams(prompt=tuple(range(1, 12)))
     tokens, calls = _counted_work(m, monkeypatch, logit_lens, p)
     lens = 4 * 11 * 32 * 50 / catalog._work_per_token(m)
