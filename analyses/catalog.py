@@ -442,3 +442,349 @@ def _cost_circuit_discover(p, model=None):
     lengths, tokens, calls = _circuit_pairs(p, model)
     t, c = _head_vectors_cost(lengths)
     return tokens + 2 * t + _sae_train_cost(model, p, len(lengths)), calls + 2 * c
+
+
+# SAEs. A forward that reads an SAE's hook stops after the hook's block where the analysis
+# asks for no logits; the SAE's own products (encoding d_in × d_sae, decoding d_sae × d_in per
+# token) count as equivalent tokens. The SAE's hook and widths come from its cfg.json (None
+# for an SAE-Lens release: its shape is not known before it is loaded).
+
+
+def _sae_shape(name: str) -> tuple[int | None, int, int] | None:
+    """(layer of the hook, d_in, d_sae) of a shipped SAE or SAE folder, from its cfg.json."""
+    import json
+
+    from mechscope.saes.store import CFG, layer_of_hook, resolve
+
+    if str(name).strip().startswith("sae-lens:"):
+        return None
+    path, _ = resolve(name)
+    cfg = json.loads((path / CFG).read_text())
+    hook = (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name", "")
+    return layer_of_hook(hook), int(cfg["d_in"]), int(cfg["d_sae"])
+
+
+def _sae_names(names) -> list[str]:
+    from mechscope.saes.store import shipped_names
+
+    return list(names) or shipped_names()
+
+
+def _hook_fraction(model, layer) -> float:
+    return 1.0 if layer is None else _stop_fraction(model, layer)
+
+
+def _eval_sets(p, model) -> list[tuple[int, int]] | None:
+    """(rows, tokens per row) of each eval set of ``sae_eval`` (None: no corpus is built)."""
+    import json
+
+    from mechscope.saes import evals
+
+    if p.texts is not None or p.text_set:
+        n = sum(1 for k in _text_lengths(p, model) if k >= p.max_tokens)
+        return [(min(n, p.n_texts), p.max_tokens)]
+    if p.source == "corpus":
+        from mechscope.data.sae_corpus import default_out
+
+        manifest = default_out() / "manifest.json"
+        if not manifest.exists():
+            return None
+        info = json.loads(manifest.read_text())["files"]["heldout"]
+        return [(min(p.n_texts, int(info["rows"])), int(info["ctx"]))]
+    return [evals.domain_rows(d, p.n_texts).shape for d in (list(p.domains) or evals.eval_domains())]
+
+
+@cost("sae_eval")
+def _cost_sae_eval(p, model=None):
+    """Per SAE and eval set of N rows × T tokens: the mean activation over the first 64 rows
+    (batches of 16, stopped after the hook), then per batch the clean forward (which encodes
+    and decodes every token) and five spliced ones (SAE, zero; from position 1: SAE, zero, mean)."""
+    if model is None:
+        return None
+    sets = _eval_sets(p, model)
+    shapes = [_sae_shape(n) for n in _sae_names(p.saes)]
+    if sets is None or any(s is None for s in shapes):
+        return None
+    tokens = calls = 0
+    for layer, d_in, d_sae in shapes:
+        for n, t in sets:
+            m = min(n, 64)
+            tokens += m * t * _hook_fraction(model, layer) + 6 * n * t + n * t * 2 * d_in * d_sae / _work_per_token(model)
+            calls += _ceil(m, 16) + 6 * _ceil(n, p.batch_size)
+    return tokens, calls
+
+
+@cost("sae_features")
+def _cost_sae_features(p, model=None):
+    """The texts longest first in padded batches, stopped after the SAE's hook; every real
+    token but the first of each text encoded."""
+    if model is None:
+        return None
+    shape = _sae_shape(p.sae)
+    if shape is None:
+        return None
+    layer, d_in, d_sae = shape
+    lengths = _text_lengths(p, model)
+    tokens, calls = _batched(lengths, p.batch_size, _hook_fraction(model, layer))
+    return tokens + sum(n - 1 for n in lengths) * d_in * d_sae / _work_per_token(model), calls
+
+
+@cost("sae_steer_verify")
+def _cost_sae_steer(p, model=None):
+    """Every latent's decoder direction through the unembedding (chunks of 1024 latents), then
+    the neutral prompts as one padded batch with logits: once plain, once per steered latent."""
+    if model is None:
+        return None
+    from mechscope.probes.readout import NEUTRAL_PROMPTS
+
+    shape = _sae_shape(p.sae)
+    if shape is None:
+        return None
+    _, d_in, d_sae = shape
+    lengths = _sequence_lengths(model, NEUTRAL_PROMPTS)
+    runs = 1 + min(p.n, d_sae)
+    decode = d_sae * d_in * int(model.cfg.d_vocab) / _work_per_token(model)
+    return decode + runs * len(lengths) * max(lengths), _ceil(d_sae, 1024) + runs
+
+
+@cost("sae_geometry")
+def _cost_sae_geometry(p, model=None):
+    """Weights only (decoder covariances, crystal search: not counted) unless ``lobes``: then
+    the texts in padded batches, stopped after the deepest SAE's hook, and each SAE encoding
+    the full co-occurrence windows."""
+    if not p.lobes:
+        return 0, 0
+    if model is None:
+        return None
+    shapes = [_sae_shape(n) for n in _sae_names(p.saes)]
+    if any(s is None for s in shapes):
+        return None
+    layers = [s[0] for s in shapes]
+    frac = 1.0 if any(l is None for l in layers) else _stop_fraction(model, max(layers))
+    lengths = _text_lengths(p, model)
+    tokens, calls = _batched(lengths, p.batch_size, frac)
+    windowed = sum((n - 1) // p.window * p.window for n in lengths)
+    encode = sum(windowed * d_in * d_sae for _, d_in, d_sae in shapes) / _work_per_token(model)
+    return tokens + encode, calls
+
+
+@cost("logit_lens")
+def _cost_logit_lens(p, model=None):
+    """One forward of the prompt; every block's residual (and the final one again) through
+    the unembedding."""
+    if model is None:
+        return None
+    from mechscope.probes.prompts import prompt_ids
+
+    t = len(prompt_ids(model, p.prompt, p.prepend_bos))
+    lens = (_layers(model) + 1) * t * int(model.cfg.d_model) * int(model.cfg.d_vocab) / _work_per_token(model)
+    return t + lens, 1
+
+
+# Generation: a prompt of P tokens prefilled (in the policy's chunks; the prefix and the last
+# token apart when interventions act on decoding only), then one call of one token per new
+# token after the first. Stopping at EOS or a stop token ends it earlier: the formulas are
+# exact when every step runs, an upper bound otherwise.
+
+
+def _generate_cost(p_len: int, n_new: int, policy=None, strategy=None, split: bool = False,
+                   side_prompt: int | None = None, model=None) -> tuple[float, int]:
+    """Upper bound of one ``probes.decoding.generate`` call: ``policy`` None recomputes the
+    whole text every step; a strategy with a side branch (CAD, contrastive decoding, DeCoRe)
+    adds its prefill (``side_prompt`` tokens) and one token a step, in calls of its own
+    where it cannot ride along; contrastive search adds its k candidates a step."""
+    if n_new <= 0:
+        return 0, 0
+    if policy is None:
+        return n_new * p_len + n_new * (n_new - 1) / 2, n_new
+    chunk = getattr(policy, "prefill_chunk", None) or max(p_len, 1)
+    if split and p_len > 1:
+        tokens, calls = p_len, _ceil(p_len - 1, chunk) + 1
+    else:
+        tokens, calls = p_len, _ceil(p_len, chunk)
+    tokens, calls = tokens + (n_new - 1), calls + (n_new - 1)
+    name = getattr(strategy, "name", None)
+    if name in ("cad", "contrastive_decoding", "decore"):
+        side = p_len if side_prompt is None else side_prompt
+        tokens += side + (n_new - 1)
+        calls += _ceil(side, chunk) + 1 + (n_new - 1)
+    elif name == "contrastive":
+        k = min(int(getattr(strategy, "k", 1)), int(model.cfg.d_vocab) if model is not None else 10 ** 9)
+        tokens += k * (n_new - 1)
+        calls += k * (n_new - 1)
+    return tokens, calls
+
+
+def _side_prompt(model, strategy, prompt: list[int]) -> int:
+    if getattr(strategy, "name", None) == "cad":
+        return len(strategy.with_context(model, prompt))
+    return len(prompt)
+
+
+@cost("playground")
+def _cost_playground(p, model=None):
+    """Baseline and intervened continuations, then the baseline's tokens scored on both sides.
+    Greedy or sampling under a full cache: both rows in one pass per step and one batched
+    teacher-forced pass of 2 × (P + N); otherwise each generation apart (see
+    :func:`_generate_cost`); exact unless a row stops at EOS."""
+    if model is None:
+        return None
+    from mechscope.probes.decoding import FullCache, Greedy
+    from mechscope.probes.prompts import prompt_ids
+
+    prompt = [int(i) for i in prompt_ids(model, p.prompt, p.prepend_bos)]
+    P, N, strat, policy = len(prompt), p.max_new_tokens, p.strategy, p.kv_policy
+    full = isinstance(policy, FullCache)
+    split = bool(getattr(strat, "wants_prefix_cache", False))
+    side = _side_prompt(model, strat, prompt)
+
+    def gen(s, pol):
+        return _generate_cost(P, N, pol, s, split and pol is not None and s is strat, side, model)
+
+    if p.strategy_side == "intervened":
+        base_len = side if hasattr(strat, "with_context") else P
+        b = _generate_cost(base_len, N, FullCache(), Greedy())
+        s = gen(strat, policy)
+        return b[0] + 2 * s[0], b[1] + 2 * s[1]
+    if full and not hasattr(strat, "hooks") and not getattr(strat, "needs_model", False):
+        return 2 * (P + N - 1) + 2 * (P + N), N + 1
+    b, i = gen(strat, FullCache()), gen(strat, policy)
+    tokens, calls = b[0] + i[0], b[1] + i[1]
+    if policy is None or full:
+        return tokens + 2 * (P + N), calls + 1
+    forced = _generate_cost(P, N, policy)
+    return tokens + (P + N) + forced[0], calls + 1 + forced[1]
+
+
+@cost("niah")
+def _cost_niah(p, model=None):
+    """One greedy generation per test, its prompt taken as the grid length (upper bound:
+    stops at a newline or EOS)."""
+    from mechscope.probes.decoding import FullCache
+    from mechscope.probes.niah import load_needles
+
+    needles = len(p.needles) or len(load_needles())
+    policy = None if p.kv_policy == "none" else (FullCache() if p.kv_policy == "full" else p.kv_policy)
+    split = bool(p.interventions) and p.mask_scope == "decode"
+    tokens = calls = 0
+    for n in p.lengths:
+        t, c = _generate_cost(int(n), p.max_new_tokens, policy, None, split)
+        tokens += t * len(p.depths) * needles
+        calls += c * len(p.depths) * needles
+    return tokens, calls
+
+
+def _act_batches(model, pairs, batch_size: int) -> list[tuple[int, int]]:
+    from mechscope.analyses import act
+
+    return [tuple(e.tokens.shape) for e in act._encode(model, pairs, batch_size)]
+
+
+@cost("act")
+def _cost_act(p, model=None):
+    """Held-out: every (prompt, choice) row in padded batches of 60, plain and with ACT. A
+    search first reads the attention of every calibration text (batches of 32, longest first),
+    scores the calibration rows plainly, and per candidate head runs the blocks from its
+    layer on (the residual entering each layer computed once). Which heads are candidates
+    (those with hidden sinks) depends on the texts: the bound takes every head of the searched
+    layers (greedy: the ``max_candidates`` earliest), each layer's residual once, and a
+    held-out pass with ACT."""
+    if model is None:
+        return None
+    from mechscope.analyses import act
+
+    L, H = _layers(model), int(model.cfg.n_heads)
+
+    def full(batches):
+        return sum(b * t for b, t in batches), len(batches)
+
+    held, _, _ = act._choice_pairs(act._load("heldout", p.task, p.max_items))
+    t, c = full(_act_batches(model, held, 60))
+    tokens, calls = t * (2 if p.heads is None or p.heads else 1), c * (2 if p.heads is None or p.heads else 1)
+    if p.heads is not None:
+        return tokens, calls
+    calib = act._load("calib", p.task, p.max_items)
+    if p.search == "reference":
+        pairs = act._choice_pairs(calib)[0]
+        layers = list(range(2, L - 1)) if p.layers is None else sorted(set(p.layers))
+        cands = [l for l in layers for _ in range(H)]
+        batch = 60
+    else:
+        pairs = [(it["prompt"], it["answer"]) for it in calib]
+        layers = list(range(L)) if p.layers is None else sorted(set(p.layers))
+        cands = [l for l in layers for _ in range(H)][:p.max_candidates]
+        batch = 50
+    t, c = _batched(_sequence_lengths(model, [a + b for a, b in pairs]), 32)  # hidden-sink rates
+    tokens, calls = tokens + t, calls + c
+    batches = _act_batches(model, pairs, batch)
+    t, c = full(batches)
+    tokens, calls = tokens + t, calls + c
+    for l in sorted(set(cands)):  # the residual entering layer l (the embedding alone: no model call)
+        if l > 0:
+            tokens, calls = tokens + t * l / L, calls + c
+    for l in cands:
+        tokens, calls = tokens + t * (L - l) / L, calls + c
+    return tokens, calls
+
+
+@cost("circuit_edges")
+def _cost_circuit_edges(p, model=None):
+    return None if model is None else _edges_cost(p, model)
+
+
+def _edges_cost(p, model, n_masks: int | None = None) -> tuple[float, int]:
+    """Selection over the first max(16, 2·want) pairs (want = n_prompts + n_eval when held
+    out), the split as :func:`analyses.circuits.edges._split` makes it; per attribution batch
+    of ``batch_size`` pairs, EAP / EAP-IG run the clean and corrupted node outputs (clean only
+    under mean ablation) and a forward and backward per integration step; node patching is
+    ``patch_nodes``. The evaluation runs each batch's ablated outputs (patching), then every
+    distinct circuit, as many stacked as fit the buffer. The circuits that coincide (one
+    top-n set for two sizes or rankings) are evaluated once, which depends on the scores:
+    the bound counts the full model, the empty circuit and every (method, ranking, draw,
+    size) apart."""
+    from mechscope.probes.edge_attribution import EdgeGraph
+
+    lengths = _task_lengths(model, p.task)
+    want = p.n_prompts + (p.n_eval if p.held_out else 0)
+    m = min(len(lengths), max(16, 2 * want))
+    chunks = _chunk_tokens(lengths[:m], 16)
+    tokens, calls = 2 * sum(b * t for b, t in chunks), 2 * len(chunks)
+    k = min(want, m)
+    if p.held_out:
+        n_eval = min(p.n_eval, k // 2)
+        n_attr = min(p.n_prompts, k - n_eval)
+        attr_len, eval_len = lengths[:n_attr], lengths[n_attr:n_attr + n_eval]
+    else:
+        attr_len = eval_len = lengths[:k]
+    patching = p.ablation == "patching"
+    attr_chunks, eval_chunks = _chunk_tokens(attr_len, p.batch_size), _chunk_tokens(eval_len, p.batch_size)
+    if not patching:  # the node means of both sets
+        for ch in (attr_chunks, eval_chunks):
+            tokens, calls = tokens + sum(b * t for b, t in ch), calls + len(ch)
+    graph = EdgeGraph.from_model(model)
+    sizes = len(p.percentages)
+    bound = 2 + 2 * sizes * bool(p.circuit_file)
+    for name in p.methods:
+        steps = {"eap": 1, "eap_ig": p.ig_steps}.get(name)
+        if steps is not None:
+            for b, t in attr_chunks:
+                tokens += b * t * ((2 if patching else 1) + 3 * steps)
+                calls += (2 if patching else 1) + steps
+        elif name == "node_patching":
+            t, c = _patch_cost(model, attr_len, p.batch_size)
+            tokens, calls = tokens + t, calls + c
+        bound += 2 * sizes * (p.n_random if name == "random" else 1)
+    n_masks = bound if n_masks is None else n_masks
+    per_row_bytes = graph.n_forward * int(model.cfg.d_model) * _dtype_bytes(model)
+    max_bytes = (256 if str(model.cfg.device) == "cpu" else 4096) * 2 ** 20
+    for b, t in eval_chunks:
+        n_c = max(1, min(n_masks, max_bytes // max(1, t * per_row_bytes * b)))
+        tokens += b * t * (n_masks + (1 if patching else 0))
+        calls += _ceil(n_masks, n_c) + (1 if patching else 0)
+    return tokens, calls
+
+
+def _dtype_bytes(model) -> int:
+    import torch
+
+    return torch.empty(0, dtype=model.cfg.dtype).element_size()
