@@ -21,7 +21,7 @@ from tests.app.browser import LOAD_TIMEOUT_MS, MARKS, no_exception, sidebar
 pytestmark = MARKS
 SERVER_ENV = {"MECHSCOPE_BACKGROUND_AFTER_S": "0"}
 
-RUN_TIMEOUT_MS = 240_000  # a 5,000-token forward pass on a busy 2-core CPU takes a minute or more
+RUN_TIMEOUT_MS = 480_000  # a 5,000-token forward pass on a 2-core CPU shared with other tests takes minutes
 
 
 def _runs(server) -> list[dict]:
@@ -118,7 +118,7 @@ def _start_sinks(page, server, **numbers) -> dict:
     for label, value in numbers.items():
         _set_number(page, label, value)
     button.click()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + LOAD_TIMEOUT_MS / 1000
     while not ({r["run"] for r in _runs(server)} - before):
         assert time.monotonic() < deadline, "no background run was started"
         time.sleep(0.2)
@@ -169,9 +169,9 @@ def test_cancel_a_background_run(server, page, shots):
 
     run = _start_sinks(page, server, **{"First T tokens": 16})
     cancel = page.get_by_role("button", name="Cancel")
-    expect(cancel).to_be_visible(timeout=60_000)
+    expect(cancel).to_be_visible(timeout=LOAD_TIMEOUT_MS)
     cancel.click()
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + RUN_TIMEOUT_MS / 1000  # it stops at its next batch, once it has the model
     while [r["status"] for r in _runs(server) if r["run"] == run["run"]] != ["cancelled"]:
         assert time.monotonic() < deadline, [r for r in _runs(server) if r["run"] == run["run"]]
         time.sleep(0.5)
