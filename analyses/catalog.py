@@ -61,6 +61,10 @@ def analyses() -> list[str]:
 # :func:`calibrate` (a 1-token and a 64-token timed forward).
 
 COSTS: dict = {}  # Params kind -> cost(params, model=None) -> (tokens, passes)
+# Analyses that can run for minutes but have no formula yet (their time is mostly outside the
+# model's forward passes, or depends on which heads come out on top): the dashboard runs them
+# in the background without an estimate.
+HEAVY_WITHOUT_FORMULA = {"circuit_compare", "sae_absorption"}
 
 
 def cost(kind: str):

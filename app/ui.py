@@ -476,6 +476,8 @@ def run_analysis(slot: str, fn, model, params, label: str = "Forward passes", *,
         return hit
     if background is None:
         seconds = estimate(params, model)
+        if seconds is None and _heavy_without_formula(params):
+            seconds = float("inf")
         background = not runtime and seconds is not None and seconds > BACKGROUND_AFTER_S
     if background:
         with guard():
@@ -548,12 +550,20 @@ def fmt_seconds(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _heavy_without_formula(params) -> bool:
+    from mechscope.analyses.catalog import HEAVY_WITHOUT_FORMULA
+
+    return getattr(params, "kind", None) in HEAVY_WITHOUT_FORMULA
+
+
 def estimate_line(params, model) -> str | None:
     """"≈ N on this machine (tokens, model calls)[; runs in the background]" or None."""
     from mechscope.analyses.catalog import cost_of
 
     seconds = estimate(params, model)
     if seconds is None:
+        if _heavy_without_formula(params) and BACKGROUND_AFTER_S != float("inf"):
+            return "No time estimate for this analysis (it can take minutes); runs in the background"
         return None
     tokens, passes = cost_of(params, model)
     where = "; runs in the background" if seconds > BACKGROUND_AFTER_S else ""

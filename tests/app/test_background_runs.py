@@ -97,3 +97,16 @@ def test_background_run_cancel(smollm2, tmp_path, monkeypatch):
     assert run["status"] == "cancelled"
     assert any("was cancelled" in c.value for c in at.caption)
     assert "IsoScore, last layer" not in [m.label for m in at.metric]
+
+
+def test_heavy_analyses_without_a_formula_go_to_the_background_unestimated(tiny, monkeypatch):
+    from mechscope.analyses.circuits import CircuitCompareParams
+    from mechscope.analyses.isotropy import IsotropyParams
+    from mechscope.app import ui
+
+    monkeypatch.setattr(ui, "BACKGROUND_AFTER_S", 20.0)
+    assert ui.estimate(CircuitCompareParams(), tiny) is None
+    assert ui.estimate_line(CircuitCompareParams(), tiny).endswith("runs in the background")
+    assert ui._heavy_without_formula(CircuitCompareParams()) and not ui._heavy_without_formula(IsotropyParams())
+    monkeypatch.setattr(ui, "BACKGROUND_AFTER_S", float("inf"))  # background runs off (as in the AppTests)
+    assert ui.estimate_line(CircuitCompareParams(), tiny) is None
