@@ -228,8 +228,8 @@ def _layers(model) -> int:
 def _work_per_token(model) -> int:
     """Multiply-adds of one token's forward: every block's weight matrices (``W_*``; grouped-query
     K/V once per group) and the unembedding."""
-    blocks = sum(p.numel() for n, p in model.named_parameters()
-                 if n.startswith("blocks.") and n.rsplit(".", 1)[-1].lstrip("_").startswith("W_"))
+    blocks = sum(p.numel() for block in model.blocks for n, p in block.named_parameters()
+                 if n.rsplit(".", 1)[-1].lstrip("_").startswith("W_"))
     return int(blocks) + int(model.cfg.d_model) * int(model.cfg.d_vocab)
 
 

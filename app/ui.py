@@ -376,7 +376,10 @@ def stored(slot: str, params, model=None):
     if handle.status == "failed":
         st.error(f"Background run {handle.run_id} failed: {handle.error}")
     else:
-        st.caption(f"Background run {handle.run_id} was {handle.status}; press the button to run it again.")
+        st.caption(f"Background run {handle.run_id} was {handle.status}.")
+    if st.button("Run again", key=f"rerun_{handle.run_id}"):
+        _live_runs().pop(handle.run_id, None)
+        st.rerun()
     return None
 
 
@@ -474,6 +477,8 @@ def run_analysis(slot: str, fn, model, params, label: str = "Forward passes", *,
     if hit is not None:
         result_box(hit, slot)
         return hit
+    if _live_run(memo_key(slot, params, model)) is not None:
+        return None  # running, or ended without a result: stored() shows which (and "Run again")
     if background is None:
         seconds = estimate(params, model)
         if seconds is None and _heavy_without_formula(params):

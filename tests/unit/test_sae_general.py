@@ -357,7 +357,9 @@ def test_shipped_prompts_and_generation_records():
     assert len(recs) == 10 and len({r["id"] for r in recs}) == 10
     assert recs[0]["prompt"] == f"<user>{ins[0]['text']}<assistant>" and recs[0]["kind"] == "chat"
     assert recs[-1]["prompt"] == ops[1]["text"] and recs[-1]["kind"] == "continuation"
-    assert recs[0]["prompt_id"] == recs[1]["prompt_id"] == recs[0]["id"].rsplit(":", 1)[0]
+    # sample-major: the 5 prompts' first samples, then their second ones (a time budget cuts all alike)
+    assert [r["id"].rsplit(":", 1)[1] for r in recs] == ["0"] * 5 + ["1"] * 5
+    assert recs[0]["prompt_id"] == recs[5]["prompt_id"] == recs[0]["id"].rsplit(":", 1)[0] != recs[1]["prompt_id"]
 
 
 def test_cli_flags_for_domains_casting_and_crystals():
