@@ -680,8 +680,9 @@ def open_run(rid: str, quiet: bool = False) -> None:
         if not quiet:
             st.warning(f"No dashboard run {rid} in {runs_dir()}.")
         return
-    for k, v in (meta.get("widgets") or {}).items():
-        st.session_state[k] = v
+    # applied by params_form when it draws each widget: state set here for widgets that the
+    # current run does not draw can be cleared by Streamlit before the run's page is shown
+    st.session_state.setdefault(PENDING_WIDGETS, {}).update(meta.get("widgets") or {})
     if live_handle(rid) is not None:
         return
     from mechscope.sweeps.background import recent_runs
@@ -731,6 +732,7 @@ def run_entry(run: dict, label: str, where=None, key: str = "runs") -> None:
 
 
 OPEN_REQUEST = "_open_run_page"
+PENDING_WIDGETS = "_pending_widgets"  # widget key -> value a reopened run's form starts at
 
 
 def _request_open(rid: str, page: str) -> None:
@@ -967,7 +969,10 @@ def params_form(cls, *, key: str, fields: typing.Sequence[str] | None = None, sk
                 extra = [d for d in ((default or ()) if fk.kind == "multi" else (default,))
                          if d is not None and d not in fk.options]
                 fk = dataclasses.replace(fk, options=tuple(extra) + tuple(fk.options))
-            if wkey not in st.session_state:
+            pending = st.session_state.get(PENDING_WIDGETS)
+            if pending and wkey in pending:
+                st.session_state[wkey] = pending.pop(wkey)
+            elif wkey not in st.session_state:
                 st.session_state[wkey] = _widget_value(fk, default)
             shown[name] = _draw(slot, fk, labels.get(name, name), help_, wkey)
             if name in ("layer", "head") and fk.kind == "int":

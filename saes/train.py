@@ -49,7 +49,7 @@ class TrainSpec:
     architecture: str = "topk"  # what ships: best of the three at equal L0 (saes/TRAINING.md)
     d_sae: int = 4096
     k: int = 60  # TopK/BatchTopK k; JumpReLU target L0
-    training_tokens: int = 20_000_000
+    training_tokens: int = 30_000_000
     batch_tokens: int = 4096
     lr: float = 4e-4
     warmup_steps: int = 500

@@ -70,15 +70,18 @@ def register(sub) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from mechscope.saes.store import manifest, shipped_names
+    from mechscope.saes.store import eval_summary, manifest, shipped_names
 
     m = manifest()
-    print(f"{'name':28} {'hook':28} {'arch':6} {'L0':>5} {'EV':>6} {'CE rec':>7} {'dead':>6}")
+    print("Worst domain of the shipped held-out sets (data/sae_eval); pos>=1: position 0 left out, as in training.")
+    print(f"{'name':24} {'hook':26} {'arch':5} {'d_sae':>5} {'L0':>5} {'EV':>6} {'CE rec':>7} "
+          f"{'EV pos>=1':>9} {'CE pos>=1':>9} {'dead':>6}")
     for n in shipped_names():
         e = m["saes"][n]
-        ev = e["eval_heldout"]
-        print(f"{n:28} {e['hook_name']:28} {e['architecture']:6} {ev['l0']:5.1f} {ev['explained_variance']:6.3f} "
-              f"{ev['ce_recovered_zero']:7.3f} {ev['dead_fraction']:6.3f}")
+        s = eval_summary(e)
+        print(f"{n:24} {e['hook_name']:26} {e['architecture']:5} {e['d_sae']:5d} {s['l0']:5.1f} "
+              f"{s['explained_variance']:6.3f} {s['ce_recovered']:7.3f} {s['explained_variance_skip0']:9.3f} "
+              f"{s['ce_recovered_skip0']:9.3f} {s['dead_all']:6.3f}")
     return 0
 
 

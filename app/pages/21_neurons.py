@@ -32,7 +32,7 @@ model, spec = ui.sidebar_model()
 cfg = model.cfg
 
 
-@st.cache_resource(show_spinner="Decoding every MLP neuron (once per process)…")
+@st.cache_resource(show_spinner="Decoding every MLP neuron (once per set of weights: kept in the disk cache)…")
 def _decoded(model_name: str, method: str):
     return decode_neurons(model, DecodeParams(method=method))
 

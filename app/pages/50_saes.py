@@ -7,6 +7,7 @@ geometry of the decoder directions.
 """
 
 import pandas as pd
+import plotly.express as px
 import streamlit as st
 
 from mechscope.app import ui
@@ -27,22 +28,26 @@ if not names:
             f"{', '.join(sorted({n.split('/')[0] for n in shipped_names()}))}: pick it in the sidebar.")
     st.stop()
 
-st.header("Shipped SAEs: held-out evals")
+st.header("Shipped SAEs: held-out evals per domain")
 m = manifest()
-rows = []
-for n in names:
-    e = m["saes"][n]
-    ev = e["eval_heldout"]
-    rows.append({"sae": n, "hook": e["hook_name"], "arch": e["architecture"], "d_sae": e["d_sae"], "L0": ev["l0"],
-                 "explained variance (SAE-Lens, pos ≥ 1)": ev["explained_variance"],
-                 "CE recovered (zero, pos ≥ 1)": ev["ce_recovered_zero"],
-                 "CE recovered (mean, pos ≥ 1)": ev["ce_recovered_mean"], "dead": ev["dead_fraction"],
-                 "dense": ev["dense_fraction"]})
-st.dataframe(pd.DataFrame(rows), hide_index=True)
-st.caption(f"{m['saes'][names[0]]['eval_heldout']['tokens']:,.0f} held-out tokens per SAE (data/sae_corpus.py); "
-           f"trained on {m['training']['tokens']:,} tokens. Measured over positions ≥ 1 (position 0 left alone, as in "
-           "training); `mechscope sae eval` also reports SAE-Lens' protocol (every position spliced and ablated) and "
-           "SAEBench's explained variance. Targets: CE recovered ≥ 0.90, EV ≥ 0.85, L0 ≤ 64, dead ≤ 5%.")
+rows = [{"sae": n, "domain": d, "L0": ev["l0"], "EV (every position)": ev["explained_variance"],
+         "CE recovered (every position)": ev["ce_recovered"], "EV (pos ≥ 1)": ev["explained_variance_skip0"],
+         "CE recovered (pos ≥ 1)": ev["ce_recovered_skip0"], "dead on domain": ev["dead_fraction"],
+         "tokens": ev["tokens"]}
+        for n in names for d, ev in m["saes"][n]["eval_domains"].items()]
+evals = pd.DataFrame(rows)
+ev_grid = evals.pivot(index="sae", columns="domain", values="EV (pos ≥ 1)").loc[names]
+st.plotly_chart(px.imshow(ev_grid, text_auto=".3f", color_continuous_scale="RdYlGn", zmin=0.8, zmax=1.0,
+                          labels={"color": "EV (pos ≥ 1)"}, title="Explained variance per held-out domain (pos ≥ 1)"),
+                use_container_width=True)
+st.dataframe(evals, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                                    for c in evals.columns if c not in ("sae", "domain", "tokens")})
+dead = ", ".join(f"{n.split('/')[-1]} {m['saes'][n]['dead_all']:.1%}" for n in names)
+st.caption(f"Trained on {m['training']['tokens']:,} tokens of the general corpus (generations, literature, documentation, "
+           f"code, tables); evaluated on the shipped held-out sets of each domain (data/sae_eval), weights as stored "
+           f"({m['saes'][names[0]]['eval_dtype']}). SAE-Lens' protocol splices and scores every position; pos ≥ 1 leaves "
+           f"position 0 (the attention sink) alone, as in training. Targets: EV ≥ 0.90 and CE recovered ≥ 0.95 on every "
+           f"domain, L0 ≤ 64, dead ≤ 5%. Dead on every domain: {dead}. `mechscope sae eval` re-measures.")
 
 default_sae = ui.default_of(SaeFeaturesParams, "sae")
 name = st.selectbox("SAE", names, index=names.index(default_sae) if default_sae in names else 0, key="sae_name")

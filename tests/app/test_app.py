@@ -68,8 +68,13 @@ def test_token_chips_escape_and_colour():
 @pytest.mark.integration
 @pytest.mark.parametrize("page", discover_pages(), ids=lambda p: p.path.name)
 def test_every_page_renders(smollm2, page):
+    """Each page renders untouched, with no exception or error, and its forms start at their
+    Params' defaults (test_page_defaults)."""
+    from tests.app.test_page_defaults import check_forms_at_defaults
+
     at = home_at(page.path)
     _no_problems(at)
+    check_forms_at_defaults(at, page.slug, every_form=page.slug != "playground")
     assert at.title and at.title[0].value  # the page drew something of its own
     model_select = at.sidebar.selectbox(key="model_select")
     assert model_select.value == "smollm2-135m"  # the embedded default is preselected

@@ -20,11 +20,14 @@ def _saes_page():
 @pytest.mark.integration
 def test_saes_page_renders_and_computes_feature_pages(smollm2):
     at = _saes_page()
+    evals = at.dataframe[0].value  # the shipped SAEs' per-domain evals, read from the manifest
+    assert len(evals) == 6 * 5 and set(evals["domain"]) == {"prose", "dialogue", "code", "documentation", "numbers"}
+    assert evals["L0"].max() <= 64 and len(at.get("plotly_chart")) == 1  # the per-domain EV heatmap
     at.number_input(key="sae_feat_n_texts").set_value(8).run()
     at.button(key="sae_go").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
-    assert len(at.get("plotly_chart")) == 2  # density histogram + the latent's activation histogram
+    assert len(at.get("plotly_chart")) == 3  # + density histogram + the latent's activation histogram
     assert any("activation per token" in c.value for c in at.caption)
 
     # a typed latent out of range: the one range line, and the default latent stays in use
@@ -80,6 +83,6 @@ def test_saes_page_measures_the_decoder_clouds(smollm2):
     at.button(key="sae_geo_go").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
-    assert len(at.get("plotly_chart")) == 2  # alpha/volume by layer + the spectra
+    assert len(at.get("plotly_chart")) == 3  # the eval heatmap + alpha/volume by layer + the spectra
     table = at.dataframe[-1].value
     assert list(table["n_fit"]) == [90] * len(table) and len(table) >= 1

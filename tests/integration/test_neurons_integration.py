@@ -10,12 +10,13 @@ pytestmark = pytest.mark.integration
 def decoded(smollm2):
     from mechscope.analyses.neurons import decode_neurons
 
-    return decode_neurons(smollm2.model, k=5)
+    return decode_neurons(smollm2.model)  # the Neurons page's decoding: one computation, cached on disk
 
 
 def test_decode_all_neurons_shapes(smollm2, decoded):
     cfg = smollm2.model.cfg
-    assert decoded.top_ids.shape == (cfg.n_layers, cfg.d_mlp, 5) == decoded.bottom_ids.shape
+    k = decoded.params.k
+    assert decoded.top_ids.shape == (cfg.n_layers, cfg.d_mlp, k) == decoded.bottom_ids.shape
     assert int(decoded.top_ids.min()) >= 0 and int(decoded.top_ids.max()) < cfg.d_vocab
     assert (decoded.top_logits[..., :-1] >= decoded.top_logits[..., 1:]).all()
     assert (decoded.bottom_logits[..., :-1] <= decoded.bottom_logits[..., 1:]).all()
@@ -24,7 +25,7 @@ def test_decode_all_neurons_shapes(smollm2, decoded):
     from mechscope.analyses.neurons import neuron_directions, unembedding
 
     full = neuron_directions(smollm2.model, 17)[123] @ unembedding(smollm2.model)
-    assert torch.equal(decoded.top_ids[17, 123].long(), torch.topk(full, 5).indices)
+    assert torch.equal(decoded.top_ids[17, 123].long(), torch.topk(full, k).indices)
 
 
 def _doglike(s: str) -> bool:

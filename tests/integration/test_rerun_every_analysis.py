@@ -56,7 +56,7 @@ def _cases():
         "sae_eval": SaeEvalParams(saes=("smollm2-135m/resid-L12",), n_texts=2, text_set="mixed"),
         "sae_features": SaeFeaturesParams(sae="smollm2-135m/resid-L12", n_texts=3, k=2, max_tokens=32),
         "sae_steer_verify": SteerVerifyParams(sae="smollm2-135m/resid-L12", n=2),
-        "sae_absorption": AbsorptionParams(saes=("smollm2-135m/resid-L12",), n_words=120, max_k=3),
+        "sae_absorption": AbsorptionParams(saes=("smollm2-135m/resid-L12",), n_words=60, max_k=2),
         "sae_geometry": SaeGeometryParams(saes=("smollm2-135m/resid-L0", "smollm2-135m/resid-L12")),
         "circuit_patch": CircuitPatchParams(task="induction", n_prompts=1, directions=("noising",)),
         "circuit_discover": CircuitDiscoverParams(task="ioi", n_prompts=3, n_latents=16, epochs=30),

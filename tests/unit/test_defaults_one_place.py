@@ -44,7 +44,7 @@ def test_the_training_defaults_reproduce_the_shipped_saes():
     assert (spec.d_sae, spec.k, spec.lr, spec.batch_tokens) == (shipped["d_sae"], shipped["k"], shipped["lr"],
                                                                  shipped["batch_tokens"])
     assert tuple(spec.layers) == tuple(shipped["layers"])
-    assert abs(spec.training_tokens - shipped["training_tokens"]) <= spec.batch_tokens * 20  # whole batches of ~20M
+    assert abs(spec.training_tokens - shipped["training_tokens"]) <= spec.batch_tokens * 20  # whole batches
     seen = {}
 
     def stop(spec, device):

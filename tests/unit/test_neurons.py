@@ -337,3 +337,76 @@ def test_cli_bad_input_is_one_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["mechscope: error: --neuron needs --layer."]
     assert main(["neurons", "activity", "--neuron", "3"]) == 2
+
+
+def test_decoding_is_cached_by_the_weights_it_came_from(tmp_path, monkeypatch):
+    """A second decode of the same weights reads the stored one (nothing recomputed, equal
+    result); a changed weight or another k is a new entry; a damaged file is recomputed."""
+    import mechscope.analyses.neurons.decode as dec
+
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
+    m = planted_model()
+    first = decode_neurons(m, k=4, softmax=True)
+    files = list((tmp_path / "neuron_decode").glob("*.safetensors"))
+    assert len(files) == 1
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(dec, "decode_directions", boom)
+        again = decode_neurons(m, k=4, softmax=True)
+    for name in ("top_ids", "top_logits", "bottom_ids", "bottom_logits", "top_prob"):
+        assert torch.equal(getattr(first, name), getattr(again, name)), name
+
+    fresh = decode_neurons(m, k=4, softmax=True, cache=False)
+    assert torch.equal(fresh.top_ids, first.top_ids) and torch.equal(fresh.top_logits, first.top_logits)
+    decode_neurons(m, k=3)  # another k: its own entry
+    original = m.blocks[0].mlp.W_out[2].clone()
+    with torch.no_grad():
+        m.blocks[0].mlp.W_out[2] += 1.0  # other weights: another entry, and the new decoding
+    changed = decode_neurons(m, k=4, softmax=True)
+    assert len(list((tmp_path / "neuron_decode").glob("*.safetensors"))) == 3
+    assert not torch.equal(changed.top_logits, first.top_logits)
+
+    files[0].write_bytes(b"not a safetensors file")
+    with torch.no_grad():
+        m.blocks[0].mlp.W_out[2] = original
+    healed = decode_neurons(m, k=4, softmax=True)
+    assert torch.equal(healed.top_ids, first.top_ids)
+
+    monkeypatch.setenv("MECHSCOPE_CACHE", "off")
+    decode_neurons(m, k=5)
+    assert len(list((tmp_path / "neuron_decode").glob("*.safetensors"))) == 3
+
+
+def test_two_decodes_of_the_same_weights_at_once_compute_it_once(tmp_path, monkeypatch):
+    """Two decodes start together (as two dashboard processes or test workers would): the second
+    waits on the first's lock and reads its file instead of computing the product again."""
+    import threading
+    import time
+
+    import mechscope.analyses.neurons.decode as dec
+
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
+    real, calls = dec.decode_directions, []
+
+    def slow(*a, **k):
+        calls.append(1)
+        time.sleep(0.5)
+        return real(*a, **k)
+
+    monkeypatch.setattr(dec, "decode_directions", slow)
+    m = planted_model()
+    results = [None, None]
+
+    def run(i):
+        results[i] = decode_neurons(m, k=4)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert torch.equal(results[0].top_ids, results[1].top_ids)

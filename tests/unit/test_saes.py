@@ -379,7 +379,7 @@ def test_cli_sae_list_and_cpu_train_estimate(capsys, tmp_path):
     assert "smollm2-135m/resid-L29" in out and "blocks.29.hook_resid_post" in out
     assert main(["sae", "train", "--device", "cpu", "--out", str(tmp_path / "t")]) == 0
     out = capsys.readouterr().out
-    assert "6 SAEs × 20,000,000 tokens on cpu: about" in out and "--yes" in out
+    assert "6 SAEs × 30,000,000 tokens on cpu: about" in out and "--yes" in out
     assert not (tmp_path / "t").exists()
 
 
