@@ -30,6 +30,15 @@ def _runs(server) -> list[dict]:
     return recent_runs(server.runs)
 
 
+def _idle(server, timeout_ms: int = RUN_TIMEOUT_MS) -> None:
+    """Wait until no run of the server is running (a test's leftover background work, such as
+    a page's analyses of a 5,000-token prompt, would otherwise hold the model for the next)."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while any(r["status"] == "running" for r in _runs(server)):
+        assert time.monotonic() < deadline, "the server's background runs did not finish"
+        time.sleep(0.5)
+
+
 def _long_text(words: int) -> str:
     """``words`` words of plain English (about one token each: a 5,000-word prompt is about
     5,000 tokens; the same number of words of the shipped Paradise Lost is 7,363)."""
@@ -110,6 +119,7 @@ def _start_sinks(page, server, **numbers) -> dict:
     background run it started (from the server's runs folder)."""
     from playwright.sync_api import expect
 
+    _idle(server)
     before = {r["run"] for r in _runs(server)}
     page.goto(f"{server.url}/attention_sinks")
     button = page.get_by_role("button", name="Compute sink metrics")
