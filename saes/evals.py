@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mechscope.probes.errors import InputError
 from mechscope.probes.interventions import applied

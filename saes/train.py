@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 

@@ -139,7 +139,7 @@ def test_absorption_scores_recomputed_from_fresh_forward_passes(smollm2):
         assert s["mean_absorption_fraction"] == pytest.approx(scored["absorption_fraction"].mean())
     sae = load_sae(name)
     hook = sae.cfg.metadata.hook_name
-    W, b = r.probe_weights[0], r.probe_bias[0]
+    W = r.probe_weights[0]
     words = r.words.groupby("letter").head(2).head(12)
     assert len(words) >= 6
     for _, w in words.iterrows():
