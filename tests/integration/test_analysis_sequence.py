@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.integration.test_rerun_every_analysis import _cases
+from tests.integration.test_rerun_every_analysis import RERUN_IN_SEQUENCE, _cases
 
 pytestmark = pytest.mark.integration
 
@@ -25,9 +25,12 @@ def _assert_same_table(a: pd.DataFrame, b: pd.DataFrame, what: str) -> None:
             assert a[col].tolist() == b[col].tolist(), f"{what}: {col}"
 
 
-def test_analyses_in_several_orders_on_one_model(smollm2):
+def test_analyses_in_several_orders_on_one_model(smollm2, tmp_path):
+    """A repeated analysis runs again from its saved folder (``Result.rerun``), which is the
+    rerun check of ``test_rerun_every_analysis`` for the analyses in ``RERUN_IN_SEQUENCE``."""
     from dataclasses import replace
 
+    from mechscope.analyses.catalog import load_result
     from mechscope.probes.results import ANALYSES
 
     model = smollm2.model
@@ -36,13 +39,17 @@ def test_analyses_in_several_orders_on_one_model(smollm2):
     # each order runs a gradient-based analysis right after a decoding one
     # (the mechanism, on tiny models and in several orders, is tests/unit/test_inference_state.py)
     sequence = ["duo_gates", "circuit_compare", "niah_long", "circuit_compare", "duo_gates"]
+    assert RERUN_IN_SEQUENCE <= {n for n in sequence if sequence.count(n) > 1}
     first: dict[str, pd.DataFrame] = {}
     for step, name in enumerate(sequence):
         params = cases[name]
-        table = ANALYSES[type(params).kind](model, params).to_frame()
         if name in first:
-            _assert_same_table(first[name], table, f"{name} at step {step}")
+            loaded = load_result(tmp_path / name)
+            assert loaded.params == params
+            _assert_same_table(first[name], loaded.rerun(model).to_frame(), f"{name} at step {step}")
         else:
-            first[name] = table
+            result = ANALYSES[type(params).kind](model, params)
+            result.save(tmp_path / name)
+            first[name] = result.to_frame()
     assert model.blocks[0].attn.rotary_cos.shape[0] > 2048  # the long needle test did extend the table
     assert not any(b.is_inference() for b in model.buffers())

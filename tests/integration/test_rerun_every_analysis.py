@@ -91,6 +91,11 @@ def _retrieval_cases():
     }
 
 
+# Re-run from their saved folders by test_analysis_sequence, which runs them twice on one model
+# anyway; here their saved result is only loaded back.
+RERUN_IN_SEQUENCE = {"circuit_compare", "duo_gates"}
+
+
 def test_every_analysis_has_a_case():
     from mechscope.analyses.catalog import analyses
 
@@ -108,7 +113,7 @@ def test_saved_result_reruns_to_equal_table(kind, smollm2, tmp_path):
     first.save(tmp_path / kind, html=True)
     loaded = load_result(tmp_path / kind)
     assert type(loaded) is type(first) and loaded.params == params
-    again = loaded.rerun(model)
+    again = loaded if kind in RERUN_IN_SEQUENCE else loaded.rerun(model)
     a, b = first.to_frame(), again.to_frame()
     assert list(a.columns) == list(b.columns) and len(a) == len(b)
     for col in a.columns:

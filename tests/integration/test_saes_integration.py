@@ -125,7 +125,7 @@ def test_absorption_scores_recomputed_from_fresh_forward_passes(smollm2):
 
     model = smollm2.model
     name = "smollm2-135m/resid-L6"
-    r = absorption(model, saes=(name,), n_words=120)
+    r = absorption(model, saes=(name,), n_words=200)
     s = r.summary.iloc[0]
     t = r.table
     assert len(t) == 26 and (t["n_true_positives"] <= t["n_test"]).all()
