@@ -217,6 +217,15 @@ def _fit_binary(x: np.ndarray, y: np.ndarray, c: float):
     return model.coef_[0].astype(np.float64), float(model.intercept_[0])
 
 
+PARALLEL_MIN_WORDS = 2000  # fewer words: the 26 fits run in this process (starting workers costs more)
+
+
+def _default_jobs(n_words: int) -> int:
+    """joblib processes for the 26 per-letter fits: every core for SAEBench-sized word lists,
+    one (no worker processes) for samples, where spawning the workers dominates."""
+    return -1 if n_words >= PARALLEL_MIN_WORDS else 1
+
+
 def fit_letter_probes(x: np.ndarray, y: np.ndarray, weight_decay: float = PROBE_WEIGHT_DECAY,
                       n_jobs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ground-truth probes: W [26, d], b [26] (score = x·W_l + b_l).
@@ -235,7 +244,7 @@ def fit_letter_probes(x: np.ndarray, y: np.ndarray, weight_decay: float = PROBE_
     s = float(np.sqrt((xc**2).mean())) or 1.0
     c = 1.0 / (len(LETTERS) * len(x) * weight_decay) * s * s
     present = [li for li in range(len(LETTERS)) if 0 < (y == li).sum() < len(y)]
-    fits = Parallel(n_jobs=n_jobs or -1)(delayed(_fit_binary)(xc / s, (y == li).astype(np.int64), c) for li in present)
+    fits = Parallel(n_jobs=n_jobs or _default_jobs(len(x)))(delayed(_fit_binary)(xc / s, (y == li).astype(np.int64), c) for li in present)
     W = np.zeros((len(LETTERS), x.shape[1]))
     b = np.full(len(LETTERS), -np.inf)
     for li, (w, b0) in zip(present, fits):
@@ -335,7 +344,7 @@ def score_sae(sae, data: ProbeData, probe: tuple[np.ndarray, np.ndarray], params
               name: str = "sae", n_jobs: int | None = None) -> tuple[list[dict], list[dict], dict]:
     """Table rows (per letter), word rows and the summary of one SAE (see the module doc).
     ``probe`` = (W [26, d], b [26]) from :func:`fit_letter_probes`; ``n_jobs`` processes fit
-    the letters' k-sparse probes (default: every core)."""
+    the letters' k-sparse probes (default: every core for 2,000+ train words, else one)."""
     W, b = probe
     norms = np.linalg.norm(W, axis=1, keepdims=True)
     P = np.divide(W, norms, out=np.zeros_like(W), where=norms > 0)  # unit probe directions [26, d]
@@ -347,7 +356,7 @@ def score_sae(sae, data: ProbeData, probe: tuple[np.ndarray, np.ndarray], params
     if params.method == "k_sparse":
         from joblib import Parallel, delayed
 
-        mains = Parallel(n_jobs=n_jobs or -1)(
+        mains = Parallel(n_jobs=n_jobs or _default_jobs(len(data.y_train)))(
             delayed(k_sparse_main_latents)(f_train, data.y_train == li, f_test, data.y_test == li, params.max_k,
                                            params.f1_jump, params.l1) for li in range(len(LETTERS)))
     else:

@@ -209,3 +209,18 @@ def test_vocabulary_and_prompts_follow_saebench():
         assert word in pool and word != " tiger" and answer == word.strip()[0].upper()
     with pytest.raises(InputError, match="method"):
         AbsorptionParams(method="probe")
+
+
+def test_worker_processes_give_the_same_fits(planted):
+    """The 26 per-letter fits in two joblib worker processes equal those in this process (the
+    default for small word lists: :func:`_default_jobs`)."""
+    from mechscope.saes.absorption import PARALLEL_MIN_WORDS, _default_jobs
+
+    sae, data, probe = planted
+    W2, b2 = fit_letter_probes(data.x_train, data.y_train, n_jobs=2)
+    np.testing.assert_array_equal(W2, probe[0])
+    np.testing.assert_array_equal(b2, probe[1])
+    one = score_sae(sae, data, probe, AbsorptionParams(), n_jobs=1)
+    two = score_sae(sae, data, probe, AbsorptionParams(), n_jobs=2)
+    assert one[0] == two[0] and one[2] == two[2]
+    assert _default_jobs(PARALLEL_MIN_WORDS - 1) == 1 and _default_jobs(PARALLEL_MIN_WORDS) == -1
