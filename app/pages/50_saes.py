@@ -36,12 +36,13 @@ rows = [{"sae": n, "domain": d, "L0": ev["l0"], "EV (every position)": ev["expla
          "tokens": ev["tokens"]}
         for n in names for d, ev in m["saes"][n]["eval_domains"].items()]
 evals = pd.DataFrame(rows)
-ev_grid = evals.pivot(index="sae", columns="domain", values="EV (pos ≥ 1)").loc[names]
+ev_grid = evals.pivot(index="sae", columns="domain", values="EV (pos ≥ 1)").loc[names, list(evals["domain"].unique())]
 st.plotly_chart(px.imshow(ev_grid, text_auto=".3f", color_continuous_scale="RdYlGn", zmin=0.8, zmax=1.0,
                           labels={"color": "EV (pos ≥ 1)"}, title="Explained variance per held-out domain (pos ≥ 1)"),
                 use_container_width=True)
-st.dataframe(evals, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                                    for c in evals.columns if c not in ("sae", "domain", "tokens")})
+st.dataframe(evals, hide_index=True, column_config={
+    "L0": st.column_config.NumberColumn(format="%.1f"),
+    **{c: st.column_config.NumberColumn(format="%.3f") for c in evals.columns if c not in ("sae", "domain", "tokens", "L0")}})
 dead = ", ".join(f"{n.split('/')[-1]} {m['saes'][n]['dead_all']:.1%}" for n in names)
 st.caption(f"Trained on {m['training']['tokens']:,} tokens of the general corpus (generations, literature, documentation, "
            f"code, tables); evaluated on the shipped held-out sets of each domain (data/sae_eval), weights as stored "
