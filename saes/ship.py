@@ -7,7 +7,7 @@ wrote into ``RUN_DIR`` (one fp16 safetensors file per SAE with SAE-Lens' cfg in 
 
 * ``saes/weights/<model>/resid-L<layer>/`` — SAE-Lens folders with their checksums;
 * ``saes/weights/manifest.json`` — per SAE its hook, shape, sha256 and the per-domain held-out
-  evals at the storage dtype (``eval_domains``: both position protocols of :mod:`saes.evals`,
+  evals at the dtype its weights are stored in (read from the files) (``eval_domains``: both position protocols of :mod:`saes.evals`,
   and ``dead_all``: latents that fire on no token of any domain); the training recipe, corpus,
   device and throughput;
 * ``saes/weights/training/`` — the run's json results and log, for the benchmarks and the record.
@@ -31,38 +31,50 @@ EVAL_KEYS = ("tokens", "l0", "explained_variance", "explained_variance_saebench"
 RECORD_FILES = ("train_general.json", "compare_archs.json", "corpus_manifest.json", "log.txt")
 
 
-def shipped_entry(run_name: str, hook: str, evals: dict, storage_dtype: str, sums: dict, cfg: dict,
-                  model: str) -> tuple[str, dict]:
-    """(shipped name, manifest entry) of one trained SAE (``run_name`` like ``topk-L12``)."""
-    layer = int(run_name.rsplit("-L", 1)[1])
-    name = f"{model}/resid-L{layer}"
+def shipped_entry(name: str, layer: int, hook: str, evals: dict, storage_dtype: str, sums: dict, cfg: dict) -> dict:
+    """The manifest entry of one trained SAE: its evals at the dtype its weights are stored in
+    (float32's when the run did not evaluate that dtype)."""
     dt = storage_dtype if storage_dtype in evals else "float32"
     domains = {d: {k: s[k] for k in EVAL_KEYS if k in s} for d, s in evals[dt].items()}
-    return name, {"path": name, "sha256": sums, "hook_name": hook, "layer": layer,
-                  "architecture": cfg["architecture"], "d_in": cfg["d_in"], "d_sae": cfg["d_sae"], "k": cfg.get("k"),
-                  "eval_dtype": dt, "eval_domains": domains, "dead_all": evals.get(f"{dt}:dead_all")}
+    return {"path": name, "sha256": sums, "hook_name": hook, "layer": layer, "architecture": cfg["architecture"],
+            "d_in": cfg["d_in"], "d_sae": cfg["d_sae"], "k": cfg.get("k"), "eval_dtype": dt, "eval_domains": domains,
+            "dead_all": evals.get(f"{dt}:dead_all")}
 
 
-def ship(run: Path, weights_dir: Path = WEIGHTS_DIR, model: str = "smollm2-135m", storage_dtype: str = "float16",
-         device_name: str | None = None) -> dict:
+def _stored_dtype(packed: Path) -> str:
+    """The floating dtype of a packed SAE's tensors (what it is shipped in)."""
+    from safetensors import safe_open
+
+    with safe_open(str(packed), framework="pt") as f:
+        dtypes = {str(f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118
+    names = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
+    floats = sorted(names[d] for d in dtypes if d in names)
+    if len(floats) != 1:
+        raise InputError(f"{packed}: expected one floating dtype, found {sorted(dtypes)}.")
+    return floats[0]
+
+
+def ship(run: Path, weights_dir: Path = WEIGHTS_DIR, model: str = "smollm2-135m", device_name: str | None = None) -> dict:
     """Install the run's SAEs into ``weights_dir``; returns the new manifest."""
-    run = Path(run)
+    run, weights_dir = Path(run), Path(weights_dir)
     res_path = run / "train_general.json"
     if not res_path.exists():
         raise InputError(f"{res_path} not found: point at the --out folder of `gpu_saes train-general`.")
     res = json.loads(res_path.read_text())
     train, evals = res["train"], res["evals"]["new"]
-    saes = {}
-    for run_name, hook in train["names"].items():
+    saes, dtypes, sae_lens = {}, set(), None
+    for run_name, hook in train["names"].items():  # run names like "topk-L12"
         packed = run / f"{run_name}.safetensors"
         if not packed.exists():
             raise InputError(f"{packed} not found (train-general writes one file per SAE).")
         layer = int(run_name.rsplit("-L", 1)[1])
-        dst = Path(weights_dir) / model / f"resid-L{layer}"
-        sums = import_packed(packed, dst)
-        cfg = json.loads((dst / "cfg.json").read_text())
-        name, entry = shipped_entry(run_name, hook, evals[run_name], storage_dtype, sums, cfg, model)
-        saes[name] = entry
+        name = f"{model}/resid-L{layer}"
+        stored = _stored_dtype(packed)
+        dtypes.add(stored)
+        sums = import_packed(packed, weights_dir / name)
+        cfg = json.loads((weights_dir / name / "cfg.json").read_text())
+        sae_lens = sae_lens or cfg.get("metadata", {}).get("sae_lens_training_version")
+        saes[name] = shipped_entry(name, layer, hook, evals[run_name], stored, sums, cfg)
     corpus = {}
     if (run / "corpus_manifest.json").exists():
         cm = json.loads((run / "corpus_manifest.json").read_text())
@@ -70,37 +82,29 @@ def ship(run: Path, weights_dir: Path = WEIGHTS_DIR, model: str = "smollm2-135m"
                                          "filler", "dedupe")}
         corpus["train_sha256"] = cm.get("files", {}).get("train", {}).get("sha256")
     manifest = {
-        "model": model, "storage_dtype": storage_dtype,
+        "model": model, "storage_dtype": dtypes.pop() if len(dtypes) == 1 else sorted(dtypes),
         "training": {"tokens": train["tokens"], "spec": train["spec"], "seconds": train["seconds"],
                      "tokens_per_s": train["tokens_per_s"], "forward_rate": res.get("forward_rate"),
-                     "autocast_lm": train.get("autocast_lm"), "device": device_name,
-                     "sae_lens": _sae_lens_version(Path(weights_dir), saes),
+                     "autocast_lm": train.get("autocast_lm"), "device": device_name, "sae_lens": sae_lens,
                      "corpus": corpus,
                      "eval_sets": "data/sae_eval (per-domain held-out rows; both position protocols of saes.evals)"},
         "saes": saes,
     }
-    rec = Path(weights_dir) / "training"
+    rec = weights_dir / "training"
     rec.mkdir(parents=True, exist_ok=True)
     for f in RECORD_FILES:
         if (run / f).exists():
             shutil.copyfile(run / f, rec / ("gpu_log.txt" if f == "log.txt" else f))
-    out = Path(weights_dir) / MANIFEST.name
-    out.write_text(json.dumps(manifest, indent=1) + "\n")
+    (weights_dir / MANIFEST.name).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
-
-
-def _sae_lens_version(weights_dir: Path, saes: dict) -> str | None:
-    cfg = json.loads((weights_dir / next(iter(saes.values()))["path"] / "cfg.json").read_text())
-    return cfg.get("metadata", {}).get("sae_lens_training_version")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, help="the --out folder of `benchmarks/gpu_saes.py train-general`")
-    ap.add_argument("--storage-dtype", default="float16", choices=("float16", "bfloat16", "float32"))
     ap.add_argument("--device-name", default=None, help="the GPU the run used (recorded in the manifest)")
     args = ap.parse_args(argv)
-    m = ship(args.run, storage_dtype=args.storage_dtype, device_name=args.device_name)
+    m = ship(args.run, device_name=args.device_name)
     for n, e in m["saes"].items():
         worst = min(s["explained_variance_skip0"] for s in e["eval_domains"].values())
         print(f"{n}: worst-domain EV (pos >= 1) {worst:.3f}, dead on every domain {e['dead_all']:.3f}")
