@@ -63,7 +63,11 @@ class ModelLock:
                 with self._guard:
                     self.waiting = [w for w in self.waiting if w[0] != ticket]
             self._took()
-            on_wait(behind, 0)  # position 0: our turn came (after waiting behind ``behind``)
+            try:
+                on_wait(behind, 0)  # position 0: our turn came (after waiting behind ``behind``)
+            except BaseException:  # the waiter was stopped (a dashboard script rerun, say): not ours after all
+                self.release()
+                raise
             return True
         if ok:
             self._took()

@@ -125,3 +125,43 @@ def test_two_users_with_different_interventions_at_once_get_what_they_get_alone(
             t.join(30)
         assert got == alone
     assert all(not hp._forward_hooks for hp in model.hook_dict.values())  # no hook left behind
+
+
+def test_a_waiter_stopped_as_its_turn_comes_leaves_the_lock_free():
+    """A dashboard script waiting for the model hears ``on_wait`` at each poll and once more
+    when the lock is its own; Streamlit may stop the script in that last call (the user
+    navigated away). The lock must not stay held by a script that never ran its block."""
+    model = tiny_model(n_layers=1)
+    holding, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def holder():
+        with turn(model, "a background run"):
+            holding.set()
+            release.wait(10)
+
+    def stopped_when_its_turn_comes(who, pos):
+        if pos == 0:
+            raise KeyboardInterrupt("the script was stopped")
+
+    def waiter():
+        try:
+            with turn(model, "a page", on_wait=stopped_when_its_turn_comes, poll_s=0.02):
+                errors.append(AssertionError("the block ran"))
+        except KeyboardInterrupt as e:
+            errors.append(e)
+
+    ta = threading.Thread(target=holder)
+    ta.start()
+    holding.wait(10)
+    tb = threading.Thread(target=waiter)
+    tb.start()
+    _wait_until(lambda: queue_state(model)[1] == 1)
+    release.set()
+    ta.join(10)
+    tb.join(10)
+    assert [type(e) for e in errors] == [KeyboardInterrupt]
+    lock = model_lock(model)
+    assert lock.holder is None
+    assert lock.acquire(timeout=1.0)  # free for everyone else
+    lock.release()
