@@ -487,7 +487,7 @@ def run_analysis(slot: str, fn, model, params, label: str = "Forward passes", *,
     if background:
         with guard():
             submit_background(slot, params, model)
-        st.rerun()
+        rerun_page()
     with guard(), model_turn(model, f"{type(params).__name__.removesuffix('Params') or slot}"):
         result = fn(model, params, progress=st_progress(label), **runtime)
         st.session_state[f"memo_{slot}"] = (memo_key(slot, params, model), result)
@@ -705,7 +705,8 @@ def _run_panel_body(run_id: str) -> None:
     if h is None:
         return
     if h.done():
-        st.rerun()  # the whole page: it now shows the result
+        rerun_page()  # the whole page: it now shows the result
+        return
     st.progress(h.progress, text=f"Background run `{run_id}` ({h.kind}): {h.message}")
     if h.cancelled:
         st.caption("Cancelling: the run stops at its next progress report.")
@@ -715,6 +716,24 @@ def _run_panel_body(run_id: str) -> None:
 
 
 _run_panel = st.fragment(run_every=1.0)(_run_panel_body)
+
+
+def _rerun_pending() -> bool:
+    """Whether a rerun is already queued for this session (a page the user just chose, say)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    requests = getattr(get_script_run_ctx(), "script_requests", None)
+    return getattr(getattr(requests, "_state", None), "name", None) == "RERUN"
+
+
+def rerun_page() -> None:
+    """Rerun this page from the top, unless the user has already asked for a run (another
+    page, say): then only stop here. Streamlit (1.67) gives coalesced rerun requests the page
+    of the later one, so a rerun requested now would take the user back to this page."""
+    if _rerun_pending():
+        st.stop()
+    else:
+        st.rerun()
 
 
 def run_entry(run: dict, label: str, where=None, key: str = "runs") -> None:

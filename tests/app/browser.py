@@ -117,3 +117,19 @@ def no_exception(page) -> None:
 
 def sidebar(page):
     return page.locator('[data-testid="stSidebar"]')
+
+
+def describe_page(page, screenshot: Path) -> str:
+    """What the browser shows (for a failure report): URL, Streamlit's script and connection
+    state, the visible text (its end) and a screenshot's path."""
+    try:
+        page.screenshot(path=str(screenshot), full_page=True)
+        state = page.evaluate("""() => {
+            const app = document.querySelector('[data-testid="stApp"]');
+            return {script: app?.getAttribute('data-test-script-state'),
+                    connection: app?.getAttribute('data-test-connection-state')};
+        }""")
+        text = page.locator("body").inner_text(timeout=5_000)
+    except Exception as e:  # the page itself may be gone
+        return f"page unavailable: {e!r}"
+    return f"page {page.url} · script {state['script']} · connection {state['connection']} · screenshot {screenshot}\n{text[-3000:]}"

@@ -38,14 +38,27 @@ def browser():
             b.close()
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def page(browser):
-    """A fresh browser session (context) with one page."""
-    from tests.app.browser import VIEWPORT
+def page(request, browser, tmp_path):
+    """A fresh browser session (context) with one page. When the test fails, the page's URL,
+    script state and text are printed and its screenshot saved (the failure report shows
+    where)."""
+    from tests.app.browser import VIEWPORT, describe_page
 
     ctx = browser.new_context(viewport=VIEWPORT)
     try:
-        yield ctx.new_page()
+        pg = ctx.new_page()
+        yield pg
+        report = getattr(request.node, "report_call", None)
+        if report is not None and report.failed:
+            print(describe_page(pg, tmp_path / "failure.png"))
     finally:
         ctx.close()
 

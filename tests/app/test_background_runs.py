@@ -110,3 +110,36 @@ def test_heavy_analyses_without_a_formula_go_to_the_background_unestimated(tiny,
     assert ui._heavy_without_formula(CircuitCompareParams()) and not ui._heavy_without_formula(IsotropyParams())
     monkeypatch.setattr(ui, "BACKGROUND_AFTER_S", float("inf"))  # background runs off (as in the AppTests)
     assert ui.estimate_line(CircuitCompareParams(), tiny) is None
+
+
+def test_a_finished_run_does_not_undo_a_page_switch_queued_meanwhile(monkeypatch):
+    """The progress panel reruns the page when its run ends; if the user has just chosen
+    another page (a rerun is queued), it does not: Streamlit gives coalesced requests the page
+    of the later one, so its rerun would take the user back (with the form at its defaults)."""
+    from types import SimpleNamespace
+
+    import streamlit.runtime.scriptrunner as scriptrunner
+    from streamlit.runtime.scriptrunner_utils.script_requests import RerunData, ScriptRequests
+
+    from mechscope.app import ui
+
+    def queued_page_switch() -> ScriptRequests:
+        requests = ScriptRequests()
+        requests.request_rerun(RerunData(page_script_hash="next_token"))  # the user's click
+        return requests
+
+    coalesced = queued_page_switch()
+    coalesced.request_rerun(RerunData(page_script_hash="attention_sinks"))  # what st.rerun() would add
+    assert coalesced.on_scriptrunner_yield().rerun_data.page_script_hash == "attention_sinks"
+
+    requests = queued_page_switch()
+    monkeypatch.setattr(scriptrunner, "get_script_run_ctx", lambda: SimpleNamespace(script_requests=requests))
+    monkeypatch.setattr(ui, "live_handle", lambda rid: SimpleNamespace(done=lambda: True))
+    reruns, stops = [], []
+    monkeypatch.setattr(ui.st, "rerun", lambda *a, **k: reruns.append(a))
+    monkeypatch.setattr(ui.st, "stop", lambda: stops.append(1))
+    ui._run_panel_body("r1")
+    assert reruns == [] and stops == [1]
+    assert requests.on_scriptrunner_yield().rerun_data.page_script_hash == "next_token"  # the switch happens
+    ui._run_panel_body("r1")  # nothing queued: the page reruns to show the result
+    assert reruns == [()] and stops == [1]
