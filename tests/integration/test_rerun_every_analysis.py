@@ -53,7 +53,7 @@ def _cases():
         "neuron_activity": ActivityParams(texts=TEXTS, layers=(0, 29), max_types=64),
         "clamp_verification": ClampParams(neurons=((29, 808),), prompts=("The", "I think that"), value=40.0,
                                           n_controls=2, method="write"),
-        "sae_eval": SaeEvalParams(saes=("smollm2-135m/resid-L12",), n_texts=2, text_set="mixed"),
+        "sae_eval": SaeEvalParams(saes=("smollm2-135m/resid-L12",), n_texts=2, max_tokens=48, text_set="mixed"),
         "sae_features": SaeFeaturesParams(sae="smollm2-135m/resid-L12", n_texts=3, k=2, max_tokens=32),
         "sae_steer_verify": SteerVerifyParams(sae="smollm2-135m/resid-L12", n=2),
         "sae_absorption": AbsorptionParams(saes=("smollm2-135m/resid-L12",), n_words=60, max_k=2),
