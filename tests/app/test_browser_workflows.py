@@ -139,14 +139,22 @@ def _start_sinks(page, server, **numbers) -> dict:
 
 def test_background_run_survives_navigation_and_reload_and_reopens_from_recent_runs(server, page, shots):
     """An attention-sinks run (in the background: the server's threshold is 0 s) on 2 texts of
-    16 tokens; the user goes to another page through the navigation, reloads the browser (a
-    new session), finds the run under "Recent runs" in the sidebar and clicks it: the sinks
-    page opens with the run's parameters in its form and shows its finished result, without
-    running it again."""
+    16 tokens; once the page shows its result, the user goes to another page through the
+    navigation, reloads the browser (a new session), finds the run under "Recent runs" in the
+    sidebar and clicks it: the sinks page opens with the run's parameters in its form and
+    shows its finished result, without running it again.
+
+    The navigation waits for the page to settle: a click made while the page is still sending
+    the run to the background can, on a loaded machine, end back on the sinks page with its
+    form at the defaults (Streamlit merges queued reruns into the later one's page). The
+    cancel test covers a run that is still live."""
     from playwright.sync_api import expect
 
     run = _start_sinks(page, server, **{"Texts": 2, "First T tokens": 16})
     assert run["params"]["n_texts"] == 2 and run["params"]["max_tokens"] == 16
+    sink_metric = page.locator('[data-testid="stMetric"]').filter(has_text="Sink_1")
+    expect(sink_metric.first).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    _settled(page)
 
     sidebar(page).get_by_role("link", name="Next token").click()  # in-app navigation: the same session
     expect(page.get_by_role("textbox", name="Prompt", exact=True)).to_be_visible(timeout=LOAD_TIMEOUT_MS)
