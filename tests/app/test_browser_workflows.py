@@ -241,6 +241,7 @@ def test_every_download_kind_gives_a_file_of_its_format(server, page, tmp_path):
     page.goto(f"{server.url}/logit_lens?" + urllib.parse.urlencode({"prompt": prompt}))
     heat = page.locator(".js-plotly-plot").first
     expect(heat).to_be_visible(timeout=LOAD_TIMEOUT_MS)
+    _idle(server)  # the page's own background run has ended, and the page has shown it
     _settled(page)
 
     page.get_by_text("Table", exact=True).click()  # the expander

@@ -146,8 +146,9 @@ def _peak_rss_growth(fn) -> int:
 def test_only_the_last_position_is_unembedded():
     """The unembedding sees one position (not T), and a long prompt's peak memory does not
     grow by T × d_vocab logits: with a 50k vocabulary, 2,000 positions of float32 logits are
-    400 MB; the growth stays under a quarter of that (what remains is the attention scores
-    and activations of one forward pass)."""
+    400 MB; the growth stays under half of that (what remains is the attention scores and
+    activations of one forward pass, about 100 MB here, sampled from the whole process'
+    resident memory, to which other threads of a test worker can add)."""
     import gc
 
     from tests.tiny import tiny_model
@@ -170,4 +171,4 @@ def test_only_the_last_position_is_unembedded():
     np.testing.assert_allclose(r.top_logprobs, torch.topk(ref, 3).values.numpy(), atol=1e-4)
     gc.collect()
     long_ = _peak_rss_growth(lambda: next_token(model, list(range(1, 2001)), k=3))
-    assert long_ < 2000 * 50_000 * 4 / 4, long_
+    assert long_ < 2000 * 50_000 * 4 / 2, long_
