@@ -7,7 +7,8 @@ wrote into ``RUN_DIR`` (one fp16 safetensors file per SAE with SAE-Lens' cfg in 
 
 * ``saes/weights/<model>/resid-L<layer>/`` — SAE-Lens folders with their checksums;
 * ``saes/weights/manifest.json`` — per SAE its hook, shape, sha256 and the per-domain held-out
-  evals at the dtype its weights are stored in (read from the files) (``eval_domains``: both position protocols of :mod:`saes.evals`,
+  evals at the dtype its weights are stored in, read from the files (``eval_domains``: both
+  position protocols of :mod:`saes.evals`,
   and ``dead_all``: latents that fire on no token of any domain); the training recipe, corpus,
   device and throughput;
 * ``saes/weights/training/`` — the run's json results and log, for the benchmarks and the record.
